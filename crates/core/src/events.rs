@@ -1,0 +1,162 @@
+//! Events: every lifecycle fact of a site (an instance started, exited, restarted, changed
+//! health; maintenance switched; a process scaled), with the moment it happened.
+//!
+//! Events are plain values; the daemon stores them durably and `lifeboat events` lists them.
+//! They must never carry secrets (bypass tokens, passwords).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// One stored event: its place in the site's history, when it happened, and what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the site's event history; strictly increasing, starting at 1.
+    pub seq: u64,
+    /// When it happened (UTC, RFC 3339 in JSON).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What happened.
+    #[serde(flatten)]
+    pub what: EventKind,
+}
+
+/// What happened. In JSON the variant is the `kind` field, e.g. `"kind": "instance-exited"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EventKind {
+    /// `lifeboat up` started serving the site.
+    SiteUp { proxy: String },
+    /// `lifeboat up` stopped (Ctrl-C, SIGTERM or `lifeboat down`).
+    SiteDown { reason: String },
+    /// Instances left behind by a lifeboat that died were killed.
+    LeftoversReaped { pids: Vec<u32> },
+    /// An instance's process was spawned.
+    InstanceStarted { instance: String, pid: u32 },
+    /// An instance's process ended (by itself or by a signal).
+    InstanceExited {
+        instance: String,
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// A crashed instance is being started again after `delay_ms`.
+    InstanceRestarting {
+        instance: String,
+        attempt: u32,
+        delay_ms: u64,
+    },
+    /// An instance keeps crashing; restarts are spaced out by `delay_ms`.
+    InstanceCrashLooping { instance: String, delay_ms: u64 },
+    /// An instance was stopped on purpose (scale down, shutdown).
+    InstanceStopped { instance: String },
+    /// The front door's health check of an instance changed its verdict.
+    HealthChanged {
+        instance: String,
+        healthy: bool,
+        reason: String,
+    },
+    /// The front door stopped sending traffic to an instance at once (connect failed, exited).
+    InstanceEjected { instance: String, reason: String },
+    /// Maintenance mode was switched on.
+    MaintenanceOn { message: String },
+    /// Maintenance mode was switched off.
+    MaintenanceOff,
+    /// A process's desired number of instances changed.
+    Scaled { process: String, from: u32, to: u32 },
+}
+
+impl EventKind {
+    /// One line for humans, e.g. "web-2 exited (signal 9)".
+    pub fn describe(&self) -> String {
+        match self {
+            EventKind::SiteUp { proxy } => format!("site up, front door at {proxy}"),
+            EventKind::SiteDown { reason } => format!("site down ({reason})"),
+            EventKind::LeftoversReaped { pids } => {
+                format!(
+                    "killed {} instance process(es) left by a previous lifeboat: {pids:?}",
+                    pids.len()
+                )
+            }
+            EventKind::InstanceStarted { instance, pid } => {
+                format!("{instance} started (pid {pid})")
+            }
+            EventKind::InstanceExited {
+                instance,
+                pid,
+                code,
+                signal,
+            } => {
+                let how = match (code, signal) {
+                    (_, Some(s)) => format!("signal {s}"),
+                    (Some(c), None) => format!("code {c}"),
+                    (None, None) => "unknown status".to_string(),
+                };
+                format!("{instance} exited ({how}, pid {pid})")
+            }
+            EventKind::InstanceRestarting {
+                instance,
+                attempt,
+                delay_ms,
+            } => {
+                format!(
+                    "{instance} restarting (attempt {attempt}, in {})",
+                    millis(*delay_ms)
+                )
+            }
+            EventKind::InstanceCrashLooping { instance, delay_ms } => {
+                format!(
+                    "{instance} is crash-looping; next restart in {}",
+                    millis(*delay_ms)
+                )
+            }
+            EventKind::InstanceStopped { instance } => format!("{instance} stopped"),
+            EventKind::HealthChanged {
+                instance,
+                healthy,
+                reason,
+            } => {
+                let verdict = if *healthy { "healthy" } else { "unhealthy" };
+                if reason.is_empty() {
+                    format!("{instance} is {verdict}")
+                } else {
+                    format!("{instance} is {verdict} ({reason})")
+                }
+            }
+            EventKind::InstanceEjected { instance, reason } => {
+                format!("{instance} taken out of the front door ({reason})")
+            }
+            EventKind::MaintenanceOn { message } => format!("maintenance on: {message}"),
+            EventKind::MaintenanceOff => "maintenance off".to_string(),
+            EventKind::Scaled { process, from, to } => format!("{process} scaled {from} -> {to}"),
+        }
+    }
+}
+
+fn millis(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_json_with_a_kind_field() {
+        let event = Event {
+            seq: 7,
+            at: time::macros::datetime!(2026-01-02 03:04:05 UTC),
+            what: EventKind::InstanceExited {
+                instance: "web-2".into(),
+                pid: 42,
+                code: None,
+                signal: Some(9),
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "instance-exited");
+        assert_eq!(json["at"], "2026-01-02T03:04:05Z");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(back.what.describe(), "web-2 exited (signal 9, pid 42)");
+    }
+}
