@@ -1,2 +1,29 @@
-//! placeholder
+//! Lifeboat's front door: an HTTP/1.1 reverse proxy that spreads requests over the healthy
+//! instances of a site, retries only when it is safe, streams bodies, passes WebSocket upgrades
+//! through, and can answer everything itself with a maintenance page.
+//!
+//! It knows nothing about processes or manifests: its owner adds and removes instances by id
+//! and address ([`Proxy::add_backend`], [`Proxy::remove_backend`], [`Proxy::mark_down`]) and
+//! listens to what it observes ([`Proxy::subscribe`]). It never prints; it logs with `tracing`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backend;
+mod body;
+mod config;
+mod error;
+mod forward;
+mod headers;
+mod health;
+mod maintenance;
+mod pool;
+mod retry;
+mod server;
+
+pub use backend::{BackendStatus, ProxyEvent};
+pub use body::ProxyBody;
+pub use config::{HealthCheckConfig, Maintenance, ProxyConfig, Timeouts};
+pub use error::ProxyError;
+pub use health::BackendHealth;
+pub use maintenance::{BYPASS_COOKIE, BYPASS_HEADER};
+pub use server::Proxy;

@@ -1,0 +1,459 @@
+//! The instances behind the front door and which of them receive traffic.
+//!
+//! Writers (health results, ejections, add/remove) take the registry lock and publish a fresh
+//! routing snapshot; the request path only loads that snapshot (no lock) and counts itself in
+//! the chosen instance's in-flight number, which is what draining waits on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::health::{BackendHealth, HealthTracker};
+use crate::pool::{Pool, Sender};
+
+/// What the front door knows about one instance, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// The id given to [`crate::Proxy::add_backend`], e.g. `web-1`.
+    pub id: String,
+    /// Where the instance listens.
+    pub addr: SocketAddr,
+    /// Result of the health checks.
+    pub health: BackendHealth,
+    /// Taken out of rotation by a failed connect or [`crate::Proxy::mark_down`]; it returns once
+    /// its health checks pass again.
+    pub ejected: bool,
+    /// Requests sent to it whose responses have not finished yet.
+    pub in_flight: usize,
+}
+
+/// Something that changed about an instance, as told to [`crate::Proxy::subscribe`]rs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyEvent {
+    /// Health checks changed their verdict (or an ejected instance came back).
+    HealthChanged {
+        /// Instance id.
+        id: String,
+        /// Whether it now receives traffic.
+        healthy: bool,
+        /// Why, in words (the last check's result).
+        reason: String,
+    },
+    /// Taken out of rotation at once, without waiting for health checks.
+    Ejected {
+        /// Instance id.
+        id: String,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Verdict {
+    tracker: HealthTracker,
+    ejected: bool,
+}
+
+/// One instance.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+    verdict: Mutex<Verdict>,
+    removed: AtomicBool,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    pool: Pool,
+    stop_checks: watch::Sender<bool>,
+}
+
+impl Backend {
+    pub(crate) fn new(id: &str, addr: SocketAddr, tracker: HealthTracker) -> Arc<Self> {
+        Arc::new(Backend {
+            id: id.to_string(),
+            addr,
+            verdict: Mutex::new(Verdict {
+                tracker,
+                ejected: false,
+            }),
+            removed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            pool: Pool::default(),
+            stop_checks: watch::channel(false).0,
+        })
+    }
+
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop_checks.subscribe()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn routable(&self) -> bool {
+        let verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        !self.removed.load(Ordering::SeqCst)
+            && !verdict.ejected
+            && verdict.tracker.health() == BackendHealth::Healthy
+    }
+
+    fn status(&self) -> BackendStatus {
+        let verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        BackendStatus {
+            id: self.id.clone(),
+            addr: self.addr,
+            health: verdict.tracker.health(),
+            ejected: verdict.ejected,
+            in_flight: self.in_flight(),
+        }
+    }
+
+    /// A parked connection, if any.
+    pub(crate) fn pooled_connection(&self, idle_timeout: Duration) -> Option<Sender> {
+        self.pool.take(idle_timeout)
+    }
+
+    /// Parks a connection whose last response was read to the end.
+    pub(crate) fn return_connection(&self, sender: Sender) {
+        if !self.removed.load(Ordering::Relaxed) {
+            self.pool.put(sender);
+        }
+    }
+
+    /// Closes parked connections: after an error on one, the others are suspect too.
+    pub(crate) fn forget_connections(&self) {
+        self.pool.clear();
+    }
+
+    pub(crate) fn evict_idle(&self, idle_timeout: Duration) {
+        self.pool.evict_idle(idle_timeout);
+    }
+
+    /// Waits until no request sent to this instance is still running.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks one request as running on a backend until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// Counts a request on `backend`, unless it was removed meanwhile. The counter is raised
+    /// before `removed` is read, and `remove` sets `removed` before reading the counter
+    /// (both SeqCst), so a drain can never miss a request that went ahead.
+    pub(crate) fn enter(backend: &Arc<Backend>) -> Option<InFlight> {
+        backend.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(backend.clone());
+        if backend.removed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// All instances, and the snapshot of those that receive traffic.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    all: Mutex<Vec<Arc<Backend>>>,
+    routes: ArcSwap<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+    events: broadcast::Sender<ProxyEvent>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Registry {
+            all: Mutex::new(Vec::new()),
+            routes: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
+        self.events.subscribe()
+    }
+
+    /// Picks an instance for a request, skipping `tried`: of two neighbours in round-robin
+    /// order, the one with fewer requests in flight.
+    pub(crate) fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let routes = self.routes.load();
+        let n = routes.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let untried = |b: &&Arc<Backend>| !tried.iter().any(|t| Arc::ptr_eq(t, b));
+        let mut candidates = (0..n).map(|i| &routes[(start + i) % n]).filter(untried);
+        let first = candidates.next()?;
+        match candidates.next() {
+            Some(second) if second.in_flight() < first.in_flight() => Some(second.clone()),
+            _ => Some(first.clone()),
+        }
+    }
+
+    pub(crate) fn statuses(&self) -> Vec<BackendStatus> {
+        self.lock_all().iter().map(|b| b.status()).collect()
+    }
+
+    /// Adds (or replaces) an instance; returns the replaced one.
+    pub(crate) fn add(&self, backend: Arc<Backend>) -> Option<Arc<Backend>> {
+        let mut all = self.lock_all();
+        let replaced = all
+            .iter()
+            .position(|b| b.id == backend.id)
+            .map(|i| all.remove(i));
+        if let Some(old) = &replaced {
+            retire(old);
+        }
+        all.push(backend);
+        self.publish(&all);
+        replaced
+    }
+
+    /// Stops routing to an instance at once; returns it so the caller can wait for its drain.
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<Backend>> {
+        let mut all = self.lock_all();
+        let backend = all.iter().position(|b| b.id == id).map(|i| all.remove(i))?;
+        retire(&backend);
+        self.publish(&all);
+        Some(backend)
+    }
+
+    pub(crate) fn remove_all(&self) {
+        let mut all = self.lock_all();
+        for backend in all.drain(..) {
+            retire(&backend);
+        }
+        self.publish(&all);
+    }
+
+    /// Applies one health check result.
+    pub(crate) fn record_check(&self, backend: &Arc<Backend>, result: Result<(), String>) {
+        let all = self.lock_all();
+        if backend.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        let event = {
+            let mut verdict = backend.verdict.lock().unwrap_or_else(|e| e.into_inner());
+            let was_ejected = verdict.ejected;
+            let changed = verdict.tracker.record(result.is_ok());
+            if verdict.tracker.health() == BackendHealth::Healthy {
+                verdict.ejected = false;
+            }
+            let readmitted = was_ejected && !verdict.ejected;
+            match (changed, readmitted) {
+                (Some(health), _) => Some(ProxyEvent::HealthChanged {
+                    id: backend.id.clone(),
+                    healthy: health == BackendHealth::Healthy,
+                    reason: reason_of(&result),
+                }),
+                (None, true) => Some(ProxyEvent::HealthChanged {
+                    id: backend.id.clone(),
+                    healthy: true,
+                    reason: reason_of(&result),
+                }),
+                (None, false) => None,
+            }
+        };
+        if let Some(event) = event {
+            if matches!(event, ProxyEvent::HealthChanged { healthy: false, .. }) {
+                backend.forget_connections();
+            }
+            self.publish(&all);
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Takes an instance out of rotation now (failed connect, or its owner saw it die).
+    pub(crate) fn eject(&self, backend: &Arc<Backend>, reason: String) {
+        let all = self.lock_all();
+        if backend.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut verdict = backend.verdict.lock().unwrap_or_else(|e| e.into_inner());
+            if verdict.ejected {
+                return;
+            }
+            verdict.ejected = true;
+            verdict.tracker.eject();
+        }
+        backend.forget_connections();
+        self.publish(&all);
+        let _ = self.events.send(ProxyEvent::Ejected {
+            id: backend.id.clone(),
+            reason,
+        });
+    }
+
+    pub(crate) fn find(&self, id: &str) -> Option<Arc<Backend>> {
+        self.lock_all().iter().find(|b| b.id == id).cloned()
+    }
+
+    pub(crate) fn each(&self, mut f: impl FnMut(&Arc<Backend>)) {
+        for backend in self.lock_all().iter() {
+            f(backend);
+        }
+    }
+
+    fn lock_all(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Backend>>> {
+        self.all.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the routing snapshot; called with the registry lock held so snapshots are
+    /// published in the order the changes happened.
+    fn publish(&self, all: &[Arc<Backend>]) {
+        let routes: Vec<Arc<Backend>> = all.iter().filter(|b| b.routable()).cloned().collect();
+        self.routes.store(Arc::new(routes));
+    }
+}
+
+fn retire(backend: &Backend) {
+    backend.removed.store(true, Ordering::SeqCst);
+    let _ = backend.stop_checks.send(true);
+    backend.pool.clear();
+}
+
+fn reason_of(result: &Result<(), String>) -> String {
+    match result {
+        Ok(()) => "health check passed".to_string(),
+        Err(reason) => reason.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: &str, port: u16) -> Arc<Backend> {
+        Backend::new(
+            id,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            HealthTracker::new(1, 2),
+        )
+    }
+
+    fn healthy_registry(ids: &[&str]) -> (Registry, Vec<Arc<Backend>>) {
+        let registry = Registry::new();
+        let backends: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| backend(id, 1000 + i as u16))
+            .collect();
+        for b in &backends {
+            registry.add(b.clone());
+            registry.record_check(b, Ok(()));
+        }
+        (registry, backends)
+    }
+
+    #[test]
+    fn a_new_instance_gets_no_traffic_until_its_first_check_passes() {
+        let registry = Registry::new();
+        let b = backend("web-1", 1);
+        registry.add(b.clone());
+        assert!(registry.pick(&[]).is_none());
+        registry.record_check(&b, Ok(()));
+        assert_eq!(registry.pick(&[]).unwrap().id, "web-1");
+    }
+
+    #[test]
+    fn traffic_is_spread_over_all_healthy_instances() {
+        let (registry, _) = healthy_registry(&["a", "b", "c"]);
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            *seen
+                .entry(registry.pick(&[]).unwrap().id.clone())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn an_ejected_instance_is_skipped_at_once_and_returns_after_a_passed_check() {
+        let (registry, backends) = healthy_registry(&["a", "b"]);
+        let mut events = registry.subscribe();
+        registry.eject(&backends[0], "connect refused".into());
+        assert!(matches!(events.try_recv(), Ok(ProxyEvent::Ejected { id, .. }) if id == "a"));
+        for _ in 0..10 {
+            assert_eq!(registry.pick(&[]).unwrap().id, "b");
+        }
+        assert!(registry.statuses()[0].ejected);
+        registry.record_check(&backends[0], Ok(()));
+        assert!(matches!(
+            events.try_recv(),
+            Ok(ProxyEvent::HealthChanged { id, healthy: true, .. }) if id == "a"
+        ));
+        assert!(!registry.statuses()[0].ejected);
+        assert!((0..10).any(|_| registry.pick(&[]).unwrap().id == "a"));
+    }
+
+    #[test]
+    fn tried_instances_are_not_picked_again() {
+        let (registry, backends) = healthy_registry(&["a", "b"]);
+        for _ in 0..10 {
+            assert_eq!(registry.pick(&backends[..1]).unwrap().id, "b");
+        }
+        assert!(registry.pick(&backends).is_none());
+    }
+
+    #[test]
+    fn the_less_busy_of_two_neighbours_is_preferred() {
+        let (registry, backends) = healthy_registry(&["a", "b"]);
+        let _busy: Vec<_> = (0..5)
+            .map(|_| InFlight::enter(&backends[0]).unwrap())
+            .collect();
+        for _ in 0..10 {
+            assert_eq!(registry.pick(&[]).unwrap().id, "b");
+        }
+    }
+
+    #[test]
+    fn a_removed_instance_takes_no_new_request() {
+        let (registry, backends) = healthy_registry(&["a"]);
+        let removed = registry.remove("a").unwrap();
+        assert!(registry.pick(&[]).is_none());
+        assert!(InFlight::enter(&backends[0]).is_none());
+        assert_eq!(removed.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_waits_for_the_last_request() {
+        let (registry, backends) = healthy_registry(&["a"]);
+        let request = InFlight::enter(&backends[0]).unwrap();
+        let removed = registry.remove("a").unwrap();
+        let drain = tokio::spawn(async move { removed.drained().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!drain.is_finished());
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(1), drain)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,275 @@
+//! One client request through the front door: the maintenance gate, then delivery to a healthy
+//! instance with safe retries, then the streamed response (or a protocol switch for WebSocket).
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::backend::{Backend, InFlight};
+use crate::body::{ProxyBody, RequestBody};
+use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::pool::{self, Sender};
+use crate::retry::{Failure, may_retry};
+use crate::server::Shared;
+
+/// Upper bound on attempts for one request, whatever the number of instances.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Facts about the client connection, computed once per connection.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) ip: IpAddr,
+    pub(crate) ip_header: HeaderValue,
+}
+
+impl Client {
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        let ip_header =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Client { ip, ip_header }
+    }
+}
+
+/// Answers one client request.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(gate) = shared.maintenance.load().as_deref()
+        && !gate.lets_through(request.headers(), client.ip)
+    {
+        return Ok(gate.response());
+    }
+
+    let upgrade = wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded(&mut parts.headers, &client.ip_header);
+    to_origin_form(&mut parts.uri);
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Streaming(body)
+    };
+    let replayable = matches!(body, RequestBody::Empty);
+    // Only a request that may be replayed after it was sent needs a copy of its head.
+    let replay =
+        (replayable && crate::retry::is_idempotent(&parts.method)).then(|| copy_head(&parts));
+    let method = parts.method.clone();
+
+    let mut pending = Some(Request::from_parts(parts, body));
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut retried_after_send = false;
+    let mut last_error: Option<String> = None;
+
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(backend) = shared.registry.pick(&tried) else {
+            break;
+        };
+        let Some(in_flight) = InFlight::enter(&backend) else {
+            tried.push(backend);
+            continue;
+        };
+        let (mut sender, reused) = match connection(&shared, &backend).await {
+            Ok(found) => found,
+            Err(error) => {
+                // Nothing was sent: the request is still ours and goes to another instance.
+                shared.registry.eject(&backend, error.to_string());
+                last_error = Some(error.to_string());
+                tried.push(backend);
+                continue;
+            }
+        };
+        let Some(request) = pending.take() else { break };
+        let sent = tokio::time::timeout(
+            shared.config.timeouts.response_headers,
+            sender.try_send_request(request),
+        )
+        .await;
+        let failure = match sent {
+            Ok(Ok(response)) => {
+                return Ok(respond(
+                    response,
+                    sender,
+                    backend,
+                    in_flight,
+                    client_upgrade,
+                ));
+            }
+            Ok(Err(mut error)) => {
+                backend.forget_connections();
+                last_error = Some(format!("instance {} failed: {}", backend.id, error.error()));
+                match error.take_message() {
+                    Some(unsent) => {
+                        pending = Some(unsent);
+                        Failure::NotSent
+                    }
+                    None => Failure::SentNoResponse,
+                }
+            }
+            Err(_) => Failure::HeadersTimedOut,
+        };
+        match failure {
+            Failure::NotSent => {}
+            Failure::SentNoResponse => {
+                let Some(head) = replay
+                    .as_ref()
+                    .filter(|_| may_retry(failure, &method, replayable, retried_after_send))
+                else {
+                    return Ok(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        last_error.as_deref(),
+                    ));
+                };
+                retried_after_send = true;
+                pending = Some(rebuild(head));
+            }
+            Failure::HeadersTimedOut => {
+                let why = format!("instance {} did not answer in time", backend.id);
+                return Ok(error_response(StatusCode::GATEWAY_TIMEOUT, Some(&why)));
+            }
+        }
+        // A reused connection may simply have been closed by the instance while parked; the
+        // instance then gets another chance on a fresh connection (a dead one fails to connect
+        // and is ejected).
+        if !reused {
+            tried.push(backend);
+        }
+    }
+    Ok(match last_error {
+        Some(error) => error_response(StatusCode::BAD_GATEWAY, Some(&error)),
+        None => no_instance_response(&shared),
+    })
+}
+
+/// A parked connection that is ready for a request (`true`: reused), or a new one.
+async fn connection(
+    shared: &Shared,
+    backend: &Backend,
+) -> Result<(Sender, bool), pool::ConnectError> {
+    while let Some(mut sender) = backend.pooled_connection(shared.config.timeouts.idle) {
+        if sender.ready().await.is_ok() {
+            return Ok((sender, true));
+        }
+    }
+    let sender = pool::connect(backend.addr, shared.config.timeouts.connect).await?;
+    Ok((sender, false))
+}
+
+fn respond(
+    mut response: Response<Incoming>,
+    sender: Sender,
+    backend: Arc<Backend>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let instance_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_upgrade, instance_upgrade));
+        strip_hop_by_hop(response.headers_mut(), true);
+        // The connection now belongs to the tunnel; it must not go back to the pool. The
+        // tunnel is not counted in flight: draining an instance would otherwise wait for
+        // every open WebSocket to end.
+        drop(sender);
+        drop(in_flight);
+        return response.map(|_| ProxyBody::full(bytes::Bytes::new()));
+    }
+    strip_hop_by_hop(response.headers_mut(), false);
+    response.map(|body| ProxyBody::upstream(body, in_flight, Some((sender, backend))))
+}
+
+/// Copies bytes both ways between the client and the instance after a protocol switch.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, instance: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, instance) {
+        Ok((client, instance)) => {
+            let mut client = TokioIo::new(client);
+            let mut instance = TokioIo::new(instance);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut instance).await {
+                tracing::debug!(%error, "upgraded connection ended");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "protocol switch failed"),
+    }
+}
+
+struct Head {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+fn copy_head(parts: &Parts) -> Head {
+    Head {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    }
+}
+
+fn rebuild(head: &Head) -> Request<RequestBody> {
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
+}
+
+/// Instances expect `/path?query`, not the absolute form a client may send to a proxy.
+fn to_origin_form(uri: &mut Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if let Ok(origin) = path.parse() {
+            *uri = origin;
+        }
+    }
+}
+
+fn error_response(status: StatusCode, detail: Option<&str>) -> Response<ProxyBody> {
+    if let Some(detail) = detail {
+        tracing::warn!(%status, detail, "request failed at the front door");
+    }
+    let text = match status {
+        StatusCode::GATEWAY_TIMEOUT => "The site did not answer in time.\n",
+        _ => "The site could not be reached.\n",
+    };
+    let mut response = Response::new(ProxyBody::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn no_instance_response(shared: &Shared) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(
+        "No healthy instance of the site is running.\n",
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(shared.config.retry_after.as_secs().max(1)),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

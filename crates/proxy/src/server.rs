@@ -1,0 +1,249 @@
+//! The front door's listener and its handle, [`Proxy`]: accepts client connections, serves
+//! HTTP/1.1 on them with keep-alive, runs a health-check task per instance, and shuts down
+//! gracefully (stop accepting, let every connection finish its current request).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, BackendStatus, ProxyEvent, Registry};
+use crate::config::{Maintenance, ProxyConfig};
+use crate::error::ProxyError;
+use crate::forward::{self, Client};
+use crate::health::{self, HealthTracker};
+use crate::maintenance::MaintenanceGate;
+
+/// State shared by the handle, the listener and every request.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) registry: Registry,
+    pub(crate) maintenance: ArcSwapOption<MaintenanceGate>,
+    http: http1::Builder,
+    shutdown: watch::Sender<bool>,
+    connections: AtomicUsize,
+    connections_done: Notify,
+}
+
+/// Handle to a running front door. Cheap to clone; all clones control the same proxy.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    listener_task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    /// Binds the listen address (port 0 picks a free one) and starts serving and health-checking
+    /// on the current tokio runtime. Until instances are added, every request gets a 503.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        if !config.health.path.starts_with('/') {
+            return Err(ProxyError::Config(format!(
+                "health check path {:?} must start with '/', e.g. \"/healthz\"",
+                config.health.path
+            )));
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let mut http = http1::Builder::new();
+        http.keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.timeouts.idle);
+        let shared = Arc::new(Shared {
+            config,
+            registry: Registry::new(),
+            maintenance: ArcSwapOption::empty(),
+            http,
+            shutdown: watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            connections_done: Notify::new(),
+        });
+        let listener_task = tokio::spawn(accept_loop(shared.clone(), listener));
+        tokio::spawn(evict_idle_connections(shared.clone()));
+        Ok(Proxy {
+            shared,
+            local_addr,
+            listener_task: Arc::new(Mutex::new(Some(listener_task))),
+        })
+    }
+
+    /// The address the proxy really listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Adds an instance (or replaces the one with the same id). It is health-checked at once and
+    /// receives traffic once its first check passes.
+    pub fn add_backend(&self, id: &str, addr: SocketAddr) {
+        let health = &self.shared.config.health;
+        let backend = Backend::new(
+            id,
+            addr,
+            HealthTracker::new(health.healthy_threshold, health.unhealthy_threshold),
+        );
+        self.shared.registry.add(backend.clone());
+        let shared = self.shared.clone();
+        let stop = backend.stop_signal();
+        tokio::spawn(async move {
+            let health = shared.config.health.clone();
+            let path = health.path.clone();
+            health::run_checks(
+                health.interval,
+                || health::probe_http(backend.addr, &path, health.timeout),
+                stop,
+                |result| shared.registry.record_check(&backend, result),
+            )
+            .await;
+        });
+    }
+
+    /// The owner knows the instance died (its process exited): no new request goes to it from
+    /// now on; it returns once its health checks pass again.
+    pub fn mark_down(&self, id: &str) {
+        if let Some(backend) = self.shared.registry.find(id) {
+            self.shared
+                .registry
+                .eject(&backend, "marked down by its owner".to_string());
+        }
+    }
+
+    /// Stops routing new requests to the instance now. The returned future resolves once the
+    /// requests it was already serving have finished (at once for an unknown id); then it is
+    /// safe to stop the instance.
+    pub fn remove_backend(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
+        let removed = self.shared.registry.remove(id);
+        async move {
+            if let Some(backend) = removed {
+                backend.drained().await;
+            }
+        }
+    }
+
+    /// Turns maintenance mode on (`Some`) or off (`None`). Each request sees either the old or
+    /// the new setting, whole; open connections are kept.
+    pub fn set_maintenance(&self, maintenance: Option<Maintenance>) {
+        let gate =
+            maintenance.map(|m| Arc::new(MaintenanceGate::new(m, self.shared.config.retry_after)));
+        self.shared.maintenance.store(gate);
+    }
+
+    /// Whether maintenance mode is on.
+    pub fn maintenance_on(&self) -> bool {
+        self.shared.maintenance.load().is_some()
+    }
+
+    /// Every instance and what the front door knows about it, in the order they were added.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.shared.registry.statuses()
+    }
+
+    /// Health changes and ejections from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
+        self.shared.registry.subscribe()
+    }
+
+    /// Stops accepting connections, lets every open connection finish the request it is
+    /// serving, then stops health checks. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+        let listener_task = self
+            .listener_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = listener_task {
+            let _ = task.await;
+        }
+        loop {
+            let done = self.shared.connections_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.shared.connections.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
+        self.shared.registry.remove_all();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = crate::health::stopped(&mut shutdown) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_connection(shared.clone(), stream, peer));
+            }
+            Err(error) => {
+                // Out of file descriptors or a connection reset during accept: keep serving the
+                // connections we have and try again shortly.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let client = Arc::new(Client::new(peer.ip()));
+    let service_shared = shared.clone();
+    let service =
+        service_fn(move |request| forward::handle(service_shared.clone(), client.clone(), request));
+    let connection = shared
+        .http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut shutdown = shared.shutdown.subscribe();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = crate::health::stopped(&mut shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
+    }
+    if shared.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.connections_done.notify_waiters();
+    }
+}
+
+/// Closes instance connections that stayed unused longer than the idle timeout.
+async fn evict_idle_connections(shared: Arc<Shared>) {
+    let idle = shared.config.timeouts.idle;
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut ticker = tokio::time::interval((idle / 2).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => shared.registry.each(|backend| backend.evict_idle(idle)),
+            _ = crate::health::stopped(&mut shutdown) => return,
+        }
+    }
+}
