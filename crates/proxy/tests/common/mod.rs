@@ -1,0 +1,260 @@
+//! Real parts for the front door's integration tests: tiny hyper servers on loopback ports that
+//! play the site's instances, a pooled HTTP client, and waiting with a deadline.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lifeboat_proxy::{BackendHealth, HealthCheckConfig, Proxy, ProxyConfig, Timeouts};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+/// `Err(())` makes the instance drop the connection without answering.
+pub type Answer = Result<Response<TestBody>, DropConnection>;
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
+
+#[derive(Debug)]
+pub struct DropConnection;
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("instance dropped the connection on purpose")
+    }
+}
+impl std::error::Error for DropConnection {}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
+    let body = Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    Arc::new(move |request| Box::pin(f(request)))
+}
+
+/// One instance of the site: a real HTTP/1.1 server on a loopback port.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Requests other than health checks that reached it.
+    pub hits: Arc<AtomicUsize>,
+    kill: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// An instance that answers every request with its name; `/healthz` is 200.
+    pub async fn named(name: &str) -> Upstream {
+        let own = name.to_string();
+        Upstream::start(
+            name,
+            handler(move |_| {
+                let own = own.clone();
+                async move { text(StatusCode::OK, own) }
+            }),
+        )
+        .await
+    }
+
+    /// An instance whose `/healthz` is 200 and whose other requests go to `handler`.
+    pub async fn start(name: &str, handler: Handler) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (kill, killed) = watch::channel(false);
+        let accept = tokio::spawn(serve(listener, handler, hits.clone(), killed));
+        Upstream {
+            name: name.to_string(),
+            addr,
+            hits,
+            kill,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Like kill -9: the listening socket and every open connection close at once, mid-request
+    /// or not. Returns once the port refuses connections.
+    pub async fn kill(&mut self) {
+        let _ = self.kill.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.kill.send(true);
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    hits: Arc<AtomicUsize>,
+    mut killed: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            _ = killed.wait_for(|k| *k) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let hits = hits.clone();
+        let mut killed = killed.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let handler = handler.clone();
+                let hits = hits.clone();
+                async move {
+                    if request.uri().path() == "/healthz" {
+                        return text(StatusCode::OK, "ok");
+                    }
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    handler(request).await
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::select! {
+                _ = connection => {}
+                _ = killed.wait_for(|k| *k) => {}
+            }
+        });
+    }
+}
+
+/// Front door settings for tests: fast health checks, generous timeouts.
+pub fn test_config() -> ProxyConfig {
+    ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        health: HealthCheckConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        },
+        timeouts: Timeouts {
+            connect: Duration::from_secs(2),
+            response_headers: Duration::from_secs(20),
+            idle: Duration::from_secs(30),
+        },
+        retry_after: Duration::from_secs(30),
+    }
+}
+
+/// A started front door with the instances added and healthy.
+pub async fn proxy_for(upstreams: &[&Upstream], config: ProxyConfig) -> Proxy {
+    let proxy = Proxy::start(config).await.unwrap();
+    for upstream in upstreams {
+        proxy.add_backend(&upstream.name, upstream.addr);
+    }
+    let ids: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    let watched = proxy.clone();
+    eventually("all instances healthy", move || {
+        let backends = watched.backends();
+        ids.iter().all(|id| {
+            backends
+                .iter()
+                .any(|b| &b.id == id && b.health == BackendHealth::Healthy && !b.ejected)
+        })
+    })
+    .await;
+    proxy
+}
+
+/// Waits until `condition` holds, failing the test after a generous deadline.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub type TestClient = Client<HttpConnector, TestBody>;
+
+/// A pooled keep-alive client, like a browser or load generator.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn empty() -> TestBody {
+    Full::new(Bytes::new())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(
+    client: &TestClient,
+    request: Request<TestBody>,
+) -> Result<(StatusCode, http::HeaderMap, String), String> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok((
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+pub async fn get(
+    client: &TestClient,
+    proxy: &Proxy,
+    path: &str,
+) -> Result<(StatusCode, String), String> {
+    let request = Request::get(format!("http://{}{path}", proxy.local_addr()))
+        .body(empty())
+        .unwrap();
+    send(client, request)
+        .await
+        .map(|(status, _, body)| (status, body))
+}

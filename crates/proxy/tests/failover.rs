@@ -1,0 +1,263 @@
+//! Promises about instances failing or leaving: no request is lost to a dead instance, retries
+//! happen only when safe, draining waits for in-flight requests.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, Request, StatusCode};
+use lifeboat_proxy::{Proxy, ProxyEvent};
+use tokio::sync::Notify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_instance_under_concurrent_load_loses_no_request() {
+    let a = Upstream::named("web-1").await;
+    let mut b = Upstream::named("web-2").await;
+    let c = Upstream::named("web-3").await;
+    let proxy = proxy_for(&[&a, &b, &c], test_config()).await;
+    let mut events = proxy.subscribe();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let mut failures = Vec::new();
+            let mut done = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match get(&client, &proxy, "/").await {
+                    Ok((StatusCode::OK, _)) => done += 1,
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (done, failures)
+        }));
+    }
+    eventually("load reaches the instance to be killed", || b.hits() > 200).await;
+    b.kill().await;
+    let after_kill = a.hits() + c.hits();
+    eventually("load goes on after the kill", || {
+        a.hits() + c.hits() > after_kill + 500
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for task in load {
+        let (done, failures) = task.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+        total += done;
+    }
+    assert!(total > 700);
+    let status = proxy
+        .backends()
+        .into_iter()
+        .find(|s| s.id == "web-2")
+        .unwrap();
+    assert!(status.ejected || status.health != lifeboat_proxy::BackendHealth::Healthy);
+    let mut told = false;
+    while let Ok(event) = events.try_recv() {
+        told |= matches!(&event, ProxyEvent::Ejected { id, .. } | ProxyEvent::HealthChanged { id, healthy: false, .. } if id == "web-2");
+    }
+    assert!(told, "subscribers hear that web-2 left the rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_cannot_connect_goes_to_another_instance() {
+    let a = Upstream::named("web-1").await;
+    let mut b = Upstream::named("web-2").await;
+    let mut config = test_config();
+    // No health check will notice the death: only the failed connect can.
+    config.health.interval = Duration::from_secs(3600);
+    let proxy = proxy_for(&[&a, &b], config).await;
+    b.kill().await;
+    let client = client();
+    for i in 0..10 {
+        let request = Request::post(format!("http://{}/entries", proxy.local_addr()))
+            .body(full(format!("text=hello {i}")))
+            .unwrap();
+        let (status, _, body) = send(&client, request).await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "web-1"));
+    }
+    let status = proxy
+        .backends()
+        .into_iter()
+        .find(|s| s.id == "web-2")
+        .unwrap();
+    assert!(
+        status.ejected,
+        "a refused connect ejects the instance at once"
+    );
+}
+
+/// An instance that accepts the request and then dies without answering, except on `/ok`.
+async fn dying_instance(name: &str) -> Upstream {
+    Upstream::start(name, handler(|_| async { Err(DropConnection) })).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_get_is_retried_on_another_instance_when_its_instance_dies_before_answering()
+{
+    let dying = dying_instance("web-1").await;
+    let good = Upstream::named("web-2").await;
+    let proxy = proxy_for(&[&dying, &good], test_config()).await;
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &proxy, "/entries").await.unwrap(),
+            (StatusCode::OK, "web-2".into())
+        );
+    }
+    assert!(
+        dying.hits() > 0,
+        "some GETs went to the dying instance first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_is_retried_at_most_once() {
+    let upstreams = [
+        dying_instance("web-1").await,
+        dying_instance("web-2").await,
+        dying_instance("web-3").await,
+    ];
+    let proxy = proxy_for(
+        &[&upstreams[0], &upstreams[1], &upstreams[2]],
+        test_config(),
+    )
+    .await;
+    let (status, _) = get(&client(), &proxy, "/entries").await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        upstreams.iter().map(|u| u.hits()).sum::<usize>(),
+        2,
+        "one try and one retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_reached_its_instance_is_not_retried() {
+    let a = dying_instance("web-1").await;
+    let b = dying_instance("web-2").await;
+    let proxy = proxy_for(&[&a, &b], test_config()).await;
+    let request = Request::post(format!("http://{}/entries", proxy.local_addr()))
+        .body(full("text=only once"))
+        .unwrap();
+    let (status, _, _) = send(&client(), request).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.hits() + b.hits(), 1, "the POST was sent exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_down_instance_gets_no_new_request() {
+    let a = Upstream::named("web-1").await;
+    let b = Upstream::named("web-2").await;
+    let mut config = test_config();
+    config.health.interval = Duration::from_secs(3600);
+    let proxy = proxy_for(&[&a, &b], config).await;
+    proxy.mark_down("web-1");
+    let before = a.hits();
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &proxy, "/").await.unwrap(),
+            (StatusCode::OK, "web-2".into())
+        );
+    }
+    assert_eq!(a.hits(), before);
+    assert!(
+        proxy
+            .backends()
+            .iter()
+            .any(|s| s.id == "web-1" && s.ejected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_instance_stops_new_requests_at_once_and_resolves_after_its_in_flight_requests()
+{
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let slow = Upstream::start(
+        "web-1",
+        handler(move |_| {
+            let held = held.clone();
+            async move {
+                held.notified().await;
+                text(StatusCode::OK, "web-1 finished")
+            }
+        }),
+    )
+    .await;
+    let other = Upstream::named("web-2").await;
+    let proxy = proxy_for(&[&slow], test_config()).await;
+    let in_flight = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { get(&client(), &proxy, "/slow").await })
+    };
+    eventually("the slow request reached web-1", || slow.hits() == 1).await;
+    proxy.add_backend("web-2", other.addr);
+    let watched = proxy.clone();
+    eventually("web-2 healthy", move || {
+        watched
+            .backends()
+            .iter()
+            .any(|s| s.id == "web-2" && s.health == lifeboat_proxy::BackendHealth::Healthy)
+    })
+    .await;
+
+    let drained = tokio::spawn(proxy.remove_backend("web-1"));
+    assert!(
+        proxy.backends().iter().all(|s| s.id != "web-1"),
+        "removed from the rotation at once"
+    );
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            get(&client, &proxy, "/").await.unwrap(),
+            (StatusCode::OK, "web-2".into())
+        );
+    }
+    assert!(
+        !drained.is_finished(),
+        "draining waits for the slow request"
+    );
+
+    release.notify_one();
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        (StatusCode::OK, "web-1 finished".into())
+    );
+    tokio::time::timeout(Duration::from_secs(20), drained)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(slow.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_answer_in_time_gets_a_504_and_no_retry() {
+    let stuck = Upstream::start("web-1", handler(|_| std::future::pending())).await;
+    let other = Upstream::start("web-2", handler(|_| std::future::pending())).await;
+    let mut config = test_config();
+    config.timeouts.response_headers = Duration::from_millis(300);
+    let proxy = proxy_for(&[&stuck, &other], config).await;
+    let (status, _) = get(&client(), &proxy, "/").await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(stuck.hits() + other.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_healthy_instance_clients_get_503_with_retry_after() {
+    let proxy = Proxy::start(test_config()).await.unwrap();
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{}/", proxy.local_addr()))
+        .body(empty())
+        .unwrap();
+    let (status, headers, _) = send(&client(), request).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "30");
+}
