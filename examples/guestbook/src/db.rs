@@ -1,0 +1,261 @@
+//! The guestbook's SQLite database: schema, connection pool, and every query the routes run.
+//!
+//! Several guestbook instances share one database file on one machine, so every write runs in a
+//! `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so two writers never
+//! deadlock on a lock upgrade) and every connection waits on a busy database instead of failing.
+//! All calls here block; the web layer runs them on tokio's blocking pool through [`Db::run`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How long a statement waits for another instance's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a login session stays valid.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// One guestbook entry as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    pub id: i64,
+    pub text: String,
+    pub created_at: String,
+}
+
+/// A handle on the database file with a small pool of open connections. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, switches it to WAL mode and creates
+    /// the schema. Safe to call from several processes at the same moment.
+    pub fn open(path: &Path) -> anyhow::Result<Db> {
+        let db = Db {
+            path: path.to_path_buf(),
+            idle: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut conn = db.connect()?;
+        create_schema(&mut conn)
+            .with_context(|| format!("creating the guestbook schema in {}", path.display()))?;
+        db.give_back(conn);
+        Ok(db)
+    }
+
+    /// Runs `work` with a pooled connection on tokio's blocking pool, so slow disks or a
+    /// busy lock never stall the async threads.
+    pub async fn run<T, F>(&self, work: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.take()?;
+            let result = work(&mut conn);
+            db.give_back(conn);
+            result
+        })
+        .await
+        .context("database task panicked")?
+    }
+
+    /// Opens a fresh connection configured for sharing the file with other processes.
+    pub fn connect(&self) -> anyhow::Result<Connection> {
+        let conn = Connection::open(&self.path)
+            .with_context(|| format!("opening the database {}", self.path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets readers run while another instance writes. The mode is stored in the file,
+        // but switching needs a moment of exclusive access, so retry while others hold it.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: rusqlite::Result<String> =
+                conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0));
+            match mode {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => break,
+                Ok(mode) => anyhow::bail!(
+                    "the database {} refused WAL mode (it stays in {mode} mode); \
+                     check that its directory is on a local file system",
+                    self.path.display()
+                ),
+                Err(err) if std::time::Instant::now() < deadline && is_busy(&err) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("switching {} to WAL mode", self.path.display()));
+                }
+            }
+        }
+        // FULL: a commit is on disk before we answer 201, so an acknowledged entry survives a
+        // power cut, not only a crash of the process.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    fn take(&self) -> anyhow::Result<Connection> {
+        let pooled = self.idle.lock().expect("pool lock poisoned").pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => self.connect(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+    }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn create_schema(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS entries (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             text TEXT NOT NULL,
+             created_at TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS admin (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             password_hash TEXT NOT NULL,
+             updated_at TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS sessions (
+             token_hash TEXT PRIMARY KEY,
+             created_at TEXT NOT NULL,
+             expires_unix INTEGER NOT NULL
+         );",
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("formatting the current UTC time as RFC 3339 cannot fail")
+}
+
+/// Adds an entry and returns its id once the transaction has committed.
+pub fn add_entry(conn: &mut Connection, text: &str) -> anyhow::Result<i64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO entries (text, created_at) VALUES (?1, ?2)",
+        params![text, now_rfc3339()],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.commit().context("committing the new entry")?;
+    Ok(id)
+}
+
+/// Lists entries, oldest first. `newest` limits the list to the last N entries.
+pub fn list_entries(conn: &mut Connection, newest: Option<u32>) -> anyhow::Result<Vec<Entry>> {
+    let limit = newest.map_or(-1, i64::from);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, text, created_at FROM
+             (SELECT id, text, created_at FROM entries ORDER BY id DESC LIMIT ?1)
+         ORDER BY id ASC",
+    )?;
+    let rows = stmt.query_map([limit], |row| {
+        Ok(Entry {
+            id: row.get(0)?,
+            text: row.get(1)?,
+            created_at: row.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Proves the database answers a real query (used by `/healthz`).
+pub fn check(conn: &mut Connection) -> anyhow::Result<()> {
+    let _count: i64 = conn.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
+    Ok(())
+}
+
+/// The stored admin password hash (PHC string), if an admin password was ever set.
+pub fn admin_password_hash(conn: &mut Connection) -> anyhow::Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT password_hash FROM admin WHERE id = 1", [], |row| {
+            row.get(0)
+        })
+        .optional()?)
+}
+
+/// Stores `hash` as the admin password only if none is set yet. Returns whether it was stored.
+pub fn set_initial_admin_password(conn: &mut Connection, hash: &str) -> anyhow::Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO admin (id, password_hash, updated_at) VALUES (1, ?1, ?2)",
+        params![hash, now_rfc3339()],
+    )?;
+    tx.commit()?;
+    Ok(inserted == 1)
+}
+
+/// Replaces the admin password and ends every session except `keep_session` (if given), so a
+/// stolen session cookie stops working the moment the password is rotated.
+pub fn replace_admin_password(
+    conn: &mut Connection,
+    hash: &str,
+    keep_session: Option<&str>,
+) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO admin (id, password_hash, updated_at) VALUES (1, ?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET password_hash = excluded.password_hash,
+                                       updated_at = excluded.updated_at",
+        params![hash, now_rfc3339()],
+    )?;
+    tx.execute(
+        "DELETE FROM sessions WHERE token_hash IS NOT ?1",
+        params![keep_session],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Records a new session by the hash of its token.
+pub fn add_session(conn: &mut Connection, token_hash: &str) -> anyhow::Result<()> {
+    let expires = OffsetDateTime::now_utc().unix_timestamp() + SESSION_LIFETIME.as_secs() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM sessions WHERE expires_unix < ?1",
+        params![OffsetDateTime::now_utc().unix_timestamp()],
+    )?;
+    tx.execute(
+        "INSERT INTO sessions (token_hash, created_at, expires_unix) VALUES (?1, ?2, ?3)",
+        params![token_hash, now_rfc3339(), expires],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether a session with this token hash exists and has not expired.
+pub fn session_is_valid(conn: &mut Connection, token_hash: &str) -> anyhow::Result<bool> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sessions WHERE token_hash = ?1 AND expires_unix >= ?2",
+            params![token_hash, now],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
