@@ -1,0 +1,316 @@
+//! Keys and sealing. A repository has two random 32-byte keys: the data key (XChaCha20-Poly1305)
+//! and the id key (keyed BLAKE3, so chunk ids reveal nothing about content to someone without
+//! the password). Both are wrapped by a key derived from the password with argon2id and stored
+//! in `keys/<id>`. Nothing here is home-made: we only compose audited primitives.
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Bytes of the random nonce in front of every sealed message.
+pub const NONCE_LEN: usize = 24;
+/// Bytes of authentication tag after every sealed message.
+pub const TAG_LEN: usize = 16;
+
+/// A 32-byte id: of a chunk/tree blob (keyed BLAKE3 of its plaintext) or of an object
+/// (plain BLAKE3 of its stored bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Id> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| Error::Corrupt(format!("{s:?} is not a 64-character hex id")))?;
+        Ok(Id(out))
+    }
+    /// The plain BLAKE3 hash of stored bytes: names packs, indexes and snapshots so every read
+    /// can check what it got.
+    pub fn of_object(bytes: &[u8]) -> Id {
+        Id(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Id, D::Error> {
+        let s = String::deserialize(d)?;
+        Id::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The secret keys of one repository.
+#[derive(Clone)]
+pub struct Keys {
+    data: [u8; 32],
+    ids: [u8; 32],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<secret>)")
+    }
+}
+
+/// How hard the password is stretched. Stored next to the wrapped key, so a reader needs no
+/// configuration. Tests lower it with `LIFEBOAT_KDF=fast`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// Minimal stretching, for tests only: never use it for a real repository.
+    pub fn insecure_fast() -> KdfParams {
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    /// Strong defaults (64 MiB, 3 passes), or tiny ones when `LIFEBOAT_KDF=fast` (tests only).
+    pub fn from_env() -> KdfParams {
+        if std::env::var("LIFEBOAT_KDF").as_deref() == Ok("fast") {
+            KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            }
+        } else {
+            KdfParams {
+                memory_kib: 64 * 1024,
+                iterations: 3,
+                parallelism: 1,
+            }
+        }
+    }
+}
+
+/// The stored form of a password-wrapped key (`keys/<id>`), plain JSON.
+#[derive(Serialize, Deserialize)]
+pub struct KeyFile {
+    pub kdf: String,
+    pub params: KdfParams,
+    pub salt: String,
+    pub sealed_keys: String,
+    pub created: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyMaterial {
+    data: String,
+    ids: String,
+}
+
+fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32]> {
+    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
+        .map_err(|e| Error::Corrupt(format!("key file has unusable argon2 parameters: {e}")))?;
+    let mut out = [0u8; 32];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(password, salt, &mut out)
+        .map_err(|e| Error::Corrupt(format!("argon2id failed: {e}")))?;
+    Ok(out)
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+impl Keys {
+    /// Fresh random keys for a new repository.
+    pub fn generate() -> Keys {
+        Keys {
+            data: random_bytes(),
+            ids: random_bytes(),
+        }
+    }
+
+    /// Wraps these keys with `password`.
+    pub fn wrap(&self, password: &[u8], params: KdfParams, created: String) -> Result<KeyFile> {
+        let salt: [u8; 16] = random_bytes();
+        let kek = derive(password, &salt, params)?;
+        let material = serde_json::to_vec(&KeyMaterial {
+            data: hex::encode(self.data),
+            ids: hex::encode(self.ids),
+        })
+        .expect("key material serializes");
+        let sealed = seal_with(&kek, &material, b"lifeboat-key");
+        Ok(KeyFile {
+            kdf: "argon2id".into(),
+            params,
+            salt: hex::encode(salt),
+            sealed_keys: hex::encode(sealed),
+            created,
+        })
+    }
+
+    /// Unwraps a key file; `None` when the password does not open it.
+    pub fn unwrap(file: &KeyFile, password: &[u8]) -> Result<Option<Keys>> {
+        if file.kdf != "argon2id" {
+            return Err(Error::Corrupt(format!(
+                "unknown key derivation {:?}",
+                file.kdf
+            )));
+        }
+        let salt = hex::decode(&file.salt).map_err(|_| Error::Corrupt("bad key salt".into()))?;
+        let sealed =
+            hex::decode(&file.sealed_keys).map_err(|_| Error::Corrupt("bad sealed key".into()))?;
+        let kek = derive(password, &salt, file.params)?;
+        let Some(material) = open_with(&kek, &sealed, b"lifeboat-key") else {
+            return Ok(None);
+        };
+        let m: KeyMaterial = serde_json::from_slice(&material)
+            .map_err(|e| Error::Corrupt(format!("key material: {e}")))?;
+        let mut keys = Keys {
+            data: [0; 32],
+            ids: [0; 32],
+        };
+        hex::decode_to_slice(&m.data, &mut keys.data)
+            .and_then(|_| hex::decode_to_slice(&m.ids, &mut keys.ids))
+            .map_err(|_| Error::Corrupt("key material is not hex".into()))?;
+        Ok(Some(keys))
+    }
+
+    /// The id of a blob's plaintext: keyed BLAKE3.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.ids, plaintext).as_bytes())
+    }
+
+    /// Encrypts `plaintext` (nonce || ciphertext || tag), binding it to `aad`.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal_with(&self.data, plaintext, aad)
+    }
+
+    /// Decrypts what [`Keys::seal`] produced; `None` if it was altered or `aad` differs.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        open_with(&self.data, sealed, aad)
+    }
+
+    /// Compresses (zstd, when it helps) then seals. Layout of the plaintext: one flag byte
+    /// (0 = stored, 1 = zstd) followed by the payload.
+    pub fn pack_payload(&self, data: &[u8], aad: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(data.len() + 1);
+        match zstd::bulk::compress(data, 3) {
+            Ok(c) if c.len() + 64 < data.len() => {
+                plain.push(1);
+                plain.extend_from_slice(&c);
+            }
+            _ => {
+                plain.push(0);
+                plain.extend_from_slice(data);
+            }
+        }
+        self.seal(&plain, aad)
+    }
+
+    /// Reverses [`Keys::pack_payload`]. `max_len` bounds the decompressed size.
+    pub fn unpack_payload(&self, sealed: &[u8], aad: &[u8], max_len: usize) -> Option<Vec<u8>> {
+        let plain = self.open(sealed, aad)?;
+        match plain.split_first()? {
+            (0, rest) => Some(rest.to_vec()),
+            (1, rest) => zstd::bulk::decompress(rest, max_len).ok(),
+            _ => None,
+        }
+    }
+}
+
+fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce: [u8; NONCE_LEN] = random_bytes();
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_keys_open_only_with_the_right_password() {
+        let keys = Keys::generate();
+        let file = keys
+            .wrap(
+                b"right",
+                KdfParams {
+                    memory_kib: 64,
+                    iterations: 1,
+                    parallelism: 1,
+                },
+                "t".into(),
+            )
+            .unwrap();
+        let opened = Keys::unwrap(&file, b"right")
+            .unwrap()
+            .expect("right password opens");
+        assert_eq!(opened.blob_id(b"x"), keys.blob_id(b"x"));
+        assert!(Keys::unwrap(&file, b"wrong").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected() {
+        let keys = Keys::generate();
+        let mut sealed = keys.pack_payload(&vec![7u8; 10_000], b"");
+        assert_eq!(
+            keys.unpack_payload(&sealed, b"", 20_000).unwrap(),
+            vec![7u8; 10_000]
+        );
+        let n = sealed.len() / 2;
+        sealed[n] ^= 1;
+        assert!(keys.unpack_payload(&sealed, b"", 20_000).is_none());
+    }
+}

@@ -1,0 +1,445 @@
+//! The set of destinations of one repository, written to as one: every object goes to every
+//! destination; a write counts as done when `quorum` of them have it. A destination that fails
+//! is marked down for the rest of the session and everything it misses goes to the local spool
+//! (`<spool>/<destination>/<key>`), which `catch_up` sends later, data before indexes before
+//! snapshots, so a destination never holds a snapshot whose data it lacks. Reads try the
+//! destinations in preference order and check each object before trusting it.
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BackendError, ObjectInfo, write_durably};
+use crate::error::{Error, Result};
+use crate::format::now_rfc3339;
+
+/// One destination and what this session knows about it.
+pub struct Destination {
+    pub url: String,
+    backend: Backend,
+    down: Mutex<Option<String>>,
+    spool: PathBuf,
+}
+
+/// What `status` reports per destination.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestinationStatus {
+    pub url: String,
+    pub reachable: bool,
+    /// Objects waiting in the local spool for this destination.
+    pub objects_behind: u64,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct SpoolState {
+    last_success: Option<String>,
+    last_error: Option<String>,
+}
+
+/// All destinations of a repository.
+pub struct Destinations {
+    list: Vec<Destination>,
+    quorum: usize,
+}
+
+fn slug(url: &str) -> String {
+    let clean: String = url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let tail = &clean[clean.len().saturating_sub(40)..];
+    format!("{}-{}", &blake3::hash(url.as_bytes()).to_hex()[..12], tail)
+}
+
+/// Order in which spooled objects are sent: data, then indexes, then everything that refers
+/// to them.
+fn send_order(key: &str) -> u8 {
+    if key.starts_with("data/") {
+        0
+    } else if key.starts_with("index/") {
+        1
+    } else if key.starts_with("keys/") || key == "config" {
+        2
+    } else {
+        3
+    }
+}
+
+impl Destinations {
+    /// Opens every destination. `preferred` (the one the user named) is read first.
+    pub fn open(
+        urls: &[String],
+        preferred: &str,
+        quorum: usize,
+        spool_root: &Path,
+        repo_id: &str,
+    ) -> Result<Destinations> {
+        let mut list = Vec::new();
+        for url in urls {
+            list.push(Destination {
+                url: url.clone(),
+                backend: Backend::open(url)?,
+                down: Mutex::new(None),
+                spool: spool_root.join(repo_id).join(slug(url)),
+            });
+        }
+        list.sort_by_key(|d| d.url != preferred);
+        let quorum = quorum.clamp(1, list.len().max(1));
+        Ok(Destinations { list, quorum })
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.list.iter().map(|d| d.url.clone()).collect()
+    }
+
+    fn mark_down(&self, d: &Destination, why: &str) {
+        *d.down.lock().unwrap() = Some(why.to_string());
+        let _ = d.save_state(|s| s.last_error = Some(format!("{}: {why}", now_rfc3339())));
+    }
+
+    /// Writes `bytes` under `key` to every destination (spooling for those that are down).
+    /// Ok means at least `quorum` destinations have it durably.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let futs = self.list.iter().map(|d| {
+            let bytes = bytes.clone();
+            async move {
+                if let Some(why) = d.down.lock().unwrap().clone() {
+                    return Err(why);
+                }
+                d.backend.put(key, bytes).await.map_err(|e| e.to_string())
+            }
+        });
+        let results = futures::future::join_all(futs).await;
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        for (d, r) in self.list.iter().zip(results) {
+            match r {
+                Ok(()) => ok += 1,
+                Err(why) => {
+                    if d.down.lock().unwrap().is_none() {
+                        self.mark_down(d, &why);
+                    }
+                    write_durably(&d.spool.join(key), &bytes).map_err(|e| Error::Io {
+                        action: "spooling an object for a destination that is down, at",
+                        path: d.spool.join(key),
+                        source: e,
+                    })?;
+                    failed.push(format!("{} ({why})", d.url));
+                }
+            }
+        }
+        if ok < self.quorum {
+            return Err(Error::QuorumNotReached {
+                key: key.into(),
+                succeeded: ok,
+                needed: self.quorum,
+                failed: failed.join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `key`, trying each destination until one returns bytes that `check` accepts.
+    /// Falls back to spooled copies. Damaged copies are reported in the error if none is good.
+    pub async fn get(&self, key: &str, check: impl Fn(&[u8]) -> bool) -> Result<Bytes> {
+        let mut problems = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                continue;
+            }
+            match d.backend.get(key).await {
+                Ok(b) if check(&b) => return Ok(b),
+                Ok(_) => problems.push(format!("damaged on {}", d.url)),
+                Err(BackendError::NotFound) => problems.push(format!("missing on {}", d.url)),
+                Err(e) => problems.push(format!("{}: {e}", d.url)),
+            }
+        }
+        for d in &self.list {
+            if let Ok(b) = std::fs::read(d.spool.join(key))
+                && check(&b)
+            {
+                return Ok(Bytes::from(b));
+            }
+        }
+        Err(Error::Unreadable {
+            key: key.into(),
+            detail: problems.join("; "),
+        })
+    }
+
+    /// Reads a byte range of `key`, trying each destination until `check` accepts the bytes.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        check: impl Fn(&[u8]) -> bool,
+    ) -> Result<Bytes> {
+        let mut problems = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                continue;
+            }
+            match d.backend.get_range(key, offset, len).await {
+                Ok(b) if check(&b) => return Ok(b),
+                Ok(_) => problems.push(format!("damaged on {}", d.url)),
+                Err(e) => problems.push(format!("{}: {e}", d.url)),
+            }
+        }
+        for d in &self.list {
+            if let Ok(b) = std::fs::read(d.spool.join(key)) {
+                let (s, e) = (offset as usize, (offset + len) as usize);
+                if e <= b.len() && check(&b[s..e]) {
+                    return Ok(Bytes::copy_from_slice(&b[s..e]));
+                }
+            }
+        }
+        Err(Error::Unreadable {
+            key: key.into(),
+            detail: problems.join("; "),
+        })
+    }
+
+    /// Writes `key` to every reachable destination, best effort, without spooling (locks).
+    pub async fn put_reachable(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let mut ok = 0;
+        let mut errors = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                continue;
+            }
+            match d.backend.put(key, bytes.clone()).await {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", d.url));
+                    self.mark_down(d, &e.to_string());
+                }
+            }
+        }
+        if ok == 0 {
+            return Err(Error::Destination {
+                location: self.urls().join(", "),
+                action: "writing",
+                key: key.into(),
+                detail: errors.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from every reachable destination, best effort (locks).
+    pub async fn delete_reachable(&self, key: &str) {
+        for d in &self.list {
+            if d.down.lock().unwrap().is_none() {
+                let _ = d.backend.delete(key).await;
+            }
+        }
+    }
+
+    /// Reads `key` from one destination only (verify per destination).
+    pub async fn get_from(&self, url: &str, key: &str) -> std::result::Result<Bytes, BackendError> {
+        let d = self
+            .list
+            .iter()
+            .find(|d| d.url == url)
+            .expect("known destination");
+        d.backend.get(key).await
+    }
+
+    /// Keys under `dir` on one destination.
+    pub async fn list_on(
+        &self,
+        url: &str,
+        dir: &str,
+    ) -> std::result::Result<Vec<ObjectInfo>, BackendError> {
+        let d = self
+            .list
+            .iter()
+            .find(|d| d.url == url)
+            .expect("known destination");
+        d.backend.list(dir).await
+    }
+
+    /// The union of keys under `dir` over every reachable destination.
+    pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut reached = 0;
+        let mut errors = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                continue;
+            }
+            match d.backend.list(dir).await {
+                Ok(keys) => {
+                    reached += 1;
+                    for o in keys {
+                        out.entry(o.key.clone()).or_insert(o);
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("{}: {e}", d.url));
+                    self.mark_down(d, &e.to_string());
+                }
+            }
+        }
+        if reached == 0 {
+            return Err(Error::Destination {
+                location: self.urls().join(", "),
+                action: "listing",
+                key: dir.into(),
+                detail: errors.join("; "),
+            });
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Deletes `key` everywhere. Prune calls this only when every destination is reachable.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        for d in &self.list {
+            d.backend
+                .delete(key)
+                .await
+                .map_err(|e| Error::Destination {
+                    location: d.url.clone(),
+                    action: "deleting",
+                    key: key.into(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sends spooled objects to destinations that are back. Returns, per destination that is
+    /// still behind, why.
+    pub async fn catch_up(&self) -> Vec<(String, String)> {
+        let mut behind = Vec::new();
+        for d in &self.list {
+            let mut keys = spooled_keys(&d.spool);
+            if keys.is_empty() {
+                continue;
+            }
+            keys.sort_by_key(|k| (send_order(k), k.clone()));
+            // Probe first, so a destination that is still down costs one request.
+            if let Err(e) = d.backend.list("config-probe").await {
+                self.mark_down(d, &e.to_string());
+                behind.push((d.url.clone(), e.to_string()));
+                continue;
+            }
+            *d.down.lock().unwrap() = None;
+            for key in keys {
+                let path = d.spool.join(&key);
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                match d.backend.put(&key, Bytes::from(bytes)).await {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        self.mark_down(d, &e.to_string());
+                        behind.push((d.url.clone(), e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        behind
+    }
+
+    /// Records the end of a session: destinations that took every write get a fresh
+    /// `last_success`.
+    pub fn record_session_end(&self) {
+        for d in &self.list {
+            if d.down.lock().unwrap().is_none() && spooled_keys(&d.spool).is_empty() {
+                let _ = d.save_state(|s| s.last_success = Some(now_rfc3339()));
+            }
+        }
+    }
+
+    /// Whether every destination is reachable with nothing spooled; else the first that is not.
+    pub async fn require_all(&self, operation: &'static str) -> Result<()> {
+        for d in &self.list {
+            let detail = if let Some(why) = d.down.lock().unwrap().clone() {
+                Some(why)
+            } else if !spooled_keys(&d.spool).is_empty() {
+                Some("it still has objects in the local spool".to_string())
+            } else {
+                d.backend
+                    .list("config-probe")
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            if let Some(detail) = detail {
+                return Err(Error::DestinationNeeded {
+                    operation,
+                    location: d.url.clone(),
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reachability, lag and history of every destination (probes each one).
+    pub async fn status(&self) -> Vec<DestinationStatus> {
+        let mut out = Vec::new();
+        for d in &self.list {
+            let probe = d.backend.list("config-probe").await;
+            let state = d.load_state();
+            out.push(DestinationStatus {
+                url: d.url.clone(),
+                reachable: probe.is_ok(),
+                objects_behind: spooled_keys(&d.spool).len() as u64,
+                last_success: state.last_success,
+                last_error: match probe {
+                    Err(e) => Some(e.to_string()),
+                    Ok(_) => state.last_error,
+                },
+            });
+        }
+        out
+    }
+}
+
+impl Destination {
+    fn state_path(&self) -> PathBuf {
+        self.spool.with_extension("state.json")
+    }
+    fn load_state(&self) -> SpoolState {
+        std::fs::read(self.state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+    fn save_state(&self, f: impl FnOnce(&mut SpoolState)) -> std::io::Result<()> {
+        let mut s = self.load_state();
+        f(&mut s);
+        write_durably(
+            &self.state_path(),
+            &serde_json::to_vec(&s).expect("serializes"),
+        )
+    }
+}
+
+fn spooled_keys(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}

@@ -1,0 +1,479 @@
+//! Opening and creating a repository, and reading what it holds: the key, the index of blobs,
+//! trees, snapshots and segments. Writing data goes through `backup::SnapshotWriter`.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::backend::{Backend, BackendError};
+use crate::crypto::{Id, KdfParams, KeyFile, Keys};
+use crate::destinations::{DestinationStatus, Destinations};
+use crate::error::{Error, Result};
+use crate::format::{
+    BlobKind, ChunkerParams, Config, FORMAT_VERSION, IndexFile, MAX_BLOB_LEN, Snapshot, Tree,
+    now_rfc3339, open_json, seal_json,
+};
+
+/// How to open or create a repository.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Where objects for unreachable destinations wait. Default: `$LIFEBOAT_SPOOL`, else
+    /// `$XDG_CACHE_HOME/lifeboat/spool`, else `~/.cache/lifeboat/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Password stretching for `init` (default: [`KdfParams::from_env`]).
+    pub kdf: Option<KdfParams>,
+}
+
+impl OpenOptions {
+    fn spool(&self) -> PathBuf {
+        if let Some(p) = &self.spool_dir {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("LIFEBOAT_SPOOL") {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(p).join("lifeboat/spool");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        home.join(".cache/lifeboat/spool")
+    }
+}
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: Id,
+    pub kind: BlobKind,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// The in-memory index: every blob the repository holds, by id.
+#[derive(Default)]
+pub struct Index {
+    pub blobs: HashMap<Id, BlobLocation>,
+    /// Pack id -> size, for every indexed pack.
+    pub packs: HashMap<Id, u64>,
+    /// Index objects loaded.
+    pub files: Vec<Id>,
+}
+
+impl Index {
+    pub(crate) fn add(&mut self, file: &IndexFile) {
+        for p in &file.packs {
+            self.packs.insert(p.id, p.size);
+            for b in &p.blobs {
+                self.blobs.insert(
+                    b.id,
+                    BlobLocation {
+                        pack: p.id,
+                        kind: b.kind,
+                        offset: b.offset,
+                        length: b.length,
+                        raw_length: b.raw_length,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A snapshot with its id.
+#[derive(Clone, Debug)]
+pub struct SnapshotEntry {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+/// An open repository.
+pub struct Repository {
+    pub(crate) config: Config,
+    pub(crate) keys: Keys,
+    pub(crate) dests: Arc<Destinations>,
+    pub(crate) index: RwLock<Index>,
+    pub(crate) location: String,
+}
+
+pub(crate) fn pack_key(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+fn key_id(key: &str) -> Option<Id> {
+    Id::from_hex(key.rsplit('/').next()?).ok()
+}
+
+impl Repository {
+    /// Creates a repository on every destination in `urls` (the first is where it is opened
+    /// from afterwards). Fails if any destination already holds one.
+    pub async fn init<S: AsRef<str>>(
+        urls: &[S],
+        quorum: Option<usize>,
+        password: &[u8],
+        opts: &OpenOptions,
+    ) -> Result<Repository> {
+        if urls.is_empty() {
+            return Err(Error::InvalidInput("give at least one --dest".into()));
+        }
+        let urls = urls
+            .iter()
+            .map(|u| crate::backend::normalize_url(u.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        for url in &urls {
+            match Backend::open(url)?.get("config").await {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        location: url.clone(),
+                    });
+                }
+                Err(BackendError::NotFound) => {}
+                Err(e) => {
+                    return Err(Error::Destination {
+                        location: url.clone(),
+                        action: "checking for an existing repository at",
+                        key: "config".into(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(crate::crypto::random_bytes::<16>()),
+            destinations: urls.clone(),
+            quorum: quorum.unwrap_or(urls.len()).clamp(1, urls.len()),
+            chunker: ChunkerParams::default(),
+            created: now_rfc3339(),
+        };
+        let keys = Keys::generate();
+        let keyfile = keys.wrap(
+            password,
+            opts.kdf.unwrap_or_else(KdfParams::from_env),
+            now_rfc3339(),
+        )?;
+        let keybytes = serde_json::to_vec_pretty(&keyfile).expect("serializes");
+        let dests = Destinations::open(&urls, &urls[0], config.quorum, &opts.spool(), &config.id)?;
+        // The key first, the config last: a crash in between leaves no config, so the
+        // destination still counts as empty and init can simply be run again.
+        dests
+            .put(
+                &format!("keys/{}", Id::of_object(&keybytes)),
+                Bytes::from(keybytes),
+            )
+            .await?;
+        dests
+            .put(
+                "config",
+                Bytes::from(serde_json::to_vec_pretty(&config).expect("serializes")),
+            )
+            .await?;
+        dests.record_session_end();
+        Ok(Repository {
+            location: urls[0].clone(),
+            config,
+            keys,
+            dests: Arc::new(dests),
+            index: RwLock::new(Index::default()),
+        })
+    }
+
+    /// Opens the repository one of whose destinations is `url`, with `password`, sends what
+    /// the spool holds for destinations that are back, and loads the index.
+    pub async fn open(url: &str, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
+        let url = crate::backend::normalize_url(url)?;
+        let backend = Backend::open(&url)?;
+        let raw = match backend.get("config").await {
+            Ok(b) => b,
+            Err(BackendError::NotFound) => {
+                return Err(Error::MissingRepository {
+                    location: url,
+                    detail: "it has no config object".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Error::MissingRepository {
+                    location: url,
+                    detail: format!("cannot read it: {e}"),
+                });
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let v: VersionOnly =
+            serde_json::from_slice(&raw).map_err(|e| Error::MissingRepository {
+                location: url.clone(),
+                detail: format!("its config is not a lifeboat repository config ({e})"),
+            })?;
+        if v.version > FORMAT_VERSION {
+            return Err(Error::NewerFormat {
+                location: url,
+                found: v.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt(format!("config at {url} is malformed: {e}")))?;
+        let mut urls = config.destinations.clone();
+        if !urls.contains(&url) {
+            urls.insert(0, url.clone());
+        }
+        let dests = Destinations::open(&urls, &url, config.quorum, &opts.spool(), &config.id)?;
+        let mut keys = None;
+        let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
+            location: url.clone(),
+            action: "listing",
+            key: "keys/".into(),
+            detail: e.to_string(),
+        })?;
+        for kf in keyfiles {
+            let Ok(bytes) = backend.get(&kf.key).await else {
+                continue;
+            };
+            let Ok(file) = serde_json::from_slice::<KeyFile>(&bytes) else {
+                continue;
+            };
+            if let Some(k) = Keys::unwrap(&file, password)? {
+                keys = Some(k);
+                break;
+            }
+        }
+        let keys = keys.ok_or_else(|| Error::WrongPassword {
+            location: url.clone(),
+        })?;
+        let repo = Repository {
+            location: url,
+            config,
+            keys,
+            dests: Arc::new(dests),
+            index: RwLock::new(Index::default()),
+        };
+        repo.dests.catch_up().await;
+        repo.reload_index().await?;
+        Ok(repo)
+    }
+
+    /// The repository's config (destinations, quorum, chunker).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The destination this repository was opened from.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Reads every index object (from any destination) into memory.
+    pub async fn reload_index(&self) -> Result<()> {
+        let listed = self.dests.list("index").await?;
+        let files: Vec<Result<(Id, IndexFile)>> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let id = key_id(&o.key)
+                    .ok_or_else(|| Error::Corrupt(format!("odd index name {}", o.key)))?;
+                let f: IndexFile = self.read_object(&o.key, id, b"index", "index").await?;
+                Ok((id, f))
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut index = Index::default();
+        for f in files {
+            let (id, file) = f?;
+            index.add(&file);
+            index.files.push(id);
+        }
+        *self.index.write().unwrap() = index;
+        Ok(())
+    }
+
+    /// Reads a sealed JSON object named by the hash of its bytes.
+    pub(crate) async fn read_object<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: &str,
+        id: Id,
+        aad: &[u8],
+        what: &str,
+    ) -> Result<T> {
+        let bytes = self.dests.get(key, |b| Id::of_object(b) == id).await?;
+        open_json(&self.keys, &bytes, aad, &format!("{what} {key}"))
+    }
+
+    /// Writes a sealed JSON object under `dir/<hash>`; returns its id.
+    pub(crate) async fn write_object<T: serde::Serialize>(
+        &self,
+        dir: &str,
+        value: &T,
+        aad: &[u8],
+    ) -> Result<Id> {
+        let sealed = seal_json(&self.keys, value, aad);
+        let id = Id::of_object(&sealed);
+        self.dests
+            .put(&format!("{dir}/{id}"), Bytes::from(sealed))
+            .await?;
+        Ok(id)
+    }
+
+    /// Reads one blob and checks that its content has the id it is stored under.
+    pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .read()
+            .unwrap()
+            .blobs
+            .get(id)
+            .copied()
+            .ok_or_else(|| {
+                Error::Corrupt(format!("blob {id:?} is referenced but not in any index"))
+            })?;
+        let keys = &self.keys;
+        let bytes = self
+            .dests
+            .get_range(
+                &pack_key(&loc.pack),
+                loc.offset,
+                u64::from(loc.length),
+                |b| {
+                    keys.unpack_payload(b, b"", MAX_BLOB_LEN)
+                        .is_some_and(|p| keys.blob_id(&p) == *id)
+                },
+            )
+            .await?;
+        Ok(self
+            .keys
+            .unpack_payload(&bytes, b"", MAX_BLOB_LEN)
+            .expect("checked above"))
+    }
+
+    /// Reads a directory listing.
+    pub async fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(id).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("tree {id:?} is malformed: {e}")))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let listed = self.dests.list("snapshots").await?;
+        let mut out = Vec::new();
+        for o in listed {
+            let Some(id) = key_id(&o.key) else { continue };
+            let snapshot: Snapshot = self
+                .read_object(&o.key, id, b"snapshot", "snapshot")
+                .await?;
+            out.push(SnapshotEntry { id, snapshot });
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by id prefix, or `latest`.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let all = self.snapshots().await?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| Error::NoSuchSnapshot(spec.into()));
+        }
+        let mut matches: Vec<_> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(spec))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::NoSuchSnapshot(spec.into())),
+            1 => Ok(matches.pop().unwrap()),
+            _ => Err(Error::AmbiguousSnapshot(spec.into())),
+        }
+    }
+
+    /// Removes a snapshot (its data stays until `prune`).
+    pub async fn forget_snapshot(&self, id: &Id) -> Result<()> {
+        self.dests.delete(&format!("snapshots/{id}")).await
+    }
+
+    /// Stores a small named blob: segment `seq` of `stream` (e.g. a log segment of a live
+    /// site between checkpoints). Sealed, bound to its name, written with the same quorum
+    /// and spool rules as everything else.
+    pub async fn put_segment(&self, stream: &str, seq: u64, data: &[u8]) -> Result<()> {
+        let key = segment_key(stream, seq)?;
+        let sealed = self.keys.pack_payload(data, key.as_bytes());
+        self.dests.put(&key, Bytes::from(sealed)).await
+    }
+
+    /// Reads segment `seq` of `stream`, checked against tampering and swapping.
+    pub async fn get_segment(&self, stream: &str, seq: u64) -> Result<Vec<u8>> {
+        let key = segment_key(stream, seq)?;
+        let keys = &self.keys;
+        let aad = key.as_bytes();
+        let bytes = self
+            .dests
+            .get(&key, |b| keys.unpack_payload(b, aad, 1 << 30).is_some())
+            .await?;
+        Ok(keys
+            .unpack_payload(&bytes, aad, 1 << 30)
+            .expect("checked above"))
+    }
+
+    /// Sequence numbers of the segments of `stream`, ascending.
+    pub async fn list_segments(&self, stream: &str) -> Result<Vec<u64>> {
+        segment_key(stream, 0)?;
+        let mut seqs: Vec<u64> = self
+            .dests
+            .list(&format!("segments/{stream}"))
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.rsplit('/').next()?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(seqs)
+    }
+
+    /// Deletes segments of `stream` below `seq` (after a checkpoint made them redundant).
+    pub async fn delete_segments_before(&self, stream: &str, seq: u64) -> Result<()> {
+        for s in self.list_segments(stream).await? {
+            if s < seq {
+                self.dests.delete(&segment_key(stream, s)?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reachability and lag of every destination.
+    pub async fn status(&self) -> Vec<DestinationStatus> {
+        self.dests.status().await
+    }
+
+    /// Sends spooled objects to destinations that are back; returns those still behind.
+    pub async fn catch_up(&self) -> Vec<(String, String)> {
+        let r = self.dests.catch_up().await;
+        self.dests.record_session_end();
+        r
+    }
+
+    /// Marks the end of a session (updates each destination's last success).
+    pub fn close(&self) {
+        self.dests.record_session_end();
+    }
+}
+
+fn segment_key(stream: &str, seq: u64) -> Result<String> {
+    if stream.is_empty()
+        || !stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || stream.starts_with('.')
+    {
+        return Err(Error::InvalidInput(format!(
+            "segment stream name {stream:?} must be letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(format!("segments/{stream}/{seq:020}"))
+}
