@@ -1,0 +1,644 @@
+//! Capturing every committed transaction of one live SQLite database, from outside the
+//! processes that write it.
+//!
+//! How no transaction is missed (the argument the code relies on):
+//!
+//! - SQLite only overwrites WAL frames when it *restarts* the log, and it restarts only when
+//!   every frame has been copied back into the database file and no reader holds a snapshot
+//!   that still needs the log. Capture keeps its own read transaction open at all times
+//!   (`reader`), so the frames it has not read yet can neither be copied back past its
+//!   snapshot nor overwritten.
+//! - That read transaction is only ever (re)started while capture also holds the database's
+//!   write lock (`locker`, `BEGIN IMMEDIATE`) and has read the log to its end. So the only
+//!   restart that can ever happen under it destroys frames capture already has.
+//! - Hence, while capture runs, a new WAL header simply means "the next generation began":
+//!   capture continues at its first frame. An app's own `PRAGMA wal_checkpoint(TRUNCATE)`
+//!   either waits for capture's reader (and gives up busy) or truncates an already
+//!   captured log.
+//! - Across a capture restart the reader was not held, so continuity is proven only by
+//!   finding the saved position (salts, offset, running checksum) intact in the log. If it
+//!   is not, capture takes a fresh base image and records why: never silently.
+//! - Capture checkpoints the log itself ([`SqliteCapture::checkpoint`]), under the write
+//!   lock, after the caller made every record durable.
+//!
+//! This module never writes to the user's database and never prints.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
+use time::OffsetDateTime;
+
+use crate::error::{CaptureError, Result, io_err, sql_err};
+use crate::position::{self, POSITION_FORMAT_VERSION, SavedPosition};
+use crate::record::{BaseImageRecord, CommitRecord, SnapshotReason};
+use crate::wal::{self, FrameRef, WalHeader, WalPosition, WalStop};
+
+/// Tuning for [`SqliteCapture`].
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// How long to wait for the database's write lock (during checkpoints and resyncs)
+    /// before reporting the database busy.
+    pub busy_timeout: Duration,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A full database image written by capture, waiting to be shipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// What goes into the timeline.
+    pub record: BaseImageRecord,
+    /// The image file (a valid SQLite database file), fsynced. The caller owns it: ship
+    /// it, then delete it.
+    pub path: PathBuf,
+}
+
+/// What [`SqliteCapture::poll`] hands out, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureEvent {
+    /// A committed transaction.
+    Commit(CommitRecord),
+    /// A fresh base image (first capture, requested, or continuity lost: see its reason).
+    BaseImage(BaseImage),
+}
+
+impl CaptureEvent {
+    /// The event's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            CaptureEvent::Commit(c) => c.seq,
+            CaptureEvent::BaseImage(b) => b.record.seq,
+        }
+    }
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Events handed to the shipping callback (and then confirmed durable).
+    pub shipped: usize,
+    /// Frames in the WAL when the checkpoint ran.
+    pub wal_frames: i64,
+    /// Frames copied back into the database file; equal to `wal_frames` when complete.
+    pub checkpointed_frames: i64,
+    /// `false` when the app's own readers kept some frames in the log; the next
+    /// checkpoint retries.
+    pub complete: bool,
+    /// Set when the checkpoint did not run, with the reason.
+    pub deferred: Option<String>,
+}
+
+/// Where capture stands, for `lifeboat status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureStatus {
+    /// Last sequence number handed out.
+    pub last_seq: u64,
+    /// Last sequence number confirmed durable.
+    pub durable_seq: u64,
+    /// Byte offset captured up to in the current WAL generation (0 while it is empty).
+    pub wal_offset: u64,
+}
+
+/// Continuous capture of one SQLite database in WAL mode.
+pub struct SqliteCapture {
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    state_dir: PathBuf,
+    /// Holds the long-lived read transaction that pins the WAL.
+    reader: Connection,
+    /// Takes the write lock during checkpoints and resyncs; never writes.
+    locker: Connection,
+    /// The database file, for reading pages of base images. Opened once and kept open
+    /// (declared after the connections so it closes after them): closing any descriptor
+    /// of the file would drop the POSIX locks SQLite holds on it in this process, and
+    /// another process closing its last connection would then checkpoint past capture's
+    /// read transaction and delete the WAL.
+    db_file: File,
+    /// Position after the last record read; `None` while the WAL has no generation yet.
+    pos: Option<WalPosition>,
+    page_size: u32,
+    db_pages: u32,
+    /// Latest frame per page in the current generation, up to `pos`.
+    index: HashMap<u32, FrameRef>,
+    /// A damaged frame the caller chose to accept via [`SqliteCapture::resync`].
+    accepted_damage: Option<(WalPosition, u64)>,
+    last_seq: u64,
+    durable_seq: u64,
+    last_commit_time: OffsetDateTime,
+    /// Handed-out records not yet confirmed durable, with the position after each.
+    unconfirmed: VecDeque<SavedPosition>,
+    /// Records read but not yet handed out.
+    pending: Vec<CaptureEvent>,
+    /// Set when the read transaction could not be kept; the next poll resyncs.
+    needs_resync: Option<String>,
+}
+
+fn open_connection(db: &Path, timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db, flags).map_err(sql_err(
+        db,
+        "open the database (check that the path names an existing SQLite file)",
+    ))?;
+    conn.busy_timeout(timeout)
+        .map_err(sql_err(db, "set the busy timeout"))?;
+    // When capture's connection is the last one to close, SQLite would checkpoint and delete
+    // the WAL, taking frames not yet confirmed durable with it. Keep the log instead.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(sql_err(db, "disable checkpoint-on-close"))?;
+    Ok(conn)
+}
+
+impl SqliteCapture {
+    /// Starts capturing `db`, keeping its position file and base images in `state_dir`.
+    ///
+    /// Resumes from the saved position when the WAL still holds it; otherwise the first
+    /// [`poll`](Self::poll) returns a base image whose reason says why (first capture,
+    /// or what broke continuity). Refuses a database that is not in WAL mode.
+    pub fn open(db: &Path, state_dir: &Path, options: CaptureOptions) -> Result<Self> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(io_err(state_dir, "create the capture state dir"))?;
+        let reader = open_connection(db, options.busy_timeout)?;
+        let mode: String = reader
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sql_err(db, "read the journal mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(CaptureError::NotWalMode {
+                db: db.to_path_buf(),
+                mode,
+            });
+        }
+        let locker = open_connection(db, options.busy_timeout)?;
+        let db_file = File::open(db).map_err(io_err(db, "open"))?;
+        let mut wal_path = db.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let saved = position::load(&state_dir.join("position.json"))?;
+        let mut capture = SqliteCapture {
+            db_path: db.to_path_buf(),
+            wal_path: PathBuf::from(wal_path),
+            state_dir: state_dir.to_path_buf(),
+            reader,
+            locker,
+            db_file,
+            pos: None,
+            page_size: 0,
+            db_pages: 0,
+            index: HashMap::new(),
+            accepted_damage: None,
+            last_seq: saved.map_or(0, |s| s.seq),
+            durable_seq: saved.map_or(0, |s| s.seq),
+            last_commit_time: OffsetDateTime::UNIX_EPOCH,
+            unconfirmed: VecDeque::new(),
+            pending: Vec::new(),
+            needs_resync: None,
+        };
+        capture.with_write_lock(|c| c.start_from(saved))?;
+        if let Some(why) = capture.needs_resync.take() {
+            let reason = if saved.is_none() {
+                SnapshotReason::FirstCapture
+            } else {
+                SnapshotReason::ContinuityLost { why }
+            };
+            let image = capture.write_base_image(reason)?;
+            capture.pending.push(CaptureEvent::BaseImage(image));
+        }
+        Ok(capture)
+    }
+
+    /// Reads every transaction committed since the last call (and any base image capture
+    /// had to take), in sequence order. Call it often: each record's `commit_time` is when
+    /// it was first seen.
+    pub fn poll(&mut self) -> Result<Vec<CaptureEvent>> {
+        if self.needs_resync.is_none() && self.reader.is_autocommit() {
+            self.needs_resync = Some("capture's read transaction was lost".into());
+        }
+        if let Some(why) = self.needs_resync.take() {
+            return self.resync_inner(SnapshotReason::ContinuityLost { why }, None);
+        }
+        self.read_new()?;
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// Takes a fresh base image now (a periodic checkpoint of the timeline). Returns any
+    /// commits read first, then the image.
+    pub fn take_base_image(&mut self) -> Result<Vec<CaptureEvent>> {
+        self.read_new()?;
+        let image = self.write_base_image(SnapshotReason::Requested)?;
+        self.pending.push(CaptureEvent::BaseImage(image));
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// Starts over from the WAL as it is now and takes a base image recording `why`.
+    /// Use it after [`CaptureError::CorruptWal`]: the damaged frame is taken as SQLite's
+    /// readers see it, the damage is on record, and every earlier seq stays restorable.
+    pub fn resync(&mut self, why: &str) -> Result<Vec<CaptureEvent>> {
+        let reason = SnapshotReason::ContinuityLost {
+            why: why.to_string(),
+        };
+        let damaged = match self.read_new() {
+            Err(CaptureError::CorruptWal { offset, .. }) => Some(offset),
+            Err(e) => return Err(e),
+            Ok(()) => None,
+        };
+        self.resync_inner(reason, damaged)
+    }
+
+    /// Records that every event up to `seq` is durable in the vault: persists the position
+    /// so a restart resumes after it.
+    pub fn confirm_durable(&mut self, seq: u64) -> Result<()> {
+        if seq > self.last_seq - self.pending_count() {
+            return Err(CaptureError::UnknownSeq {
+                seq,
+                last: self.last_seq,
+            });
+        }
+        let mut newest = None;
+        while self.unconfirmed.front().is_some_and(|p| p.seq <= seq) {
+            newest = self.unconfirmed.pop_front();
+        }
+        if let Some(saved) = newest {
+            position::save(&self.state_dir.join("position.json"), &saved)?;
+            self.durable_seq = saved.seq;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints the WAL (PASSIVE, under the write lock) once everything handed out is
+    /// durable. Transactions committed since the last poll are passed to `ship` while the
+    /// app is held off; when `ship` returns `Ok` they count as durable.
+    ///
+    /// TRUNCATE is not offered: it needs the write lock for itself, so it cannot run while
+    /// capture holds it, and without it frames written in between could be lost. The log
+    /// is instead restarted from its beginning by the app's next write.
+    pub fn checkpoint<F>(&mut self, mut ship: F) -> Result<CheckpointReport>
+    where
+        F: FnMut(&[CaptureEvent]) -> std::result::Result<(), String>,
+    {
+        let waiting = self.last_seq - self.pending_count() - self.durable_seq;
+        if waiting > 0 {
+            return Ok(CheckpointReport {
+                shipped: 0,
+                wal_frames: 0,
+                checkpointed_frames: 0,
+                complete: false,
+                deferred: Some(format!("{waiting} records are not confirmed durable yet")),
+            });
+        }
+        self.with_write_lock(|c| {
+            c.read_new()?;
+            let events = std::mem::take(&mut c.pending);
+            if !events.is_empty() {
+                if let Err(e) = ship(&events) {
+                    c.pending = events;
+                    return Err(CaptureError::ShipFailed(e));
+                }
+                c.confirm_durable(events.last().map_or(0, CaptureEvent::seq))?;
+            }
+            c.end_read()?;
+            let result = c
+                .reader
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                });
+            // Re-pin the log before the app may write again, whatever the checkpoint did.
+            c.begin_read()?;
+            let (_busy, log, done) = result.map_err(sql_err(&c.db_path, "checkpoint the WAL"))?;
+            Ok(CheckpointReport {
+                shipped: events.len(),
+                wal_frames: log,
+                checkpointed_frames: done,
+                complete: log == done,
+                deferred: None,
+            })
+        })
+    }
+
+    /// Where capture stands.
+    pub fn status(&self) -> CaptureStatus {
+        CaptureStatus {
+            last_seq: self.last_seq - self.pending_count(),
+            durable_seq: self.durable_seq,
+            wal_offset: self.pos.map_or(0, |p| p.offset),
+        }
+    }
+
+    /// The database being captured.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.pending.len() as u64
+    }
+
+    /// Runs `work` holding the database write lock, so no app transaction can commit.
+    fn with_write_lock<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.locker
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql_err(
+                &self.db_path,
+                "take the write lock (the app holds it too long; capture retries)",
+            ))?;
+        let result = work(self);
+        let released = self.locker.execute_batch("ROLLBACK");
+        if self.needs_resync.is_none() && self.reader.is_autocommit() {
+            self.needs_resync = Some("capture could not re-open its read transaction".into());
+        }
+        let value = result?;
+        released.map_err(sql_err(&self.db_path, "release the write lock"))?;
+        Ok(value)
+    }
+
+    fn begin_read(&mut self) -> Result<()> {
+        self.reader
+            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+            .map_err(sql_err(&self.db_path, "open capture's read transaction"))
+    }
+
+    fn end_read(&mut self) -> Result<()> {
+        if self.reader.is_autocommit() {
+            return Ok(());
+        }
+        self.reader
+            .execute_batch("COMMIT")
+            .map_err(sql_err(&self.db_path, "end capture's read transaction"))
+    }
+
+    fn open_wal(&self) -> Result<Option<File>> {
+        match File::open(&self.wal_path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&self.wal_path, "open")(e)),
+        }
+    }
+
+    fn read_wal_header(&self, wal: Option<&File>) -> Result<Option<WalHeader>> {
+        let Some(wal) = wal else { return Ok(None) };
+        wal::read_header(wal)
+            .map_err(io_err(&self.wal_path, "read the header of"))?
+            .map_err(|problem| CaptureError::BadWalHeader {
+                wal: self.wal_path.clone(),
+                problem,
+            })
+    }
+
+    /// Under the write lock: decide whether `saved` still continues in the WAL, position
+    /// capture at the end of the log, and pin it with the read transaction.
+    fn start_from(&mut self, saved: Option<SavedPosition>) -> Result<()> {
+        let wal = self.open_wal()?;
+        let header = self.read_wal_header(wal.as_ref())?;
+        let continues = match (saved, header) {
+            (None, _) => Err("first capture".to_string()),
+            (Some(s), None) if s.wal.is_none() => Ok(()),
+            (Some(s), Some(h)) => match s.wal {
+                Some(p) if p.salt == h.salt => self.verify_saved(wal.as_ref(), &h, &s),
+                _ => Err(format!(
+                    "the write-ahead log was checkpointed and restarted while capture was not running \
+                     (its salts changed to {:08x}-{:08x}), so the transactions committed meanwhile \
+                     cannot be replayed one by one",
+                    h.salt[0], h.salt[1]
+                )),
+            },
+            (Some(_), None) => Err(
+                "the write-ahead log was removed while capture was not running \
+                                    (the database was checkpointed and closed)"
+                    .to_string(),
+            ),
+        };
+        match continues {
+            Ok(()) => {
+                let s = saved.expect("continuing implies a saved position");
+                self.page_size = s.page_size;
+                self.db_pages = s.db_pages;
+                self.read_new()?;
+            }
+            Err(why) => {
+                self.scan_to_end(wal.as_ref(), header, None)?;
+                self.needs_resync = Some(why);
+            }
+        }
+        self.end_read()?;
+        self.begin_read()
+    }
+
+    /// Checks that the saved position is still in the log and rebuilds the page index up
+    /// to it.
+    fn verify_saved(
+        &mut self,
+        wal: Option<&File>,
+        header: &WalHeader,
+        saved: &SavedPosition,
+    ) -> std::result::Result<(), String> {
+        let target = saved.wal.expect("caller checked");
+        let wal = wal.expect("a header implies a file");
+        let read = wal::read_transactions(wal, header, header.start(), None)
+            .map_err(|e| format!("could not read the write-ahead log: {e}"))?;
+        self.pos = Some(header.start());
+        self.page_size = header.page_size;
+        self.index.clear();
+        for txn in &read.transactions {
+            if txn.end.offset > target.offset {
+                break;
+            }
+            for f in &txn.frames {
+                self.index.insert(f.pgno, *f);
+            }
+            self.pos = Some(txn.end);
+        }
+        if self.pos == Some(target) {
+            Ok(())
+        } else {
+            self.index.clear();
+            self.pos = None;
+            Err(format!(
+                "the saved position (byte {} of the write-ahead log) is no longer a commit in it; \
+                 the log was rewritten while capture was not running",
+                target.offset
+            ))
+        }
+    }
+
+    /// Positions capture at the end of the current log without producing records.
+    fn scan_to_end(
+        &mut self,
+        wal: Option<&File>,
+        header: Option<WalHeader>,
+        accept_damaged_at: Option<u64>,
+    ) -> Result<()> {
+        self.index.clear();
+        self.pos = None;
+        self.page_size = self.db_file_page_size()?;
+        self.db_pages = self.db_file_pages(self.page_size)?;
+        let (Some(wal), Some(h)) = (wal, header) else {
+            return Ok(());
+        };
+        self.page_size = h.page_size;
+        self.pos = Some(h.start());
+        let read = wal::read_transactions(wal, &h, h.start(), accept_damaged_at)
+            .map_err(io_err(&self.wal_path, "read"))?;
+        for txn in read.transactions {
+            for f in &txn.frames {
+                self.index.insert(f.pgno, *f);
+            }
+            self.db_pages = txn.db_pages;
+            self.pos = Some(txn.end);
+        }
+        if let Some(offset) = accept_damaged_at {
+            self.accepted_damage = self.pos.map(|p| (p, offset));
+        }
+        Ok(())
+    }
+
+    /// Reads new committed transactions into `pending`.
+    fn read_new(&mut self) -> Result<()> {
+        let wal = self.open_wal()?;
+        let Some(header) = self.read_wal_header(wal.as_ref())? else {
+            // Empty or just truncated: with the reader pinned, only captured frames went.
+            self.pos = None;
+            self.index.clear();
+            return Ok(());
+        };
+        let wal = wal.expect("a header implies a file");
+        let from = match self.pos {
+            Some(p) if p.salt == header.salt => p,
+            _ => {
+                // A new generation. Safe: the reader pinned every frame not yet read.
+                self.index.clear();
+                self.page_size = header.page_size;
+                header.start()
+            }
+        };
+        let accept = self
+            .accepted_damage
+            .filter(|(at, _)| *at == from)
+            .map(|(_, off)| off);
+        let read = wal::read_transactions(&wal, &header, from, accept)
+            .map_err(io_err(&self.wal_path, "read"))?;
+        self.pos = Some(from);
+        let seen = if read.transactions.is_empty() {
+            self.last_commit_time
+        } else {
+            self.observed_time(&wal)
+        };
+        for txn in read.transactions {
+            for f in &txn.frames {
+                self.index.insert(f.pgno, *f);
+            }
+            self.pos = Some(txn.end);
+            self.page_size = header.page_size;
+            self.db_pages = txn.db_pages;
+            self.last_seq += 1;
+            self.pending.push(CaptureEvent::Commit(CommitRecord {
+                seq: self.last_seq,
+                page_size: header.page_size,
+                db_pages: txn.db_pages,
+                pages: txn.pages,
+                commit_time: seen,
+            }));
+            self.remember_unconfirmed();
+        }
+        match read.stop {
+            WalStop::End => Ok(()),
+            WalStop::Corrupt { offset, pgno } => Err(CaptureError::CorruptWal {
+                wal: self.wal_path.clone(),
+                offset,
+                pgno,
+            }),
+        }
+    }
+
+    /// When the frames just read were certainly written: the log's modification time,
+    /// taken after reading, never before the previous commit's time and never in the future.
+    fn observed_time(&mut self, wal: &File) -> OffsetDateTime {
+        let now = OffsetDateTime::now_utc();
+        let mtime = wal
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(OffsetDateTime::from);
+        let seen = mtime.map_or(now, |m| m.min(now)).max(self.last_commit_time);
+        self.last_commit_time = seen;
+        seen
+    }
+
+    fn remember_unconfirmed(&mut self) {
+        self.unconfirmed.push_back(SavedPosition {
+            version: POSITION_FORMAT_VERSION,
+            seq: self.last_seq,
+            wal: self.pos,
+            page_size: self.page_size,
+            db_pages: self.db_pages,
+        });
+    }
+
+    fn resync_inner(
+        &mut self,
+        reason: SnapshotReason,
+        accept_damaged_at: Option<u64>,
+    ) -> Result<Vec<CaptureEvent>> {
+        self.with_write_lock(|c| {
+            let wal = c.open_wal()?;
+            let header = c.read_wal_header(wal.as_ref())?;
+            c.scan_to_end(wal.as_ref(), header, accept_damaged_at)?;
+            c.end_read()?;
+            c.begin_read()
+        })?;
+        let image = self.write_base_image(reason)?;
+        self.pending.push(CaptureEvent::BaseImage(image));
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// Accessors the base-image writer needs.
+    pub(crate) fn image_inputs(&self) -> ImageInputs<'_> {
+        ImageInputs {
+            db_path: &self.db_path,
+            db_file: &self.db_file,
+            wal_path: &self.wal_path,
+            state_dir: &self.state_dir,
+            pos: self.pos,
+            page_size: self.page_size,
+            db_pages: self.db_pages,
+            index: &self.index,
+        }
+    }
+
+    fn write_base_image(&mut self, reason: SnapshotReason) -> Result<BaseImage> {
+        let seq = self.last_seq + 1;
+        let image = crate::base_image::write(&self.image_inputs(), seq, reason)?;
+        self.last_seq = seq;
+        self.remember_unconfirmed();
+        Ok(image)
+    }
+
+    fn db_file_page_size(&self) -> Result<u32> {
+        crate::base_image::db_file_page_size(&self.db_file, &self.db_path)
+    }
+
+    fn db_file_pages(&self, page_size: u32) -> Result<u32> {
+        crate::base_image::db_file_pages(&self.db_file, &self.db_path, page_size)
+    }
+}
+
+/// What [`crate::base_image::write`] reads from the capture.
+pub(crate) struct ImageInputs<'a> {
+    pub db_path: &'a Path,
+    pub db_file: &'a File,
+    pub wal_path: &'a Path,
+    pub state_dir: &'a Path,
+    pub pos: Option<WalPosition>,
+    pub page_size: u32,
+    pub db_pages: u32,
+    pub index: &'a HashMap<u32, FrameRef>,
+}

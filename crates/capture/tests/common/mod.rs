@@ -1,0 +1,114 @@
+//! Shared helpers for the capture tests: real SQLite files written by real connections.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lifeboat_capture::replay::{RebuildTarget, rebuild};
+use lifeboat_capture::{BaseImage, CaptureEvent, CommitRecord};
+use rusqlite::Connection;
+
+/// Creates `dir/site.db` in WAL mode with the `entries` table the writers fill.
+pub fn wal_database(dir: &Path) -> PathBuf {
+    let db = dir.join("site.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE entries (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    )
+    .unwrap();
+    db
+}
+
+/// An app connection: patient with locks, checkpointing often (small autocheckpoint).
+pub fn app_connection(db: &Path) -> Connection {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(60)).unwrap();
+    conn.execute_batch("PRAGMA wal_autocheckpoint=50;").unwrap();
+    conn
+}
+
+/// Commits one transaction inserting the next id (allocated under the write lock, so ids
+/// follow commit order). Returns the id.
+pub fn commit_next_entry(conn: &Connection) -> i64 {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let id: i64 = conn
+        .query_row("SELECT coalesce(max(id), 0) + 1 FROM entries", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let body = "b".repeat((id as usize * 37) % 3000);
+    conn.execute(
+        "INSERT INTO entries (id, body) VALUES (?1, ?2)",
+        rusqlite::params![id, body],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+    id
+}
+
+/// Everything a capture produced, as the vault would keep it.
+#[derive(Default)]
+pub struct Timeline {
+    pub images: Vec<BaseImage>,
+    pub commits: Vec<CommitRecord>,
+}
+
+impl Timeline {
+    pub fn add(&mut self, events: Vec<CaptureEvent>) {
+        for e in events {
+            let expected = self.last_seq() + 1;
+            assert!(
+                self.images.is_empty() && self.commits.is_empty() || e.seq() == expected,
+                "seq gap: expected {expected}, got {}",
+                e.seq()
+            );
+            match e {
+                CaptureEvent::Commit(c) => self.commits.push(c),
+                CaptureEvent::BaseImage(b) => self.images.push(b),
+            }
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        let c = self.commits.last().map_or(0, |c| c.seq);
+        let i = self.images.last().map_or(0, |b| b.record.seq);
+        c.max(i)
+    }
+
+    /// Rebuilds the database as of `seq` into `out`.
+    pub fn rebuild_at(&self, seq: u64, out: &Path) {
+        let base = self
+            .images
+            .iter()
+            .rev()
+            .find(|b| b.record.seq <= seq)
+            .expect("a base image at or before the seq");
+        rebuild(
+            &base.path,
+            &base.record,
+            &self.commits,
+            RebuildTarget::Seq(seq),
+            out,
+        )
+        .unwrap();
+    }
+}
+
+/// The ids in the `entries` table of the database at `db`, in order.
+pub fn entry_ids(db: &Path) -> Vec<i64> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM entries ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Polls `condition` until it holds or `within` passes.
+pub fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
