@@ -28,7 +28,8 @@ pub struct CommitRecord {
     /// Changed pages by page number (1-based); the transaction's last version of each.
     pub pages: BTreeMap<u32, Vec<u8>>,
     /// When capture saw the commit: never earlier than the commit itself, so a restore
-    /// "as of T" never includes a commit made after T.
+    /// "as of T" never includes a commit made after T. It is later than the commit by at
+    /// most the poll interval while capture runs (by the downtime after a restart).
     pub commit_time: OffsetDateTime,
 }
 

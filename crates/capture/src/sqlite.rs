@@ -531,7 +531,7 @@ impl SqliteCapture {
         let seen = if read.transactions.is_empty() {
             self.last_commit_time
         } else {
-            self.observed_time(&wal)
+            self.observed_time()
         };
         for txn in read.transactions {
             for f in &txn.frames {
@@ -560,15 +560,10 @@ impl SqliteCapture {
         }
     }
 
-    /// When the frames just read were certainly written: the log's modification time,
-    /// taken after reading, never before the previous commit's time and never in the future.
-    fn observed_time(&mut self, wal: &File) -> OffsetDateTime {
-        let now = OffsetDateTime::now_utc();
-        let mtime = wal
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(OffsetDateTime::from);
-        let seen = mtime.map_or(now, |m| m.min(now)).max(self.last_commit_time);
+    /// A time no earlier than the commit of every frame just read: now, after reading
+    /// them (never before the previous record's time). Its precision is the poll interval.
+    fn observed_time(&mut self) -> OffsetDateTime {
+        let seen = OffsetDateTime::now_utc().max(self.last_commit_time);
         self.last_commit_time = seen;
         seen
     }
