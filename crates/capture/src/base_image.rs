@@ -62,6 +62,7 @@ enum Attempt {
 /// Writes the image for `seq` and returns it with its timeline record.
 pub(crate) fn write(
     inputs: &ImageInputs<'_>,
+    epoch: u64,
     seq: u64,
     reason: SnapshotReason,
 ) -> Result<BaseImage> {
@@ -78,6 +79,7 @@ pub(crate) fn write(
     sync_parent(&path)?;
     Ok(BaseImage {
         record: BaseImageRecord {
+            epoch,
             seq,
             page_size: inputs.page_size,
             db_pages: inputs.db_pages,

@@ -48,6 +48,8 @@ pub struct FileEntry {
 pub struct FileManifest {
     /// Layout version ([`MANIFEST_FORMAT_VERSION`]).
     pub version: u32,
+    /// Session number of the capture that wrote it (bumped at each start).
+    pub epoch: u64,
     /// Last seq handed out.
     pub last_seq: u64,
     /// Files by path relative to the data dir, `/`-separated.
@@ -76,8 +78,7 @@ impl FileManifest {
         Ok(Some(m))
     }
 
-    /// Saves atomically and durably. Save it only once the records up to `last_seq` are
-    /// durable, so a restart never skips a change.
+    /// Saves atomically and durably.
     pub fn save(&self, path: &Path) -> Result<()> {
         write_atomically(
             path,
@@ -107,7 +108,9 @@ impl Default for FileCaptureOptions {
 /// Continuous capture of the files under one data dir.
 pub struct FileCapture {
     root: PathBuf,
+    manifest_path: PathBuf,
     manifest: FileManifest,
+    durable_seq: u64,
     options: FileCaptureOptions,
     _watcher: Option<RecommendedWatcher>,
     events: Option<Receiver<notify::Result<notify::Event>>>,
@@ -165,13 +168,18 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
 }
 
 impl FileCapture {
-    /// Starts watching `root`. `previous` is the manifest saved last time (or `None` the
-    /// first time); the first [`poll`](Self::poll) rescans and records every difference.
-    pub fn start(
-        root: &Path,
-        previous: Option<FileManifest>,
-        options: FileCaptureOptions,
-    ) -> Result<Self> {
+    /// Starts watching `root`, resuming from the manifest at `manifest_path` (the state
+    /// as of the last confirmed record; none the first time). The first
+    /// [`poll`](Self::poll) rescans and records every difference from it.
+    pub fn start(root: &Path, manifest_path: &Path, options: FileCaptureOptions) -> Result<Self> {
+        let mut manifest = FileManifest::load(manifest_path)?.unwrap_or(FileManifest {
+            version: MANIFEST_FORMAT_VERSION,
+            ..Default::default()
+        });
+        // A new session number, durable before anything is handed out, so records this
+        // session repeats after a crash of the last one replace the last one's.
+        manifest.epoch += 1;
+        manifest.save(manifest_path)?;
         let root = fs::canonicalize(root).map_err(io_err(root, "open the data dir"))?;
         let (watcher, events) = if options.watch {
             let (tx, rx) = channel();
@@ -187,10 +195,9 @@ impl FileCapture {
         };
         Ok(FileCapture {
             root,
-            manifest: previous.unwrap_or(FileManifest {
-                version: MANIFEST_FORMAT_VERSION,
-                ..Default::default()
-            }),
+            manifest_path: manifest_path.to_path_buf(),
+            durable_seq: manifest.last_seq,
+            manifest,
             options,
             _watcher: watcher,
             events,
@@ -202,6 +209,23 @@ impl FileCapture {
     /// The manifest as of the last record handed out.
     pub fn manifest(&self) -> &FileManifest {
         &self.manifest
+    }
+
+    /// Records that every change up to `seq` is durable in the vault. The manifest is
+    /// saved when that covers every change handed out (it describes only that state), so
+    /// a restart resumes from there and never skips a change.
+    pub fn confirm_durable(&mut self, seq: u64) -> Result<()> {
+        if seq > self.manifest.last_seq {
+            return Err(CaptureError::UnknownSeq {
+                seq,
+                last: self.manifest.last_seq,
+            });
+        }
+        if seq == self.manifest.last_seq && seq > self.durable_seq {
+            self.manifest.save(&self.manifest_path)?;
+            self.durable_seq = seq;
+        }
+        Ok(())
     }
 
     /// Records what changed since the last call: the paths notifications pointed at, or
@@ -318,6 +342,7 @@ impl FileCapture {
     fn push(&mut self, out: &mut Vec<FileChange>, path: String, change: FileChangeKind) {
         self.manifest.last_seq += 1;
         out.push(FileChange {
+            epoch: self.manifest.epoch,
             seq: self.manifest.last_seq,
             path,
             change,

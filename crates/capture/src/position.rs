@@ -21,6 +21,8 @@ pub const POSITION_FORMAT_VERSION: u32 = 1;
 pub struct SavedPosition {
     /// Layout version ([`POSITION_FORMAT_VERSION`]).
     pub version: u32,
+    /// Session number of the capture that wrote it (bumped at each start).
+    pub epoch: u64,
     /// Last sequence number confirmed durable.
     pub seq: u64,
     /// WAL position just after that record; `None` while the WAL was empty.

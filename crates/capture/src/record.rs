@@ -19,6 +19,8 @@ pub const SEGMENT_FORMAT_VERSION: u8 = 1;
 /// One committed SQLite transaction: the pages it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitRecord {
+    /// Capture session that produced it (see [`resolve_history`]).
+    pub epoch: u64,
     /// Position in the capture's sequence; strictly increasing, no gaps within a capture.
     pub seq: u64,
     /// Database page size in bytes; every page in `pages` has this length.
@@ -52,6 +54,8 @@ pub enum SnapshotReason {
 /// image at or before the target and applies the commits after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseImageRecord {
+    /// Capture session that produced it (see [`resolve_history`]).
+    pub epoch: u64,
     /// Sequence number of the image; it holds every commit with a smaller seq.
     pub seq: u64,
     /// Database page size in bytes.
@@ -85,6 +89,8 @@ pub enum FileChangeKind {
 /// One change to a file under a data dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChange {
+    /// Capture session that produced it (see [`resolve_history`]).
+    pub epoch: u64,
     /// Position in the file capture's sequence; strictly increasing.
     pub seq: u64,
     /// Path relative to the data dir, `/`-separated.
@@ -130,6 +136,7 @@ pub enum SegmentError {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RecordMeta {
     Commit {
+        epoch: u64,
         seq: u64,
         page_size: u32,
         db_pages: u32,
@@ -158,6 +165,7 @@ pub fn encode_segment(records: &[Record]) -> Vec<u8> {
                     body.extend_from_slice(page);
                 }
                 RecordMeta::Commit {
+                    epoch: c.epoch,
                     seq: c.seq,
                     page_size: c.page_size,
                     db_pages: c.db_pages,
@@ -211,6 +219,7 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Vec<Record>, SegmentError> {
     for m in meta.records {
         records.push(match m {
             RecordMeta::Commit {
+                epoch,
                 seq,
                 page_size,
                 db_pages,
@@ -228,6 +237,7 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Vec<Record>, SegmentError> {
                     body = rest;
                 }
                 Record::Commit(CommitRecord {
+                    epoch,
                     seq,
                     page_size,
                     db_pages,
@@ -245,6 +255,89 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Vec<Record>, SegmentError> {
     Ok(records)
 }
 
+/// Something with a place in one capture sequence.
+pub trait Sequenced {
+    /// The capture session that produced it.
+    fn epoch(&self) -> u64;
+    /// Its seq.
+    fn seq(&self) -> u64;
+}
+
+impl Sequenced for CommitRecord {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Sequenced for BaseImageRecord {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Sequenced for FileChange {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Sequenced for Record {
+    fn epoch(&self) -> u64 {
+        match self {
+            Record::Commit(r) => r.epoch,
+            Record::BaseImage(r) => r.epoch,
+            Record::File(r) => r.epoch,
+        }
+    }
+    fn seq(&self) -> u64 {
+        match self {
+            Record::Commit(r) => r.seq,
+            Record::BaseImage(r) => r.seq,
+            Record::File(r) => r.seq,
+        }
+    }
+}
+
+/// The history of one capture sequence (one database, or one data dir) as stored, with
+/// what a crash left behind removed, ordered by seq.
+///
+/// A capture that stops before its records were confirmed durable hands the same seqs out
+/// again in its next session (a higher epoch), possibly with different content (a base
+/// image instead of the commits, when continuity was lost). So a record of epoch `e` at
+/// seq `s` is current only if no later epoch started at or before `s`; among copies of
+/// the same seq and epoch, the first is kept.
+pub fn resolve_history<T: Sequenced>(records: impl IntoIterator<Item = T>) -> Vec<T> {
+    let records: Vec<T> = records.into_iter().collect();
+    let mut first_seq: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in &records {
+        let e = first_seq.entry(r.epoch()).or_insert(r.seq());
+        *e = (*e).min(r.seq());
+    }
+    // For each epoch, the smallest first seq of any later epoch.
+    let mut cutoff: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut min_later = u64::MAX;
+    for (epoch, first) in first_seq.iter().rev() {
+        cutoff.insert(*epoch, min_later);
+        min_later = min_later.min(*first);
+    }
+    let mut kept: BTreeMap<u64, T> = BTreeMap::new();
+    for r in records {
+        if r.seq() < cutoff[&r.epoch()] {
+            kept.entry(r.seq()).or_insert(r);
+        }
+    }
+    kept.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +346,7 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         vec![
             Record::BaseImage(BaseImageRecord {
+                epoch: 1,
                 seq: 1,
                 page_size: 512,
                 db_pages: 2,
@@ -263,6 +357,7 @@ mod tests {
                 },
             }),
             Record::Commit(CommitRecord {
+                epoch: 1,
                 seq: 2,
                 page_size: 512,
                 db_pages: 3,
@@ -270,6 +365,7 @@ mod tests {
                 commit_time: now,
             }),
             Record::File(FileChange {
+                epoch: 1,
                 seq: 1,
                 path: "uploads/a.png".into(),
                 change: FileChangeKind::Written {
@@ -279,6 +375,49 @@ mod tests {
                 observed_at: now,
             }),
         ]
+    }
+
+    fn commit(epoch: u64, seq: u64, marker: u8) -> CommitRecord {
+        CommitRecord {
+            epoch,
+            seq,
+            page_size: 512,
+            db_pages: 1,
+            pages: BTreeMap::from([(1, vec![marker; 512])]),
+            commit_time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_later_session_replaces_what_a_crash_left_unconfirmed() {
+        // Session 1 stored 1..=5 but only 3 was confirmed; session 2 restarted at 4.
+        let stored = vec![
+            commit(1, 1, 1),
+            commit(1, 2, 1),
+            commit(1, 3, 1),
+            commit(1, 4, 1),
+            commit(1, 5, 1),
+            commit(2, 4, 2),
+            commit(2, 4, 9),
+            commit(2, 5, 2),
+            commit(2, 6, 2),
+        ];
+        let history = resolve_history(stored);
+        let got: Vec<(u64, u64, u8)> = history
+            .iter()
+            .map(|c| (c.epoch, c.seq, c.pages[&1][0]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1, 1),
+                (1, 2, 1),
+                (1, 3, 1),
+                (2, 4, 2),
+                (2, 5, 2),
+                (2, 6, 2)
+            ]
+        );
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct SqliteCapture {
     index: HashMap<u32, FrameRef>,
     /// A damaged frame the caller chose to accept via [`SqliteCapture::resync`].
     accepted_damage: Option<(WalPosition, u64)>,
+    /// This session's number: one more than the last session's, persisted before any
+    /// record is handed out.
+    epoch: u64,
     last_seq: u64,
     durable_seq: u64,
     last_commit_time: OffsetDateTime,
@@ -181,7 +184,23 @@ impl SqliteCapture {
         let db_file = File::open(db).map_err(io_err(db, "open"))?;
         let mut wal_path = db.as_os_str().to_owned();
         wal_path.push("-wal");
-        let saved = position::load(&state_dir.join("position.json"))?;
+        let position_path = state_dir.join("position.json");
+        let saved = position::load(&position_path)?;
+        // A new session number, durable before anything is handed out, so records this
+        // session repeats after a crash of the last one replace the last one's.
+        let epoch = saved.map_or(0, |s| s.epoch) + 1;
+        let session = match saved {
+            Some(s) => SavedPosition { epoch, ..s },
+            None => SavedPosition {
+                version: POSITION_FORMAT_VERSION,
+                epoch,
+                seq: 0,
+                wal: None,
+                page_size: 0,
+                db_pages: 0,
+            },
+        };
+        position::save(&position_path, &session)?;
         let mut capture = SqliteCapture {
             db_path: db.to_path_buf(),
             wal_path: PathBuf::from(wal_path),
@@ -194,6 +213,7 @@ impl SqliteCapture {
             db_pages: 0,
             index: HashMap::new(),
             accepted_damage: None,
+            epoch,
             last_seq: saved.map_or(0, |s| s.seq),
             durable_seq: saved.map_or(0, |s| s.seq),
             last_commit_time: OffsetDateTime::UNIX_EPOCH,
@@ -203,7 +223,7 @@ impl SqliteCapture {
         };
         capture.with_write_lock(|c| c.start_from(saved))?;
         if let Some(why) = capture.needs_resync.take() {
-            let reason = if saved.is_none() {
+            let reason = if saved.is_none_or(|s| s.seq == 0) {
                 SnapshotReason::FirstCapture
             } else {
                 SnapshotReason::ContinuityLost { why }
@@ -402,6 +422,8 @@ impl SqliteCapture {
         let header = self.read_wal_header(wal.as_ref())?;
         let continues = match (saved, header) {
             (None, _) => Err("first capture".to_string()),
+            // The first base image was never confirmed durable: start as if new.
+            (Some(s), _) if s.seq == 0 => Err("first capture".to_string()),
             (Some(s), None) if s.wal.is_none() => Ok(()),
             (Some(s), Some(h)) => match s.wal {
                 Some(p) if p.salt == h.salt => self.verify_saved(wal.as_ref(), &h, &s),
@@ -542,6 +564,7 @@ impl SqliteCapture {
             self.db_pages = txn.db_pages;
             self.last_seq += 1;
             self.pending.push(CaptureEvent::Commit(CommitRecord {
+                epoch: self.epoch,
                 seq: self.last_seq,
                 page_size: header.page_size,
                 db_pages: txn.db_pages,
@@ -571,6 +594,7 @@ impl SqliteCapture {
     fn remember_unconfirmed(&mut self) {
         self.unconfirmed.push_back(SavedPosition {
             version: POSITION_FORMAT_VERSION,
+            epoch: self.epoch,
             seq: self.last_seq,
             wal: self.pos,
             page_size: self.page_size,
@@ -611,7 +635,7 @@ impl SqliteCapture {
 
     fn write_base_image(&mut self, reason: SnapshotReason) -> Result<BaseImage> {
         let seq = self.last_seq + 1;
-        let image = crate::base_image::write(&self.image_inputs(), seq, reason)?;
+        let image = crate::base_image::write(&self.image_inputs(), self.epoch, seq, reason)?;
         self.last_seq = seq;
         self.remember_unconfirmed();
         Ok(image)

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::wait_for;
-use lifeboat_capture::files::{
-    FileCapture, FileCaptureOptions, FileManifest, FileState, hash_file, state_at,
-};
+use lifeboat_capture::files::{FileCapture, FileCaptureOptions, FileState, hash_file, state_at};
 use lifeboat_capture::{FileChange, FileChangeKind};
 
 fn hash_of(bytes: &[u8]) -> String {
@@ -62,19 +60,36 @@ fn poll_until(
     });
 }
 
-fn watched(root: &Path) -> FileCapture {
+/// A data dir `data` with the manifest kept beside it (never inside what is captured).
+fn data_dir() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    let manifest = dir.path().join("files.json");
+    (dir, root, manifest)
+}
+
+fn watched(root: &Path, manifest: &Path) -> FileCapture {
     let options = FileCaptureOptions {
         rescan_interval: Duration::from_secs(3600),
         watch: true,
     };
-    FileCapture::start(root, None, options).unwrap()
+    FileCapture::start(root, manifest, options).unwrap()
+}
+
+fn rescan_only(root: &Path, manifest: &Path) -> FileCapture {
+    let options = FileCaptureOptions {
+        rescan_interval: Duration::from_secs(3600),
+        watch: false,
+    };
+    FileCapture::start(root, manifest, options).unwrap()
 }
 
 #[test]
 fn writes_changes_and_deletions_are_recorded_with_content_hashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut capture = watched(root);
+    let (_dir, root, manifest) = data_dir();
+    let root = root.as_path();
+    let mut capture = watched(root, &manifest);
     let mut log = Vec::new();
     log.extend(capture.poll().unwrap());
     assert!(log.is_empty(), "an empty dir has nothing to record");
@@ -114,12 +129,12 @@ fn writes_changes_and_deletions_are_recorded_with_content_hashes() {
 
 #[test]
 fn a_renamed_directory_is_recorded_as_deletions_and_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let (_dir, root, manifest) = data_dir();
+    let root = root.as_path();
     std::fs::create_dir(root.join("a")).unwrap();
     std::fs::write(root.join("a/one"), b"1").unwrap();
     std::fs::write(root.join("a/two"), b"2").unwrap();
-    let mut capture = watched(root);
+    let mut capture = watched(root, &manifest);
     let mut log = capture.poll().unwrap();
     assert_eq!(log.len(), 2, "the first poll records what is there");
     std::fs::rename(root.join("a"), root.join("b")).unwrap();
@@ -136,13 +151,9 @@ fn a_renamed_directory_is_recorded_as_deletions_and_writes() {
 
 #[test]
 fn a_rescan_finds_changes_no_notification_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let options = FileCaptureOptions {
-        rescan_interval: Duration::from_secs(3600),
-        watch: false,
-    };
-    let mut capture = FileCapture::start(root, None, options).unwrap();
+    let (_dir, root, manifest) = data_dir();
+    let root = root.as_path();
+    let mut capture = rescan_only(root, &manifest);
     let mut log = capture.poll().unwrap();
     std::fs::write(root.join("x"), b"x").unwrap();
     std::fs::create_dir_all(root.join("deep/er")).unwrap();
@@ -156,26 +167,22 @@ fn a_rescan_finds_changes_no_notification_reported() {
 }
 
 #[test]
-fn a_restart_from_the_saved_manifest_records_only_what_changed_meanwhile() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    std::fs::create_dir(&root).unwrap();
+fn a_restart_records_only_what_changed_while_capture_was_down() {
+    let (_dir, root, manifest) = data_dir();
     for name in ["keep", "change", "remove"] {
         std::fs::write(root.join(name), name).unwrap();
     }
-    let manifest_path = dir.path().join("files.json");
     let mut log = Vec::new();
     {
-        let mut capture = watched(&root);
+        let mut capture = watched(&root, &manifest);
         log.extend(capture.poll().unwrap());
-        capture.manifest().save(&manifest_path).unwrap();
+        capture.confirm_durable(log.last().unwrap().seq).unwrap();
     }
     std::fs::write(root.join("change"), "changed while capture was down").unwrap();
     std::fs::remove_file(root.join("remove")).unwrap();
     std::fs::write(root.join("new"), "new").unwrap();
 
-    let previous = FileManifest::load(&manifest_path).unwrap();
-    let mut capture = FileCapture::start(&root, previous, FileCaptureOptions::default()).unwrap();
+    let mut capture = watched(&root, &manifest);
     let changes = capture.poll().unwrap();
     let mut paths: Vec<_> = changes.iter().map(|c| c.path.as_str()).collect();
     paths.sort();
@@ -184,25 +191,51 @@ fn a_restart_from_the_saved_manifest_records_only_what_changed_meanwhile() {
         ["change", "new", "remove"],
         "keep is unchanged: {changes:?}"
     );
-    assert_eq!(changes.len(), 3, "keep is unchanged: {changes:?}");
     assert_eq!(
         changes[0].seq,
         log.last().unwrap().seq + 1,
         "seqs continue across the restart"
+    );
+    assert!(
+        changes[0].epoch > log[0].epoch,
+        "a new session has a new epoch"
     );
     log.extend(changes);
     assert_eq!(state_at(&log, log.last().unwrap().seq), on_disk(&root));
 }
 
 #[test]
+fn changes_not_confirmed_before_a_crash_are_recorded_again() {
+    let (_dir, root, manifest) = data_dir();
+    std::fs::write(root.join("a"), "a").unwrap();
+    let mut stored = Vec::new();
+    {
+        let mut capture = rescan_only(&root, &manifest);
+        stored.extend(capture.poll().unwrap());
+        capture.confirm_durable(stored.last().unwrap().seq).unwrap();
+        std::fs::write(root.join("b"), "b").unwrap();
+        // Shipped, but the process dies before confirming.
+        stored.extend(capture.rescan().unwrap());
+    }
+    std::fs::write(root.join("b"), "b, changed").unwrap();
+    let mut capture = rescan_only(&root, &manifest);
+    stored.extend(capture.poll().unwrap());
+    let history = lifeboat_capture::record::resolve_history(stored);
+    assert!(
+        history.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "{history:?}"
+    );
+    assert_eq!(
+        state_at(&history, history.last().unwrap().seq),
+        on_disk(&root)
+    );
+}
+
+#[test]
 fn the_file_set_as_of_every_record_matches_what_was_on_disk_then() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let options = FileCaptureOptions {
-        rescan_interval: Duration::from_secs(3600),
-        watch: false,
-    };
-    let mut capture = FileCapture::start(root, None, options).unwrap();
+    let (_dir, root, manifest) = data_dir();
+    let root = root.as_path();
+    let mut capture = rescan_only(root, &manifest);
     let mut log = capture.poll().unwrap();
     let mut seen: Vec<(u64, BTreeMap<String, FileState>)> = Vec::new();
     for step in 0..12u32 {
