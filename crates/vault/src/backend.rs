@@ -94,7 +94,7 @@ pub fn normalize_url(url: &str) -> Result<String> {
 impl Backend {
     /// Opens a destination from its normalized URL. S3 credentials come from the usual
     /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` environment variables, never the URL.
-    pub fn open(url: &str) -> Result<Backend> {
+    pub fn open(url: &str, creds: Option<&crate::repo::S3Credentials>) -> Result<Backend> {
         if !url.starts_with("s3://") {
             return Ok(Backend::Local(PathBuf::from(
                 url.trim_start_matches("file://"),
@@ -107,6 +107,11 @@ impl Backend {
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let bucket = parsed.host_str().unwrap_or_default().to_string();
         let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+        if let Some(c) = creds {
+            b = b
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+        }
         let mut region_set = false;
         for (k, v) in parsed.query_pairs() {
             match &*k {

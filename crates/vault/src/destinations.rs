@@ -74,14 +74,15 @@ impl Destinations {
         urls: &[String],
         preferred: &str,
         quorum: usize,
-        spool_root: &Path,
+        opts: &crate::repo::OpenOptions,
         repo_id: &str,
     ) -> Result<Destinations> {
+        let spool_root = opts.spool();
         let mut list = Vec::new();
         for url in urls {
             list.push(Destination {
                 url: url.clone(),
-                backend: Backend::open(url)?,
+                backend: Backend::open(url, opts.s3_credentials.as_ref())?,
                 down: Mutex::new(None),
                 spool: spool_root.join(repo_id).join(slug(url)),
             });

@@ -12,9 +12,9 @@
 //! use std::sync::Arc;
 //! use lifeboat_vault::*;
 //! let opts = OpenOptions::default();
-//! Repository::init(&["/srv/backup/blog".into()], None, b"secret", &opts).await?;
+//! Repository::init(&["/srv/backup/blog"], None, b"secret", &opts).await?;
 //! let repo = Arc::new(Repository::open("/srv/backup/blog", b"secret", &opts).await?);
-//! let snap = repo.backup(&["data".into()], &BackupOptions::default(), Arc::new(NoProgress)).await?;
+//! let snap = repo.backup(&["data"], &BackupOptions::default(), Arc::new(NoProgress)).await?;
 //! repo.restore(snap.snapshot.tree, "/tmp/restored".as_ref(), &RestoreOptions::default(), Arc::new(NoProgress)).await?;
 //! # Ok(()) }
 //! ```
@@ -42,7 +42,7 @@ pub use error::{Error, Result};
 pub use forget::{Candidate, KeepPolicy, apply_policy};
 pub use lock::{LockKind, RepoLock};
 pub use prune::{PruneOptions, PruneSummary};
-pub use repo::{OpenOptions, Repository, SnapshotEntry};
+pub use repo::{OpenOptions, Repository, S3Credentials, SnapshotEntry};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use verify::{DestinationReport, Problem, VerifyOptions, VerifyReport};
 pub use writer::{EntryMeta, SnapshotInfo, SnapshotWriter};

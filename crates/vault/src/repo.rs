@@ -24,10 +24,25 @@ pub struct OpenOptions {
     pub spool_dir: Option<PathBuf>,
     /// Password stretching for `init` (default: [`KdfParams::from_env`]).
     pub kdf: Option<KdfParams>,
+    /// S3 credentials; default: the `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` environment.
+    pub s3_credentials: Option<S3Credentials>,
+}
+
+/// An access key for S3-compatible destinations. Never stored in the repository.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Credentials({}, <secret>)", self.access_key_id)
+    }
 }
 
 impl OpenOptions {
-    fn spool(&self) -> PathBuf {
+    pub(crate) fn spool(&self) -> PathBuf {
         if let Some(p) = &self.spool_dir {
             return p.clone();
         }
@@ -126,7 +141,10 @@ impl Repository {
             .map(|u| crate::backend::normalize_url(u.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         for url in &urls {
-            match Backend::open(url)?.get("config").await {
+            match Backend::open(url, opts.s3_credentials.as_ref())?
+                .get("config")
+                .await
+            {
                 Ok(_) => {
                     return Err(Error::AlreadyExists {
                         location: url.clone(),
@@ -158,7 +176,7 @@ impl Repository {
             now_rfc3339(),
         )?;
         let keybytes = serde_json::to_vec_pretty(&keyfile).expect("serializes");
-        let dests = Destinations::open(&urls, &urls[0], config.quorum, &opts.spool(), &config.id)?;
+        let dests = Destinations::open(&urls, &urls[0], config.quorum, opts, &config.id)?;
         // The key first, the config last: a crash in between leaves no config, so the
         // destination still counts as empty and init can simply be run again.
         dests
@@ -187,7 +205,7 @@ impl Repository {
     /// the spool holds for destinations that are back, and loads the index.
     pub async fn open(url: &str, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
         let url = crate::backend::normalize_url(url)?;
-        let backend = Backend::open(&url)?;
+        let backend = Backend::open(&url, opts.s3_credentials.as_ref())?;
         let raw = match backend.get("config").await {
             Ok(b) => b,
             Err(BackendError::NotFound) => {
@@ -225,7 +243,7 @@ impl Repository {
         if !urls.contains(&url) {
             urls.insert(0, url.clone());
         }
-        let dests = Destinations::open(&urls, &url, config.quorum, &opts.spool(), &config.id)?;
+        let dests = Destinations::open(&urls, &url, config.quorum, opts, &config.id)?;
         let mut keys = None;
         let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
             location: url.clone(),

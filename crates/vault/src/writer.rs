@@ -353,6 +353,13 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Adds a node exactly as given to the current directory, without any check. Exists only
+    /// so tests can craft hostile snapshots (e.g. a `..` name) to prove restore refuses them.
+    #[doc(hidden)]
+    pub fn add_unchecked_node_for_tests(&mut self, node: crate::format::Node) {
+        self.stack.last_mut().expect("root").nodes.push(node);
+    }
+
     /// Stores the remaining trees, waits until every pack is on a quorum, writes the index,
     /// then the snapshot. When this returns Ok, the snapshot is done.
     pub fn finish(mut self, info: SnapshotInfo) -> Result<SnapshotEntry> {

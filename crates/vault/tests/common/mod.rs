@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use lifeboat_vault::{KdfParams, NoProgress, OpenOptions, Progress, Repository};
 
+pub mod s3;
+
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
 
 pub fn opts(spool: &Path) -> OpenOptions {
     OpenOptions {
         spool_dir: Some(spool.to_path_buf()),
         kdf: Some(KdfParams::insecure_fast()),
+        s3_credentials: None,
     }
 }
 

@@ -1,0 +1,110 @@
+//! Forget and prune free space without touching what remaining snapshots need; locks keep
+//! prune away from running backups, and a dead process's lock blocks nobody.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lifeboat_vault::{
+    BackupOptions, Error, KeepPolicy, LockKind, PruneOptions, RestoreOptions, VerifyOptions,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_prune_free_space_and_keep_what_remaining_snapshots_need() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("site");
+    make_tree(&src, 4_000_000);
+    let repo = new_repo(t.path()).await;
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    std::fs::write(src.join("uploads/2026/02/big.bin"), noise(77, 6_000_000)).unwrap();
+    std::fs::remove_file(src.join("dup/one.bin")).unwrap();
+    let kept = repo
+        .backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let before = dir_bytes(&t.path().join("repo"));
+
+    let removed = repo
+        .forget(
+            &KeepPolicy {
+                last: 1,
+                ..Default::default()
+            },
+            false,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    let summary = repo.prune(&PruneOptions::default()).await.unwrap();
+    let after = dir_bytes(&t.path().join("repo"));
+    assert!(
+        after + 3_500_000 < before,
+        "prune freed only {} bytes: {summary:?}",
+        before - after
+    );
+
+    let report = repo
+        .verify(&VerifyOptions {
+            read_data: true,
+            destination: None,
+        })
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let out = t.path().join("restored");
+    repo.restore(
+        kept.snapshot.tree,
+        &out,
+        &RestoreOptions::default(),
+        no_progress(),
+    )
+    .await
+    .unwrap();
+    assert_same_tree(&src, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_waits_for_a_running_backup_lock_and_says_who_holds_it() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path()).await;
+    let backup_lock = repo.lock(LockKind::Shared, Duration::ZERO).await.unwrap();
+    let err = repo.prune(&PruneOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    backup_lock.release().await;
+    repo.prune(&PruneOptions::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_dead_process_does_not_block() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path()).await;
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let lock = format!(
+        r#"{{"kind":"exclusive","host":"{host}","pid":{dead_pid},"started":{now},"refreshed":{now}}}"#
+    );
+    std::fs::create_dir_all(t.path().join("repo/locks")).unwrap();
+    std::fs::write(t.path().join("repo/locks/0123456789abcdef"), lock).unwrap();
+    let held = repo
+        .lock(LockKind::Exclusive, Duration::ZERO)
+        .await
+        .unwrap();
+    held.release().await;
+    assert!(
+        !t.path().join("repo/locks/0123456789abcdef").exists(),
+        "the dead lock is cleaned up"
+    );
+}
