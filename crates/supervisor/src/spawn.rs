@@ -1,0 +1,191 @@
+//! Starting instance processes and noticing when they end.
+//!
+//! Every instance is forked by one long-lived thread, "lifeboat-spawner". The parent-death
+//! signal set by the shim fires when the *thread* that forked the child exits, so forking from
+//! a short-lived thread (such as tokio's blocking pool) would kill instances at random; the
+//! spawner lives as long as the process.
+//!
+//! Each instance runs as the leader of its own process group, so a signal to the group reaches
+//! everything it started. When the leader exits, a waiter thread first looks at the exit
+//! without reaping it (the zombie keeps the group id from being reused), kills whatever is left
+//! in the group, and only then reaps the leader.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{OnceLock, mpsc};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+use crate::logs::{SharedLog, copy_pipe};
+use crate::types::{ExitInfo, InstanceSpec, SupervisorConfig};
+
+struct Launch {
+    command: Command,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+fn spawner() -> io::Result<&'static mpsc::Sender<Launch>> {
+    static SPAWNER: OnceLock<Result<mpsc::Sender<Launch>, String>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Launch>();
+            std::thread::Builder::new()
+                .name("lifeboat-spawner".into())
+                .spawn(move || run_spawner(rx))
+                .map(|_| tx)
+                .map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| io::Error::other(format!("cannot start the lifeboat-spawner thread: {err}")))
+}
+
+fn run_spawner(requests: mpsc::Receiver<Launch>) {
+    for mut launch in requests {
+        let spawned = launch.command.spawn();
+        if let Err(Ok(mut orphan)) = launch.reply.send(spawned) {
+            // Nobody waits for this child any more: do not leave it running unsupervised.
+            signal_group(orphan.id(), Signal::SIGKILL);
+            let _ = orphan.wait();
+        }
+    }
+}
+
+/// Forks `command` on the spawner thread.
+pub(crate) async fn spawn(command: Command) -> io::Result<Child> {
+    let (reply, answer) = oneshot::channel();
+    spawner()?
+        .send(Launch { command, reply })
+        .map_err(|_| io::Error::other("the lifeboat-spawner thread is gone"))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("the lifeboat-spawner thread dropped the request"))?
+}
+
+/// The shell script an instance runs: `exec <command>` so the command itself becomes the group
+/// leader and gets signals directly, unless the command is a compound shell command.
+pub(crate) fn shell_script(command: &str) -> String {
+    let compound = command.contains([';', '&', '|', '\n', '(', ')', '`'])
+        || command.trim_start().starts_with("exec ");
+    if compound {
+        command.to_string()
+    } else {
+        format!("exec {command}")
+    }
+}
+
+/// The full command line and environment of one start of an instance.
+pub(crate) fn instance_command(
+    config: &SupervisorConfig,
+    spec: &InstanceSpec,
+    site_dir: &std::path::Path,
+) -> Command {
+    let script = shell_script(&spec.command);
+    let mut command = match &config.shim {
+        Some(shim) => {
+            let mut c = Command::new(&shim.program);
+            c.args(&shim.args).arg("--").args(["sh", "-c", &script]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        }
+    };
+    command
+        .current_dir(site_dir)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", spec.port.to_string())
+        .env("LIFEBOAT_INSTANCE", &spec.id)
+        .env("LIFEBOAT_SITE", &config.site)
+        .env("LIFEBOAT_SITE_DIR", site_dir)
+        .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    command
+}
+
+/// Sends `signal` to every process of the group led by `pgid`; a group that is already gone
+/// is fine.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pgid) else { return };
+    if raw <= 1 {
+        return; // never signal "every process" or init by mistake
+    }
+    let _ = killpg(Pid::from_raw(raw), signal);
+}
+
+/// A started instance process.
+pub(crate) struct RunningProcess {
+    pub pid: u32,
+    /// Resolves when the process has exited and the rest of its group was killed.
+    pub exit: oneshot::Receiver<ExitInfo>,
+}
+
+/// Starts copying the child's output into `log` and waiting for its exit.
+pub(crate) fn watch(mut child: Child, log: &SharedLog) -> io::Result<RunningProcess> {
+    let pid = child.id();
+    if let Some(stdout) = child.stdout.take() {
+        let log = log.clone();
+        std::thread::Builder::new()
+            .name(format!("lifeboat-log-{pid}"))
+            .spawn(move || copy_pipe(stdout, log))?;
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        std::thread::Builder::new()
+            .name(format!("lifeboat-log-{pid}"))
+            .spawn(move || copy_pipe(stderr, log))?;
+    }
+    let (tx, exit) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("lifeboat-wait-{pid}"))
+        .spawn(move || {
+            let _ = tx.send(wait_and_clean_up(child));
+        })?;
+    Ok(RunningProcess { pid, exit })
+}
+
+fn wait_and_clean_up(mut child: Child) -> ExitInfo {
+    let pid = Pid::from_raw(child.id() as i32);
+    // Wait for the exit without reaping (WNOWAIT); retry when a signal interrupts the wait.
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+    // The leader is a zombie now, so its group id cannot belong to anyone else yet.
+    signal_group(child.id(), Signal::SIGKILL);
+    match child.wait() {
+        Ok(status) => exit_info(status),
+        Err(_) => ExitInfo {
+            code: None,
+            signal: None,
+        },
+    }
+}
+
+fn exit_info(status: ExitStatus) -> ExitInfo {
+    ExitInfo {
+        code: status.code(),
+        signal: status.signal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_commands_are_execed_and_compound_ones_left_alone() {
+        assert_eq!(shell_script("./run.sh --port 1"), "exec ./run.sh --port 1");
+        assert_eq!(shell_script("a && b"), "a && b");
+        assert_eq!(shell_script("a; b"), "a; b");
+        assert_eq!(shell_script("exec a"), "exec a");
+        assert_eq!(shell_script("a | b"), "a | b");
+    }
+}

@@ -1,0 +1,489 @@
+//! The supervisor: keeps each instance of a site running, restarts it when it crashes (backing
+//! off when it crash-loops), stops it gracefully, and reports what happens.
+//!
+//! One tokio task per instance runs the instance's life: spawn, wait, decide the restart, wait
+//! out the backoff, again, until a stop is asked for. The status table and the run file are
+//! updated at each step; events go to every subscriber.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::backoff::RestartTracker;
+use crate::error::SupervisorError;
+use crate::logs::{self, RotatingLog, SharedLog};
+use crate::runfile::{self, ProcessIdentity, RunEntry, RunFile};
+use crate::spawn::{self, RunningProcess};
+use crate::types::{
+    ExitInfo, InstanceSpec, InstanceState, InstanceStatus, SupervisorConfig, SupervisorEvent,
+};
+
+/// Runs a site's instances on this node. Cheap to clone; clones share the same instances.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SupervisorConfig,
+    /// The site dir as an absolute path (what instances see as `$LIFEBOAT_SITE_DIR`).
+    site_dir: PathBuf,
+    run_file: PathBuf,
+    me: ProcessIdentity,
+    instances: Mutex<BTreeMap<String, Entry>>,
+    events: broadcast::Sender<SupervisorEvent>,
+    /// Serialises run file writes so the last write always reflects the latest table.
+    run_file_writes: Mutex<()>,
+}
+
+struct Entry {
+    status: InstanceStatus,
+    next_restart_at: Option<Instant>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+/// How one run of an instance ended.
+enum RunOutcome {
+    Exited { pid: u32, exit: ExitInfo },
+    FailedToStart(String),
+    Stopped,
+}
+
+impl Supervisor {
+    /// Prepares to run instances: creates the log dir and the run file's dir. Starts nothing.
+    pub fn new(config: SupervisorConfig) -> Result<Supervisor, SupervisorError> {
+        let run_file = runfile::path_for(&config.log_dir);
+        for dir in [
+            config.log_dir.as_path(),
+            run_file.parent().unwrap_or(Path::new(".")),
+        ] {
+            std::fs::create_dir_all(dir).map_err(|source| SupervisorError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let site_dir = std::path::absolute(&config.site_dir)
+            .ok()
+            .and_then(|p| p.canonicalize().ok())
+            .unwrap_or_else(|| config.site_dir.clone());
+        let (events, _) = broadcast::channel(1024);
+        Ok(Supervisor {
+            inner: Arc::new(Inner {
+                config,
+                site_dir,
+                run_file,
+                me: ProcessIdentity::current(),
+                instances: Mutex::new(BTreeMap::new()),
+                events,
+                run_file_writes: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Kills the instances that a previous lifeboat of this site recorded in the run file and
+    /// left running (it was killed or crashed), and claims the run file for this supervisor.
+    /// Returns the pids killed. Call it once, before starting instances. Fails, killing
+    /// nothing, if that previous lifeboat is still running.
+    pub fn reap_leftovers(&self) -> Result<Vec<u32>, SupervisorError> {
+        let inner = &self.inner;
+        let killed = runfile::reap(
+            &inner.run_file,
+            &inner.config.site,
+            &inner.site_dir,
+            inner.me,
+        )?;
+        inner.write_run_file()?;
+        Ok(killed)
+    }
+
+    /// Where the run file is (the list of running process groups, for `reap_leftovers`).
+    pub fn run_file(&self) -> PathBuf {
+        self.inner.run_file.clone()
+    }
+
+    /// Starts the instance now and keeps it running until [`Supervisor::stop`]: restarts at
+    /// once after a crash, with growing delays while it crash-loops. Does nothing if an
+    /// instance with this id is already supervised. Must be called within a tokio runtime.
+    pub fn start(&self, spec: InstanceSpec) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        {
+            let mut instances = self.inner.lock();
+            if instances.contains_key(&spec.id) {
+                tracing::warn!(instance = %spec.id, "already supervised; start ignored");
+                return;
+            }
+            instances.insert(
+                spec.id.clone(),
+                Entry {
+                    status: InstanceStatus {
+                        id: spec.id.clone(),
+                        process: spec.process.clone(),
+                        pid: None,
+                        port: spec.port,
+                        state: InstanceState::Starting,
+                        restarts: 0,
+                        last_exit: None,
+                        next_restart_in: None,
+                        last_error: None,
+                    },
+                    next_restart_at: None,
+                    stop: stop_tx,
+                    done: done_rx,
+                },
+            );
+        }
+        tokio::spawn(supervise(self.inner.clone(), spec, stop_rx, done_tx));
+    }
+
+    /// Stops the instance: SIGTERM to its process group, up to `stop_timeout` to exit, then
+    /// SIGKILL. Resolves once every process of the group is gone and the instance is forgotten.
+    pub async fn stop(&self, id: &str) {
+        let done = {
+            let mut instances = self.inner.lock();
+            let Some(entry) = instances.get_mut(id) else {
+                return;
+            };
+            entry.status.state = InstanceState::Stopping;
+            entry.next_restart_at = None;
+            entry.stop.send_replace(true);
+            entry.done.clone()
+        };
+        let mut done = done;
+        if done.wait_for(|finished| *finished).await.is_err() {
+            // The instance's task died (a bug): forget the instance anyway.
+            self.inner.lock().remove(id);
+            let _ = self.inner.write_run_file_async().await;
+        }
+    }
+
+    /// Stops every instance, all at once.
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.inner.lock().keys().cloned().collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for id in ids {
+            let supervisor = self.clone();
+            stops.spawn(async move { supervisor.stop(&id).await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// The status of every supervised instance, ordered by id.
+    pub fn instances(&self) -> Vec<InstanceStatus> {
+        let now = Instant::now();
+        self.inner
+            .lock()
+            .values()
+            .map(|entry| {
+                let mut status = entry.status.clone();
+                status.next_restart_in = entry
+                    .next_restart_at
+                    .map(|at| at.saturating_duration_since(now));
+                status
+            })
+            .collect()
+    }
+
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SupervisorEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The current log file of an instance (stdout and stderr). Rotated files are the same
+    /// path with `.1`, `.2` ... appended, `.1` being the most recent.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        logs::log_file(&self.inner.config.log_dir, id)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding this lock cannot leave the table half-updated in a way that
+        // matters (each update is one field assignment), so recover from poisoning.
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Entry)) {
+        if let Some(entry) = self.lock().get_mut(id) {
+            change(entry);
+        }
+    }
+
+    fn emit(&self, event: SupervisorEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn write_run_file(&self) -> Result<(), SupervisorError> {
+        let _writing = self
+            .run_file_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let instances = self
+            .lock()
+            .values()
+            .filter_map(|entry| {
+                Some(RunEntry {
+                    id: entry.status.id.clone(),
+                    pgid: entry.status.pid?,
+                })
+            })
+            .collect();
+        runfile::write(
+            &self.run_file,
+            &RunFile {
+                version: runfile::RUN_FILE_VERSION,
+                site: self.config.site.clone(),
+                site_dir: self.site_dir.clone(),
+                supervisor: self.me,
+                instances,
+            },
+        )
+    }
+
+    /// Writes the run file off the async threads (it fsyncs).
+    async fn write_run_file_async(self: &Arc<Self>) -> Result<(), SupervisorError> {
+        let inner = self.clone();
+        match tokio::task::spawn_blocking(move || inner.write_run_file()).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn record_run_file(self: &Arc<Self>, id: &str) {
+        if let Err(err) = self.write_run_file_async().await {
+            tracing::warn!(instance = %id, "{err}");
+        }
+    }
+}
+
+/// The life of one instance, until it is stopped.
+async fn supervise(
+    inner: Arc<Inner>,
+    spec: InstanceSpec,
+    mut stop: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+) {
+    let config = &inner.config;
+    let mut tracker = RestartTracker::new(config.backoff);
+    let mut log: Option<SharedLog> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        inner.update(&spec.id, |e| {
+            e.status.state = InstanceState::Starting;
+            e.next_restart_at = None;
+        });
+        let started_at = Instant::now();
+        let outcome = match open_log(&inner, &spec.id, &mut log) {
+            Ok(log) => run_once(&inner, &spec, &log, &mut stop).await,
+            Err(reason) => RunOutcome::FailedToStart(reason),
+        };
+        match outcome {
+            RunOutcome::Stopped => break,
+            RunOutcome::Exited { pid, exit } => {
+                inner.update(&spec.id, |e| {
+                    e.status.pid = None;
+                    e.status.last_exit = Some(exit);
+                });
+                inner.record_run_file(&spec.id).await;
+                if let Some(log) = &log {
+                    logs::note(log, &format!("pid {pid} exited ({})", describe(exit)));
+                }
+                inner.emit(SupervisorEvent::Exited {
+                    id: spec.id.clone(),
+                    pid,
+                    code: exit.code,
+                    signal: exit.signal,
+                });
+            }
+            RunOutcome::FailedToStart(reason) => {
+                if let Some(log) = &log {
+                    logs::note(log, &reason);
+                }
+                tracing::warn!(instance = %spec.id, "{reason}");
+                inner.update(&spec.id, |e| e.status.last_error = Some(reason));
+            }
+        }
+
+        let decision = tracker.after_exit(started_at.elapsed());
+        let state = if decision.crash_looping {
+            InstanceState::CrashLooping
+        } else if decision.delay.is_zero() {
+            InstanceState::Starting
+        } else {
+            InstanceState::Backoff
+        };
+        let stopping = {
+            let mut instances = inner.lock();
+            match instances.get_mut(&spec.id) {
+                Some(e) if e.status.state != InstanceState::Stopping => {
+                    e.status.state = state;
+                    e.status.restarts += 1;
+                    e.next_restart_at = Some(Instant::now() + decision.delay);
+                    false
+                }
+                _ => true,
+            }
+        };
+        if stopping || *stop.borrow() {
+            break;
+        }
+        if let Some(log) = &log {
+            logs::note(log, &format!("restarting in {}", humanize(decision.delay)));
+        }
+        inner.emit(SupervisorEvent::Restarting {
+            id: spec.id.clone(),
+            attempt: decision.attempt,
+            delay: decision.delay,
+        });
+        if decision.crash_looping {
+            inner.emit(SupervisorEvent::CrashLooping {
+                id: spec.id.clone(),
+                delay: decision.delay,
+            });
+        }
+        if !decision.delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(decision.delay) => {}
+                _ = stop_requested(&mut stop) => break,
+            }
+        }
+    }
+    inner.lock().remove(&spec.id);
+    inner.record_run_file(&spec.id).await;
+    if let Some(log) = &log {
+        logs::note(log, "stopped");
+    }
+    inner.emit(SupervisorEvent::Stopped {
+        id: spec.id.clone(),
+    });
+    done.send_replace(true);
+}
+
+fn open_log(inner: &Inner, id: &str, log: &mut Option<SharedLog>) -> Result<SharedLog, String> {
+    if let Some(log) = log {
+        return Ok(log.clone());
+    }
+    let path = logs::log_file(&inner.config.log_dir, id);
+    let opened = RotatingLog::open(
+        path.clone(),
+        inner.config.log_max_bytes,
+        inner.config.log_keep,
+    )
+    .map_err(|err| {
+        format!(
+            "cannot open the log file {} ({err}); check that the log dir is writable",
+            path.display()
+        )
+    })?;
+    let shared = Arc::new(Mutex::new(opened));
+    *log = Some(shared.clone());
+    Ok(shared)
+}
+
+/// Spawns the instance once and waits until it exits or a stop is asked for.
+async fn run_once(
+    inner: &Arc<Inner>,
+    spec: &InstanceSpec,
+    log: &SharedLog,
+    stop: &mut watch::Receiver<bool>,
+) -> RunOutcome {
+    let command = spawn::instance_command(&inner.config, spec, &inner.site_dir);
+    let child = match spawn::spawn(command).await {
+        Ok(child) => child,
+        Err(err) => {
+            return RunOutcome::FailedToStart(format!(
+                "cannot start `{}` in {} ({err}); check the command in lifeboat.toml",
+                spec.command,
+                inner.site_dir.display()
+            ));
+        }
+    };
+    let RunningProcess { pid, mut exit } = match spawn::watch(child, log) {
+        Ok(running) => running,
+        Err(err) => {
+            return RunOutcome::FailedToStart(format!(
+                "cannot watch the new instance process ({err}); the machine may be out of threads"
+            ));
+        }
+    };
+    inner.update(&spec.id, |e| {
+        e.status.pid = Some(pid);
+        e.status.last_error = None;
+        if e.status.state != InstanceState::Stopping {
+            e.status.state = InstanceState::Running;
+        }
+    });
+    inner.record_run_file(&spec.id).await;
+    logs::note(log, &format!("started pid {pid}: {}", spec.command));
+    inner.emit(SupervisorEvent::Started {
+        id: spec.id.clone(),
+        pid,
+    });
+    tokio::select! {
+        exited = &mut exit => RunOutcome::Exited {
+            pid,
+            exit: exited.unwrap_or(ExitInfo { code: None, signal: None }),
+        },
+        _ = stop_requested(stop) => {
+            stop_gracefully(inner, pid, &mut exit, log).await;
+            RunOutcome::Stopped
+        }
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL if it is not gone within the stop timeout.
+async fn stop_gracefully(
+    inner: &Inner,
+    pid: u32,
+    exit: &mut tokio::sync::oneshot::Receiver<ExitInfo>,
+    log: &SharedLog,
+) {
+    let timeout = inner.config.stop_timeout;
+    logs::note(log, &format!("stopping pid {pid} (SIGTERM)"));
+    spawn::signal_group(pid, Signal::SIGTERM);
+    if tokio::time::timeout(timeout, &mut *exit).await.is_err() {
+        logs::note(
+            log,
+            &format!(
+                "pid {pid} did not exit within {} of SIGTERM; sending SIGKILL",
+                humanize(timeout)
+            ),
+        );
+        spawn::signal_group(pid, Signal::SIGKILL);
+        let _ = exit.await;
+    }
+}
+
+/// Resolves once a stop is asked for (or the supervisor forgot the instance).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn describe(exit: ExitInfo) -> String {
+    match (exit.code, exit.signal) {
+        (_, Some(signal)) => match Signal::try_from(signal) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        (Some(code), None) => format!("exit code {code}"),
+        (None, None) => "unknown status".into(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
