@@ -177,7 +177,7 @@ async fn stop_kills_an_instance_that_ignores_sigterm_after_the_timeout() {
     // across fork and exec).
     site.supervisor.start(spec(
         "web-1",
-        "trap '' TERM; echo ready; sleep 1000; echo never",
+        "trap '' TERM; word=ready; echo \"now-$word\"; sleep 1000; echo never",
     ));
     let pid = started_pid(
         &next_event(&mut events, "started", |e| {
@@ -186,7 +186,7 @@ async fn stop_kills_an_instance_that_ignores_sigterm_after_the_timeout() {
         .await,
     );
     eventually("the instance is ready", || async {
-        read_log(&site, "web-1").contains("ready").then_some(())
+        read_log(&site, "web-1").contains("now-ready").then_some(())
     })
     .await;
     site.supervisor.stop("web-1").await;
@@ -257,7 +257,7 @@ async fn a_chatty_instance_logs_are_capped_and_rotated() {
     });
     site.supervisor.start(spec(
         "web-1",
-        "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a chatty instance\"; i=$((i+1)); done; echo done-writing; exec sleep 1000",
+        "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a chatty instance\"; i=$((i+1)); done; w=writing; echo \"done-$w\"; exec sleep 1000",
     ));
     let current = site.supervisor.log_path("web-1");
     eventually("the last line reached the log", || async {
