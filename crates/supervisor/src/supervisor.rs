@@ -68,10 +68,12 @@ impl Supervisor {
                 source,
             })?;
         }
-        let site_dir = std::path::absolute(&config.site_dir)
-            .ok()
-            .and_then(|p| p.canonicalize().ok())
-            .unwrap_or_else(|| config.site_dir.clone());
+        // Canonical when it exists, so leftovers are recognised whichever way the dir was named.
+        let site_dir = config
+            .site_dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&config.site_dir))
+            .unwrap_or_else(|_| config.site_dir.clone());
         let (events, _) = broadcast::channel(1024);
         Ok(Supervisor {
             inner: Arc::new(Inner {
