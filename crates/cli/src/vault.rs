@@ -1,18 +1,318 @@
-//! Vault commands: vault init/verify/forget/prune/status, backup, snapshots, restore.
+//! Vault commands: `vault init/verify/forget/prune/status/sync`, `backup`, `snapshots`,
+//! `restore`. Thin: parse arguments, read the password, call lifeboat-vault, print text or
+//! `--json`, draw progress bars only on a terminal.
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Subcommand;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use lifeboat_vault::{
+    BackupOptions, KeepPolicy, OpenOptions, PruneOptions, Repository, RestoreOptions, VerifyOptions,
+};
 
 use crate::Global;
 
+mod output;
+mod progress;
+
 #[derive(Subcommand, Debug)]
 pub enum VaultCommand {
-    /// List the snapshots in a repository.
-    Snapshots,
+    /// Manage a vault repository: init, verify, forget, prune, status, sync.
+    #[command(subcommand)]
+    Vault(VaultSub),
+    /// Back up directories into the vault; prints the new snapshot's id.
+    Backup(BackupArgs),
+    /// List the snapshots in a repository, oldest first.
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot (or part of it) into a directory.
+    Restore(RestoreArgs),
 }
 
-pub fn run(cmd: VaultCommand, _global: &Global) -> anyhow::Result<ExitCode> {
-    match cmd {
-        VaultCommand::Snapshots => anyhow::bail!("not built yet"),
+#[derive(Subcommand, Debug)]
+pub enum VaultSub {
+    /// Create a repository on one or more destinations (local directories, s3://bucket/prefix).
+    Init(InitArgs),
+    /// Check the repository on every destination; exits 1 if anything is damaged or missing.
+    Verify(VerifyArgs),
+    /// Remove snapshots not kept by the --keep-* rules (run `vault prune` afterwards).
+    Forget(ForgetArgs),
+    /// Delete data that no snapshot needs any more.
+    Prune(PruneArgs),
+    /// Per destination: reachable, objects behind (waiting in the local spool), last success.
+    Status(RepoArgs),
+    /// Send objects waiting in the local spool to destinations that are back.
+    Sync(RepoArgs),
+}
+
+/// How to reach and open a repository.
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// Any one destination of the repository (it knows all of them).
+    #[arg(long, env = "LIFEBOAT_REPO", value_name = "DEST")]
+    pub repo: String,
+    /// Read the password from this file (else $LIFEBOAT_PASSWORD, else a prompt on a terminal).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Where objects for unreachable destinations wait (default ~/.cache/lifeboat/spool).
+    #[arg(long, env = "LIFEBOAT_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Wait this long for another process's lock to go away.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub lock_wait: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// A destination: a local directory or s3://bucket/prefix?endpoint=URL&region=R. Repeat for
+    /// several; every object is written to each.
+    #[arg(long = "dest", required = true, value_name = "DEST")]
+    pub dests: Vec<String>,
+    /// How many destinations must hold an object before a backup counts as done (default: all).
+    #[arg(long)]
+    pub quorum: Option<usize>,
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    #[arg(long, env = "LIFEBOAT_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Read every file even if unchanged since the previous snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// What to back up. One directory: its contents form the snapshot; several: each by name.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Snapshot id (or a unique prefix), or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into; must be empty unless --overwrite.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Restore only this path of the snapshot (repeatable), e.g. uploads/2026/.
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<String>,
+    /// Restore into a non-empty directory, replacing entries the snapshot has.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Download every pack and check every blob (reads all data).
+    #[arg(long)]
+    pub read_data: bool,
+    /// Check only this destination.
+    #[arg(long, value_name = "DEST")]
+    pub destination: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Always keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Show what would be removed without removing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Leftover packs of interrupted backups are deleted once older than this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub unindexed_grace: Duration,
+}
+
+pub fn run(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cmd, global))
+}
+
+fn read_password(file: Option<&PathBuf>, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?;
+        let s = s.strip_suffix('\n').unwrap_or(&s);
+        return Ok(s.strip_suffix('\r').unwrap_or(s).as_bytes().to_vec());
     }
+    if let Ok(p) = std::env::var("LIFEBOAT_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("vault password: ").context("reading the password")?;
+        if confirm {
+            let again = rpassword::prompt_password("again: ").context("reading the password")?;
+            anyhow::ensure!(p == again, "the two passwords differ; nothing was created");
+        }
+        return Ok(p.into_bytes());
+    }
+    anyhow::bail!(
+        "no password: set LIFEBOAT_PASSWORD, pass --password-file FILE, or run on a terminal"
+    )
+}
+
+fn open_options(spool: Option<&PathBuf>) -> OpenOptions {
+    OpenOptions {
+        spool_dir: spool.cloned(),
+        kdf: None,
+        // S3 keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never from arguments.
+        s3_credentials: None,
+    }
+}
+
+async fn open(args: &RepoArgs) -> anyhow::Result<Arc<Repository>> {
+    let password = read_password(args.password_file.as_ref(), false)?;
+    let repo = Repository::open(&args.repo, &password, &open_options(args.spool.as_ref())).await?;
+    Ok(Arc::new(repo))
+}
+
+async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCode> {
+    let json = global.json;
+    match cmd {
+        VaultCommand::Vault(VaultSub::Init(a)) => {
+            let password = read_password(a.password_file.as_ref(), true)?;
+            let repo = Repository::init(
+                &a.dests,
+                a.quorum,
+                &password,
+                &open_options(a.spool.as_ref()),
+            )
+            .await?;
+            output::init(repo.config(), json);
+        }
+        VaultCommand::Backup(a) => {
+            let repo = open(&a.repo).await?;
+            let opts = BackupOptions {
+                tags: a.tags.clone(),
+                force_read: a.force,
+                lock_wait: a.repo.lock_wait,
+                host: None,
+            };
+            let bar = progress::bar(json);
+            let snap = repo.backup(&a.paths, &opts, bar.clone()).await;
+            bar.finish();
+            output::backup(&snap?, json);
+        }
+        VaultCommand::Snapshots(a) => {
+            let repo = open(&a.repo).await?;
+            output::snapshots(&repo.snapshots().await?, json);
+        }
+        VaultCommand::Restore(a) => {
+            let repo = open(&a.repo).await?;
+            let snap = repo.find_snapshot(&a.snapshot).await?;
+            let opts = RestoreOptions {
+                include: a.include.clone(),
+                overwrite: a.overwrite,
+            };
+            let bar = progress::bar(json);
+            let summary = repo
+                .restore(snap.snapshot.tree, &a.to, &opts, bar.clone())
+                .await;
+            bar.finish();
+            output::restore(&snap, &summary?, &a.to, json);
+        }
+        VaultCommand::Vault(VaultSub::Verify(a)) => {
+            let repo = open(&a.repo).await?;
+            let destination = a.destination.as_deref().map(normalize);
+            let report = repo
+                .verify(&VerifyOptions {
+                    read_data: a.read_data,
+                    destination,
+                })
+                .await?;
+            output::verify(&report, json);
+            if !report.is_ok() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        VaultCommand::Vault(VaultSub::Forget(a)) => {
+            let repo = open(&a.repo).await?;
+            let policy = KeepPolicy {
+                last: a.keep_last,
+                hourly: a.keep_hourly,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+                yearly: a.keep_yearly,
+                tags: a.keep_tags.clone(),
+            };
+            let removed = repo.forget(&policy, a.dry_run, a.repo.lock_wait).await?;
+            output::forget(&removed, a.dry_run, json);
+        }
+        VaultCommand::Vault(VaultSub::Prune(a)) => {
+            let repo = open(&a.repo).await?;
+            let summary = repo
+                .prune(&PruneOptions {
+                    unindexed_grace: a.unindexed_grace,
+                    lock_wait: a.repo.lock_wait,
+                })
+                .await?;
+            output::prune(&summary, json);
+        }
+        VaultCommand::Vault(VaultSub::Status(a)) => {
+            let repo = open(&a).await?;
+            output::status(&repo.status().await, repo.config().quorum, json);
+        }
+        VaultCommand::Vault(VaultSub::Sync(a)) => {
+            let repo = open(&a).await?;
+            let behind = repo.catch_up().await;
+            output::status(&repo.status().await, repo.config().quorum, json);
+            if !behind.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Destinations are compared in their stored form (absolute paths).
+fn normalize(d: &str) -> String {
+    if d.contains("://") {
+        return d.trim_end_matches('/').to_string();
+    }
+    std::path::absolute(d)
+        .map(|p| p.to_string_lossy().trim_end_matches('/').to_string())
+        .unwrap_or_else(|_| d.to_string())
 }
