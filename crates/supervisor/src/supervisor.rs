@@ -423,8 +423,8 @@ async fn run_once(
             e.status.state = InstanceState::Running;
         }
     });
-    inner.record_run_file(&spec.id).await;
     logs::note(log, &format!("started pid {pid}: {}", spec.command));
+    inner.record_run_file(&spec.id).await;
     inner.emit(SupervisorEvent::Started {
         id: spec.id.clone(),
         pid,
