@@ -111,7 +111,7 @@ impl Db {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
-        if idle.len() < 8 {
+        if idle.len() < 32 {
             idle.push(conn);
         }
     }

@@ -456,3 +456,40 @@ async fn sigterm_stops_the_guestbook_cleanly() {
     let said: Vec<String> = gb.lines.try_iter().collect();
     assert!(said.iter().any(|l| l.contains("stopped")), "{said:?}");
 }
+
+#[tokio::test]
+async fn instances_started_at_the_same_moment_on_a_fresh_data_dir_all_come_up() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().to_path_buf();
+    let instances: Vec<Guestbook> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Guestbook::start(&path)))
+            .collect();
+        starting.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    for gb in &instances {
+        let resp = client().get(gb.url("/healthz")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        login(&instances[2], PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_login_on_one_instance_is_valid_on_another() {
+    let data = tempfile::tempdir().unwrap();
+    let a = Guestbook::start(data.path());
+    let b = Guestbook::start(data.path());
+    let cookie = session_cookie(&login(&a, PASSWORD).await);
+    let changed = client()
+        .post(b.url("/admin/password"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({ "password": "changed-via-b-5" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(login(&a, "changed-via-b-5").await.status(), StatusCode::OK);
+}
