@@ -12,6 +12,23 @@
 //! else from stdin) and signs every session out: the hook for rotating a stolen credential.
 #![forbid(unsafe_code)]
 
+/// Prints a line to stdout. A closed stdout (the log reader went away) must not crash the
+/// site, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Like [`say!`], to stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod auth;
 mod db;
 mod routes;
@@ -45,14 +62,14 @@ fn main() -> ExitCode {
             Ok(())
         }
         _ => {
-            eprintln!("guestbook: unknown arguments {args:?}\n{USAGE}");
+            esay!("guestbook: unknown arguments {args:?}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("guestbook: error: {err:#}");
+            esay!("guestbook: error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -88,7 +105,7 @@ fn serve() -> anyhow::Result<()> {
         if db::admin_password_hash(&mut conn)?.is_none() {
             let hash = auth::hash_password(&password)?;
             if db::set_initial_admin_password(&mut conn, &hash)? {
-                println!("guestbook: initial admin password stored");
+                say!("guestbook: initial admin password stored");
             }
         }
     }
@@ -103,7 +120,7 @@ fn serve() -> anyhow::Result<()> {
             format!("listening on {addr}; is another program using PORT={port}?")
         })?;
         let local = listener.local_addr()?;
-        println!(
+        say!(
             "guestbook: listening on http://{local} (pid {}, data {})",
             std::process::id(),
             data.display()
@@ -116,7 +133,7 @@ fn serve() -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_requested())
             .await
             .context("serving HTTP")?;
-        println!("guestbook: stopped (pid {})", std::process::id());
+        say!("guestbook: stopped (pid {})", std::process::id());
         Ok(())
     })
 }
@@ -127,7 +144,7 @@ async fn shutdown_requested() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {
-            eprintln!("guestbook: cannot listen for SIGTERM ({err}); only Ctrl-C stops it");
+            esay!("guestbook: cannot listen for SIGTERM ({err}); only Ctrl-C stops it");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -136,7 +153,7 @@ async fn shutdown_requested() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    println!("guestbook: shutting down, finishing requests in flight");
+    say!("guestbook: shutting down, finishing requests in flight");
 }
 
 fn set_admin_password() -> anyhow::Result<()> {
@@ -155,6 +172,6 @@ fn set_admin_password() -> anyhow::Result<()> {
     let hash = auth::hash_password(&password)?;
     let mut conn = db.connect()?;
     db::replace_admin_password(&mut conn, &hash, None)?;
-    println!("guestbook: admin password changed; every session was signed out");
+    say!("guestbook: admin password changed; every session was signed out");
     Ok(())
 }

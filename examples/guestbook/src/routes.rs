@@ -59,7 +59,7 @@ impl ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> ApiError {
         // Details go to the instance log; the client learns only that it should retry.
-        eprintln!("guestbook: internal error: {err:#}");
+        esay!("guestbook: internal error: {err:#}");
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error; try again, and see the guestbook log if it persists".into(),
