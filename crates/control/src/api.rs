@@ -1,0 +1,157 @@
+//! The local API between the `lifeboat` command and the daemon: JSON over HTTP/1.1 on the
+//! site's unix socket `.lifeboat/control.sock` (mode 0600, in a 0700 dir, so only the owner can
+//! drive the site). This module holds the wire types and the server's routes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lifeboat_core::Event;
+use lifeboat_core::status::InstanceState;
+use serde::{Deserialize, Serialize};
+
+use crate::ControlError;
+use crate::site::Site;
+
+/// What `lifeboat status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub site: String,
+    /// The front door, e.g. `http://127.0.0.1:8080`.
+    pub proxy: String,
+    pub maintenance: bool,
+    /// Desired number of instances per process.
+    pub desired: BTreeMap<String, u32>,
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One instance in [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: String,
+    pub process: String,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub state: InstanceState,
+    pub restarts: u32,
+    /// How the last run ended, e.g. "code 1" or "signal 9".
+    pub last_exit: Option<String>,
+    /// When the next restart happens, for instances in backoff.
+    pub next_restart_in_ms: Option<u64>,
+}
+
+/// `lifeboat scale web=5`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub scale: BTreeMap<String, u32>,
+}
+
+/// One process whose scale was set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleChange {
+    pub process: String,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// `lifeboat maintenance on|off`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+    pub message: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<IpAddr>,
+}
+
+/// The maintenance switch after a change. `bypass_token` is only sent to the owner here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceReport {
+    pub on: bool,
+    pub message: String,
+    pub bypass_token: Option<String>,
+    pub allow: Vec<IpAddr>,
+}
+
+/// Which events to list: the last `last`, or those after `after` (waiting up to `wait_ms` for
+/// one to arrive, for `--follow`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventsQuery {
+    pub after: Option<u64>,
+    pub last: Option<usize>,
+    pub wait_ms: Option<u64>,
+}
+
+/// Error body of every refused request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<ControlError> for Refusal {
+    fn from(err: ControlError) -> Refusal {
+        let code = match err {
+            ControlError::Refused(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Refusal(code, err.to_string())
+    }
+}
+
+pub(crate) fn router(site: Arc<Site>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/scale", post(scale))
+        .route("/v1/maintenance", post(maintenance))
+        .route("/v1/events", get(events))
+        .route("/v1/down", post(down))
+        .with_state(site)
+}
+
+async fn status(State(site): State<Arc<Site>>) -> Json<StatusReport> {
+    Json(site.status())
+}
+
+async fn scale(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<ScaleRequest>,
+) -> Result<Json<Vec<ScaleChange>>, Refusal> {
+    Ok(Json(site.scale(req.scale).await?))
+}
+
+async fn maintenance(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<MaintenanceRequest>,
+) -> Result<Json<MaintenanceReport>, Refusal> {
+    Ok(Json(site.set_maintenance(req).await?))
+}
+
+async fn events(
+    State(site): State<Arc<Site>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<Event>>, Refusal> {
+    const PAGE: usize = 1000;
+    if let Some(after) = q.after {
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+        return Ok(Json(site.events_after(after, PAGE, wait).await?));
+    }
+    Ok(Json(site.last_events(q.last.unwrap_or(PAGE)).await?))
+}
+
+async fn down(State(site): State<Arc<Site>>) -> StatusCode {
+    site.request_shutdown("lifeboat down");
+    StatusCode::ACCEPTED
+}

@@ -1,0 +1,147 @@
+//! The client side of the local API, used by the `lifeboat` command: one HTTP/1.1 request per
+//! call over the site's unix socket. Errors say whether the daemon is not running at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use lifeboat_core::Event;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use crate::api::{
+    ApiError, EventsQuery, MaintenanceReport, MaintenanceRequest, ScaleChange, ScaleRequest,
+    StatusReport,
+};
+use crate::{ControlError, SitePaths};
+
+/// Talks to the daemon of one site.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl ControlClient {
+    /// A client for the site in `dir`. Fails with [`ControlError::NotRunning`] when the site
+    /// has no control socket.
+    pub fn for_site(dir: &Path) -> Result<ControlClient, ControlError> {
+        let socket = SitePaths::new(dir).socket();
+        if !socket.exists() {
+            return Err(ControlError::NotRunning {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(ControlClient {
+            dir: dir.to_path_buf(),
+            socket,
+        })
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ControlError> {
+        self.call(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    pub async fn scale(
+        &self,
+        scale: BTreeMap<String, u32>,
+    ) -> Result<Vec<ScaleChange>, ControlError> {
+        self.call(Method::POST, "/v1/scale", Some(&ScaleRequest { scale }))
+            .await
+    }
+
+    pub async fn maintenance(
+        &self,
+        req: MaintenanceRequest,
+    ) -> Result<MaintenanceReport, ControlError> {
+        self.call(Method::POST, "/v1/maintenance", Some(&req)).await
+    }
+
+    pub async fn events(&self, query: &EventsQuery) -> Result<Vec<Event>, ControlError> {
+        let mut params = Vec::new();
+        if let Some(a) = query.after {
+            params.push(format!("after={a}"));
+        }
+        if let Some(l) = query.last {
+            params.push(format!("last={l}"));
+        }
+        if let Some(w) = query.wait_ms {
+            params.push(format!("wait_ms={w}"));
+        }
+        let path = format!("/v1/events?{}", params.join("&"));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Asks the daemon to stop the site; returns once the request is accepted.
+    pub async fn down(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value = self
+            .call(Method::POST, "/v1/down", None::<&()>)
+            .await
+            .or_else(|e| match e {
+                // 202 has an empty body.
+                ControlError::Api { .. } => Ok(serde_json::Value::Null),
+                e => Err(e),
+            })?;
+        Ok(())
+    }
+
+    /// True while the daemon's socket file exists.
+    pub fn socket_exists(&self) -> bool {
+        self.socket.exists()
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ControlError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|_| ControlError::NotRunning {
+                    dir: self.dir.clone(),
+                })?;
+        let api = |message: String| ControlError::Api {
+            dir: self.dir.clone(),
+            message,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| api(e.to_string()))?;
+        tokio::spawn(conn);
+        let bytes = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b).expect("requests serialize")),
+            None => Bytes::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "lifeboat")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes))
+            .expect("request is well formed");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| api(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| api(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(ControlError::Refused(message));
+        }
+        serde_json::from_slice(&body).map_err(|e| api(format!("unreadable answer: {e}")))
+    }
+}

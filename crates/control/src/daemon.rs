@@ -1,0 +1,411 @@
+//! `lifeboat up`: the daemon that runs one site in the foreground. It loads the manifest,
+//! starts the front door and the supervisor, serves the local API, keeps the instances at their
+//! desired scale, records every lifecycle fact as an event, and on shutdown drains the front
+//! door before stopping the instances.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_core::plan::{Action, ObservedInstance, plan};
+use lifeboat_core::{EventKind, Manifest, ManifestError};
+use lifeboat_proxy::{HealthCheckConfig, Proxy, ProxyConfig, ProxyEvent, Timeouts};
+use lifeboat_supervisor::{
+    BackoffPolicy, InstanceSpec, Shim, Supervisor, SupervisorConfig, SupervisorEvent,
+};
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::site::{Site, write_events};
+use crate::store::Store;
+use crate::{ControlError, SitePaths};
+
+/// How `lifeboat up` was asked to run the site.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Overrides `[proxy] listen` (port 0 picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// The program that wraps each instance so it dies with lifeboat (`lifeboat __instance`).
+    pub shim: Option<PathBuf>,
+}
+
+/// A site that is up. Call [`RunningSite::run_until`] to keep it up until a signal.
+pub struct RunningSite {
+    site: Arc<Site>,
+    tasks: JoinSet<()>,
+    forwarders: JoinSet<()>,
+    forwarders_done: CancellationToken,
+    event_writer: tokio::task::JoinHandle<()>,
+    close_events: CancellationToken,
+}
+
+/// Loads the site in `dir` and starts it: front door listening, instances starting, API up.
+/// Nothing is started when the manifest is wrong or the listen port is taken.
+pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, ControlError> {
+    let paths = SitePaths::new(dir);
+    let mut manifest = load_manifest(&paths)?;
+    if let Some(listen) = options.listen {
+        manifest.proxy.listen = listen;
+        manifest.proxy.listen_location = None;
+    }
+    paths.create()?;
+    let store = Store::open(&paths.store(), dir)?;
+    check_listen_free(&paths, &manifest)?;
+
+    let stop_timeout = manifest
+        .processes
+        .values()
+        .map(|p| p.stop_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(10));
+    let supervisor = Supervisor::new(SupervisorConfig {
+        site: manifest.site.clone(),
+        site_dir: dir.to_path_buf(),
+        log_dir: paths.logs(),
+        stop_timeout,
+        log_max_bytes: 10 * 1024 * 1024,
+        log_keep: 3,
+        backoff: BackoffPolicy::default(),
+        shim: options.shim.map(|program| Shim {
+            program,
+            args: vec!["__instance".to_string()],
+        }),
+    })
+    .map_err(|e| ControlError::Supervisor(e.to_string()))?;
+    let reaped = supervisor
+        .reap_leftovers()
+        .map_err(|e| ControlError::Supervisor(e.to_string()))?;
+
+    let proxy = Proxy::start(proxy_config(&manifest))
+        .await
+        .map_err(|e| ControlError::Proxy(e.to_string()))?;
+    let maintenance = store.maintenance()?;
+    let (site, writer) = Site::new(
+        manifest,
+        paths.clone(),
+        store,
+        proxy,
+        supervisor,
+        maintenance,
+    )?;
+    let site = Arc::new(site);
+    let close_events = writer.close.clone();
+    let event_writer = tokio::spawn(write_events(site.store.clone(), writer));
+    if !reaped.is_empty() {
+        site.record(EventKind::LeftoversReaped { pids: reaped });
+    }
+    site.restore_maintenance().await?;
+
+    let listener = bind_socket(&paths)?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(serve_api(site.clone(), listener));
+    let forwarders_done = CancellationToken::new();
+    let mut forwarders = JoinSet::new();
+    forwarders.spawn(forward_supervisor_events(
+        site.clone(),
+        forwarders_done.clone(),
+    ));
+    forwarders.spawn(forward_proxy_events(site.clone(), forwarders_done.clone()));
+    tasks.spawn(reconcile_loop(site.clone()));
+    site.record(EventKind::SiteUp {
+        proxy: format!("http://{}", site.proxy.local_addr()),
+    });
+    Ok(RunningSite {
+        site,
+        tasks,
+        forwarders,
+        forwarders_done,
+        event_writer,
+        close_events,
+    })
+}
+
+impl RunningSite {
+    /// The front door's real address (useful with port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.site.proxy.local_addr()
+    }
+
+    /// The site's name from the manifest.
+    pub fn name(&self) -> &str {
+        &self.site.manifest.site
+    }
+
+    /// Keeps the site up until `signal` resolves or `lifeboat down` is called, then stops it
+    /// gracefully: the front door finishes in-flight requests, then the instances are stopped.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = String>,
+    ) -> Result<(), ControlError> {
+        tokio::select! {
+            reason = signal => self.site.request_shutdown(&reason),
+            _ = self.site.shutdown.cancelled() => {}
+        }
+        let site = self.site;
+        // Front door first: no new request may reach an instance that is being stopped.
+        site.proxy.shutdown().await;
+        site.supervisor.stop_all().await;
+        // The forwarders record what is already broadcast (the last stops), then end.
+        self.forwarders_done.cancel();
+        while self.forwarders.join_next().await.is_some() {}
+        site.record(EventKind::SiteDown {
+            reason: site.shutdown_reason(),
+        });
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.close_events.cancel();
+        let _ = self.event_writer.await;
+        // Last: the socket's absence tells `lifeboat down` that everything has stopped.
+        let _ = std::fs::remove_file(site.paths.socket());
+        Ok(())
+    }
+}
+
+fn load_manifest(paths: &SitePaths) -> Result<Manifest, ControlError> {
+    let path = paths.manifest();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ControlError::NoManifest { path });
+        }
+        Err(source) => return Err(ControlError::ReadManifest { path, source }),
+    };
+    Ok(Manifest::parse(&path.display().to_string(), &text)?)
+}
+
+/// Checks the front door's port is free before anything starts, so the user gets a manifest
+/// error pointing at `listen` instead of a half-started site.
+fn check_listen_free(paths: &SitePaths, manifest: &Manifest) -> Result<(), ControlError> {
+    let listen = manifest.proxy.listen;
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let mut next = listen;
+            next.set_port(listen.port().wrapping_add(1).max(1024));
+            Err(ManifestError::at(
+                &paths.manifest().display().to_string(),
+                manifest.proxy.listen_location,
+                "proxy.listen",
+                format!("the front door can not listen on {listen}: {e}"),
+                format!(
+                    "stop the program using it, or write a free address, e.g. listen = \"{next}\" (or run `lifeboat up --listen 127.0.0.1:0` for any free port)"
+                ),
+            )
+            .into())
+        }
+    }
+}
+
+fn proxy_config(manifest: &Manifest) -> ProxyConfig {
+    // One front door for the site: it checks every instance with the health settings of the
+    // `web` process (or the first process when there is no `web`).
+    let health = manifest
+        .processes
+        .get("web")
+        .or_else(|| manifest.processes.values().next())
+        .map(|p| p.health.clone());
+    let mut config = ProxyConfig {
+        listen: manifest.proxy.listen,
+        retry_after: manifest.proxy.retry_after,
+        timeouts: Timeouts::default(),
+        health: HealthCheckConfig::default(),
+    };
+    if let Some(h) = health {
+        config.health = HealthCheckConfig {
+            path: h.path,
+            interval: h.interval,
+            timeout: h.timeout,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        };
+    }
+    config
+}
+
+fn bind_socket(paths: &SitePaths) -> Result<UnixListener, ControlError> {
+    let socket = paths.socket();
+    // We hold the store's lock, so no other daemon of this site is alive: a socket file left
+    // here is stale (a lifeboat that was killed).
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ControlError::io("remove the stale socket", &socket)(e)),
+    }
+    let listener = UnixListener::bind(&socket).map_err(ControlError::io("listen on", &socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(ControlError::io("set permissions of", &socket))?;
+    Ok(listener)
+}
+
+async fn serve_api(site: Arc<Site>, listener: UnixListener) {
+    let shutdown = site.shutdown.clone();
+    let app = crate::api::router(site);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!("the local API stopped: {e}");
+    }
+}
+
+/// Keeps the instances at the desired scale: on every change (scale command) and every few
+/// seconds, plans and carries out starts and drained stops.
+async fn reconcile_loop(site: Arc<Site>) {
+    loop {
+        let observed: Vec<ObservedInstance> = site
+            .supervisor
+            .instances()
+            .into_iter()
+            .map(|i| ObservedInstance {
+                id: i.id,
+                process: i.process,
+            })
+            .collect();
+        let actions = plan(&site.desired(), &observed);
+        let mut stops = JoinSet::new();
+        for action in actions {
+            match action {
+                Action::Stop { id } => {
+                    let site = site.clone();
+                    stops.spawn(async move {
+                        // Out of the balancer first; stop only once its requests are done.
+                        site.proxy.remove_backend(&id).await;
+                        site.supervisor.stop(&id).await;
+                    });
+                }
+                Action::Start { id, process } => start_instance(&site, id, &process),
+            }
+        }
+        while stops.join_next().await.is_some() {}
+        tokio::select! {
+            _ = site.reconcile.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = site.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn start_instance(site: &Site, id: String, process: &str) {
+    let Some(spec) = site.manifest.processes.get(process) else {
+        return;
+    };
+    let port = match free_port() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("no free port for {id}: {e}");
+            return;
+        }
+    };
+    site.supervisor.start(InstanceSpec {
+        id: id.clone(),
+        process: process.to_string(),
+        command: spec.command.clone(),
+        port,
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    });
+    site.proxy
+        .add_backend(&id, SocketAddr::from(([127, 0, 0, 1], port)));
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Receives the next broadcast event; once `done` is cancelled, only what is already queued.
+async fn next_event<T: Clone>(
+    rx: &mut broadcast::Receiver<T>,
+    done: &CancellationToken,
+) -> Option<T> {
+    loop {
+        let received = tokio::select! {
+            biased;
+            r = rx.recv() => r,
+            _ = done.cancelled() => match rx.try_recv() {
+                Ok(e) => Ok(e),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(_) => return None,
+            },
+        };
+        match received {
+            Ok(e) => return Some(e),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} lifecycle events were missed (too many at once)")
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+async fn forward_supervisor_events(site: Arc<Site>, done: CancellationToken) {
+    let mut rx = site.supervisor.subscribe();
+    while let Some(event) = next_event(&mut rx, &done).await {
+        let what = match event {
+            SupervisorEvent::Started { id, pid } => {
+                EventKind::InstanceStarted { instance: id, pid }
+            }
+            SupervisorEvent::Exited {
+                id,
+                pid,
+                code,
+                signal,
+            } => {
+                // The process is gone: no request may be sent to it while it restarts.
+                site.proxy.mark_down(&id);
+                EventKind::InstanceExited {
+                    instance: id,
+                    pid,
+                    code,
+                    signal,
+                }
+            }
+            SupervisorEvent::Restarting { id, attempt, delay } => EventKind::InstanceRestarting {
+                instance: id,
+                attempt,
+                delay_ms: delay.as_millis() as u64,
+            },
+            SupervisorEvent::CrashLooping { id, delay } => EventKind::InstanceCrashLooping {
+                instance: id,
+                delay_ms: delay.as_millis() as u64,
+            },
+            SupervisorEvent::Stopped { id } => EventKind::InstanceStopped { instance: id },
+        };
+        site.record(what);
+    }
+}
+
+async fn forward_proxy_events(site: Arc<Site>, done: CancellationToken) {
+    let mut rx = site.proxy.subscribe();
+    while let Some(event) = next_event(&mut rx, &done).await {
+        let what = match event {
+            ProxyEvent::HealthChanged {
+                id,
+                healthy,
+                reason,
+            } => EventKind::HealthChanged {
+                instance: id,
+                healthy,
+                reason,
+            },
+            ProxyEvent::Ejected { id, reason } => EventKind::InstanceEjected {
+                instance: id,
+                reason,
+            },
+        };
+        site.record(what);
+    }
+}

@@ -1,0 +1,82 @@
+//! The one error type of lifeboat-control. Every message says what happened and what to do.
+
+use std::path::PathBuf;
+
+/// Something the daemon or the local API client could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The manifest is missing.
+    #[error(
+        "no manifest at {path}; create a lifeboat.toml next to the site (see examples/guestbook/lifeboat.toml)"
+    )]
+    NoManifest { path: PathBuf },
+
+    /// The manifest could not be read.
+    #[error("could not read {path}: {source}; check the file exists and is readable")]
+    ReadManifest {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The manifest (or a check of it against this machine) is wrong; nothing was started.
+    #[error("{0}\nnothing was started")]
+    Manifest(#[from] lifeboat_core::ManifestError),
+
+    /// Another `lifeboat up` already runs this site.
+    #[error(
+        "lifeboat is already running for the site in {dir} (its state store is locked); use `lifeboat status -C {dir}` or stop it with `lifeboat down -C {dir}`"
+    )]
+    AlreadyRunning { dir: PathBuf },
+
+    /// No daemon answers on the site's control socket.
+    #[error(
+        "no lifeboat is running for this site (no .lifeboat/control.sock in {dir}); start it with `lifeboat up {dir}`"
+    )]
+    NotRunning { dir: PathBuf },
+
+    /// The site's state store failed.
+    #[error(
+        "the state store {path} failed: {message}; if the disk is full or read-only, fix that and retry"
+    )]
+    Store { path: PathBuf, message: String },
+
+    /// A file or directory under `.lifeboat/` could not be set up.
+    #[error("could not {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The front door could not start.
+    #[error("the front door could not start: {0}")]
+    Proxy(String),
+
+    /// The supervisor could not start or clean up.
+    #[error("the supervisor failed: {0}")]
+    Supervisor(String),
+
+    /// The daemon refused a command (unknown process, bad argument); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+
+    /// The local API did not answer as expected.
+    #[error(
+        "the lifeboat daemon of {dir} did not answer properly ({message}); check it is still running with `lifeboat status`"
+    )]
+    Api { dir: PathBuf, message: String },
+
+    /// An instance has no log file (yet).
+    #[error("no logs for instance {instance} in {dir}; `lifeboat status` lists the instances")]
+    NoLogs { instance: String, dir: PathBuf },
+}
+
+impl ControlError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ControlError {
+        let path = path.into();
+        move |source| ControlError::Io { what, path, source }
+    }
+}

@@ -1,0 +1,387 @@
+//! The running site inside the daemon: the manifest, the store, the front door and the
+//! supervisor, and the operations the API offers on them (status, scale, maintenance, events).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_core::plan::parse_instance_id;
+use lifeboat_core::status::{Health, RunState, instance_state};
+use lifeboat_core::{Event, EventKind, Manifest};
+use lifeboat_proxy::{BackendHealth, Maintenance, Proxy};
+use lifeboat_supervisor::{InstanceState as SupState, Supervisor};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{
+    InstanceReport, MaintenanceReport, MaintenanceRequest, ScaleChange, StatusReport,
+};
+use crate::store::{MaintenanceState, Store};
+use crate::{ControlError, SitePaths};
+
+pub(crate) struct Site {
+    pub(crate) manifest: Manifest,
+    pub(crate) paths: SitePaths,
+    pub(crate) store: Arc<Store>,
+    pub(crate) proxy: Proxy,
+    pub(crate) supervisor: Supervisor,
+    /// Desired instances per process: the manifest, overridden by `lifeboat scale`.
+    desired: Mutex<BTreeMap<String, u32>>,
+    /// Serializes changes to the maintenance switch.
+    maintenance: tokio::sync::Mutex<MaintenanceState>,
+    /// Whether maintenance is on, readable without waiting for a change in progress.
+    maintenance_on: AtomicBool,
+    pub(crate) reconcile: Notify,
+    pub(crate) shutdown: CancellationToken,
+    shutdown_reason: Mutex<String>,
+    events_tx: mpsc::UnboundedSender<(OffsetDateTime, EventKind)>,
+    /// The last stored event's seq, for `events --follow`.
+    last_seq: watch::Receiver<u64>,
+}
+
+/// The event writer: the receiving end the daemon runs in [`write_events`].
+pub(crate) struct EventWriter {
+    rx: mpsc::UnboundedReceiver<(OffsetDateTime, EventKind)>,
+    last_seq: watch::Sender<u64>,
+    /// Cancelled at the very end of shutdown: store what is queued, then stop.
+    pub(crate) close: CancellationToken,
+}
+
+impl Site {
+    pub(crate) fn new(
+        manifest: Manifest,
+        paths: SitePaths,
+        store: Store,
+        proxy: Proxy,
+        supervisor: Supervisor,
+        maintenance: MaintenanceState,
+    ) -> Result<(Site, EventWriter), ControlError> {
+        let mut desired = manifest.replicas();
+        for (process, n) in store.scale()? {
+            if let Some(d) = desired.get_mut(&process) {
+                *d = n;
+            }
+        }
+        let last = store.last_events(1)?.first().map(|e| e.seq).unwrap_or(0);
+        let (events_tx, rx) = mpsc::unbounded_channel();
+        let (seq_tx, last_seq) = watch::channel(last);
+        let site = Site {
+            manifest,
+            paths,
+            store: Arc::new(store),
+            proxy,
+            supervisor,
+            desired: Mutex::new(desired),
+            maintenance_on: AtomicBool::new(maintenance.on),
+            maintenance: tokio::sync::Mutex::new(maintenance),
+            reconcile: Notify::new(),
+            shutdown: CancellationToken::new(),
+            shutdown_reason: Mutex::new(String::new()),
+            events_tx,
+            last_seq,
+        };
+        Ok((
+            site,
+            EventWriter {
+                rx,
+                last_seq: seq_tx,
+                close: CancellationToken::new(),
+            },
+        ))
+    }
+
+    /// Records an event; it is stored durably by the event writer, in order.
+    pub(crate) fn record(&self, what: EventKind) {
+        // The writer only stops after the site is dropped; a failed send means shutdown.
+        let _ = self.events_tx.send((OffsetDateTime::now_utc(), what));
+    }
+
+    pub(crate) fn desired(&self) -> BTreeMap<String, u32> {
+        self.desired.lock().expect("desired lock").clone()
+    }
+
+    pub(crate) fn request_shutdown(&self, reason: &str) {
+        let mut r = self.shutdown_reason.lock().expect("reason lock");
+        if r.is_empty() {
+            *r = reason.to_string();
+        }
+        self.shutdown.cancel();
+    }
+
+    pub(crate) fn shutdown_reason(&self) -> String {
+        self.shutdown_reason.lock().expect("reason lock").clone()
+    }
+
+    pub(crate) fn status(&self) -> StatusReport {
+        let backends: HashMap<String, lifeboat_proxy::BackendStatus> = self
+            .proxy
+            .backends()
+            .into_iter()
+            .map(|b| (b.id.clone(), b))
+            .collect();
+        let mut instances: Vec<InstanceReport> = self
+            .supervisor
+            .instances()
+            .into_iter()
+            .map(|i| {
+                let backend = backends.get(&i.id);
+                let health = match backend.map(|b| b.health) {
+                    Some(BackendHealth::Healthy) => Health::Healthy,
+                    Some(BackendHealth::Unhealthy) => Health::Unhealthy,
+                    _ => Health::Unknown,
+                };
+                let run = match i.state {
+                    SupState::Starting => RunState::Starting,
+                    SupState::Running => RunState::Running,
+                    SupState::Backoff => RunState::Backoff,
+                    SupState::CrashLooping => RunState::CrashLooping,
+                    SupState::Stopping => RunState::Stopping,
+                    SupState::Exited => RunState::Exited,
+                };
+                let ejected = backend.is_some_and(|b| b.ejected);
+                InstanceReport {
+                    state: instance_state(run, health, ejected),
+                    pid: i.pid,
+                    port: i.port,
+                    restarts: i.restarts,
+                    last_exit: i.last_exit.map(|e| match (e.code, e.signal) {
+                        (_, Some(s)) => format!("signal {s}"),
+                        (Some(c), None) => format!("code {c}"),
+                        (None, None) => "unknown".to_string(),
+                    }),
+                    next_restart_in_ms: i.next_restart_in.map(|d| d.as_millis() as u64),
+                    id: i.id,
+                    process: i.process,
+                }
+            })
+            .collect();
+        instances.sort_by_key(|i| {
+            let n = parse_instance_id(&i.id).map(|(_, n)| n).unwrap_or(0);
+            (i.process.clone(), n)
+        });
+        let maintenance = self.maintenance_on.load(Ordering::SeqCst);
+        StatusReport {
+            site: self.manifest.site.clone(),
+            proxy: format!("http://{}", self.proxy.local_addr()),
+            maintenance,
+            desired: self.desired(),
+            instances,
+        }
+    }
+
+    pub(crate) async fn scale(
+        &self,
+        scale: BTreeMap<String, u32>,
+    ) -> Result<Vec<ScaleChange>, ControlError> {
+        if scale.is_empty() {
+            return Err(ControlError::Refused(
+                "nothing to scale; write it like `lifeboat scale web=3`".into(),
+            ));
+        }
+        let known: Vec<&str> = self.manifest.processes.keys().map(String::as_str).collect();
+        for (process, n) in &scale {
+            if !self.manifest.processes.contains_key(process) {
+                return Err(ControlError::Refused(format!(
+                    "the manifest has no process `{process}`; the processes are: {}",
+                    known.join(", ")
+                )));
+            }
+            if !(1..=1000).contains(n) {
+                return Err(ControlError::Refused(format!(
+                    "{process}={n}: the count must be between 1 and 1000"
+                )));
+            }
+        }
+        let (changes, stored) = {
+            let mut desired = self.desired.lock().expect("desired lock");
+            let mut changes = Vec::new();
+            for (process, &to) in &scale {
+                let from = desired.insert(process.clone(), to).unwrap_or(0);
+                changes.push(ScaleChange {
+                    process: process.clone(),
+                    from,
+                    to,
+                });
+            }
+            (changes, desired.clone())
+        };
+        let store = self.store.clone();
+        blocking(move || store.set_scale(&stored)).await?;
+        for c in &changes {
+            if c.from != c.to {
+                self.record(EventKind::Scaled {
+                    process: c.process.clone(),
+                    from: c.from,
+                    to: c.to,
+                });
+            }
+        }
+        self.reconcile.notify_one();
+        Ok(changes)
+    }
+
+    pub(crate) async fn set_maintenance(
+        &self,
+        req: MaintenanceRequest,
+    ) -> Result<MaintenanceReport, ControlError> {
+        let mut current = self.maintenance.lock().await;
+        let mut next = current.clone();
+        if req.on {
+            next.message = req
+                .message
+                .clone()
+                .unwrap_or_else(|| self.manifest.maintenance.message.clone());
+            next.allow = req.allow.clone();
+            if !current.on || next.bypass_token.is_empty() {
+                next.bypass_token = new_token();
+            }
+            // Read the page before anything changes, so a missing page file changes nothing.
+            let page = self.page_html(&next, req.message.is_some())?;
+            next.on = true;
+            let store = self.store.clone();
+            let saved = next.clone();
+            blocking(move || store.set_maintenance(&saved)).await?;
+            self.proxy.set_maintenance(Some(Maintenance {
+                page_html: page,
+                bypass_token: next.bypass_token.clone(),
+                allow_ips: next.allow.clone(),
+            }));
+            self.record(EventKind::MaintenanceOn {
+                message: next.message.clone(),
+            });
+        } else {
+            next.on = false;
+            let store = self.store.clone();
+            let saved = next.clone();
+            blocking(move || store.set_maintenance(&saved)).await?;
+            self.proxy.set_maintenance(None);
+            if current.on {
+                self.record(EventKind::MaintenanceOff);
+            }
+        }
+        self.maintenance_on.store(next.on, Ordering::SeqCst);
+        *current = next.clone();
+        Ok(MaintenanceReport {
+            on: next.on,
+            message: next.message,
+            bypass_token: next.on.then_some(next.bypass_token),
+            allow: next.allow,
+        })
+    }
+
+    /// Puts the stored maintenance state into the front door (at start-up).
+    pub(crate) async fn restore_maintenance(&self) -> Result<(), ControlError> {
+        let state = self.maintenance.lock().await.clone();
+        if state.on {
+            let page = self.page_html(&state, false)?;
+            self.proxy.set_maintenance(Some(Maintenance {
+                page_html: page,
+                bypass_token: state.bypass_token,
+                allow_ips: state.allow,
+            }));
+        }
+        Ok(())
+    }
+
+    /// The manifest's page file, unless a message was given on the command line.
+    fn page_html(
+        &self,
+        state: &MaintenanceState,
+        message_given: bool,
+    ) -> Result<String, ControlError> {
+        match &self.manifest.maintenance.page {
+            Some(page) if !message_given => {
+                let path = self.paths.dir.join(page);
+                std::fs::read_to_string(&path)
+                    .map_err(ControlError::io("read the maintenance page", path))
+            }
+            _ => Ok(builtin_page(&self.manifest.site, &state.message)),
+        }
+    }
+
+    pub(crate) async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Event>, ControlError> {
+        let mut seq = self.last_seq.clone();
+        if *seq.borrow() <= after && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, seq.wait_for(|s| *s > after)).await;
+        }
+        let store = self.store.clone();
+        blocking(move || store.events_after(after, limit)).await
+    }
+
+    pub(crate) async fn last_events(&self, n: usize) -> Result<Vec<Event>, ControlError> {
+        let store = self.store.clone();
+        blocking(move || store.last_events(n)).await
+    }
+}
+
+/// Stores recorded events in order, batching what arrived meanwhile into one transaction.
+/// Ends when `close` is cancelled, after storing everything queued by then.
+pub(crate) async fn write_events(store: Arc<Store>, mut writer: EventWriter) {
+    loop {
+        let mut batch = Vec::new();
+        let closing = tokio::select! {
+            biased;
+            first = writer.rx.recv() => match first {
+                Some(first) => {
+                    batch.push(first);
+                    false
+                }
+                None => true,
+            },
+            _ = writer.close.cancelled() => true,
+        };
+        while let Ok(more) = writer.rx.try_recv() {
+            batch.push(more);
+        }
+        if batch.is_empty() && closing {
+            return;
+        }
+        let store = store.clone();
+        match blocking(move || store.append_events(batch)).await {
+            Ok(stored) => {
+                if let Some(last) = stored.last() {
+                    writer.last_seq.send_replace(last.seq);
+                }
+            }
+            Err(err) => tracing::error!("could not store events: {err}"),
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("store task does not panic")
+}
+
+fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn builtin_page(site: &str, message: &str) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{site} - maintenance</title></head>\n\
+         <body style=\"font-family: sans-serif; max-width: 40em; margin: 4em auto\">\n\
+         <h1>Down for maintenance</h1>\n<p>{}</p>\n</body></html>\n",
+        escape(message),
+        site = escape(site)
+    )
+}
