@@ -493,3 +493,47 @@ async fn a_login_on_one_instance_is_valid_on_another() {
     assert_eq!(changed.status(), StatusCode::OK);
     assert_eq!(login(&a, "changed-via-b-5").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_crash_the_site() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guestbook"))
+        .env("PORT", "0")
+        .env("GUESTBOOK_DATA", data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        reader.read_line(&mut first).unwrap();
+        // Dropping the reader closes the pipe: every later log line hits a broken pipe.
+    }
+    let addr = first.split("listening on http://").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap();
+    let health = client()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the guestbook did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "clean exit despite the closed pipe: {status}"
+    );
+}
