@@ -173,14 +173,31 @@ pub fn list_entries(conn: &mut Connection, newest: Option<u32>) -> anyhow::Resul
              (SELECT id, text, created_at FROM entries ORDER BY id DESC LIMIT ?1)
          ORDER BY id ASC",
     )?;
-    let rows = stmt.query_map([limit], |row| {
-        Ok(Entry {
-            id: row.get(0)?,
-            text: row.get(1)?,
-            created_at: row.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map([limit], entry_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Lists entries with an id greater than `after`, oldest first, at most `limit` of them: a
+/// reader pages through the whole guestbook with `after` = the last id it saw.
+pub fn entries_after(
+    conn: &mut Connection,
+    after: i64,
+    limit: Option<u32>,
+) -> anyhow::Result<Vec<Entry>> {
+    let limit = limit.map_or(-1, i64::from);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, text, created_at FROM entries WHERE id > ?1 ORDER BY id ASC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], entry_from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: row.get(0)?,
+        text: row.get(1)?,
+        created_at: row.get(2)?,
+    })
 }
 
 /// Proves the database answers a real query (used by `/healthz`).

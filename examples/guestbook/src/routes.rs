@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -143,8 +144,28 @@ async fn index(State(app): State<AppState>) -> Result<Html<String>, ApiError> {
     Ok(Html(page))
 }
 
-async fn list_entries(State(app): State<AppState>) -> Result<Json<Vec<db::Entry>>, ApiError> {
-    let entries = app.db.run(|conn| db::list_entries(conn, None)).await?;
+/// `GET /api/entries?after=ID&limit=N`: both optional; without them, every entry.
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
+}
+
+async fn list_entries(
+    State(app): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Vec<db::Entry>>, ApiError> {
+    let Query(page) = page.map_err(|rej| {
+        ApiError::bad_request(format!(
+            "bad query: {} (use ?after=ID&limit=N with whole numbers)",
+            rej.body_text()
+        ))
+    })?;
+    let entries = app
+        .db
+        .run(move |conn| db::entries_after(conn, page.after, page.limit))
+        .await?;
     Ok(Json(entries))
 }
 

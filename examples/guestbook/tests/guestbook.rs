@@ -537,3 +537,36 @@ async fn a_closed_log_pipe_does_not_crash_the_site() {
         "clean exit despite the closed pipe: {status}"
     );
 }
+
+#[tokio::test]
+async fn entries_can_be_read_page_by_page() {
+    let data = tempfile::tempdir().unwrap();
+    let gb = Guestbook::start(data.path());
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let resp = client()
+            .post(gb.url("/entries"))
+            .json(&serde_json::json!({ "text": format!("entry {n}") }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["id"].clone());
+    }
+    let page: Vec<Value> = client()
+        .get(gb.url(&format!("/api/entries?after={}&limit=2", ids[1])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&Value> = page.iter().map(|e| &e["id"]).collect();
+    assert_eq!(got, [&ids[2], &ids[3]]);
+    let bad = client()
+        .get(gb.url("/api/entries?after=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
