@@ -400,9 +400,22 @@ async fn run_once(
     let command = spawn::instance_command(&inner.config, spec, &inner.site_dir);
     let child = match spawn::spawn(command).await {
         Ok(child) => child,
-        Err(err) => {
+        Err(err) if !inner.site_dir.is_dir() => {
             return RunOutcome::FailedToStart(format!(
-                "cannot start `{}` in {} ({err}); check the command in lifeboat.toml",
+                "cannot start `{}`: the site dir {} is gone ({err}); put the site back or \
+                 run lifeboat from the right dir",
+                spec.command,
+                inner.site_dir.display()
+            ));
+        }
+        Err(err) => {
+            let program = match &inner.config.shim {
+                Some(shim) => format!("the shim {}", shim.program.display()),
+                None => "sh".to_string(),
+            };
+            return RunOutcome::FailedToStart(format!(
+                "cannot start `{}` in {}: running {program} failed ({err}); check that it \
+                 exists and is executable",
                 spec.command,
                 inner.site_dir.display()
             ));

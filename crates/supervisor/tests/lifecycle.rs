@@ -292,7 +292,7 @@ async fn a_command_that_cannot_start_is_retried_with_backoff_and_explained() {
     .await;
     let error = status.last_error.unwrap();
     assert!(error.contains("missing-dir"), "{error}");
-    assert!(error.contains("check the command"), "{error}");
+    assert!(error.contains("is gone"), "{error}");
     eventually("it keeps trying", || async {
         site.supervisor
             .instances()
@@ -300,5 +300,26 @@ async fn a_command_that_cannot_start_is_retried_with_backoff_and_explained() {
             .find(|s| s.restarts >= 2)
     })
     .await;
+    site.supervisor.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_shim_is_named_in_the_status() {
+    let site = site_with(|c| {
+        c.shim = Some(lifeboat_supervisor::Shim {
+            program: "/nonexistent/lifeboat".into(),
+            args: vec!["__instance".into()],
+        });
+    });
+    site.supervisor.start(spec("web-1", "sleep 1000"));
+    let status = eventually("the failure is in the status", || async {
+        site.supervisor
+            .instances()
+            .into_iter()
+            .find(|s| s.last_error.is_some())
+    })
+    .await;
+    let error = status.last_error.unwrap();
+    assert!(error.contains("the shim /nonexistent/lifeboat"), "{error}");
     site.supervisor.stop_all().await;
 }
