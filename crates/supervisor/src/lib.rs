@@ -17,6 +17,7 @@ pub mod shim;
 mod spawn;
 mod supervisor;
 mod types;
+mod usage;
 
 pub use backoff::{BackoffPolicy, RestartDecision, RestartTracker};
 pub use error::SupervisorError;

@@ -22,6 +22,7 @@ use crate::spawn::{self, RunningProcess};
 use crate::types::{
     ExitInfo, InstanceSpec, InstanceState, InstanceStatus, SupervisorConfig, SupervisorEvent,
 };
+use crate::usage;
 
 /// Runs a site's instances on this node. Cheap to clone; clones share the same instances.
 #[derive(Clone)]
@@ -134,6 +135,8 @@ impl Supervisor {
                         last_exit: None,
                         next_restart_in: None,
                         last_error: None,
+                        memory_bytes: None,
+                        cpu_time: None,
                     },
                     next_restart_at: None,
                     stop: stop_tx,
@@ -187,6 +190,10 @@ impl Supervisor {
                 status.next_restart_in = entry
                     .next_restart_at
                     .map(|at| at.saturating_duration_since(now));
+                if let Some(pid) = status.pid {
+                    status.memory_bytes = usage::memory_bytes(pid);
+                    status.cpu_time = usage::cpu_time(pid);
+                }
                 status
             })
             .collect()

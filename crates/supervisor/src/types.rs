@@ -96,6 +96,11 @@ pub struct InstanceStatus {
     pub next_restart_in: Option<Duration>,
     /// Why the last start failed, when the command could not even be spawned.
     pub last_error: Option<String>,
+    /// Resident memory of the running process, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU time the running process has used.
+    #[serde(rename = "cpu_time_ms", with = "optional_millis")]
+    pub cpu_time: Option<Duration>,
 }
 
 /// A lifecycle fact, broadcast to every [`crate::Supervisor::subscribe`]r.

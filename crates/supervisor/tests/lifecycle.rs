@@ -48,6 +48,10 @@ async fn an_instance_runs_in_its_own_group_with_its_port_and_identity() {
     assert_eq!(status.pid, Some(pid));
     assert_eq!(status.state, InstanceState::Running);
     assert_eq!(status.port, 4321);
+    assert!(
+        status.memory_bytes.is_some_and(|b| b > 0),
+        "memory use is reported"
+    );
     site.supervisor.stop_all().await;
 }
 
