@@ -66,6 +66,7 @@ UPSTREAMS=()
 for port in "${INSTANCE_PORTS[@]}"; do UPSTREAMS+=("127.0.0.1:$port"); done
 "$FRONT_DOOR" "127.0.0.1:$PROXY_PORT" "${UPSTREAMS[@]}" >"$WORK/front-door.log" 2>&1 &
 PIDS+=($!)
+LIFEBOAT_PID=$!
 wait_for_port "$PROXY_PORT" "lifeboat front door"
 
 # nginx as a reverse proxy with upstream keep-alive, as it is usually deployed.
@@ -107,42 +108,64 @@ NGINX
 } >"$WORK/nginx/nginx.conf"
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "daemon off;" >"$WORK/nginx.log" 2>&1 &
 PIDS+=($!)
+NGINX_PID=$!
 wait_for_port "$NGINX_PORT" "nginx"
 
 # wrk's latency lines read "50%  1.23ms"; print them in milliseconds.
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.3f", v }'; }
 
-measure() { # name port -> "name rps p50 p99 errors"
-    local url="http://127.0.0.1:$2$BENCH_PATH" out
+# CPU time (user, system; clock ticks) used so far by a process and its children (nginx workers).
+cpu_ticks() {
+    local user=0 sys=0 pid
+    for pid in "$1" $(ps -o pid= --ppid "$1"); do
+        read -r u s < <(awk '{ print $14, $15 }' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
+        user=$((user + u)); sys=$((sys + s))
+    done
+    echo "$user $sys"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+measure() { # name port pid -> "rps p50 p99 user_us_per_request sys_us_per_request errors"
+    local url="http://127.0.0.1:$2$BENCH_PATH" out u0 s0 u1 s1
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null  # warm up pools and caches
+    read -r u0 s0 < <(cpu_ticks "${3:-$$}")
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")"
-    echo "$out" >"$WORK/wrk-$1.txt"
-    local rps p50 p99 errors
+    read -r u1 s1 < <(cpu_ticks "${3:-$$}")
+    echo "$out" >>"$WORK/wrk-$1.txt"
+    local rps p50 p99 total errors
     rps="$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')"
     p50="$(echo "$out" | awk '$1 == "50%" { print $2 }' | to_ms)"
     p99="$(echo "$out" | awk '$1 == "99%" { print $2 }' | to_ms)"
+    total="$(echo "$out" | awk '/requests in/ { print $1 }')"
     errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { printf "%s ", $0 }')"
-    echo "$1 $rps $p50 $p99 ${errors:-none}"
+    awk -v r="$rps" -v a="$p50" -v b="$p99" -v n="$total" -v t="$TICK_US" \
+        -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v e="${errors:-none}" \
+        'BEGIN { printf "%s %s %s %.1f %.1f %s\n", r, a, b, u * t / n, s * t / n, e }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$BENCH_PATH   ($(nproc) cores)"
-printf "%-24s %12s %10s %10s  %s\n" "target" "req/s" "p50 ms" "p99 ms" "errors"
-declare -A RPS P99
+echo "cpu us/req: CPU time of the proxy process(es) per request, user + system (direct: none)"
+printf "%-20s %10s %8s %8s %14s  %s\n" "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "errors"
+RPS_RATIOS=(); P99_RATIOS=(); CPU_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
-    for target in "direct:${INSTANCE_PORTS[0]}" "lifeboat:$PROXY_PORT" "nginx:$NGINX_PORT"; do
-        name="${target%%:*}"
-        read -r _ rps p50 p99 errors < <(measure "$name" "${target##*:}")
-        printf "%-24s %12s %10s %10s  %s\n" "$name (round $round)" "$rps" "$p50" "$p99" "$errors"
-        RPS[$name]="${RPS[$name]:-} $rps"
-        P99[$name]="${P99[$name]:-} $p99"
+    declare -A R=() P=() C=()
+    for target in "direct:${INSTANCE_PORTS[0]}:" "lifeboat:$PROXY_PORT:$LIFEBOAT_PID" "nginx:$NGINX_PORT:$NGINX_PID"; do
+        IFS=: read -r name port pid <<<"$target"
+        read -r rps p50 p99 user sys errors < <(measure "$name" "$port" "$pid")
+        cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')"
+        [ -z "$pid" ] && cpu="-" && user="-" && sys="-"
+        printf "%-20s %10s %8s %8s %14s  %s\n" "$name (round $round)" "$rps" "$p50" "$p99" \
+            "$cpu ($user+$sys)" "$errors"
+        R[$name]=$rps; P[$name]=$p99; C[$name]=$cpu
     done
+    RPS_RATIOS+=("$(awk -v a="${R[lifeboat]}" -v b="${R[nginx]}" 'BEGIN { print a / b }')")
+    P99_RATIOS+=("$(awk -v a="${P[lifeboat]}" -v b="${P[nginx]}" 'BEGIN { print a / b }')")
+    CPU_RATIOS+=("$(awk -v a="${C[lifeboat]}" -v b="${C[nginx]}" 'BEGIN { print a / b }')")
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
-L_RPS="$(echo "${RPS[lifeboat]}" | median)"; N_RPS="$(echo "${RPS[nginx]}" | median)"
-L_P99="$(echo "${P99[lifeboat]}" | median)"; N_P99="$(echo "${P99[nginx]}" | median)"
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
-awk -v lr="$L_RPS" -v nr="$N_RPS" -v lp="$L_P99" -v np="$N_P99" 'BEGIN {
-    printf "lifeboat/nginx requests/s: %.2fx  (goal >= 1.00x)\n", lr / nr
-    printf "lifeboat/nginx p99:        %.2fx  (goal <= 1.00x)\n", lp / np
-}'
+echo "lifeboat/nginx, median over $ROUNDS round(s) of the per-round ratios:"
+printf "  requests/s  %.2fx  (goal >= 1.00x)\n" "$(echo "${RPS_RATIOS[*]}" | median)"
+printf "  p99         %.2fx  (goal <= 1.00x)\n" "$(echo "${P99_RATIOS[*]}" | median)"
+printf "  cpu/request %.2fx\n" "$(echo "${CPU_RATIOS[*]}" | median)"

@@ -3,14 +3,34 @@
 //!
 //! usage: front_door LISTEN_ADDR INSTANCE_ADDR...
 //! e.g.   cargo run --release -p lifeboat-proxy --example front_door 127.0.0.1:8080 127.0.0.1:9001 127.0.0.1:9002
+//! FRONT_DOOR_THREADS=N sets the number of runtime threads (1: a single-threaded runtime);
+//! the default is one per core.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use lifeboat_proxy::{BackendHealth, Proxy, ProxyConfig};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = match std::env::var("FRONT_DOOR_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+    {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: front_door LISTEN_ADDR INSTANCE_ADDR...";
     let listen: SocketAddr = args.next().ok_or(usage)?.parse()?;
@@ -18,18 +38,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if instances.is_empty() {
         return Err(usage.into());
     }
-    let proxy = Proxy::start(ProxyConfig { listen, ..ProxyConfig::default() }).await?;
+    let proxy = Proxy::start(ProxyConfig {
+        listen,
+        ..ProxyConfig::default()
+    })
+    .await?;
     for (i, addr) in instances.iter().enumerate() {
         proxy.add_backend(&format!("web-{}", i + 1), *addr);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while proxy.backends().iter().any(|b| b.health != BackendHealth::Healthy) {
+    while proxy
+        .backends()
+        .iter()
+        .any(|b| b.health != BackendHealth::Healthy)
+    {
         if tokio::time::Instant::now() > deadline {
             return Err(format!("instances not healthy after 30s: {:?}", proxy.backends()).into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("front door on http://{} -> {} healthy instances", proxy.local_addr(), instances.len());
+    println!(
+        "front door on http://{} -> {} healthy instances",
+        proxy.local_addr(),
+        instances.len()
+    );
     tokio::signal::ctrl_c().await?;
     proxy.shutdown().await;
     Ok(())

@@ -65,6 +65,7 @@ impl Proxy {
             source,
         })?;
         let mut http = http1::Builder::new();
+        // The header read timeout doubles as the idle timeout of client keep-alive connections.
         http.keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(config.timeouts.idle);
