@@ -301,16 +301,17 @@ async fn supervise(
                     e.status.pid = None;
                     e.status.last_exit = Some(exit);
                 });
-                inner.record_run_file(&spec.id).await;
-                if let Some(log) = &log {
-                    logs::note(log, &format!("pid {pid} exited ({})", describe(exit)));
-                }
+                // Tell subscribers first: the front door must stop sending it requests now.
                 inner.emit(SupervisorEvent::Exited {
                     id: spec.id.clone(),
                     pid,
                     code: exit.code,
                     signal: exit.signal,
                 });
+                if let Some(log) = &log {
+                    logs::note(log, &format!("pid {pid} exited ({})", describe(exit)));
+                }
+                inner.record_run_file(&spec.id).await;
             }
             RunOutcome::FailedToStart(reason) => {
                 if let Some(log) = &log {
