@@ -137,6 +137,10 @@ fn create_schema(conn: &mut Connection) -> anyhow::Result<()> {
              password_hash TEXT NOT NULL,
              updated_at TEXT NOT NULL
          );
+         CREATE TABLE IF NOT EXISTS idempotency_keys (
+             key TEXT PRIMARY KEY,
+             entry_id INTEGER NOT NULL REFERENCES entries(id)
+         );
          CREATE TABLE IF NOT EXISTS sessions (
              token_hash TEXT PRIMARY KEY,
              created_at TEXT NOT NULL,
@@ -154,13 +158,38 @@ fn now_rfc3339() -> String {
 }
 
 /// Adds an entry and returns its id once the transaction has committed.
-pub fn add_entry(conn: &mut Connection, text: &str) -> anyhow::Result<i64> {
+///
+/// With an idempotency key, a repeated call (a client or proxy retrying after a lost answer)
+/// returns the id stored the first time instead of adding the entry twice.
+pub fn add_entry(
+    conn: &mut Connection,
+    text: &str,
+    idempotency_key: Option<&str>,
+) -> anyhow::Result<i64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(key) = idempotency_key {
+        let earlier: Option<i64> = tx
+            .query_row(
+                "SELECT entry_id FROM idempotency_keys WHERE key = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(id) = earlier {
+            return Ok(id);
+        }
+    }
     tx.execute(
         "INSERT INTO entries (text, created_at) VALUES (?1, ?2)",
         params![text, now_rfc3339()],
     )?;
     let id = tx.last_insert_rowid();
+    if let Some(key) = idempotency_key {
+        tx.execute(
+            "INSERT INTO idempotency_keys (key, entry_id) VALUES (?1, ?2)",
+            params![key, id],
+        )?;
+    }
     tx.commit().context("committing the new entry")?;
     Ok(id)
 }

@@ -174,10 +174,28 @@ struct NewEntry {
     text: String,
 }
 
+/// Longest accepted `Idempotency-Key` header.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
 async fn add_entry(
     State(app): State<AppState>,
+    headers: HeaderMap,
     JsonOrForm(entry): JsonOrForm<NewEntry>,
 ) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+                Some(key.to_string())
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} \
+                     visible ASCII characters"
+                )));
+            }
+        },
+    };
     let text = entry.text.trim().to_string();
     if text.is_empty() {
         return Err(ApiError::bad_request("the entry is empty; write some text"));
@@ -187,7 +205,10 @@ async fn add_entry(
             "the entry is longer than {MAX_ENTRY_CHARS} characters; shorten it"
         )));
     }
-    let id = app.db.run(move |conn| db::add_entry(conn, &text)).await?;
+    let id = app
+        .db
+        .run(move |conn| db::add_entry(conn, &text, key.as_deref()))
+        .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
 }
 

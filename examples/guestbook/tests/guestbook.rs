@@ -570,3 +570,26 @@ async fn entries_can_be_read_page_by_page() {
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_adds_one_entry() {
+    let data = tempfile::tempdir().unwrap();
+    let a = Guestbook::start(data.path());
+    let b = Guestbook::start(data.path());
+    let mut ids = Vec::new();
+    // The retry may land on another instance, as it does behind the front door.
+    for gb in [&a, &b, &a] {
+        let resp = client()
+            .post(gb.url("/entries"))
+            .header("idempotency-key", "client-7-request-42")
+            .json(&serde_json::json!({ "text": "only once" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["id"].clone());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(entries(&b).await.len(), 1);
+}
