@@ -35,12 +35,27 @@ pub(crate) struct Shared {
     connections_done: Notify,
 }
 
-/// Handle to a running front door. Cheap to clone; all clones control the same proxy.
+/// Handle to a running front door. Cheap to clone; all clones control the same proxy. When the
+/// last clone is dropped the proxy stops as if [`Proxy::shutdown`] had been called (without
+/// waiting for it).
 #[derive(Debug, Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     listener_task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    _stop_on_drop: Arc<StopOnDrop>,
+}
+
+/// Stops the listener and the health checks when the last [`Proxy`] handle goes away, so a
+/// forgotten proxy does not keep its port and its tasks for the life of the process.
+#[derive(Debug)]
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown.send(true);
+        self.0.registry.remove_all();
+    }
 }
 
 impl Proxy {
@@ -81,6 +96,7 @@ impl Proxy {
         let listener_task = tokio::spawn(accept_loop(shared.clone(), listener));
         tokio::spawn(evict_idle_connections(shared.clone()));
         Ok(Proxy {
+            _stop_on_drop: Arc::new(StopOnDrop(shared.clone())),
             shared,
             local_addr,
             listener_task: Arc::new(Mutex::new(Some(listener_task))),

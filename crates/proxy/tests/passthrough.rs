@@ -319,6 +319,25 @@ async fn shutdown_lets_the_request_in_flight_finish_and_then_refuses_connections
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_frees_the_port() {
+    let upstream = Upstream::named("web-1").await;
+    let proxy = proxy_for(&[&upstream], test_config()).await;
+    let addr = proxy.local_addr();
+    let clone = proxy.clone();
+    drop(proxy);
+    assert_eq!(
+        get(&client(), &clone, "/").await.unwrap().0,
+        StatusCode::OK,
+        "a clone keeps it running"
+    );
+    drop(clone);
+    eventually("the port is free again", || {
+        std::net::TcpListener::bind(addr).is_ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_busy_listen_address_is_reported_with_what_to_do() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
