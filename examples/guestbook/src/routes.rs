@@ -299,23 +299,24 @@ async fn login(
     if body.password.len() > auth::MAX_PASSWORD_LEN {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong password".into()));
     }
+    const NO_ADMIN: &str = "no admin password is set yet; set one with \
+                            `guestbook set-admin-password` or GUESTBOOK_ADMIN_PASSWORD";
+    const WRONG: &str = "wrong password";
     let token = app
         .db
         .run(move |conn| {
             let Some(hash) = db::admin_password_hash(conn)? else {
-                return Ok(None);
+                return Ok(Err(NO_ADMIN));
             };
             if !auth::verify_password(&body.password, &hash) {
-                return Ok(None);
+                return Ok(Err(WRONG));
             }
             let (token, stored) = auth::new_session_token();
             db::add_session(conn, &stored)?;
-            Ok(Some(token))
+            Ok(Ok(token))
         })
-        .await?;
-    let Some(token) = token else {
-        return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong password".into()));
-    };
+        .await?
+        .map_err(|refusal| ApiError(StatusCode::UNAUTHORIZED, refusal.into()))?;
     let cookie = format!(
         "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         auth::SESSION_COOKIE,

@@ -593,3 +593,18 @@ async fn a_retried_post_with_the_same_idempotency_key_adds_one_entry() {
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(entries(&b).await.len(), 1);
 }
+
+#[tokio::test]
+async fn without_an_admin_password_login_says_how_to_set_one() {
+    let data = tempfile::tempdir().unwrap();
+    let gb = Guestbook::start_with(data.path(), &[]);
+    let resp = login(&gb, "anything-at-all").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("guestbook set-admin-password")
+    );
+}
