@@ -35,7 +35,7 @@ pub struct RotatingLog {
 impl RotatingLog {
     /// Opens `path` for appending (creating it), continuing after what an earlier run wrote.
     pub fn open(path: PathBuf, max_bytes: u64, keep: usize) -> io::Result<RotatingLog> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         let size = file.metadata()?.len();
         Ok(RotatingLog {
             path,
@@ -79,13 +79,21 @@ impl RotatingLog {
             }
         }
         std::fs::rename(&self.path, rotated_file(&self.path, 1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// Opens a log file for appending; new files are readable by the owner only, because an
+/// application may print things that are not for everyone's eyes.
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// A log shared by the threads copying an instance's stdout and stderr.
@@ -169,6 +177,16 @@ mod tests {
         log.write(b"abc").unwrap();
         assert_eq!(read(&path), "abc");
         assert_eq!(read(&rotated_file(&path, 1)), "12345678");
+    }
+
+    #[test]
+    fn log_files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_file(dir.path(), "web-1");
+        RotatingLog::open(path.clone(), 10, 1).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
