@@ -112,3 +112,34 @@ pub fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> boo
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A child process that is killed (SIGKILL) and reaped if the test ends before it does,
+/// so a failing test never leaves processes behind.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        ChildGuard(Some(command.spawn().unwrap()))
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit and reports whether it succeeded.
+    pub fn wait_success(&mut self) -> bool {
+        self.0
+            .take()
+            .is_some_and(|mut c| c.wait().unwrap().success())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
