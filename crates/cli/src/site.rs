@@ -1,18 +1,125 @@
-//! Site commands: up, status, maintenance, scale, events, logs, down.
+//! Site commands: up, status, maintenance, scale, events, logs, down. Thin: each parses its
+//! arguments, calls lifeboat-control, and prints the answer as text or `--json`.
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::Global;
 
+mod output;
+mod run;
+
 #[derive(Subcommand, Debug)]
 pub enum SiteCommand {
-    /// Show the site's instances, front door and maintenance state.
+    /// Run the site in DIR in the foreground: its front door, its instances, the control API.
+    /// Ctrl-C, SIGTERM or `lifeboat down` stop it gracefully.
+    Up(UpArgs),
+    /// Show the site's front door, maintenance switch and instances.
     Status,
+    /// Switch maintenance mode: visitors get a 503 page, the owner gets through with a bypass.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+    /// Set how many instances of a process run, e.g. `lifeboat scale web=5`. Kept across restarts.
+    Scale(ScaleArgs),
+    /// List what happened to the site: starts, crashes, restarts, health, maintenance, scaling.
+    Events(EventsArgs),
+    /// Print an instance's output (stdout and stderr), e.g. `lifeboat logs web-2`.
+    /// Works whether or not lifeboat is running.
+    Logs(LogsArgs),
+    /// Stop the site: drain the front door, stop every instance, stop the daemon.
+    Down,
+    /// Internal: runs one instance so it dies with lifeboat (used by the supervisor).
+    #[command(name = "__instance", hide = true)]
+    Instance(InstanceArgs),
 }
 
-pub fn run(cmd: SiteCommand, _global: &Global) -> anyhow::Result<ExitCode> {
-    match cmd {
-        SiteCommand::Status => anyhow::bail!("not built yet"),
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The site directory (where lifeboat.toml is). Defaults to -C DIR or the current directory.
+    #[arg(value_name = "DIR")]
+    pub site_dir: Option<PathBuf>,
+    /// Listen on this address instead of the manifest's `[proxy] listen`; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCommand {
+    /// Show the maintenance page to every visitor; prints the owner's bypass.
+    On {
+        /// The message on the page (default: the manifest's `[maintenance] message`).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        /// A client address that still gets the real site (repeatable).
+        #[arg(long = "allow", value_name = "IP")]
+        allow: Vec<std::net::IpAddr>,
+    },
+    /// Serve the real site again.
+    Off,
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// PROCESS=COUNT pairs, e.g. web=5 worker=2.
+    #[arg(value_name = "PROCESS=COUNT", required = true)]
+    pub pairs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// How many of the latest events to show.
+    #[arg(short = 'n', long = "last", value_name = "N", default_value_t = 100)]
+    pub last: usize,
+    /// Keep printing events as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The instance, e.g. web-2 (see `lifeboat status`).
+    pub instance: String,
+    /// How many of the latest lines to show.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100)]
+    pub lines: usize,
+    /// Keep printing lines as they are written.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InstanceArgs {
+    /// The command to run, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
+    if let SiteCommand::Instance(args) = cmd {
+        return run::instance(args);
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            SiteCommand::Up(args) => {
+                let dir = args.site_dir.clone().unwrap_or_else(|| global.dir.clone());
+                run::up(&dir, args, global).await
+            }
+            SiteCommand::Status => run::status(&global.dir, global).await,
+            SiteCommand::Maintenance(m) => run::maintenance(&global.dir, m, global).await,
+            SiteCommand::Scale(s) => run::scale(&global.dir, s, global).await,
+            SiteCommand::Events(e) => run::events(&global.dir, e, global).await,
+            SiteCommand::Logs(l) => run::logs(&global.dir, l).await,
+            SiteCommand::Down => run::down(&global.dir, global).await,
+            SiteCommand::Instance(_) => unreachable!("handled before the runtime starts"),
+        }
+    })
+}
+
+/// The site dir as the user wrote it, for messages.
+fn shown(dir: &Path) -> String {
+    dir.display().to_string()
 }

@@ -19,8 +19,9 @@ pub enum ControlError {
     },
 
     /// The manifest (or a check of it against this machine) is wrong; nothing was started.
+    /// (Not a `source`: the message already holds every problem, and `{:#}` would repeat it.)
     #[error("{0}\nnothing was started")]
-    Manifest(#[from] lifeboat_core::ManifestError),
+    Manifest(lifeboat_core::ManifestError),
 
     /// Another `lifeboat up` already runs this site.
     #[error(
@@ -69,6 +70,12 @@ pub enum ControlError {
     /// An instance has no log file (yet).
     #[error("no logs for instance {instance} in {dir}; `lifeboat status` lists the instances")]
     NoLogs { instance: String, dir: PathBuf },
+}
+
+impl From<lifeboat_core::ManifestError> for ControlError {
+    fn from(err: lifeboat_core::ManifestError) -> ControlError {
+        ControlError::Manifest(err)
+    }
 }
 
 impl ControlError {

@@ -1,0 +1,151 @@
+//! Everything the site commands print: aligned tables for people, JSON with `--json`.
+
+use std::net::SocketAddr;
+
+use lifeboat_control::api::{MaintenanceReport, ScaleChange, StatusReport};
+use lifeboat_core::Event;
+
+pub(super) fn up(site: &str, proxy: SocketAddr, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "site": site, "proxy": format!("http://{proxy}") })
+        );
+    } else {
+        println!("{site} is up: front door at http://{proxy}");
+        println!("Ctrl-C or `lifeboat down` stops it; `lifeboat status` shows the instances.");
+    }
+}
+
+pub(super) fn status(report: &StatusReport, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("status serializes")
+        );
+        return;
+    }
+    let maintenance = if report.maintenance { "ON" } else { "off" };
+    println!(
+        "site {}   front door {}   maintenance {maintenance}",
+        report.site, report.proxy
+    );
+    let mut rows = vec![
+        [
+            "INSTANCE",
+            "PROCESS",
+            "PID",
+            "PORT",
+            "STATE",
+            "RESTARTS",
+            "LAST EXIT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in &report.instances {
+        let mut state = i.state.as_str().to_string();
+        if let Some(ms) = i.next_restart_in_ms {
+            state.push_str(&format!(
+                " (restart in {})",
+                humantime::format_duration(std::time::Duration::from_millis(ms / 100 * 100))
+            ));
+        }
+        rows.push(vec![
+            i.id.clone(),
+            i.process.clone(),
+            i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            i.port.to_string(),
+            state,
+            i.restarts.to_string(),
+            i.last_exit.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub(super) fn maintenance(report: &MaintenanceReport, proxy: &str, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("report serializes")
+        );
+        return;
+    }
+    if !report.on {
+        println!("maintenance is off: visitors get the real site");
+        return;
+    }
+    println!(
+        "maintenance is on: visitors get a 503 page saying {:?}",
+        report.message
+    );
+    if let Some(token) = &report.bypass_token {
+        println!("to see the real site yourself, send the header or cookie:");
+        println!("  X-Lifeboat-Bypass: {token}");
+        println!("  Cookie: lifeboat_bypass={token}");
+        println!("  e.g. curl -H 'X-Lifeboat-Bypass: {token}' {proxy}/");
+    }
+    for ip in &report.allow {
+        println!("requests from {ip} get the real site");
+    }
+}
+
+pub(super) fn scale(changes: &[ScaleChange], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(changes).expect("changes serialize")
+        );
+        return;
+    }
+    for c in changes {
+        if c.from == c.to {
+            println!("{} stays at {}", c.process, c.to);
+        } else {
+            println!("{}: {} -> {} instances", c.process, c.from, c.to);
+        }
+    }
+}
+
+/// Prints events; with `lines` (follow mode) JSON is one event per line.
+pub(super) fn events(events: &[Event], json: bool, lines: bool) {
+    if json && !lines {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(events).expect("events serialize")
+        );
+        return;
+    }
+    for e in events {
+        if json {
+            println!("{}", serde_json::to_string(e).expect("events serialize"));
+        } else {
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]Z"
+            );
+            let at = e.at.format(&format).unwrap_or_default();
+            println!("{at}  {}", e.what.describe());
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What each site command does: call lifeboat-control, hand the answer to `output`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lifeboat_control::api::{EventsQuery, MaintenanceRequest};
+use lifeboat_control::{ControlClient, ControlError, UpOptions, logs, start_site};
+use lifeboat_core::status::parse_scale_arg;
+
+use super::{
+    EventsArgs, InstanceArgs, LogsArgs, MaintenanceCommand, ScaleArgs, UpArgs, output, shown,
+};
+use crate::Global;
+
+pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let shim =
+        std::env::current_exe().context("could not find the lifeboat binary to wrap instances")?;
+    let site = start_site(
+        dir,
+        UpOptions {
+            listen: args.listen,
+            shim: Some(shim),
+        },
+    )
+    .await?;
+    output::up(site.name(), site.proxy_addr(), global.json);
+    site.run_until(stop_signal()).await?;
+    if !global.json {
+        println!("stopped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM with the reason.
+async fn stop_signal() -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted".into();
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)".into(),
+        _ = term.recv() => "terminated (SIGTERM)".into(),
+    }
+}
+
+pub(super) async fn status(dir: &Path, global: &Global) -> anyhow::Result<ExitCode> {
+    let report = ControlClient::for_site(dir)?.status().await?;
+    output::status(&report, global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn maintenance(
+    dir: &Path,
+    cmd: MaintenanceCommand,
+    global: &Global,
+) -> anyhow::Result<ExitCode> {
+    let client = ControlClient::for_site(dir)?;
+    let req = match cmd {
+        MaintenanceCommand::On { message, allow } => MaintenanceRequest {
+            on: true,
+            message,
+            allow,
+        },
+        MaintenanceCommand::Off => MaintenanceRequest {
+            on: false,
+            message: None,
+            allow: vec![],
+        },
+    };
+    let report = client.maintenance(req).await?;
+    let proxy = client.status().await.map(|s| s.proxy).unwrap_or_default();
+    output::maintenance(&report, &proxy, global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn scale(
+    dir: &Path,
+    args: ScaleArgs,
+    global: &Global,
+) -> anyhow::Result<ExitCode> {
+    let mut scale = BTreeMap::new();
+    for pair in &args.pairs {
+        let (process, n) = parse_scale_arg(pair)?;
+        scale.insert(process, n);
+    }
+    let changes = ControlClient::for_site(dir)?.scale(scale).await?;
+    output::scale(&changes, global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn events(
+    dir: &Path,
+    args: EventsArgs,
+    global: &Global,
+) -> anyhow::Result<ExitCode> {
+    let client = match ControlClient::for_site(dir) {
+        Ok(client) => client,
+        Err(ControlError::NotRunning { .. }) if !args.follow => {
+            // The daemon is down: its history is still in the store.
+            let events = lifeboat_control::store::stored_events(dir, args.last)?;
+            output::events(&events, global.json, false);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let events = client
+        .events(&EventsQuery {
+            last: Some(args.last),
+            ..Default::default()
+        })
+        .await?;
+    let mut after = events.last().map(|e| e.seq).unwrap_or(0);
+    output::events(&events, global.json, args.follow);
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let query = EventsQuery {
+            after: Some(after),
+            wait_ms: Some(30_000),
+            ..Default::default()
+        };
+        let more = client.events(&query).await?;
+        if let Some(last) = more.last() {
+            after = last.seq;
+        }
+        output::events(&more, global.json, true);
+    }
+}
+
+pub(super) async fn logs(dir: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let mut offset = logs::log_len(dir, &args.instance);
+    for line in logs::last_lines(dir, &args.instance, args.lines)? {
+        println!("{line}");
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let (text, next) = logs::read_new(dir, &args.instance, offset)?;
+        print!("{text}");
+        offset = next;
+        if text.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+pub(super) async fn down(dir: &Path, global: &Global) -> anyhow::Result<ExitCode> {
+    let client = ControlClient::for_site(dir)?;
+    client.down().await?;
+    // The daemon removes its socket as the very last step of a graceful stop.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.socket_exists() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "lifeboat for {} was asked to stop but is still running after 2 minutes; look at its terminal, or stop it with SIGTERM",
+                shown(dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if global.json {
+        println!("{}", serde_json::json!({ "stopped": true }));
+    } else {
+        println!("stopped the site in {}", shown(dir));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
+    let err = lifeboat_supervisor::shim::exec_instance(args.command);
+    Err(anyhow::anyhow!("could not start the instance: {err}"))
+}

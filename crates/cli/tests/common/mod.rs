@@ -1,0 +1,421 @@
+//! Helpers for the end-to-end tests: a temporary site running the real guestbook, the real
+//! `lifeboat` binary started on it, a load generator, and waiting on conditions with deadlines.
+//! Every process started here is killed when the guard drops, even when a test panics.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helpers"
+)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Generous: the machine running the tests may be loaded.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn lifeboat_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lifeboat"))
+}
+
+/// The guestbook binary built next to lifeboat (`cargo test --workspace` builds it).
+pub fn guestbook_bin() -> PathBuf {
+    let path = lifeboat_bin()
+        .parent()
+        .expect("binary dir")
+        .join("guestbook");
+    assert!(
+        path.exists(),
+        "{} is missing; build it first with `cargo build -p guestbook` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// A temporary site dir with a manifest running the guestbook.
+pub struct SiteDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl SiteDir {
+    /// A guestbook site whose `web` process runs `command` (use [`guestbook_command`]).
+    pub fn with_command(command: &str, replicas: u32) -> SiteDir {
+        SiteDir::with_manifest(&format!(
+            r#"[site]
+name = "guestbook"
+
+[processes.web]
+command = "{command}"
+replicas = {replicas}
+stop_timeout = "10s"
+health = {{ path = "/healthz", interval = "200ms", timeout = "2s" }}
+
+[state]
+sqlite = ["data/guestbook.db"]
+dirs = ["data/uploads"]
+
+[proxy]
+listen = "127.0.0.1:0"
+
+[maintenance]
+message = "Upgrading the database, back in 10 minutes"
+"#
+        ))
+    }
+
+    pub fn guestbook(replicas: u32) -> SiteDir {
+        SiteDir::with_command(&guestbook_command(), replicas)
+    }
+
+    pub fn with_manifest(manifest: &str) -> SiteDir {
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-e2e")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("lifeboat.toml"), manifest).expect("write manifest");
+        SiteDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn guestbook_command() -> String {
+    guestbook_bin().display().to_string()
+}
+
+/// A running `lifeboat up`. Dropping it kills lifeboat and every instance it reported.
+pub struct Lifeboat {
+    child: Option<Child>,
+    pub site: PathBuf,
+    pub proxy: String,
+    seen_pids: Mutex<BTreeSet<u32>>,
+}
+
+impl Lifeboat {
+    /// Starts `lifeboat up SITE --listen 127.0.0.1:0` and waits until its API answers.
+    pub fn up(site: &Path) -> Lifeboat {
+        let log = std::fs::File::create(site.join("lifeboat-up.log")).expect("log file");
+        let mut cmd = Command::new(lifeboat_bin());
+        cmd.arg("up").arg(site).args(["--listen", "127.0.0.1:0"]);
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("start lifeboat");
+        let mut lifeboat = Lifeboat {
+            child: Some(child),
+            site: site.to_path_buf(),
+            proxy: String::new(),
+            seen_pids: Mutex::new(BTreeSet::new()),
+        };
+        let status = lifeboat.wait_for_status("the control API to answer", |_| true);
+        lifeboat.proxy = status["proxy"]
+            .as_str()
+            .expect("status has a proxy address")
+            .to_string();
+        lifeboat
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("lifeboat runs").id()
+    }
+
+    /// Runs `lifeboat ARGS -C SITE`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.site, args)
+    }
+
+    /// `lifeboat status --json`, or None while the API does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let status: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+        let mut seen = self.seen_pids.lock().unwrap();
+        for i in status["instances"].as_array().into_iter().flatten() {
+            if let Some(pid) = i["pid"].as_u64() {
+                seen.insert(pid as u32);
+            }
+        }
+        Some(status)
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().unwrap_or_else(|| {
+            panic!(
+                "lifeboat status failed; lifeboat's output:\n{}",
+                self.output()
+            )
+        })
+    }
+
+    /// Polls `status --json` until `cond` holds; panics with the last status after [`DEADLINE`].
+    pub fn wait_for_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        let mut last = None;
+        loop {
+            if let Some(status) = self.try_status() {
+                if cond(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status: {last:#?}\nlifeboat's output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until every instance of the site is healthy and there are `n` of them.
+    pub fn wait_healthy(&self, n: usize) -> Value {
+        self.wait_for_status(&format!("{n} healthy instances"), |s| {
+            let instances = s["instances"].as_array().unwrap();
+            instances.len() == n && instances.iter().all(|i| i["state"] == "healthy")
+        })
+    }
+
+    /// `lifeboat events --json`.
+    pub fn events(&self) -> Vec<Value> {
+        let out = self.cli(&["events", "--json", "-n", "10000"]);
+        assert!(
+            out.status.success(),
+            "events failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("events --json is a JSON list")
+    }
+
+    /// Polls the events until one matches.
+    pub fn wait_for_event(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let events = self.events();
+            if let Some(e) = events.iter().find(|e| cond(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the event {what}; events: {events:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What lifeboat printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.site.join("lifeboat-up.log")).unwrap_or_default()
+    }
+
+    /// Kills lifeboat itself with SIGKILL (not its instances) and reaps it.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("lifeboat runs");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("kill lifeboat");
+        child.wait().expect("reap lifeboat");
+    }
+
+    /// Waits for lifeboat to exit by itself (after `lifeboat down`); returns whether it succeeded.
+    pub fn wait_exit(&mut self) -> bool {
+        let mut child = self.child.take().expect("lifeboat runs");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait lifeboat") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("lifeboat did not exit; output:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn seen_pids(&self) -> Vec<u32> {
+        self.seen_pids.lock().unwrap().iter().copied().collect()
+    }
+}
+
+impl Drop for Lifeboat {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        // Instances run in their own process groups; they die with lifeboat, but make sure.
+        for pid in self.seen_pids.lock().map(|s| s.clone()).unwrap_or_default() {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `lifeboat ARGS -C SITE` and returns what it printed.
+pub fn cli(site: &Path, args: &[&str]) -> Output {
+    Command::new(lifeboat_bin())
+        .args(args)
+        .arg("-C")
+        .arg(site)
+        .output()
+        .expect("run lifeboat")
+}
+
+/// True while a process with this pid exists (and is not a zombie of ours).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits for a condition, polling; panics with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request of the load.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub started: Instant,
+    pub method: &'static str,
+    /// HTTP status, or the transport error.
+    pub result: Result<u16, String>,
+    pub body: String,
+    pub bypass: bool,
+}
+
+/// Client tasks sending GET / , GET /api/entries and POST /entries continuously.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` tasks; with `bypass`, every other client sends the bypass header.
+    pub fn start(proxy: &str, clients: usize, bypass: Option<Arc<Mutex<Option<String>>>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (stop, outcomes, proxy) = (stop.clone(), outcomes.clone(), proxy.to_string());
+            let bypass = if c % 2 == 1 { bypass.clone() } else { None };
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let token = bypass.as_ref().and_then(|b| b.lock().unwrap().clone());
+                    let (method, req) = match n % 3 {
+                        0 => (
+                            "POST",
+                            http.post(format!("{proxy}/entries")).json(
+                                &serde_json::json!({"text": format!("client {c} entry {n}")}),
+                            ),
+                        ),
+                        1 => ("GET", http.get(format!("{proxy}/api/entries"))),
+                        _ => ("GET", http.get(format!("{proxy}/"))),
+                    };
+                    let req = match &token {
+                        Some(t) => req.header("X-Lifeboat-Bypass", t),
+                        None => req,
+                    };
+                    let started = Instant::now();
+                    let (result, body) = match req.send().await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            match resp.text().await {
+                                Ok(body) => (Ok(status), body.chars().take(2000).collect()),
+                                Err(e) => (Err(format!("reading the body: {e}")), String::new()),
+                            }
+                        }
+                        Err(e) => (Err(format!("{e:?}")), String::new()),
+                    };
+                    outcomes.lock().unwrap().push(Outcome {
+                        started,
+                        method,
+                        result,
+                        body,
+                        bypass: token.is_some(),
+                    });
+                }
+            }));
+        }
+        Load {
+            stop,
+            outcomes,
+            tasks,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.outcomes.lock().unwrap().len()
+    }
+
+    /// Waits until `more` further requests completed (so the load really overlaps an action).
+    pub async fn wait_for_requests(&self, more: usize) {
+        let target = self.count() + more;
+        let deadline = Instant::now() + DEADLINE;
+        while self.count() < target {
+            assert!(Instant::now() < deadline, "the load made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("client task");
+        }
+        Arc::try_unwrap(self.outcomes)
+            .expect("tasks done")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// The requests that did not get the answer a healthy site gives (2xx).
+pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
+    outcomes
+        .iter()
+        .filter(|o| !matches!(o.result, Ok(200..=299)))
+        .collect()
+}
+
+pub fn assert_no_failures(outcomes: &[Outcome]) {
+    let failed = failures(outcomes);
+    assert!(
+        outcomes.len() > 50,
+        "the load sent only {} requests",
+        outcomes.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:#?}",
+        failed.len(),
+        outcomes.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+}

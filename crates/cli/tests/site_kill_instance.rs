@@ -1,0 +1,50 @@
+//! Killing an instance with SIGKILL under load loses no request; it comes back healthy and the
+//! events tell what happened.
+mod common;
+
+use common::{Lifeboat, Load, SiteDir, assert_no_failures};
+use tokio::task::block_in_place;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_an_instance_under_load_loses_no_request() {
+    let site = SiteDir::guestbook(3);
+    let lifeboat = block_in_place(|| Lifeboat::up(site.path()));
+    let status = block_in_place(|| lifeboat.wait_healthy(3));
+    let victim = &status["instances"][1];
+    assert_eq!(victim["id"], "web-2");
+    let old_pid = victim["pid"].as_u64().unwrap() as i32;
+
+    let load = Load::start(&lifeboat.proxy, 4, None);
+    load.wait_for_requests(60).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    block_in_place(|| {
+        lifeboat.wait_for_status("web-2 to be back and healthy with a new pid", |s| {
+            s["instances"].as_array().unwrap().iter().any(|i| {
+                i["id"] == "web-2"
+                    && i["state"] == "healthy"
+                    && i["pid"].as_i64() != Some(old_pid as i64)
+                    && i["restarts"].as_u64() >= Some(1)
+            })
+        })
+    });
+    load.wait_for_requests(60).await;
+    let outcomes = load.stop().await;
+    assert_no_failures(&outcomes);
+
+    let exited = block_in_place(|| {
+        lifeboat.wait_for_event("web-2 exited by signal 9", |e| {
+            e["kind"] == "instance-exited" && e["instance"] == "web-2" && e["signal"] == 9
+        })
+    });
+    let events = block_in_place(|| lifeboat.events());
+    assert!(
+        events.iter().any(|e| e["kind"] == "instance-started"
+            && e["instance"] == "web-2"
+            && e["seq"].as_u64() > exited["seq"].as_u64()),
+        "no restart of web-2 after its crash in {events:#?}"
+    );
+}
