@@ -100,9 +100,10 @@ fn serve() -> anyhow::Result<()> {
     let db = open_db(&data)?;
 
     if let Some(password) = auth::password_from_env()? {
-        auth::validate_new_password(&password)?;
         let mut conn = db.connect()?;
         if db::admin_password_hash(&mut conn)?.is_none() {
+            auth::validate_new_password(&password)
+                .context("the initial admin password from the environment is not acceptable")?;
             let hash = auth::hash_password(&password)?;
             if db::set_initial_admin_password(&mut conn, &hash)? {
                 say!("guestbook: initial admin password stored");
