@@ -360,7 +360,12 @@ pub fn read_transactions(
                 });
             }
             FrameCheck::BadChecksum { pgno, stored, .. } => {
-                let stop = if committed_chain_follows(wal, header, offset, stored)? {
+                let damaged = committed_chain_follows(wal, header, offset, stored)?
+                    // The first read may have caught the frame half-written, and the writer
+                    // finished it and committed while the chain was checked: read it again.
+                    // A frame whose successors are complete was itself complete before them.
+                    && !matches!(check_frame(wal, header, offset, seed)?, FrameCheck::Valid { .. });
+                let stop = if damaged {
                     WalStop::Corrupt { offset, pgno }
                 } else {
                     // A frame being written right now, or the torn tail of a crashed

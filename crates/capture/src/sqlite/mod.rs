@@ -34,80 +34,11 @@ use time::OffsetDateTime;
 
 use crate::error::{CaptureError, Result, io_err, sql_err};
 use crate::position::{self, POSITION_FORMAT_VERSION, SavedPosition};
-use crate::record::{BaseImageRecord, CommitRecord, SnapshotReason};
+use crate::record::{CommitRecord, SnapshotReason};
 use crate::wal::{self, FrameRef, WalHeader, WalPosition, WalStop};
 
-/// Tuning for [`SqliteCapture`].
-#[derive(Debug, Clone)]
-pub struct CaptureOptions {
-    /// How long to wait for the database's write lock (during checkpoints and resyncs)
-    /// before reporting the database busy.
-    pub busy_timeout: Duration,
-}
-
-impl Default for CaptureOptions {
-    fn default() -> Self {
-        CaptureOptions {
-            busy_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A full database image written by capture, waiting to be shipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseImage {
-    /// What goes into the timeline.
-    pub record: BaseImageRecord,
-    /// The image file (a valid SQLite database file), fsynced. The caller owns it: ship
-    /// it, then delete it.
-    pub path: PathBuf,
-}
-
-/// What [`SqliteCapture::poll`] hands out, in sequence order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaptureEvent {
-    /// A committed transaction.
-    Commit(CommitRecord),
-    /// A fresh base image (first capture, requested, or continuity lost: see its reason).
-    BaseImage(BaseImage),
-}
-
-impl CaptureEvent {
-    /// The event's sequence number.
-    pub fn seq(&self) -> u64 {
-        match self {
-            CaptureEvent::Commit(c) => c.seq,
-            CaptureEvent::BaseImage(b) => b.record.seq,
-        }
-    }
-}
-
-/// What a checkpoint did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointReport {
-    /// Events handed to the shipping callback (and then confirmed durable).
-    pub shipped: usize,
-    /// Frames in the WAL when the checkpoint ran.
-    pub wal_frames: i64,
-    /// Frames copied back into the database file; equal to `wal_frames` when complete.
-    pub checkpointed_frames: i64,
-    /// `false` when the app's own readers kept some frames in the log; the next
-    /// checkpoint retries.
-    pub complete: bool,
-    /// Set when the checkpoint did not run, with the reason.
-    pub deferred: Option<String>,
-}
-
-/// Where capture stands, for `lifeboat status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaptureStatus {
-    /// Last sequence number handed out.
-    pub last_seq: u64,
-    /// Last sequence number confirmed durable.
-    pub durable_seq: u64,
-    /// Byte offset captured up to in the current WAL generation (0 while it is empty).
-    pub wal_offset: u64,
-}
+mod types;
+pub use types::{BaseImage, CaptureEvent, CaptureOptions, CaptureStatus, CheckpointReport};
 
 /// Continuous capture of one SQLite database in WAL mode.
 pub struct SqliteCapture {
@@ -139,7 +70,7 @@ pub struct SqliteCapture {
     durable_seq: u64,
     last_commit_time: OffsetDateTime,
     /// Handed-out records not yet confirmed durable, with the position after each.
-    unconfirmed: VecDeque<SavedPosition>,
+    unconfirmed: VecDeque<(SavedPosition, OffsetDateTime)>,
     /// Records read but not yet handed out.
     pending: Vec<CaptureEvent>,
     /// Set when the read transaction could not be kept; the next poll resyncs.
@@ -282,10 +213,10 @@ impl SqliteCapture {
             });
         }
         let mut newest = None;
-        while self.unconfirmed.front().is_some_and(|p| p.seq <= seq) {
+        while self.unconfirmed.front().is_some_and(|(p, _)| p.seq <= seq) {
             newest = self.unconfirmed.pop_front();
         }
-        if let Some(saved) = newest {
+        if let Some((saved, _)) = newest {
             position::save(&self.state_dir.join("position.json"), &saved)?;
             self.durable_seq = saved.seq;
         }
@@ -352,6 +283,8 @@ impl SqliteCapture {
             last_seq: self.last_seq - self.pending_count(),
             durable_seq: self.durable_seq,
             wal_offset: self.pos.map_or(0, |p| p.offset),
+            unconfirmed: self.unconfirmed.len() as u64 - self.pending_count(),
+            oldest_unconfirmed_at: self.unconfirmed.front().map(|(_, at)| *at),
         }
     }
 
@@ -592,14 +525,16 @@ impl SqliteCapture {
     }
 
     fn remember_unconfirmed(&mut self) {
-        self.unconfirmed.push_back(SavedPosition {
+        let saved = SavedPosition {
             version: POSITION_FORMAT_VERSION,
             epoch: self.epoch,
             seq: self.last_seq,
             wal: self.pos,
             page_size: self.page_size,
             db_pages: self.db_pages,
-        });
+        };
+        self.unconfirmed
+            .push_back((saved, OffsetDateTime::now_utc()));
     }
 
     fn resync_inner(
