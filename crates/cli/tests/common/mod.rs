@@ -296,6 +296,7 @@ pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub started: Instant,
+    pub finished: Instant,
     pub method: &'static str,
     /// HTTP status, or the transport error.
     pub result: Result<u16, String>,
@@ -355,6 +356,7 @@ impl Load {
                     };
                     outcomes.lock().unwrap().push(Outcome {
                         started,
+                        finished: Instant::now(),
                         method,
                         result,
                         body,
@@ -406,6 +408,31 @@ pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
 
 pub fn assert_no_failures(outcomes: &[Outcome]) {
     let failed = failures(outcomes);
+    assert!(
+        outcomes.len() > 50,
+        "the load sent only {} requests",
+        outcomes.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:#?}",
+        failed.len(),
+        outcomes.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// Like [`assert_no_failures`], except for what no proxy can save: a POST that the instance was
+/// already handling when it was killed (it may have committed, so replaying it is unsafe). Such
+/// a request must have been in flight at `kill` and must get a clean 502, never a reset.
+pub fn assert_no_failures_but_posts_in_flight_at(outcomes: &[Outcome], kill: Instant) {
+    let unsaveable = |o: &&Outcome| {
+        o.method == "POST" && o.started <= kill && o.finished >= kill && o.result == Ok(502)
+    };
+    let failed: Vec<&Outcome> = failures(outcomes)
+        .into_iter()
+        .filter(|o| !unsaveable(o))
+        .collect();
     assert!(
         outcomes.len() > 50,
         "the load sent only {} requests",
