@@ -9,10 +9,16 @@ fn backup_snapshots_and_restore_work_as_scripts_expect() {
     let s = Scratch::new();
     make_site(&s.path("data"));
     s.ok(&["vault", "init", "--dest", "repo-a", "--dest", "repo-b"]);
-    let first = s.ok(&["backup", "--repo", "repo-a", "data/"]).trim().to_string();
+    let first = s
+        .ok(&["backup", "--repo", "repo-a", "data/"])
+        .trim()
+        .to_string();
     assert_eq!(first.len(), 64, "backup prints the snapshot id: {first:?}");
     write(&s.path("data"), "uploads/2026/new.txt", b"new upload");
-    let second = s.ok(&["backup", "--repo", "repo-a", "--tag", "nightly", "data/"]).trim().to_string();
+    let second = s
+        .ok(&["backup", "--repo", "repo-a", "--tag", "nightly", "data/"])
+        .trim()
+        .to_string();
 
     // Any destination names the repository; the list is oldest first.
     let list = s.snapshots("repo-b");
@@ -23,11 +29,30 @@ fn backup_snapshots_and_restore_work_as_scripts_expect() {
     assert!(list[0]["time"].as_str().unwrap() <= list[1]["time"].as_str().unwrap());
     assert!(list[0]["paths"][0].as_str().unwrap().ends_with("/data"));
 
-    s.ok(&["restore", "--repo", "repo-b", &second[..10], "--to", "restored"]);
+    s.ok(&[
+        "restore",
+        "--repo",
+        "repo-b",
+        &second[..10],
+        "--to",
+        "restored",
+    ]);
     assert_same_tree(&s.path("data"), &s.path("restored"));
 
-    s.ok(&["restore", "--repo", "repo-a", "latest", "--to", "only-2026", "--include", "uploads/2026/"]);
-    assert_same_tree(&s.path("data/uploads/2026"), &s.path("only-2026/uploads/2026"));
+    s.ok(&[
+        "restore",
+        "--repo",
+        "repo-a",
+        "latest",
+        "--to",
+        "only-2026",
+        "--include",
+        "uploads/2026/",
+    ]);
+    assert_same_tree(
+        &s.path("data/uploads/2026"),
+        &s.path("only-2026/uploads/2026"),
+    );
     assert!(!s.path("only-2026/index.html").exists());
 
     let verify = s.ok(&["vault", "verify", "--repo", "repo-a", "--read-data"]);
@@ -35,7 +60,13 @@ fn backup_snapshots_and_restore_work_as_scripts_expect() {
     let status = s.ok(&["--json", "vault", "status", "--repo", "repo-a"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["destinations"].as_array().unwrap().len(), 2);
-    assert!(status["destinations"].as_array().unwrap().iter().all(|d| d["reachable"] == true && d["objects_behind"] == 0));
+    assert!(
+        status["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["reachable"] == true && d["objects_behind"] == 0)
+    );
 
     s.ok(&["vault", "forget", "--repo", "repo-a", "--keep-last", "1"]);
     s.ok(&["vault", "prune", "--repo", "repo-a"]);
@@ -54,7 +85,10 @@ fn restore_refuses_a_non_empty_target_and_leaves_it_alone() {
     let out = s.run(&["restore", "--repo", "repo-a", "latest", "--to", "target"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not empty") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("not empty") && err.contains("--overwrite"),
+        "{err}"
+    );
     let entries: Vec<_> = std::fs::read_dir(s.path("target")).unwrap().collect();
     assert_eq!(entries.len(), 1);
 }
@@ -64,16 +98,27 @@ fn a_wrong_password_or_a_missing_repository_is_a_clear_error() {
     let s = Scratch::new();
     make_site(&s.path("data"));
     s.ok(&["vault", "init", "--dest", "repo-a"]);
-    let out = s.lifeboat().env("LIFEBOAT_PASSWORD", "guess").args(["snapshots", "--repo", "repo-a"]).output().unwrap();
+    let out = s
+        .lifeboat()
+        .env("LIFEBOAT_PASSWORD", "guess")
+        .args(["snapshots", "--repo", "repo-a"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong password"), "{err}");
-    assert!(!err.contains("guess"), "the password must never be printed: {err}");
+    assert!(
+        !err.contains("guess"),
+        "the password must never be printed: {err}"
+    );
 
     let out = s.run(&["backup", "--repo", "no-such-repo", "data"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no repository at") && err.contains("vault init"), "{err}");
+    assert!(
+        err.contains("no repository at") && err.contains("vault init"),
+        "{err}"
+    );
     assert!(!s.path("no-such-repo").exists());
 
     // LIFEBOAT_REPO stands for --repo, and --password-file for the variable.
@@ -85,5 +130,9 @@ fn a_wrong_password_or_a_missing_repository_is_a_clear_error() {
         .args(["snapshots", "--password-file", "pw"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
