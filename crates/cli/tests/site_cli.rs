@@ -96,3 +96,75 @@ fn down_stops_every_instance_and_logs_stay_readable() {
     let events: Vec<serde_json::Value> = serde_json::from_slice(&events.stdout).unwrap();
     assert_eq!(events.last().unwrap()["kind"], "site-down", "{events:#?}");
 }
+
+#[test]
+fn sigterm_stops_the_site_gracefully() {
+    let site = SiteDir::guestbook(2);
+    let mut lifeboat = Lifeboat::up(site.path());
+    let status = lifeboat.wait_healthy(2);
+    let pids: Vec<u32> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap() as u32)
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lifeboat.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        lifeboat.wait_exit(),
+        "lifeboat exited with failure:\n{}",
+        lifeboat.output()
+    );
+    wait_until("every instance to be gone", || {
+        pids.iter().all(|&p| !alive(p))
+    });
+    let events = cli(site.path(), &["events", "--json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&events.stdout).unwrap();
+    let stopped = events
+        .iter()
+        .filter(|e| e["kind"] == "instance-stopped")
+        .count();
+    assert_eq!(stopped, 2, "{events:#?}");
+    assert_eq!(events.last().unwrap()["reason"], "terminated (SIGTERM)");
+}
+
+#[test]
+fn only_the_owner_can_reach_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = SiteDir::guestbook(1);
+    let _lifeboat = Lifeboat::up(site.path());
+    let mode = |p: &str| {
+        std::fs::metadata(site.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".lifeboat"), 0o700);
+    assert_eq!(mode(".lifeboat/control.sock"), 0o600);
+}
+
+#[test]
+fn events_follow_prints_new_events_as_they_happen() {
+    use std::io::{BufRead, BufReader};
+    let site = SiteDir::guestbook(1);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    let mut follow = std::process::Command::new(common::lifeboat_bin())
+        .args(["events", "--follow", "--json", "-n", "0", "-C"])
+        .arg(site.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = common::KillOnDrop(follow.id());
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(lifeboat.cli(&["scale", "web=2"]).status.success());
+    let line = lines.next().expect("a followed event").unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["kind"], "scaled", "{event}");
+    drop(guard);
+    let _ = follow.wait();
+}

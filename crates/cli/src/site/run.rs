@@ -117,14 +117,16 @@ pub(super) async fn events(
         }
         Err(e) => return Err(e.into()),
     };
+    // Ask for at least one event so `--follow -n 0` knows where the history ends now.
     let events = client
         .events(&EventsQuery {
-            last: Some(args.last),
+            last: Some(args.last.max(1)),
             ..Default::default()
         })
         .await?;
     let mut after = events.last().map(|e| e.seq).unwrap_or(0);
-    output::events(&events, global.json, args.follow);
+    let shown = &events[events.len().saturating_sub(args.last)..];
+    output::events(shown, global.json, args.follow);
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }

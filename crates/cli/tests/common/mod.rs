@@ -446,3 +446,12 @@ pub fn assert_no_failures_but_posts_in_flight_at(outcomes: &[Outcome], kill: Ins
         failed.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+/// Kills a helper process (e.g. `lifeboat events --follow`) when dropped.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
