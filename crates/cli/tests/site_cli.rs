@@ -168,3 +168,46 @@ fn events_follow_prints_new_events_as_they_happen() {
     drop(guard);
     let _ = follow.wait();
 }
+
+#[test]
+fn a_worker_process_runs_without_the_front_door_and_a_page_file_is_the_maintenance_page() {
+    let manifest = format!(
+        r#"[site]
+name = "guestbook"
+
+[processes.web]
+command = "{}"
+health = {{ path = "/healthz", interval = "200ms" }}
+
+[processes.worker]
+command = "exec sleep 1000"
+http = false
+
+[proxy]
+listen = "127.0.0.1:0"
+
+[maintenance]
+page = "down.html"
+"#,
+        common::guestbook_command()
+    );
+    let site = SiteDir::with_manifest(&manifest);
+    std::fs::write(site.path().join("down.html"), "<h1>Our own page</h1>").unwrap();
+    let lifeboat = Lifeboat::up(site.path());
+    let status = lifeboat.wait_healthy(2);
+    let ids: Vec<&str> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["web-1", "worker-1"]);
+
+    assert!(lifeboat.cli(&["maintenance", "on"]).status.success());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (code, page) = runtime.block_on(async {
+        let resp = reqwest::get(format!("{}/", lifeboat.proxy)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!((code, page.as_str()), (503, "<h1>Our own page</h1>"));
+}

@@ -206,11 +206,12 @@ fn check_listen_free(paths: &SitePaths, manifest: &Manifest) -> Result<(), Contr
 
 fn proxy_config(manifest: &Manifest) -> ProxyConfig {
     // One front door for the site: it checks every instance with the health settings of the
-    // `web` process (or the first process when there is no `web`).
+    // `web` process (or the first process serving HTTP when there is no `web`).
     let health = manifest
         .processes
         .get("web")
-        .or_else(|| manifest.processes.values().next())
+        .filter(|p| p.http)
+        .or_else(|| manifest.processes.values().find(|p| p.http))
         .map(|p| p.health.clone());
     let mut config = ProxyConfig {
         listen: manifest.proxy.listen,
@@ -277,6 +278,7 @@ async fn reconcile_loop(site: Arc<Site>) {
                     let site = site.clone();
                     stops.spawn(async move {
                         // Out of the balancer first; stop only once its requests are done.
+                        // (A no-op for instances that never were in the front door.)
                         site.proxy.remove_backend(&id).await;
                         site.supervisor.stop(&id).await;
                     });
@@ -315,8 +317,10 @@ fn start_instance(site: &Site, id: String, process: &str) {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     });
-    site.proxy
-        .add_backend(&id, SocketAddr::from(([127, 0, 0, 1], port)));
+    if spec.http {
+        site.proxy
+            .add_backend(&id, SocketAddr::from(([127, 0, 0, 1], port)));
+    }
 }
 
 /// A loopback port nobody listens on right now.

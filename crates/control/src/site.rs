@@ -127,7 +127,14 @@ impl Site {
             .into_iter()
             .map(|i| {
                 let backend = backends.get(&i.id);
+                let serves_http = self
+                    .manifest
+                    .processes
+                    .get(&i.process)
+                    .is_none_or(|p| p.http);
                 let health = match backend.map(|b| b.health) {
+                    // A worker has no health check: running is all there is to know.
+                    _ if !serves_http => Health::Healthy,
                     Some(BackendHealth::Healthy) => Health::Healthy,
                     Some(BackendHealth::Unhealthy) => Health::Unhealthy,
                     _ => Health::Unknown,

@@ -49,6 +49,9 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     /// How long a stopping instance gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Whether instances serve HTTP behind the front door (`http = false` for workers: they
+    /// are supervised but get no traffic and no health checks).
+    pub http: bool,
 }
 
 /// The active health check of a process.
@@ -130,6 +133,7 @@ struct RawProcess {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_timeout: Option<Spanned<String>>,
+    http: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -321,6 +325,7 @@ impl Validator<'_> {
             health,
             env: raw.env,
             stop_timeout,
+            http: raw.http.unwrap_or(true),
         }
     }
 
