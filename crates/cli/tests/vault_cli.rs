@@ -136,3 +136,43 @@ fn a_wrong_password_or_a_missing_repository_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn two_backups_running_at_once_into_one_repository_both_succeed() {
+    let s = Scratch::new();
+    make_site(&s.path("site-one"));
+    make_site(&s.path("site-two"));
+    write(&s.path("site-two"), "only-two.txt", &noise(9, 2_000_000));
+    s.ok(&["vault", "init", "--dest", "repo-a"]);
+    let spawn = |dir: &str| {
+        s.lifeboat()
+            .args(["backup", "--repo", "repo-a", "--lock-wait", "60s", dir])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (one, two) = (spawn("site-one"), spawn("site-two"));
+    let (one, two) = (
+        one.wait_with_output().unwrap(),
+        two.wait_with_output().unwrap(),
+    );
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert!(
+        two.status.success(),
+        "{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+    let verify = s.ok(&["vault", "verify", "--repo", "repo-a", "--read-data"]);
+    assert!(verify.contains("no problems found"), "{verify}");
+    for (out, dir) in [(one, "site-one"), (two, "site-two")] {
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let to = format!("restored-{dir}");
+        s.ok(&["restore", "--repo", "repo-a", &id, "--to", &to]);
+        assert_same_tree(&s.path(dir), &s.path(&to));
+    }
+}

@@ -134,6 +134,12 @@ impl Pipeline {
         }
     }
 
+    /// Packs durably stored so far, if at least `min` are waiting to be indexed.
+    pub fn take_stored(&self, min: usize) -> Option<Vec<IndexedPack>> {
+        let mut done = self.shared.done.lock().unwrap();
+        (done.len() >= min).then(|| std::mem::take(&mut *done))
+    }
+
     /// Flushes partial packs, waits for every upload, and returns the packs now durably
     /// stored (to be indexed by the caller).
     pub fn finish(mut self, handle: &tokio::runtime::Handle) -> Result<Vec<IndexedPack>> {

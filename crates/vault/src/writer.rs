@@ -22,6 +22,9 @@ use crate::lock::{LockKind, RepoLock};
 use crate::pipeline::Pipeline;
 use crate::repo::{Repository, SnapshotEntry};
 
+/// A backup writes an index after this many new packs (and at its end).
+const INDEX_EVERY_PACKS: usize = 32;
+
 /// Metadata of an entry, as stored in the snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -192,12 +195,30 @@ impl SnapshotWriter {
     fn store_blob(&self, kind: BlobKind, data: Vec<u8>) -> Result<Id> {
         let id = self.repo.keys.blob_id(&data);
         if self.is_new(&id) {
-            self.pipeline
-                .as_ref()
-                .expect("running")
-                .store(id, kind, data)?;
+            let pipeline = self.pipeline.as_ref().expect("running");
+            pipeline.store(id, kind, data)?;
+            // Index stored packs as the backup goes, so an interrupted backup's work is
+            // reused by the next one instead of uploaded again.
+            if let Some(packs) = pipeline.take_stored(INDEX_EVERY_PACKS) {
+                self.write_index(packs)?;
+            }
         }
         Ok(id)
+    }
+
+    fn write_index(&self, packs: Vec<crate::format::IndexedPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let index = IndexFile {
+            version: FORMAT_VERSION,
+            packs,
+        };
+        // Only packs already durable on a quorum are ever named in an index.
+        self.handle
+            .block_on(self.repo.write_object("index", &index, b"index"))?;
+        self.repo.index.write().unwrap().add(&index);
+        Ok(())
     }
 
     /// Chunks, deduplicates and stores a file's content; returns its chunk ids and size.
@@ -373,15 +394,8 @@ impl SnapshotWriter {
         let handle = self.handle.clone();
         let packs = pipeline.finish(&handle)?;
         let repo = self.repo.clone();
-        let index = IndexFile {
-            version: FORMAT_VERSION,
-            packs,
-        };
-        if !index.packs.is_empty() {
-            // The index only after every pack it names is durably stored.
-            handle.block_on(repo.write_object("index", &index, b"index"))?;
-            repo.index.write().unwrap().add(&index);
-        }
+        // The index only after every pack it names is durably stored.
+        self.write_index(packs)?;
         let mut summary = self.summary.lock().unwrap().clone();
         summary.new_blobs = stats.new_blobs.load(Ordering::Relaxed);
         summary.new_bytes_stored = stats.stored_bytes.load(Ordering::Relaxed);
