@@ -6,7 +6,9 @@
 //! - [`api`] / [`client`]: the local API over `.lifeboat/control.sock`.
 //! - [`logs`]: instance logs read straight from disk.
 //!
-//! Nothing here prints; the CLI owns the terminal.
+//! Nothing here prints; the CLI owns the terminal. The store and API formats are specified in
+//! `crates/control/FORMATS.md`. The store and API formats are specified in
+//! `crates/control/FORMATS.md`.
 #![forbid(unsafe_code)]
 
 pub mod api;

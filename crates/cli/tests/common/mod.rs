@@ -386,6 +386,18 @@ impl Load {
         }
     }
 
+    /// Waits until the outcomes so far satisfy `cond` (e.g. enough requests of one kind).
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&[Outcome]) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !cond(&self.outcomes.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the load: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
