@@ -7,7 +7,6 @@
 //! - [`logs`]: instance logs read straight from disk.
 //!
 //! Nothing here prints; the CLI owns the terminal. The store and API formats are specified in
-//! `crates/control/FORMATS.md`. The store and API formats are specified in
 //! `crates/control/FORMATS.md`.
 #![forbid(unsafe_code)]
 
