@@ -344,3 +344,35 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_normalized_to_absolute_paths_or_s3_urls() {
+        assert_eq!(normalize_url("/srv/backup/").unwrap(), "/srv/backup");
+        assert!(normalize_url("relative/dir").unwrap().starts_with('/'));
+        assert_eq!(normalize_url("file:///srv/x").unwrap(), "/srv/x");
+        assert_eq!(
+            normalize_url("s3://bucket/blog/").unwrap(),
+            "s3://bucket/blog"
+        );
+        assert!(matches!(
+            normalize_url("s3:///nobucket"),
+            Err(Error::InvalidDestination { .. })
+        ));
+        assert!(matches!(
+            normalize_url("ftp://x/y"),
+            Err(Error::InvalidDestination { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_s3_options_are_refused() {
+        let err = Backend::open("s3://b/p?endpont=http://x", None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("endpont"), "{err}");
+    }
+}

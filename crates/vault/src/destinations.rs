@@ -444,3 +444,34 @@ fn spooled_keys(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spooled_objects_are_sent_data_first_and_snapshots_last() {
+        let mut keys = vec![
+            "snapshots/aa",
+            "index/bb",
+            "data/cc/cc",
+            "config",
+            "keys/dd",
+            "segments/wal/01",
+        ];
+        keys.sort_by_key(|k| send_order(k));
+        assert_eq!(keys[0], "data/cc/cc");
+        assert_eq!(keys[1], "index/bb");
+        assert!(keys.iter().position(|k| *k == "snapshots/aa").unwrap() > 3);
+    }
+
+    #[test]
+    fn each_destination_has_its_own_spool_directory() {
+        assert_ne!(slug("/srv/a"), slug("/srv/b"));
+        assert_ne!(
+            slug("s3://x/y?endpoint=http://h:1"),
+            slug("s3://x/y?endpoint=http://h:2")
+        );
+        assert!(!slug("s3://x/../../y").contains('/'));
+    }
+}
