@@ -451,7 +451,7 @@ mod tests {
 
     #[test]
     fn spooled_objects_are_sent_data_first_and_snapshots_last() {
-        let mut keys = vec![
+        let mut keys = [
             "snapshots/aa",
             "index/bb",
             "data/cc/cc",
