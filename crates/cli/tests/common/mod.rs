@@ -445,6 +445,14 @@ pub fn assert_no_failures_but_posts_in_flight_at(outcomes: &[Outcome], kill: Ins
         .into_iter()
         .filter(|o| !unsaveable(o))
         .collect();
+    for o in &failed {
+        eprintln!(
+            "failed request: sent {:?} before the kill / {:?} after it, lasted {:?}: {o:?}",
+            kill.saturating_duration_since(o.started),
+            o.started.saturating_duration_since(kill),
+            o.finished - o.started
+        );
+    }
     assert!(
         outcomes.len() > 50,
         "the load sent only {} requests",
