@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Front door benchmark: requests/s and p50/p99 latency of the guestbook's GET /healthz
 #   (a) on one instance directly,
-#   (b) through Lifeboat's proxy in front of 3 instances,
+#   (b) through Lifeboat's front door in front of 3 instances (`lifeboat up <site> --listen` when
+#       the lifeboat binary supports it, else the lifeboat-proxy `front_door` example),
 #   (c) through nginx (reverse proxy, upstream block with keepalive) in front of the same 3,
 # measured with wrk in one run on this machine, then the lifeboat/nginx ratios.
 # Goal: lifeboat >= 1.0x nginx's requests/s, and p99 no worse than nginx's.
 #
 # Settings (environment): WRK_THREADS (2) WRK_CONNECTIONS (64) DURATION (10s) ROUNDS (1)
-#   BENCH_PATH (/healthz) BASE_PORT (18080). Builds with cargo --release into
-#   ${CARGO_TARGET_DIR:-target}. Needs wrk and nginx (installed with apt-get when missing).
+#   BENCH_PATH (/healthz) BASE_PORT (18080) BENCH_VIA (auto|lifeboat|front_door).
+#   Builds with cargo --release into ${CARGO_TARGET_DIR:-target}. Needs wrk and nginx
+#   (installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,9 @@ DURATION="${DURATION:-10s}"
 ROUNDS="${ROUNDS:-1}"
 BENCH_PATH="${BENCH_PATH:-/healthz}"
 BASE_PORT="${BASE_PORT:-18080}"
+VIA="${BENCH_VIA:-auto}"
 TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 PROXY_PORT=$BASE_PORT
 NGINX_PORT=$((BASE_PORT + 10))
 INSTANCE_PORTS=($((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)))
@@ -33,10 +37,12 @@ echo "building release binaries into $TARGET ..." >&2
 cargo build --release -q -p guestbook -p lifeboat-proxy --example front_door
 GUESTBOOK="$TARGET/release/guestbook"
 FRONT_DOOR="$TARGET/release/examples/front_door"
+LIFEBOAT="$TARGET/release/lifeboat"
 
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
+    if [ "$VIA" = lifeboat ]; then "$LIFEBOAT" -C "$WORK/site" down >/dev/null 2>&1 || true; fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
@@ -48,26 +54,86 @@ wait_for_port() { # port what
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
-    echo "$2 did not start listening on port $1; see $WORK/*.log" >&2
+    echo "$2 did not start listening on port $1; logs:" >&2
+    tail -n 20 "$WORK"/*.log >&2 || true
     exit 1
 }
 
-# Three guestbook instances sharing one data dir, as under lifeboat.
-mkdir -p "$WORK/data"
-for port in "${INSTANCE_PORTS[@]}"; do
-    PORT=$port GUESTBOOK_DATA="$WORK/data" GUESTBOOK_ADMIN_PASSWORD=bench-password \
-        "$GUESTBOOK" >"$WORK/guestbook-$port.log" 2>&1 &
-    PIDS+=($!)
-    wait_for_port "$port" "guestbook"
-done
+if [ "$VIA" != front_door ]; then
+    if cargo build --release -q -p lifeboat 2>"$WORK/lifeboat-build.txt" \
+        && "$LIFEBOAT" up --help 2>/dev/null | grep -q -- "--listen"; then
+        VIA=lifeboat
+    elif [ "$VIA" = lifeboat ]; then
+        echo "cannot build a lifeboat binary with 'up --listen':" >&2
+        cat "$WORK/lifeboat-build.txt" >&2
+        exit 1
+    else
+        VIA=front_door
+    fi
+fi
 
-# Lifeboat's front door.
-UPSTREAMS=()
-for port in "${INSTANCE_PORTS[@]}"; do UPSTREAMS+=("127.0.0.1:$port"); done
-"$FRONT_DOOR" "127.0.0.1:$PROXY_PORT" "${UPSTREAMS[@]}" >"$WORK/front-door.log" 2>&1 &
-PIDS+=($!)
-LIFEBOAT_PID=$!
+if [ "$VIA" = lifeboat ]; then
+    # The real thing: lifeboat supervises 3 guestbook instances and fronts them.
+    mkdir -p "$WORK/site"
+    cat >"$WORK/site/lifeboat.toml" <<TOML
+[site]
+name = "bench"
+
+[processes.web]
+command = "$GUESTBOOK"
+replicas = 3
+health = { path = "/healthz", interval = "1s", timeout = "500ms" }
+
+[state]
+sqlite = ["data/guestbook.db"]
+dirs = ["data/uploads"]
+
+[proxy]
+listen = "127.0.0.1:$PROXY_PORT"
+
+[maintenance]
+message = "Benchmark"
+TOML
+    "$LIFEBOAT" up "$WORK/site" --listen "127.0.0.1:$PROXY_PORT" >"$WORK/lifeboat.log" 2>&1 &
+    PIDS+=($!)
+    PROXY_PID=$!
+    PROXY_CHILDREN=no # the instances are its children: count the lifeboat process only
+    status=""
+    for _ in $(seq 1 300); do
+        status="$("$LIFEBOAT" -C "$WORK/site" status --json 2>/dev/null || true)"
+        [ "$(echo "$status" | grep -o '"state": *"healthy"' | wc -l)" -ge 3 ] && break
+        sleep 0.2
+    done
+    mapfile -t INSTANCE_PORTS < <(echo "$status" | grep -o '"port": *[0-9]*' | grep -o '[0-9]*$')
+    if [ "${#INSTANCE_PORTS[@]}" -lt 3 ]; then
+        echo "lifeboat did not report 3 healthy instances; status: $status" >&2
+        tail -n 20 "$WORK/lifeboat.log" >&2
+        exit 1
+    fi
+else
+    # Three guestbook instances sharing one data dir, as under lifeboat.
+    mkdir -p "$WORK/data"
+    for port in "${INSTANCE_PORTS[@]}"; do
+        PORT=$port GUESTBOOK_DATA="$WORK/data" "$GUESTBOOK" >"$WORK/guestbook-$port.log" 2>&1 &
+        PIDS+=($!)
+        wait_for_port "$port" "guestbook"
+    done
+    # Lifeboat's front door library in a bare binary.
+    UPSTREAMS=()
+    for port in "${INSTANCE_PORTS[@]}"; do UPSTREAMS+=("127.0.0.1:$port"); done
+    "$FRONT_DOOR" "127.0.0.1:$PROXY_PORT" "${UPSTREAMS[@]}" >"$WORK/front-door.log" 2>&1 &
+    PIDS+=($!)
+    PROXY_PID=$!
+    PROXY_CHILDREN=yes
+fi
 wait_for_port "$PROXY_PORT" "lifeboat front door"
+if [ "$VIA" = front_door ]; then
+    # It prints its start line once every instance passed its first health check.
+    for _ in $(seq 1 300); do
+        grep -q "healthy instances" "$WORK/front-door.log" && break
+        sleep 0.1
+    done
+fi
 
 # nginx as a reverse proxy with upstream keep-alive, as it is usually deployed.
 mkdir -p "$WORK/nginx/logs"
@@ -114,10 +180,12 @@ wait_for_port "$NGINX_PORT" "nginx"
 # wrk's latency lines read "50%  1.23ms"; print them in milliseconds.
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.3f", v }'; }
 
-# CPU time (user, system; clock ticks) used so far by a process and its children (nginx workers).
-cpu_ticks() {
-    local user=0 sys=0 pid
-    for pid in "$1" $(ps -o pid= --ppid "$1"); do
+# CPU time (user, system; clock ticks) used so far by a process, and its children if asked
+# (nginx's workers; not lifeboat's instances).
+cpu_ticks() { # pid with_children(yes|no)
+    local user=0 sys=0 pid children=""
+    [ "$2" = yes ] && children="$(ps -o pid= --ppid "$1" || true)"
+    for pid in "$1" $children; do
         read -r u s < <(awk '{ print $14, $15 }' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
         user=$((user + u)); sys=$((sys + s))
     done
@@ -125,12 +193,12 @@ cpu_ticks() {
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-measure() { # name port pid -> "rps p50 p99 user_us_per_request sys_us_per_request errors"
+measure() { # name port pid with_children -> "rps p50 p99 user_us/req sys_us/req errors"
     local url="http://127.0.0.1:$2$BENCH_PATH" out u0 s0 u1 s1
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null  # warm up pools and caches
-    read -r u0 s0 < <(cpu_ticks "${3:-$$}")
+    read -r u0 s0 < <(cpu_ticks "${3:-$$}" "$4")
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")"
-    read -r u1 s1 < <(cpu_ticks "${3:-$$}")
+    read -r u1 s1 < <(cpu_ticks "${3:-$$}" "$4")
     echo "$out" >>"$WORK/wrk-$1.txt"
     local rps p50 p99 total errors
     rps="$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')"
@@ -143,20 +211,21 @@ measure() { # name port pid -> "rps p50 p99 user_us_per_request sys_us_per_reque
         'BEGIN { printf "%s %s %s %.1f %.1f %s\n", r, a, b, u * t / n, s * t / n, e }'
 }
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$BENCH_PATH   ($(nproc) cores)"
-echo "cpu us/req: CPU time of the proxy process(es) per request, user + system (direct: none)"
-printf "%-20s %10s %8s %8s %14s  %s\n" "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "errors"
+echo "front door: $VIA; instances on ports ${INSTANCE_PORTS[*]}; $(nproc) cores"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$BENCH_PATH"
+echo "cpu us/req: CPU time the proxy process(es) used per request, user+system"
+printf "%-20s %10s %8s %8s %16s  %s\n" "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "errors"
 RPS_RATIOS=(); P99_RATIOS=(); CPU_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
     declare -A R=() P=() C=()
-    for target in "direct:${INSTANCE_PORTS[0]}:" "lifeboat:$PROXY_PORT:$LIFEBOAT_PID" "nginx:$NGINX_PORT:$NGINX_PID"; do
-        IFS=: read -r name port pid <<<"$target"
-        read -r rps p50 p99 user sys errors < <(measure "$name" "$port" "$pid")
-        cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')"
-        [ -z "$pid" ] && cpu="-" && user="-" && sys="-"
-        printf "%-20s %10s %8s %8s %14s  %s\n" "$name (round $round)" "$rps" "$p50" "$p99" \
-            "$cpu ($user+$sys)" "$errors"
-        R[$name]=$rps; P[$name]=$p99; C[$name]=$cpu
+    for target in "direct:${INSTANCE_PORTS[0]}::" "lifeboat:$PROXY_PORT:$PROXY_PID:$PROXY_CHILDREN" \
+        "nginx:$NGINX_PORT:$NGINX_PID:yes"; do
+        IFS=: read -r name port pid children <<<"$target"
+        read -r rps p50 p99 user sys errors < <(measure "$name" "$port" "$pid" "$children")
+        cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }') ($user+$sys)"
+        [ -z "$pid" ] && cpu="-"
+        printf "%-20s %10s %8s %8s %16s  %s\n" "$name (round $round)" "$rps" "$p50" "$p99" "$cpu" "$errors"
+        R[$name]=$rps; P[$name]=$p99; C[$name]="${cpu%% *}"
     done
     RPS_RATIOS+=("$(awk -v a="${R[lifeboat]}" -v b="${R[nginx]}" 'BEGIN { print a / b }')")
     P99_RATIOS+=("$(awk -v a="${P[lifeboat]}" -v b="${P[nginx]}" 'BEGIN { print a / b }')")
@@ -166,6 +235,6 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
 echo "lifeboat/nginx, median over $ROUNDS round(s) of the per-round ratios:"
-printf "  requests/s  %.2fx  (goal >= 1.00x)\n" "$(echo "${RPS_RATIOS[*]}" | median)"
-printf "  p99         %.2fx  (goal <= 1.00x)\n" "$(echo "${P99_RATIOS[*]}" | median)"
-printf "  cpu/request %.2fx\n" "$(echo "${CPU_RATIOS[*]}" | median)"
+printf "  requests/s   %.2fx  (goal >= 1.00x)\n" "$(echo "${RPS_RATIOS[*]}" | median)"
+printf "  p99 latency  %.2fx  (goal <= 1.00x)\n" "$(echo "${P99_RATIOS[*]}" | median)"
+printf "  cpu/request  %.2fx\n" "$(echo "${CPU_RATIOS[*]}" | median)"
