@@ -87,8 +87,9 @@ impl Repository {
             progress.phase("backup", Some(total));
             let mut w = SnapshotWriter::start(repo.clone(), handle.clone(), opts.lock_wait)?;
             let parent_root = match &parent {
+                // The parent may have been forgotten and pruned meanwhile: then read everything.
                 Some(p) if !opts.force_read => {
-                    Some(handle.block_on(repo.read_tree(&p.snapshot.tree))?)
+                    handle.block_on(repo.read_tree(&p.snapshot.tree)).ok()
                 }
                 _ => None,
             };
@@ -245,7 +246,7 @@ impl Walker<'_> {
                         subtree: Some(id),
                         ..
                     }) if w.has_blobs(&[*id]) => {
-                        Some(self.handle.block_on(w.repository().read_tree(id))?)
+                        self.handle.block_on(w.repository().read_tree(id)).ok()
                     }
                     _ => None,
                 };

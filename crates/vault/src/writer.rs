@@ -154,6 +154,12 @@ impl SnapshotWriter {
         lock_wait: Duration,
     ) -> Result<SnapshotWriter> {
         let lock = handle.block_on(repo.lock(LockKind::Shared, lock_wait))?;
+        // A prune may have finished between opening the repository and taking the lock: only
+        // the index read under the lock says which blobs really exist (and may be reused).
+        if let Err(e) = handle.block_on(repo.reload_index()) {
+            handle.block_on(lock.release());
+            return Err(e);
+        }
         let pipeline = Pipeline::start(repo.keys.clone(), repo.dests.clone(), handle.clone());
         Ok(SnapshotWriter {
             repo,
