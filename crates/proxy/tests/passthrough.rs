@@ -320,6 +320,30 @@ async fn shutdown_lets_the_request_in_flight_finish_and_then_refuses_connections
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reuse_one_kept_alive_instance_connection_until_it_idles_out() {
+    let upstream = Upstream::named("web-1").await;
+    let mut config = test_config();
+    config.timeouts.idle = Duration::from_millis(500);
+    let proxy = proxy_for(&[&upstream], config).await;
+    let client = client();
+    for _ in 0..50 {
+        assert_eq!(get(&client, &proxy, "/").await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.traffic_connections(),
+        (1, 1),
+        "50 requests, one instance connection"
+    );
+    eventually(
+        "the unused connection is closed after the idle timeout",
+        || upstream.traffic_connections().1 == 0,
+    )
+    .await;
+    assert_eq!(get(&client, &proxy, "/").await.unwrap().0, StatusCode::OK);
+    assert_eq!(upstream.traffic_connections(), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_frees_the_port() {
     let upstream = Upstream::named("web-1").await;
     let proxy = proxy_for(&[&upstream], test_config()).await;

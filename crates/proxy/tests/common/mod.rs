@@ -61,6 +61,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Requests other than health checks that reached it.
     pub hits: Arc<AtomicUsize>,
+    /// Connections that carried requests other than health checks: (ever opened, still open).
+    pub traffic_connections: Arc<(AtomicUsize, AtomicUsize)>,
     kill: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -84,12 +86,20 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let traffic_connections = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let (kill, killed) = watch::channel(false);
-        let accept = tokio::spawn(serve(listener, handler, hits.clone(), killed));
+        let accept = tokio::spawn(serve(
+            listener,
+            handler,
+            hits.clone(),
+            traffic_connections.clone(),
+            killed,
+        ));
         Upstream {
             name: name.to_string(),
             addr,
             hits,
+            traffic_connections,
             kill,
             accept: Some(accept),
         }
@@ -97,6 +107,14 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections that carried site requests: (ever opened, still open).
+    pub fn traffic_connections(&self) -> (usize, usize) {
+        (
+            self.traffic_connections.0.load(Ordering::SeqCst),
+            self.traffic_connections.1.load(Ordering::SeqCst),
+        )
     }
 
     /// Like kill -9: the listening socket and every open connection close at once, mid-request
@@ -119,6 +137,7 @@ async fn serve(
     listener: TcpListener,
     handler: Handler,
     hits: Arc<AtomicUsize>,
+    traffic_connections: Arc<(AtomicUsize, AtomicUsize)>,
     mut killed: watch::Receiver<bool>,
 ) {
     loop {
@@ -129,11 +148,21 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let hits = hits.clone();
+        let traffic_connections = traffic_connections.clone();
         let mut killed = killed.clone();
         tokio::spawn(async move {
+            let carried = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let counted = carried.clone();
+            let counts = traffic_connections.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let handler = handler.clone();
                 let hits = hits.clone();
+                let first =
+                    request.uri().path() != "/healthz" && !counted.swap(true, Ordering::SeqCst);
+                if first {
+                    counts.0.fetch_add(1, Ordering::SeqCst);
+                    counts.1.fetch_add(1, Ordering::SeqCst);
+                }
                 async move {
                     if request.uri().path() == "/healthz" {
                         return text(StatusCode::OK, "ok");
@@ -148,6 +177,9 @@ async fn serve(
             tokio::select! {
                 _ = connection => {}
                 _ = killed.wait_for(|k| *k) => {}
+            }
+            if carried.load(Ordering::SeqCst) {
+                traffic_connections.1.fetch_sub(1, Ordering::SeqCst);
             }
         });
     }
