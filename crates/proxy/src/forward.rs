@@ -273,3 +273,32 @@ fn no_instance_response(shared: &Shared) -> Response<ProxyBody> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absolute_request_target_is_sent_in_origin_form() {
+        let mut uri: Uri = "http://guestbook.example/entries?page=2".parse().unwrap();
+        to_origin_form(&mut uri);
+        assert_eq!(uri, "/entries?page=2");
+        let mut uri: Uri = "/already/origin".parse().unwrap();
+        to_origin_form(&mut uri);
+        assert_eq!(uri, "/already/origin");
+    }
+
+    #[test]
+    fn a_replayed_request_has_the_same_head_and_no_body() {
+        let (parts, _) = Request::put("/entries/1")
+            .header("x-request-id", "abc")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let replay = rebuild(&copy_head(&parts));
+        assert_eq!(replay.method(), http::Method::PUT);
+        assert_eq!(replay.uri(), "/entries/1");
+        assert_eq!(replay.headers()["x-request-id"], "abc");
+        assert!(matches!(replay.body(), RequestBody::Empty));
+    }
+}
