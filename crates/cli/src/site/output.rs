@@ -30,6 +30,13 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         "site {}   front door {}   maintenance {maintenance}",
         report.site, report.proxy
     );
+    for (process, desired) in &report.desired {
+        let of_process = report.instances.iter().filter(|i| &i.process == process);
+        let healthy = of_process
+            .filter(|i| i.state == lifeboat_core::status::InstanceState::Healthy)
+            .count();
+        println!("{process}: {healthy} of {desired} healthy");
+    }
     let mut rows = vec![
         [
             "INSTANCE",

@@ -434,12 +434,17 @@ pub fn assert_no_failures(outcomes: &[Outcome]) {
     );
 }
 
-/// Like [`assert_no_failures`], except for what no proxy can save: a POST that the instance was
-/// already handling when it was killed (it may have committed, so replaying it is unsafe). Such
-/// a request must have been in flight at `kill` and must get a clean 502, never a reset.
-pub fn assert_no_failures_but_posts_in_flight_at(outcomes: &[Outcome], kill: Instant) {
+/// Like [`assert_no_failures`], except for what no proxy can save: a POST that may have reached
+/// the instance while it was being killed (between the signal at `kill` and the moment the
+/// process was gone, `dead`): it may have committed, so replaying it is unsafe. Such a request
+/// must have been in flight then and must get a clean 502, never a reset.
+pub fn assert_no_failures_but_posts_in_flight_at(
+    outcomes: &[Outcome],
+    kill: Instant,
+    dead: Instant,
+) {
     let unsaveable = |o: &&Outcome| {
-        o.method == "POST" && o.started <= kill && o.finished >= kill && o.result == Ok(502)
+        o.method == "POST" && o.started <= dead && o.finished >= kill && o.result == Ok(502)
     };
     let failed: Vec<&Outcome> = failures(outcomes)
         .into_iter()
