@@ -65,7 +65,8 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         .unwrap_or(Duration::from_secs(10));
     let supervisor = Supervisor::new(SupervisorConfig {
         site: manifest.site.clone(),
-        site_dir: dir.to_path_buf(),
+        // Absolute, so instances run in the site dir whatever the daemon's cwd becomes.
+        site_dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
         log_dir: paths.logs(),
         stop_timeout,
         log_max_bytes: 10 * 1024 * 1024,
