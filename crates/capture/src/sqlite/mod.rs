@@ -73,6 +73,8 @@ pub struct SqliteCapture {
     unconfirmed: VecDeque<(SavedPosition, OffsetDateTime)>,
     /// Records read but not yet handed out.
     pending: Vec<CaptureEvent>,
+    /// How long to keep trying for the write lock.
+    busy_timeout: Duration,
     /// Set when the read transaction could not be kept; the next poll resyncs.
     needs_resync: Option<String>,
 }
@@ -111,7 +113,8 @@ impl SqliteCapture {
                 mode,
             });
         }
-        let locker = open_connection(db, options.busy_timeout)?;
+        // The locker does its own retrying (see `with_write_lock`), so no busy handler.
+        let locker = open_connection(db, Duration::ZERO)?;
         let db_file = File::open(db).map_err(io_err(db, "open"))?;
         let mut wal_path = db.as_os_str().to_owned();
         wal_path.push("-wal");
@@ -151,6 +154,7 @@ impl SqliteCapture {
             unconfirmed: VecDeque::new(),
             pending: Vec::new(),
             needs_resync: None,
+            busy_timeout: options.busy_timeout,
         };
         capture.with_write_lock(|c| c.start_from(saved))?;
         if let Some(why) = capture.needs_resync.take() {
@@ -223,9 +227,14 @@ impl SqliteCapture {
         Ok(())
     }
 
-    /// Checkpoints the WAL (PASSIVE, under the write lock) once everything handed out is
-    /// durable. Transactions committed since the last poll are passed to `ship` while the
-    /// app is held off; when `ship` returns `Ok` they count as durable.
+    /// Checkpoints the WAL once everything handed out is durable, so the app's next write
+    /// starts the log over. Transactions committed since the last poll are passed to `ship`
+    /// while the app is held off; when `ship` returns `Ok` they count as durable.
+    ///
+    /// Two phases keep the app's writes waiting only briefly: first capture moves its
+    /// pinned snapshot to the end of the log and copies everything up to it into the
+    /// database file without holding the app off; then, holding the write lock, it ships
+    /// the few transactions committed meanwhile, copies those, and re-pins the log.
     ///
     /// TRUNCATE is not offered: it needs the write lock for itself, so it cannot run while
     /// capture holds it, and without it frames written in between could be lost. The log
@@ -244,37 +253,63 @@ impl SqliteCapture {
                 deferred: Some(format!("{waiting} records are not confirmed durable yet")),
             });
         }
-        self.with_write_lock(|c| {
-            c.read_new()?;
-            let events = std::mem::take(&mut c.pending);
-            if !events.is_empty() {
-                if let Err(e) = ship(&events) {
-                    c.pending = events;
-                    return Err(CaptureError::ShipFailed(e));
-                }
-                c.confirm_durable(events.last().map_or(0, CaptureEvent::seq))?;
-            }
+        // Phase 1: the bulk of the copying (and its fsync) while the app keeps writing.
+        let mut shipped = self.with_write_lock(|c| {
+            let n = c.ship_tail(&mut ship)?;
             c.end_read()?;
-            let result = c
-                .reader
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                });
+            c.begin_read()?;
+            Ok(n)
+        })?;
+        // Only an optimisation: whatever it could not copy, phase 2 copies.
+        let _ = self.passive_checkpoint(false);
+        // Phase 2: the tail, under the write lock, so the re-pinned snapshot is the end.
+        self.with_write_lock(|c| {
+            shipped += c.ship_tail(&mut ship)?;
+            c.end_read()?;
+            let result = c.passive_checkpoint(true);
             // Re-pin the log before the app may write again, whatever the checkpoint did.
             c.begin_read()?;
-            let (_busy, log, done) = result.map_err(sql_err(&c.db_path, "checkpoint the WAL"))?;
+            let (log, done) = result?;
             Ok(CheckpointReport {
-                shipped: events.len(),
+                shipped,
                 wal_frames: log,
                 checkpointed_frames: done,
                 complete: log == done,
                 deferred: None,
             })
         })
+    }
+
+    /// Under the write lock: reads what was committed since the last poll and ships it.
+    fn ship_tail<F>(&mut self, ship: &mut F) -> Result<usize>
+    where
+        F: FnMut(&[CaptureEvent]) -> std::result::Result<(), String>,
+    {
+        self.read_new()?;
+        let events = std::mem::take(&mut self.pending);
+        if events.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = ship(&events) {
+            self.pending = events;
+            return Err(CaptureError::ShipFailed(e));
+        }
+        self.confirm_durable(events.last().map_or(0, CaptureEvent::seq))?;
+        Ok(events.len())
+    }
+
+    /// Runs a PASSIVE checkpoint: from the reader (outside its read transaction) or from
+    /// the locker (outside its write lock). Returns frames in the log and frames copied.
+    fn passive_checkpoint(&self, from_reader: bool) -> Result<(i64, i64)> {
+        let conn = if from_reader {
+            &self.reader
+        } else {
+            &self.locker
+        };
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+        .map_err(sql_err(&self.db_path, "checkpoint the WAL"))
     }
 
     /// Where capture stands.
@@ -299,12 +334,27 @@ impl SqliteCapture {
 
     /// Runs `work` holding the database write lock, so no app transaction can commit.
     fn with_write_lock<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.locker
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(sql_err(
-                &self.db_path,
-                "take the write lock (the app holds it too long; capture retries)",
-            ))?;
+        // SQLite's busy handler backs off up to 100 ms between tries, so under a steady
+        // write load (a commit every few ms) it would starve for seconds. Retry at a
+        // fixed short interval instead: the lock is free between the app's commits.
+        let deadline = std::time::Instant::now() + self.busy_timeout;
+        loop {
+            match self.locker.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => {
+                    return Err(sql_err(
+                        &self.db_path,
+                        "take the write lock (the app holds it too long; capture retries)",
+                    )(e));
+                }
+            }
+        }
         let result = work(self);
         let released = self.locker.execute_batch("ROLLBACK");
         if self.needs_resync.is_none() && self.reader.is_autocommit() {
