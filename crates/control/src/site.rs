@@ -392,3 +392,22 @@ fn builtin_page(site: &str, message: &str) -> String {
         site = escape(site)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_page_shows_the_message_as_text_not_html() {
+        let page = builtin_page("blog", "Back at 5 <script>alert(1)</script> & more");
+        assert!(page.contains("Back at 5 &lt;script&gt;alert(1)&lt;/script&gt; &amp; more"));
+        assert!(!page.contains("<script>"));
+    }
+
+    #[test]
+    fn bypass_tokens_are_long_and_fresh() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}
