@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifeboat_capture::replay::{RebuildTarget, rebuild};
-use lifeboat_capture::{CaptureEvent, CaptureOptions, SqliteCapture};
+use lifeboat_capture::{CaptureEvent, CaptureOptions, Record, SqliteCapture};
 use rusqlite::Connection;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -104,12 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     delays.sort();
     checkpoint_times.sort();
 
+    let history: Vec<Record> = commits.iter().cloned().map(Record::Commit).collect();
     let out = dir.path().join("rebuilt.db");
     let t = Instant::now();
     let report = rebuild(
         &image.path,
         &image.record,
-        &commits,
+        &history,
         RebuildTarget::Seq(commits.last().unwrap().seq),
         &out,
     )?;

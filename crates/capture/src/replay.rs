@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::durable::sync_parent;
 use crate::error::{CaptureError, Result, io_err, sql_err};
-use crate::record::{BaseImageRecord, CommitRecord};
+use crate::record::{BaseImageRecord, CommitRecord, Record, Sequenced, SnapshotReason};
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,13 @@ pub struct RebuildReport {
 }
 
 /// Rebuilds the database at `out` from the base image file `image` (described by `base`)
-/// and `commits` (ordered by seq, starting right after the base; later ones are ignored).
+/// and the records after it in `history` (one database's records, ordered by seq, as
+/// [`crate::record::resolve_history`] returns them; records up to the base and past the
+/// target are ignored).
 pub fn rebuild(
     image: &Path,
     base: &BaseImageRecord,
-    commits: &[CommitRecord],
+    history: &[Record],
     target: RebuildTarget,
     out: &Path,
 ) -> Result<RebuildReport> {
@@ -85,14 +87,14 @@ pub fn rebuild(
             out.display()
         )));
     }
-    let selected = select_commits(base, commits, target).map_err(unreachable)?;
+    let selected = select_commits(base, history, target).map_err(unreachable)?;
 
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = out.with_file_name(format!(".{name}.rebuild-partial"));
-    let result = build(image, base, selected, &tmp);
+    let result = build(image, base, &selected, &tmp);
     match result {
         Ok((seq, db_pages)) => {
             std::fs::rename(&tmp, out).map_err(io_err(out, "rename the rebuilt database to"))?;
@@ -119,50 +121,71 @@ pub fn rebuild(
     }
 }
 
-/// The commits to apply: contiguous from `base.seq + 1`, up to the target.
+/// The commits to apply: contiguous from `base.seq + 1`, up to the target. Seqs taken by
+/// requested base images are skipped (they change nothing); a base image taken because
+/// continuity was lost ends what can be replayed from this base.
 fn select_commits<'a>(
     base: &BaseImageRecord,
-    commits: &'a [CommitRecord],
+    history: &'a [Record],
     target: RebuildTarget,
-) -> std::result::Result<&'a [CommitRecord], String> {
-    let start = commits.partition_point(|c| c.seq <= base.seq);
-    let mut end = start;
+) -> std::result::Result<Vec<&'a CommitRecord>, String> {
+    let mut selected = Vec::new();
     let mut expected = base.seq + 1;
-    for c in &commits[start..] {
-        let included = match target {
-            RebuildTarget::Seq(s) => c.seq <= s,
-            RebuildTarget::Time(t) => c.commit_time <= t,
+    for record in history.iter().filter(|r| r.seq() > base.seq) {
+        let reached = match target {
+            RebuildTarget::Seq(s) => record.seq() > s,
+            RebuildTarget::Time(t) => match record {
+                Record::Commit(c) => c.commit_time > t,
+                Record::BaseImage(b) => b.taken_at > t,
+                Record::File(_) => false,
+            },
         };
-        if !included {
+        if reached {
             break;
         }
-        if c.seq != expected {
+        if record.seq() != expected {
             return Err(format!(
                 "the captured records have a gap: seq {expected} is missing before seq {}",
-                c.seq
+                record.seq()
             ));
         }
-        if c.page_size != base.page_size {
-            return Err(format!(
-                "seq {} has page size {} but the base image has {}; use a base image taken after it",
-                c.seq, c.page_size, base.page_size
-            ));
+        match record {
+            Record::Commit(c) if c.page_size != base.page_size => {
+                return Err(format!(
+                    "seq {} has page size {} but the base image has {}; use a base image taken after it",
+                    c.seq, c.page_size, base.page_size
+                ));
+            }
+            Record::Commit(c) => selected.push(c),
+            Record::BaseImage(b) if b.reason == SnapshotReason::Requested => {}
+            Record::BaseImage(b) => {
+                return Err(format!(
+                    "capture took a fresh base image at seq {} ({:?}): transactions before it may be \
+                     missing, so replay cannot cross it; rebuild from that base image instead",
+                    b.seq, b.reason
+                ));
+            }
+            Record::File(f) => {
+                return Err(format!(
+                    "seq {} is a file change, not a database record",
+                    f.seq
+                ));
+            }
         }
         expected += 1;
-        end += 1;
     }
     if let RebuildTarget::Seq(s) = target
         && s >= expected
     {
         return Err(format!("records only reach seq {}", expected - 1));
     }
-    Ok(&commits[start..end])
+    Ok(selected)
 }
 
 fn build(
     image: &Path,
     base: &BaseImageRecord,
-    commits: &[CommitRecord],
+    commits: &[&CommitRecord],
     tmp: &Path,
 ) -> Result<(u64, u32)> {
     let mut src = File::open(image).map_err(io_err(image, "open the base image"))?;

@@ -88,8 +88,8 @@ fn capture_killed_mid_load_and_restarted_leaves_a_timeline_without_gaps() {
         "no gap in the timeline"
     );
     use lifeboat_capture::record::Sequenced;
-    for r in history {
-        match r {
+    for r in &history {
+        match r.clone() {
             Record::BaseImage(b) => images.push(b),
             Record::Commit(c) => commits.push(c),
             Record::File(_) => unreachable!(),
@@ -105,7 +105,7 @@ fn capture_killed_mid_load_and_restarted_leaves_a_timeline_without_gaps() {
         rebuild(
             &image_path,
             image,
-            &commits,
+            &history,
             RebuildTarget::Seq(image.seq),
             &out,
         )
@@ -123,7 +123,7 @@ fn capture_killed_mid_load_and_restarted_leaves_a_timeline_without_gaps() {
             rebuild(
                 &image_path,
                 image,
-                &commits,
+                &history,
                 RebuildTarget::Seq(c.seq),
                 &out,
             )

@@ -248,4 +248,79 @@ fn a_wal_restarted_while_capture_was_down_is_reported_and_a_base_image_taken() {
     let out = dir.path().join("after-loss.db");
     timeline.rebuild_at(timeline.last_seq(), &out);
     assert_eq!(entry_ids(&out), (1..=11).collect::<Vec<_>>());
+
+    // Replaying the older image across the break would silently miss transactions.
+    let first = &timeline.images[0];
+    let across = dir.path().join("across-the-break.db");
+    let err = lifeboat_capture::replay::rebuild(
+        &first.path,
+        &first.record,
+        &timeline.records,
+        lifeboat_capture::replay::RebuildTarget::Seq(timeline.last_seq()),
+        &across,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot cross"), "{err}");
+    assert!(!across.exists());
+}
+
+#[test]
+fn a_base_image_taken_under_write_load_is_exactly_the_database_at_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = wal_database(dir.path());
+    let mut capture =
+        SqliteCapture::open(&db, &dir.path().join("state"), CaptureOptions::default()).unwrap();
+    let mut timeline = Timeline::default();
+    timeline.add(capture.poll().unwrap());
+
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, done) = (db.clone(), done.clone());
+            std::thread::spawn(move || {
+                let app = app_connection(&db);
+                while !done.load(Ordering::SeqCst) {
+                    commit_next_entry(&app);
+                }
+            })
+        })
+        .collect();
+    let mut later_images = Vec::new();
+    while later_images.len() < 3 {
+        timeline.add(capture.poll().unwrap());
+        capture.confirm_durable(timeline.last_seq()).unwrap();
+        if timeline.commits.len() > 40 * (later_images.len() + 1) {
+            let events = capture.take_base_image().unwrap();
+            if let Some(CaptureEvent::BaseImage(image)) = events.last() {
+                later_images.push(image.clone());
+            }
+            timeline.add(events);
+            capture.confirm_durable(timeline.last_seq()).unwrap();
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+
+    let first = &timeline.images[0];
+    for image in later_images {
+        let out = dir.path().join(format!("replayed-{}.db", image.record.seq));
+        let target = lifeboat_capture::replay::RebuildTarget::Seq(image.record.seq - 1);
+        lifeboat_capture::replay::rebuild(
+            &first.path,
+            &first.record,
+            &timeline.records,
+            target,
+            &out,
+        )
+        .unwrap();
+        let replayed = std::fs::read(&out).unwrap();
+        let taken = std::fs::read(&image.path).unwrap();
+        assert!(
+            replayed == taken,
+            "image at seq {} differs from the replayed database",
+            image.record.seq
+        );
+    }
 }

@@ -101,7 +101,7 @@ fn a_restore_as_of_a_time_holds_exactly_the_commits_seen_by_then() {
     rebuild(
         &base.path,
         &base.record,
-        &timeline.commits,
+        &timeline.records,
         RebuildTarget::Time(t),
         &out,
     )
@@ -122,8 +122,8 @@ fn rebuild_refuses_a_gap_in_the_records_and_changes_nothing() {
         commit_next_entry(&app);
     }
     timeline.add(capture.poll().unwrap());
-    let mut with_gap = timeline.commits.clone();
-    with_gap.remove(1);
+    let mut with_gap = timeline.records.clone();
+    with_gap.remove(2); // [base image, commit, commit, ...]: drop the second commit
     let base = &timeline.images[0];
     let out = dir.path().join("never.db");
     let err = rebuild(

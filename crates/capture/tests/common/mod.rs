@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifeboat_capture::replay::{RebuildTarget, rebuild};
-use lifeboat_capture::{BaseImage, CaptureEvent, CommitRecord};
+use lifeboat_capture::{BaseImage, CaptureEvent, CommitRecord, Record};
 use rusqlite::Connection;
 
 /// Creates `dir/site.db` in WAL mode with the `entries` table the writers fill.
@@ -51,6 +51,8 @@ pub fn commit_next_entry(conn: &Connection) -> i64 {
 pub struct Timeline {
     pub images: Vec<BaseImage>,
     pub commits: Vec<CommitRecord>,
+    /// Everything, in seq order, as replay takes it.
+    pub records: Vec<Record>,
 }
 
 impl Timeline {
@@ -63,8 +65,14 @@ impl Timeline {
                 e.seq()
             );
             match e {
-                CaptureEvent::Commit(c) => self.commits.push(c),
-                CaptureEvent::BaseImage(b) => self.images.push(b),
+                CaptureEvent::Commit(c) => {
+                    self.records.push(Record::Commit(c.clone()));
+                    self.commits.push(c);
+                }
+                CaptureEvent::BaseImage(b) => {
+                    self.records.push(Record::BaseImage(b.record.clone()));
+                    self.images.push(b);
+                }
             }
         }
     }
@@ -86,7 +94,7 @@ impl Timeline {
         rebuild(
             &base.path,
             &base.record,
-            &self.commits,
+            &self.records,
             RebuildTarget::Seq(seq),
             out,
         )
