@@ -324,3 +324,58 @@ fn a_base_image_taken_under_write_load_is_exactly_the_database_at_its_seq() {
         );
     }
 }
+
+#[test]
+fn an_app_truncate_checkpoint_cannot_drop_frames_capture_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = wal_database(dir.path());
+    let app = app_connection(&db);
+    let impatient = rusqlite::Connection::open(&db).unwrap();
+    impatient.busy_timeout(Duration::from_millis(50)).unwrap();
+    let truncate = || -> (i64, i64, i64) {
+        impatient
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+    };
+    let mut capture =
+        SqliteCapture::open(&db, &dir.path().join("state"), CaptureOptions::default()).unwrap();
+    let mut timeline = Timeline::default();
+    timeline.add(capture.poll().unwrap());
+
+    // Frames capture has not read: the app's TRUNCATE has to give up (busy).
+    for _ in 0..5 {
+        commit_next_entry(&app);
+    }
+    let (busy, _, _) = truncate();
+    assert_eq!(busy, 1, "the pinned read transaction holds the log");
+    timeline.add(capture.poll().unwrap());
+    assert_eq!(timeline.commits.len(), 5);
+
+    // Right after capture's own checkpoint the log holds only captured frames: the app's
+    // TRUNCATE may empty it, and capture carries on with the next generation.
+    capture.confirm_durable(timeline.last_seq()).unwrap();
+    let mut shipped = Vec::new();
+    capture
+        .checkpoint(|e| {
+            shipped.extend_from_slice(e);
+            Ok(())
+        })
+        .unwrap();
+    timeline.add(shipped);
+    assert_eq!(
+        truncate(),
+        (0, 0, 0),
+        "nothing uncaptured is left to protect"
+    );
+    for _ in 0..3 {
+        commit_next_entry(&app);
+    }
+    timeline.add(capture.poll().unwrap());
+    assert_eq!(timeline.commits.len(), 8);
+    assert_eq!(timeline.images.len(), 1, "no continuity was lost");
+    let out = dir.path().join("end.db");
+    timeline.rebuild_at(timeline.last_seq(), &out);
+    assert_eq!(entry_ids(&out), (1..=8).collect::<Vec<_>>());
+}
