@@ -32,7 +32,8 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
     let a = Upstream::named("web-1").await;
     let b = Upstream::named("web-2").await;
     let proxy = proxy_for(&[&a, &b], test_config()).await;
-    // 0: before, 1: on, 2: off again. A request that starts in a phase must see that phase.
+    // 0: off, 1: switching on, 2: on, 3: switching off, 4: off again. A request that starts and
+    // ends within phase 0, 2 or 4 must see that mode; one that overlaps a switch may see either.
     let phase = Arc::new(AtomicU8::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
@@ -49,7 +50,7 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
         load.push(tokio::spawn(async move {
             let client = client();
             let mut wrong = Vec::new();
-            let mut seen = [0usize; 3];
+            let mut seen = [0usize; 5];
             while !stop.load(Ordering::SeqCst) {
                 let started_in = phase.load(Ordering::SeqCst);
                 let mut request = Request::get(format!("http://{}/", proxy.local_addr()));
@@ -70,8 +71,8 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
                         let page = *status == StatusCode::SERVICE_UNAVAILABLE && body == PAGE;
                         let site = *status == StatusCode::OK && body.starts_with("web-");
                         match (started_in, ended_in) {
-                            (1, 1) => page,
-                            (0, 0) | (2, 2) => site,
+                            (2, 2) => page,
+                            (0, 0) | (4, 4) => site,
                             _ => page || site,
                         }
                     }
@@ -89,8 +90,9 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
     }
     let hits = || a.hits() + b.hits();
     eventually("load before maintenance", || hits() > 300).await;
-    proxy.set_maintenance(Some(maintenance()));
     phase.store(1, Ordering::SeqCst);
+    proxy.set_maintenance(Some(maintenance()));
+    phase.store(2, Ordering::SeqCst);
     let on_hits = hits();
     // Owners keep reaching the site during maintenance.
     eventually("owners reach the site during maintenance", || {
@@ -98,8 +100,9 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
     })
     .await;
     assert!(proxy.maintenance_on());
-    phase.store(2, Ordering::SeqCst);
+    phase.store(3, Ordering::SeqCst);
     proxy.set_maintenance(None);
+    phase.store(4, Ordering::SeqCst);
     let off_hits = hits();
     eventually("load after maintenance", || hits() > off_hits + 300).await;
     stop.store(true, Ordering::SeqCst);
@@ -111,8 +114,8 @@ async fn maintenance_on_and_off_under_load_answers_every_request_and_drops_no_co
             &wrong[..wrong.len().min(5)]
         );
         assert!(
-            seen.iter().all(|n| *n > 0),
-            "every client saw every phase: {seen:?}"
+            [0, 2, 4].iter().all(|phase| seen[*phase] > 0),
+            "every client saw every mode: {seen:?}"
         );
     }
 }

@@ -63,7 +63,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     /// Connections that carried requests other than health checks: (ever opened, still open).
     pub traffic_connections: Arc<(AtomicUsize, AtomicUsize)>,
-    kill: watch::Sender<bool>,
+    /// 1: the listening socket is closed; 2: every connection is closed too.
+    kill: watch::Sender<u8>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -87,7 +88,7 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let traffic_connections = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-        let (kill, killed) = watch::channel(false);
+        let (kill, killed) = watch::channel(0u8);
         let accept = tokio::spawn(serve(
             listener,
             handler,
@@ -117,19 +118,21 @@ impl Upstream {
         )
     }
 
-    /// Like kill -9: the listening socket and every open connection close at once, mid-request
-    /// or not. Returns once the port refuses connections.
+    /// Like kill -9: the port refuses connections and every open connection closes, mid-request
+    /// or not. (The listener goes first, as it does when the kernel tears a killed process down,
+    /// so a retry can never reach the dying instance.)
     pub async fn kill(&mut self) {
-        let _ = self.kill.send(true);
+        let _ = self.kill.send(1);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
+        let _ = self.kill.send(2);
     }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        let _ = self.kill.send(true);
+        let _ = self.kill.send(2);
     }
 }
 
@@ -138,12 +141,12 @@ async fn serve(
     handler: Handler,
     hits: Arc<AtomicUsize>,
     traffic_connections: Arc<(AtomicUsize, AtomicUsize)>,
-    mut killed: watch::Receiver<bool>,
+    mut killed: watch::Receiver<u8>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-            _ = killed.wait_for(|k| *k) => return,
+            _ = killed.wait_for(|k| *k >= 1) => return,
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -176,7 +179,7 @@ async fn serve(
                 .with_upgrades();
             tokio::select! {
                 _ = connection => {}
-                _ = killed.wait_for(|k| *k) => {}
+                _ = killed.wait_for(|k| *k >= 2) => {}
             }
             if carried.load(Ordering::SeqCst) {
                 traffic_connections.1.fetch_sub(1, Ordering::SeqCst);
