@@ -10,6 +10,26 @@
 //!
 //! The crate never prints and never reads the terminal: the worker that drives it reports
 //! status and events.
+//!
+//! # Driving SQLite capture (the capture worker's loop)
+//!
+//! 1. [`SqliteCapture::open`] once per database (it refuses a database not in WAL mode).
+//! 2. Every few milliseconds, [`SqliteCapture::poll`]: commits (and, when needed, a base
+//!    image whose reason says why) in seq order. `commit_time` is when capture saw the
+//!    commit, so poll often: restore-by-time resolution is the poll interval.
+//! 3. Make the records durable in the vault (segments: [`encode_segment`]; base image
+//!    files by hash), then [`SqliteCapture::confirm_durable`] with the last seq.
+//! 4. Every so often (say each second), [`SqliteCapture::checkpoint`] with a callback that
+//!    makes the last few records durable the same way: the WAL then starts over.
+//! 5. Periodically, [`SqliteCapture::take_base_image`] so restores do not replay too much.
+//! 6. On [`CaptureError::CorruptWal`], record the event and call [`SqliteCapture::resync`].
+//!
+//! Readers of the vault resolve what a crash left behind with
+//! [`record::resolve_history`], then rebuild with [`replay::rebuild`].
+//!
+//! The process running capture must not open and close the live database file outside
+//! SQLite: closing any descriptor of it drops SQLite's POSIX locks for the whole process
+//! (see `docs/capture-format.md`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

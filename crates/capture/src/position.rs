@@ -3,7 +3,7 @@
 //! It records the last sequence number the caller confirmed durable and the WAL position
 //! just after it (salts, offset, running checksum). On restart, capture continues from it
 //! only if the WAL still holds that exact position; otherwise it takes a fresh base image
-//! and says why. It is written atomically (see [`crate::durable`]).
+//! and says why. It is written atomically: temporary file, fsync, rename, fsync of the directory.
 
 use std::path::Path;
 

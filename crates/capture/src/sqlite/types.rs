@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::record::{BaseImageRecord, CommitRecord};
 
-/// Tuning for [`SqliteCapture`].
+/// Tuning for [`SqliteCapture`](super::SqliteCapture).
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
     /// How long to wait for the database's write lock (during checkpoints and resyncs)
@@ -31,7 +31,7 @@ pub struct BaseImage {
     pub path: PathBuf,
 }
 
-/// What [`SqliteCapture::poll`] hands out, in sequence order.
+/// What [`SqliteCapture::poll`](super::SqliteCapture::poll) hands out, in sequence order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaptureEvent {
     /// A committed transaction.
