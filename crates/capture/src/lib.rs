@@ -51,3 +51,10 @@ pub use record::{
 pub use sqlite::{
     BaseImage, CaptureEvent, CaptureOptions, CaptureStatus, CheckpointReport, SqliteCapture,
 };
+
+// Both captures run on a worker thread of their own (e.g. `spawn_blocking`).
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<SqliteCapture>();
+    assert_send::<files::FileCapture>();
+};

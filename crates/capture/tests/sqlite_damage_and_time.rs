@@ -244,3 +244,46 @@ fn a_failed_shipment_skips_the_checkpoint_and_loses_nothing() {
     );
     timeline.add(events);
 }
+
+#[test]
+fn a_rebuild_that_fails_the_integrity_check_is_never_put_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = wal_database(dir.path());
+    let app = app_connection(&db);
+    for _ in 0..30 {
+        commit_next_entry(&app);
+    }
+    let mut capture =
+        SqliteCapture::open(&db, &dir.path().join("state"), CaptureOptions::default()).unwrap();
+    let mut timeline = Timeline::default();
+    timeline.add(capture.poll().unwrap());
+    let base = &timeline.images[0];
+    // Damage the table's b-tree (page 2) and re-record the hash, as if the page had been
+    // corrupt in the live database when the image was taken.
+    let mut bytes = std::fs::read(&base.path).unwrap();
+    let page = base.record.page_size as usize;
+    bytes[page] = 0x42; // not a valid b-tree page type
+    let damaged = dir.path().join("damaged-image.db");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let mut record = base.record.clone();
+    record.image_hash = blake3::hash(&bytes).to_hex().to_string();
+
+    let out = dir.path().join("never.db");
+    let err = rebuild(
+        &damaged,
+        &record,
+        &timeline.records,
+        RebuildTarget::Seq(record.seq),
+        &out,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, CaptureError::IntegrityCheckFailed { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("pick an earlier restore point"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a damaged rebuild is never put in place");
+}
