@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::site::{Site, write_events};
-use crate::store::Store;
+use crate::store::{DaemonRecord, Store};
 use crate::{ControlError, SitePaths};
 
 /// How `lifeboat up` was asked to run the site.
@@ -113,6 +113,12 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     ));
     forwarders.spawn(forward_proxy_events(site.clone(), forwarders_done.clone()));
     tasks.spawn(reconcile_loop(site.clone()));
+    let record = DaemonRecord {
+        pid: std::process::id(),
+        proxy: format!("http://{}", site.proxy.local_addr()),
+        started_at: time::OffsetDateTime::now_utc(),
+    };
+    site.store.set_daemon(&record)?;
     site.record(EventKind::SiteUp {
         proxy: format!("http://{}", site.proxy.local_addr()),
     });

@@ -23,11 +23,24 @@ use crate::ControlError;
 
 /// Desired state, one JSON value per key. Format version 1.
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired-v1");
+/// What the running daemon is (pid, front door address), JSON. Format version 1.
+const RUNTIME: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime-v1");
 /// Events by sequence number, JSON. Format version 1.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events-v1");
 
 const KEY_SCALE: &str = "scale";
 const KEY_MAINTENANCE: &str = "maintenance";
+const KEY_DAEMON: &str = "daemon";
+
+/// The daemon that runs (or last ran) the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    pub pid: u32,
+    /// The front door's real address, e.g. `http://127.0.0.1:8080`.
+    pub proxy: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+}
 
 /// The maintenance switch as the owner left it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,6 +77,7 @@ impl Store {
         // Create the tables so read transactions never meet a missing table.
         store.write(|tx| {
             tx.open_table(DESIRED)?;
+            tx.open_table(RUNTIME)?;
             tx.open_table(EVENTS)?;
             Ok(())
         })?;
@@ -123,6 +137,31 @@ impl Store {
 
     pub fn set_maintenance(&self, state: &MaintenanceState) -> Result<(), ControlError> {
         self.put_desired(KEY_MAINTENANCE, state)
+    }
+
+    /// Records the daemon now running the site.
+    pub fn set_daemon(&self, daemon: &DaemonRecord) -> Result<(), ControlError> {
+        let bytes = serde_json::to_vec(daemon).expect("daemon record serializes");
+        self.write(|tx| {
+            tx.open_table(RUNTIME)?
+                .insert(KEY_DAEMON, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The daemon that runs (or last ran) the site.
+    pub fn daemon(&self) -> Result<Option<DaemonRecord>, ControlError> {
+        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(RUNTIME)?;
+            Ok(table.get(KEY_DAEMON)?.map(|v| v.value().to_vec()))
+        };
+        match read().map_err(|e| store_error(&self.path, e))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| store_error(&self.path, e)),
+        }
     }
 
     /// Appends events (in order) in one durable transaction and returns them as stored.
@@ -241,6 +280,15 @@ mod tests {
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(store.events_after(1, 100).unwrap().len(), 1);
         assert_eq!(store.last_events(1).unwrap()[0].seq, 2);
+        let daemon = DaemonRecord {
+            pid: 7,
+            proxy: "http://127.0.0.1:1".into(),
+            started_at: time::macros::datetime!(2026-01-01 00:00 UTC),
+        };
+        store.set_daemon(&daemon).unwrap();
+        drop(store);
+        let store = Store::open(&path, dir.path()).unwrap();
+        assert_eq!(store.daemon().unwrap(), Some(daemon));
     }
 
     #[test]
