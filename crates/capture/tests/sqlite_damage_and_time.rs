@@ -286,4 +286,10 @@ fn a_rebuild_that_fails_the_integrity_check_is_never_put_in_place() {
         "{err}"
     );
     assert!(!out.exists(), "a damaged rebuild is never put in place");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("never"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
