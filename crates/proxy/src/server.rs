@@ -68,6 +68,21 @@ impl Proxy {
                 config.health.path
             )));
         }
+        let timeouts = [
+            ("timeouts.connect", config.timeouts.connect),
+            (
+                "timeouts.response_headers",
+                config.timeouts.response_headers,
+            ),
+            ("timeouts.idle", config.timeouts.idle),
+            ("health.interval", config.health.interval),
+            ("health.timeout", config.health.timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ProxyError::Config(format!(
+                "{name} is zero; give it a duration above zero, e.g. 1s"
+            )));
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await

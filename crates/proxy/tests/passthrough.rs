@@ -377,6 +377,18 @@ async fn a_busy_listen_address_is_reported_with_what_to_do() {
     assert!(message.contains("port 0 picks a free one"), "{message}");
 }
 
+#[tokio::test]
+async fn a_zero_timeout_or_a_relative_health_path_is_refused_before_listening() {
+    let mut config = test_config();
+    config.timeouts.idle = Duration::ZERO;
+    let message = Proxy::start(config).await.unwrap_err().to_string();
+    assert!(message.contains("timeouts.idle is zero"), "{message}");
+    let mut config = test_config();
+    config.health.path = "healthz".into();
+    let message = Proxy::start(config).await.unwrap_err().to_string();
+    assert!(message.contains("must start with '/'"), "{message}");
+}
+
 /// Turns a channel receiver into a stream.
 fn tokio_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::unfold(rx, |mut rx| async move {
