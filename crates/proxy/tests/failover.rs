@@ -151,6 +151,39 @@ async fn a_post_that_reached_its_instance_is_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_that_is_restarted_on_its_port_gets_traffic_again() {
+    let mut crashing = Upstream::named("web-1").await;
+    let other = Upstream::named("web-2").await;
+    let proxy = proxy_for(&[&crashing, &other], test_config()).await;
+    let addr = crashing.addr;
+    crashing.kill().await;
+    proxy.mark_down("web-1"); // what the supervisor's exit event leads to
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            get(&client, &proxy, "/").await.unwrap(),
+            (StatusCode::OK, "web-2".into())
+        );
+    }
+    let restarted = Upstream::named_at("web-1", addr).await;
+    let watched = proxy.clone();
+    eventually("web-1 back in rotation", move || {
+        watched.backends().iter().any(|s| {
+            s.id == "web-1" && !s.ejected && s.health == lifeboat_proxy::BackendHealth::Healthy
+        })
+    })
+    .await;
+    let before = restarted.hits();
+    for _ in 0..20 {
+        assert_eq!(get(&client, &proxy, "/").await.unwrap().0, StatusCode::OK);
+    }
+    assert!(
+        restarted.hits() > before,
+        "the restarted instance serves requests again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_down_instance_gets_no_new_request() {
     let a = Upstream::named("web-1").await;
     let b = Upstream::named("web-2").await;

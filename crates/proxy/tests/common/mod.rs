@@ -84,7 +84,21 @@ impl Upstream {
 
     /// An instance whose `/healthz` is 200 and whose other requests go to `handler`.
     pub async fn start(name: &str, handler: Handler) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_at(name, "127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// Like [`Upstream::named`], on a given address (a restarted instance keeps its port).
+    pub async fn named_at(name: &str, addr: SocketAddr) -> Upstream {
+        let own = name.to_string();
+        let answer = handler(move |_| {
+            let own = own.clone();
+            async move { text(StatusCode::OK, own) }
+        });
+        Upstream::start_at(name, addr, answer).await
+    }
+
+    async fn start_at(name: &str, addr: SocketAddr, handler: Handler) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let traffic_connections = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
