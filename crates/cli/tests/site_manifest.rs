@@ -82,3 +82,10 @@ fn a_missing_manifest_says_what_to_create() {
         String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "SITE");
     insta::assert_snapshot!(err);
 }
+
+#[test]
+fn a_missing_maintenance_page_is_refused() {
+    insta::assert_snapshot!(up_error(&format!(
+        "{GOOD}\n[maintenance]\npage = \"down.html\"\n"
+    )));
+}

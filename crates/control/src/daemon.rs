@@ -53,6 +53,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         manifest.proxy.listen = listen;
         manifest.proxy.listen_location = None;
     }
+    check_page_exists(&paths, &manifest)?;
     paths.create()?;
     let store = Store::open(&paths.store(), dir)?;
     check_listen_free(&paths, &manifest)?;
@@ -107,11 +108,18 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     tasks.spawn(serve_api(site.clone(), listener));
     let forwarders_done = CancellationToken::new();
     let mut forwarders = JoinSet::new();
+    // Subscribe before the first instance starts, so no lifecycle fact is missed.
+    let (supervisor_rx, proxy_rx) = (site.supervisor.subscribe(), site.proxy.subscribe());
     forwarders.spawn(forward_supervisor_events(
         site.clone(),
+        supervisor_rx,
         forwarders_done.clone(),
     ));
-    forwarders.spawn(forward_proxy_events(site.clone(), forwarders_done.clone()));
+    forwarders.spawn(forward_proxy_events(
+        site.clone(),
+        proxy_rx,
+        forwarders_done.clone(),
+    ));
     tasks.spawn(reconcile_loop(site.clone()));
     let record = DaemonRecord {
         pid: std::process::id(),
@@ -183,6 +191,29 @@ fn load_manifest(paths: &SitePaths) -> Result<Manifest, ControlError> {
         Err(source) => return Err(ControlError::ReadManifest { path, source }),
     };
     Ok(Manifest::parse(&path.display().to_string(), &text)?)
+}
+
+/// A maintenance page named in the manifest must exist before anything starts: it is needed
+/// the moment the owner switches maintenance on.
+fn check_page_exists(paths: &SitePaths, manifest: &Manifest) -> Result<(), ControlError> {
+    let Some(page) = &manifest.maintenance.page else {
+        return Ok(());
+    };
+    let path = paths.dir.join(page);
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(ManifestError::at(
+        &paths.manifest().display().to_string(),
+        None,
+        "maintenance.page",
+        format!("the maintenance page {} is not a readable file", path.display()),
+        format!(
+            "create {} with the HTML to show, or remove `page` to use the built-in page with `message`",
+            page.display()
+        ),
+    )
+    .into())
 }
 
 /// Checks the front door's port is free before anything starts, so the user gets a manifest
@@ -362,8 +393,11 @@ async fn next_event<T: Clone>(
     }
 }
 
-async fn forward_supervisor_events(site: Arc<Site>, done: CancellationToken) {
-    let mut rx = site.supervisor.subscribe();
+async fn forward_supervisor_events(
+    site: Arc<Site>,
+    mut rx: broadcast::Receiver<SupervisorEvent>,
+    done: CancellationToken,
+) {
     while let Some(event) = next_event(&mut rx, &done).await {
         let what = match event {
             SupervisorEvent::Started { id, pid } => {
@@ -399,8 +433,11 @@ async fn forward_supervisor_events(site: Arc<Site>, done: CancellationToken) {
     }
 }
 
-async fn forward_proxy_events(site: Arc<Site>, done: CancellationToken) {
-    let mut rx = site.proxy.subscribe();
+async fn forward_proxy_events(
+    site: Arc<Site>,
+    mut rx: broadcast::Receiver<ProxyEvent>,
+    done: CancellationToken,
+) {
     while let Some(event) = next_event(&mut rx, &done).await {
         let what = match event {
             ProxyEvent::HealthChanged {
