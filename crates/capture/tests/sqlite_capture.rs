@@ -379,3 +379,30 @@ fn an_app_truncate_checkpoint_cannot_drop_frames_capture_has_not_read() {
     timeline.rebuild_at(timeline.last_seq(), &out);
     assert_eq!(entry_ids(&out), (1..=8).collect::<Vec<_>>());
 }
+
+#[test]
+fn an_app_process_exiting_after_a_base_image_cannot_checkpoint_past_capture() {
+    // Reading the database file for an image must not drop SQLite's locks in this process;
+    // otherwise the exiting app believes it is alone, checkpoints and deletes the WAL.
+    let dir = tempfile::tempdir().unwrap();
+    let db = wal_database(dir.path());
+    let mut capture =
+        SqliteCapture::open(&db, &dir.path().join("state"), CaptureOptions::default()).unwrap();
+    let mut timeline = Timeline::default();
+    timeline.add(capture.poll().unwrap());
+    timeline.add(capture.take_base_image().unwrap());
+    let status = Command::new(env!("CARGO_BIN_EXE_capture-test-writer"))
+        .args([db.to_str().unwrap(), "10"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    timeline.add(capture.poll().unwrap());
+    assert_eq!(
+        timeline.commits.len(),
+        10,
+        "every commit of the exited app was captured"
+    );
+    let out = dir.path().join("end.db");
+    timeline.rebuild_at(timeline.last_seq(), &out);
+    assert_eq!(entry_ids(&out), (1..=10).collect::<Vec<_>>());
+}
