@@ -252,11 +252,13 @@ impl Registry {
         self.publish(&all);
     }
 
-    /// Applies one health check result.
-    pub(crate) fn record_check(&self, backend: &Arc<Backend>, result: Result<(), String>) {
+    /// Applies one health check result; answers whether all is well (the check passed and the
+    /// instance is in rotation).
+    pub(crate) fn record_check(&self, backend: &Arc<Backend>, result: Result<(), String>) -> bool {
+        let passed = result.is_ok();
         let all = self.lock_all();
         if backend.removed.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
         let event = {
             let mut verdict = backend.verdict.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,6 +289,7 @@ impl Registry {
             self.publish(&all);
             let _ = self.events.send(event);
         }
+        passed && backend.routable()
     }
 
     /// Takes an instance out of rotation now (failed connect, or its owner saw it die).

@@ -33,7 +33,8 @@ impl Default for ProxyConfig {
 pub struct HealthCheckConfig {
     /// Path requested on the instance, e.g. `/healthz`. A 2xx or 3xx answer is healthy.
     pub path: String,
-    /// Time between two checks of one instance.
+    /// Time between two checks of a healthy instance; a quarter of it while the last check
+    /// failed or the instance is out of rotation.
     pub interval: Duration,
     /// A check that takes longer than this fails.
     pub timeout: Duration,

@@ -121,8 +121,21 @@ pub(crate) async fn probe_http(
     }
 }
 
-/// Runs `probe` at once and then every `interval` until `stop` turns true (or its sender is
-/// dropped), handing every result to `report`.
+/// How long to wait before the next check: the configured interval while all is well, a
+/// quarter of it while something is wrong (the last check failed, or the instance is not in
+/// rotation), so a failing instance is confirmed dead and a recovered one readmitted quickly,
+/// like HAProxy's `fastinter`.
+pub(crate) fn next_check_in(interval: Duration, all_well: bool) -> Duration {
+    let interval = interval.max(Duration::from_millis(1));
+    if all_well {
+        interval
+    } else {
+        (interval / 4).max(Duration::from_millis(1))
+    }
+}
+
+/// Runs `probe` at once and then again after [`next_check_in`] until `stop` turns true (or its
+/// sender is dropped), handing every result to `report`, which answers whether all is well.
 pub(crate) async fn run_checks<P, F, R>(
     interval: Duration,
     mut probe: P,
@@ -131,20 +144,20 @@ pub(crate) async fn run_checks<P, F, R>(
 ) where
     P: FnMut() -> F,
     F: Future<Output = Result<(), String>>,
-    R: FnMut(Result<(), String>),
+    R: FnMut(Result<(), String>) -> bool,
 {
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = crate::health::stopped(&mut stop) => return,
         }
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             result = probe() => result,
             _ = crate::health::stopped(&mut stop) => return,
         };
-        report(result);
+        next = started + next_check_in(interval, report(result));
     }
 }
 
@@ -204,6 +217,13 @@ mod tests {
         assert_eq!(tracker.record(true), Some(BackendHealth::Healthy));
     }
 
+    #[test]
+    fn a_failing_instance_is_checked_four_times_as_often() {
+        let second = Duration::from_secs(1);
+        assert_eq!(next_check_in(second, true), second);
+        assert_eq!(next_check_in(second, false), Duration::from_millis(250));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn checks_run_at_once_then_every_interval_until_stopped() {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -214,7 +234,10 @@ mod tests {
             Duration::from_secs(1),
             || async { Err("down".to_string()) },
             stop_rx,
-            move |r| seen.lock().unwrap().push((started.elapsed(), r)),
+            move |r| {
+                seen.lock().unwrap().push((started.elapsed(), r));
+                true
+            },
         ));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         stop_tx.send(true).unwrap();
@@ -229,9 +252,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_instance_that_stops_answering_turns_unhealthy_after_two_intervals() {
-        // The probe passes for the first two checks, then fails; with the default thresholds
-        // the tracker must flip to unhealthy on the second failure (t = 3s), not before.
+    async fn an_instance_that_stops_answering_turns_unhealthy_on_the_second_failed_check() {
+        // The probe passes for the first two checks (t = 0s, 1s), then fails (t = 2s); with the
+        // default thresholds the tracker flips to unhealthy on the second failure, which comes
+        // a quarter interval later (t = 2.25s), not before.
         let (stop_tx, stop_rx) = watch::channel(false);
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let started = tokio::time::Instant::now();
@@ -254,8 +278,11 @@ mod tests {
             stop_rx,
             move |r| {
                 if let Some(h) = tracker.record(r.is_ok()) {
-                    seen.lock().unwrap().push((started.elapsed().as_secs(), h));
+                    seen.lock()
+                        .unwrap()
+                        .push((started.elapsed().as_millis(), h));
                 }
+                r.is_ok() && tracker.health() == BackendHealth::Healthy
             },
         ));
         tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -263,7 +290,10 @@ mod tests {
         task.await.unwrap();
         assert_eq!(
             *transitions.lock().unwrap(),
-            vec![(0, BackendHealth::Healthy), (3, BackendHealth::Unhealthy)]
+            vec![
+                (0, BackendHealth::Healthy),
+                (2250, BackendHealth::Unhealthy)
+            ]
         );
     }
 
