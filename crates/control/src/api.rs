@@ -44,6 +44,9 @@ pub struct InstanceReport {
     pub last_exit: Option<String>,
     /// When the next restart happens, for instances in backoff.
     pub next_restart_in_ms: Option<u64>,
+    /// Why the last start failed, when the command could not even be spawned.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// `lifeboat scale web=5`.

@@ -159,6 +159,7 @@ impl Site {
                         (None, None) => "unknown".to_string(),
                     }),
                     next_restart_in_ms: i.next_restart_in.map(|d| d.as_millis() as u64),
+                    last_error: i.last_error,
                     id: i.id,
                     process: i.process,
                 }

@@ -69,6 +69,11 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         ]);
     }
     print_table(&rows);
+    for i in &report.instances {
+        if let Some(error) = &i.last_error {
+            println!("{}: {error}", i.id);
+        }
+    }
 }
 
 fn print_table(rows: &[Vec<String>]) {
