@@ -159,8 +159,10 @@ impl Proxy {
     }
 
     /// Stops routing new requests to the instance now. The returned future resolves once the
-    /// requests it was already serving have finished (at once for an unknown id); then it is
-    /// safe to stop the instance.
+    /// requests it was already serving have finished, response bodies included (at once for an
+    /// unknown id); then it is safe to stop the instance. A client streaming a long response
+    /// keeps it waiting: bound the wait with your stop timeout. Open WebSocket tunnels are not
+    /// waited for.
     pub fn remove_backend(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
         let removed = self.shared.registry.remove(id);
         async move {
