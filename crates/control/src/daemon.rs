@@ -457,3 +457,57 @@ async fn forward_proxy_events(
         site.record(what);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_door_checks_health_like_the_web_process_says() {
+        let manifest = Manifest::parse(
+            "lifeboat.toml",
+            r#"
+[site]
+name = "blog"
+[processes.worker]
+command = "./worker"
+http = false
+health = { path = "/worker" }
+[processes.web]
+command = "./web"
+health = { path = "/healthz", interval = "3s", timeout = "1s", unhealthy_threshold = 4 }
+[proxy]
+listen = "127.0.0.1:0"
+retry_after = "2m"
+"#,
+        )
+        .unwrap();
+        let config = proxy_config(&manifest);
+        assert_eq!(config.health.path, "/healthz");
+        assert_eq!(config.health.interval, Duration::from_secs(3));
+        assert_eq!(config.health.timeout, Duration::from_secs(1));
+        assert_eq!(config.health.unhealthy_threshold, 4);
+        assert_eq!(config.retry_after, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_taken_port_is_a_manifest_error_at_the_listen_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let text = format!(
+            "[site]\nname = \"blog\"\n[processes.web]\ncommand = \"x\"\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+        let manifest = Manifest::parse("lifeboat.toml", &text).unwrap();
+        let paths = SitePaths::new("/site");
+        let err = check_listen_free(&paths, &manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/site/lifeboat.toml:6:10: proxy.listen: the front door can not listen on"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with("nothing was started"), "{err}");
+    }
+}
