@@ -99,7 +99,7 @@ impl KdfParams {
         }
     }
 
-    /// Strong defaults (64 MiB, 3 passes), or tiny ones when `LIFEBOAT_KDF=fast` (tests only).
+    /// Strong defaults (46 MiB, 1 pass), or tiny ones when `LIFEBOAT_KDF=fast` (tests only).
     pub fn from_env() -> KdfParams {
         if std::env::var("LIFEBOAT_KDF").as_deref() == Ok("fast") {
             KdfParams {
@@ -108,9 +108,11 @@ impl KdfParams {
                 parallelism: 1,
             }
         } else {
+            // OWASP's first recommended argon2id configuration (46 MiB, 1 pass): costly to
+            // attack at scale, yet every command pays it only once (~0.1 s).
             KdfParams {
-                memory_kib: 64 * 1024,
-                iterations: 3,
+                memory_kib: 46 * 1024,
+                iterations: 1,
                 parallelism: 1,
             }
         }
