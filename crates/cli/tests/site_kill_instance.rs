@@ -48,7 +48,7 @@ async fn killing_an_instance_under_load_loses_no_request() {
     load.wait_for_requests(60).await;
     let outcomes = load.stop().await;
     // Every GET and every POST not being handled by web-2 at the kill gets its answer.
-    assert_no_failures_but_posts_in_flight_at(&outcomes, killed_at, dead_at);
+    assert_no_failures_but_posts_in_flight_at(&outcomes, killed_at, dead_at, &lifeboat.output());
 
     let exited = block_in_place(|| {
         lifeboat.wait_for_event("web-2 exited by signal 9", |e| {

@@ -442,6 +442,7 @@ pub fn assert_no_failures_but_posts_in_flight_at(
     outcomes: &[Outcome],
     kill: Instant,
     dead: Instant,
+    lifeboat_output: &str,
 ) {
     let unsaveable = |o: &&Outcome| {
         o.method == "POST" && o.started <= dead && o.finished >= kill && o.result == Ok(502)
@@ -465,7 +466,7 @@ pub fn assert_no_failures_but_posts_in_flight_at(
     );
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed, e.g. {:#?}",
+        "{} of {} requests failed, e.g. {:#?}\nlifeboat's output:\n{lifeboat_output}",
         failed.len(),
         outcomes.len(),
         failed.iter().take(5).collect::<Vec<_>>()
