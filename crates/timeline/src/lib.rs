@@ -1,0 +1,2 @@
+//! A live site's timeline (being built).
+#![forbid(unsafe_code)]
