@@ -22,6 +22,7 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let shim =
         std::env::current_exe().context("could not find the lifeboat binary to wrap instances")?;
