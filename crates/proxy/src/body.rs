@@ -1,7 +1,8 @@
-//! Bodies that stream through the front door without being buffered.
+//! Bodies that stream through the front door; only a small keyed request body is held.
 //!
-//! [`RequestBody`] goes to an instance: the client's body as it arrives, or nothing (which makes
-//! the request replayable). [`ProxyBody`] goes to the client: an instance's body frame by frame,
+//! [`RequestBody`] goes to an instance: the client's body as it arrives, nothing, or — for a
+//! request the client marked safe to repeat with an `Idempotency-Key` — a small body held in
+//! memory; the last two make the request replayable. [`ProxyBody`] goes to the client: an instance's body frame by frame,
 //! or a small page the front door answers itself. An instance body also carries the request's
 //! in-flight mark (so draining waits for the body to end) and its connection, which goes back to
 //! the pool only when the body was read to the end.
@@ -10,8 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::backend::{Backend, InFlight};
@@ -22,8 +25,78 @@ use crate::pool::Sender;
 pub(crate) enum RequestBody {
     /// No body: the request can be rebuilt and sent again.
     Empty,
-    /// The client's body, streamed.
-    Streaming(Incoming),
+    /// A small body held in memory (see [`keep_up_to`]): the request can be sent again.
+    Kept(KeptBody),
+    /// The client's body, streamed; `prefix` is what was already read while trying to keep it.
+    Streaming {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+}
+
+/// A whole request body in memory; cloning it is cheap (reference-counted bytes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeptBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+/// The outcome of trying to keep a request body in memory.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// The whole body, within the limit.
+    Whole(KeptBody),
+    /// The body is longer than the limit: it streams on, starting with what was read.
+    TooLong(RequestBody),
+}
+
+/// Reads `body` into memory if it holds at most `limit` bytes. A longer body is not read past
+/// the frame that crossed the limit, so it can still stream without holding more than that.
+pub(crate) async fn keep_up_to(mut body: Incoming, limit: usize) -> Result<Kept, hyper::Error> {
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    return Ok(Kept::TooLong(RequestBody::Streaming {
+                        prefix: Some(data.freeze()),
+                        rest: body,
+                    }));
+                }
+            }
+            Err(frame) => {
+                if let Ok(found) = frame.into_trailers() {
+                    trailers = Some(found);
+                }
+            }
+        }
+    }
+    let data = data.freeze();
+    Ok(Kept::Whole(KeptBody {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+    }))
+}
+
+impl RequestBody {
+    /// The client's body as it arrives.
+    pub(crate) fn streaming(body: Incoming) -> Self {
+        RequestBody::Streaming {
+            prefix: None,
+            rest: body,
+        }
+    }
+
+    /// A copy to send again, if the whole body is held.
+    pub(crate) fn copy(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Kept(kept) => Some(RequestBody::Kept(kept.clone())),
+            RequestBody::Streaming { .. } => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -36,21 +109,44 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Kept(kept) => Poll::Ready(
+                kept.data
+                    .take()
+                    .map(Frame::data)
+                    .or_else(|| kept.trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            RequestBody::Streaming { prefix, rest } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Kept(kept) => kept.data.is_none() && kept.trailers.is_none(),
+            RequestBody::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Kept(kept) => {
+                SizeHint::with_exact(kept.data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Streaming { prefix, rest } => {
+                let before = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let after = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(before + after.lower());
+                if let Some(upper) = after.upper() {
+                    hint.set_upper(before + upper);
+                }
+                hint
+            }
         }
     }
 }

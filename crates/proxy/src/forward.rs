@@ -13,10 +13,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::backend::{Backend, InFlight};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{Kept, ProxyBody, RequestBody, keep_up_to};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::pool::{self, Sender};
-use crate::retry::{Failure, may_retry};
+use crate::retry::{
+    BodyHandling, Failure, MAX_REPLAYABLE_BODY, Replay, body_handling, has_idempotency_key,
+    may_retry,
+};
 use crate::server::Shared;
 
 /// Upper bound on attempts for one request, whatever the number of instances.
@@ -56,16 +59,31 @@ pub(crate) async fn handle(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, &client.ip_header);
     to_origin_form(&mut parts.uri);
-    let body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Streaming(body)
+    let has_key = has_idempotency_key(&parts.headers);
+    let body = match body_handling(has_key, body.is_end_stream(), body.size_hint().exact()) {
+        BodyHandling::Empty => RequestBody::Empty,
+        BodyHandling::Stream => RequestBody::streaming(body),
+        BodyHandling::Keep => match keep_up_to(body, MAX_REPLAYABLE_BODY).await {
+            Ok(Kept::Whole(kept)) => RequestBody::Kept(kept),
+            Ok(Kept::TooLong(streaming)) => streaming,
+            Err(error) => {
+                tracing::debug!(%error, "client request body could not be read");
+                return Ok(unreadable_body_response());
+            }
+        },
     };
-    let replayable = matches!(body, RequestBody::Empty);
-    // Only a request that may be replayed after it was sent needs a copy of its head.
-    let replay =
-        (replayable && crate::retry::is_idempotent(&parts.method)).then(|| copy_head(&parts));
     let method = parts.method.clone();
+    let facts = Replay {
+        method: &method,
+        has_idempotency_key: has_key,
+        body_held: body.copy().is_some(),
+    };
+    // Only a request that may be replayed after it was sent needs a copy of its head and body.
+    let replay = if facts.is_possible() {
+        body.copy().map(|body| (copy_head(&parts), body))
+    } else {
+        None
+    };
 
     let mut pending = Some(Request::from_parts(parts, body));
     let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -122,9 +140,9 @@ pub(crate) async fn handle(
         match failure {
             Failure::NotSent => {}
             Failure::SentNoResponse => {
-                let Some(head) = replay
+                let Some((head, body)) = replay
                     .as_ref()
-                    .filter(|_| may_retry(failure, &method, replayable, retried_after_send))
+                    .filter(|_| may_retry(failure, facts, retried_after_send))
                 else {
                     return Ok(error_response(
                         StatusCode::BAD_GATEWAY,
@@ -132,7 +150,7 @@ pub(crate) async fn handle(
                     ));
                 };
                 retried_after_send = true;
-                pending = Some(rebuild(head));
+                pending = body.copy().map(|body| rebuild(head, body));
             }
             Failure::HeadersTimedOut => {
                 let why = format!("instance {} did not answer in time", backend.id);
@@ -220,8 +238,8 @@ fn copy_head(parts: &Parts) -> Head {
     }
 }
 
-fn rebuild(head: &Head) -> Request<RequestBody> {
-    let mut request = Request::new(RequestBody::Empty);
+fn rebuild(head: &Head, body: RequestBody) -> Request<RequestBody> {
+    let mut request = Request::new(body);
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = head.uri.clone();
     *request.version_mut() = head.version;
@@ -249,6 +267,18 @@ fn error_response(status: StatusCode, detail: Option<&str>) -> Response<ProxyBod
     };
     let mut response = Response::new(ProxyBody::full(text));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn unreadable_body_response() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(
+        "The request body could not be read; send the request again.\n",
+    ));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -295,7 +325,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let replay = rebuild(&copy_head(&parts));
+        let replay = rebuild(&copy_head(&parts), RequestBody::Empty);
         assert_eq!(replay.method(), http::Method::PUT);
         assert_eq!(replay.uri(), "/entries/1");
         assert_eq!(replay.headers()["x-request-id"], "abc");
