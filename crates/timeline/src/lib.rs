@@ -1,2 +1,30 @@
-//! A live site's timeline (being built).
+//! lifeboat-timeline: the timeline of a live site. [`TimelineWorker`] captures every
+//! committed SQLite transaction and every data-dir file change continuously and ships them
+//! into the vault as sequence-numbered segments, with periodic checkpoints (full cuts);
+//! [`restore_site`] rebuilds the site as of any moment; [`list_restore_points`] says which
+//! moments exist. Layout: `docs/timeline-format.md`.
+//!
+//! The crate never prints: the worker reports through [`TimelineStatus`] and
+//! [`TimelineEvent`]s, and every error says what to do next.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod error;
+mod restore;
+mod segment;
+mod shipper;
+mod store;
+mod types;
+mod worker;
+
+pub use checkpoint::{CHECKPOINT_TAG, SEQ_TAG_PREFIX};
+pub use error::{Result, TimelineError};
+pub use restore::{
+    RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, SegmentRange,
+    list_restore_points, restore_site,
+};
+pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
+pub use store::CONTENT_TAG;
+pub use types::{CheckpointInfo, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
+pub use worker::TimelineWorker;

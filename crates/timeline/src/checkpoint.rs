@@ -1,0 +1,282 @@
+//! Timeline checkpoints: a full consistent cut of the site (each database's base image,
+//! every data-dir file, the manifest) stored as one vault snapshot tagged
+//! [`CHECKPOINT_TAG`], consistent with one timeline segment.
+//!
+//! The snapshot's tree is the site's own layout, so a plain `lifeboat vault restore` of it
+//! gives a usable copy; `.lifeboat-timeline/checkpoint.json` inside it says which segment
+//! it is consistent with and names every content by blake3.
+
+use std::collections::BTreeMap;
+
+use lifeboat_capture::{BaseImageRecord, FileChange};
+use lifeboat_vault::format::NodeKind;
+use lifeboat_vault::{Repository, SnapshotEntry};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{Result, TimelineError};
+use crate::segment::{Content, ContentMap};
+use crate::shipper::Shipper;
+use crate::store::{CONTENT_TAG, ContentWriter, Stored};
+use crate::types::{CheckpointInfo, TimelineEvent};
+
+/// Tag of checkpoint snapshots.
+pub const CHECKPOINT_TAG: &str = "timeline-checkpoint";
+/// Tag prefix giving the segment a snapshot is consistent with: `timeline-seq:<seq>`.
+pub const SEQ_TAG_PREFIX: &str = "timeline-seq:";
+/// Where the checkpoint's description lives inside its snapshot.
+pub const META_DIR: &str = ".lifeboat-timeline";
+const META_FILE: &str = "checkpoint.json";
+const META_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DbCheckpoint {
+    pub name: String,
+    pub base: BaseImageRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DirCheckpoint {
+    pub name: String,
+    /// The file capture's last seq included.
+    pub last_seq: u64,
+    /// path -> blake3.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CheckpointMeta {
+    pub version: u32,
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub databases: Vec<DbCheckpoint>,
+    pub dirs: Vec<DirCheckpoint>,
+    /// The manifest's name (relative to the site dir) and blake3.
+    pub manifest: Option<(String, String)>,
+    pub contents: ContentMap,
+}
+
+fn comps(s: &str) -> Vec<String> {
+    s.split('/').map(str::to_string).collect()
+}
+
+/// Takes a checkpoint: fresh base images and a full rescan shipped as segment S, then the
+/// snapshot of the state as of S. Blocking.
+pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
+    for _attempt in 0..5 {
+        for i in 0..shipper.dbs.len() {
+            let db = &mut shipper.dbs[i];
+            let events = db
+                .cap
+                .take_base_image()
+                .map_err(crate::shipper::capture_err(&db.name))?;
+            shipper.take_db_events(i, events);
+        }
+        for dir in &mut shipper.dirs {
+            let changes = dir
+                .cap
+                .rescan()
+                .map_err(crate::shipper::capture_err(&dir.name))?;
+            dir.pending.extend(changes);
+        }
+        shipper.mark_polled();
+        let seq = shipper.ship_forced()?;
+        if fill_missing_contents(shipper)? {
+            return write_snapshot(shipper, seq);
+        }
+        // A file changed while it was being read: the next rescan records it.
+    }
+    Err(TimelineError::Invalid(
+        "files kept changing while a checkpoint read them; it is retried at the next interval"
+            .into(),
+    ))
+}
+
+/// Stores the content of files whose chunks this worker does not know yet (after a
+/// restart). Returns false when a file no longer has the content the timeline records.
+fn fill_missing_contents(shipper: &mut Shipper) -> Result<bool> {
+    let mut work = BTreeMap::new();
+    for dir in &shipper.dirs {
+        for (path, hash) in &dir.state {
+            if !shipper.contents.contains_key(hash) {
+                work.insert(
+                    comps(&format!("files/{}/{}", dir.name, path)),
+                    (dir.root.join(path), hash.clone()),
+                );
+            }
+        }
+    }
+    if work.is_empty() {
+        return Ok(true);
+    }
+    let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
+    let mut all_match = true;
+    for (name, (path, want)) in &work {
+        match writer.store_file(path, &name.join("/"))? {
+            Stored::Content { hash, content } if &hash == want => {
+                shipper.contents.insert(hash, content);
+            }
+            _ => all_match = false,
+        }
+    }
+    writer.finish(vec![CONTENT_TAG.into()], None)?;
+    Ok(all_match)
+}
+
+fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
+    let time = shipper.last_cut();
+    let mut contents = ContentMap::new();
+    let mut entries: BTreeMap<Vec<String>, Content> = BTreeMap::new();
+    let mut databases = Vec::new();
+    for db in &shipper.dbs {
+        let base = db.image.clone().ok_or_else(|| {
+            TimelineError::Invalid(format!("no base image of {} was stored", db.name))
+        })?;
+        let content = shipper.contents[&base.image_hash].clone();
+        entries.insert(comps(&db.name), content.clone());
+        contents.insert(base.image_hash.clone(), content);
+        databases.push(DbCheckpoint {
+            name: db.name.clone(),
+            base,
+        });
+    }
+    let mut dirs = Vec::new();
+    for dir in &shipper.dirs {
+        for (path, hash) in &dir.state {
+            let content = shipper.contents[hash].clone();
+            entries.insert(comps(&format!("{}/{}", dir.name, path)), content.clone());
+            contents.insert(hash.clone(), content);
+        }
+        dirs.push(DirCheckpoint {
+            name: dir.name.clone(),
+            last_seq: dir.cap.manifest().last_seq,
+            files: dir.state.clone(),
+        });
+    }
+    let manifest_bytes = std::fs::read(&shipper.manifest).ok();
+    let manifest = manifest_bytes.as_ref().map(|b| {
+        (
+            shipper.manifest_name.clone(),
+            blake3::hash(b).to_hex().to_string(),
+        )
+    });
+    let meta = CheckpointMeta {
+        version: META_VERSION,
+        seq,
+        time,
+        databases,
+        dirs,
+        manifest,
+        contents,
+    };
+    let meta_bytes = serde_json::to_vec_pretty(&meta).expect("plain data serialises");
+    // Everything in depth-first order: stored contents, the manifest, the description.
+    let mut all: BTreeMap<Vec<String>, Option<&[u8]>> =
+        entries.keys().map(|k| (k.clone(), None)).collect();
+    if let Some(b) = &manifest_bytes {
+        all.insert(comps(&shipper.manifest_name), Some(b));
+    }
+    all.insert(vec![META_DIR.into(), META_FILE.into()], Some(&meta_bytes));
+    let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
+    for (name, bytes) in &all {
+        let joined = name.join("/");
+        match bytes {
+            Some(b) => writer.add_bytes(&joined, b)?,
+            None => writer.add_stored(&joined, &entries[name])?,
+        }
+    }
+    let entry = writer.finish(
+        vec![CHECKPOINT_TAG.into(), format!("{SEQ_TAG_PREFIX}{seq}")],
+        Some(time.format(&Rfc3339).expect("formats")),
+    )?;
+    let info = CheckpointInfo {
+        snapshot: entry.id.to_hex(),
+        seq,
+        time,
+    };
+    shipper.checkpoint_done(info.clone());
+    let _ = shipper
+        .events
+        .send(TimelineEvent::CheckpointTaken(info.clone()));
+    Ok(info)
+}
+
+/// Checkpoints in the vault, oldest first, with the seq and time each is consistent with.
+pub(crate) async fn list(repo: &Repository) -> Result<Vec<(SnapshotEntry, CheckpointInfo)>> {
+    let mut out = Vec::new();
+    for entry in repo.snapshots().await? {
+        let s = &entry.snapshot;
+        if !s.tags.iter().any(|t| t == CHECKPOINT_TAG) {
+            continue;
+        }
+        let seq = s
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix(SEQ_TAG_PREFIX)?.parse().ok());
+        let time = OffsetDateTime::parse(&s.time, &Rfc3339).ok();
+        let (Some(seq), Some(time)) = (seq, time) else {
+            return Err(TimelineError::Damaged {
+                what: format!("checkpoint snapshot {}", entry.id.to_hex()),
+                why: "it has no timeline-seq tag or time".into(),
+            });
+        };
+        let info = CheckpointInfo {
+            snapshot: entry.id.to_hex(),
+            seq,
+            time,
+        };
+        out.push((entry, info));
+    }
+    out.sort_by_key(|(_, i)| (i.time, i.seq));
+    Ok(out)
+}
+
+/// Reads a checkpoint's description from its snapshot.
+pub(crate) async fn read_meta(repo: &Repository, entry: &SnapshotEntry) -> Result<CheckpointMeta> {
+    let damaged = |why: &str| TimelineError::Damaged {
+        what: format!("checkpoint {}", entry.id.to_hex()),
+        why: why.to_string(),
+    };
+    let root = repo.read_tree(&entry.snapshot.tree).await?;
+    let dir = root
+        .nodes
+        .iter()
+        .find(|n| n.name == META_DIR && n.kind == NodeKind::Dir)
+        .and_then(|n| n.subtree)
+        .ok_or_else(|| damaged("it has no .lifeboat-timeline directory"))?;
+    let tree = repo.read_tree(&dir).await?;
+    let file = tree
+        .nodes
+        .iter()
+        .find(|n| n.name == META_FILE)
+        .ok_or_else(|| damaged("it has no checkpoint.json"))?;
+    let mut bytes = Vec::new();
+    for id in &file.content {
+        bytes.extend(repo.read_blob(id).await?);
+    }
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| damaged(&format!("bad checkpoint.json: {e}")))?;
+    if meta.version != META_VERSION {
+        return Err(damaged(&format!(
+            "checkpoint.json version {} is unknown; upgrade lifeboat",
+            meta.version
+        )));
+    }
+    Ok(meta)
+}
+
+/// File changes of one dir, in seq order, applied to a starting state.
+pub(crate) fn apply_file_changes(files: &mut BTreeMap<String, String>, changes: &[FileChange]) {
+    for c in changes {
+        match &c.change {
+            lifeboat_capture::FileChangeKind::Written { hash, .. } => {
+                files.insert(c.path.clone(), hash.clone());
+            }
+            lifeboat_capture::FileChangeKind::Deleted => {
+                files.remove(&c.path);
+            }
+        }
+    }
+}

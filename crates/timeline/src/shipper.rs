@@ -1,0 +1,558 @@
+//! The blocking core of the timeline worker: polls every capture, gathers what is new into
+//! one segment per interval, stores new contents first, then the segment, and only then
+//! confirms to the captures that their records are durable.
+//!
+//! Order of durability (so a crash at any point loses nothing and invents nothing):
+//! contents (a content snapshot, on a quorum) → the segment naming them (on a quorum) →
+//! `confirm_durable` on each capture (their saved positions move) → base image files
+//! deleted. A crash before the confirmation makes capture hand the same records out again
+//! in a new epoch; readers resolve duplicates with `resolve_history`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lifeboat_capture::files::{FileCapture, FileCaptureOptions};
+use lifeboat_capture::{
+    BaseImageRecord, CaptureError, CaptureEvent, CaptureOptions, FileChange, FileChangeKind,
+    Record, SnapshotReason, SqliteCapture,
+};
+use lifeboat_vault::Repository;
+use time::OffsetDateTime;
+use tokio::runtime::Handle;
+use tokio::sync::broadcast;
+
+use crate::error::{Result, TimelineError};
+use crate::segment::{ContentMap, STREAM, TimelineSegment};
+use crate::store::{CONTENT_TAG, ContentWriter, Stored};
+use crate::types::{SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
+
+pub(crate) struct DbSource {
+    pub name: String,
+    pub cap: SqliteCapture,
+    pub pending: Vec<CaptureEvent>,
+    /// The newest base image stored, for checkpoints.
+    pub image: Option<BaseImageRecord>,
+}
+
+pub(crate) struct DirSource {
+    pub name: String,
+    pub root: PathBuf,
+    pub cap: FileCapture,
+    pub pending: Vec<FileChange>,
+    /// path -> blake3 of the files as of the last stored segment.
+    pub state: BTreeMap<String, String>,
+}
+
+/// A segment that could not be stored yet, with what to confirm once it is.
+struct Unsent {
+    segment: TimelineSegment,
+    db_seqs: Vec<Option<u64>>,
+    dir_seqs: Vec<Option<u64>>,
+    dir_changes: Vec<Vec<FileChange>>,
+    images: Vec<(usize, BaseImageRecord, PathBuf)>,
+}
+
+pub(crate) struct Shipper {
+    pub repo: Arc<Repository>,
+    pub handle: Handle,
+    pub options: WorkerOptions,
+    pub manifest: PathBuf,
+    /// The manifest's path relative to the site dir.
+    pub manifest_name: String,
+    pub dbs: Vec<DbSource>,
+    pub dirs: Vec<DirSource>,
+    /// Every content known to be stored, by blake3.
+    pub contents: ContentMap,
+    pub next_seq: u64,
+    /// The previous segment's cut: every pending record was seen after it.
+    after: OffsetDateTime,
+    /// When the last poll ended.
+    cut_at: OffsetDateTime,
+    /// When the oldest pending record was seen.
+    oldest_pending: Option<OffsetDateTime>,
+    unsent: Option<Unsent>,
+    pub last_ship: Instant,
+    pub last_checkpoint: Instant,
+    pub segments_since_checkpoint: u64,
+    pub status: Arc<Mutex<TimelineStatus>>,
+    pub events: broadcast::Sender<TimelineEvent>,
+    /// Held while this worker runs: one worker per site at a time. Declared last so it is
+    /// released only after the captures closed.
+    _lock: std::fs::File,
+}
+
+/// Takes the site's worker lock, waiting up to 30 s for a worker that is shutting down.
+fn lock_site(state_dir: &std::path::Path) -> Result<std::fs::File> {
+    use crate::error::io_err;
+    std::fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
+    let path = state_dir.join("worker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(TimelineError::Invalid(format!(
+                    "another timeline worker holds {}; stop it (one worker per site) and try again",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        }
+    }
+}
+
+pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineError + '_ {
+    move |error| TimelineError::Capture {
+        what: what.to_string(),
+        error: Box::new(error),
+    }
+}
+
+fn rel_name(p: &std::path::Path) -> String {
+    p.to_string_lossy().trim_matches('/').to_string()
+}
+
+impl Shipper {
+    /// Opens every capture. Blocking.
+    pub(crate) fn open(
+        sources: &SiteSources,
+        options: WorkerOptions,
+        repo: Arc<Repository>,
+        handle: Handle,
+        status: Arc<Mutex<TimelineStatus>>,
+        events: broadcast::Sender<TimelineEvent>,
+    ) -> Result<Shipper> {
+        let site = &sources.site_dir;
+        let state_dir = site.join(&sources.state_dir);
+        let lock = lock_site(&state_dir)?;
+        let mut dbs = Vec::new();
+        for (i, db) in sources.databases.iter().enumerate() {
+            let name = rel_name(db);
+            let cap = SqliteCapture::open(
+                &site.join(db),
+                &state_dir.join(format!("db-{i}")),
+                CaptureOptions::default(),
+            )
+            .map_err(capture_err(&name))?;
+            dbs.push(DbSource {
+                name,
+                cap,
+                pending: Vec::new(),
+                image: None,
+            });
+        }
+        let mut dirs = Vec::new();
+        for (i, dir) in sources.data_dirs.iter().enumerate() {
+            let name = rel_name(dir);
+            let root = site.join(dir);
+            let cap = FileCapture::start(
+                &root,
+                &state_dir.join(format!("dir-{i}.json")),
+                FileCaptureOptions {
+                    rescan_interval: options.rescan_interval,
+                    watch: true,
+                },
+            )
+            .map_err(capture_err(&name))?;
+            let state = cap
+                .manifest()
+                .files
+                .iter()
+                .map(|(p, e)| (p.clone(), e.hash.clone()))
+                .collect();
+            dirs.push(DirSource {
+                name,
+                root,
+                cap,
+                pending: Vec::new(),
+                state,
+            });
+        }
+        let handle2 = handle.clone();
+        let seqs = handle2.block_on(repo.list_segments(STREAM))?;
+        let now = OffsetDateTime::now_utc();
+        Ok(Shipper {
+            repo,
+            handle,
+            manifest: site.join(&sources.manifest),
+            manifest_name: rel_name(&sources.manifest),
+            options,
+            dbs,
+            dirs,
+            contents: ContentMap::new(),
+            next_seq: seqs.last().map_or(1, |s| s + 1),
+            after: now,
+            cut_at: now,
+            oldest_pending: None,
+            unsent: None,
+            last_ship: Instant::now(),
+            last_checkpoint: Instant::now(),
+            segments_since_checkpoint: 0,
+            status,
+            events,
+            _lock: lock,
+        })
+    }
+
+    fn emit(&self, event: TimelineEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn note_pending(&mut self, at: OffsetDateTime) {
+        if self.oldest_pending.is_none() {
+            self.oldest_pending = Some(at);
+            self.status.lock().unwrap().oldest_unshipped = Some(at);
+        }
+    }
+
+    /// Reads what every capture has seen since the last poll into the pending batch.
+    pub(crate) fn poll(&mut self) -> Result<()> {
+        let started = OffsetDateTime::now_utc();
+        for i in 0..self.dbs.len() {
+            let db = &mut self.dbs[i];
+            let events = match db.cap.poll() {
+                Ok(e) => e,
+                Err(CaptureError::CorruptWal { offset, .. }) => {
+                    let why = format!("damaged WAL frame at offset {offset}");
+                    db.cap.resync(&why).map_err(capture_err(&db.name))?
+                }
+                Err(e) => return Err(capture_err(&db.name)(e)),
+            };
+            self.take_db_events(i, events);
+        }
+        for i in 0..self.dirs.len() {
+            let dir = &mut self.dirs[i];
+            let changes = dir.cap.poll().map_err(capture_err(&dir.name))?;
+            if !changes.is_empty() {
+                dir.pending.extend(changes);
+                self.note_pending(started);
+            }
+        }
+        self.cut_at = OffsetDateTime::now_utc();
+        Ok(())
+    }
+
+    pub(crate) fn take_db_events(&mut self, i: usize, events: Vec<CaptureEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        for e in &events {
+            if let CaptureEvent::BaseImage(b) = e
+                && let SnapshotReason::ContinuityLost { why } = &b.record.reason
+            {
+                self.emit(TimelineEvent::ContinuityLost {
+                    database: self.dbs[i].name.clone(),
+                    why: why.clone(),
+                });
+            }
+        }
+        self.dbs[i].pending.extend(events);
+        self.note_pending(OffsetDateTime::now_utc());
+    }
+
+    /// Records that every capture was just read (ends the current cut).
+    pub(crate) fn mark_polled(&mut self) {
+        self.cut_at = OffsetDateTime::now_utc();
+    }
+
+    /// The cut of the last segment built.
+    pub(crate) fn last_cut(&self) -> OffsetDateTime {
+        self.after
+    }
+
+    pub(crate) fn checkpoint_done(&mut self, info: crate::types::CheckpointInfo) {
+        self.last_checkpoint = Instant::now();
+        self.segments_since_checkpoint = 0;
+        self.status.lock().unwrap().last_checkpoint = Some(info);
+    }
+
+    /// Whether a checkpoint is due.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
+            || self.segments_since_checkpoint >= self.options.checkpoint_segments
+    }
+
+    /// Ships whatever is pending, writing a segment even when nothing is (so a checkpoint
+    /// always has a segment to be consistent with). Returns the last stored seq.
+    pub(crate) fn ship_forced(&mut self) -> Result<u64> {
+        if let Some(seq) = self.ship()? {
+            return Ok(seq);
+        }
+        let unsent = self.build()?;
+        let seq = unsent.segment.seq;
+        self.store_segment(unsent)?;
+        Ok(seq)
+    }
+
+    /// Whether anything waits to be shipped.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.unsent.is_some()
+            || self.dbs.iter().any(|d| !d.pending.is_empty())
+            || self.dirs.iter().any(|d| !d.pending.is_empty())
+    }
+
+    /// Stores everything pending as one segment. Returns its seq, or `None` when there was
+    /// nothing to store (a quiet interval writes nothing).
+    pub(crate) fn ship(&mut self) -> Result<Option<u64>> {
+        self.last_ship = Instant::now();
+        if let Some(unsent) = self.unsent.take() {
+            self.store_segment(unsent)?;
+        }
+        if !self.has_pending() {
+            return Ok(None);
+        }
+        let unsent = self.build()?;
+        let seq = unsent.segment.seq;
+        self.store_segment(unsent)?;
+        Ok(Some(seq))
+    }
+
+    /// Takes the pending records, stores the contents they name, and builds the segment.
+    fn build(&mut self) -> Result<Unsent> {
+        let mut db_seqs = Vec::new();
+        let mut images = Vec::new();
+        let mut sources = BTreeMap::new();
+        // Work list: snapshot name -> file on disk, sorted so the snapshot is depth-first.
+        let mut work: BTreeMap<Vec<String>, PathBuf> = BTreeMap::new();
+        let key = |s: &str| s.split('/').map(str::to_string).collect::<Vec<_>>();
+        for (i, db) in self.dbs.iter_mut().enumerate() {
+            let events = std::mem::take(&mut db.pending);
+            db_seqs.push(events.last().map(CaptureEvent::seq));
+            let mut records = Vec::new();
+            for e in events {
+                match e {
+                    CaptureEvent::Commit(c) => records.push(Record::Commit(c)),
+                    CaptureEvent::BaseImage(b) => {
+                        work.insert(
+                            key(&format!("images/{}/{}", db.name, b.record.image_hash)),
+                            b.path.clone(),
+                        );
+                        images.push((i, b.record.clone(), b.path));
+                        records.push(Record::BaseImage(b.record));
+                    }
+                }
+            }
+            if !records.is_empty() {
+                sources.insert(db.name.clone(), records);
+            }
+        }
+        let mut dir_changes = Vec::new();
+        for dir in &mut self.dirs {
+            let changes = std::mem::take(&mut dir.pending);
+            for c in &changes {
+                if let FileChangeKind::Written { hash, .. } = &c.change
+                    && !self.contents.contains_key(hash)
+                {
+                    work.insert(
+                        key(&format!("files/{}/{}", dir.name, c.path)),
+                        dir.root.join(&c.path),
+                    );
+                }
+            }
+            dir_changes.push(changes);
+        }
+        // Contents first: durable on a quorum before any segment names them.
+        let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
+        let mut new_contents = ContentMap::new();
+        if !work.is_empty() {
+            let mut writer = ContentWriter::start(self.repo.clone(), self.handle.clone())?;
+            for (name, path) in &work {
+                let name = name.join("/");
+                let got = writer.store_file(path, &name)?;
+                if let Stored::Content { hash, content } = &got {
+                    new_contents.insert(hash.clone(), content.clone());
+                }
+                stored.insert(name, got);
+            }
+            if !writer.is_empty() {
+                writer.finish(
+                    vec![
+                        CONTENT_TAG.into(),
+                        format!("timeline-seq:{}", self.next_seq),
+                    ],
+                    None,
+                )?;
+            }
+        }
+        for (_, rec, _) in &images {
+            if !new_contents.contains_key(&rec.image_hash) {
+                return Err(TimelineError::Damaged {
+                    what: format!("base image {}", rec.image_hash),
+                    why: "the image file changed or vanished before it was stored; capture takes a new one".into(),
+                });
+            }
+        }
+        // A file that changed again (or vanished) between capture hashing it and the
+        // worker reading it is recorded as what was read: the content the record names
+        // must exist in the vault.
+        let mut dir_seqs = Vec::new();
+        for (dir, changes) in self.dirs.iter().zip(dir_changes.iter_mut()) {
+            dir_seqs.push(changes.last().map(|c| c.seq));
+            for c in changes.iter_mut() {
+                let name = format!("files/{}/{}", dir.name, c.path);
+                if let FileChangeKind::Written { .. } = c.change {
+                    match stored.get(&name) {
+                        Some(Stored::Content { hash, content }) => {
+                            c.change = FileChangeKind::Written {
+                                size: content.size,
+                                hash: hash.clone(),
+                            };
+                        }
+                        Some(Stored::Gone) => c.change = FileChangeKind::Deleted,
+                        None => {}
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                sources.insert(
+                    dir.name.clone(),
+                    changes.iter().cloned().map(Record::File).collect(),
+                );
+            }
+        }
+        self.contents.extend(new_contents.clone());
+        let segment = TimelineSegment {
+            seq: self.next_seq,
+            after: self.after,
+            cut_at: self.cut_at,
+            contents: new_contents,
+            sources,
+        };
+        self.next_seq += 1;
+        self.after = self.cut_at;
+        Ok(Unsent {
+            segment,
+            db_seqs,
+            dir_seqs,
+            dir_changes,
+            images,
+        })
+    }
+
+    /// Puts the segment on a quorum, then confirms to the captures.
+    fn store_segment(&mut self, unsent: Unsent) -> Result<()> {
+        let bytes = unsent.segment.encode();
+        let seq = unsent.segment.seq;
+        if let Err(e) = self
+            .handle
+            .block_on(self.repo.put_segment(STREAM, seq, &bytes))
+        {
+            self.unsent = Some(unsent);
+            return Err(e.into());
+        }
+        for (db, seq) in self.dbs.iter_mut().zip(&unsent.db_seqs) {
+            if let Some(seq) = seq {
+                db.cap
+                    .confirm_durable(*seq)
+                    .map_err(capture_err(&db.name))?;
+            }
+        }
+        for ((dir, seq), changes) in self
+            .dirs
+            .iter_mut()
+            .zip(&unsent.dir_seqs)
+            .zip(&unsent.dir_changes)
+        {
+            if let Some(seq) = seq {
+                dir.cap
+                    .confirm_durable(*seq)
+                    .map_err(capture_err(&dir.name))?;
+            }
+            for c in changes {
+                match &c.change {
+                    FileChangeKind::Written { hash, .. } => {
+                        dir.state.insert(c.path.clone(), hash.clone());
+                    }
+                    FileChangeKind::Deleted => {
+                        dir.state.remove(&c.path);
+                    }
+                }
+            }
+        }
+        for (i, rec, path) in unsent.images {
+            self.dbs[i].image = Some(rec);
+            let _ = std::fs::remove_file(path);
+        }
+        self.segments_since_checkpoint += 1;
+        if !self.has_pending() {
+            self.oldest_pending = None;
+        }
+        {
+            let mut s = self.status.lock().unwrap();
+            s.last_segment_seq = Some(seq);
+            s.last_shipped_at = Some(OffsetDateTime::now_utc());
+            s.bytes_shipped += bytes.len() as u64;
+            s.segments_shipped += 1;
+            s.last_error = None;
+            s.oldest_unshipped = self.oldest_pending;
+        }
+        self.emit(TimelineEvent::SegmentShipped { seq });
+        Ok(())
+    }
+
+    /// Checkpoints every database's WAL (so it does not grow without bound), shipping the
+    /// few commits made meanwhile as segments of their own. Run right after a shipment.
+    pub(crate) fn checkpoint_wals(&mut self) -> Result<()> {
+        if self.has_pending() {
+            return Ok(());
+        }
+        let Shipper {
+            dbs,
+            repo,
+            handle,
+            next_seq,
+            after,
+            status,
+            ..
+        } = self;
+        for db in dbs.iter_mut() {
+            let name = db.name.clone();
+            db.cap
+                .checkpoint(|events| {
+                    let mut records = Vec::new();
+                    for e in events {
+                        match e {
+                            CaptureEvent::Commit(c) => records.push(Record::Commit(c.clone())),
+                            CaptureEvent::BaseImage(_) => {
+                                return Err(
+                                    "a base image cannot be shipped during a WAL checkpoint".into(),
+                                );
+                            }
+                        }
+                    }
+                    let now = OffsetDateTime::now_utc();
+                    let segment = TimelineSegment {
+                        seq: *next_seq,
+                        after: *after,
+                        cut_at: now,
+                        contents: ContentMap::new(),
+                        sources: BTreeMap::from([(name.clone(), records)]),
+                    };
+                    let bytes = segment.encode();
+                    handle
+                        .block_on(repo.put_segment(STREAM, *next_seq, &bytes))
+                        .map_err(|e| e.to_string())?;
+                    let mut s = status.lock().unwrap();
+                    s.last_segment_seq = Some(*next_seq);
+                    s.bytes_shipped += bytes.len() as u64;
+                    s.segments_shipped += 1;
+                    *next_seq += 1;
+                    *after = now;
+                    Ok(())
+                })
+                .map_err(capture_err(&db.name))?;
+        }
+        Ok(())
+    }
+}

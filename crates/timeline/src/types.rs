@@ -1,0 +1,109 @@
+//! What the timeline worker takes (sources, options) and reports (status, events).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The parts of a site the timeline captures. Paths in `databases`, `data_dirs` and
+/// `manifest` are relative to `site_dir`; they name the sources in the timeline.
+#[derive(Debug, Clone)]
+pub struct SiteSources {
+    /// The site directory.
+    pub site_dir: PathBuf,
+    /// SQLite databases (in WAL mode).
+    pub databases: Vec<PathBuf>,
+    /// Directories of files (uploads and the like).
+    pub data_dirs: Vec<PathBuf>,
+    /// The manifest (`lifeboat.toml`), stored with every checkpoint.
+    pub manifest: PathBuf,
+    /// Where capture keeps its positions and manifests (e.g. `.lifeboat/timeline`);
+    /// absolute, or relative to `site_dir`. Must not be inside a data dir.
+    pub state_dir: PathBuf,
+}
+
+/// How often the worker does what.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// How often captured changes are shipped as one segment (`segment_interval`).
+    pub segment_interval: Duration,
+    /// How often capture looks for new commits and file changes: a commit's recorded time
+    /// is at most this much after it was made.
+    pub poll_interval: Duration,
+    /// A checkpoint is taken at start and after this long...
+    pub checkpoint_interval: Duration,
+    /// ...or after this many segments, whichever comes first.
+    pub checkpoint_segments: u64,
+    /// How often data dirs are walked in full, whatever change notifications said.
+    pub rescan_interval: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            segment_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_secs(10 * 60),
+            checkpoint_segments: 600,
+            rescan_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A checkpoint: a full consistent cut of the site stored as one vault snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The vault snapshot id (hex).
+    pub snapshot: String,
+    /// The timeline segment it is consistent with (it holds everything up to it).
+    pub seq: u64,
+    /// The moment it shows.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+}
+
+/// Where the worker stands, for `lifeboat status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineStatus {
+    /// Last segment durably stored.
+    pub last_segment_seq: Option<u64>,
+    /// When it was stored.
+    pub last_shipped_at: Option<OffsetDateTime>,
+    /// Age of the oldest captured change not yet durable (zero when none waits).
+    pub lag: Duration,
+    /// When the oldest captured change not yet durable was seen.
+    pub oldest_unshipped: Option<OffsetDateTime>,
+    /// Segment bytes stored since start (contents not counted).
+    pub bytes_shipped: u64,
+    /// Segments stored since start.
+    pub segments_shipped: u64,
+    /// The last checkpoint taken by this worker.
+    pub last_checkpoint: Option<CheckpointInfo>,
+    /// The last error, cleared by the next successful shipment.
+    pub last_error: Option<String>,
+}
+
+/// Something the owner should know happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineEvent {
+    /// Capture of a database could not prove it missed nothing, and took a fresh image.
+    ContinuityLost {
+        /// The database (relative to the site dir).
+        database: String,
+        /// Why.
+        why: String,
+    },
+    /// A checkpoint was taken.
+    CheckpointTaken(CheckpointInfo),
+    /// A segment was stored.
+    SegmentShipped {
+        /// Its seq.
+        seq: u64,
+    },
+    /// Something failed; the worker retries.
+    Error {
+        /// What, and what to do.
+        message: String,
+    },
+}

@@ -1,0 +1,166 @@
+//! [`TimelineWorker`]: the async face of continuous capture for one site. It owns the
+//! captures (on blocking threads), ships a segment every `segment_interval`, checkpoints
+//! periodically, and reports through [`TimelineStatus`] and [`TimelineEvent`]s. It never
+//! prints.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_vault::Repository;
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::checkpoint;
+use crate::error::{Result, TimelineError};
+use crate::shipper::Shipper;
+use crate::types::{CheckpointInfo, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
+
+/// Continuous capture of one site into the vault.
+pub struct TimelineWorker {
+    shipper: Arc<Mutex<Shipper>>,
+    status: Arc<Mutex<TimelineStatus>>,
+    events: broadcast::Sender<TimelineEvent>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+async fn blocking<T: Send + 'static>(
+    shipper: &Arc<Mutex<Shipper>>,
+    f: impl FnOnce(&mut Shipper) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let shipper = shipper.clone();
+    tokio::task::spawn_blocking(move || f(&mut shipper.lock().unwrap()))
+        .await
+        .map_err(|_| TimelineError::Stopped)?
+}
+
+/// One pass of the loop: poll, and ship / checkpoint when due.
+fn tick(s: &mut Shipper) -> Result<()> {
+    s.poll()?;
+    if s.checkpoint_due() {
+        checkpoint::take(s)?;
+        return s.checkpoint_wals();
+    }
+    if s.last_ship.elapsed() >= s.options.segment_interval {
+        let shipped = s.ship()?;
+        if shipped.is_some() {
+            s.checkpoint_wals()?;
+        }
+    }
+    Ok(())
+}
+
+impl TimelineWorker {
+    /// Opens every capture, takes a first checkpoint (so the timeline starts with a full
+    /// cut), and starts shipping in the background.
+    pub async fn start(
+        sources: SiteSources,
+        options: WorkerOptions,
+        repo: Arc<Repository>,
+    ) -> Result<TimelineWorker> {
+        if options.segment_interval.is_zero() || options.poll_interval.is_zero() {
+            return Err(TimelineError::Invalid(
+                "segment_interval and poll_interval must be above zero".into(),
+            ));
+        }
+        let status = Arc::new(Mutex::new(TimelineStatus::default()));
+        let (events, _) = broadcast::channel(256);
+        let handle = tokio::runtime::Handle::current();
+        let (st, ev) = (status.clone(), events.clone());
+        let shipper = tokio::task::spawn_blocking(move || -> Result<Shipper> {
+            let mut s = Shipper::open(&sources, options, repo, handle, st, ev)?;
+            checkpoint::take(&mut s)?;
+            Ok(s)
+        })
+        .await
+        .map_err(|_| TimelineError::Stopped)??;
+        let poll_interval = shipper.options.poll_interval;
+        let shipper = Arc::new(Mutex::new(shipper));
+        let (stop, mut stopped) = watch::channel(false);
+        let (sh, st, ev) = (shipper.clone(), status.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(poll_interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                if let Err(e) = blocking(&sh, tick).await {
+                    let message = e.to_string();
+                    st.lock().unwrap().last_error = Some(message.clone());
+                    let _ = ev.send(TimelineEvent::Error { message });
+                }
+            }
+        });
+        Ok(TimelineWorker {
+            shipper,
+            status,
+            events,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Where the worker stands now.
+    pub fn status(&self) -> TimelineStatus {
+        let mut s = self.status.lock().unwrap().clone();
+        s.lag = s.oldest_unshipped.map_or(Duration::ZERO, |t| {
+            (OffsetDateTime::now_utc() - t)
+                .try_into()
+                .unwrap_or_default()
+        });
+        s
+    }
+
+    /// Events from now on (continuity lost, checkpoints, segments, errors).
+    pub fn subscribe(&self) -> broadcast::Receiver<TimelineEvent> {
+        self.events.subscribe()
+    }
+
+    /// Polls every capture and ships what is new right away. Returns the seq of the segment
+    /// stored, or `None` when nothing had changed. When it returns, every change made
+    /// before the call is durable.
+    pub async fn ship_now(&self) -> Result<Option<u64>> {
+        blocking(&self.shipper, |s| {
+            s.poll()?;
+            let seq = s.ship()?;
+            if seq.is_some() {
+                s.checkpoint_wals()?;
+            }
+            Ok(seq)
+        })
+        .await
+    }
+
+    /// Takes a checkpoint now.
+    pub async fn checkpoint_now(&self) -> Result<CheckpointInfo> {
+        blocking(&self.shipper, checkpoint::take).await
+    }
+
+    /// Stops the background loop after shipping what is pending (retrying for up to
+    /// `deadline` while destinations refuse it).
+    pub async fn stop(mut self, deadline: Duration) -> Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            match self.ship_now().await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+impl Drop for TimelineWorker {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
