@@ -75,6 +75,7 @@ pub(crate) struct Shipper {
     unsent: Option<Unsent>,
     pub last_ship: Instant,
     pub last_checkpoint: Instant,
+    pub last_catch_up: Instant,
     pub segments_since_checkpoint: u64,
     pub status: Arc<Mutex<TimelineStatus>>,
     pub events: broadcast::Sender<TimelineEvent>,
@@ -198,6 +199,7 @@ impl Shipper {
             unsent: None,
             last_ship: Instant::now(),
             last_checkpoint: Instant::now(),
+            last_catch_up: Instant::now(),
             segments_since_checkpoint: 0,
             status,
             events,
@@ -277,6 +279,21 @@ impl Shipper {
         self.status.lock().unwrap().last_checkpoint = Some(info);
     }
 
+    /// Sends what destinations that were down missed, when it is time to try again.
+    pub(crate) fn catch_up_if_due(&mut self) {
+        if self.last_catch_up.elapsed() >= self.options.catch_up_interval {
+            self.last_catch_up = Instant::now();
+            let behind = self.handle.block_on(self.repo.catch_up());
+            for (url, why) in behind {
+                let _ = self.events.send(TimelineEvent::Error {
+                    message: format!(
+                        "destination {url} is behind ({why}); it catches up when it is reachable again"
+                    ),
+                });
+            }
+        }
+    }
+
     /// Whether a checkpoint is due.
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
@@ -327,7 +344,8 @@ impl Shipper {
         let mut work: BTreeMap<Vec<String>, PathBuf> = BTreeMap::new();
         let key = |s: &str| s.split('/').map(str::to_string).collect::<Vec<_>>();
         for (i, db) in self.dbs.iter_mut().enumerate() {
-            let events = std::mem::take(&mut db.pending);
+            // Cloned, not taken: if storing fails, the records stay pending for the retry.
+            let events = db.pending.clone();
             db_seqs.push(events.last().map(CaptureEvent::seq));
             let mut records = Vec::new();
             for e in events {
@@ -349,7 +367,7 @@ impl Shipper {
         }
         let mut dir_changes = Vec::new();
         for dir in &mut self.dirs {
-            let changes = std::mem::take(&mut dir.pending);
+            let changes = dir.pending.clone();
             for c in &changes {
                 if let FileChangeKind::Written { hash, .. } = &c.change
                     && !self.contents.contains_key(hash)
@@ -422,6 +440,12 @@ impl Shipper {
             }
         }
         self.contents.extend(new_contents.clone());
+        for db in &mut self.dbs {
+            db.pending.clear();
+        }
+        for dir in &mut self.dirs {
+            dir.pending.clear();
+        }
         let segment = TimelineSegment {
             seq: self.next_seq,
             after: self.after,

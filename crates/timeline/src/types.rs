@@ -37,6 +37,8 @@ pub struct WorkerOptions {
     pub checkpoint_segments: u64,
     /// How often data dirs are walked in full, whatever change notifications said.
     pub rescan_interval: Duration,
+    /// How often objects spooled for a destination that was down are sent to it again.
+    pub catch_up_interval: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -47,6 +49,7 @@ impl Default for WorkerOptions {
             checkpoint_interval: Duration::from_secs(10 * 60),
             checkpoint_segments: 600,
             rescan_interval: Duration::from_secs(60),
+            catch_up_interval: Duration::from_secs(10),
         }
     }
 }

@@ -37,6 +37,7 @@ async fn blocking<T: Send + 'static>(
 
 /// One pass of the loop: poll, and ship / checkpoint when due.
 fn tick(s: &mut Shipper) -> Result<()> {
+    s.catch_up_if_due();
     s.poll()?;
     if s.checkpoint_due() {
         checkpoint::take(s)?;
