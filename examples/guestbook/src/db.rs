@@ -18,6 +18,8 @@ use time::format_description::well_known::Rfc3339;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a login session stays valid.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// How long an `Idempotency-Key` is remembered: a retry within this time returns the first id.
+pub const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// One guestbook entry as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -139,13 +141,29 @@ fn create_schema(conn: &mut Connection) -> anyhow::Result<()> {
          );
          CREATE TABLE IF NOT EXISTS idempotency_keys (
              key TEXT PRIMARY KEY,
-             entry_id INTEGER NOT NULL REFERENCES entries(id)
+             entry_id INTEGER NOT NULL REFERENCES entries(id),
+             created_unix INTEGER NOT NULL DEFAULT 0
          );
          CREATE TABLE IF NOT EXISTS sessions (
              token_hash TEXT PRIMARY KEY,
              created_at TEXT NOT NULL,
              expires_unix INTEGER NOT NULL
          );",
+    )?;
+    // Databases made before keys expired lack the column; their keys count as expired (0).
+    let has_created: bool = tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('idempotency_keys') WHERE name = 'created_unix'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_created {
+        tx.execute_batch(
+            "ALTER TABLE idempotency_keys ADD COLUMN created_unix INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_by_age
+             ON idempotency_keys (created_unix);",
     )?;
     tx.commit()?;
     Ok(())
@@ -160,14 +178,35 @@ fn now_rfc3339() -> String {
 /// Adds an entry and returns its id once the transaction has committed.
 ///
 /// With an idempotency key, a repeated call (a client or proxy retrying after a lost answer)
-/// returns the id stored the first time instead of adding the entry twice.
+/// within [`IDEMPOTENCY_KEY_LIFETIME`] returns the id stored the first time instead of adding
+/// the entry twice.
 pub fn add_entry(
     conn: &mut Connection,
     text: &str,
     idempotency_key: Option<&str>,
 ) -> anyhow::Result<i64> {
+    add_entry_at(
+        conn,
+        text,
+        idempotency_key,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )
+}
+
+fn add_entry_at(
+    conn: &mut Connection,
+    text: &str,
+    idempotency_key: Option<&str>,
+    now_unix: i64,
+) -> anyhow::Result<i64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(key) = idempotency_key {
+        // Expired keys go here, a few at a time, so the table stays as large as one day of
+        // keyed posts; the index on created_unix makes this a short range scan.
+        tx.execute(
+            "DELETE FROM idempotency_keys WHERE created_unix < ?1",
+            [now_unix - IDEMPOTENCY_KEY_LIFETIME.as_secs() as i64],
+        )?;
         let earlier: Option<i64> = tx
             .query_row(
                 "SELECT entry_id FROM idempotency_keys WHERE key = ?1",
@@ -176,6 +215,8 @@ pub fn add_entry(
             )
             .optional()?;
         if let Some(id) = earlier {
+            tx.commit()
+                .context("committing the removal of expired keys")?;
             return Ok(id);
         }
     }
@@ -186,8 +227,8 @@ pub fn add_entry(
     let id = tx.last_insert_rowid();
     if let Some(key) = idempotency_key {
         tx.execute(
-            "INSERT INTO idempotency_keys (key, entry_id) VALUES (?1, ?2)",
-            params![key, id],
+            "INSERT INTO idempotency_keys (key, entry_id, created_unix) VALUES (?1, ?2, ?3)",
+            params![key, id, now_unix],
         )?;
     }
     tx.commit().context("committing the new entry")?;
@@ -304,4 +345,58 @@ pub fn session_is_valid(conn: &mut Connection, token_hash: &str) -> anyhow::Resu
         )
         .optional()?;
     Ok(found.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3600;
+
+    fn keys_stored(conn: &mut Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_is_remembered_for_a_day_and_then_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("guestbook.db")).unwrap();
+        let mut conn = db.connect().unwrap();
+        let t0 = 1_800_000_000;
+        let first = add_entry_at(&mut conn, "hello", Some("k"), t0).unwrap();
+        let retried = add_entry_at(&mut conn, "hello", Some("k"), t0 + 23 * HOUR).unwrap();
+        assert_eq!(first, retried, "a retry within a day returns the first id");
+
+        add_entry_at(&mut conn, "later", Some("other"), t0 + 25 * HOUR).unwrap();
+        assert_eq!(keys_stored(&mut conn), 1, "the day-old key was removed");
+        let after_a_day = add_entry_at(&mut conn, "hello", Some("k"), t0 + 25 * HOUR).unwrap();
+        assert_ne!(after_a_day, first);
+        assert_eq!(list_entries(&mut conn, None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_database_made_before_keys_expired_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guestbook.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL,
+                                   created_at TEXT NOT NULL);
+             CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY,
+                                            entry_id INTEGER NOT NULL REFERENCES entries(id));
+             INSERT INTO entries (text, created_at) VALUES ('old', '2026-01-01T00:00:00Z');
+             INSERT INTO idempotency_keys (key, entry_id) VALUES ('old-key', 1);",
+        )
+        .unwrap();
+        drop(old);
+        let db = Db::open(&path).unwrap();
+        Db::open(&path).expect("opening an upgraded database again works");
+        let mut conn = db.connect().unwrap();
+        add_entry_at(&mut conn, "new", Some("new-key"), 1_800_000_000).unwrap();
+        assert_eq!(keys_stored(&mut conn), 1, "the old key counted as expired");
+        assert_eq!(list_entries(&mut conn, None).unwrap().len(), 2);
+    }
 }
