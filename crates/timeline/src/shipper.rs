@@ -294,10 +294,11 @@ impl Shipper {
         }
     }
 
-    /// Whether a checkpoint is due.
+    /// Whether a checkpoint is due (never on a site where nothing changed since the last).
     pub(crate) fn checkpoint_due(&self) -> bool {
-        self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
-            || self.segments_since_checkpoint >= self.options.checkpoint_segments
+        self.segments_since_checkpoint > 0
+            && (self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
+                || self.segments_since_checkpoint >= self.options.checkpoint_segments)
     }
 
     /// Ships whatever is pending, writing a segment even when nothing is (so a checkpoint
@@ -538,6 +539,7 @@ impl Shipper {
             next_seq,
             after,
             status,
+            events: announce,
             ..
         } = self;
         for db in dbs.iter_mut() {
@@ -567,10 +569,14 @@ impl Shipper {
                     handle
                         .block_on(repo.put_segment(STREAM, *next_seq, &bytes))
                         .map_err(|e| e.to_string())?;
-                    let mut s = status.lock().unwrap();
-                    s.last_segment_seq = Some(*next_seq);
-                    s.bytes_shipped += bytes.len() as u64;
-                    s.segments_shipped += 1;
+                    {
+                        let mut s = status.lock().unwrap();
+                        s.last_segment_seq = Some(*next_seq);
+                        s.last_shipped_at = Some(OffsetDateTime::now_utc());
+                        s.bytes_shipped += bytes.len() as u64;
+                        s.segments_shipped += 1;
+                    }
+                    let _ = announce.send(TimelineEvent::SegmentShipped { seq: *next_seq });
                     *next_seq += 1;
                     *after = now;
                     Ok(())
