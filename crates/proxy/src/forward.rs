@@ -64,7 +64,12 @@ pub(crate) async fn handle(
         BodyHandling::Empty => RequestBody::Empty,
         BodyHandling::Stream => RequestBody::streaming(body),
         BodyHandling::Keep => match keep_up_to(body, MAX_REPLAYABLE_BODY).await {
-            Ok(Kept::Whole(kept)) => RequestBody::Kept(kept),
+            Ok(Kept::Whole(kept)) => {
+                // The client already sent its whole body; asking the instance for a go-ahead
+                // would only cost a round trip.
+                parts.headers.remove(header::EXPECT);
+                RequestBody::Kept(kept)
+            }
             Ok(Kept::TooLong(streaming)) => streaming,
             Err(error) => {
                 tracing::debug!(%error, "client request body could not be read");

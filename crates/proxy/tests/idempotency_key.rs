@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
@@ -182,5 +185,45 @@ async fn a_keyed_body_larger_than_the_limit_still_arrives_intact() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer.len(), "web-1:".len() + expected.len());
         assert_eq!(answer.as_bytes()["web-1:".len()..], expected[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_instance_under_keyed_post_load_loses_no_request() {
+    let a = echoing("web-1").await;
+    let mut b = echoing("web-2").await;
+    let c = echoing("web-3").await;
+    let proxy = proxy_for(&[&a, &b, &c], test_config()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for writer in 0..8 {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let mut failures = Vec::new();
+            let mut done = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let text = format!("text=writer {writer} post {done}");
+                let key = format!("writer-{writer}-post-{done}");
+                match send(&client, post(&proxy, Some(&key), full(text.clone()))).await {
+                    Ok((StatusCode::OK, _, body)) if body.ends_with(&text) => done += 1,
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (done, failures)
+        }));
+    }
+    eventually("load reaches the instance to be killed", || b.hits() > 100).await;
+    b.kill().await;
+    let after_kill = a.hits() + c.hits();
+    eventually("load goes on after the kill", || {
+        a.hits() + c.hits() > after_kill + 300
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for task in load {
+        let (done, failures) = task.await.unwrap();
+        assert!(failures.is_empty(), "failed POSTs: {failures:?}");
+        assert!(done > 0);
     }
 }
