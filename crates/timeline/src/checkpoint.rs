@@ -197,9 +197,7 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
         time,
     };
     shipper.checkpoint_done(info.clone());
-    let _ = shipper
-        .events
-        .send(TimelineEvent::CheckpointTaken(info.clone()));
+    shipper.emit(TimelineEvent::CheckpointTaken(info.clone()));
     Ok(info)
 }
 

@@ -26,5 +26,7 @@ pub use restore::{
 };
 pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
 pub use store::CONTENT_TAG;
-pub use types::{CheckpointInfo, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
+pub use types::{
+    CheckpointInfo, RECENT_EVENTS, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions,
+};
 pub use worker::TimelineWorker;

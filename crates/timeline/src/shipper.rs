@@ -207,7 +207,15 @@ impl Shipper {
         })
     }
 
-    fn emit(&self, event: TimelineEvent) {
+    pub(crate) fn emit(&self, event: TimelineEvent) {
+        if !matches!(event, TimelineEvent::SegmentShipped { .. }) {
+            let mut s = self.status.lock().unwrap();
+            if s.recent_events.len() >= crate::types::RECENT_EVENTS {
+                s.recent_events.remove(0);
+            }
+            s.recent_events
+                .push((OffsetDateTime::now_utc(), event.clone()));
+        }
         let _ = self.events.send(event);
     }
 

@@ -85,7 +85,13 @@ pub struct TimelineStatus {
     pub last_checkpoint: Option<CheckpointInfo>,
     /// The last error, cleared by the next successful shipment.
     pub last_error: Option<String>,
+    /// The most recent events other than shipped segments (at most
+    /// [`RECENT_EVENTS`]), oldest first, including those from before anyone subscribed.
+    pub recent_events: Vec<(OffsetDateTime, TimelineEvent)>,
 }
+
+/// How many events [`TimelineStatus::recent_events`] keeps.
+pub const RECENT_EVENTS: usize = 64;
 
 /// Something the owner should know happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,7 +90,22 @@ impl TimelineWorker {
                 }
                 if let Err(e) = blocking(&sh, tick).await {
                     let message = e.to_string();
-                    st.lock().unwrap().last_error = Some(message.clone());
+                    {
+                        let mut s = st.lock().unwrap();
+                        // Repeats of the same failure are one event.
+                        if s.last_error.as_ref() != Some(&message) {
+                            if s.recent_events.len() >= crate::types::RECENT_EVENTS {
+                                s.recent_events.remove(0);
+                            }
+                            s.recent_events.push((
+                                OffsetDateTime::now_utc(),
+                                TimelineEvent::Error {
+                                    message: message.clone(),
+                                },
+                            ));
+                        }
+                        s.last_error = Some(message.clone());
+                    }
                     let _ = ev.send(TimelineEvent::Error { message });
                 }
             }
