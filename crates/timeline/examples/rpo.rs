@@ -1,6 +1,6 @@
 //! Measures the recovery point: under a steady stream of committed writes, the delay from a
 //! commit being acknowledged to the segment holding it being durable in the vault (local
-//! destinations). Usage: `cargo run --release -p lifeboat-timeline --example rpo -- [writes/s] [seconds]`.
+//! destinations). Usage: `cargo run --release -p lifeboat-timeline --example rpo -- [writes/s] [seconds] [segment_interval ms]`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ async fn main() {
         .collect();
     let rate = args.first().copied().unwrap_or(500);
     let secs = args.get(1).copied().unwrap_or(10);
+    let interval_ms = args.get(2).copied().unwrap_or(1000);
     let tmp = tempfile::tempdir().unwrap();
     let site = tmp.path().join("site");
     std::fs::create_dir_all(site.join("uploads")).unwrap();
@@ -46,7 +47,11 @@ async fn main() {
         manifest: "lifeboat.toml".into(),
         state_dir: ".lifeboat/timeline".into(),
     };
-    let worker = TimelineWorker::start(sources, WorkerOptions::default(), repo.clone())
+    let options = WorkerOptions {
+        segment_interval: Duration::from_millis(interval_ms),
+        ..WorkerOptions::default()
+    };
+    let worker = TimelineWorker::start(sources, options, repo.clone())
         .await
         .unwrap();
     let mut events = worker.subscribe();
@@ -60,6 +65,7 @@ async fn main() {
         at
     });
     let first_seq = worker.status().last_segment_seq.unwrap() + 1;
+    let objects_before = count_files(std::path::Path::new(&a));
     let writer = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let mut acks = Vec::new();
@@ -81,6 +87,7 @@ async fn main() {
     worker.ship_now().await.unwrap();
     worker.stop(Duration::from_secs(30)).await.unwrap();
     let shipped = shipped.await.unwrap();
+    let objects = count_files(std::path::Path::new(&a)) - objects_before;
     // The k-th commit record after the start is the k-th insert.
     let mut delays = Vec::new();
     let mut k = 0;
@@ -106,4 +113,20 @@ async fn main() {
         pct(0.99),
         delays.last().unwrap()
     );
+    println!(
+        "objects written per destination: {objects} ({:.0}/hour at this rate)",
+        objects as f64 * 3600.0 / secs as f64
+    );
+}
+
+fn count_files(dir: &std::path::Path) -> i64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            n += count_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
 }

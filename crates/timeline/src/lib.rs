@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod error;
+mod lock;
 mod restore;
 mod segment;
 mod shipper;

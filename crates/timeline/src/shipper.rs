@@ -76,41 +76,13 @@ pub(crate) struct Shipper {
     pub last_ship: Instant,
     pub last_checkpoint: Instant,
     pub last_catch_up: Instant,
+    last_wal_checkpoint: Instant,
     pub segments_since_checkpoint: u64,
     pub status: Arc<Mutex<TimelineStatus>>,
     pub events: broadcast::Sender<TimelineEvent>,
     /// Held while this worker runs: one worker per site at a time. Declared last so it is
     /// released only after the captures closed.
     _lock: std::fs::File,
-}
-
-/// Takes the site's worker lock, waiting up to 30 s for a worker that is shutting down.
-fn lock_site(state_dir: &std::path::Path) -> Result<std::fs::File> {
-    use crate::error::io_err;
-    std::fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
-    let path = state_dir.join("worker.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("open", &path))?;
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(TimelineError::Invalid(format!(
-                    "another timeline worker holds {}; stop it (one worker per site) and try again",
-                    path.display()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
-        }
-    }
 }
 
 pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineError + '_ {
@@ -136,7 +108,7 @@ impl Shipper {
     ) -> Result<Shipper> {
         let site = &sources.site_dir;
         let state_dir = site.join(&sources.state_dir);
-        let lock = lock_site(&state_dir)?;
+        let lock = crate::lock::lock_site(&state_dir)?;
         let mut dbs = Vec::new();
         for (i, db) in sources.databases.iter().enumerate() {
             let name = rel_name(db);
@@ -200,6 +172,7 @@ impl Shipper {
             last_ship: Instant::now(),
             last_checkpoint: Instant::now(),
             last_catch_up: Instant::now(),
+            last_wal_checkpoint: Instant::now(),
             segments_since_checkpoint: 0,
             status,
             events,
@@ -535,11 +508,15 @@ impl Shipper {
     }
 
     /// Checkpoints every database's WAL (so it does not grow without bound), shipping the
-    /// few commits made meanwhile as segments of their own. Run right after a shipment.
+    /// few commits made meanwhile as segments of their own. Run right after a shipment, at
+    /// most every `wal_checkpoint_interval`.
     pub(crate) fn checkpoint_wals(&mut self) -> Result<()> {
-        if self.has_pending() {
+        if self.has_pending()
+            || self.last_wal_checkpoint.elapsed() < self.options.wal_checkpoint_interval
+        {
             return Ok(());
         }
+        self.last_wal_checkpoint = Instant::now();
         let Shipper {
             dbs,
             repo,

@@ -37,6 +37,10 @@ pub struct WorkerOptions {
     pub checkpoint_segments: u64,
     /// How often data dirs are walked in full, whatever change notifications said.
     pub rescan_interval: Duration,
+    /// How often capture checkpoints each database's WAL (copying it back into the
+    /// database file so the log starts over); the commits made meanwhile cost one extra
+    /// segment each time.
+    pub wal_checkpoint_interval: Duration,
     /// How often objects spooled for a destination that was down are sent to it again.
     pub catch_up_interval: Duration,
 }
@@ -50,6 +54,7 @@ impl Default for WorkerOptions {
             checkpoint_segments: 600,
             rescan_interval: Duration::from_secs(60),
             catch_up_interval: Duration::from_secs(10),
+            wal_checkpoint_interval: Duration::from_secs(5),
         }
     }
 }
