@@ -164,8 +164,10 @@ pub(crate) async fn handle(
         }
         // A reused connection may simply have been closed by the instance while parked; the
         // instance then gets another chance on a fresh connection (a dead one fails to connect
-        // and is ejected).
-        if !reused {
+        // and is ejected). An instance that took the request and died without answering gets
+        // no second chance: its listener may still accept for a moment while it is torn down,
+        // and the one allowed replay must go to another instance.
+        if !reused || failure == Failure::SentNoResponse {
             tried.push(backend);
         }
     }
