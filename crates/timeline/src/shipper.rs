@@ -431,12 +431,12 @@ impl Shipper {
         let segment = TimelineSegment {
             seq: self.next_seq,
             after: self.after,
-            cut_at: self.cut_at,
+            cut_at: self.cut_at.max(self.after),
             contents: new_contents,
             sources,
         };
         self.next_seq += 1;
-        self.after = self.cut_at;
+        self.after = self.cut_at.max(self.after);
         Ok(Unsent {
             segment,
             db_seqs,
