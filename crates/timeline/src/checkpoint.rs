@@ -65,9 +65,19 @@ fn comps(s: &str) -> Vec<String> {
 /// Takes a checkpoint: fresh base images and a full rescan shipped as segment S, then the
 /// snapshot of the state as of S. Blocking.
 pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
+    shipper.checkpoint_attempt = Some(std::time::Instant::now());
     for _attempt in 0..5 {
         for i in 0..shipper.dbs.len() {
             let db = &mut shipper.dbs[i];
+            // An image still waiting to be stored (destinations were down) serves: do not
+            // pile up full copies of the database while they stay down.
+            if db
+                .pending
+                .iter()
+                .any(|e| matches!(e, lifeboat_capture::CaptureEvent::BaseImage(_)))
+            {
+                continue;
+            }
             let events = db
                 .cap
                 .take_base_image()

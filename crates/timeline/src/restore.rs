@@ -189,12 +189,14 @@ pub async fn restore_site(
         });
     };
     let meta = checkpoint::read_meta(repo, entry).await?;
-    // The segments after the checkpoint that hold anything seen at or before t.
+    // The segments from the checkpoint's on that hold anything seen at or before t.
     let mut segments = Vec::new();
-    let mut expected = meta.seq + 1;
+    // From segment S itself: it may hold commits after the checkpoint's base image (when
+    // the image was taken earlier and stored late); replay skips what the image holds.
+    let mut expected = meta.seq;
     let mut last_time = meta.time;
     for seq in repo.list_segments(STREAM).await? {
-        if seq <= meta.seq {
+        if seq < meta.seq {
             continue;
         }
         if seq != expected {

@@ -77,6 +77,12 @@ pub(crate) struct Shipper {
     pub last_checkpoint: Instant,
     pub last_catch_up: Instant,
     last_wal_checkpoint: Instant,
+    /// Set until a checkpoint succeeds (the one at start may fail while destinations
+    /// are down; the loop retries it).
+    pub checkpoint_needed: bool,
+    /// When a checkpoint was last attempted (failures are retried every
+    /// `catch_up_interval`, not every poll).
+    pub checkpoint_attempt: Option<Instant>,
     pub segments_since_checkpoint: u64,
     pub status: Arc<Mutex<TimelineStatus>>,
     pub events: broadcast::Sender<TimelineEvent>,
@@ -173,6 +179,8 @@ impl Shipper {
             last_checkpoint: Instant::now(),
             last_catch_up: Instant::now(),
             last_wal_checkpoint: Instant::now(),
+            checkpoint_needed: true,
+            checkpoint_attempt: None,
             segments_since_checkpoint: 0,
             status,
             events,
@@ -257,6 +265,8 @@ impl Shipper {
     pub(crate) fn checkpoint_done(&mut self, info: crate::types::CheckpointInfo) {
         self.last_checkpoint = Instant::now();
         self.segments_since_checkpoint = 0;
+        self.checkpoint_needed = false;
+        self.checkpoint_attempt = None;
         self.status.lock().unwrap().last_checkpoint = Some(info);
     }
 
@@ -277,9 +287,13 @@ impl Shipper {
 
     /// Whether a checkpoint is due (never on a site where nothing changed since the last).
     pub(crate) fn checkpoint_due(&self) -> bool {
-        self.segments_since_checkpoint > 0
+        let retry_wait = self
+            .checkpoint_attempt
+            .is_some_and(|at| at.elapsed() < self.options.catch_up_interval);
+        let periodic = self.segments_since_checkpoint > 0
             && (self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
-                || self.segments_since_checkpoint >= self.options.checkpoint_segments)
+                || self.segments_since_checkpoint >= self.options.checkpoint_segments);
+        !retry_wait && (self.checkpoint_needed || periodic)
     }
 
     /// Ships whatever is pending, writing a segment even when nothing is (so a checkpoint

@@ -54,7 +54,8 @@ fn tick(s: &mut Shipper) -> Result<()> {
 
 impl TimelineWorker {
     /// Opens every capture, takes a first checkpoint (so the timeline starts with a full
-    /// cut), and starts shipping in the background.
+    /// cut; while destinations refuse it, the background loop retries it and the status
+    /// carries the error), and starts shipping in the background.
     pub async fn start(
         sources: SiteSources,
         options: WorkerOptions,
@@ -71,7 +72,12 @@ impl TimelineWorker {
         let (st, ev) = (status.clone(), events.clone());
         let shipper = tokio::task::spawn_blocking(move || -> Result<Shipper> {
             let mut s = Shipper::open(&sources, options, repo, handle, st, ev)?;
-            checkpoint::take(&mut s)?;
+            // A failure here (destinations down) is retried by the loop; capture runs.
+            if let Err(e) = checkpoint::take(&mut s) {
+                let message = format!("the first checkpoint failed, retrying: {e}");
+                s.status.lock().unwrap().last_error = Some(message.clone());
+                s.emit(TimelineEvent::Error { message });
+            }
             Ok(s)
         })
         .await

@@ -107,3 +107,44 @@ async fn a_destination_that_comes_back_catches_up_and_restores_on_its_own() {
         b"while b was down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_quorum_is_unreachable_catches_up_once_it_is_back() {
+    let site = Site::new();
+    let repo = site.init_vault(2).await;
+    let aside = break_destination(&site.dest_b);
+    let options = WorkerOptions {
+        catch_up_interval: Duration::from_millis(100),
+        ..fast_options()
+    };
+    let worker = TimelineWorker::start(site.sources(), options, repo.clone())
+        .await
+        .unwrap();
+    let status = worker.status();
+    assert!(status.last_checkpoint.is_none());
+    assert!(
+        status.last_error.is_some(),
+        "the failed first checkpoint is reported"
+    );
+    site.insert(&site.db(), 0..10);
+    repair_destination(&site.dest_b, &aside);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = worker.status();
+        if s.last_checkpoint.is_some() && s.last_error.is_none() && s.lag.is_zero() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop(Duration::from_secs(30)).await.unwrap();
+    let into = site.tmp.path().join("restored");
+    restore_site(&repo, RestoreTarget::Latest, &into)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_in(&into.join("data/app.db")),
+        (0..10).collect::<Vec<_>>()
+    );
+}
