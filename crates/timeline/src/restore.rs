@@ -234,7 +234,10 @@ pub async fn restore_site(
         .ok_or_else(|| TimelineError::Invalid(format!("{} has no file name", into.display())))?
         .to_string_lossy()
         .into_owned();
-    let parent = into.parent().unwrap_or(Path::new("."));
+    let parent = match into.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let staging = parent.join(format!(".{name}.restore-partial"));
     if staging.exists() {
