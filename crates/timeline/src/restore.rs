@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use lifeboat_capture::record::resolve_history;
 use lifeboat_capture::replay::{RebuildTarget, integrity_check, rebuild};
 use lifeboat_capture::{BaseImageRecord, Record};
-use lifeboat_vault::format::NodeKind;
-use lifeboat_vault::{Id, Repository};
+use lifeboat_vault::{NoProgress, Repository, RestoreOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -135,32 +135,9 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(io_err("fsync", path))
 }
 
-/// Reads a file from a snapshot tree by its `/`-separated path.
-async fn read_tree_file(repo: &Repository, root: Id, path: &str) -> Result<Option<Vec<u8>>> {
-    let mut tree = repo.read_tree(&root).await?;
-    let parts: Vec<&str> = path.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let Some(node) = tree.nodes.iter().find(|n| n.name == *part).cloned() else {
-            return Ok(None);
-        };
-        if i + 1 == parts.len() {
-            let mut bytes = Vec::new();
-            for id in &node.content {
-                bytes.extend(repo.read_blob(id).await?);
-            }
-            return Ok(Some(bytes));
-        }
-        match (node.kind, node.subtree) {
-            (NodeKind::Dir, Some(sub)) => tree = repo.read_tree(&sub).await?,
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
-}
-
 /// Restores the site as of `target` into `into`, which must not exist or be empty.
 pub async fn restore_site(
-    repo: &Repository,
+    repo: &Arc<Repository>,
     target: RestoreTarget,
     into: &Path,
 ) -> Result<RestoreReport> {
@@ -246,6 +223,15 @@ pub async fn restore_site(
     std::fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
     let scratch = staging.join(".lifeboat-restore-scratch");
     std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+    // The checkpoint in one go (the vault reads whole packs and verifies every chunk).
+    let cut = scratch.join("checkpoint");
+    repo.restore(
+        entry.snapshot.tree,
+        &cut,
+        &RestoreOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await?;
 
     let mut databases = Vec::new();
     for (i, db) in meta.databases.iter().enumerate() {
@@ -267,8 +253,13 @@ pub async fn restore_site(
                     hash: base.image_hash.clone(),
                     what: format!("base image of {}", db.name),
                 })?;
-        let image = scratch.join(format!("db-{i}.image"));
-        fetch(repo, &base.image_hash, content, &db.name, &image).await?;
+        let image = if base == db.base {
+            cut.join(safe_rel(&db.name)?)
+        } else {
+            let image = scratch.join(format!("db-{i}.image"));
+            fetch(repo, &base.image_hash, content, &db.name, &image).await?;
+            image
+        };
         let out = staging.join(safe_rel(&db.name)?);
         if let Some(p) = out.parent() {
             std::fs::create_dir_all(p).map_err(io_err("create", p))?;
@@ -305,8 +296,28 @@ pub async fn restore_site(
         let mut state = dir.files.clone();
         apply_file_changes(&mut state, &changes);
         let root = staging.join(safe_rel(&dir.name)?);
-        std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        let from = cut.join(safe_rel(&dir.name)?);
+        if from.is_dir() {
+            if let Some(p) = root.parent() {
+                std::fs::create_dir_all(p).map_err(io_err("create", p))?;
+            }
+            std::fs::rename(&from, &root).map_err(io_err("move into place", &root))?;
+        } else {
+            std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        }
+        // Files the checkpoint had that are gone or different at t.
+        for (path, hash) in &dir.files {
+            if state.get(path) != Some(hash) {
+                let p = root.join(safe_rel(path)?);
+                std::fs::remove_file(&p).map_err(io_err("remove the outdated", &p))?;
+            }
+        }
         for (path, hash) in &state {
+            if dir.files.get(path) == Some(hash) {
+                files += 1;
+                file_bytes += contents.get(hash).map_or(0, |c| c.size);
+                continue;
+            }
             let content = contents
                 .get(hash)
                 .ok_or_else(|| TimelineError::MissingContent {
@@ -325,12 +336,11 @@ pub async fn restore_site(
 
     let mut manifest = false;
     if let Some((name, hash)) = &meta.manifest {
-        let bytes = read_tree_file(repo, entry.snapshot.tree, name)
-            .await?
-            .ok_or_else(|| TimelineError::MissingContent {
-                hash: hash.clone(),
-                what: name.clone(),
-            })?;
+        let from = cut.join(safe_rel(name)?);
+        let bytes = std::fs::read(&from).map_err(|_| TimelineError::MissingContent {
+            hash: hash.clone(),
+            what: name.clone(),
+        })?;
         if blake3::hash(&bytes).to_hex().as_str() != hash {
             return Err(TimelineError::Damaged {
                 what: name.clone(),
