@@ -29,6 +29,9 @@ pub struct BackendStatus {
     pub ejected: bool,
     /// Requests sent to it whose responses have not finished yet.
     pub in_flight: usize,
+    /// Added with [`crate::Proxy::add_staged_backend`] and not promoted yet: it serves only
+    /// requests carrying the preview token.
+    pub staged: bool,
 }
 
 /// Something that changed about an instance, as told to [`crate::Proxy::subscribe`]rs.
@@ -65,6 +68,8 @@ pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     verdict: Mutex<Verdict>,
     removed: AtomicBool,
+    /// Serves only preview traffic; cleared (under the registry lock) by a promotion.
+    staged: AtomicBool,
     in_flight: AtomicUsize,
     drained: Notify,
     pool: Pool,
@@ -72,7 +77,12 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    pub(crate) fn new(id: &str, addr: SocketAddr, tracker: HealthTracker) -> Arc<Self> {
+    pub(crate) fn new(
+        id: &str,
+        addr: SocketAddr,
+        tracker: HealthTracker,
+        staged: bool,
+    ) -> Arc<Self> {
         Arc::new(Backend {
             id: id.to_string(),
             addr,
@@ -81,6 +91,7 @@ impl Backend {
                 ejected: false,
             }),
             removed: AtomicBool::new(false),
+            staged: AtomicBool::new(staged),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
             pool: Pool::default(),
@@ -94,6 +105,10 @@ impl Backend {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn is_staged(&self) -> bool {
+        self.staged.load(Ordering::SeqCst)
     }
 
     fn routable(&self) -> bool {
@@ -111,6 +126,7 @@ impl Backend {
             health: verdict.tracker.health(),
             ejected: verdict.ejected,
             in_flight: self.in_flight(),
+            staged: self.is_staged(),
         }
     }
 
@@ -175,11 +191,30 @@ impl Drop for InFlight {
     }
 }
 
+/// Which set of instances a request may go to, decided once per request (see
+/// [`Registry::lane`]) so that its retries stay in the same set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lane {
+    preview: bool,
+    /// The promotion count when the lane was decided: after a promotion the staged instances
+    /// are the live ones, and every request goes to them.
+    generation: u64,
+}
+
+/// The instances that receive traffic, published as one snapshot so that a promotion switches
+/// both sets at once.
+#[derive(Debug, Default)]
+struct Routes {
+    live: Vec<Arc<Backend>>,
+    staged: Vec<Arc<Backend>>,
+    generation: u64,
+}
+
 /// All instances, and the snapshot of those that receive traffic.
 #[derive(Debug)]
 pub(crate) struct Registry {
     all: Mutex<Vec<Arc<Backend>>>,
-    routes: ArcSwap<Vec<Arc<Backend>>>,
+    routes: ArcSwap<Routes>,
     next: AtomicUsize,
     events: broadcast::Sender<ProxyEvent>,
 }
@@ -188,7 +223,7 @@ impl Registry {
     pub(crate) fn new() -> Self {
         Registry {
             all: Mutex::new(Vec::new()),
-            routes: ArcSwap::from_pointee(Vec::new()),
+            routes: ArcSwap::from_pointee(Routes::default()),
             next: AtomicUsize::new(0),
             events: broadcast::channel(1024).0,
         }
@@ -198,10 +233,26 @@ impl Registry {
         self.events.subscribe()
     }
 
-    /// Picks an instance for a request, skipping `tried`: of two neighbours in round-robin
-    /// order, the one with fewer requests in flight.
-    pub(crate) fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+    /// The lane of a new request: the staged instances when it `wants_preview` and at least one
+    /// of them is healthy, the live ones otherwise. `wants_preview` is only called when some
+    /// staged instance is healthy.
+    pub(crate) fn lane(&self, wants_preview: impl FnOnce() -> bool) -> Lane {
         let routes = self.routes.load();
+        Lane {
+            preview: !routes.staged.is_empty() && wants_preview(),
+            generation: routes.generation,
+        }
+    }
+
+    /// Picks an instance of `lane` for a request, skipping `tried`: of two neighbours in
+    /// round-robin order, the one with fewer requests in flight.
+    pub(crate) fn pick(&self, lane: Lane, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let routes = self.routes.load();
+        let routes = if lane.preview && lane.generation == routes.generation {
+            &routes.staged
+        } else {
+            &routes.live
+        };
         let n = routes.len();
         if n == 0 {
             return None;
@@ -214,6 +265,35 @@ impl Registry {
             Some(second) if second.in_flight() < first.in_flight() => Some(second.clone()),
             _ => Some(first.clone()),
         }
+    }
+
+    /// Makes every staged instance live and retires every live one, in one snapshot; returns
+    /// the retired ones so the caller can wait for their drain.
+    pub(crate) fn promote_staged(&self) -> Vec<Arc<Backend>> {
+        let mut all = self.lock_all();
+        let (staged, live): (Vec<_>, Vec<_>) = all.drain(..).partition(|b| b.is_staged());
+        for backend in &staged {
+            backend.staged.store(false, Ordering::SeqCst);
+        }
+        for backend in &live {
+            retire(backend);
+        }
+        *all = staged;
+        let generation = self.routes.load().generation + 1;
+        self.publish_generation(&all, generation);
+        live
+    }
+
+    /// Retires every staged instance; returns them so the caller can wait for their drain.
+    pub(crate) fn discard_staged(&self) -> Vec<Arc<Backend>> {
+        let mut all = self.lock_all();
+        let (staged, live): (Vec<_>, Vec<_>) = all.drain(..).partition(|b| b.is_staged());
+        for backend in &staged {
+            retire(backend);
+        }
+        *all = live;
+        self.publish(&all);
+        staged
     }
 
     pub(crate) fn statuses(&self) -> Vec<BackendStatus> {
@@ -331,8 +411,20 @@ impl Registry {
     /// Publishes the routing snapshot; called with the registry lock held so snapshots are
     /// published in the order the changes happened.
     fn publish(&self, all: &[Arc<Backend>]) {
-        let routes: Vec<Arc<Backend>> = all.iter().filter(|b| b.routable()).cloned().collect();
-        self.routes.store(Arc::new(routes));
+        self.publish_generation(all, self.routes.load().generation);
+    }
+
+    fn publish_generation(&self, all: &[Arc<Backend>], generation: u64) {
+        let (staged, live) = all
+            .iter()
+            .filter(|b| b.routable())
+            .cloned()
+            .partition(|b| b.is_staged());
+        self.routes.store(Arc::new(Routes {
+            live,
+            staged,
+            generation,
+        }));
     }
 }
 
@@ -353,12 +445,29 @@ fn reason_of(result: &Result<(), String>) -> String {
 mod tests {
     use super::*;
 
+    const LIVE: Lane = Lane {
+        preview: false,
+        generation: 0,
+    };
+
     fn backend(id: &str, port: u16) -> Arc<Backend> {
         Backend::new(
             id,
             SocketAddr::from(([127, 0, 0, 1], port)),
             HealthTracker::new(1, 2),
+            false,
         )
+    }
+
+    fn staged(registry: &Registry, id: &str, port: u16) -> Arc<Backend> {
+        let b = Backend::new(
+            id,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            HealthTracker::new(1, 2),
+            true,
+        );
+        registry.add(b.clone());
+        b
     }
 
     fn healthy_registry(ids: &[&str]) -> (Registry, Vec<Arc<Backend>>) {
@@ -380,9 +489,9 @@ mod tests {
         let registry = Registry::new();
         let b = backend("web-1", 1);
         registry.add(b.clone());
-        assert!(registry.pick(&[]).is_none());
+        assert!(registry.pick(LIVE, &[]).is_none());
         registry.record_check(&b, Ok(()));
-        assert_eq!(registry.pick(&[]).unwrap().id, "web-1");
+        assert_eq!(registry.pick(LIVE, &[]).unwrap().id, "web-1");
     }
 
     #[test]
@@ -391,7 +500,7 @@ mod tests {
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..30 {
             *seen
-                .entry(registry.pick(&[]).unwrap().id.clone())
+                .entry(registry.pick(LIVE, &[]).unwrap().id.clone())
                 .or_insert(0) += 1;
         }
         assert_eq!(seen.len(), 3, "{seen:?}");
@@ -404,7 +513,7 @@ mod tests {
         registry.eject(&backends[0], "connect refused".into());
         assert!(matches!(events.try_recv(), Ok(ProxyEvent::Ejected { id, .. }) if id == "a"));
         for _ in 0..10 {
-            assert_eq!(registry.pick(&[]).unwrap().id, "b");
+            assert_eq!(registry.pick(LIVE, &[]).unwrap().id, "b");
         }
         assert!(registry.statuses()[0].ejected);
         registry.record_check(&backends[0], Ok(()));
@@ -413,16 +522,16 @@ mod tests {
             Ok(ProxyEvent::HealthChanged { id, healthy: true, .. }) if id == "a"
         ));
         assert!(!registry.statuses()[0].ejected);
-        assert!((0..10).any(|_| registry.pick(&[]).unwrap().id == "a"));
+        assert!((0..10).any(|_| registry.pick(LIVE, &[]).unwrap().id == "a"));
     }
 
     #[test]
     fn tried_instances_are_not_picked_again() {
         let (registry, backends) = healthy_registry(&["a", "b"]);
         for _ in 0..10 {
-            assert_eq!(registry.pick(&backends[..1]).unwrap().id, "b");
+            assert_eq!(registry.pick(LIVE, &backends[..1]).unwrap().id, "b");
         }
-        assert!(registry.pick(&backends).is_none());
+        assert!(registry.pick(LIVE, &backends).is_none());
     }
 
     #[test]
@@ -432,7 +541,7 @@ mod tests {
             .map(|_| InFlight::enter(&backends[0]).unwrap())
             .collect();
         for _ in 0..10 {
-            assert_eq!(registry.pick(&[]).unwrap().id, "b");
+            assert_eq!(registry.pick(LIVE, &[]).unwrap().id, "b");
         }
     }
 
@@ -440,7 +549,7 @@ mod tests {
     fn a_removed_instance_takes_no_new_request() {
         let (registry, backends) = healthy_registry(&["a"]);
         let removed = registry.remove("a").unwrap();
-        assert!(registry.pick(&[]).is_none());
+        assert!(registry.pick(LIVE, &[]).is_none());
         assert!(InFlight::enter(&backends[0]).is_none());
         assert_eq!(removed.in_flight(), 0);
     }
@@ -458,5 +567,55 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn staged_instances_serve_only_preview_requests_once_healthy() {
+        let (registry, _) = healthy_registry(&["a"]);
+        let s = staged(&registry, "s", 2000);
+        assert!(
+            !registry.lane(|| true).preview,
+            "no healthy staged instance yet"
+        );
+        registry.record_check(&s, Ok(()));
+        let preview = registry.lane(|| true);
+        let live = registry.lane(|| false);
+        for _ in 0..10 {
+            assert_eq!(registry.pick(preview, &[]).unwrap().id, "s");
+            assert_eq!(registry.pick(live, &[]).unwrap().id, "a");
+        }
+        assert!(
+            registry.pick(preview, &[s]).is_none(),
+            "no fall-over to live"
+        );
+        assert!(registry.statuses()[1].staged);
+    }
+
+    #[test]
+    fn promotion_swaps_the_sets_at_once() {
+        let (registry, backends) = healthy_registry(&["a", "b"]);
+        let s = staged(&registry, "s", 2000);
+        registry.record_check(&s, Ok(()));
+        let preview = registry.lane(|| true);
+        let removed = registry.promote_staged();
+        let ids: Vec<_> = removed.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(InFlight::enter(&backends[0]).is_none());
+        for lane in [LIVE, preview, registry.lane(|| true)] {
+            assert_eq!(registry.pick(lane, &[]).unwrap().id, "s");
+        }
+        assert!(!registry.statuses()[0].staged);
+    }
+
+    #[test]
+    fn discarding_removes_only_staged_instances() {
+        let (registry, _) = healthy_registry(&["a"]);
+        let s = staged(&registry, "s", 2000);
+        registry.record_check(&s, Ok(()));
+        let removed = registry.discard_staged();
+        assert_eq!(removed.len(), 1);
+        assert!(!registry.lane(|| true).preview);
+        assert_eq!(registry.pick(LIVE, &[]).unwrap().id, "a");
+        assert_eq!(registry.statuses().len(), 1);
     }
 }

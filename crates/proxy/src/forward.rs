@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use crate::backend::{Backend, InFlight};
 use crate::body::{Kept, ProxyBody, RequestBody, keep_up_to};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::maintenance::carries_token;
 use crate::pool::{self, Sender};
 use crate::retry::{
     BodyHandling, Failure, MAX_REPLAYABLE_BODY, Replay, body_handling, has_idempotency_key,
@@ -52,6 +53,14 @@ pub(crate) async fn handle(
     {
         return Ok(gate.response());
     }
+    // Decided once, so that retries stay among the staged (preview) or the live instances.
+    let lane = shared.registry.lane(|| {
+        shared
+            .preview_token
+            .load()
+            .as_deref()
+            .is_some_and(|token| carries_token(request.headers(), token))
+    });
 
     let upgrade = wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -96,7 +105,7 @@ pub(crate) async fn handle(
     let mut last_error: Option<String> = None;
 
     for _ in 0..MAX_ATTEMPTS {
-        let Some(backend) = shared.registry.pick(&tried) else {
+        let Some(backend) = shared.registry.pick(lane, &tried) else {
             break;
         };
         let Some(in_flight) = InFlight::enter(&backend) else {

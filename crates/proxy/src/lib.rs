@@ -3,8 +3,10 @@
 //! through, and can answer everything itself with a maintenance page.
 //!
 //! It knows nothing about processes or manifests: its owner adds and removes instances by id
-//! and address ([`Proxy::add_backend`], [`Proxy::remove_backend`], [`Proxy::mark_down`]) and
-//! listens to what it observes ([`Proxy::subscribe`]). It never prints; it logs with `tracing`.
+//! and address ([`Proxy::add_backend`], [`Proxy::remove_backend`], [`Proxy::mark_down`]),
+//! stages new instances that only the owner reaches until they replace the live ones at once
+//! ([`Proxy::add_staged_backend`], [`Proxy::promote_staged`]), and listens to what it observes
+//! ([`Proxy::subscribe`]). It never prints; it logs with `tracing`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

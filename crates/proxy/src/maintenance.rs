@@ -65,7 +65,12 @@ pub(crate) fn is_bypassed(settings: &Maintenance, headers: &HeaderMap, client_ip
     if settings.allow_ips.iter().any(|ip| same_ip(*ip, client_ip)) {
         return true;
     }
-    let token = settings.bypass_token.as_bytes();
+    carries_token(headers, settings.bypass_token.as_bytes())
+}
+
+/// Whether the request carries `token` in the `X-Lifeboat-Bypass` header or the
+/// `lifeboat_bypass` cookie (compared in constant time). An empty token never matches.
+pub(crate) fn carries_token(headers: &HeaderMap, token: &[u8]) -> bool {
     if token.is_empty() {
         return false;
     }

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) registry: Registry,
     pub(crate) maintenance: ArcSwapOption<MaintenanceGate>,
+    /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
+    pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
     http: http1::Builder,
     shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
@@ -103,6 +105,7 @@ impl Proxy {
             config,
             registry: Registry::new(),
             maintenance: ArcSwapOption::empty(),
+            preview_token: ArcSwapOption::empty(),
             http,
             shutdown: watch::channel(false).0,
             connections: AtomicUsize::new(0),
@@ -123,14 +126,27 @@ impl Proxy {
         self.local_addr
     }
 
-    /// Adds an instance (or replaces the one with the same id). It is health-checked at once and
-    /// receives traffic once its first check passes.
+    /// Adds an instance (or replaces the one with the same id, live or staged). It is
+    /// health-checked at once and receives traffic once its first check passes.
     pub fn add_backend(&self, id: &str, addr: SocketAddr) {
+        self.add(id, addr, false);
+    }
+
+    /// Adds a backend that gets only preview traffic until [`Proxy::promote_staged`] (requests
+    /// carrying the token of [`Proxy::set_preview_token`]); it is health-checked like the
+    /// others (its first passing check makes it healthy). Replaces an instance with the same id,
+    /// live or staged.
+    pub fn add_staged_backend(&self, id: &str, addr: SocketAddr) {
+        self.add(id, addr, true);
+    }
+
+    fn add(&self, id: &str, addr: SocketAddr, staged: bool) {
         let health = &self.shared.config.health;
         let backend = Backend::new(
             id,
             addr,
             HealthTracker::new(health.healthy_threshold, health.unhealthy_threshold),
+            staged,
         );
         self.shared.registry.add(backend.clone());
         let shared = self.shared.clone();
@@ -146,6 +162,47 @@ impl Proxy {
             )
             .await;
         });
+    }
+
+    /// Requests carrying this token (the `X-Lifeboat-Bypass` header or `lifeboat_bypass`
+    /// cookie, same rules as the maintenance bypass, constant-time compare) go to the staged
+    /// backends while any staged backend is healthy; `None` turns preview routing off.
+    /// Independent of maintenance mode (when maintenance is on and the request bypasses it, the
+    /// same rule picks staged vs live). An empty token never matches. A preview request is
+    /// retried only on staged backends, a live one only on live backends.
+    pub fn set_preview_token(&self, token: Option<String>) {
+        self.shared
+            .preview_token
+            .store(token.map(|t| Arc::new(t.into_bytes().into_boxed_slice())));
+    }
+
+    /// Atomically makes every staged backend live and takes every previously live backend out
+    /// of the balancer: every request routed after the call goes to the new set only. The
+    /// returned future resolves, with the removed ids, once the old backends' in-flight
+    /// requests are done (same drain as [`Proxy::remove_backend`]). Turns the preview token
+    /// off. Promoting staged backends that are not healthy yet leaves the site without a
+    /// healthy instance (503) until they pass a check: wait for them first.
+    pub fn promote_staged(&self) -> impl Future<Output = Vec<String>> + Send + 'static {
+        let removed = self.shared.registry.promote_staged();
+        self.shared.preview_token.store(None);
+        async move {
+            for backend in &removed {
+                backend.drained().await;
+            }
+            removed.iter().map(|b| b.id.clone()).collect()
+        }
+    }
+
+    /// Removes all staged backends (a cancelled rewind), draining them: the returned future
+    /// resolves once their in-flight requests are done. The preview token stays as it is;
+    /// requests carrying it go to the live backends.
+    pub fn discard_staged(&self) -> impl Future<Output = ()> + Send + 'static {
+        let removed = self.shared.registry.discard_staged();
+        async move {
+            for backend in &removed {
+                backend.drained().await;
+            }
+        }
     }
 
     /// The owner knows the instance died (its process exited): no new request goes to it from
