@@ -34,6 +34,10 @@ pub struct Manifest {
     pub proxy: ProxySpec,
     /// What visitors see while the site is in maintenance (`[maintenance]`).
     pub maintenance: MaintenanceSpec,
+    /// Where the site's timeline goes (`[vault]`); `None` when the section is absent (no capture).
+    pub vault: Option<VaultSpec>,
+    /// Secrets handling (`[credentials]`).
+    pub credentials: CredentialsSpec,
 }
 
 /// One kind of program of the site, run `replicas` times, each with its own `$PORT`.
@@ -69,13 +73,40 @@ pub struct HealthSpec {
     pub unhealthy_threshold: u32,
 }
 
-/// The site's durable state, relative to the site dir.
+/// The site's durable state. The paths are relative to the state dir, which instances get as
+/// `$LIFEBOAT_STATE_DIR`: the site dir until the first rewind, a restored copy after it. None of
+/// them is the site dir itself or inside `.lifeboat`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StateSpec {
     /// SQLite database files.
     pub sqlite: Vec<PathBuf>,
     /// Data directories (uploads).
     pub dirs: Vec<PathBuf>,
+}
+
+/// Where the site's timeline (captured changes and checkpoints) is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultSpec {
+    /// Destinations as written: `s3://bucket[/prefix]` or a local path (relative paths are
+    /// relative to the site dir; resolving is the daemon's job). At least one, no duplicates, no
+    /// other URL schemes; a relative local path is never inside a [state] path nor holds one.
+    pub destinations: Vec<String>,
+    /// How many destinations must hold an object before it counts as stored; `None` means all.
+    /// Always `1..=destinations.len()`.
+    pub quorum: Option<usize>,
+    /// How often captured changes are shipped (`segment_interval`, default 1s, 100ms..=1h).
+    pub segment_interval: Duration,
+    /// How often a full checkpoint is taken (`checkpoint_interval`, default 10m, at least 1s).
+    pub checkpoint_interval: Duration,
+}
+
+/// What Lifeboat does about the site's secrets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CredentialsSpec {
+    /// Shell command run from the site dir against a restored copy before it goes live
+    /// (`rotate`); it gets `$LIFEBOAT_STATE_DIR` (the restored copy) and `$LIFEBOAT_SITE`; what
+    /// it prints goes to the owner once.
+    pub rotate: Option<String>,
 }
 
 /// The front door's settings.
@@ -101,6 +132,13 @@ pub struct MaintenanceSpec {
 /// The front door address used when the manifest does not give one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MESSAGE: &str = "This site is down for maintenance. Please try again shortly.";
+/// Lifeboat's own directory in the site dir (store, sockets, logs, restored copies).
+pub const LIFEBOAT_DIR: &str = ".lifeboat";
+const DEFAULT_SEGMENT_INTERVAL: Duration = Duration::from_secs(1);
+const MIN_SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_SEGMENT_INTERVAL: Duration = Duration::from_secs(3600);
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(600);
+const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 // ---- the file as written -------------------------------------------------------------------
 
@@ -116,6 +154,9 @@ struct RawManifest {
     proxy: RawProxy,
     #[serde(default)]
     maintenance: RawMaintenance,
+    vault: Option<Spanned<RawVault>>,
+    #[serde(default)]
+    credentials: RawCredentials,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +208,21 @@ struct RawProxy {
 struct RawMaintenance {
     message: Option<Spanned<String>>,
     page: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    destinations: Option<Spanned<Vec<Spanned<String>>>>,
+    quorum: Option<Spanned<i64>>,
+    segment_interval: Option<Spanned<String>>,
+    checkpoint_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    rotate: Option<Spanned<String>>,
 }
 
 impl Manifest {
@@ -234,12 +290,19 @@ impl Validator<'_> {
                 (name, spec)
             })
             .collect();
+        let state = self.state(raw.state);
+        let proxy = self.proxy(raw.proxy);
+        let maintenance = self.maintenance(raw.maintenance);
+        let vault = raw.vault.map(|v| self.vault(v, &state));
+        let credentials = self.credentials(raw.credentials);
         Manifest {
             site,
             processes,
-            state: self.state(raw.state),
-            proxy: self.proxy(raw.proxy),
-            maintenance: self.maintenance(raw.maintenance),
+            state,
+            proxy,
+            maintenance,
+            vault,
+            credentials,
         }
     }
 
@@ -419,14 +482,302 @@ impl Validator<'_> {
         let sqlite = raw
             .sqlite
             .into_iter()
-            .map(|p| self.relative_path("state.sqlite", p))
+            .map(|p| self.state_path("state.sqlite", p))
             .collect();
         let dirs = raw
             .dirs
             .into_iter()
-            .map(|p| self.relative_path("state.dirs", p))
+            .map(|p| self.state_path("state.dirs", p))
             .collect();
         StateSpec { sqlite, dirs }
+    }
+
+    /// A [state] path: inside the site dir, and neither the site dir itself nor inside
+    /// `.lifeboat`, because a rewind replaces the state with a restored copy kept under
+    /// `.lifeboat/states/`, and Lifeboat's own files must never be part of what is restored.
+    fn state_path(&mut self, key: &str, raw: Spanned<String>) -> PathBuf {
+        let span = raw.span();
+        let path = self.relative_path(key, raw);
+        let Some(normal) = site_relative(&path) else {
+            return path; // already reported by relative_path
+        };
+        if normal.as_os_str().is_empty() {
+            self.problem(
+                Some(span),
+                key,
+                format!(
+                    "{:?} is the site dir itself, which also holds Lifeboat's own files ({LIFEBOAT_DIR})",
+                    path.display().to_string()
+                ),
+                "name the site's data inside the site dir, e.g. \"data/site.db\" or \"data/uploads\""
+                    .into(),
+            );
+        } else if normal.starts_with(LIFEBOAT_DIR) {
+            self.problem(
+                Some(span),
+                key,
+                format!(
+                    "{:?} is inside {LIFEBOAT_DIR}, Lifeboat's own directory (its store and the restored copies of rewinds)",
+                    path.display().to_string()
+                ),
+                format!(
+                    "keep the site's data outside {LIFEBOAT_DIR}, e.g. \"data/site.db\" or \"data/uploads\""
+                ),
+            );
+        }
+        path
+    }
+
+    fn vault(&mut self, raw: Spanned<RawVault>, state: &StateSpec) -> VaultSpec {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let no_destination_fix = "add at least one, e.g. destinations = [\".lifeboat/vault\", \"s3://my-bucket/site\"] \
+             (better: places in other zones, such as another disk or an S3 bucket)";
+        let mut destinations = Vec::new();
+        match raw.destinations {
+            None => self.problem(
+                Some(span),
+                "vault.destinations",
+                "the vault has no destinations".into(),
+                no_destination_fix.into(),
+            ),
+            Some(list) if list.get_ref().is_empty() => self.problem(
+                Some(list.span()),
+                "vault.destinations",
+                "the list of destinations is empty".into(),
+                no_destination_fix.into(),
+            ),
+            Some(list) => {
+                let mut seen: Vec<(Destination, String)> = Vec::new();
+                for d in list.into_inner() {
+                    if let Some(dest) = self.destination(&d, state) {
+                        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == dest) {
+                            self.problem(
+                                Some(d.span()),
+                                "vault.destinations",
+                                format!("{:?} is listed twice (the same place as {first:?})", d.get_ref()),
+                                "remove one of them; another copy belongs in another place (another disk, another zone)".into(),
+                            );
+                        } else {
+                            seen.push((dest, d.get_ref().clone()));
+                        }
+                    }
+                    destinations.push(d.into_inner());
+                }
+            }
+        }
+        let quorum = raw.quorum.and_then(|q| self.quorum(q, destinations.len()));
+        let segment_interval = self.bounded_duration(
+            "vault.segment_interval",
+            raw.segment_interval,
+            DEFAULT_SEGMENT_INTERVAL,
+            MIN_SEGMENT_INTERVAL,
+            Some(MAX_SEGMENT_INTERVAL),
+        );
+        let checkpoint_interval = self.bounded_duration(
+            "vault.checkpoint_interval",
+            raw.checkpoint_interval,
+            DEFAULT_CHECKPOINT_INTERVAL,
+            MIN_CHECKPOINT_INTERVAL,
+            None,
+        );
+        VaultSpec {
+            destinations,
+            quorum,
+            segment_interval,
+            checkpoint_interval,
+        }
+    }
+
+    /// Checks one destination as written; `None` when it was refused (and reported).
+    fn destination(&mut self, raw: &Spanned<String>, state: &StateSpec) -> Option<Destination> {
+        let key = "vault.destinations";
+        let written = raw.get_ref();
+        let supported = "write s3://BUCKET[/prefix] for S3-compatible storage (add \
+             ?endpoint=https://...&region=... for providers other than AWS) or a local directory, \
+             e.g. \"/mnt/other-disk/site\" or \".lifeboat/vault\"";
+        if written.trim().is_empty() {
+            self.problem(
+                Some(raw.span()),
+                key,
+                "a destination is empty".into(),
+                supported.into(),
+            );
+            return None;
+        }
+        if let Some(rest) = written.strip_prefix("s3://") {
+            let bucket = rest.split(['/', '?']).next().unwrap_or("");
+            if bucket.is_empty() {
+                self.problem(
+                    Some(raw.span()),
+                    key,
+                    format!("{written:?} names no bucket"),
+                    "write s3://BUCKET[/prefix], e.g. \"s3://my-bucket/site\"".into(),
+                );
+                return None;
+            }
+            return Some(Destination::S3(written.trim_end_matches('/').to_string()));
+        }
+        if let Some(scheme) = url_scheme(written) {
+            let fix = if scheme.eq_ignore_ascii_case("file") {
+                format!(
+                    "write the directory itself, e.g. {:?}",
+                    &written[scheme.len() + 3..]
+                )
+            } else {
+                supported.into()
+            };
+            self.problem(
+                Some(raw.span()),
+                key,
+                format!(
+                    "{scheme}:// destinations are not supported (only s3:// and local directories)"
+                ),
+                fix,
+            );
+            return None;
+        }
+        let path = lexical(Path::new(written));
+        let Some(inside) = site_relative(&path) else {
+            // Absolute, or outside the site dir: what it holds is the daemon's to check.
+            return Some(Destination::Local(path));
+        };
+        let fix = "put the vault outside the [state] paths, e.g. destinations = [\".lifeboat/vault\"], \
+             or better on another disk: \"/mnt/other-disk/site\"";
+        if inside.as_os_str().is_empty() {
+            self.problem(
+                Some(raw.span()),
+                key,
+                format!("{written:?} is the site dir itself; a vault needs a directory of its own"),
+                "name a directory of its own, e.g. destinations = [\".lifeboat/vault\"], \
+                 or better one on another disk: \"/mnt/other-disk/site\""
+                    .into(),
+            );
+            return None;
+        }
+        let state_paths = state.sqlite.iter().chain(&state.dirs);
+        for state_path in state_paths.filter_map(|p| site_relative(p)) {
+            if state_path.as_os_str().is_empty() {
+                continue; // refused already
+            }
+            let problem = if inside == state_path {
+                format!(
+                    "{written:?} is the state path {:?} itself",
+                    state_path.display().to_string()
+                )
+            } else if inside.starts_with(&state_path) {
+                format!(
+                    "{written:?} is inside the state path {:?}: the timeline would capture the vault itself",
+                    state_path.display().to_string()
+                )
+            } else if state_path.starts_with(&inside) {
+                format!(
+                    "{written:?} holds the state path {:?}; a vault needs a directory of its own",
+                    state_path.display().to_string()
+                )
+            } else {
+                continue;
+            };
+            self.problem(Some(raw.span()), key, problem, fix.into());
+            return None;
+        }
+        Some(Destination::Local(path))
+    }
+
+    fn quorum(&mut self, raw: Spanned<i64>, destinations: usize) -> Option<usize> {
+        let q = *raw.get_ref();
+        if q >= 1 && (destinations == 0 || q as u64 <= destinations as u64) {
+            return Some(q as usize);
+        }
+        let (problem, fix) = if destinations == 1 {
+            (
+                format!("quorum must be 1 with a single destination, found {q}"),
+                "leave quorum out, or add destinations in other places (another disk, another zone)"
+                    .to_string(),
+            )
+        } else if destinations == 0 {
+            (
+                format!("quorum must be at least 1, found {q}"),
+                "write quorum = 1, or leave quorum out so every destination must hold each object"
+                    .to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "quorum must be between 1 and {destinations} (the number of destinations), found {q}"
+                ),
+                format!(
+                    "write quorum = 1 to count an object as stored once one destination has it (the \
+                     others catch up later), or leave quorum out so all {destinations} must have it"
+                ),
+            )
+        };
+        self.problem(Some(raw.span()), "vault.quorum", problem, fix);
+        None
+    }
+
+    fn bounded_duration(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<String>>,
+        default: Duration,
+        min: Duration,
+        max: Option<Duration>,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        let span = raw.span();
+        let written = raw.get_ref().clone();
+        let reported = self.problems.len();
+        let value = self.duration(key, Some(raw), default);
+        if self.problems.len() > reported {
+            return default;
+        }
+        if value >= min && max.is_none_or(|max| value <= max) {
+            return value;
+        }
+        let short = key.rsplit('.').next().unwrap_or(key);
+        let range = match max {
+            Some(max) => format!(
+                "between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+            None => format!("at least {}", humantime::format_duration(min)),
+        };
+        let another = if max.is_some() {
+            format!("another duration {range}")
+        } else {
+            format!("another duration of {range}")
+        };
+        self.problem(
+            Some(span),
+            key,
+            format!("{short} must be {range}, found {written:?}"),
+            format!(
+                "write {short} = \"{}\" (the default) or {another}",
+                humantime::format_duration(default)
+            ),
+        );
+        default
+    }
+
+    fn credentials(&mut self, raw: RawCredentials) -> CredentialsSpec {
+        let rotate = match raw.rotate {
+            None => None,
+            Some(r) if !r.get_ref().trim().is_empty() => Some(r.into_inner()),
+            Some(r) => {
+                self.problem(
+                    Some(r.span()),
+                    "credentials.rotate",
+                    "the rotate command is empty".into(),
+                    "write the shell command that gives a restored copy fresh secrets, \
+                     e.g. rotate = \"./rotate-credentials.sh\", or remove `rotate`"
+                        .into(),
+                );
+                None
+            }
+        };
+        CredentialsSpec { rotate }
     }
 
     fn relative_path(&mut self, key: &str, raw: Spanned<String>) -> PathBuf {
@@ -503,4 +854,49 @@ fn is_simple_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= 40
+}
+
+/// A vault destination reduced to what makes two of them the same place.
+#[derive(PartialEq)]
+enum Destination {
+    S3(String),
+    Local(PathBuf),
+}
+
+/// The scheme of a URL-looking destination (`gs` for `gs://b`), `None` for a path.
+fn url_scheme(written: &str) -> Option<&str> {
+    let (scheme, _) = written.split_once("://")?;
+    let mut chars = scheme.chars();
+    let looks_like_scheme = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    looks_like_scheme.then_some(scheme)
+}
+
+/// `path` with `.` dropped and `dir/..` folded, without looking at the disk.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The path relative to the site dir, normalized (empty for the site dir itself), or `None`
+/// when it is absolute or leads out of the site dir.
+fn site_relative(path: &Path) -> Option<PathBuf> {
+    let normal = lexical(path);
+    let inside = normal
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    inside.then_some(normal)
 }

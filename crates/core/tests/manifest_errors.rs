@@ -1,7 +1,10 @@
 //! Every bad manifest gets an error naming the file, line and column, the key, and the fix.
 //! The texts are snapshots: a change in wording shows up in review.
 
+use std::time::Duration;
+
 use lifeboat_core::Manifest;
+use lifeboat_core::manifest::CredentialsSpec;
 
 const GOOD: &str = r#"[site]
 name = "guestbook"
@@ -115,4 +118,145 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn a_manifest_without_a_site_name_or_processes_says_what_to_add() {
     insta::assert_snapshot!(error_for("[proxy]\nlisten = \"127.0.0.1:0\"\n"));
+}
+
+// ---- [vault] and [credentials] ----------------------------------------------------------------
+
+const VAULT: &str = r#"
+[vault]
+destinations = [".lifeboat/vault", "/mnt/other-disk/guestbook", "s3://my-bucket/guestbook?endpoint=https://s3.example.net&region=eu-1"]
+quorum = 2
+segment_interval = "250ms"
+checkpoint_interval = "5m"
+
+[credentials]
+rotate = "./rotate-credentials.sh"
+"#;
+
+fn with_vault(vault: &str) -> String {
+    format!("{GOOD}\n[vault]\n{vault}")
+}
+
+#[test]
+fn a_vault_and_a_rotate_hook_are_read_as_written() {
+    let m = Manifest::parse("lifeboat.toml", &format!("{GOOD}{VAULT}")).unwrap();
+    let vault = m.vault.expect("the [vault] section is read");
+    assert_eq!(
+        vault.destinations,
+        vec![
+            ".lifeboat/vault",
+            "/mnt/other-disk/guestbook",
+            "s3://my-bucket/guestbook?endpoint=https://s3.example.net&region=eu-1",
+        ]
+    );
+    assert_eq!(vault.quorum, Some(2));
+    assert_eq!(vault.segment_interval, Duration::from_millis(250));
+    assert_eq!(vault.checkpoint_interval, Duration::from_secs(300));
+    assert_eq!(
+        m.credentials.rotate.as_deref(),
+        Some("./rotate-credentials.sh")
+    );
+}
+
+#[test]
+fn a_vault_with_only_destinations_ships_every_second_to_all_of_them() {
+    let m = Manifest::parse(
+        "lifeboat.toml",
+        &with_vault("destinations = [\"../backups/guestbook\"]\n"),
+    )
+    .unwrap();
+    let vault = m.vault.unwrap();
+    assert_eq!(vault.destinations, vec!["../backups/guestbook"]);
+    assert_eq!(vault.quorum, None, "no quorum means every destination");
+    assert_eq!(vault.segment_interval, Duration::from_secs(1));
+    assert_eq!(vault.checkpoint_interval, Duration::from_secs(600));
+    assert_eq!(m.credentials, CredentialsSpec::default());
+}
+
+#[test]
+fn without_a_vault_section_nothing_is_captured() {
+    let m = Manifest::parse("lifeboat.toml", GOOD).unwrap();
+    assert_eq!(m.vault, None);
+    assert_eq!(m.credentials.rotate, None);
+}
+
+#[test]
+fn a_vault_without_destinations_says_what_to_add() {
+    insta::assert_snapshot!(error_for(&with_vault("segment_interval = \"1s\"\n")));
+}
+
+#[test]
+fn an_empty_list_of_destinations_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault("destinations = []\n")));
+}
+
+#[test]
+fn a_misspelt_vault_key_is_named_with_a_suggestion() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destination = [\".lifeboat/vault\"]\n"
+    )));
+}
+
+#[test]
+fn unsupported_destination_schemes_say_which_are_supported() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\"gs://bucket/site\", \"file:///srv/backup\", \"s3:///no-bucket\", \"\"]\n"
+    )));
+}
+
+#[test]
+fn a_destination_listed_twice_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\".lifeboat/vault\", \"./.lifeboat/vault/\", \"s3://b/site\", \"s3://b/site/\"]\n"
+    )));
+}
+
+#[test]
+fn a_quorum_above_the_number_of_destinations_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\".lifeboat/vault\", \"s3://b/site\"]\nquorum = 3\n"
+    )));
+}
+
+#[test]
+fn a_zero_quorum_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\".lifeboat/vault\"]\nquorum = 0\n"
+    )));
+}
+
+#[test]
+fn intervals_outside_their_range_are_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\".lifeboat/vault\"]\nsegment_interval = \"10ms\"\ncheckpoint_interval = \"500ms\"\n"
+    )));
+}
+
+#[test]
+fn a_segment_interval_over_an_hour_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\".lifeboat/vault\"]\nsegment_interval = \"2h\"\n"
+    )));
+}
+
+#[test]
+fn a_vault_inside_the_state_or_holding_it_is_refused() {
+    insta::assert_snapshot!(error_for(&with_vault(
+        "destinations = [\"data/uploads/backup\", \"data\", \"./data/guestbook.db\", \".\"]\n"
+    )));
+}
+
+#[test]
+fn an_empty_rotate_command_is_refused() {
+    insta::assert_snapshot!(error_for(&format!(
+        "{GOOD}\n[credentials]\nrotate = \" \"\n"
+    )));
+}
+
+#[test]
+fn a_state_path_inside_dot_lifeboat_or_the_site_dir_itself_is_refused() {
+    let text = GOOD
+        .replace("data/guestbook.db", ".lifeboat/states/x/guestbook.db")
+        .replace("\"data/uploads\"", "\"data/uploads\", \".\"");
+    insta::assert_snapshot!(error_for(&text));
 }
