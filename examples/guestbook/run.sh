@@ -1,32 +1,13 @@
 #!/bin/sh
-# Runs the guestbook binary built in this workspace: the newest of target/release/guestbook and
-# target/debug/guestbook. Lifeboat runs this from the site dir with $PORT set; `exec` keeps the
-# pid (and the signals lifeboat sends) the guestbook's own.
-#   GUESTBOOK_BIN=/path/to/guestbook   use exactly this binary
-#   CARGO_TARGET_DIR=DIR               look in DIR instead of <workspace>/target
+# Runs the guestbook binary built in this workspace (see guestbook-bin.sh for which one).
+# Lifeboat runs this from the site dir with $PORT set; `exec` keeps the pid (and the signals
+# lifeboat sends) the guestbook's own.
+# The data lives in $GUESTBOOK_DATA; when that is unset and lifeboat gave a state dir
+# ($LIFEBOAT_STATE_DIR: the site dir, or after a rewind the restored copy), in its data/.
 set -eu
-if [ -n "${GUESTBOOK_BIN:-}" ]; then
-    exec "$GUESTBOOK_BIN" "$@"
-fi
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-newest() {
-    best=""
-    for candidate in "$1/release/guestbook" "$1/debug/guestbook"; do
-        if [ -x "$candidate" ] && { [ -z "$best" ] || [ "$candidate" -nt "$best" ]; }; then
-            best=$candidate
-        fi
-    done
-    echo "$best"
-}
-target=${CARGO_TARGET_DIR:-$root/target}
-case "$target" in /*) ;; *) target=$root/$target ;; esac
-best=$(newest "$target")
-if [ -z "$best" ] && [ "$target" != "$root/target" ]; then
-    best=$(newest "$root/target")
+bin=$("$here/guestbook-bin.sh")
+if [ -z "${GUESTBOOK_DATA:-}" ] && [ -n "${LIFEBOAT_STATE_DIR:-}" ]; then
+    export GUESTBOOK_DATA="$LIFEBOAT_STATE_DIR/data"
 fi
-if [ -z "$best" ]; then
-    echo "run.sh: no guestbook binary under $target; build it first: cargo build --release -p guestbook" >&2
-    exit 127
-fi
-exec "$best" "$@"
+exec "$bin" "$@"

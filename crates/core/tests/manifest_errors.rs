@@ -260,3 +260,14 @@ fn a_state_path_inside_dot_lifeboat_or_the_site_dir_itself_is_refused() {
         .replace("\"data/uploads\"", "\"data/uploads\", \".\"");
     insta::assert_snapshot!(error_for(&text));
 }
+
+#[test]
+fn the_guestbook_demo_manifest_is_accepted() {
+    let text = include_str!("../../../examples/guestbook/lifeboat.toml");
+    let m = Manifest::parse("examples/guestbook/lifeboat.toml", text).unwrap();
+    assert_eq!(m.vault.unwrap().destinations, vec![".lifeboat/vault"]);
+    assert_eq!(
+        m.credentials.rotate.as_deref(),
+        Some("./rotate-credentials.sh")
+    );
+}

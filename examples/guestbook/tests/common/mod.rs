@@ -20,6 +20,7 @@ pub struct Guestbook {
     pub child: Child,
     pub addr: SocketAddr,
     pub lines: mpsc::Receiver<String>,
+    pub listening_line: String,
 }
 
 impl Guestbook {
@@ -28,15 +29,23 @@ impl Guestbook {
     }
 
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Guestbook {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_guestbook"))
-            .env("PORT", "0")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guestbook"));
+        command
             .env("GUESTBOOK_DATA", data)
             .env_remove("GUESTBOOK_ADMIN_PASSWORD")
             .env_remove("GUESTBOOK_ADMIN_PASSWORD_FILE")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (the binary, or a script that execs it) on a free port and waits for
+    /// its listening line.
+    pub fn spawn(mut command: Command) -> Guestbook {
+        let mut child = command
+            .env("PORT", "0")
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start the guestbook binary");
+            .expect("start the guestbook");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -52,6 +61,7 @@ impl Guestbook {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
+            listening_line: String::new(),
         };
         let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
         loop {
@@ -62,9 +72,20 @@ impl Guestbook {
                 .expect("the guestbook printed its listening line in time");
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 gb.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                gb.listening_line = line;
                 return gb;
             }
         }
+    }
+
+    /// The data dir the guestbook said it uses on its listening line.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.listening_line
+            .split(", data ")
+            .nth(1)
+            .expect("the listening line names the data dir")
+            .trim_end_matches(')')
+            .into()
     }
 
     pub fn url(&self, path: &str) -> String {
