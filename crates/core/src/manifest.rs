@@ -498,7 +498,7 @@ impl Validator<'_> {
     fn state_path(&mut self, key: &str, raw: Spanned<String>) -> PathBuf {
         let span = raw.span();
         let path = self.relative_path(key, raw);
-        let Some(normal) = site_relative(&path) else {
+        let Some(normal) = site_relative(&path).filter(|_| !path.as_os_str().is_empty()) else {
             return path; // already reported by relative_path
         };
         if normal.as_os_str().is_empty() {

@@ -256,7 +256,7 @@ fn an_empty_rotate_command_is_refused() {
 #[test]
 fn a_state_path_inside_dot_lifeboat_or_the_site_dir_itself_is_refused() {
     let text = GOOD
-        .replace("data/guestbook.db", ".lifeboat/states/x/guestbook.db")
+        .replace("data/guestbook.db", ".lifeboat/states/x/guestbook.db\", \"")
         .replace("\"data/uploads\"", "\"data/uploads\", \".\"");
     insta::assert_snapshot!(error_for(&text));
 }
