@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod site;
+mod timeline;
 mod vault;
 
 /// Lifeboat: run a web site reliably, capture its state continuously, rewind it to any moment.
@@ -38,6 +39,8 @@ pub enum Command {
     #[command(flatten)]
     Site(site::SiteCommand),
     #[command(flatten)]
+    Timeline(timeline::TimelineCommand),
+    #[command(flatten)]
     Vault(vault::VaultCommand),
 }
 
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Site(cmd) => site::run(cmd, &global),
+        Command::Timeline(cmd) => timeline::run(cmd, &global),
         Command::Vault(cmd) => vault::run(cmd, &global),
     };
     match result {

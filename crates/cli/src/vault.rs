@@ -45,6 +45,16 @@ pub enum VaultSub {
     Status(RepoArgs),
     /// Send objects waiting in the local spool to destinations that are back.
     Sync(RepoArgs),
+    /// The site's own vault key (made by the first `lifeboat up` with a [vault]).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Print the site's vault key and destinations, to keep somewhere safe away from this
+    /// machine: without it, the site's vault can not be read.
+    Export,
 }
 
 /// How to reach and open a repository.
@@ -170,7 +180,7 @@ pub fn run(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(cmd, global))
 }
 
-fn read_password(file: Option<&PathBuf>, confirm: bool) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_password(file: Option<&PathBuf>, confirm: bool) -> anyhow::Result<Vec<u8>> {
     if let Some(f) = file {
         let s = std::fs::read_to_string(f)
             .with_context(|| format!("reading the password file {}", f.display()))?;
@@ -295,6 +305,9 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
             let repo = open(&a).await?;
             output::status(&repo.status().await, repo.config().quorum, json);
         }
+        VaultCommand::Vault(VaultSub::Key(KeyCommand::Export)) => {
+            export_key(&global.dir, json)?;
+        }
         VaultCommand::Vault(VaultSub::Sync(a)) => {
             let repo = open(&a).await?;
             let behind = repo.catch_up().await;
@@ -305,6 +318,57 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn export_key(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let paths = lifeboat_control::SitePaths::new(dir);
+    let manifest_path = paths.manifest();
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "could not read {}; run this in the site dir or give -C DIR",
+            manifest_path.display()
+        )
+    })?;
+    let manifest = lifeboat_core::Manifest::parse(&manifest_path.display().to_string(), &text)?;
+    let key = lifeboat_control::vault_key::read_key(&paths)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "this site has no vault key yet ({} is missing); `lifeboat up` with a [vault] section makes one",
+            paths.vault_key().display()
+        )
+    })?;
+    let site_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let destinations: Vec<String> = manifest
+        .vault
+        .iter()
+        .flat_map(|v| v.destinations.iter())
+        .map(|d| lifeboat_control::vault_key::resolve_destination(&site_dir, d))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "site": manifest.site, "key": key, "destinations": destinations })
+        );
+        return Ok(());
+    }
+    println!(
+        "# Vault key of the site {}. Keep it somewhere safe, away from this machine:",
+        manifest.site
+    );
+    println!("# without it nothing in the vault can be read. To restore the site elsewhere:");
+    if let Some(d) = destinations.first() {
+        println!(
+            "#   LIFEBOAT_PASSWORD=<key> lifeboat restore-site --repo {d} --to latest --into DIR"
+        );
+    }
+    println!(
+        "# To use it again for this site, put the key alone in {}.",
+        paths.vault_key().display()
+    );
+    for d in &destinations {
+        println!("# destination: {d}");
+    }
+    println!("{key}");
+    Ok(())
 }
 
 /// Destinations are compared in their stored form (absolute paths).

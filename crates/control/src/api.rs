@@ -12,7 +12,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lifeboat_core::Event;
+use lifeboat_core::{Event, EventKind};
+use lifeboat_timeline::RestorePoints;
+
+use crate::capture::CaptureReport;
+use crate::rewind::{RewindReport, RewindRequest};
 use lifeboat_core::status::InstanceState;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +33,38 @@ pub struct StatusReport {
     /// Desired number of instances per process.
     pub desired: BTreeMap<String, u32>,
     pub instances: Vec<InstanceReport>,
+    /// The live state: `site` (the site dir) or a restored copy made by `rewind`.
+    #[serde(default)]
+    pub state: String,
+    /// Continuous capture, when the manifest has a `[vault]`.
+    #[serde(default)]
+    pub capture: Option<CaptureReport>,
+}
+
+/// What `lifeboat timeline` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineReport {
+    pub site: String,
+    /// The live state and the one `rewind --undo` goes back to.
+    pub state: String,
+    pub previous_state: Option<String>,
+    pub capture: Option<CaptureReport>,
+    /// The moments the site can be restored to.
+    pub restore_points: RestorePoints,
+    /// What happened: restarts, maintenance, captures, rewinds (oldest first).
+    pub events: Vec<Event>,
+}
+
+/// Whether an event belongs on the timeline (lifecycle noise such as every start or health
+/// flip stays in `lifeboat events`).
+pub fn on_timeline(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::InstanceStarted { .. }
+            | EventKind::InstanceStopped { .. }
+            | EventKind::HealthChanged { .. }
+            | EventKind::Scaled { .. }
+    )
 }
 
 /// One instance in [`StatusReport`].
@@ -121,11 +157,69 @@ pub(crate) fn router(site: Arc<Site>) -> Router {
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/events", get(events))
         .route("/v1/down", post(down))
+        .route("/v1/timeline", get(timeline))
+        .route("/v1/ship", post(ship))
+        .route("/v1/rewind", post(rewind))
+        .route("/v1/rewind/undo", post(undo))
         .with_state(site)
 }
 
 async fn status(State(site): State<Arc<Site>>) -> Json<StatusReport> {
-    Json(site.status())
+    let mut report = site.status();
+    if let Some(capture) = site.capture.get() {
+        report.capture = Some(capture.report().await);
+    }
+    Json(report)
+}
+
+fn no_vault() -> Refusal {
+    Refusal(
+        StatusCode::BAD_REQUEST,
+        "this site has no [vault] section in lifeboat.toml, so nothing is captured; add one (see crates/core/MANIFEST.md)".into(),
+    )
+}
+
+async fn timeline(State(site): State<Arc<Site>>) -> Result<Json<TimelineReport>, Refusal> {
+    let Some(capture) = site.capture.get().cloned() else {
+        return Err(no_vault());
+    };
+    let restore_points = lifeboat_timeline::list_restore_points(&capture.repo)
+        .await
+        .map_err(|e| ControlError::Vault(format!("could not list restore points: {e}")))?;
+    let states = site.states()?;
+    let events = site
+        .last_events(5000)
+        .await?
+        .into_iter()
+        .filter(|e| on_timeline(&e.what))
+        .collect();
+    Ok(Json(TimelineReport {
+        site: site.manifest.site.clone(),
+        state: states.live,
+        previous_state: states.previous,
+        capture: Some(capture.report().await),
+        restore_points,
+        events,
+    }))
+}
+
+async fn ship(State(site): State<Arc<Site>>) -> Result<StatusCode, Refusal> {
+    let Some(capture) = site.capture.get().cloned() else {
+        return Err(no_vault());
+    };
+    capture.ship_now().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rewind(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<RewindRequest>,
+) -> Result<Json<RewindReport>, Refusal> {
+    Ok(Json(crate::rewind::rewind(&site, req).await?))
+}
+
+async fn undo(State(site): State<Arc<Site>>) -> Result<Json<RewindReport>, Refusal> {
+    Ok(Json(crate::rewind::undo(&site).await?))
 }
 
 async fn scale(

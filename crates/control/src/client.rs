@@ -15,8 +15,9 @@ use tokio::net::UnixStream;
 
 use crate::api::{
     ApiError, EventsQuery, MaintenanceReport, MaintenanceRequest, ScaleChange, ScaleRequest,
-    StatusReport,
+    StatusReport, TimelineReport,
 };
+use crate::rewind::{RewindReport, RewindRequest};
 use crate::{ControlError, SitePaths};
 
 /// Talks to the daemon of one site.
@@ -87,6 +88,35 @@ impl ControlClient {
                 e => Err(e),
             })?;
         Ok(())
+    }
+
+    /// Restore points, capture status and timeline events.
+    pub async fn timeline(&self) -> Result<TimelineReport, ControlError> {
+        self.call(Method::GET, "/v1/timeline", None::<&()>).await
+    }
+
+    /// Asks the daemon to ship what capture holds now; returns once it is durable.
+    pub async fn ship(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value = self
+            .call(Method::POST, "/v1/ship", None::<&()>)
+            .await
+            .or_else(|e| match e {
+                // 204 has an empty body.
+                ControlError::Api { .. } => Ok(serde_json::Value::Null),
+                e => Err(e),
+            })?;
+        Ok(())
+    }
+
+    /// Rewinds the site; returns once the restored copy serves (or nothing changed).
+    pub async fn rewind(&self, req: &RewindRequest) -> Result<RewindReport, ControlError> {
+        self.call(Method::POST, "/v1/rewind", Some(req)).await
+    }
+
+    /// Undoes the last rewind.
+    pub async fn undo(&self) -> Result<RewindReport, ControlError> {
+        self.call(Method::POST, "/v1/rewind/undo", None::<&()>)
+            .await
     }
 
     /// True while the daemon's socket file exists.

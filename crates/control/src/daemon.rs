@@ -21,6 +21,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::Capture;
 use crate::site::{Site, write_events};
 use crate::store::{DaemonRecord, Store};
 use crate::{ControlError, SitePaths};
@@ -37,6 +38,7 @@ pub struct UpOptions {
 /// A site that is up. Call [`RunningSite::run_until`] to keep it up until a signal.
 pub struct RunningSite {
     site: Arc<Site>,
+    vault_key_created: Option<PathBuf>,
     tasks: JoinSet<()>,
     forwarders: JoinSet<()>,
     forwarders_done: CancellationToken,
@@ -57,6 +59,20 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     paths.create()?;
     let store = Store::open(&paths.store(), dir)?;
     check_listen_free(&paths, &manifest)?;
+    let live = store.states()?.live;
+    let live_dir = paths.state_dir(&live);
+    if !live_dir.is_dir() {
+        return Err(ControlError::Rewind(format!(
+            "the live state `{live}` recorded by the last rewind is missing ({}); nothing was started. \
+             Put it back, or run `lifeboat rewind --undo` after starting from the previous state",
+            live_dir.display()
+        )));
+    }
+    // The vault before anything runs: a lost or wrong key must stop `up`, not a half site.
+    let vault = match &manifest.vault {
+        Some(spec) => Some(crate::vault_key::open_site_vault(&paths, spec).await?),
+        None => None,
+    };
 
     let stop_timeout = manifest
         .processes
@@ -101,6 +117,24 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     if !reaped.is_empty() {
         site.record(EventKind::LeftoversReaped { pids: reaped });
     }
+    let mut vault_key_created = None;
+    if let Some(vault) = vault {
+        if vault.key_created {
+            let path = site.paths.vault_key();
+            site.record(EventKind::VaultKeyCreated {
+                path: path.display().to_string(),
+            });
+            vault_key_created = Some(path);
+        }
+        let capture = Arc::new(Capture::new(
+            vault.repo,
+            site.paths.clone(),
+            site.manifest.clone(),
+            site.recorder(),
+        ));
+        capture.start(&live);
+        let _ = site.capture.set(capture);
+    }
     site.restore_maintenance().await?;
 
     let listener = bind_socket(&paths)?;
@@ -132,6 +166,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     });
     Ok(RunningSite {
         site,
+        vault_key_created,
         tasks,
         forwarders,
         forwarders_done,
@@ -144,6 +179,12 @@ impl RunningSite {
     /// The front door's real address (useful with port 0).
     pub fn proxy_addr(&self) -> SocketAddr {
         self.site.proxy.local_addr()
+    }
+
+    /// Where the site's vault key was created, when this `up` created it (the owner must be
+    /// told to copy it somewhere safe).
+    pub fn vault_key_created(&self) -> Option<&Path> {
+        self.vault_key_created.as_deref()
     }
 
     /// The site's name from the manifest.
@@ -165,6 +206,10 @@ impl RunningSite {
         // Front door first: no new request may reach an instance that is being stopped.
         site.proxy.shutdown().await;
         site.supervisor.stop_all().await;
+        // The last writes of the stopped instances are shipped before lifeboat exits.
+        if let Some(capture) = site.capture.get() {
+            capture.stop().await;
+        }
         // The forwarders record what is already broadcast (the last stops), then end.
         self.forwarders_done.cancel();
         while self.forwarders.join_next().await.is_some() {}
@@ -299,6 +344,7 @@ async fn serve_api(site: Arc<Site>, listener: UnixListener) {
 /// seconds, plans and carries out starts and drained stops.
 async fn reconcile_loop(site: Arc<Site>) {
     loop {
+        let pass = site.reconcile_lock.lock().await;
         let observed: Vec<ObservedInstance> = site
             .supervisor
             .instances()
@@ -325,6 +371,7 @@ async fn reconcile_loop(site: Arc<Site>) {
             }
         }
         while stops.join_next().await.is_some() {}
+        drop(pass);
         tokio::select! {
             _ = site.reconcile.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -334,6 +381,19 @@ async fn reconcile_loop(site: Arc<Site>) {
 }
 
 fn start_instance(site: &Site, id: String, process: &str) {
+    let dir = site.live_state_dir();
+    start_instance_in(site, id, process, &dir, false);
+}
+
+/// Starts an instance whose `$LIFEBOAT_STATE_DIR` is `state_dir`; a `staged` one gets only
+/// the owner's preview traffic until the front door promotes it.
+pub(crate) fn start_instance_in(
+    site: &Site,
+    id: String,
+    process: &str,
+    state_dir: &Path,
+    staged: bool,
+) {
     let Some(spec) = site.manifest.processes.get(process) else {
         return;
     };
@@ -353,11 +413,19 @@ fn start_instance(site: &Site, id: String, process: &str) {
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([(
+                "LIFEBOAT_STATE_DIR".to_string(),
+                state_dir.display().to_string(),
+            )])
             .collect(),
     });
     if spec.http {
-        site.proxy
-            .add_backend(&id, SocketAddr::from(([127, 0, 0, 1], port)));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if staged {
+            site.proxy.add_staged_backend(&id, addr);
+        } else {
+            site.proxy.add_backend(&id, addr);
+        }
     }
 }
 

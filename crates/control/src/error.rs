@@ -67,6 +67,14 @@ pub enum ControlError {
     )]
     Api { dir: PathBuf, message: String },
 
+    /// The site's vault (key, repository, destinations) could not be used.
+    #[error("{0}")]
+    Vault(String),
+
+    /// A rewind (or its undo) stopped before going live; the live site is unchanged.
+    #[error("{0}")]
+    Rewind(String),
+
     /// An instance has no log file (yet).
     #[error("no logs for instance {instance} in {dir}; `lifeboat status` lists the instances")]
     NoLogs { instance: String, dir: PathBuf },

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::ControlError;
 
+/// The name of the site's original state: its own directory.
+pub const SITE_STATE: &str = "site";
+
 /// The paths of one site.
 #[derive(Debug, Clone)]
 pub struct SitePaths {
@@ -42,6 +45,36 @@ impl SitePaths {
     /// Per-instance log files, written by the supervisor.
     pub fn logs(&self) -> PathBuf {
         self.lifeboat_dir().join("logs")
+    }
+
+    /// The site's vault key (mode 0600): the password of the site's vault repository.
+    pub fn vault_key(&self) -> PathBuf {
+        self.lifeboat_dir().join("vault.key")
+    }
+
+    /// Objects waiting for a vault destination that was down.
+    pub fn spool(&self) -> PathBuf {
+        self.lifeboat_dir().join("spool")
+    }
+
+    /// Restored copies of the site's state made by `rewind`, one directory each.
+    pub fn states(&self) -> PathBuf {
+        self.lifeboat_dir().join("states")
+    }
+
+    /// Capture's positions for the state named `state` (`site` for the site dir itself).
+    pub fn capture(&self, state: &str) -> PathBuf {
+        self.lifeboat_dir().join("capture").join(state)
+    }
+
+    /// The directory of the state named `state`: the site dir for `site`, else a restored
+    /// copy under [`SitePaths::states`].
+    pub fn state_dir(&self, state: &str) -> PathBuf {
+        if state == SITE_STATE {
+            self.dir.clone()
+        } else {
+            self.states().join(state)
+        }
     }
 
     /// Creates `.lifeboat/` (and `logs/`) readable by the owner only.

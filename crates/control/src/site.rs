@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lifeboat_core::plan::parse_instance_id;
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     InstanceReport, MaintenanceReport, MaintenanceRequest, ScaleChange, StatusReport,
 };
-use crate::store::{MaintenanceState, Store};
+use crate::capture::Capture;
+use crate::store::{MaintenanceState, StatesRecord, Store};
 use crate::{ControlError, SitePaths};
 
 pub(crate) struct Site {
@@ -39,6 +40,14 @@ pub(crate) struct Site {
     events_tx: mpsc::UnboundedSender<(OffsetDateTime, EventKind)>,
     /// The last stored event's seq, for `events --follow`.
     last_seq: watch::Receiver<u64>,
+    /// Continuous capture, when the manifest has a `[vault]`.
+    pub(crate) capture: OnceLock<Arc<Capture>>,
+    /// The live state's name (`site` or a restored copy), as stored.
+    live_state: Mutex<String>,
+    /// Held by a rewind from start to end: one at a time.
+    pub(crate) rewinding: tokio::sync::Mutex<()>,
+    /// Held by each reconcile pass, and by a rewind while two sets of instances run.
+    pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
 }
 
 /// The event writer: the receiving end the daemon runs in [`write_events`].
@@ -65,6 +74,7 @@ impl Site {
             }
         }
         let last = store.last_events(1)?.first().map(|e| e.seq).unwrap_or(0);
+        let live_state = store.states()?.live;
         let (events_tx, rx) = mpsc::unbounded_channel();
         let (seq_tx, last_seq) = watch::channel(last);
         let site = Site {
@@ -81,6 +91,10 @@ impl Site {
             shutdown_reason: Mutex::new(String::new()),
             events_tx,
             last_seq,
+            capture: OnceLock::new(),
+            live_state: Mutex::new(live_state),
+            rewinding: tokio::sync::Mutex::new(()),
+            reconcile_lock: tokio::sync::Mutex::new(()),
         };
         Ok((
             site,
@@ -96,6 +110,40 @@ impl Site {
     pub(crate) fn record(&self, what: EventKind) {
         // The writer only stops after the site is dropped; a failed send means shutdown.
         let _ = self.events_tx.send((OffsetDateTime::now_utc(), what));
+    }
+
+    /// A sender for events recorded outside the site (capture).
+    pub(crate) fn recorder(&self) -> mpsc::UnboundedSender<(OffsetDateTime, EventKind)> {
+        self.events_tx.clone()
+    }
+
+    /// The live state's name.
+    pub(crate) fn live_state(&self) -> String {
+        self.live_state.lock().expect("state lock").clone()
+    }
+
+    /// The live state's directory: what instances get as `$LIFEBOAT_STATE_DIR`.
+    pub(crate) fn live_state_dir(&self) -> std::path::PathBuf {
+        let dir = self.paths.state_dir(&self.live_state());
+        dir.canonicalize().unwrap_or(dir)
+    }
+
+    pub(crate) fn set_live_state(&self, state: &str) {
+        *self.live_state.lock().expect("state lock") = state.to_string();
+    }
+
+    pub(crate) fn states(&self) -> Result<StatesRecord, ControlError> {
+        self.store.states()
+    }
+
+    pub(crate) async fn set_states(&self, record: StatesRecord) -> Result<(), ControlError> {
+        let store = self.store.clone();
+        blocking(move || store.set_states(&record)).await
+    }
+
+    pub(crate) async fn event(&self, seq: u64) -> Result<Option<Event>, ControlError> {
+        let store = self.store.clone();
+        blocking(move || store.event(seq)).await
     }
 
     pub(crate) fn desired(&self) -> BTreeMap<String, u32> {
@@ -176,6 +224,8 @@ impl Site {
             maintenance,
             desired: self.desired(),
             instances,
+            state: self.live_state(),
+            capture: None,
         }
     }
 

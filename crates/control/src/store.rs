@@ -31,6 +31,24 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events-v1");
 const KEY_SCALE: &str = "scale";
 const KEY_MAINTENANCE: &str = "maintenance";
 const KEY_DAEMON: &str = "daemon";
+const KEY_STATES: &str = "states";
+
+/// Which state of the site is live (`site`: the site dir itself; else a restored copy under
+/// `.lifeboat/states/`), and which one was live before the last rewind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatesRecord {
+    pub live: String,
+    pub previous: Option<String>,
+}
+
+impl Default for StatesRecord {
+    fn default() -> Self {
+        StatesRecord {
+            live: crate::SITE_STATE.to_string(),
+            previous: None,
+        }
+    }
+}
 
 /// The daemon that runs (or last ran) the site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +157,26 @@ impl Store {
         self.put_desired(KEY_MAINTENANCE, state)
     }
 
+    /// Which state is live (the site dir until the first rewind).
+    pub fn states(&self) -> Result<StatesRecord, ControlError> {
+        Ok(self.get_desired(KEY_STATES)?.unwrap_or_default())
+    }
+
+    pub fn set_states(&self, states: &StatesRecord) -> Result<(), ControlError> {
+        self.put_desired(KEY_STATES, states)
+    }
+
+    /// The event with this seq.
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, ControlError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .events_after(seq - 1, 1)?
+            .into_iter()
+            .find(|e| e.seq == seq))
+    }
+
     /// Records the daemon now running the site.
     pub fn set_daemon(&self, daemon: &DaemonRecord) -> Result<(), ControlError> {
         let bytes = serde_json::to_vec(daemon).expect("daemon record serializes");
@@ -231,6 +269,15 @@ pub fn stored_events(site_dir: &Path, n: usize) -> Result<Vec<Event>, ControlErr
         });
     }
     Store::open(&path, site_dir)?.last_events(n)
+}
+
+/// Which state is live, read straight from the store while no daemon runs.
+pub fn stored_states(site_dir: &Path) -> Result<StatesRecord, ControlError> {
+    let path = crate::SitePaths::new(site_dir).store();
+    if !path.exists() {
+        return Ok(StatesRecord::default());
+    }
+    Store::open(&path, site_dir)?.states()
 }
 
 fn store_error(path: &Path, err: impl std::fmt::Display) -> ControlError {

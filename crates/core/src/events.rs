@@ -63,6 +63,31 @@ pub enum EventKind {
     MaintenanceOff,
     /// A process's desired number of instances changed.
     Scaled { process: String, from: u32, to: u32 },
+    /// The site's vault key was created (at the first `up` with a `[vault]`): it must be
+    /// copied somewhere safe (`lifeboat vault key export`).
+    VaultKeyCreated { path: String },
+    /// Continuous capture started on the live state.
+    CaptureStarted { state: String },
+    /// Capture could not start or keeps failing; it retries.
+    CaptureError { message: String },
+    /// A full checkpoint of the site was stored in the vault.
+    CheckpointTaken { snapshot: String, seq: u64 },
+    /// Capture of a database could not prove it missed nothing and took a fresh image.
+    ContinuityLost { database: String, why: String },
+    /// A rewind began: the site as of `to` is being restored beside the live state.
+    RewindStarted { to: String },
+    /// The front door now serves the restored copy in `state`; `previous` is kept for
+    /// `rewind --undo`.
+    RewindDone {
+        to: String,
+        state: String,
+        previous: String,
+        credentials_rotated: bool,
+    },
+    /// A rewind stopped before going live; the live site was not changed.
+    RewindFailed { to: String, why: String },
+    /// `rewind --undo`: the state that was live before the last rewind serves again.
+    RewindUndone { state: String, previous: String },
 }
 
 impl EventKind {
@@ -128,6 +153,40 @@ impl EventKind {
             EventKind::MaintenanceOn { message } => format!("maintenance on: {message}"),
             EventKind::MaintenanceOff => "maintenance off".to_string(),
             EventKind::Scaled { process, from, to } => format!("{process} scaled {from} -> {to}"),
+            EventKind::VaultKeyCreated { path } => format!(
+                "vault key created at {path}; copy it somewhere safe (`lifeboat vault key export`)"
+            ),
+            EventKind::CaptureStarted { state } => format!("capture started on {state}"),
+            EventKind::CaptureError { message } => format!("capture: {message}"),
+            EventKind::CheckpointTaken { snapshot, seq } => {
+                let short = snapshot.get(..12).unwrap_or(snapshot);
+                format!("checkpoint {short} stored (timeline segment {seq})")
+            }
+            EventKind::ContinuityLost { database, why } => {
+                format!("capture of {database} lost continuity ({why}); took a fresh image")
+            }
+            EventKind::RewindStarted { to } => format!("rewind to {to} started"),
+            EventKind::RewindDone {
+                to,
+                state,
+                previous,
+                credentials_rotated,
+            } => {
+                let creds = if *credentials_rotated {
+                    ", credentials rotated"
+                } else {
+                    ""
+                };
+                format!(
+                    "rewound to {to}: serving {state}{creds}; {previous} kept for `rewind --undo`"
+                )
+            }
+            EventKind::RewindFailed { to, why } => {
+                format!("rewind to {to} failed, the live site is unchanged: {why}")
+            }
+            EventKind::RewindUndone { state, previous } => {
+                format!("rewind undone: serving {state} again; {previous} kept")
+            }
         }
     }
 }

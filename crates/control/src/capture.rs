@@ -1,0 +1,379 @@
+//! Continuous capture inside the daemon: one [`TimelineWorker`] on the live state, started
+//! once the site's databases exist, restarted on another state after a rewind, stopped (after
+//! shipping what is pending) when the site goes down. Its facts become site events.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_core::{EventKind, Manifest};
+use lifeboat_timeline::{
+    SiteSources, TimelineEvent, TimelineStatus, TimelineWorker, WorkerOptions,
+};
+use lifeboat_vault::Repository;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::{ControlError, SitePaths};
+
+/// How long a stopping worker may keep retrying to ship what is pending.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between attempts to start a worker that could not start.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Capture as `lifeboat status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// The state captured: `site` (the site dir) or the name of a restored copy.
+    pub state: String,
+    /// Whether the worker runs (false while it waits for the databases or retries).
+    pub running: bool,
+    /// Why capture is not running yet, when it is not.
+    pub waiting: Option<String>,
+    pub last_segment_seq: Option<u64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_shipped_at: Option<OffsetDateTime>,
+    /// Age of the oldest captured change not yet durable in the vault.
+    pub lag_ms: u64,
+    pub segments_shipped: u64,
+    pub bytes_shipped: u64,
+    pub last_checkpoint: Option<CheckpointReport>,
+    pub last_error: Option<String>,
+    /// Per destination: reachable, objects waiting in the spool, last success.
+    pub destinations: Vec<DestinationReport>,
+}
+
+/// The last checkpoint in [`CaptureReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    pub snapshot: String,
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+}
+
+/// One vault destination in [`CaptureReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationReport {
+    pub url: String,
+    pub reachable: bool,
+    pub objects_behind: u64,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+}
+
+type Recorder = mpsc::UnboundedSender<(OffsetDateTime, EventKind)>;
+
+struct Slot {
+    state: String,
+    worker: Option<Arc<TimelineWorker>>,
+    waiting: Option<String>,
+    starter: Option<JoinHandle<()>>,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+/// The daemon's capture: the repository and the worker of the live state.
+pub(crate) struct Capture {
+    pub(crate) repo: Arc<Repository>,
+    paths: SitePaths,
+    manifest: Manifest,
+    options: WorkerOptions,
+    record: Recorder,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl Capture {
+    pub(crate) fn new(
+        repo: Arc<Repository>,
+        paths: SitePaths,
+        manifest: Manifest,
+        record: Recorder,
+    ) -> Capture {
+        let spec = manifest.vault.clone().expect("capture needs [vault]");
+        let options = WorkerOptions {
+            segment_interval: spec.segment_interval,
+            checkpoint_interval: spec.checkpoint_interval,
+            ..WorkerOptions::default()
+        };
+        Capture {
+            repo,
+            paths,
+            manifest,
+            options,
+            record,
+            slot: Arc::new(Mutex::new(Slot {
+                state: String::new(),
+                worker: None,
+                waiting: Some("not started".into()),
+                starter: None,
+                forwarder: None,
+            })),
+        }
+    }
+
+    fn emit(&self, what: EventKind) {
+        let _ = self.record.send((OffsetDateTime::now_utc(), what));
+    }
+
+    /// Starts capturing the state named `state` in the background: waits until its
+    /// databases exist, then starts the worker, retrying (with an event) while it fails.
+    pub(crate) fn start(&self, state: &str) {
+        let state_dir = self.paths.state_dir(state);
+        // The worker names sources relative to the state dir and stores the manifest that is
+        // live with every checkpoint: give a restored copy the site's manifest.
+        let sources = SiteSources {
+            site_dir: state_dir.clone(),
+            databases: self.manifest.state.sqlite.clone(),
+            data_dirs: self.manifest.state.dirs.clone(),
+            manifest: PathBuf::from(lifeboat_core::MANIFEST_FILE),
+            state_dir: self.paths.capture(state),
+        };
+        let (repo, options, record, slot) = (
+            self.repo.clone(),
+            self.options.clone(),
+            self.record.clone(),
+            self.slot.clone(),
+        );
+        let site_manifest = self.paths.manifest();
+        let state_name = state.to_string();
+        {
+            let mut s = slot.lock().unwrap();
+            s.state = state_name.clone();
+            s.waiting = Some("starting".into());
+        }
+        let starter = tokio::spawn(async move {
+            let mut last_error = String::new();
+            loop {
+                let missing: Vec<String> = sources
+                    .databases
+                    .iter()
+                    .filter(|db| !state_dir.join(db).exists())
+                    .map(|db| db.display().to_string())
+                    .collect();
+                let attempt = if !missing.is_empty() {
+                    Err(format!(
+                        "waiting for the site to create {} (capture starts once it exists)",
+                        missing.join(", ")
+                    ))
+                } else {
+                    if state_name != crate::SITE_STATE
+                        && let Err(e) = copy_manifest(&site_manifest, &state_dir)
+                    {
+                        last_error.clear();
+                        Err(e)
+                    } else {
+                        TimelineWorker::start(sources.clone(), options.clone(), repo.clone())
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                match attempt {
+                    Ok(worker) => {
+                        let worker = Arc::new(worker);
+                        let forwarder = tokio::spawn(forward_events(
+                            worker.subscribe(),
+                            worker.status().recent_events,
+                            record.clone(),
+                        ));
+                        let _ = record.send((
+                            OffsetDateTime::now_utc(),
+                            EventKind::CaptureStarted {
+                                state: state_name.clone(),
+                            },
+                        ));
+                        let mut s = slot.lock().unwrap();
+                        s.worker = Some(worker);
+                        s.waiting = None;
+                        s.forwarder = Some(forwarder);
+                        return;
+                    }
+                    Err(why) => {
+                        let waiting_for_db = why.starts_with("waiting for the site");
+                        if !waiting_for_db && why != last_error {
+                            let _ = record.send((
+                                OffsetDateTime::now_utc(),
+                                EventKind::CaptureError {
+                                    message: why.clone(),
+                                },
+                            ));
+                        }
+                        last_error = why.clone();
+                        slot.lock().unwrap().waiting = Some(why);
+                    }
+                }
+                let pause = if last_error.starts_with("waiting for the site") {
+                    Duration::from_millis(250)
+                } else {
+                    RETRY
+                };
+                tokio::time::sleep(pause).await;
+            }
+        });
+        self.slot.lock().unwrap().starter = Some(starter);
+    }
+
+    /// The running worker, if any.
+    pub(crate) fn worker(&self) -> Option<Arc<TimelineWorker>> {
+        self.slot.lock().unwrap().worker.clone()
+    }
+
+    /// Ships what is captured so far, so the vault holds the site up to now. A no-op while
+    /// no worker runs.
+    pub(crate) async fn ship_now(&self) -> Result<(), ControlError> {
+        if let Some(worker) = self.worker() {
+            worker.ship_now().await.map_err(|e| {
+                ControlError::Vault(format!("shipping captured changes failed: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stops capture (shipping what is pending, retrying up to a deadline).
+    pub(crate) async fn stop(&self) {
+        let (starter, worker, forwarder) = {
+            let mut s = self.slot.lock().unwrap();
+            s.waiting = Some("stopped".into());
+            (s.starter.take(), s.worker.take(), s.forwarder.take())
+        };
+        if let Some(starter) = starter {
+            starter.abort();
+            let _ = starter.await;
+        }
+        if let Some(worker) = worker {
+            let worker = match Arc::try_unwrap(worker) {
+                Ok(w) => w,
+                Err(shared) => {
+                    // A request still holds it (a status call): wait for it to let go.
+                    let mut shared = shared;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        match Arc::try_unwrap(shared) {
+                            Ok(w) => break w,
+                            Err(s) => shared = s,
+                        }
+                    }
+                }
+            };
+            if let Err(e) = worker.stop(STOP_DEADLINE).await {
+                self.emit(EventKind::CaptureError {
+                    message: format!(
+                        "changes captured just before capture stopped could not be shipped: {e}"
+                    ),
+                });
+            }
+        }
+        if let Some(forwarder) = forwarder {
+            forwarder.abort();
+        }
+    }
+
+    /// Where capture stands, with each destination's lag.
+    pub(crate) async fn report(&self) -> CaptureReport {
+        let (state, worker, waiting) = {
+            let s = self.slot.lock().unwrap();
+            (s.state.clone(), s.worker.clone(), s.waiting.clone())
+        };
+        let status = worker
+            .as_ref()
+            .map(|w| w.status())
+            .unwrap_or_else(TimelineStatus::default);
+        let destinations = self
+            .repo
+            .status()
+            .await
+            .into_iter()
+            .map(|d| DestinationReport {
+                url: d.url,
+                reachable: d.reachable,
+                objects_behind: d.objects_behind,
+                last_success: d.last_success,
+                last_error: d.last_error,
+            })
+            .collect();
+        CaptureReport {
+            state,
+            running: worker.is_some(),
+            waiting,
+            last_segment_seq: status.last_segment_seq,
+            last_shipped_at: status.last_shipped_at,
+            lag_ms: status.lag.as_millis() as u64,
+            segments_shipped: status.segments_shipped,
+            bytes_shipped: status.bytes_shipped,
+            last_checkpoint: status.last_checkpoint.map(|c| CheckpointReport {
+                snapshot: c.snapshot,
+                seq: c.seq,
+                time: c.time,
+            }),
+            last_error: status.last_error,
+            destinations,
+        }
+    }
+}
+
+/// Puts the site's manifest into a restored state dir (atomically), so checkpoints of that
+/// state carry the configuration that is live.
+fn copy_manifest(manifest: &std::path::Path, state_dir: &std::path::Path) -> Result<(), String> {
+    let target = state_dir.join(lifeboat_core::MANIFEST_FILE);
+    let tmp = state_dir.join(".lifeboat.toml.tmp");
+    let copy = || -> std::io::Result<()> {
+        std::fs::copy(manifest, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    };
+    copy().map_err(|e| {
+        format!(
+            "could not copy the manifest into {}: {e}; check the disk",
+            state_dir.display()
+        )
+    })
+}
+
+fn kind_of(event: TimelineEvent) -> Option<EventKind> {
+    match event {
+        TimelineEvent::ContinuityLost { database, why } => {
+            Some(EventKind::ContinuityLost { database, why })
+        }
+        TimelineEvent::CheckpointTaken(info) => Some(EventKind::CheckpointTaken {
+            snapshot: info.snapshot,
+            seq: info.seq,
+        }),
+        TimelineEvent::Error { message } => Some(EventKind::CaptureError { message }),
+        TimelineEvent::SegmentShipped { .. } => None,
+    }
+}
+
+/// Turns the worker's events into site events: first those it had before anyone listened
+/// (the first checkpoint), then the live ones. A failure that repeats is one event.
+async fn forward_events(
+    mut rx: tokio::sync::broadcast::Receiver<TimelineEvent>,
+    earlier: Vec<(OffsetDateTime, TimelineEvent)>,
+    record: Recorder,
+) {
+    let mut last_error = None;
+    let mut send = |at: OffsetDateTime, event: TimelineEvent| {
+        if let TimelineEvent::Error { message } = &event {
+            if last_error.as_ref() == Some(message) {
+                return;
+            }
+            last_error = Some(message.clone());
+        } else if matches!(event, TimelineEvent::CheckpointTaken(_)) {
+            last_error = None;
+        }
+        if let Some(kind) = kind_of(event) {
+            let _ = record.send((at, kind));
+        }
+    };
+    for (at, event) in earlier {
+        send(at, event);
+    }
+    loop {
+        match rx.recv().await {
+            Ok(TimelineEvent::SegmentShipped { .. }) => {}
+            Ok(event) => send(OffsetDateTime::now_utc(), event),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
