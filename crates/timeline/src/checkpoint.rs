@@ -93,7 +93,7 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
         }
         shipper.mark_polled();
         let seq = shipper.ship_forced()?;
-        if fill_missing_contents(shipper)? {
+        if fill_missing_contents(shipper, seq)? {
             return write_snapshot(shipper, seq);
         }
         // A file changed while it was being read: the next rescan records it.
@@ -106,7 +106,7 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
 
 /// Stores the content of files whose chunks this worker does not know yet (after a
 /// restart). Returns false when a file no longer has the content the timeline records.
-fn fill_missing_contents(shipper: &mut Shipper) -> Result<bool> {
+fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
     let mut work = BTreeMap::new();
     for dir in &shipper.dirs {
         for (path, hash) in &dir.state {
@@ -124,6 +124,12 @@ fn fill_missing_contents(shipper: &mut Shipper) -> Result<bool> {
     let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
     let mut all_match = true;
     for (name, (path, want)) in &work {
+        // Contents that travelled inline in segments are stored from memory.
+        if let Some(bytes) = shipper.inline.get(want) {
+            let content = writer.store_bytes(&name.join("/"), bytes)?;
+            shipper.contents.insert(want.clone(), content);
+            continue;
+        }
         match writer.store_file(path, &name.join("/"))? {
             Stored::Content { hash, content } if &hash == want => {
                 shipper.contents.insert(hash, content);
@@ -131,7 +137,10 @@ fn fill_missing_contents(shipper: &mut Shipper) -> Result<bool> {
             _ => all_match = false,
         }
     }
-    writer.finish(vec![CONTENT_TAG.into()], None)?;
+    writer.finish(
+        vec![CONTENT_TAG.into(), format!("{SEQ_TAG_PREFIX}{seq}")],
+        None,
+    )?;
     Ok(all_match)
 }
 
@@ -206,6 +215,10 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
         seq,
         time,
     };
+    // Segments after this checkpoint name their contents relative to it alone: whatever
+    // they reuse is in its tree, so older content snapshots may be forgotten.
+    shipper.contents = meta.contents;
+    shipper.inline.clear();
     shipper.checkpoint_done(info.clone());
     shipper.emit(TimelineEvent::CheckpointTaken(info.clone()));
     Ok(info)

@@ -2,7 +2,8 @@
 //! committed SQLite transaction and every data-dir file change continuously and ships them
 //! into the vault as sequence-numbered segments, with periodic checkpoints (full cuts);
 //! [`restore_site`] rebuilds the site as of any moment; [`list_restore_points`] says which
-//! moments exist. Layout: `docs/timeline-format.md`.
+//! moments exist; [`compact`] merges old segments into bundles and [`apply_retention`]
+//! drops what the vault's keep rules no longer keep. Layout: `docs/timeline-format.md`.
 //!
 //! The crate never prints: the worker reports through [`TimelineStatus`] and
 //! [`TimelineEvent`]s, and every error says what to do next.
@@ -10,23 +11,28 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod compact;
 mod error;
 mod lock;
 mod restore;
 mod segment;
 mod shipper;
 mod store;
+mod stream;
 mod types;
 mod worker;
 
 pub use checkpoint::{CHECKPOINT_TAG, SEQ_TAG_PREFIX};
+pub use compact::{CompactOptions, CompactReport, RetentionReport, apply_retention, compact};
 pub use error::{Result, TimelineError};
+pub use lifeboat_vault::KeepPolicy;
 pub use restore::{
     RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, SegmentRange,
     list_restore_points, restore_site,
 };
 pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
 pub use store::CONTENT_TAG;
+pub use stream::BUNDLE_STREAM;
 pub use types::{
     CheckpointInfo, RECENT_EVENTS, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions,
 };

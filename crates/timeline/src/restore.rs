@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 
 use crate::checkpoint::{self, apply_file_changes};
 use crate::error::{Result, TimelineError, io_err};
-use crate::segment::{STREAM, TimelineSegment};
 use crate::store::fetch;
+use crate::stream;
 use crate::types::CheckpointInfo;
 
 /// Which moment to restore.
@@ -97,21 +97,23 @@ pub async fn list_restore_points(repo: &Repository) -> Result<RestorePoints> {
         .map(|(_, i)| i)
         .collect();
     let mut segments: Vec<SegmentRange> = Vec::new();
-    for seq in repo.list_segments(STREAM).await? {
-        let seg = TimelineSegment::decode(seq, &repo.get_segment(STREAM, seq).await?)?;
+    let listing = stream::listing(repo).await?;
+    stream::read_from(repo, &listing, 0, |seg| {
         match segments.last_mut() {
-            Some(r) if r.last_seq + 1 == seq => {
-                r.last_seq = seq;
+            Some(r) if r.last_seq + 1 == seg.seq => {
+                r.last_seq = seg.seq;
                 r.to = r.to.max(seg.cut_at);
             }
             _ => segments.push(SegmentRange {
-                first_seq: seq,
-                last_seq: seq,
+                first_seq: seg.seq,
+                last_seq: seg.seq,
                 from: seg.after,
                 to: seg.cut_at,
             }),
         }
-    }
+        Ok(true)
+    })
+    .await?;
     Ok(RestorePoints {
         checkpoints,
         segments,
@@ -172,32 +174,40 @@ pub async fn restore_site(
     // the image was taken earlier and stored late); replay skips what the image holds.
     let mut expected = meta.seq;
     let mut last_time = meta.time;
-    for seq in repo.list_segments(STREAM).await? {
-        if seq < meta.seq {
-            continue;
+    let listing = stream::listing(repo).await?;
+    let mut gap = None;
+    stream::read_from(repo, &listing, meta.seq, |seg| {
+        if seg.seq != expected {
+            gap = Some(expected);
+            return Ok(false);
         }
-        if seq != expected {
-            return Err(TimelineError::MissingSegment {
-                seq: expected,
-                after: last_time,
-            });
-        }
-        let seg = TimelineSegment::decode(seq, &repo.get_segment(STREAM, seq).await?)?;
         if seg.after > t {
-            break;
+            return Ok(false);
         }
         last_time = seg.cut_at;
-        expected = seq + 1;
+        expected = seg.seq + 1;
         segments.push(seg);
+        Ok(true)
+    })
+    .await?;
+    if let Some(seq) = gap {
+        return Err(TimelineError::MissingSegment {
+            seq,
+            after: last_time,
+        });
     }
     let restored_time = match target {
         RestoreTarget::Latest => last_time,
         RestoreTarget::Time(_) => t,
     };
     let mut contents = meta.contents.clone();
+    let mut inline: BTreeMap<&str, &[u8]> = BTreeMap::new();
     let mut by_source: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
     for seg in &segments {
         contents.extend(seg.contents.clone());
+        for (hash, bytes) in &seg.inline {
+            inline.insert(hash.as_str(), bytes.as_slice());
+        }
         for (name, records) in &seg.sources {
             by_source
                 .entry(name.as_str())
@@ -318,18 +328,24 @@ pub async fn restore_site(
                 file_bytes += contents.get(hash).map_or(0, |c| c.size);
                 continue;
             }
+            let out = root.join(safe_rel(path)?);
+            if let Some(p) = out.parent() {
+                std::fs::create_dir_all(p).map_err(io_err("create", p))?;
+            }
+            files += 1;
+            if let Some(bytes) = inline.get(hash.as_str()) {
+                // Checked against its blake3 when the segment was decoded.
+                write_new_file(&out, bytes)?;
+                file_bytes += bytes.len() as u64;
+                continue;
+            }
             let content = contents
                 .get(hash)
                 .ok_or_else(|| TimelineError::MissingContent {
                     hash: hash.clone(),
                     what: format!("{}/{}", dir.name, path),
                 })?;
-            let out = root.join(safe_rel(path)?);
-            if let Some(p) = out.parent() {
-                std::fs::create_dir_all(p).map_err(io_err("create", p))?;
-            }
             fetch(repo, hash, content, path, &out).await?;
-            files += 1;
             file_bytes += content.size;
         }
     }

@@ -18,8 +18,16 @@ use crate::error::{Result, TimelineError};
 pub const STREAM: &str = "timeline";
 /// Magic bytes opening every timeline segment.
 pub const MAGIC: &[u8; 8] = b"LBTIMELN";
-/// Layout version written by [`TimelineSegment::encode`].
+/// Layout version written by [`TimelineSegment::encode`] for a segment without inline
+/// contents (readable by every lifeboat that knows the timeline).
 pub const FORMAT_VERSION: u8 = 1;
+/// Layout version of a segment carrying inline contents (small files' bytes in the segment).
+pub const FORMAT_VERSION_INLINE: u8 = 2;
+/// Magic bytes opening a bundle: several consecutive segments merged by compaction, each
+/// kept byte for byte as it was stored.
+pub const BUNDLE_MAGIC: &[u8; 8] = b"LBTLBNDL";
+/// Layout version of bundles.
+pub const BUNDLE_VERSION: u8 = 1;
 
 /// Where one content (a file's or a base image's bytes, named by blake3) is stored: the
 /// vault chunks that concatenate to it.
@@ -64,6 +72,10 @@ struct Header {
     cut_at: OffsetDateTime,
     contents: ContentMap,
     sources: Vec<(String, u64)>,
+    /// Version 2: blake3 and byte length of each inline content, in order, after the
+    /// sources' parts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inline: Vec<(String, u64)>,
 }
 
 /// One decoded timeline segment.
@@ -79,6 +91,9 @@ pub struct TimelineSegment {
     pub contents: ContentMap,
     /// Records by source name (a database's or data dir's path relative to the site dir).
     pub sources: BTreeMap<String, Vec<Record>>,
+    /// Small contents first referenced here, carried in the segment itself (blake3 hex ->
+    /// bytes) instead of as vault chunks: a quiet site's small upload costs no extra object.
+    pub inline: BTreeMap<String, Vec<u8>>,
 }
 
 impl TimelineSegment {
@@ -91,18 +106,29 @@ impl TimelineSegment {
             sources.push((name.clone(), body.len() as u64));
             bodies.push(body);
         }
+        let mut inline = Vec::new();
+        for (hash, bytes) in &self.inline {
+            inline.push((hash.clone(), bytes.len() as u64));
+            bodies.push(bytes.clone());
+        }
+        let version = if inline.is_empty() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_INLINE
+        };
         let header = Header {
             seq: self.seq,
             after: self.after,
             cut_at: self.cut_at,
             contents: self.contents.clone(),
             sources,
+            inline,
         };
         let header = serde_json::to_vec(&header).expect("plain data serialises");
         let mut out =
             Vec::with_capacity(13 + header.len() + bodies.iter().map(Vec::len).sum::<usize>());
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(version);
         out.extend_from_slice(&(header.len() as u32).to_be_bytes());
         out.extend_from_slice(&header);
         for b in bodies {
@@ -120,9 +146,9 @@ impl TimelineSegment {
         if bytes.len() < 13 || &bytes[..8] != MAGIC {
             return Err(damaged("not a timeline segment (bad magic)".into()));
         }
-        if bytes[8] != FORMAT_VERSION {
+        if bytes[8] != FORMAT_VERSION && bytes[8] != FORMAT_VERSION_INLINE {
             return Err(damaged(format!(
-                "format version {} is not known to this lifeboat (it reads {FORMAT_VERSION}); upgrade lifeboat",
+                "format version {} is not known to this lifeboat (it reads {FORMAT_VERSION} and {FORMAT_VERSION_INLINE}); upgrade lifeboat",
                 bytes[8]
             )));
         }
@@ -148,14 +174,105 @@ impl TimelineSegment {
             sources.insert(name, records);
             at = end;
         }
+        let mut inline = BTreeMap::new();
+        for (hash, len) in header.inline {
+            let end = at
+                .checked_add(len as usize)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| damaged(format!("truncated inline content {hash}")))?;
+            let body = &bytes[at..end];
+            if blake3::hash(body).to_hex().as_str() != hash {
+                return Err(damaged(format!(
+                    "inline content {hash} does not match its hash"
+                )));
+            }
+            inline.insert(hash, body.to_vec());
+            at = end;
+        }
         Ok(TimelineSegment {
             seq,
             after: header.after,
             cut_at: header.cut_at,
             contents: header.contents,
             sources,
+            inline,
         })
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct BundleHeader {
+    first_seq: u64,
+    last_seq: u64,
+    /// Each part's seq and byte length, in order.
+    parts: Vec<(u64, u64)>,
+}
+
+/// Encodes a bundle of stored segments `(seq, bytes as stored)`, ascending by seq; the
+/// parts are kept byte for byte, so reading a bundle gives exactly the segments merged.
+pub(crate) fn encode_bundle(parts: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let header = BundleHeader {
+        first_seq: parts.first().map_or(0, |p| p.0),
+        last_seq: parts.last().map_or(0, |p| p.0),
+        parts: parts.iter().map(|(s, b)| (*s, b.len() as u64)).collect(),
+    };
+    let header = serde_json::to_vec(&header).expect("plain data serialises");
+    let mut out =
+        Vec::with_capacity(13 + header.len() + parts.iter().map(|p| p.1.len()).sum::<usize>());
+    out.extend_from_slice(BUNDLE_MAGIC);
+    out.push(BUNDLE_VERSION);
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header);
+    for (_, b) in parts {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// Splits a bundle stored under `key` into its parts `(seq, bytes as stored)`.
+pub(crate) fn split_bundle(key: u64, bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let damaged = |why: String| TimelineError::Damaged {
+        what: format!("segment bundle {key}"),
+        why,
+    };
+    if bytes.len() < 13 || &bytes[..8] != BUNDLE_MAGIC {
+        return Err(damaged("not a timeline segment bundle (bad magic)".into()));
+    }
+    if bytes[8] != BUNDLE_VERSION {
+        return Err(damaged(format!(
+            "bundle version {} is not known to this lifeboat (it reads {BUNDLE_VERSION}); upgrade lifeboat",
+            bytes[8]
+        )));
+    }
+    let len = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+    let header_end = 13usize
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| damaged("truncated header".into()))?;
+    let header: BundleHeader = serde_json::from_slice(&bytes[13..header_end])
+        .map_err(|e| damaged(format!("bad header: {e}")))?;
+    if header.first_seq != key || header.parts.first().map(|p| p.0) != Some(key) {
+        return Err(damaged(format!(
+            "it says it starts at segment {}",
+            header.first_seq
+        )));
+    }
+    let mut out = Vec::with_capacity(header.parts.len());
+    let mut at = header_end;
+    let mut previous = None;
+    for (seq, len) in header.parts {
+        if previous.is_some_and(|p| seq <= p) || seq > header.last_seq {
+            return Err(damaged(format!("part {seq} is out of order")));
+        }
+        previous = Some(seq);
+        let end = at
+            .checked_add(len as usize)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| damaged(format!("truncated part {seq}")))?;
+        out.push((seq, bytes[at..end].to_vec()));
+        at = end;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -183,10 +300,30 @@ mod tests {
             cut_at: t,
             contents: ContentMap::new(),
             sources,
+            inline: BTreeMap::new(),
         };
         let bytes = seg.encode();
         assert_eq!(TimelineSegment::decode(7, &bytes).unwrap(), seg);
         assert!(TimelineSegment::decode(8, &bytes).is_err());
         assert!(TimelineSegment::decode(7, &bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(bytes[8], FORMAT_VERSION);
+
+        // With inline contents (version 2), and inside a bundle.
+        let mut seg2 = seg.clone();
+        seg2.seq = 8;
+        seg2.inline.insert(
+            blake3::hash(b"hello").to_hex().to_string(),
+            b"hello".to_vec(),
+        );
+        let bytes2 = seg2.encode();
+        assert_eq!(bytes2[8], FORMAT_VERSION_INLINE);
+        assert_eq!(TimelineSegment::decode(8, &bytes2).unwrap(), seg2);
+        let bundle = encode_bundle(&[(7, bytes.clone()), (8, bytes2.clone())]);
+        assert_eq!(
+            split_bundle(7, &bundle).unwrap(),
+            vec![(7, bytes), (8, bytes2)]
+        );
+        assert!(split_bundle(8, &bundle).is_err());
+        assert!(split_bundle(7, &bundle[..bundle.len() - 1]).is_err());
     }
 }

@@ -63,8 +63,13 @@ pub(crate) struct Shipper {
     pub manifest_name: String,
     pub dbs: Vec<DbSource>,
     pub dirs: Vec<DirSource>,
-    /// Every content known to be stored, by blake3.
+    /// Every content stored as vault chunks that segments since the last checkpoint may
+    /// name without restating it (the checkpoint's contents and those named since), by
+    /// blake3.
     pub contents: ContentMap,
+    /// Small contents carried inline in segments since the last checkpoint (blake3 ->
+    /// bytes); the next checkpoint stores them as vault chunks.
+    pub inline: BTreeMap<String, Vec<u8>>,
     pub next_seq: u64,
     /// The previous segment's cut: every pending record was seen after it.
     after: OffsetDateTime,
@@ -89,6 +94,32 @@ pub(crate) struct Shipper {
     /// Held while this worker runs: one worker per site at a time. Declared last so it is
     /// released only after the captures closed.
     _lock: std::fs::File,
+}
+
+/// At most this many files of `inline_max` bytes go inline in one segment...
+const INLINE_SEGMENT_FILES: u64 = 16;
+/// ...and this many between two checkpoints (they are kept in memory until then).
+const INLINE_CHECKPOINT_FILES: u64 = 512;
+
+/// Reads a file of at most `max` bytes for inline storage: `None` when it grew beyond.
+fn read_small(path: &std::path::Path, max: u64) -> Result<Option<Stored>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Stored::Gone)),
+        Err(e) => return Err(crate::error::io_err("open", path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(crate::error::io_err("read", path))?;
+    if bytes.len() as u64 > max {
+        return Ok(None);
+    }
+    Ok(Some(Stored::Inline {
+        hash: blake3::hash(&bytes).to_hex().to_string(),
+        bytes,
+    }))
 }
 
 pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineError + '_ {
@@ -159,7 +190,10 @@ impl Shipper {
             });
         }
         let handle2 = handle.clone();
-        let seqs = handle2.block_on(repo.list_segments(STREAM))?;
+        // Compaction may have moved old segments into bundles: continue after the highest
+        // seq in either stream.
+        let listing = handle2.block_on(crate::stream::listing(&repo))?;
+        let last_seq = handle2.block_on(crate::stream::last_seq(&repo, &listing))?;
         let now = OffsetDateTime::now_utc();
         Ok(Shipper {
             repo,
@@ -170,7 +204,8 @@ impl Shipper {
             dbs,
             dirs,
             contents: ContentMap::new(),
-            next_seq: seqs.last().map_or(1, |s| s + 1),
+            inline: BTreeMap::new(),
+            next_seq: last_seq.map_or(1, |s| s + 1),
             after: now,
             cut_at: now,
             oldest_pending: None,
@@ -362,22 +397,45 @@ impl Shipper {
             }
         }
         let mut dir_changes = Vec::new();
+        // Small files go inline in the segment (no content snapshot, so no extra objects),
+        // within a budget per segment and since the last checkpoint (which stores them).
+        let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
+        let mut new_inline: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let inline_max = self.options.inline_max;
+        let mut inline_room = (inline_max * INLINE_SEGMENT_FILES).min(
+            (inline_max * INLINE_CHECKPOINT_FILES)
+                .saturating_sub(self.inline.values().map(|b| b.len() as u64).sum()),
+        );
         for dir in &mut self.dirs {
             let changes = dir.pending.clone();
             for c in &changes {
-                if let FileChangeKind::Written { hash, .. } = &c.change
+                if let FileChangeKind::Written { hash, size } = &c.change
                     && !self.contents.contains_key(hash)
+                    && !self.inline.contains_key(hash)
                 {
-                    work.insert(
-                        key(&format!("files/{}/{}", dir.name, c.path)),
-                        dir.root.join(&c.path),
-                    );
+                    let name = format!("files/{}/{}", dir.name, c.path);
+                    if stored.contains_key(&name) {
+                        continue;
+                    }
+                    let path = dir.root.join(&c.path);
+                    if *size <= inline_max
+                        && *size <= inline_room
+                        && let Some(got) = read_small(&path, inline_max)?
+                    {
+                        if let Stored::Inline { hash, bytes } = &got {
+                            inline_room = inline_room.saturating_sub(bytes.len() as u64);
+                            new_inline.insert(hash.clone(), bytes.clone());
+                        }
+                        work.remove(&key(&name));
+                        stored.insert(name, got);
+                        continue;
+                    }
+                    work.insert(key(&name), path);
                 }
             }
             dir_changes.push(changes);
         }
         // Contents first: durable on a quorum before any segment names them.
-        let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
         let mut new_contents = ContentMap::new();
         if !work.is_empty() {
             let mut writer = ContentWriter::start(self.repo.clone(), self.handle.clone())?;
@@ -423,6 +481,12 @@ impl Shipper {
                                 hash: hash.clone(),
                             };
                         }
+                        Some(Stored::Inline { hash, bytes }) => {
+                            c.change = FileChangeKind::Written {
+                                size: bytes.len() as u64,
+                                hash: hash.clone(),
+                            };
+                        }
                         Some(Stored::Gone) => c.change = FileChangeKind::Deleted,
                         None => {}
                     }
@@ -436,6 +500,7 @@ impl Shipper {
             }
         }
         self.contents.extend(new_contents.clone());
+        self.inline.extend(new_inline.clone());
         for db in &mut self.dbs {
             db.pending.clear();
         }
@@ -448,6 +513,7 @@ impl Shipper {
             cut_at: self.cut_at.max(self.after),
             contents: new_contents,
             sources,
+            inline: new_inline,
         };
         self.next_seq += 1;
         self.after = self.cut_at.max(self.after);
@@ -563,6 +629,7 @@ impl Shipper {
                         cut_at: now,
                         contents: ContentMap::new(),
                         sources: BTreeMap::from([(name.clone(), records)]),
+                        inline: BTreeMap::new(),
                     };
                     let bytes = segment.encode();
                     handle

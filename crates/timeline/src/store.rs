@@ -25,6 +25,8 @@ pub const CONTENT_TAG: &str = "timeline-content";
 pub(crate) enum Stored {
     /// The file's content now, with its blake3 and where it is stored.
     Content { hash: String, content: Content },
+    /// The file's content now, small enough to travel inline in the segment.
+    Inline { hash: String, bytes: Vec<u8> },
     /// The file is gone.
     Gone,
 }
@@ -79,6 +81,25 @@ impl ContentWriter {
             hash,
             content: Content::from_ids(size, &ids),
         })
+    }
+
+    /// Stores `bytes` as content under `name` (chunked and deduplicated like a file).
+    pub(crate) fn store_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<Content> {
+        let (ids, size) = self
+            .writer
+            .store_content(bytes, bytes.len() as u64, &|_| {})?;
+        self.writer.add_stored_file(
+            name,
+            EntryMeta {
+                mode: 0o644,
+                ..Default::default()
+            },
+            ids.clone(),
+            size,
+            false,
+        )?;
+        self.added += 1;
+        Ok(Content::from_ids(size, &ids))
     }
 
     /// Adds content already stored (by its chunks) under `name`.

@@ -43,6 +43,14 @@ pub struct WorkerOptions {
     pub wal_checkpoint_interval: Duration,
     /// How often objects spooled for a destination that was down are sent to it again.
     pub catch_up_interval: Duration,
+    /// Changed files up to this size travel inline in the segment instead of in a content
+    /// snapshot of their own (which costs several vault objects); 0 turns this off.
+    pub inline_max: u64,
+    /// How often the worker compacts old segments into bundles ([`crate::compact`]);
+    /// `Duration::ZERO` turns it off.
+    pub compact_interval: Duration,
+    /// Segments whose window ended longer ago than this are compacted.
+    pub compact_older_than: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +63,9 @@ impl Default for WorkerOptions {
             rescan_interval: Duration::from_secs(60),
             catch_up_interval: Duration::from_secs(10),
             wal_checkpoint_interval: Duration::from_secs(5),
+            inline_max: 16 * 1024,
+            compact_interval: Duration::from_secs(10 * 60),
+            compact_older_than: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -88,6 +99,8 @@ pub struct TimelineStatus {
     pub segments_shipped: u64,
     /// The last checkpoint taken by this worker.
     pub last_checkpoint: Option<CheckpointInfo>,
+    /// What the worker's last compaction did (failures are [`TimelineEvent::Error`]s).
+    pub last_compaction: Option<crate::compact::CompactReport>,
     /// The last error, cleared by the next successful shipment.
     pub last_error: Option<String>,
     /// The most recent events other than shipped segments (at most

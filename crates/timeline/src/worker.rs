@@ -23,6 +23,64 @@ pub struct TimelineWorker {
     events: broadcast::Sender<TimelineEvent>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// The compaction running in the background, if any (shared with the loop).
+    compaction: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Records a failure in the status (repeats of the same failure are one event) and
+/// announces it.
+fn report_error(
+    status: &Mutex<TimelineStatus>,
+    events: &broadcast::Sender<TimelineEvent>,
+    message: String,
+) {
+    {
+        let mut s = status.lock().unwrap();
+        if s.last_error.as_ref() != Some(&message) {
+            if s.recent_events.len() >= crate::types::RECENT_EVENTS {
+                s.recent_events.remove(0);
+            }
+            s.recent_events.push((
+                OffsetDateTime::now_utc(),
+                TimelineEvent::Error {
+                    message: message.clone(),
+                },
+            ));
+        }
+        s.last_error = Some(message.clone());
+    }
+    let _ = events.send(TimelineEvent::Error { message });
+}
+
+/// Starts a compaction in the background unless one still runs. Its failures are
+/// reported as errors and retried at the next interval; they never stop the worker.
+fn start_compaction(
+    repo: &Arc<Repository>,
+    options: &crate::types::WorkerOptions,
+    running: &Mutex<Option<JoinHandle<()>>>,
+    status: &Arc<Mutex<TimelineStatus>>,
+    events: &broadcast::Sender<TimelineEvent>,
+) {
+    let mut running = running.lock().unwrap();
+    if running.as_ref().is_some_and(|t| !t.is_finished()) {
+        return;
+    }
+    let opts = crate::compact::CompactOptions {
+        older_than: options.compact_older_than,
+        ..Default::default()
+    };
+    let every = options.compact_interval;
+    let (repo, st, ev) = (repo.clone(), status.clone(), events.clone());
+    *running = Some(tokio::spawn(async move {
+        match crate::compact::compact(&repo, &opts).await {
+            Ok(report) => st.lock().unwrap().last_compaction = Some(report),
+            Err(e) => report_error(
+                &st,
+                &ev,
+                format!("compacting old segments failed (retried in {every:?}): {e}"),
+            ),
+        }
+    }));
 }
 
 async fn blocking<T: Send + 'static>(
@@ -83,36 +141,34 @@ impl TimelineWorker {
         .await
         .map_err(|_| TimelineError::Stopped)??;
         let poll_interval = shipper.options.poll_interval;
+        let options = shipper.options.clone();
+        let repo = shipper.repo.clone();
         let shipper = Arc::new(Mutex::new(shipper));
         let (stop, mut stopped) = watch::channel(false);
-        let (sh, st, ev) = (shipper.clone(), status.clone(), events.clone());
+        let compaction: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::default();
+        let (sh, st, ev, co) = (
+            shipper.clone(),
+            status.clone(),
+            events.clone(),
+            compaction.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut interval = tokio::time::interval(poll_interval);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_compaction = Instant::now();
             loop {
                 tokio::select! {
                     _ = interval.tick() => {}
                     _ = stopped.changed() => break,
                 }
                 if let Err(e) = blocking(&sh, tick).await {
-                    let message = e.to_string();
-                    {
-                        let mut s = st.lock().unwrap();
-                        // Repeats of the same failure are one event.
-                        if s.last_error.as_ref() != Some(&message) {
-                            if s.recent_events.len() >= crate::types::RECENT_EVENTS {
-                                s.recent_events.remove(0);
-                            }
-                            s.recent_events.push((
-                                OffsetDateTime::now_utc(),
-                                TimelineEvent::Error {
-                                    message: message.clone(),
-                                },
-                            ));
-                        }
-                        s.last_error = Some(message.clone());
-                    }
-                    let _ = ev.send(TimelineEvent::Error { message });
+                    report_error(&st, &ev, e.to_string());
+                }
+                if !options.compact_interval.is_zero()
+                    && last_compaction.elapsed() >= options.compact_interval
+                {
+                    last_compaction = Instant::now();
+                    start_compaction(&repo, &options, &co, &st, &ev);
                 }
             }
         });
@@ -122,6 +178,7 @@ impl TimelineWorker {
             events,
             stop,
             task: Some(task),
+            compaction,
         })
     }
 
@@ -168,6 +225,11 @@ impl TimelineWorker {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // A compaction under way finishes (it holds the vault's lock until it does).
+        let running = self.compaction.lock().unwrap().take();
+        if let Some(task) = running {
+            let _ = task.await;
+        }
         let until = Instant::now() + deadline;
         loop {
             match self.ship_now().await {
@@ -180,6 +242,8 @@ impl TimelineWorker {
 }
 
 impl Drop for TimelineWorker {
+    /// Stops the loop at once; a compaction under way is left to finish on its own (it
+    /// holds the vault's lock until it does).
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
