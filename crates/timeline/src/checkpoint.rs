@@ -110,7 +110,8 @@ fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
     let mut work = BTreeMap::new();
     for dir in &shipper.dirs {
         for (path, hash) in &dir.state {
-            if !shipper.contents.contains_key(hash) {
+            // Inline contents are stored by the checkpoint snapshot itself, from memory.
+            if !shipper.contents.contains_key(hash) && !shipper.inline.contains_key(hash) {
                 work.insert(
                     comps(&format!("files/{}/{}", dir.name, path)),
                     (dir.root.join(path), hash.clone()),
@@ -124,12 +125,6 @@ fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
     let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
     let mut all_match = true;
     for (name, (path, want)) in &work {
-        // Contents that travelled inline in segments are stored from memory.
-        if let Some(bytes) = shipper.inline.get(want) {
-            let content = writer.store_bytes(&name.join("/"), bytes)?;
-            shipper.contents.insert(want.clone(), content);
-            continue;
-        }
         match writer.store_file(path, &name.join("/"))? {
             Stored::Content { hash, content } if &hash == want => {
                 shipper.contents.insert(hash, content);
@@ -146,6 +141,7 @@ fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
 
 fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
     let time = shipper.last_cut();
+    let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
     let mut contents = ContentMap::new();
     let mut entries: BTreeMap<Vec<String>, Content> = BTreeMap::new();
     let mut databases = Vec::new();
@@ -164,7 +160,20 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
     let mut dirs = Vec::new();
     for dir in &shipper.dirs {
         for (path, hash) in &dir.state {
-            let content = shipper.contents[hash].clone();
+            let content = match shipper.contents.get(hash) {
+                Some(c) => c.clone(),
+                // Carried inline in segments so far: its chunks go into this snapshot (and
+                // count as stored only once it is, when the contents are reset below).
+                None => {
+                    let bytes = shipper.inline.get(hash).ok_or_else(|| {
+                        TimelineError::Invalid(format!(
+                            "the content of {}/{path} is not stored; the next checkpoint stores it",
+                            dir.name
+                        ))
+                    })?;
+                    writer.store_only(bytes)?
+                }
+            };
             entries.insert(comps(&format!("{}/{}", dir.name, path)), content.clone());
             contents.insert(hash.clone(), content);
         }
@@ -198,7 +207,6 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
         all.insert(comps(&shipper.manifest_name), Some(b));
     }
     all.insert(vec![META_DIR.into(), META_FILE.into()], Some(&meta_bytes));
-    let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
     for (name, bytes) in &all {
         let joined = name.join("/");
         match bytes {

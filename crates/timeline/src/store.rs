@@ -83,22 +83,12 @@ impl ContentWriter {
         })
     }
 
-    /// Stores `bytes` as content under `name` (chunked and deduplicated like a file).
-    pub(crate) fn store_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<Content> {
+    /// Stores `bytes` as content (chunked and deduplicated like a file) without naming it
+    /// in the snapshot yet: add it with [`add_stored`](Self::add_stored).
+    pub(crate) fn store_only(&mut self, bytes: &[u8]) -> Result<Content> {
         let (ids, size) = self
             .writer
             .store_content(bytes, bytes.len() as u64, &|_| {})?;
-        self.writer.add_stored_file(
-            name,
-            EntryMeta {
-                mode: 0o644,
-                ..Default::default()
-            },
-            ids.clone(),
-            size,
-            false,
-        )?;
-        self.added += 1;
         Ok(Content::from_ids(size, &ids))
     }
 

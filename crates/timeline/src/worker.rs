@@ -52,6 +52,17 @@ fn report_error(
     let _ = events.send(TimelineEvent::Error { message });
 }
 
+/// Whether a segment besides the newest may still wait for compaction (a quiet site does
+/// not even take the vault's lock).
+fn compaction_may_help(s: &TimelineStatus) -> bool {
+    let through = s
+        .last_compaction
+        .as_ref()
+        .and_then(|r| r.compacted_through)
+        .unwrap_or(0);
+    s.last_segment_seq.is_some_and(|last| last > through + 1)
+}
+
 /// Starts a compaction in the background unless one still runs. Its failures are
 /// reported as errors and retried at the next interval; they never stop the worker.
 fn start_compaction(
@@ -166,6 +177,7 @@ impl TimelineWorker {
                 }
                 if !options.compact_interval.is_zero()
                     && last_compaction.elapsed() >= options.compact_interval
+                    && compaction_may_help(&st.lock().unwrap())
                 {
                     last_compaction = Instant::now();
                     start_compaction(&repo, &options, &co, &st, &ev);
