@@ -196,10 +196,18 @@ impl Backend {
             Backend::Local(root) => {
                 let path = root.join(key);
                 tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let f = std::fs::File::open(&path)?;
-                    let mut buf = vec![0u8; len as usize];
-                    f.read_exact_at(&mut buf, offset)?;
+                    use std::io::{Read, Seek};
+                    let mut f = std::fs::File::open(&path)?;
+                    f.seek(std::io::SeekFrom::Start(offset))?;
+                    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+                    let mut buf = Vec::with_capacity(len as usize);
+                    f.take(len).read_to_end(&mut buf)?;
+                    if buf.len() as u64 != len {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the object ends before byte {}", offset + len),
+                        ));
+                    }
                     Ok(Bytes::from(buf))
                 })
                 .await

@@ -243,12 +243,76 @@ impl Keys {
 
     /// Reverses [`Keys::pack_payload`]. `max_len` bounds the decompressed size.
     pub fn unpack_payload(&self, sealed: &[u8], aad: &[u8], max_len: usize) -> Option<Vec<u8>> {
-        let plain = self.open(sealed, aad)?;
+        let mut plain = self.open(sealed, aad)?;
         match plain.split_first()? {
-            (0, rest) => Some(rest.to_vec()),
-            (1, rest) => zstd::bulk::decompress(rest, max_len).ok(),
+            (0, _) => {
+                plain.drain(..1);
+                Some(plain)
+            }
+            (1, rest) => {
+                // Size the buffer from the frame header when it says (our writers always do),
+                // instead of reserving `max_len` for every blob.
+                let cap = match zstd::zstd_safe::get_frame_content_size(rest) {
+                    Ok(Some(n)) if n <= max_len as u64 => n as usize,
+                    Ok(Some(_)) => return None,
+                    _ => max_len,
+                };
+                zstd::bulk::decompress(rest, cap).ok()
+            }
             _ => None,
         }
+    }
+}
+
+/// Reuses buffers and a decompression context across many [`Keys::unpack_in_place`] calls.
+#[derive(Default)]
+pub struct Unpacker {
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    out: Vec<u8>,
+}
+
+impl Keys {
+    /// Like [`Keys::unpack_payload`], but decrypts in place (the sealed bytes are overwritten)
+    /// and decompresses into a buffer owned by `unpacker`, so opening a blob copies nothing
+    /// and allocates nothing after the first blob. `raw_len` is the expected plaintext length
+    /// (from the index); anything else is refused.
+    pub fn unpack_in_place<'a>(
+        &self,
+        sealed: &'a mut [u8],
+        aad: &[u8],
+        raw_len: usize,
+        unpacker: &'a mut Unpacker,
+    ) -> Option<&'a [u8]> {
+        if sealed.len() < NONCE_LEN + 1 + TAG_LEN || raw_len > crate::format::MAX_BLOB_LEN {
+            return None;
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        XChaCha20Poly1305::new((&self.data).into())
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                aad,
+                body,
+                chacha20poly1305::Tag::from_slice(tag),
+            )
+            .ok()?;
+        let (flag, payload) = body.split_first()?;
+        let plain: &'a [u8] = match flag {
+            0 => payload,
+            1 => {
+                let out = &mut unpacker.out;
+                out.clear();
+                out.reserve(raw_len);
+                let dec = match &mut unpacker.decompressor {
+                    Some(d) => d,
+                    none => none.insert(zstd::bulk::Decompressor::new().ok()?),
+                };
+                dec.decompress_to_buffer(payload, out).ok()?;
+                &out[..]
+            }
+            _ => return None,
+        };
+        (plain.len() == raw_len).then_some(plain)
     }
 }
 

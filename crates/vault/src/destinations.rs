@@ -204,6 +204,35 @@ impl Destinations {
         })
     }
 
+    /// Reads a byte range of `key` from the first destination (then spooled copy) that can
+    /// serve it, unchecked and owned: the caller checks every part it uses and reads parts
+    /// that fail again with [`Destinations::get_range`], which tries the other copies.
+    pub async fn get_range_first(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut problems = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                continue;
+            }
+            match d.backend.get_range(key, offset, len).await {
+                Ok(b) if b.len() as u64 == len => return Ok(Vec::from(b)),
+                Ok(b) => problems.push(format!("{} bytes instead of {len} on {}", b.len(), d.url)),
+                Err(e) => problems.push(format!("{}: {e}", d.url)),
+            }
+        }
+        for d in &self.list {
+            if let Ok(b) = std::fs::read(d.spool.join(key)) {
+                let (s, e) = (offset as usize, (offset + len) as usize);
+                if e <= b.len() {
+                    return Ok(b[s..e].to_vec());
+                }
+            }
+        }
+        Err(Error::Unreadable {
+            key: key.into(),
+            detail: problems.join("; "),
+        })
+    }
+
     /// Writes `key` to every reachable destination, best effort, without spooling (locks).
     pub async fn put_reachable(&self, key: &str, bytes: Bytes) -> Result<()> {
         let mut ok = 0;

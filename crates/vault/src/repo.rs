@@ -351,22 +351,26 @@ impl Repository {
                 Error::Corrupt(format!("blob {id:?} is referenced but not in any index"))
             })?;
         let keys = &self.keys;
-        let bytes = self
-            .dests
+        // The check keeps what it opened, so the blob is decrypted once.
+        let plain = std::sync::Mutex::new(None);
+        self.dests
             .get_range(
                 &pack_key(&loc.pack),
                 loc.offset,
                 u64::from(loc.length),
-                |b| {
-                    keys.unpack_payload(b, b"", MAX_BLOB_LEN)
-                        .is_some_and(|p| keys.blob_id(&p) == *id)
+                |b| match keys.unpack_payload(b, b"", MAX_BLOB_LEN) {
+                    Some(p) if keys.blob_id(&p) == *id => {
+                        *plain.lock().unwrap() = Some(p);
+                        true
+                    }
+                    _ => false,
                 },
             )
             .await?;
-        Ok(self
-            .keys
-            .unpack_payload(&bytes, b"", MAX_BLOB_LEN)
-            .expect("checked above"))
+        Ok(plain
+            .into_inner()
+            .unwrap()
+            .expect("get_range returns only checked bytes"))
     }
 
     /// Reads a directory listing.

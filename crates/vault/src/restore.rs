@@ -1,21 +1,40 @@
 //! Restoring a snapshot (or part of it) into a directory. Entry names in a snapshot are
 //! untrusted input: the whole tree is checked before anything is written, so a crafted
-//! snapshot cannot make restore write outside the target. Files are written to temporary
-//! names, fsynced and renamed into place; files already present with identical content are
-//! kept; each pack is read once.
+//! snapshot cannot make restore write outside the target.
+//!
+//! Data flows pack by pack: each pack is fetched once, with one ranged read covering the blobs
+//! the restore needs; its blobs are decrypted in place, decompressed into a reused buffer,
+//! checked against their ids and written with positional writes straight into their files.
+//! Several packs are in flight at once, so fetching, opening blobs (on every core) and writing
+//! overlap; memory holds at most those packs. A file is created under a temporary name when
+//! its first piece arrives and renamed into place, with its metadata, as soon as its last piece
+//! is written. A blob whose copy fails its check is read again from the other destinations.
+//! Files already present with identical content are kept.
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
+use rayon::prelude::*;
 
 use crate::backup::Progress;
-use crate::crypto::Id;
+use crate::crypto::{Id, Unpacker};
 use crate::error::{Error, IoContext, Result};
-use crate::format::{MAX_BLOB_LEN, Node, NodeKind};
-use crate::repo::{Repository, pack_key};
+use crate::format::{Node, NodeKind};
+use crate::repo::{BlobLocation, Repository, pack_key};
+
+/// Files kept open at once while partly written; past this, a file is closed after each
+/// write and reopened for the next, so a snapshot of any size needs few descriptors.
+const MAX_OPEN_FILES: usize = 256;
+
+/// Packs fetched and being opened at once (memory holds about this many packs).
+fn packs_in_flight() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).clamp(4, 16)
+}
 
 /// Options of a restore.
 #[derive(Clone, Debug, Default)]
@@ -82,6 +101,222 @@ fn included(rel: &Path, include: &[Vec<String>], is_dir: bool) -> bool {
         .any(|inc| comps.starts_with(inc) || (is_dir && inc.starts_with(&comps)))
 }
 
+/// Where one blob's plaintext goes: file `file` (index in the plan) at `offset`.
+#[derive(Clone, Copy)]
+struct Piece {
+    file: usize,
+    offset: u64,
+}
+
+/// The state of a file being written.
+enum Handle {
+    /// Not created yet.
+    Absent,
+    /// Created under its temporary name and open.
+    Open(Arc<std::fs::File>),
+    /// Created under its temporary name, closed (reopened for the next piece).
+    Closed,
+    /// Renamed into place.
+    Done,
+}
+
+struct OutFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// Pieces still to write; whoever writes the last one finishes the file.
+    left: AtomicUsize,
+    handle: Mutex<Handle>,
+}
+
+/// Everything the pack workers share.
+struct Job {
+    repo: Arc<Repository>,
+    files: Vec<PlannedFile>,
+    /// Per planned file; `None` for a file kept as it was.
+    outs: Vec<Option<OutFile>>,
+    pieces: HashMap<Id, Vec<Piece>>,
+    open_files: AtomicUsize,
+    /// Past this many open files, a partly written file is closed after each write.
+    max_open: usize,
+    overwrite: bool,
+    /// Set on the first error: workers stop taking new work.
+    stop: AtomicBool,
+    written: AtomicU64,
+    progress: Arc<dyn Progress>,
+}
+
+impl Job {
+    /// Fetches the needed part of one pack and writes every blob of it where it belongs.
+    async fn restore_pack(self: Arc<Self>, pack: Id, blobs: Vec<(Id, BlobLocation)>) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let base = blobs[0].1.offset;
+        let end = blobs
+            .iter()
+            .map(|(_, l)| l.offset + u64::from(l.length))
+            .max()
+            .expect("a pack is fetched for at least one blob");
+        let mut buf = self
+            .repo
+            .dests
+            .get_range_first(&pack_key(&pack), base, end - base)
+            .await?;
+        let job = self.clone();
+        let failed = tokio::task::spawn_blocking(move || job.open_pack(&mut buf, base, &blobs))
+            .await
+            .map_err(worker_failed)??;
+        // Copies that failed their check: read each blob again, from the other destinations.
+        for id in failed {
+            let plain = self.repo.read_blob(&id).await?;
+            let job = self.clone();
+            tokio::task::spawn_blocking(move || job.place(&id, &plain))
+                .await
+                .map_err(worker_failed)??;
+        }
+        Ok(())
+    }
+
+    /// Opens the blobs of a fetched pack range (`buf` starts at pack offset `base`) in place
+    /// and writes them. Returns the blobs whose copy failed its check.
+    fn open_pack(
+        &self,
+        buf: &mut [u8],
+        base: u64,
+        blobs: &[(Id, BlobLocation)],
+    ) -> Result<Vec<Id>> {
+        let keys = &self.repo.keys;
+        let mut unpacker = Unpacker::default();
+        let mut failed = Vec::new();
+        for (id, loc) in blobs {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let s = (loc.offset - base) as usize;
+            let sealed = &mut buf[s..s + loc.length as usize];
+            match keys.unpack_in_place(sealed, b"", loc.raw_length as usize, &mut unpacker) {
+                Some(plain) if keys.blob_id(plain) == *id => self.place(id, plain)?,
+                _ => failed.push(*id),
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Writes a checked blob to every place that needs it.
+    fn place(&self, id: &Id, data: &[u8]) -> Result<()> {
+        for p in &self.pieces[id] {
+            self.write(p.file, p.offset, data)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, fi: usize, offset: u64, data: &[u8]) -> Result<()> {
+        let out = self.outs[fi]
+            .as_ref()
+            .expect("pieces name only written files");
+        let file = self.open(out)?;
+        file.write_all_at(data, offset).ctx("writing", &out.tmp)?;
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.progress.advance(data.len() as u64);
+        if out.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            return self.finish(fi, out, &file);
+        }
+        if self.open_files.load(Ordering::Relaxed) > self.max_open {
+            let mut h = out.handle.lock().unwrap();
+            if matches!(*h, Handle::Open(_)) {
+                *h = Handle::Closed;
+                self.open_files.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The open temporary file of `out`, created on first use.
+    fn open(&self, out: &OutFile) -> Result<Arc<std::fs::File>> {
+        let mut h = out.handle.lock().unwrap();
+        let file = match &*h {
+            Handle::Open(f) => return Ok(f.clone()),
+            Handle::Absent => std::fs::File::create(&out.tmp).ctx("creating", &out.tmp)?,
+            Handle::Closed => std::fs::File::options()
+                .write(true)
+                .open(&out.tmp)
+                .ctx("reopening", &out.tmp)?,
+            Handle::Done => {
+                return Err(Error::Corrupt(format!(
+                    "{} was written past its last piece",
+                    out.dest.display()
+                )));
+            }
+        };
+        let file = Arc::new(file);
+        *h = Handle::Open(file.clone());
+        self.open_files.fetch_add(1, Ordering::Relaxed);
+        Ok(file)
+    }
+
+    /// Gives a fully written file its metadata and its real name.
+    fn finish(&self, fi: usize, out: &OutFile, file: &std::fs::File) -> Result<()> {
+        {
+            let mut h = out.handle.lock().unwrap();
+            if matches!(*h, Handle::Open(_)) {
+                self.open_files.fetch_sub(1, Ordering::Relaxed);
+            }
+            *h = Handle::Closed;
+        }
+        let node = &self.files[fi].node;
+        set_file_meta(file, node).ctx("setting metadata of", &out.tmp)?;
+        // Start writing the file back now (fadvise DONTNEED writes dirty pages out and drops
+        // only clean ones), so the disk works while later files are opened and the final
+        // syncfs has little left to wait for. Only a hint: failure changes nothing.
+        if node.size > 0 {
+            let _ = nix::fcntl::posix_fadvise(
+                file,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+        if self.overwrite {
+            remove_if_not_file(&out.dest)?;
+        }
+        std::fs::rename(&out.tmp, &out.dest).ctx("renaming into place", &out.dest)?;
+        *out.handle.lock().unwrap() = Handle::Done;
+        Ok(())
+    }
+
+    /// Writes the files that have no content at all.
+    fn write_empty_files(&self) -> Result<()> {
+        for (fi, out) in self.outs.iter().enumerate() {
+            if let Some(out) = out
+                && out.left.load(Ordering::Acquire) == 0
+            {
+                if self.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let file = self.open(out)?;
+                self.finish(fi, out, &file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files of a restore that failed.
+    fn remove_temporaries(&self) {
+        for out in self.outs.iter().flatten() {
+            if matches!(
+                *out.handle.lock().unwrap(),
+                Handle::Open(_) | Handle::Closed
+            ) {
+                let _ = std::fs::remove_file(&out.tmp);
+            }
+        }
+    }
+}
+
+fn worker_failed(e: tokio::task::JoinError) -> Error {
+    Error::Corrupt(format!("restore worker failed: {e}"))
+}
+
 impl Repository {
     async fn plan(&self, root: Id, include: &[Vec<String>]) -> Result<Plan> {
         let mut plan = Plan {
@@ -89,36 +324,47 @@ impl Repository {
             files: Vec::new(),
             symlinks: Vec::new(),
         };
-        let mut todo = vec![(PathBuf::new(), root)];
-        while let Some((rel, id)) = todo.pop() {
-            let tree = self.read_tree(&id).await?;
-            let mut names = std::collections::HashSet::new();
-            for node in tree.nodes {
-                check_name(&node.name, &rel)?;
-                if !names.insert(node.name.clone()) {
-                    return Err(Error::UnsafeEntry {
-                        entry: rel.join(&node.name).to_string_lossy().into_owned(),
-                        reason: "the name appears twice in one directory",
-                    });
-                }
-                let here = rel.join(&node.name);
-                if !included(&here, include, node.kind == NodeKind::Dir) {
-                    continue;
-                }
-                match node.kind {
-                    NodeKind::Dir => {
-                        let sub = node.subtree.ok_or_else(|| {
-                            Error::Corrupt(format!("directory {} has no tree", here.display()))
-                        })?;
-                        todo.push((here.clone(), sub));
-                        plan.dirs.push((here, node));
+        // Breadth first, a level's trees fetched concurrently.
+        let mut level = vec![(PathBuf::new(), root)];
+        while !level.is_empty() {
+            let trees: Vec<Result<_>> = futures::stream::iter(std::mem::take(&mut level))
+                .map(|(rel, id)| async move { Ok((rel, self.read_tree(&id).await?)) })
+                .buffered(16)
+                .collect()
+                .await;
+            for t in trees {
+                let (rel, tree) = t?;
+                let mut names = std::collections::HashSet::new();
+                for node in tree.nodes {
+                    check_name(&node.name, &rel)?;
+                    if !names.insert(node.name.clone()) {
+                        return Err(Error::UnsafeEntry {
+                            entry: rel.join(&node.name).to_string_lossy().into_owned(),
+                            reason: "the name appears twice in one directory",
+                        });
                     }
-                    NodeKind::File => plan.files.push(PlannedFile { rel: here, node }),
-                    NodeKind::Symlink => plan.symlinks.push((here, node)),
+                    let here = rel.join(&node.name);
+                    if !included(&here, include, node.kind == NodeKind::Dir) {
+                        continue;
+                    }
+                    match node.kind {
+                        NodeKind::Dir => {
+                            let sub = node.subtree.ok_or_else(|| {
+                                Error::Corrupt(format!("directory {} has no tree", here.display()))
+                            })?;
+                            level.push((here.clone(), sub));
+                            plan.dirs.push((here, node));
+                        }
+                        NodeKind::File => plan.files.push(PlannedFile { rel: here, node }),
+                        NodeKind::Symlink => plan.symlinks.push((here, node)),
+                    }
                 }
             }
         }
         plan.dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        // Backups store files in path order, so packs are read in about the order they were
+        // written and files complete early.
+        plan.files.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(plan)
     }
 
@@ -129,6 +375,18 @@ impl Repository {
         target: &Path,
         opts: &RestoreOptions,
         progress: Arc<dyn Progress>,
+    ) -> Result<RestoreSummary> {
+        self.restore_with(root, target, opts, progress, MAX_OPEN_FILES)
+            .await
+    }
+
+    async fn restore_with(
+        self: &Arc<Self>,
+        root: Id,
+        target: &Path,
+        opts: &RestoreOptions,
+        progress: Arc<dyn Progress>,
+        max_open: usize,
     ) -> Result<RestoreSummary> {
         let include: Vec<Vec<String>> = opts
             .include
@@ -168,120 +426,135 @@ impl Repository {
         let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
         progress.phase("restore", Some(total));
 
-        // Decide per file: reuse what is there, or write a temporary file to fill.
-        let repo = self.clone();
-        let chunker = self.config.chunker;
-        let mut temps: Vec<Option<(PathBuf, std::fs::File)>> = Vec::new();
-        let mut wanted: HashMap<Id, Vec<(usize, u64)>> = HashMap::new();
-        for (i, f) in plan.files.iter().enumerate() {
-            let dest = target.join(&f.rel);
-            if opts.overwrite && same_content(&repo, &dest, &f.node, chunker) {
-                summary.files_reused += 1;
-                progress.advance(f.node.size);
-                temps.push(None);
-                continue;
-            }
-            let tmp = dest.with_file_name(format!(
-                ".{}.lifeboat-restore-{}",
-                f.rel.file_name().unwrap().to_string_lossy(),
-                std::process::id()
-            ));
-            let file = std::fs::File::create(&tmp).ctx("creating", &tmp)?;
-            file.set_len(f.node.size).ctx("sizing", &tmp)?;
-            let mut off = 0u64;
-            for id in &f.node.content {
-                let loc = self.index.read().unwrap().blobs.get(id).copied();
-                let loc = loc.ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "{} needs blob {id:?}, which no index names",
-                        f.rel.display()
-                    ))
-                })?;
-                wanted.entry(*id).or_default().push((i, off));
-                off += u64::from(loc.raw_length);
-            }
-            if off != f.node.size {
-                return Err(Error::Corrupt(format!(
-                    "{}: its chunks add up to {off} bytes, not {}",
-                    f.rel.display(),
-                    f.node.size
-                )));
-            }
-            temps.push(Some((tmp, file)));
-            summary.files_written += 1;
-        }
-        // Blobs are grouped by pack so each pack is fetched once.
-        let mut by_pack: HashMap<Id, Vec<Id>> = HashMap::new();
+        // Files already in the target with the same content are kept (checked on all cores).
+        let files = plan.files;
+        let (files, reuse) = if opts.overwrite {
+            let repo = self.clone();
+            let target = target.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let chunker = repo.config.chunker;
+                let reuse: Vec<bool> = files
+                    .par_iter()
+                    .map(|f| same_content(&repo, &target.join(&f.rel), &f.node, chunker))
+                    .collect();
+                (files, reuse)
+            })
+            .await
+            .map_err(worker_failed)?
+        } else {
+            let n = files.len();
+            (files, vec![false; n])
+        };
+
+        // Where each blob goes, and which packs hold them (each pack is read once).
+        let mut outs = Vec::with_capacity(files.len());
+        let mut pieces: HashMap<Id, Vec<Piece>> = HashMap::new();
+        let mut packs: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+        let mut pack_order = Vec::new();
         {
             let index = self.index.read().unwrap();
-            for id in wanted.keys() {
-                by_pack.entry(index.blobs[id].pack).or_default().push(*id);
+            for (i, (f, reused)) in files.iter().zip(&reuse).enumerate() {
+                if *reused {
+                    summary.files_reused += 1;
+                    progress.advance(f.node.size);
+                    outs.push(None);
+                    continue;
+                }
+                let mut off = 0u64;
+                for id in &f.node.content {
+                    let loc = *index.blobs.get(id).ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "{} needs blob {id:?}, which no index names",
+                            f.rel.display()
+                        ))
+                    })?;
+                    let places = pieces.entry(*id).or_default();
+                    if places.is_empty() {
+                        let in_pack = packs.entry(loc.pack).or_default();
+                        if in_pack.is_empty() {
+                            pack_order.push(loc.pack);
+                        }
+                        in_pack.push((*id, loc));
+                    }
+                    places.push(Piece {
+                        file: i,
+                        offset: off,
+                    });
+                    off += u64::from(loc.raw_length);
+                }
+                if off != f.node.size {
+                    return Err(Error::Corrupt(format!(
+                        "{}: its chunks add up to {off} bytes, not {}",
+                        f.rel.display(),
+                        f.node.size
+                    )));
+                }
+                let dest = target.join(&f.rel);
+                outs.push(Some(OutFile {
+                    tmp: dest
+                        .with_file_name(format!(".lifeboat-restore-{}-{i}", std::process::id())),
+                    dest,
+                    left: AtomicUsize::new(f.node.content.len()),
+                    handle: Mutex::new(Handle::Absent),
+                }));
+                summary.files_written += 1;
             }
         }
-        summary.packs_read = by_pack.len() as u64;
-        let exact = wanted;
-        let temps = Arc::new(temps);
-        let exact = Arc::new(exact);
-        let results: Vec<Result<u64>> = futures::stream::iter(by_pack)
-            .map(|(pack, ids)| {
-                let repo = repo.clone();
-                let temps = temps.clone();
-                let exact = exact.clone();
-                let progress = progress.clone();
-                async move {
-                    let bytes = repo
-                        .dests
-                        .get(&pack_key(&pack), |b| Id::of_object(b) == pack)
-                        .await?;
-                    tokio::task::spawn_blocking(move || {
-                        let mut written = 0;
-                        for id in ids {
-                            let loc = repo.index.read().unwrap().blobs[&id];
-                            let s = loc.offset as usize;
-                            let e = s + loc.length as usize;
-                            let data = bytes
-                                .get(s..e)
-                                .and_then(|b| repo.keys.unpack_payload(b, b"", MAX_BLOB_LEN))
-                                .filter(|d| repo.keys.blob_id(d) == id)
-                                .ok_or_else(|| {
-                                    Error::Corrupt(format!(
-                                        "blob {id:?} in pack {pack:?} does not match its id"
-                                    ))
-                                })?;
-                            for (fi, off) in &exact[&id] {
-                                let (path, file) = temps[*fi].as_ref().expect("planned");
-                                file.write_all_at(&data, *off).ctx("writing", path)?;
-                                written += data.len() as u64;
-                                progress.advance(data.len() as u64);
-                            }
-                        }
-                        Ok(written)
-                    })
-                    .await
-                    .map_err(|e| Error::Corrupt(format!("restore worker failed: {e}")))?
-                }
+        summary.packs_read = pack_order.len() as u64;
+        let job = Arc::new(Job {
+            repo: self.clone(),
+            files,
+            outs,
+            pieces,
+            open_files: AtomicUsize::new(0),
+            max_open,
+            overwrite: opts.overwrite,
+            stop: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            progress,
+        });
+        let empty = {
+            let job = job.clone();
+            tokio::task::spawn_blocking(move || job.write_empty_files())
+        };
+        let mut runs = futures::stream::iter(pack_order)
+            .map(|pack| {
+                let mut blobs = packs.remove(&pack).expect("listed");
+                blobs.sort_by_key(|(_, l)| l.offset);
+                job.clone().restore_pack(pack, blobs)
             })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for r in results {
-            summary.bytes_written += r?;
+            .buffer_unordered(packs_in_flight());
+        let mut failure = None;
+        // Every run is awaited, even after a failure, so no worker still writes when this
+        // returns; after a failure they stop early.
+        while let Some(r) = runs.next().await {
+            if let Err(e) = r {
+                job.stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert(e);
+            }
         }
-        // Each file gets its real name only once fully written (rename of a temp file). One
-        // syncfs at the end, instead of an fsync per file (slow for many small files), makes
-        // the whole restore durable before it is reported done. A power loss before that may
-        // leave files to restore again; file systems that order data before renames (ext4
-        // with auto_da_alloc, xfs, btrfs) never show a partial file under a real name.
-        let temps = Arc::try_unwrap(temps)
-            .map_err(|_| Error::Corrupt("restore workers still running".into()))?;
-        for (f, t) in plan.files.iter().zip(temps) {
-            let dest = target.join(&f.rel);
-            if let Some((tmp, file)) = t {
-                set_file_meta(&file, &f.node).ctx("setting metadata of", &tmp)?;
-                drop(file);
-                remove_if_not_file(&dest)?;
-                std::fs::rename(&tmp, &dest).ctx("renaming into place", &dest)?;
-            } else {
+        drop(runs);
+        match empty.await.map_err(worker_failed) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            job.remove_temporaries();
+            return Err(e);
+        }
+        summary.bytes_written = job.written.load(Ordering::Relaxed);
+
+        // Each file got its real name only once fully written (rename of a temporary file).
+        // One syncfs at the end, instead of an fsync per file (slow for many small files),
+        // makes the whole restore durable before it is reported done. A power loss before
+        // that may leave files to restore again; file systems that order data before
+        // renames (ext4 with auto_da_alloc, xfs, btrfs) never show a partial file under a
+        // real name.
+        for (f, out) in job.files.iter().zip(&job.outs) {
+            if out.is_none() {
+                let dest = target.join(&f.rel);
                 let file = std::fs::File::options()
                     .write(true)
                     .open(&dest)
@@ -381,5 +654,79 @@ fn same_content(
     match crate::writer::chunk_ids(&repo.keys, p, file, m.len()) {
         Ok(ids) => ids == node.content,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackupOptions, KdfParams, NoProgress, OpenOptions};
+    use rand::RngCore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_closed_and_reopened_between_pieces_restore_byte_for_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut rng = rand::rng();
+        let mut files = Vec::new();
+        for i in 0..4 {
+            let mut data = vec![0u8; 3_000_000 + i * 100_000];
+            rng.fill_bytes(&mut data);
+            files.push((format!("big-{i}.bin"), data));
+        }
+        // The same chunks several times in one file, and the same file twice.
+        let mut block = vec![0u8; 1_500_000];
+        rng.fill_bytes(&mut block);
+        files.push(("repeated.bin".into(), block.repeat(4)));
+        files.push(("copy-of-big-0.bin".into(), files[0].1.clone()));
+        for (name, data) in &files {
+            std::fs::write(src.join(name), data).unwrap();
+        }
+        std::fs::set_permissions(src.join("big-1.bin"), PermissionsExt::from_mode(0o600)).unwrap();
+
+        let opts = OpenOptions {
+            spool_dir: Some(t.path().join("spool")),
+            kdf: Some(KdfParams::insecure_fast()),
+            s3_credentials: None,
+        };
+        let dest = t.path().join("repo").to_string_lossy().into_owned();
+        Repository::init(&[&dest], None, b"pw", &opts)
+            .await
+            .unwrap();
+        let repo = Arc::new(Repository::open(&dest, b"pw", &opts).await.unwrap());
+        let snap = repo
+            .backup(&[&src], &BackupOptions::default(), Arc::new(NoProgress))
+            .await
+            .unwrap();
+        let out = t.path().join("out");
+        // A limit of 0 closes every partly written file after each piece.
+        let summary = repo
+            .restore_with(
+                snap.snapshot.tree,
+                &out,
+                &RestoreOptions::default(),
+                Arc::new(NoProgress),
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.files_written, files.len() as u64);
+        for (name, data) in &files {
+            assert!(
+                std::fs::read(out.join(name)).unwrap() == *data,
+                "{name} differs"
+            );
+        }
+        let mode = std::fs::metadata(out.join("big-1.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), files.len(), "{names:?}");
     }
 }

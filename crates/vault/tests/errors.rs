@@ -120,3 +120,62 @@ async fn a_path_traversal_entry_is_refused_before_anything_is_written() {
         assert!(!t.path().join("escaped.txt").exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_finds_no_good_copy_fails_and_leaves_no_partial_file() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("site");
+    std::fs::create_dir_all(&src).unwrap();
+    // Enough files and bytes for several packs.
+    for i in 0..12u64 {
+        std::fs::write(src.join(format!("file-{i:02}.bin")), noise(i, 2_500_000)).unwrap();
+    }
+    let repo = new_repo(t.path()).await;
+    let snap = repo
+        .backup(
+            &[&src],
+            &lifeboat_vault::BackupOptions::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    let mut packs = Vec::new();
+    for dir in std::fs::read_dir(t.path().join("repo/data")).unwrap() {
+        for p in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    assert!(packs.len() >= 3, "{packs:?}");
+    // Damage one blob in the middle of the largest pack: the blobs around it are written,
+    // then restore finds no good copy of this one.
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(victim, &bytes).unwrap();
+
+    let out = t.path().join("restored");
+    let err = repo
+        .restore(
+            snap.snapshot.tree,
+            &out,
+            &RestoreOptions::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreadable { .. }), "{err}");
+    assert!(err.to_string().contains("vault verify"), "{err}");
+    // Whatever is under a real name is complete; nothing temporary is left behind.
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "left behind: {name}");
+        let i: u64 = name["file-".len().."file-".len() + 2].parse().unwrap();
+        assert!(
+            std::fs::read(entry.path()).unwrap() == noise(i, 2_500_000),
+            "{name} is partial"
+        );
+    }
+}
