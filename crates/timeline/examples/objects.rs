@@ -123,13 +123,14 @@ async fn main() {
         }
     };
     println!(
-        "mode {mode}: {writes} writes in {secs}s ({}), {} segments, {} errors",
+        "mode {mode}: {writes} writes in {secs}s ({}), {} segments ({} KiB), {} errors",
         if scaled {
             "time-scaled x60"
         } else {
             "real time"
         },
         status.segments_shipped,
+        status.bytes_shipped / 1024,
         status.last_error.as_deref().unwrap_or("no")
     );
     let mut total = 0;
@@ -157,8 +158,16 @@ async fn main() {
         .unwrap();
         let c = count(Path::new(&a));
         println!(
-            "after compaction: {report:?}\n  segments objects now {}",
-            c.get("segments").copied().unwrap_or(0)
+            "after compaction: {report:?}\n  segment objects now {} ({} originals, {} bundles)",
+            c.get("segments").copied().unwrap_or(0),
+            repo.list_segments(lifeboat_timeline::STREAM)
+                .await
+                .unwrap()
+                .len(),
+            repo.list_segments(lifeboat_timeline::BUNDLE_STREAM)
+                .await
+                .unwrap()
+                .len(),
         );
     }
 }

@@ -103,9 +103,11 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
         .map(|(_, i)| i.seq)
         .collect();
     let cutoff = OffsetDateTime::now_utc() - opts.older_than;
-    // Groups of (seq, bytes as stored): consecutive, split at checkpoints and by size.
-    let mut groups: Vec<Vec<(u64, Vec<u8>)>> = Vec::new();
+    // Groups of (seq, bytes as stored): consecutive, split at checkpoints and by size; each
+    // written as soon as it is complete, so memory stays within about one bundle.
+    let mut group: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut group_bytes = 0u64;
+    let mut last = None;
     for &seq in &listing.originals {
         if covered.is_some_and(|c| seq <= c) {
             continue;
@@ -120,30 +122,24 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
             break;
         }
         let len = bytes.len() as u64;
-        let split = match groups.last().and_then(|g| g.last()) {
-            None => true,
-            Some((prev, _)) => {
-                seq != prev + 1
-                    || checkpoints.contains(&seq)
-                    || group_bytes + len > opts.max_bundle_bytes
-            }
-        };
+        let split = group.last().is_some_and(|(prev, _)| {
+            seq != prev + 1
+                || checkpoints.contains(&seq)
+                || group_bytes + len > opts.max_bundle_bytes
+        });
         if split {
-            groups.push(Vec::new());
+            last = Some(write_bundle(repo, &mut group, &mut report).await?);
             group_bytes = 0;
         }
         group_bytes += len;
-        groups.last_mut().expect("pushed").push((seq, bytes));
+        group.push((seq, bytes));
     }
-    let Some(last) = groups.last().and_then(|g| g.last()).map(|p| p.0) else {
+    if !group.is_empty() {
+        last = Some(write_bundle(repo, &mut group, &mut report).await?);
+    }
+    let Some(last) = last else {
         return Ok(report);
     };
-    for group in &groups {
-        repo.put_segment(BUNDLE_STREAM, group[0].0, &encode_bundle(group))
-            .await?;
-        report.bundles_written += 1;
-        report.segments_merged += group.len() as u64;
-    }
     // Originals go only once every bundle is on every destination (a reader of any one
     // of them finds each seq in a bundle or as an original).
     stream::require_all(repo, "timeline compaction").await?;
@@ -156,6 +152,21 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
     report.originals_deleted += deleted;
     report.compacted_through = Some(last);
     Ok(report)
+}
+
+/// Writes `group` as one bundle and empties it; returns its last seq.
+async fn write_bundle(
+    repo: &Repository,
+    group: &mut Vec<(u64, Vec<u8>)>,
+    report: &mut CompactReport,
+) -> Result<u64> {
+    let (first, last) = (group[0].0, group[group.len() - 1].0);
+    repo.put_segment(BUNDLE_STREAM, first, &encode_bundle(group))
+        .await?;
+    report.bundles_written += 1;
+    report.segments_merged += group.len() as u64;
+    group.clear();
+    Ok(last)
 }
 
 /// What [`apply_retention`] did.
