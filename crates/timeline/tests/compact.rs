@@ -320,3 +320,54 @@ async fn the_worker_compacts_on_its_own_and_keeps_shipping() {
         (0..35).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_compaction_is_reported_and_the_worker_keeps_shipping() {
+    let site = Site::new();
+    let repo = site.init_vault(1).await;
+    let options = WorkerOptions {
+        compact_interval: Duration::from_millis(50),
+        compact_older_than: Duration::ZERO,
+        ..fast_options()
+    };
+    let worker = TimelineWorker::start(site.sources(), options, repo.clone())
+        .await
+        .unwrap();
+    let mut events = worker.subscribe();
+    // The second destination becomes a plain file: compaction needs every destination.
+    let aside = std::path::PathBuf::from(format!("{}.aside", site.dest_b));
+    std::fs::rename(&site.dest_b, &aside).unwrap();
+    std::fs::write(&site.dest_b, b"not a directory").unwrap();
+    let conn = site.db();
+    for k in 0..4 {
+        site.insert(&conn, k * 5..k * 5 + 5);
+        worker.ship_now().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(lifeboat_timeline::TimelineEvent::Error { message }))
+                if message.contains("compacting") =>
+            {
+                assert!(message.contains("needs every destination"), "{message}");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no compaction error reported: {:?}", worker.status()),
+        }
+    }
+    // Still shipping; nothing was compacted.
+    site.insert(&conn, 20..25);
+    worker.ship_now().await.unwrap();
+    assert!(repo.list_segments(BUNDLE_STREAM).await.unwrap().is_empty());
+    worker.stop(Duration::from_secs(30)).await.unwrap();
+    let into = site.tmp.path().join("latest");
+    restore_site(&repo, RestoreTarget::Latest, &into)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_in(&into.join("data/app.db")),
+        (0..25).collect::<Vec<_>>()
+    );
+}
