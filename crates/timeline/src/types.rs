@@ -44,7 +44,7 @@ pub struct WorkerOptions {
     /// How often objects spooled for a destination that was down are sent to it again.
     pub catch_up_interval: Duration,
     /// Changed files up to this size travel inline in the segment instead of in a content
-    /// snapshot of their own (which costs several vault objects); 0 turns this off.
+    /// snapshot of their own (which costs several vault objects); 0 keeps only empty files inline.
     pub inline_max: u64,
     /// How often the worker compacts old segments into bundles ([`crate::compact`]);
     /// `Duration::ZERO` turns it off.
