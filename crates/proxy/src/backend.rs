@@ -72,7 +72,9 @@ pub(crate) struct Backend {
     staged: AtomicBool,
     in_flight: AtomicUsize,
     drained: Notify,
-    pool: Pool,
+    /// Parked connections, one pool per serving thread: a request and its instance connection
+    /// stay on one thread.
+    pools: Box<[Pool]>,
     stop_checks: watch::Sender<bool>,
 }
 
@@ -82,6 +84,7 @@ impl Backend {
         addr: SocketAddr,
         tracker: HealthTracker,
         staged: bool,
+        workers: usize,
     ) -> Arc<Self> {
         Arc::new(Backend {
             id: id.to_string(),
@@ -94,7 +97,7 @@ impl Backend {
             staged: AtomicBool::new(staged),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
-            pool: Pool::default(),
+            pools: (0..workers.max(1)).map(|_| Pool::default()).collect(),
             stop_checks: watch::channel(false).0,
         })
     }
@@ -130,25 +133,33 @@ impl Backend {
         }
     }
 
-    /// A parked connection, if any.
-    pub(crate) fn pooled_connection(&self, idle_timeout: Duration) -> Option<Sender> {
-        self.pool.take(idle_timeout)
+    /// A connection parked by serving thread `worker`, if any.
+    pub(crate) fn pooled_connection(
+        &self,
+        worker: usize,
+        idle_timeout: Duration,
+    ) -> Option<Sender> {
+        self.pools[worker % self.pools.len()].take(idle_timeout)
     }
 
-    /// Parks a connection whose last response was read to the end.
-    pub(crate) fn return_connection(&self, sender: Sender) {
+    /// Parks a connection of serving thread `worker` whose last response was read to the end.
+    pub(crate) fn return_connection(&self, worker: usize, sender: Sender) {
         if !self.removed.load(Ordering::Relaxed) {
-            self.pool.put(sender);
+            self.pools[worker % self.pools.len()].put(sender);
         }
     }
 
     /// Closes parked connections: after an error on one, the others are suspect too.
     pub(crate) fn forget_connections(&self) {
-        self.pool.clear();
+        for pool in &self.pools {
+            pool.clear();
+        }
     }
 
     pub(crate) fn evict_idle(&self, idle_timeout: Duration) {
-        self.pool.evict_idle(idle_timeout);
+        for pool in &self.pools {
+            pool.evict_idle(idle_timeout);
+        }
     }
 
     /// Waits until no request sent to this instance is still running.
@@ -431,7 +442,7 @@ impl Registry {
 fn retire(backend: &Backend) {
     backend.removed.store(true, Ordering::SeqCst);
     let _ = backend.stop_checks.send(true);
-    backend.pool.clear();
+    backend.forget_connections();
 }
 
 fn reason_of(result: &Result<(), String>) -> String {
@@ -456,6 +467,7 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], port)),
             HealthTracker::new(1, 2),
             false,
+            1,
         )
     }
 
@@ -465,6 +477,7 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], port)),
             HealthTracker::new(1, 2),
             true,
+            1,
         );
         registry.add(b.clone());
         b

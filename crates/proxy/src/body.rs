@@ -151,6 +151,15 @@ impl Body for RequestBody {
     }
 }
 
+/// A connection to park again once the response on it has ended: which instance, and which
+/// serving thread's pool.
+#[derive(Debug)]
+pub(crate) struct Reuse {
+    pub(crate) sender: Sender,
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) worker: usize,
+}
+
 /// Body sent to the client.
 #[derive(Debug)]
 pub struct ProxyBody {
@@ -167,7 +176,7 @@ enum Inner {
 struct UpstreamBody {
     body: Incoming,
     finished: bool,
-    reuse: Option<(Sender, Arc<Backend>)>,
+    reuse: Option<Reuse>,
     _in_flight: InFlight,
 }
 
@@ -181,11 +190,7 @@ impl ProxyBody {
     }
 
     /// An instance's body; `reuse` is the connection to pool again once the body has ended.
-    pub(crate) fn upstream(
-        body: Incoming,
-        in_flight: InFlight,
-        reuse: Option<(Sender, Arc<Backend>)>,
-    ) -> Self {
+    pub(crate) fn upstream(body: Incoming, in_flight: InFlight, reuse: Option<Reuse>) -> Self {
         ProxyBody {
             inner: Inner::Upstream(UpstreamBody {
                 body,
@@ -238,9 +243,9 @@ impl Drop for UpstreamBody {
         // A connection whose response was not read to the end cannot carry another request;
         // dropping its sender closes it.
         if (self.finished || self.body.is_end_stream())
-            && let Some((sender, backend)) = self.reuse.take()
+            && let Some(reuse) = self.reuse.take()
         {
-            backend.return_connection(sender);
+            reuse.backend.return_connection(reuse.worker, reuse.sender);
         }
     }
 }

@@ -20,4 +20,10 @@ pub enum ProxyError {
     /// The configuration is unusable.
     #[error("invalid proxy configuration: {0}")]
     Config(String),
+    /// The serving threads could not be started.
+    #[error(
+        "cannot start the front door's serving threads: {0}; the system is out of threads or \
+         memory, raise the limits (ulimit -u) or stop other programs"
+    )]
+    Runtime(#[source] std::io::Error),
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::backend::{Backend, InFlight};
-use crate::body::{Kept, ProxyBody, RequestBody, keep_up_to};
+use crate::body::{Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::maintenance::carries_token;
 use crate::pool::{self, Sender};
@@ -31,14 +31,21 @@ const MAX_ATTEMPTS: usize = 8;
 pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     pub(crate) ip_header: HeaderValue,
+    /// The serving thread the connection runs on; its requests use that thread's instance
+    /// connections.
+    pub(crate) worker: usize,
 }
 
 impl Client {
-    pub(crate) fn new(ip: IpAddr) -> Self {
+    pub(crate) fn new(ip: IpAddr, worker: usize) -> Self {
         let ip = ip.to_canonical();
         let ip_header =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        Client { ip, ip_header }
+        Client {
+            ip,
+            ip_header,
+            worker,
+        }
     }
 }
 
@@ -112,7 +119,7 @@ pub(crate) async fn handle(
             tried.push(backend);
             continue;
         };
-        let (mut sender, reused) = match connection(&shared, &backend).await {
+        let (mut sender, reused) = match connection(&shared, &backend, client.worker).await {
             Ok(found) => found,
             Err(error) => {
                 // Nothing was sent: the request is still ours and goes to another instance.
@@ -130,13 +137,12 @@ pub(crate) async fn handle(
         .await;
         let failure = match sent {
             Ok(Ok(response)) => {
-                return Ok(respond(
-                    response,
+                let reuse = Reuse {
                     sender,
                     backend,
-                    in_flight,
-                    client_upgrade,
-                ));
+                    worker: client.worker,
+                };
+                return Ok(respond(response, reuse, in_flight, client_upgrade));
             }
             Ok(Err(mut error)) => {
                 backend.forget_connections();
@@ -190,8 +196,9 @@ pub(crate) async fn handle(
 async fn connection(
     shared: &Shared,
     backend: &Backend,
+    worker: usize,
 ) -> Result<(Sender, bool), pool::ConnectError> {
-    while let Some(mut sender) = backend.pooled_connection(shared.config.timeouts.idle) {
+    while let Some(mut sender) = backend.pooled_connection(worker, shared.config.timeouts.idle) {
         if sender.ready().await.is_ok() {
             return Ok((sender, true));
         }
@@ -202,8 +209,7 @@ async fn connection(
 
 fn respond(
     mut response: Response<Incoming>,
-    sender: Sender,
-    backend: Arc<Backend>,
+    reuse: Reuse,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -216,12 +222,12 @@ fn respond(
         // The connection now belongs to the tunnel; it must not go back to the pool. The
         // tunnel is not counted in flight: draining an instance would otherwise wait for
         // every open WebSocket to end.
-        drop(sender);
+        drop(reuse);
         drop(in_flight);
         return response.map(|_| ProxyBody::full(bytes::Bytes::new()));
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    response.map(|body| ProxyBody::upstream(body, in_flight, Some((sender, backend))))
+    response.map(|body| ProxyBody::upstream(body, in_flight, Some(reuse)))
 }
 
 /// Copies bytes both ways between the client and the instance after a protocol switch.

@@ -1,6 +1,11 @@
 //! The front door's listener and its handle, [`Proxy`]: accepts client connections, serves
 //! HTTP/1.1 on them with keep-alive, runs a health-check task per instance, and shuts down
 //! gracefully (stop accepting, let every connection finish its current request).
+//!
+//! Serving is thread-per-core: the accept loop (on the caller's runtime) hands each client
+//! connection to the serving thread with the fewest open connections; each serving thread runs
+//! its own single-threaded runtime and keeps its own instance connections, so a request, its
+//! instance connection and their tasks stay on one thread and never wake another one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, BackendStatus, ProxyEvent, Registry};
@@ -35,7 +40,18 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
     connections_done: Notify,
+    /// Open client connections per serving thread.
+    workers: Box<[WorkerLoad]>,
 }
+
+#[derive(Debug, Default)]
+struct WorkerLoad {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// A client connection on its way from the accept loop to a serving thread.
+type Handoff = (std::net::TcpStream, SocketAddr);
 
 /// Handle to a running front door. Cheap to clone; all clones control the same proxy. When the
 /// last clone is dropped the proxy stops as if [`Proxy::shutdown`] had been called (without
@@ -101,6 +117,15 @@ impl Proxy {
         http.keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(config.timeouts.idle);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut runtimes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ProxyError::Runtime)?;
+            runtimes.push(runtime);
+        }
         let shared = Arc::new(Shared {
             config,
             registry: Registry::new(),
@@ -110,8 +135,19 @@ impl Proxy {
             shutdown: watch::channel(false).0,
             connections: AtomicUsize::new(0),
             connections_done: Notify::new(),
+            workers: (0..workers).map(|_| WorkerLoad::default()).collect(),
         });
-        let listener_task = tokio::spawn(accept_loop(shared.clone(), listener));
+        let mut handoffs = Vec::with_capacity(workers);
+        for (index, runtime) in runtimes.into_iter().enumerate() {
+            let (handoff, incoming) = mpsc::unbounded_channel();
+            handoffs.push(handoff);
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("lifeboat-proxy-{index}"))
+                .spawn(move || runtime.block_on(serve(shared, index, incoming)))
+                .map_err(ProxyError::Runtime)?;
+        }
+        let listener_task = tokio::spawn(accept_loop(shared.clone(), listener, handoffs));
         tokio::spawn(evict_idle_connections(shared.clone()));
         Ok(Proxy {
             _stop_on_drop: Arc::new(StopOnDrop(shared.clone())),
@@ -147,6 +183,7 @@ impl Proxy {
             addr,
             HealthTracker::new(health.healthy_threshold, health.unhealthy_threshold),
             staged,
+            self.shared.workers.len(),
         );
         self.shared.registry.add(backend.clone());
         let shared = self.shared.clone();
@@ -277,8 +314,13 @@ impl Proxy {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut next = 0;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -286,8 +328,24 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // The least busy serving thread; ties go round-robin.
+                next += 1;
+                let n = shared.workers.len();
+                let index = (0..n)
+                    .map(|i| (next + i) % n)
+                    .min_by_key(|&i| shared.workers[i].open.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                // Counted before it is handed over, so a shutdown waits for it.
                 shared.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(shared.clone(), stream, peer));
+                shared.workers[index].open.fetch_add(1, Ordering::SeqCst);
+                let handed = stream
+                    .into_std()
+                    .map_err(|error| tracing::warn!(%error, "handing a connection over failed"))
+                    .ok()
+                    .and_then(|stream| handoffs[index].send((stream, peer)).ok());
+                if handed.is_none() {
+                    connection_closed(&shared, index);
+                }
             }
             Err(error) => {
                 // Out of file descriptors or a connection reset during accept: keep serving the
@@ -299,9 +357,45 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// One serving thread: serves the connections handed to it until the accept loop stops, then
+/// until they have finished.
+async fn serve(shared: Arc<Shared>, index: usize, mut incoming: mpsc::UnboundedReceiver<Handoff>) {
+    while let Some((stream, peer)) = incoming.recv().await {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tokio::spawn(serve_connection(shared.clone(), stream, peer, index));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "taking over a client connection failed");
+                connection_closed(&shared, index);
+            }
+        }
+    }
+    let load = &shared.workers[index];
+    loop {
+        let idle = load.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if load.open.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        idle.await;
+    }
+}
+
+fn connection_closed(shared: &Shared, index: usize) {
+    let load = &shared.workers[index];
+    if load.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+        load.idle.notify_waiters();
+    }
+    if shared.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.connections_done.notify_waiters();
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, index: usize) {
     let _ = stream.set_nodelay(true);
-    let client = Arc::new(Client::new(peer.ip()));
+    let client = Arc::new(Client::new(peer.ip(), index));
     let service_shared = shared.clone();
     let service =
         service_fn(move |request| forward::handle(service_shared.clone(), client.clone(), request));
@@ -321,9 +415,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "client connection ended with an error");
     }
-    if shared.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-        shared.connections_done.notify_waiters();
-    }
+    connection_closed(&shared, index);
 }
 
 /// Closes instance connections that stayed unused longer than the idle timeout.

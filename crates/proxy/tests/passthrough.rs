@@ -319,15 +319,42 @@ async fn shutdown_lets_the_request_in_flight_finish_and_then_refuses_connections
         .unwrap();
 }
 
+/// One keep-alive client connection, like one browser tab.
+async fn one_client_connection(proxy: &Proxy) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    proxy: &Proxy,
+) -> StatusCode {
+    sender.ready().await.unwrap();
+    let request = Request::get("/")
+        .header("host", proxy.local_addr().to_string())
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reuse_one_kept_alive_instance_connection_until_it_idles_out() {
     let upstream = Upstream::named("web-1").await;
     let mut config = test_config();
     config.timeouts.idle = Duration::from_millis(500);
     let proxy = proxy_for(&[&upstream], config).await;
-    let client = client();
+    let mut client = one_client_connection(&proxy).await;
     for _ in 0..50 {
-        assert_eq!(get(&client, &proxy, "/").await.unwrap().0, StatusCode::OK);
+        assert_eq!(get_on(&mut client, &proxy).await, StatusCode::OK);
     }
     assert_eq!(
         upstream.traffic_connections(),
@@ -339,7 +366,10 @@ async fn requests_reuse_one_kept_alive_instance_connection_until_it_idles_out() 
         || upstream.traffic_connections().1 == 0,
     )
     .await;
-    assert_eq!(get(&client, &proxy, "/").await.unwrap().0, StatusCode::OK);
+    // The client connection idled out too (same timeout); a new one gets a new instance
+    // connection.
+    let mut client = one_client_connection(&proxy).await;
+    assert_eq!(get_on(&mut client, &proxy).await, StatusCode::OK);
     assert_eq!(upstream.traffic_connections(), (2, 1));
 }
 
