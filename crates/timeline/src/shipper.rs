@@ -3,7 +3,8 @@
 //! confirms to the captures that their records are durable.
 //!
 //! Order of durability (so a crash at any point loses nothing and invents nothing):
-//! contents (a content snapshot, on a quorum) → the segment naming them (on a quorum) →
+//! contents (a content snapshot, on a quorum; small files travel inline in the segment
+//! instead) → the segment naming them (on a quorum) →
 //! `confirm_durable` on each capture (their saved positions move) → base image files
 //! deleted. A crash before the confirmation makes capture hand the same records out again
 //! in a new epoch; readers resolve duplicates with `resolve_history`.
