@@ -92,7 +92,10 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
             dir.pending.extend(changes);
         }
         shipper.mark_polled();
-        let seq = shipper.ship_forced()?;
+        shipper.shipping_checkpoint = true;
+        let shipped = shipper.ship_forced();
+        shipper.shipping_checkpoint = false;
+        let seq = shipped?;
         if fill_missing_contents(shipper, seq)? {
             return write_snapshot(shipper, seq);
         }

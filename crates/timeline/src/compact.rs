@@ -16,7 +16,6 @@
 //! caught up. A worker may ship new segments meanwhile: they are never touched (the newest
 //! stored segment is never compacted).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,11 +96,6 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
         }
         report.compacted_through = Some(c);
     }
-    let checkpoints: BTreeSet<u64> = checkpoint::list(repo)
-        .await?
-        .into_iter()
-        .map(|(_, i)| i.seq)
-        .collect();
     let cutoff = OffsetDateTime::now_utc() - opts.older_than;
     // Groups of (seq, bytes as stored): consecutive, split at checkpoints and by size; each
     // written as soon as it is complete, so memory stays within about one bundle.
@@ -123,9 +117,7 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
         }
         let len = bytes.len() as u64;
         let split = group.last().is_some_and(|(prev, _)| {
-            seq != prev + 1
-                || checkpoints.contains(&seq)
-                || group_bytes + len > opts.max_bundle_bytes
+            seq != prev + 1 || seg.checkpoint || group_bytes + len > opts.max_bundle_bytes
         });
         if split {
             last = Some(write_bundle(repo, &mut group, &mut report).await?);

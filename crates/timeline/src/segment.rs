@@ -76,6 +76,9 @@ struct Header {
     /// sources' parts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     inline: Vec<(String, u64)>,
+    /// Shipped by a checkpoint (compaction starts a new bundle here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    checkpoint: bool,
 }
 
 /// One decoded timeline segment.
@@ -94,6 +97,9 @@ pub struct TimelineSegment {
     /// Small contents first referenced here, carried in the segment itself (blake3 hex ->
     /// bytes) instead of as vault chunks: a quiet site's small upload costs no extra object.
     pub inline: BTreeMap<String, Vec<u8>>,
+    /// Whether a checkpoint shipped it (the checkpoint snapshot, if it was written, is
+    /// consistent with it).
+    pub checkpoint: bool,
 }
 
 impl TimelineSegment {
@@ -123,6 +129,7 @@ impl TimelineSegment {
             contents: self.contents.clone(),
             sources,
             inline,
+            checkpoint: self.checkpoint,
         };
         let header = serde_json::to_vec(&header).expect("plain data serialises");
         let mut out =
@@ -196,6 +203,7 @@ impl TimelineSegment {
             contents: header.contents,
             sources,
             inline,
+            checkpoint: header.checkpoint,
         })
     }
 }
@@ -301,6 +309,7 @@ mod tests {
             contents: ContentMap::new(),
             sources,
             inline: BTreeMap::new(),
+            checkpoint: true,
         };
         let bytes = seg.encode();
         assert_eq!(TimelineSegment::decode(7, &bytes).unwrap(), seg);

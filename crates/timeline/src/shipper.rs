@@ -72,6 +72,8 @@ pub(crate) struct Shipper {
     /// bytes); the next checkpoint stores them as vault chunks.
     pub inline: BTreeMap<String, Vec<u8>>,
     pub next_seq: u64,
+    /// Set while a checkpoint ships its segment: the segment built is marked as its.
+    pub shipping_checkpoint: bool,
     /// The previous segment's cut: every pending record was seen after it.
     after: OffsetDateTime,
     /// When the last poll ended.
@@ -207,6 +209,7 @@ impl Shipper {
             contents: ContentMap::new(),
             inline: BTreeMap::new(),
             next_seq: last_seq.map_or(1, |s| s + 1),
+            shipping_checkpoint: false,
             after: now,
             cut_at: now,
             oldest_pending: None,
@@ -515,6 +518,7 @@ impl Shipper {
             contents: new_contents,
             sources,
             inline: new_inline,
+            checkpoint: self.shipping_checkpoint,
         };
         self.next_seq += 1;
         self.after = self.cut_at.max(self.after);
@@ -631,6 +635,7 @@ impl Shipper {
                         contents: ContentMap::new(),
                         sources: BTreeMap::from([(name.clone(), records)]),
                         inline: BTreeMap::new(),
+                        checkpoint: false,
                     };
                     let bytes = segment.encode();
                     handle
