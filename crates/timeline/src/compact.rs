@@ -88,7 +88,8 @@ async fn compact_locked(repo: &Repository, opts: &CompactOptions) -> Result<Comp
         return Ok(report);
     };
     if let Some(c) = covered {
-        // Leftovers of an interrupted run: their bundles are stored everywhere.
+        // Leftovers of an interrupted run: their bundle was fully written before it
+        // deleted anything (and this process has nothing spooled).
         let leftovers = listing.originals.iter().filter(|&&k| k <= c).count() as u64;
         if leftovers > 0 {
             repo.delete_segments_before(STREAM, c + 1).await?;
