@@ -11,14 +11,15 @@
 //!
 //! This module decides; it never reads a body or touches a socket.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 /// Longest request body the front door keeps in memory to replay a keyed request. Anything
 /// larger streams through and is never replayed.
 pub(crate) const MAX_REPLAYABLE_BODY: usize = 64 * 1024;
 
 /// The request header by which a client promises that repeating its request is harmless.
-pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Pre-parsed: looking a `&str` name up parses it on every request.
+pub(crate) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// How far an attempt got before it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 /// Whether the request carries an `Idempotency-Key` header with a value.
 pub(crate) fn has_idempotency_key(headers: &HeaderMap) -> bool {
     headers
-        .get(IDEMPOTENCY_KEY)
+        .get(&IDEMPOTENCY_KEY)
         .is_some_and(|value| !value.is_empty())
 }
 
@@ -239,7 +240,7 @@ mod tests {
     fn only_a_non_empty_idempotency_key_header_counts() {
         let mut headers = HeaderMap::new();
         assert!(!has_idempotency_key(&headers));
-        headers.insert(IDEMPOTENCY_KEY, "".parse().unwrap());
+        headers.insert(IDEMPOTENCY_KEY.clone(), "".parse().unwrap());
         assert!(!has_idempotency_key(&headers));
         headers.insert("Idempotency-Key", "order-7".parse().unwrap());
         assert!(has_idempotency_key(&headers));

@@ -9,8 +9,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
     http: http1::Builder,
     shutdown: watch::Sender<bool>,
+    /// Set just before `shutdown` is sent; cheap to read on every poll of a connection.
+    stopping: AtomicBool,
     connections: AtomicUsize,
     connections_done: Notify,
     /// Open client connections per serving thread.
@@ -52,6 +55,13 @@ struct WorkerLoad {
 
 /// A client connection on its way from the accept loop to a serving thread.
 type Handoff = (std::net::TcpStream, SocketAddr);
+
+impl Shared {
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+    }
+}
 
 /// Handle to a running front door. Cheap to clone; all clones control the same proxy. When the
 /// last clone is dropped the proxy stops as if [`Proxy::shutdown`] had been called (without
@@ -71,7 +81,7 @@ struct StopOnDrop(Arc<Shared>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.shutdown.send(true);
+        self.0.stop();
         self.0.registry.remove_all();
     }
 }
@@ -133,6 +143,7 @@ impl Proxy {
             preview_token: ArcSwapOption::empty(),
             http,
             shutdown: watch::channel(false).0,
+            stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             connections_done: Notify::new(),
             workers: (0..workers).map(|_| WorkerLoad::default()).collect(),
@@ -292,7 +303,7 @@ impl Proxy {
     /// Stops accepting connections, lets every open connection finish the request it is
     /// serving, then stops health checks. Idempotent.
     pub async fn shutdown(&self) {
-        let _ = self.shared.shutdown.send(true);
+        self.shared.stop();
         let listener_task = self
             .listener_task
             .lock()
@@ -405,9 +416,27 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         .with_upgrades();
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.subscribe();
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = crate::health::stopped(&mut shutdown) => {
+    let stopped = crate::health::stopped(&mut shutdown);
+    tokio::pin!(stopped);
+    // The shutdown signal is polled once to register this task, then only once `stopping` is
+    // set: polling it on every wake-up of a busy connection showed in instruction counts.
+    let mut registered = false;
+    let finished = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        if (!registered || shared.stopping.load(Ordering::SeqCst))
+            && stopped.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(None);
+        }
+        registered = true;
+        Poll::Pending
+    })
+    .await;
+    let result = match finished {
+        Some(result) => result,
+        None => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
