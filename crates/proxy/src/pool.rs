@@ -84,7 +84,9 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sende
         Err(_) => return Err(ConnectError::TimedOut { addr, timeout }),
     };
     let _ = stream.set_nodelay(true);
+    // Flattened writes, as on the client side (see server.rs).
     let (sender, connection) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
