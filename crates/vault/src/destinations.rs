@@ -4,6 +4,7 @@
 //! (`<spool>/<destination>/<key>`), which `catch_up` sends later, data before indexes before
 //! snapshots, so a destination never holds a snapshot whose data it lacks. Reads try the
 //! destinations in preference order and check each object before trusting it.
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -379,6 +380,86 @@ impl Destinations {
         behind
     }
 
+    /// Compares the listings of every reachable destination and copies to each one what
+    /// another has and it lacks: what a lost spool, a destination restored from an old copy or
+    /// an object deleted by hand left missing. Copies go data first, then indexes, then what
+    /// refers to them, and stop at a destination's first failed write, so a destination never
+    /// gets a snapshot before its data. Objects named by their hash are checked before they
+    /// are copied; a damaged copy is never spread. Locks and the config are not compared.
+    /// Returns, per destination still behind, why.
+    pub async fn copy_missing(&self) -> Vec<(String, String)> {
+        let mut behind = Vec::new();
+        let mut listed: Vec<Option<BTreeSet<String>>> = Vec::new();
+        for d in &self.list {
+            if d.down.lock().unwrap().is_some() {
+                listed.push(None);
+                continue;
+            }
+            let mut keys = BTreeSet::new();
+            let mut failed = None;
+            for dir in COMPARED_DIRS {
+                match d.backend.list(dir).await {
+                    Ok(objects) => keys.extend(objects.into_iter().map(|o| o.key)),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = failed {
+                self.mark_down(d, &why);
+                behind.push((d.url.clone(), why));
+                listed.push(None);
+            } else {
+                listed.push(Some(keys));
+            }
+        }
+        let union: BTreeSet<&String> = listed.iter().flatten().flatten().collect();
+        for (i, d) in self.list.iter().enumerate() {
+            let Some(have) = &listed[i] else { continue };
+            let mut missing: Vec<&String> = union
+                .iter()
+                .copied()
+                .filter(|k| !have.contains(*k))
+                .collect();
+            missing.sort_by_key(|k| (send_order(k), k.as_str()));
+            let mut no_good_copy = Vec::new();
+            for key in missing {
+                let mut copy = None;
+                for (j, source) in self.list.iter().enumerate() {
+                    if j == i || !listed[j].as_ref().is_some_and(|l| l.contains(key)) {
+                        continue;
+                    }
+                    if let Ok(b) = source.backend.get(key).await
+                        && intact(key, &b)
+                    {
+                        copy = Some(b);
+                        break;
+                    }
+                }
+                let Some(bytes) = copy else {
+                    no_good_copy.push(key.clone());
+                    continue;
+                };
+                if let Err(e) = d.backend.put(key, bytes).await {
+                    self.mark_down(d, &e.to_string());
+                    behind.push((d.url.clone(), e.to_string()));
+                    break;
+                }
+            }
+            if let Some(first) = no_good_copy.first() {
+                behind.push((
+                    d.url.clone(),
+                    format!(
+                        "{} object(s) it lacks have no intact copy on any destination (first: {first}); run `lifeboat vault verify --read-data`",
+                        no_good_copy.len()
+                    ),
+                ));
+            }
+        }
+        behind
+    }
+
     /// Records the end of a session: destinations that took every write get a fresh
     /// `last_success`.
     pub fn record_session_end(&self) {
@@ -453,6 +534,21 @@ impl Destination {
             &serde_json::to_vec(&s).expect("serializes"),
         )
     }
+}
+
+/// What [`Destinations::copy_missing`] compares (everything but locks and the config).
+const COMPARED_DIRS: [&str; 5] = ["data", "index", "keys", "snapshots", "segments"];
+
+/// Whether a copy of `key` is intact: objects named by the BLAKE3 of their bytes must match
+/// their name. Segments are sealed and bound to their name; their readers check them.
+fn intact(key: &str, bytes: &[u8]) -> bool {
+    if key.starts_with("segments/") {
+        return true;
+    }
+    key.rsplit('/')
+        .next()
+        .and_then(|name| crate::crypto::Id::from_hex(name).ok())
+        .is_some_and(|id| crate::crypto::Id::of_object(bytes) == id)
 }
 
 fn spooled_keys(dir: &Path) -> Vec<String> {

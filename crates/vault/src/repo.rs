@@ -113,7 +113,12 @@ pub struct Repository {
     pub(crate) dests: Arc<Destinations>,
     pub(crate) index: RwLock<Index>,
     pub(crate) location: String,
+    /// When `catch_up` last compared the destinations' listings.
+    pub(crate) last_comparison: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often `catch_up` compares listings at most.
+const COMPARE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) fn pack_key(id: &Id) -> String {
     let h = id.to_hex();
@@ -198,6 +203,7 @@ impl Repository {
             keys,
             dests: Arc::new(dests),
             index: RwLock::new(Index::default()),
+            last_comparison: Default::default(),
         })
     }
 
@@ -272,6 +278,7 @@ impl Repository {
             keys,
             dests: Arc::new(dests),
             index: RwLock::new(Index::default()),
+            last_comparison: Default::default(),
         };
         repo.dests.catch_up().await;
         repo.reload_index().await?;
@@ -473,11 +480,35 @@ impl Repository {
         self.dests.status().await
     }
 
-    /// Sends spooled objects to destinations that are back; returns those still behind.
+    /// Sends spooled objects to destinations that are back, then compares the listings of
+    /// the destinations and copies to each what it lacks (what a lost spool or a destination
+    /// restored from an old copy left missing; damaged copies are never spread). The
+    /// comparison lists every object, so it runs at most every ten minutes per open
+    /// repository, and under a shared lock so that no prune deletes meanwhile (while one
+    /// runs, it waits for a later call). Returns the destinations still behind, with why.
     pub async fn catch_up(&self) -> Vec<(String, String)> {
-        let r = self.dests.catch_up().await;
+        let mut behind = self.dests.catch_up().await;
+        let due = self.dests.urls().len() > 1
+            && self
+                .last_comparison
+                .lock()
+                .unwrap()
+                .is_none_or(|at| at.elapsed() >= COMPARE_EVERY);
+        if due
+            && let Ok(lock) = self
+                .lock(crate::lock::LockKind::Shared, std::time::Duration::ZERO)
+                .await
+        {
+            for (url, why) in self.dests.copy_missing().await {
+                if !behind.iter().any(|(u, _)| *u == url) {
+                    behind.push((url, why));
+                }
+            }
+            lock.release().await;
+            *self.last_comparison.lock().unwrap() = Some(std::time::Instant::now());
+        }
         self.dests.record_session_end();
-        r
+        behind
     }
 
     /// Marks the end of a session (updates each destination's last success).

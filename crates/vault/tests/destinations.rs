@@ -198,3 +198,85 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_copies_back_what_a_destination_lost_even_without_a_spool() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a").to_string_lossy().into_owned();
+    let b = t.path().join("b").to_string_lossy().into_owned();
+    let o = opts(&t.path().join("spool"));
+    Repository::init(&[&a, &b], None, PASSWORD, &o)
+        .await
+        .unwrap();
+    let src = t.path().join("site");
+    make_tree(&src, 3_000_000);
+    let repo = Arc::new(Repository::open(&a, PASSWORD, &o).await.unwrap());
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    repo.put_segment("db", 7, b"segment seven").await.unwrap();
+    drop(repo);
+
+    // b loses a pack, an index, the snapshot and a segment behind the spool's back; a's copy
+    // of another pack is damaged and b loses that one too.
+    let mut packs = walk(&t.path().join("b/data"));
+    packs.sort();
+    assert!(packs.len() >= 2, "{packs:?}");
+    let lost = |p: &std::path::Path| std::fs::remove_file(p).unwrap();
+    lost(&packs[0]);
+    lost(&walk(&t.path().join("b/index"))[0]);
+    lost(&walk(&t.path().join("b/snapshots"))[0]);
+    lost(&walk(&t.path().join("b/segments"))[0]);
+    let damaged_rel = packs[1]
+        .strip_prefix(t.path().join("b"))
+        .unwrap()
+        .to_path_buf();
+    let on_a = t.path().join("a").join(&damaged_rel);
+    let mut bytes = std::fs::read(&on_a).unwrap();
+    bytes[10] ^= 0x01;
+    std::fs::write(&on_a, &bytes).unwrap();
+    lost(&packs[1]);
+    assert!(spool_is_empty(&t.path().join("spool")));
+
+    let repo = Arc::new(Repository::open(&a, PASSWORD, &o).await.unwrap());
+    let behind = repo.catch_up().await;
+    assert_eq!(behind.len(), 1, "{behind:?}");
+    assert_eq!(behind[0].0, b);
+    let name = damaged_rel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(behind[0].1.contains(&name), "{behind:?}");
+    assert!(
+        !t.path().join("b").join(&damaged_rel).exists(),
+        "a damaged copy was spread"
+    );
+    // Everything else is back on b, byte for byte.
+    assert_eq!(walk(&t.path().join("b/data")).len(), packs.len() - 1);
+    for dir in ["index", "snapshots", "segments"] {
+        let listing = |d: &str| {
+            let mut keys: Vec<_> = walk(&t.path().join(d).join(dir))
+                .iter()
+                .map(|p| p.strip_prefix(t.path().join(d)).unwrap().to_path_buf())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let (on_a, on_b) = (listing("a"), listing("b"));
+        assert_eq!(on_a, on_b, "{dir}");
+    }
+    let first = packs[0].strip_prefix(t.path().join("b")).unwrap();
+    assert!(
+        std::fs::read(t.path().join("b").join(first)).unwrap()
+            == std::fs::read(t.path().join("a").join(first)).unwrap()
+    );
+}
+
+/// No spooled object (the per-destination state files do not count).
+fn spool_is_empty(p: &std::path::Path) -> bool {
+    !p.exists()
+        || walk(p)
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "json"))
+}
