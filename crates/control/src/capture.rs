@@ -68,6 +68,7 @@ type Recorder = mpsc::UnboundedSender<(OffsetDateTime, EventKind)>;
 
 struct Slot {
     state: String,
+    checker: Option<JoinHandle<()>>,
     worker: Option<Arc<TimelineWorker>>,
     waiting: Option<String>,
     starter: Option<JoinHandle<()>>,
@@ -80,6 +81,7 @@ pub(crate) struct Capture {
     paths: SitePaths,
     manifest: Manifest,
     options: WorkerOptions,
+    integrity_interval: Duration,
     record: Recorder,
     slot: Arc<Mutex<Slot>>,
 }
@@ -102,9 +104,11 @@ impl Capture {
             paths,
             manifest,
             options,
+            integrity_interval: spec.integrity_check_interval,
             record,
             slot: Arc::new(Mutex::new(Slot {
                 state: String::new(),
+                checker: None,
                 worker: None,
                 waiting: Some("not started".into()),
                 starter: None,
@@ -211,7 +215,15 @@ impl Capture {
                 tokio::time::sleep(pause).await;
             }
         });
-        self.slot.lock().unwrap().starter = Some(starter);
+        let checker = tokio::spawn(check_integrity(
+            self.paths.state_dir(state),
+            self.manifest.state.sqlite.clone(),
+            self.integrity_interval,
+            self.record.clone(),
+        ));
+        let mut s = self.slot.lock().unwrap();
+        s.starter = Some(starter);
+        s.checker = Some(checker);
     }
 
     /// The running worker, if any.
@@ -235,6 +247,9 @@ impl Capture {
         let (starter, worker, forwarder) = {
             let mut s = self.slot.lock().unwrap();
             s.waiting = Some("stopped".into());
+            if let Some(checker) = s.checker.take() {
+                checker.abort();
+            }
             (s.starter.take(), s.worker.take(), s.forwarder.take())
         };
         if let Some(starter) = starter {
@@ -312,6 +327,68 @@ impl Capture {
     }
 }
 
+/// Runs `PRAGMA quick_check` on every live database each `interval`; a failure is an event
+/// (once per distinct verdict), so the owner learns when the damage appeared.
+async fn check_integrity(
+    state_dir: PathBuf,
+    databases: Vec<PathBuf>,
+    interval: Duration,
+    record: Recorder,
+) {
+    let mut reported: Vec<Option<String>> = vec![None; databases.len()];
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (i, db) in databases.iter().enumerate() {
+            let path = state_dir.join(db);
+            if !path.exists() {
+                continue;
+            }
+            let verdict = tokio::task::spawn_blocking(move || quick_check(&path))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match verdict {
+                Ok(()) => reported[i] = None,
+                Err(detail) if reported[i].as_ref() != Some(&detail) => {
+                    reported[i] = Some(detail.clone());
+                    let _ = record.send((
+                        OffsetDateTime::now_utc(),
+                        EventKind::IntegrityFailed {
+                            database: db.display().to_string(),
+                            detail,
+                        },
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// `Ok` when the database passes `PRAGMA quick_check`; else the first problems it names.
+fn quick_check(path: &std::path::Path) -> Result<(), String> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open it: {e}"))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| format!("cannot check it: {e}"))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("reading it failed: {e}"))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    Err(rows.join("; "))
+}
+
 /// Puts the site's manifest into a restored state dir (atomically), so checkpoints of that
 /// state carry the configuration that is live.
 fn copy_manifest(manifest: &std::path::Path, state_dir: &std::path::Path) -> Result<(), String> {
@@ -337,7 +414,7 @@ fn kind_of(event: TimelineEvent) -> Option<EventKind> {
         }
         TimelineEvent::CheckpointTaken(info) => Some(EventKind::CheckpointTaken {
             snapshot: info.snapshot,
-            seq: info.seq,
+            segment: info.seq,
         }),
         TimelineEvent::Error { message } => Some(EventKind::CaptureError { message }),
         TimelineEvent::SegmentShipped { .. } => None,

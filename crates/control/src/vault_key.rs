@@ -26,18 +26,40 @@ pub(crate) struct SiteVault {
 }
 
 /// A destination as the vault takes it: `s3://...` as written; a local path made absolute
-/// (relative paths are relative to the site dir).
+/// and canonical when it exists (relative paths are relative to the site dir), so the same
+/// directory is always named the same way.
 pub fn resolve_destination(site_dir: &Path, dest: &str) -> String {
     if dest.contains("://") {
         return dest.to_string();
     }
     let path = Path::new(dest);
+    let site = site_dir
+        .canonicalize()
+        .unwrap_or_else(|_| std::path::absolute(site_dir).unwrap_or(site_dir.to_path_buf()));
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        site_dir.join(path)
+        site.join(path)
     };
+    let abs = abs
+        .canonicalize()
+        .unwrap_or_else(|_| lexically_normal(&abs));
     abs.display().to_string()
+}
+
+/// `a/./b/../c` -> `a/c`, without touching the disk.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Reads the site's vault key, `None` when there is none yet.
@@ -215,6 +237,7 @@ mod tests {
             resolve_destination(site, ".lifeboat/vault"),
             "/srv/blog/.lifeboat/vault"
         );
+        assert_eq!(resolve_destination(site, "./a/../../b"), "/srv/b");
         assert_eq!(resolve_destination(site, "/mnt/b"), "/mnt/b");
         assert_eq!(resolve_destination(site, "s3://bk/blog"), "s3://bk/blog");
     }
@@ -230,6 +253,7 @@ mod tests {
             quorum: None,
             segment_interval: std::time::Duration::from_secs(1),
             checkpoint_interval: std::time::Duration::from_secs(600),
+            integrity_check_interval: std::time::Duration::from_secs(600),
         };
         let first = open_site_vault(&paths, &spec).await.unwrap();
         assert!(first.key_created);

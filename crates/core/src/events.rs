@@ -71,9 +71,12 @@ pub enum EventKind {
     /// Capture could not start or keeps failing; it retries.
     CaptureError { message: String },
     /// A full checkpoint of the site was stored in the vault.
-    CheckpointTaken { snapshot: String, seq: u64 },
+    CheckpointTaken { snapshot: String, segment: u64 },
     /// Capture of a database could not prove it missed nothing and took a fresh image.
     ContinuityLost { database: String, why: String },
+    /// A live database failed `PRAGMA quick_check`: rewind to before this event for a clean
+    /// copy.
+    IntegrityFailed { database: String, detail: String },
     /// A rewind began: the site as of `to` is being restored beside the live state.
     RewindStarted { to: String },
     /// The front door now serves the restored copy in `state`; `previous` is kept for
@@ -158,13 +161,16 @@ impl EventKind {
             ),
             EventKind::CaptureStarted { state } => format!("capture started on {state}"),
             EventKind::CaptureError { message } => format!("capture: {message}"),
-            EventKind::CheckpointTaken { snapshot, seq } => {
+            EventKind::CheckpointTaken { snapshot, segment } => {
                 let short = snapshot.get(..12).unwrap_or(snapshot);
-                format!("checkpoint {short} stored (timeline segment {seq})")
+                format!("checkpoint {short} stored (timeline segment {segment})")
             }
             EventKind::ContinuityLost { database, why } => {
                 format!("capture of {database} lost continuity ({why}); took a fresh image")
             }
+            EventKind::IntegrityFailed { database, detail } => format!(
+                "{database} fails its integrity check ({detail}); `lifeboat rewind --to before-event:ID` gives a clean copy"
+            ),
             EventKind::RewindStarted { to } => format!("rewind to {to} started"),
             EventKind::RewindDone {
                 to,

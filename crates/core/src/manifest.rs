@@ -98,6 +98,9 @@ pub struct VaultSpec {
     pub segment_interval: Duration,
     /// How often a full checkpoint is taken (`checkpoint_interval`, default 10m, at least 1s).
     pub checkpoint_interval: Duration,
+    /// How often each live database gets `PRAGMA quick_check` (`integrity_check_interval`,
+    /// default 10m, at least 1s); a failure becomes an `integrity-failed` event.
+    pub integrity_check_interval: Duration,
 }
 
 /// What Lifeboat does about the site's secrets.
@@ -217,6 +220,7 @@ struct RawVault {
     quorum: Option<Spanned<i64>>,
     segment_interval: Option<Spanned<String>>,
     checkpoint_interval: Option<Spanned<String>>,
+    integrity_check_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -581,11 +585,19 @@ impl Validator<'_> {
             MIN_CHECKPOINT_INTERVAL,
             None,
         );
+        let integrity_check_interval = self.bounded_duration(
+            "vault.integrity_check_interval",
+            raw.integrity_check_interval,
+            DEFAULT_CHECKPOINT_INTERVAL,
+            MIN_CHECKPOINT_INTERVAL,
+            None,
+        );
         VaultSpec {
             destinations,
             quorum,
             segment_interval,
             checkpoint_interval,
+            integrity_check_interval,
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Configuration comes from the environment:
 //! - `PORT`: listen on `127.0.0.1:$PORT` (`0` picks a free port; the start line shows it).
-//! - `GUESTBOOK_DATA`: the data dir (default `./data`); the database is `guestbook.db` in it,
-//!   uploads go to `uploads/` in it.
+//! - `GUESTBOOK_DATA`: the data dir (default `$LIFEBOAT_STATE_DIR/data` under Lifeboat, else
+//!   `./data`); the database is `guestbook.db` in it, uploads go to `uploads/` in it.
 //! - `GUESTBOOK_ADMIN_PASSWORD` or `GUESTBOOK_ADMIN_PASSWORD_FILE`: the initial admin password,
 //!   used only while the database has none.
 //!
@@ -75,10 +75,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `GUESTBOOK_DATA`; else `data` in the state dir Lifeboat gives (`$LIFEBOAT_STATE_DIR`, which
+/// a rewind moves to a restored copy); else `./data`.
 fn data_dir() -> PathBuf {
-    std::env::var_os("GUESTBOOK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("data"))
+    if let Some(dir) = std::env::var_os("GUESTBOOK_DATA") {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("LIFEBOAT_STATE_DIR") {
+        Some(state) if !state.is_empty() => PathBuf::from(state).join("data"),
+        _ => PathBuf::from("data"),
+    }
 }
 
 fn open_db(data: &std::path::Path) -> anyhow::Result<db::Db> {

@@ -30,6 +30,43 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         "site {}   front door {}   maintenance {maintenance}",
         report.site, report.proxy
     );
+    if report.state != lifeboat_control::SITE_STATE && !report.state.is_empty() {
+        println!(
+            "live state: {} (a rewound copy; `lifeboat rewind --undo` goes back)",
+            report.state
+        );
+    }
+    if let Some(c) = &report.capture {
+        if c.running {
+            let checkpoint = c
+                .last_checkpoint
+                .as_ref()
+                .map(|k| format!(", last checkpoint {}", k.time))
+                .unwrap_or_default();
+            println!(
+                "capture: running, last segment {}, lag {} ms{checkpoint}",
+                c.last_segment_seq
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                c.lag_ms
+            );
+        } else {
+            println!(
+                "capture: not running: {}",
+                c.waiting.as_deref().unwrap_or("unknown")
+            );
+        }
+        if let Some(e) = &c.last_error {
+            println!("  last error: {e}");
+        }
+        for d in &c.destinations {
+            let reach = if d.reachable { "ok" } else { "UNREACHABLE" };
+            println!(
+                "  vault {}: {reach}, {} objects behind",
+                d.url, d.objects_behind
+            );
+        }
+    }
     for (process, desired) in &report.desired {
         let of_process = report.instances.iter().filter(|i| &i.process == process);
         let healthy = of_process

@@ -35,6 +35,14 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
     )
     .await?;
     output::up(site.name(), site.proxy_addr(), global.json);
+    if let Some(key) = site.vault_key_created() {
+        eprintln!(
+            "A new vault key for this site's backups was made at {}.\n\
+             Copy it somewhere safe, away from this machine (`lifeboat vault key export`):\n\
+             a backup whose key dies with the machine is no backup.",
+            key.display()
+        );
+    }
     site.run_until(stop_signal()).await?;
     if !global.json {
         println!("stopped");

@@ -102,9 +102,19 @@ pub struct Lifeboat {
 impl Lifeboat {
     /// Starts `lifeboat up SITE --listen 127.0.0.1:0` and waits until its API answers.
     pub fn up(site: &Path) -> Lifeboat {
-        let log = std::fs::File::create(site.join("lifeboat-up.log")).expect("log file");
+        Lifeboat::up_with_env(site, &[])
+    }
+
+    /// [`Lifeboat::up`] with extra environment for lifeboat (and so its instances).
+    pub fn up_with_env(site: &Path, env: &[(&str, &str)]) -> Lifeboat {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site.join("lifeboat-up.log"))
+            .expect("log file");
         let mut cmd = Command::new(lifeboat_bin());
         cmd.arg("up").arg(site).args(["--listen", "127.0.0.1:0"]);
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

@@ -1,0 +1,805 @@
+//! Time travel end to end: the real `lifeboat up` capturing the real guestbook into a vault on a
+//! local directory and a real S3-compatible server (s3s-fs), then `lifeboat rewind`,
+//! `rewind --undo`, `restore-site` and `timeline` as a user runs them.
+
+mod common;
+#[path = "../../vault/tests/common/s3.rs"]
+mod s3;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Lifeboat, SiteDir, guestbook_bin, lifeboat_bin, wait_until};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const INITIAL_PASSWORD: &str = "initial-admin-pw";
+const ATTACKER_PASSWORD: &str = "attacker-owns-you";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A guestbook site capturing into `destinations`.
+fn site(destinations: &[String], quorum: Option<usize>) -> SiteDir {
+    let dests = destinations
+        .iter()
+        .map(|d| format!("{d:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let quorum = quorum
+        .map(|q| format!("quorum = {q}\n"))
+        .unwrap_or_default();
+    let hook = workspace().join("examples/guestbook/rotate-credentials.sh");
+    SiteDir::with_manifest(&format!(
+        r#"[site]
+name = "guestbook"
+
+[processes.web]
+command = "{guestbook}"
+replicas = 2
+stop_timeout = "10s"
+health = {{ path = "/healthz", interval = "200ms", timeout = "2s" }}
+
+[state]
+sqlite = ["data/guestbook.db"]
+dirs = ["data/uploads"]
+
+[proxy]
+listen = "127.0.0.1:0"
+
+[vault]
+destinations = [{dests}]
+{quorum}segment_interval = "250ms"
+integrity_check_interval = "1s"
+
+[credentials]
+rotate = "GUESTBOOK_BIN={guestbook} {hook}"
+"#,
+        guestbook = guestbook_bin().display(),
+        hook = hook.display(),
+    ))
+}
+
+fn up(site: &Path) -> Lifeboat {
+    Lifeboat::up_with_env(
+        site,
+        &[
+            ("GUESTBOOK_ADMIN_PASSWORD", INITIAL_PASSWORD),
+            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
+        ],
+    )
+}
+
+/// `lifeboat ARGS -C SITE` with the S3 test credentials.
+fn run(site: &Path, args: &[&str]) -> Output {
+    Command::new(lifeboat_bin())
+        .args(args)
+        .arg("-C")
+        .arg(site)
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+        .output()
+        .expect("run lifeboat")
+}
+
+fn ok_json(site: &Path, args: &[&str]) -> Value {
+    let out = run(site, args);
+    assert!(
+        out.status.success(),
+        "lifeboat {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lifeboat {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn rfc(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap()
+}
+
+/// One POST /entries: when it was sent, when its `201` came back, and the id.
+#[derive(Debug, Clone)]
+struct Write {
+    id: i64,
+    sent: OffsetDateTime,
+    acked: OffsetDateTime,
+}
+
+/// Posts entries one after another until stopped, recording each acknowledged one.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<Mutex<Vec<Write>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(proxy: &str, label: &'static str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, w, f, proxy) = (
+            stop.clone(),
+            writes.clone(),
+            failures.clone(),
+            proxy.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut n = 0;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let sent = now();
+                let res = http
+                    .post(format!("{proxy}/entries"))
+                    .header(
+                        "Idempotency-Key",
+                        format!("{label}-{n}-{}", sent.unix_timestamp_nanos()),
+                    )
+                    .json(&serde_json::json!({ "text": format!("{label} {n}") }))
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let body: Value = r.json().await.unwrap();
+                        w.lock().unwrap().push(Write {
+                            id: body["id"].as_i64().unwrap(),
+                            sent,
+                            acked: now(),
+                        });
+                    }
+                    Ok(r) => f.lock().unwrap().push(format!("HTTP {}", r.status())),
+                    Err(e) => f.lock().unwrap().push(format!("{e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Writer {
+            stop,
+            writes,
+            failures,
+            task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.writes.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, more: usize) {
+        let target = self.count() + more;
+        let deadline = Instant::now() + DEADLINE;
+        while self.count() < target {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> (Vec<Write>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let writes = self.writes.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (writes, failures)
+    }
+}
+
+async fn entry_ids(proxy: &str) -> Vec<i64> {
+    let entries: Vec<Value> = reqwest::get(format!("{proxy}/api/entries"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids
+}
+
+/// How much later than its commit capture may record a transaction's time: it notices
+/// commits by polling (every 50 ms), and this machine may be loaded.
+const PRECISION: time::Duration = time::Duration::milliseconds(250);
+
+/// Every write acknowledged at or before `t` (less capture's [`PRECISION`]) is in `ids`; none
+/// sent after `t` is. (A write in flight at `t` committed at some moment between sending and
+/// the answer: either is right.)
+fn assert_exact_cut(ids: &[i64], writes: &[Write], t: OffsetDateTime) {
+    for w in writes {
+        if w.acked <= t - PRECISION {
+            assert!(
+                ids.contains(&w.id),
+                "entry {} acknowledged at {} <= {} is missing",
+                w.id,
+                rfc(w.acked),
+                rfc(t)
+            );
+        }
+        if w.sent > t {
+            assert!(
+                !ids.contains(&w.id),
+                "entry {} sent at {} > {} is there",
+                w.id,
+                rfc(w.sent),
+                rfc(t)
+            );
+        }
+    }
+}
+
+async fn upload(proxy: &str, name: &str, data: &[u8]) {
+    let boundary = "lifeboat-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = reqwest::Client::new()
+        .post(format!("{proxy}/upload"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "upload {name}");
+}
+
+async fn download(proxy: &str, name: &str) -> Option<Vec<u8>> {
+    let r = reqwest::get(format!("{proxy}/uploads/{name}"))
+        .await
+        .unwrap();
+    match r.status().as_u16() {
+        200 => Some(r.bytes().await.unwrap().to_vec()),
+        404 => None,
+        other => panic!("GET /uploads/{name}: HTTP {other}"),
+    }
+}
+
+async fn login(proxy: &str, password: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .post(format!("{proxy}/login"))
+        .json(&serde_json::json!({ "password": password }))
+        .send()
+        .await
+        .unwrap();
+    if r.status().as_u16() != 200 && r.status().as_u16() != 204 && r.status().as_u16() != 303 {
+        return None;
+    }
+    r.headers()
+        .get("set-cookie")
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string())
+}
+
+/// Waits until capture has shipped a segment holding what changed up to `since` (the time of
+/// the last change) and holds nothing unshipped.
+fn wait_shipped(lifeboat: &Lifeboat, since: OffsetDateTime) {
+    lifeboat.wait_for_status("capture to ship the last changes", |s| {
+        let shipped = s["capture"]["last_shipped_at"]
+            .as_str()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        shipped.is_some_and(|t| t > since) && s["capture"]["lag_ms"] == 0
+    });
+}
+
+fn live_db(lifeboat: &Lifeboat) -> PathBuf {
+    let state = lifeboat.status()["state"].as_str().unwrap().to_string();
+    let dir = if state == "site" {
+        lifeboat.site.clone()
+    } else {
+        lifeboat.site.join(".lifeboat/states").join(state)
+    };
+    dir.join("data/guestbook.db")
+}
+
+fn integrity(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The whole story of the issue: continuous writes and uploads, a moment T, an attack
+/// (bad entries, deleted and altered uploads, a stolen admin password), then a rewind to T
+/// with new credentials while visitors keep reading, then undo and redo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewind_brings_back_exactly_the_moment_before_the_attack_with_new_credentials() {
+    let scratch = tempfile::tempdir().unwrap();
+    let s3 = s3::S3Server::start(&scratch.path().join("s3"), "backups");
+    let local = scratch.path().join("vault-local");
+    let site = site(
+        &[local.display().to_string(), s3.url("backups", "guestbook")],
+        None,
+    );
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let proxy = lifeboat.proxy.clone();
+
+    // Visitors read all along; not one of their requests may fail.
+    let readers = common::Load::start(&proxy, 2, None);
+    let writer = Writer::start(&proxy, "good");
+    upload(&proxy, "keep.txt", b"kept as it was").await;
+    upload(&proxy, "alter.txt", b"the original text").await;
+    upload(&proxy, "delete.txt", b"deleted by the attacker").await;
+    writer.wait_for(40).await;
+    let t = now();
+    writer.wait_for(20).await;
+    let (good, failures) = writer.stop().await;
+    assert!(failures.is_empty(), "writes failed: {failures:?}");
+    assert!(
+        good.iter().any(|w| w.sent > t),
+        "the writer kept writing after T"
+    );
+
+    // The attack.
+    let cookie = login(&proxy, INITIAL_PASSWORD)
+        .await
+        .expect("the owner's password works");
+    let r = reqwest::Client::new()
+        .post(format!("{proxy}/admin/password"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({ "password": ATTACKER_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "the attacker changes the password: {}",
+        r.status()
+    );
+    let bad = Writer::start(&proxy, "spam");
+    bad.wait_for(20).await;
+    let (spam, _) = bad.stop().await;
+    let uploads = lifeboat.site.join("data/uploads");
+    std::fs::write(uploads.join("alter.txt"), b"defaced").unwrap();
+    std::fs::remove_file(uploads.join("delete.txt")).unwrap();
+    upload(&proxy, "malware.exe", b"MZ evil").await;
+    assert!(login(&proxy, ATTACKER_PASSWORD).await.is_some());
+    let last_change = now();
+    wait_shipped(&lifeboat, last_change);
+
+    // Rewind to T with new credentials.
+    let report = ok_json(
+        site.path(),
+        &[
+            "rewind",
+            "--to",
+            &rfc(t),
+            "--rotate-credentials",
+            "--yes",
+            "--json",
+        ],
+    );
+    let creds = report["credentials"]
+        .as_str()
+        .expect("the hook's output is shown");
+    let new_password = creds
+        .strip_prefix("new admin password: ")
+        .unwrap_or_else(|| panic!("hook output: {creds}"))
+        .trim()
+        .to_string();
+    assert_eq!(report["previous"], "site");
+    let outcomes = readers.stop().await;
+    common::assert_no_failures_or_show_log(&outcomes, &lifeboat.output());
+
+    let ids = entry_ids(&proxy).await;
+    let timeline = ok_json(site.path(), &["timeline", "--json"]);
+    eprintln!("T = {}; timeline: {timeline:#}", rfc(t));
+    let entries: Value = reqwest::get(format!("{proxy}/api/entries"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for e in entries.as_array().unwrap().iter().rev().take(5) {
+        eprintln!("restored entry {e}");
+    }
+    for w in good
+        .iter()
+        .filter(|w| (w.sent - t).abs() < time::Duration::milliseconds(100))
+    {
+        eprintln!("write near T: {w:?}");
+    }
+    assert_exact_cut(&ids, &good, t);
+    for w in &spam {
+        assert!(
+            !ids.contains(&w.id),
+            "attacker entry {} survived the rewind",
+            w.id
+        );
+    }
+    assert_eq!(
+        download(&proxy, "keep.txt").await.as_deref(),
+        Some(&b"kept as it was"[..])
+    );
+    assert_eq!(
+        download(&proxy, "alter.txt").await.as_deref(),
+        Some(&b"the original text"[..])
+    );
+    assert_eq!(
+        download(&proxy, "delete.txt").await.as_deref(),
+        Some(&b"deleted by the attacker"[..])
+    );
+    assert_eq!(download(&proxy, "malware.exe").await, None);
+    assert_eq!(integrity(&live_db(&lifeboat)), "ok");
+    assert!(
+        login(&proxy, ATTACKER_PASSWORD).await.is_none(),
+        "the attacker's password still works"
+    );
+    assert!(
+        login(&proxy, INITIAL_PASSWORD).await.is_none(),
+        "the old password still works"
+    );
+    assert!(
+        login(&proxy, &new_password).await.is_some(),
+        "the new password does not work"
+    );
+    // The live state before the rewind is untouched, for --undo.
+    assert_eq!(
+        std::fs::read(lifeboat.site.join("data/uploads/alter.txt")).unwrap(),
+        b"defaced"
+    );
+
+    // The timeline shows the rewind; undo goes back to the attacked state, undo again returns.
+    let timeline = ok_json(site.path(), &["timeline", "--json"]);
+    let kinds: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"rewind-done"), "{kinds:?}");
+    assert!(kinds.contains(&"checkpoint-taken"), "{kinds:?}");
+    assert_eq!(timeline["previous_state"], "site");
+    let undo = ok_json(site.path(), &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(undo["state"], "site");
+    let after_undo = entry_ids(&proxy).await;
+    assert!(
+        spam.iter().all(|w| after_undo.contains(&w.id)),
+        "undo brings the live state back"
+    );
+    assert_eq!(
+        download(&proxy, "alter.txt").await.as_deref(),
+        Some(&b"defaced"[..])
+    );
+    ok_json(site.path(), &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(entry_ids(&proxy).await, ids);
+    drop(lifeboat);
+}
+
+/// Bad `--to` values change nothing: no new state, the same entries, a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "e");
+    writer.wait_for(5).await;
+    writer.stop().await;
+    let before = entry_ids(&lifeboat.proxy).await;
+    let cases = [
+        ("2020-01-01T00:00:00Z", "before the first capture"),
+        ("2999-01-01T00:00:00Z", "in the future"),
+        ("last tuesday", "cannot read the time"),
+        ("2026-11-27 10:15", "cannot read the time"),
+        ("before-event:999999", "there is no event 999999"),
+    ];
+    for (to, expected) in cases {
+        let out = run(site.path(), &["rewind", "--to", to, "--yes"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to}: accepted");
+        assert!(err.contains(expected), "{to}: {err}");
+    }
+    // Without --yes and without a terminal, nothing happens either.
+    let out = run(site.path(), &["rewind", "--to", "1 second ago"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(lifeboat.status()["state"], "site");
+    assert_eq!(entry_ids(&lifeboat.proxy).await, before);
+    let states = lifeboat.site.join(".lifeboat/states");
+    let made = std::fs::read_dir(&states).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(made, 0, "a refused rewind left a state behind");
+}
+
+/// kill -9 of lifeboat under write load: after `up` again the timeline has no gap, and a
+/// rewind to a moment before the kill is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let mut lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "before");
+    writer.wait_for(30).await;
+    let t1 = now();
+    writer.wait_for(30).await;
+    lifeboat.kill_9();
+    let (before, _) = writer.stop().await;
+    let pids = lifeboat.seen_pids();
+    wait_until("the instances die with lifeboat", || {
+        pids.iter().all(|p| !common::alive(*p))
+    });
+    drop(lifeboat);
+
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run again", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "after");
+    writer.wait_for(30).await;
+    let (after, _) = writer.stop().await;
+    let last_change = after.last().unwrap().acked;
+    wait_shipped(&lifeboat, last_change);
+
+    let timeline = ok_json(site.path(), &["timeline", "--json"]);
+    let runs = timeline["restore_points"]["segments"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "the timeline has a gap: {runs:?}");
+
+    // Everything acknowledged before the kill survived it, and the rewind is exact.
+    let latest = scratch.path().join("latest");
+    ok_json(
+        site.path(),
+        &[
+            "restore-site",
+            "--to",
+            "latest",
+            "--into",
+            latest.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let conn = rusqlite::Connection::open(latest.join("data/guestbook.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM entries").unwrap();
+    let restored: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for w in before.iter().chain(&after) {
+        assert!(
+            restored.contains(&w.id),
+            "entry {} acknowledged is not in the vault",
+            w.id
+        );
+    }
+    ok_json(
+        site.path(),
+        &["rewind", "--to", &rfc(t1), "--yes", "--json"],
+    );
+    let ids = entry_ids(&lifeboat.proxy).await;
+    assert_exact_cut(&ids, &before, t1);
+    assert!(after.iter().all(|w| !ids.contains(&w.id)));
+}
+
+/// The app checkpoints its own WAL (TRUNCATE) while capture runs: no acknowledged transaction
+/// is lost from the timeline (or capture says it lost continuity and took a fresh image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_apps_own_wal_checkpoint_loses_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "w");
+    let db = lifeboat.site.join("data/guestbook.db");
+    for _ in 0..5 {
+        writer.wait_for(10).await;
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let _: (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+    }
+    writer.wait_for(10).await;
+    let (writes, failures) = writer.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let last_change = writes.last().unwrap().acked;
+    wait_shipped(&lifeboat, last_change);
+    let into = scratch.path().join("restored");
+    ok_json(
+        site.path(),
+        &[
+            "restore-site",
+            "--to",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let conn = rusqlite::Connection::open(into.join("data/guestbook.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .unwrap();
+    let lost_continuity = lifeboat
+        .events()
+        .iter()
+        .any(|e| e["kind"] == "continuity-lost");
+    assert!(
+        n as usize >= writes.len() || lost_continuity,
+        "{} acknowledged, {n} restored, and no continuity-lost event",
+        writes.len()
+    );
+    assert!(
+        n as usize >= writes.len(),
+        "{} acknowledged, {n} restored",
+        writes.len()
+    );
+}
+
+/// One destination (S3) down, then back: the site keeps capturing on the other (quorum 1),
+/// the S3 destination catches up from the spool, and the site restores from either alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destination_that_was_down_catches_up_and_restores_alone() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut s3 = s3::S3Server::start(&scratch.path().join("s3"), "backups");
+    let local = scratch.path().join("vault-local");
+    let s3_url = s3.url("backups", "guestbook");
+    let site = site(&[local.display().to_string(), s3_url.clone()], Some(1));
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "w");
+    writer.wait_for(10).await;
+    s3.stop();
+    lifeboat.wait_for_status("the S3 destination to fall behind", |s| {
+        s["capture"]["destinations"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["objects_behind"].as_u64().unwrap_or(0) > 0)
+        })
+    });
+    writer.wait_for(30).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    writer.wait_for(10).await;
+    let (writes, failures) = writer.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let last_change = writes.last().unwrap().acked;
+    wait_shipped(&lifeboat, last_change);
+    s3.restart();
+    lifeboat.wait_for_status("the S3 destination to catch up", |s| {
+        s["capture"]["destinations"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|d| d["objects_behind"].as_u64() == Some(0)))
+    });
+
+    let key = ok_json(site.path(), &["vault", "key", "export", "--json"]);
+    let key_file = scratch.path().join("key");
+    std::fs::write(&key_file, key["key"].as_str().unwrap()).unwrap();
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (name, repo) in [
+        ("local", local.display().to_string()),
+        ("s3", s3_url.clone()),
+    ] {
+        let into = scratch.path().join(format!("from-{name}"));
+        ok_json(
+            site.path(),
+            &[
+                "restore-site",
+                "--repo",
+                &repo,
+                "--password-file",
+                key_file.to_str().unwrap(),
+                "--to",
+                "latest",
+                "--into",
+                into.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        let conn = rusqlite::Connection::open(into.join("data/guestbook.db")).unwrap();
+        let mut stmt = conn.prepare("SELECT id FROM entries ORDER BY id").unwrap();
+        let ids: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for w in &writes {
+            assert!(ids.contains(&w.id), "{name}: entry {} is missing", w.id);
+        }
+        seen.insert(name.into(), ids);
+    }
+    assert_eq!(seen["local"], seen["s3"]);
+}
+
+/// A corrupted page in the live database is reported as an event, and a rewind to just before
+/// that event gives a database that passes its integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
+    let writer = Writer::start(&lifeboat.proxy, "w");
+    writer.wait_for(200).await;
+    let (writes, _) = writer.stop().await;
+    let last_change = writes.last().unwrap().acked;
+    wait_shipped(&lifeboat, last_change);
+    // The app copies its log into the database file (a passive checkpoint, as SQLite's
+    // auto-checkpoint does): from then on pages are read from the file, so damage there is
+    // what the site and the check see.
+    // Capture pins the log until its own checkpoint, which follows a shipment at most every
+    // 5 s: one more write after that makes it run.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let one = Writer::start(&lifeboat.proxy, "one");
+    one.wait_for(1).await;
+    let (more, _) = one.stop().await;
+    let writes: Vec<Write> = writes.into_iter().chain(more).collect();
+    let db = lifeboat.site.join("data/guestbook.db");
+    wait_until("a complete passive checkpoint of the log", || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let (log, done): (i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        log == done
+    });
+    // Scribble over the header of the entries table's root page.
+    let root: u64 = {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'entries'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        let page_size = 4096u64;
+        f.seek(SeekFrom::Start((root - 1) * page_size)).unwrap();
+        std::io::Write::write_all(&mut f, &[0xA5; 64]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let event = lifeboat.wait_for_event("the corruption to be reported", |e| {
+        e["kind"] == "integrity-failed"
+    });
+    let id = event["seq"].as_u64().unwrap();
+    let report = ok_json(
+        site.path(),
+        &[
+            "rewind",
+            "--to",
+            &format!("before-event:{id}"),
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_ne!(report["state"], "site");
+    assert_eq!(integrity(&live_db(&lifeboat)), "ok");
+    let ids = entry_ids(&lifeboat.proxy).await;
+    for w in &writes {
+        assert!(
+            ids.contains(&w.id),
+            "entry {} is missing after the rewind",
+            w.id
+        );
+    }
+}
