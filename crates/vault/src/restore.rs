@@ -286,9 +286,10 @@ impl Job {
 
     /// Writes the files that have no content at all.
     fn write_empty_files(&self) -> Result<()> {
+        // Chosen by content, not by `left`: a file whose pieces are all written reaches 0 too.
         for (fi, out) in self.outs.iter().enumerate() {
             if let Some(out) = out
-                && out.left.load(Ordering::Acquire) == 0
+                && self.files[fi].node.content.is_empty()
             {
                 if self.stop.load(Ordering::Relaxed) {
                     break;
