@@ -21,14 +21,49 @@ use crate::Global;
 #[derive(Subcommand, Debug)]
 pub enum TimelineCommand {
     /// Show the moments the site can be restored to, capture's state, and what happened
-    /// (restarts, maintenance, captures, rewinds).
-    Timeline,
+    /// (restarts, maintenance, captures, rewinds). `timeline forget` thins old history.
+    Timeline(TimelineArgs),
     /// Rewind the live site to a moment: the copy is restored beside the live state, checked,
     /// started where only you can reach it, and serves only once healthy. `--undo` goes back.
     Rewind(RewindArgs),
     /// Restore the whole site (databases, files, manifest) as of a moment into a new directory,
     /// for inspection or to move it elsewhere. Does not touch the running site.
     RestoreSite(RestoreSiteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TimelineArgs {
+    #[command(subcommand)]
+    pub sub: Option<TimelineSub>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TimelineSub {
+    /// Keep the checkpoints the --keep-* rules say (and always the newest) and drop the
+    /// history only older checkpoints needed; with --prune, free the space right away.
+    Forget(ForgetTimelineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetTimelineArgs {
+    /// Keep the last N checkpoints.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the last checkpoint of each of the last N hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    /// ... of each of the last N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    /// ... of each of the last N weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// ... of each of the last N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Then delete the data nothing needs any more (`vault prune`).
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Args, Debug)]
@@ -71,7 +106,12 @@ pub fn run(cmd: TimelineCommand, global: &Global) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         match cmd {
-            TimelineCommand::Timeline => timeline(&global.dir, global).await,
+            TimelineCommand::Timeline(TimelineArgs { sub: None }) => {
+                timeline(&global.dir, global).await
+            }
+            TimelineCommand::Timeline(TimelineArgs {
+                sub: Some(TimelineSub::Forget(args)),
+            }) => forget(&global.dir, args, global).await,
             TimelineCommand::Rewind(args) => rewind(&global.dir, args, global).await,
             TimelineCommand::RestoreSite(args) => restore_site(&global.dir, args, global).await,
         }
@@ -205,6 +245,67 @@ fn print_timeline(r: &TimelineReport) {
     for e in &r.events {
         println!("  #{:<5} {}  {}", e.seq, rfc3339(e.at), e.what.describe());
     }
+}
+
+async fn forget(dir: &Path, args: ForgetTimelineArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let policy = lifeboat_timeline::KeepPolicy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: 0,
+        tags: Vec::new(),
+    };
+    if policy.is_empty() {
+        anyhow::bail!(
+            "say what to keep, e.g. --keep-daily 14 --keep-hourly 48; nothing was changed"
+        );
+    }
+    let manifest = load_manifest(dir)?;
+    let spec = manifest.vault.clone().ok_or_else(|| {
+        anyhow::anyhow!("this site has no [vault] section in lifeboat.toml, so it has no timeline")
+    })?;
+    let repo =
+        Arc::new(lifeboat_control::vault_key::open_existing(&SitePaths::new(dir), &spec).await?);
+    let report = lifeboat_timeline::apply_retention(&repo, &policy).await?;
+    let pruned = if args.prune {
+        Some(
+            repo.prune(&lifeboat_vault::PruneOptions {
+                unindexed_grace: std::time::Duration::from_secs(3600),
+                lock_wait: std::time::Duration::from_secs(60),
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    if global.json {
+        println!(
+            "{}",
+            serde_json::json!({ "retention": report, "prune": pruned })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "kept {} checkpoints, forgot {}; {} segment objects deleted",
+        report.kept.len(),
+        report.forgotten.len(),
+        report.segment_objects_deleted
+    );
+    if let Some(first) = report.kept.first() {
+        println!("the timeline now starts at {}", rfc3339(first.time));
+    }
+    match pruned {
+        Some(p) => println!(
+            "pruned: {} packs deleted, {} bytes freed",
+            p.packs_deleted, p.bytes_freed
+        ),
+        None => println!(
+            "run `lifeboat timeline forget ... --prune` (or `lifeboat vault prune`) to free the space"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {

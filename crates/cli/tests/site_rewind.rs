@@ -803,3 +803,73 @@ async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean(
         );
     }
 }
+
+/// `timeline forget` keeps what the rules say (and the newest checkpoint), drops older
+/// history, and the latest state still restores in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forgetting_old_history_keeps_the_latest_restorable() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let manifest = site.path().join("lifeboat.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "segment_interval = \"250ms\"",
+        "segment_interval = \"250ms\"\ncheckpoint_interval = \"1s\"",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    let writer = Writer::start(&lifeboat.proxy, "w");
+    wait_until("three checkpoints", || {
+        let t = ok_json(site.path(), &["timeline", "--json"]);
+        t["restore_points"]["checkpoints"].as_array().unwrap().len() >= 3
+    });
+    let (writes, _) = writer.stop().await;
+    let last_change = writes.last().unwrap().acked;
+    wait_shipped(&lifeboat, last_change);
+    let out = run(site.path(), &["timeline", "forget", "--yes-i-mean-nothing"]);
+    assert!(!out.status.success(), "unknown flags are refused");
+    let out = run(site.path(), &["timeline", "forget"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("say what to keep"));
+    let report = ok_json(
+        site.path(),
+        &[
+            "timeline",
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--json",
+        ],
+    );
+    assert!(
+        !report["retention"]["forgotten"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{report}"
+    );
+    let t = ok_json(site.path(), &["timeline", "--json"]);
+    let kept = t["restore_points"]["checkpoints"].as_array().unwrap();
+    assert!(!kept.is_empty());
+    let into = scratch.path().join("latest");
+    ok_json(
+        site.path(),
+        &[
+            "restore-site",
+            "--to",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let conn = rusqlite::Connection::open(into.join("data/guestbook.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        n as usize >= writes.len(),
+        "{} written, {n} restored",
+        writes.len()
+    );
+}
