@@ -3,8 +3,9 @@
 //!
 //! usage: front_door LISTEN_ADDR INSTANCE_ADDR...
 //! e.g.   cargo run --release -p lifeboat-proxy --example front_door 127.0.0.1:8080 127.0.0.1:9001 127.0.0.1:9002
-//! FRONT_DOOR_THREADS=N sets the number of runtime threads (1: a single-threaded runtime);
-//! the default is one per core.
+//! FRONT_DOOR_THREADS=N sets the number of threads of the runtime that accepts connections and
+//! runs health checks (1: a single-threaded runtime; the default is one per core). Requests are
+//! served by the proxy's own serving threads, one per core, whatever this setting.
 
 use std::net::SocketAddr;
 use std::time::Duration;

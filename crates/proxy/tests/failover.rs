@@ -294,3 +294,49 @@ async fn without_a_healthy_instance_clients_get_503_with_retry_after() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "30");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_on_a_kept_alive_connection_gets_its_own_answer_deadline() {
+    let instance = Upstream::start(
+        "web-1",
+        handler(|request| async move {
+            if request.uri().path() == "/stuck" {
+                std::future::pending::<()>().await;
+            }
+            text(StatusCode::OK, "web-1")
+        }),
+    )
+    .await;
+    let mut config = test_config();
+    config.timeouts.response_headers = Duration::from_millis(300);
+    let proxy = proxy_for(&[&instance], config).await;
+    let stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // One client connection: fast, stuck, fast, stuck, fast. Each stuck request gets a 504,
+    // each other one its answer, whatever came before it on the connection.
+    for (path, expected) in [
+        ("/", StatusCode::OK),
+        ("/stuck", StatusCode::GATEWAY_TIMEOUT),
+        ("/", StatusCode::OK),
+        ("/", StatusCode::OK),
+        ("/stuck", StatusCode::GATEWAY_TIMEOUT),
+        ("/", StatusCode::OK),
+    ] {
+        sender.ready().await.unwrap();
+        let request = Request::get(path)
+            .header("host", proxy.local_addr().to_string())
+            .body(empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), expected, "{path}");
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+    }
+}
