@@ -304,7 +304,8 @@ impl Proxy {
     }
 
     /// Stops accepting connections, lets every open connection finish the request it is
-    /// serving, then stops health checks. Idempotent.
+    /// serving, then stops health checks. The serving threads end once their connections are
+    /// done; open WebSocket tunnels end with them. Idempotent.
     pub async fn shutdown(&self) {
         self.shared.stop();
         let listener_task = self
