@@ -5,12 +5,15 @@
 #
 #   bench/vault-vs-restic.sh [WORKDIR]      (default WORKDIR: /tmp/lifeboat-vault-bench)
 #
-# Env: LIFEBOAT_BIN (default: target/release/lifeboat, built if missing), SIZE_MB (default 1024).
+# Env: LIFEBOAT_BIN (default: target/release/lifeboat, built if missing), SIZE_MB (default 1024),
+# ROUNDS (default 1): restores are repeated ROUNDS times, alternating the two tools, and the
+# medians are reported (use 3 or more on a machine shared with other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=${1:-/tmp/lifeboat-vault-bench}
 SIZE_MB=${SIZE_MB:-1024}
+ROUNDS=${ROUNDS:-1}
 
 if ! command -v restic >/dev/null 2>&1; then
     echo "installing restic from Debian packages..." >&2
@@ -102,15 +105,7 @@ LB_B1=$(elapsed "$t0" "$t1")
 change_one_percent
 t0=$(now); "$LIFEBOAT_BIN" backup --repo "$WORK/lb-repo" "$DATA" >/dev/null; t1=$(now)
 LB_B2=$(elapsed "$t0" "$t1")
-sync
-t0=$(now); "$LIFEBOAT_BIN" restore --repo "$WORK/lb-repo" latest --to "$WORK/lb-restore" >/dev/null; t1=$(now)
-LB_R=$(elapsed "$t0" "$t1")
-# lifeboat's restore is durable when it returns (it syncs); measure what a sync still finds.
-sync; t2=$(now)
-LB_RS=$(elapsed "$t0" "$t2")
 LB_STORED=$(du -sb "$WORK/lb-repo" | cut -f1)
-diff -r "$DATA" "$WORK/lb-restore" >/dev/null || { echo "lifeboat restore differs from the data!" >&2; exit 1; }
-rm -rf "$WORK/lb-restore"
 
 # --- restic, same data from the same starting point ---
 rm -rf "$DATA"; cp -a "$WORK/data-orig" "$DATA"
@@ -120,17 +115,34 @@ R_B1=$(elapsed "$t0" "$t1")
 change_one_percent
 t0=$(now); restic backup --repo "$WORK/restic-repo" "$DATA" >/dev/null; t1=$(now)
 R_B2=$(elapsed "$t0" "$t1")
-sync
-t0=$(now); restic restore --repo "$WORK/restic-repo" latest --target "$WORK/restic-restore" >/dev/null; t1=$(now)
-R_R=$(elapsed "$t0" "$t1")
-# restic returns before its files are on disk; the same guarantee as lifeboat needs a sync.
-sync; t2=$(now)
-R_RS=$(elapsed "$t0" "$t2")
 R_STORED=$(du -sb "$WORK/restic-repo" | cut -f1)
+
+# --- restores, alternating the tools so both see the same load ---
+LB_RL=(); LB_RSL=(); R_RL=(); R_RSL=()
+for round in $(seq 1 "$ROUNDS"); do
+    sync
+    t0=$(now); "$LIFEBOAT_BIN" restore --repo "$WORK/lb-repo" latest --to "$WORK/lb-restore" >/dev/null; t1=$(now)
+    # lifeboat's restore is durable when it returns (it syncs); measure what a sync still finds.
+    sync; t2=$(now)
+    LB_RL+=("$(elapsed "$t0" "$t1")"); LB_RSL+=("$(elapsed "$t0" "$t2")")
+    diff -r "$DATA" "$WORK/lb-restore" >/dev/null || { echo "lifeboat restore differs from the data!" >&2; exit 1; }
+    rm -rf "$WORK/lb-restore"
+    sync
+    t0=$(now); restic restore --repo "$WORK/restic-repo" latest --target "$WORK/restic-restore" >/dev/null; t1=$(now)
+    # restic returns before its files are on disk; the same guarantee as lifeboat needs a sync.
+    sync; t2=$(now)
+    R_RL+=("$(elapsed "$t0" "$t1")"); R_RSL+=("$(elapsed "$t0" "$t2")")
+    rm -rf "$WORK/restic-restore"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+LB_R=$(median "${LB_RL[@]}"); LB_RS=$(median "${LB_RSL[@]}")
+R_R=$(median "${R_RL[@]}"); R_RS=$(median "${R_RSL[@]}")
+echo "restore rounds (s): lifeboat ${LB_RL[*]}; restic ${R_RL[*]}" >&2
 
 python3 - <<PY
 rows = [("first backup (s)", $LB_B1, $R_B1), ("second backup, 1% changed (s)", $LB_B2, $R_B2),
         ("restore (s)", $LB_R, $R_R), ("restore, durable on disk (s)", $LB_RS, $R_RS)]
+print(f"restore: median of $ROUNDS round(s)")
 print(f"dataset: $FILES files, {$BYTES/2**20:.0f} MiB; restic {'$(restic version | cut -d" " -f2)'}; cores: {__import__('os').cpu_count()}")
 print(f"{'':34}{'lifeboat':>10}{'restic':>10}{'speedup':>10}")
 for name, lb, r in rows:
