@@ -60,7 +60,7 @@ EOF
 start=$(date +%s.%N)
 "$L" up "$site" > "$scratch/up.log" 2>&1 &
 echo $! > "$scratch/pid"
-until "$L" -C "$site" status --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if (d.get("capture") or {}).get("last_checkpoint") else 1)'; do
+until "$L" -C "$site" status --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if (d.get("capture") or {}).get("last_checkpoint") else 1)' 2>/dev/null; do
     sleep 0.5
 done
 first=$(python3 -c "import time; print(round(time.time() - $start, 1))")
