@@ -94,7 +94,7 @@ pub struct VaultSpec {
     /// How many destinations must hold an object before it counts as stored; `None` means all.
     /// Always `1..=destinations.len()`.
     pub quorum: Option<usize>,
-    /// How often captured changes are shipped (`segment_interval`, default 1s, 100ms..=1h).
+    /// How often captured changes are shipped (`segment_interval`, default 500ms, 100ms..=1h).
     pub segment_interval: Duration,
     /// How often a full checkpoint is taken (`checkpoint_interval`, default 10m, at least 1s).
     pub checkpoint_interval: Duration,
@@ -137,7 +137,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MESSAGE: &str = "This site is down for maintenance. Please try again shortly.";
 /// Lifeboat's own directory in the site dir (store, sockets, logs, restored copies).
 pub const LIFEBOAT_DIR: &str = ".lifeboat";
-const DEFAULT_SEGMENT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_SEGMENT_INTERVAL: Duration = Duration::from_millis(500);
 const MIN_SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_SEGMENT_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(600);

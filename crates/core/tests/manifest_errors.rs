@@ -168,7 +168,7 @@ fn a_vault_with_only_destinations_ships_every_second_to_all_of_them() {
     let vault = m.vault.unwrap();
     assert_eq!(vault.destinations, vec!["../backups/guestbook"]);
     assert_eq!(vault.quorum, None, "no quorum means every destination");
-    assert_eq!(vault.segment_interval, Duration::from_secs(1));
+    assert_eq!(vault.segment_interval, Duration::from_millis(500));
     assert_eq!(vault.checkpoint_interval, Duration::from_secs(600));
     assert_eq!(m.credentials, CredentialsSpec::default());
 }
