@@ -208,7 +208,10 @@ fn print_timeline(r: &TimelineReport) {
                 } else {
                     "UNREACHABLE"
                 };
-                println!("  {}: {reach}, {} objects behind", d.url, d.objects_behind);
+                println!(
+                    "  {}: {reach}, {} objects ({} bytes) behind",
+                    d.url, d.objects_behind, d.bytes_behind
+                );
             }
         }
     }

@@ -684,9 +684,11 @@ async fn a_destination_that_was_down_catches_up_and_restores_alone() {
     wait_shipped(&lifeboat, last_change);
     s3.restart();
     lifeboat.wait_for_status("the S3 destination to catch up", |s| {
-        s["capture"]["destinations"]
-            .as_array()
-            .is_some_and(|d| d.iter().all(|d| d["objects_behind"].as_u64() == Some(0)))
+        s["capture"]["destinations"].as_array().is_some_and(|d| {
+            d.iter().all(|d| {
+                d["objects_behind"].as_u64() == Some(0) && d["bytes_behind"].as_u64() == Some(0)
+            })
+        })
     });
 
     let key = ok_json(site.path(), &["vault", "key", "export", "--json"]);

@@ -60,6 +60,8 @@ pub struct DestinationReport {
     pub url: String,
     pub reachable: bool,
     pub objects_behind: u64,
+    /// Bytes of those objects.
+    pub bytes_behind: u64,
     pub last_success: Option<String>,
     pub last_error: Option<String>,
 }
@@ -294,15 +296,16 @@ impl Capture {
             .as_ref()
             .map(|w| w.status())
             .unwrap_or_else(TimelineStatus::default);
+        // What is known, never a probe: a destination that is down must not slow `status`.
         let destinations = self
             .repo
-            .status()
-            .await
+            .status_known()
             .into_iter()
             .map(|d| DestinationReport {
                 url: d.url,
                 reachable: d.reachable,
                 objects_behind: d.objects_behind,
+                bytes_behind: d.bytes_behind,
                 last_success: d.last_success,
                 last_error: d.last_error,
             })

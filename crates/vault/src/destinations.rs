@@ -30,6 +30,9 @@ pub struct DestinationStatus {
     pub reachable: bool,
     /// Objects waiting in the local spool for this destination.
     pub objects_behind: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub bytes_behind: u64,
     pub last_success: Option<String>,
     pub last_error: Option<String>,
 }
@@ -501,10 +504,12 @@ impl Destinations {
         for d in &self.list {
             let probe = d.backend.list("config-probe").await;
             let state = d.load_state();
+            let (objects_behind, bytes_behind) = spool_size(&d.spool);
             out.push(DestinationStatus {
                 url: d.url.clone(),
                 reachable: probe.is_ok(),
-                objects_behind: spooled_keys(&d.spool).len() as u64,
+                objects_behind,
+                bytes_behind,
                 last_success: state.last_success,
                 last_error: match probe {
                     Err(e) => Some(e.to_string()),
@@ -513,6 +518,27 @@ impl Destinations {
             });
         }
         out
+    }
+
+    /// Like [`Destinations::status`] without asking the destinations: reachable unless the
+    /// last write to it failed (cheap enough for a status line polled often).
+    pub fn status_known(&self) -> Vec<DestinationStatus> {
+        self.list
+            .iter()
+            .map(|d| {
+                let state = d.load_state();
+                let down = d.down.lock().unwrap().clone();
+                let (objects_behind, bytes_behind) = spool_size(&d.spool);
+                DestinationStatus {
+                    url: d.url.clone(),
+                    reachable: down.is_none(),
+                    objects_behind,
+                    bytes_behind,
+                    last_success: state.last_success,
+                    last_error: down.or(state.last_error),
+                }
+            })
+            .collect()
     }
 }
 
@@ -549,6 +575,17 @@ fn intact(key: &str, bytes: &[u8]) -> bool {
         .next()
         .and_then(|name| crate::crypto::Id::from_hex(name).ok())
         .is_some_and(|id| crate::crypto::Id::of_object(bytes) == id)
+}
+
+/// Objects and bytes waiting in a destination's spool.
+fn spool_size(dir: &Path) -> (u64, u64) {
+    let keys = spooled_keys(dir);
+    let bytes = keys
+        .iter()
+        .filter_map(|k| std::fs::metadata(dir.join(k)).ok())
+        .map(|m| m.len())
+        .sum();
+    (keys.len() as u64, bytes)
 }
 
 fn spooled_keys(dir: &Path) -> Vec<String> {

@@ -480,6 +480,12 @@ impl Repository {
         self.dests.status().await
     }
 
+    /// Per destination what this process knows without asking it (reachable unless the
+    /// last write failed; what waits in the spool). Never blocks on a destination.
+    pub fn status_known(&self) -> Vec<DestinationStatus> {
+        self.dests.status_known()
+    }
+
     /// Sends spooled objects to destinations that are back, then compares the listings of
     /// the destinations and copies to each what it lacks (what a lost spool or a destination
     /// restored from an old copy left missing; damaged copies are never spread). The

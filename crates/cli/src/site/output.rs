@@ -62,8 +62,8 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         for d in &c.destinations {
             let reach = if d.reachable { "ok" } else { "UNREACHABLE" };
             println!(
-                "  vault {}: {reach}, {} objects behind",
-                d.url, d.objects_behind
+                "  vault {}: {reach}, {} objects ({} bytes) behind",
+                d.url, d.objects_behind, d.bytes_behind
             );
         }
     }
