@@ -79,14 +79,18 @@ impl ControlClient {
 
     /// Asks the daemon to stop the site; returns once the request is accepted.
     pub async fn down(&self) -> Result<(), ControlError> {
-        let _: serde_json::Value = self
-            .call(Method::POST, "/v1/down", None::<&()>)
-            .await
-            .or_else(|e| match e {
-                // 202 has an empty body.
-                ControlError::Api { .. } => Ok(serde_json::Value::Null),
-                e => Err(e),
-            })?;
+        self.post_without_answer("/v1/down").await
+    }
+
+    /// A POST whose success has an empty body (202, 204).
+    async fn post_without_answer(&self, path: &str) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.call(Method::POST, path, None::<&()>)
+                .await
+                .or_else(|e| match e {
+                    ControlError::Api { .. } => Ok(serde_json::Value::Null),
+                    e => Err(e),
+                })?;
         Ok(())
     }
 
@@ -97,15 +101,7 @@ impl ControlClient {
 
     /// Asks the daemon to ship what capture holds now; returns once it is durable.
     pub async fn ship(&self) -> Result<(), ControlError> {
-        let _: serde_json::Value = self
-            .call(Method::POST, "/v1/ship", None::<&()>)
-            .await
-            .or_else(|e| match e {
-                // 204 has an empty body.
-                ControlError::Api { .. } => Ok(serde_json::Value::Null),
-                e => Err(e),
-            })?;
-        Ok(())
+        self.post_without_answer("/v1/ship").await
     }
 
     /// Rewinds the site; returns once the restored copy serves (or nothing changed).
