@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the front door allocates per request (headers, bodies), and mimalloc's
+/// thread-local free lists suit its one-runtime-per-core threads (`bench/proxy-vs-nginx.sh`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod site;
 mod timeline;
 mod vault;

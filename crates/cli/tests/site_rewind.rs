@@ -663,15 +663,21 @@ async fn a_destination_that_was_down_catches_up_and_restores_alone() {
     let writer = Writer::start(&lifeboat.proxy, "w");
     writer.wait_for(10).await;
     s3.stop();
+    let down_since = Instant::now();
     lifeboat.wait_for_status("the S3 destination to fall behind", |s| {
         s["capture"]["destinations"].as_array().is_some_and(|d| {
-            d.iter()
-                .any(|d| d["objects_behind"].as_u64().unwrap_or(0) > 0)
+            d.iter().any(|d| {
+                d["objects_behind"].as_u64().unwrap_or(0) > 0
+                    && d["bytes_behind"].as_u64().unwrap_or(0) > 0
+                    && d["reachable"] == false
+            })
         })
     });
-    writer.wait_for(30).await;
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    writer.wait_for(10).await;
+    // Down for a minute while the site keeps writing.
+    while down_since.elapsed() < Duration::from_secs(60) {
+        writer.wait_for(10).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let (writes, failures) = writer.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
     let last_change = writes.last().unwrap().acked;
