@@ -367,10 +367,7 @@ async fn switch_to(
         }
     }
     if let Err(e) = wait_healthy(site, &staged).await {
-        site.proxy.discard_staged().await;
-        for id in &staged {
-            site.supervisor.stop(id).await;
-        }
+        abandon(site, &staged).await;
         return Err(ControlError::Rewind(format!(
             "{e}; the live site is unchanged, the restored copy stays in {} for inspection",
             state_dir.display()
@@ -382,7 +379,10 @@ async fn switch_to(
         previous: Some(previous.clone()),
     };
     // Durable before the switch: a crash right after comes back on the new state.
-    site.set_states(record).await?;
+    if let Err(e) = site.set_states(record).await {
+        abandon(site, &staged).await;
+        return Err(e);
+    }
     site.set_live_state(state);
     let drained = site.proxy.promote_staged();
     let capture = site.capture.get().cloned();
@@ -414,6 +414,16 @@ async fn switch_to(
         instances: staged,
         took_ms: 0,
     })
+}
+
+/// Takes the staged instances out of the front door and stops them: the switch is off and
+/// the live site stays as it was.
+async fn abandon(site: &Site, staged: &[String]) {
+    site.proxy.discard_staged().await;
+    site.proxy.set_preview_token(None);
+    for id in staged {
+        site.supervisor.stop(id).await;
+    }
 }
 
 /// Waits until every staged instance passes its health check (workers: runs).
