@@ -95,6 +95,22 @@ fn restored_ids(dir: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// `lifeboat restore-site --to latest --into INTO`; returns INTO.
+fn restore_latest(site: &Path, into: &Path) -> PathBuf {
+    ok_json(
+        site,
+        &[
+            "restore-site",
+            "--to",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    into.to_path_buf()
+}
+
 /// `lifeboat ARGS -C SITE` with the S3 test credentials.
 fn run(site: &Path, args: &[&str]) -> Output {
     Command::new(lifeboat_bin())
@@ -573,18 +589,7 @@ async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
     assert_eq!(runs.len(), 1, "the timeline has a gap: {runs:?}");
 
     // Everything acknowledged before the kill survived it, and the rewind is exact.
-    let latest = scratch.path().join("latest");
-    ok_json(
-        site.path(),
-        &[
-            "restore-site",
-            "--to",
-            "latest",
-            "--into",
-            latest.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let latest = restore_latest(site.path(), &scratch.path().join("latest"));
     let restored = restored_ids(&latest);
     for w in before.iter().chain(&after) {
         assert!(
@@ -626,18 +631,7 @@ async fn the_apps_own_wal_checkpoint_loses_nothing() {
     assert!(failures.is_empty(), "{failures:?}");
     let last_change = writes.last().unwrap().acked;
     wait_shipped(&lifeboat, last_change);
-    let into = scratch.path().join("restored");
-    ok_json(
-        site.path(),
-        &[
-            "restore-site",
-            "--to",
-            "latest",
-            "--into",
-            into.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let into = restore_latest(site.path(), &scratch.path().join("restored"));
     // Capture's pinned read transaction keeps the app's TRUNCATE from resetting the log
     // under it, so nothing is lost (not even to a fresh image).
     let restored = restored_ids(&into);
@@ -850,18 +844,7 @@ async fn forgetting_old_history_keeps_the_latest_restorable() {
     let t = ok_json(site.path(), &["timeline", "--json"]);
     let kept = t["restore_points"]["checkpoints"].as_array().unwrap();
     assert!(!kept.is_empty());
-    let into = scratch.path().join("latest");
-    ok_json(
-        site.path(),
-        &[
-            "restore-site",
-            "--to",
-            "latest",
-            "--into",
-            into.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let into = restore_latest(site.path(), &scratch.path().join("latest"));
     let restored = restored_ids(&into);
     for w in &writes {
         assert!(restored.contains(&w.id), "entry {} is missing", w.id);
