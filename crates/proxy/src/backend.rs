@@ -286,12 +286,15 @@ impl Registry {
         for backend in &staged {
             backend.staged.store(false, Ordering::SeqCst);
         }
+        *all = staged;
+        let generation = self.routes.load().generation + 1;
+        // The new snapshot first, then the retirement: a request that meets a retired instance
+        // then always finds the new ones on its next pick (the other order left a moment in
+        // which every instance it could pick was retired, and it got a 503).
+        self.publish_generation(&all, generation);
         for backend in &live {
             retire(backend);
         }
-        *all = staged;
-        let generation = self.routes.load().generation + 1;
-        self.publish_generation(&all, generation);
         live
     }
 
@@ -299,11 +302,11 @@ impl Registry {
     pub(crate) fn discard_staged(&self) -> Vec<Arc<Backend>> {
         let mut all = self.lock_all();
         let (staged, live): (Vec<_>, Vec<_>) = all.drain(..).partition(|b| b.is_staged());
+        *all = live;
+        self.publish(&all);
         for backend in &staged {
             retire(backend);
         }
-        *all = live;
-        self.publish(&all);
         staged
     }
 
@@ -318,11 +321,11 @@ impl Registry {
             .iter()
             .position(|b| b.id == backend.id)
             .map(|i| all.remove(i));
+        all.push(backend);
+        self.publish(&all);
         if let Some(old) = &replaced {
             retire(old);
         }
-        all.push(backend);
-        self.publish(&all);
         replaced
     }
 
@@ -330,17 +333,18 @@ impl Registry {
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<Backend>> {
         let mut all = self.lock_all();
         let backend = all.iter().position(|b| b.id == id).map(|i| all.remove(i))?;
-        retire(&backend);
         self.publish(&all);
+        retire(&backend);
         Some(backend)
     }
 
     pub(crate) fn remove_all(&self) {
         let mut all = self.lock_all();
-        for backend in all.drain(..) {
-            retire(&backend);
-        }
+        let removed: Vec<_> = all.drain(..).collect();
         self.publish(&all);
+        for backend in &removed {
+            retire(backend);
+        }
     }
 
     /// Applies one health check result; answers whether all is well (the check passed and the
