@@ -6,8 +6,9 @@
 #   bench/vault-vs-restic.sh [WORKDIR]      (default WORKDIR: /tmp/lifeboat-vault-bench)
 #
 # Env: LIFEBOAT_BIN (default: target/release/lifeboat, built if missing), SIZE_MB (default 1024),
-# ROUNDS (default 1): restores are repeated ROUNDS times, alternating the two tools, and the
-# medians are reported (use 3 or more on a machine shared with other work).
+# ROUNDS (default 1): first backups (each into a fresh repository) and restores are repeated
+# ROUNDS times, alternating the two tools, and the medians are reported (use 3 or more on a
+# machine shared with other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -96,28 +97,34 @@ elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
 export LIFEBOAT_PASSWORD=bench-password RESTIC_PASSWORD=bench-password
 export LIFEBOAT_SPOOL=$WORK/spool
-cp -a "$DATA" "$WORK/data-orig"
 
 # --- lifeboat ---
-"$LIFEBOAT_BIN" vault init --dest "$WORK/lb-repo" >/dev/null
-t0=$(now); "$LIFEBOAT_BIN" backup --repo "$WORK/lb-repo" "$DATA" >/dev/null; t1=$(now)
-LB_B1=$(elapsed "$t0" "$t1")
+# First backups: with ROUNDS=N each tool backs up the same data into a fresh repository N
+# times, alternating, and the medians are compared (a single timing on a shared machine says
+# little). The last repositories of each tool are kept for the rest of the run.
+LB_B1L=(); R_B1L=()
+for round in $(seq 1 "$ROUNDS"); do
+    rm -rf "$WORK/lb-repo" "$LIFEBOAT_SPOOL"
+    "$LIFEBOAT_BIN" vault init --dest "$WORK/lb-repo" >/dev/null
+    sync
+    t0=$(now); "$LIFEBOAT_BIN" backup --repo "$WORK/lb-repo" "$DATA" >/dev/null; t1=$(now)
+    LB_B1L+=("$(elapsed "$t0" "$t1")")
+    rm -rf "$WORK/restic-repo"
+    restic init --repo "$WORK/restic-repo" >/dev/null
+    sync
+    t0=$(now); restic backup --repo "$WORK/restic-repo" "$DATA" >/dev/null; t1=$(now)
+    R_B1L+=("$(elapsed "$t0" "$t1")")
+done
+echo "first backup rounds (s): lifeboat ${LB_B1L[*]}; restic ${R_B1L[*]}" >&2
+
 change_one_percent
 t0=$(now); "$LIFEBOAT_BIN" backup --repo "$WORK/lb-repo" "$DATA" >/dev/null; t1=$(now)
 LB_B2=$(elapsed "$t0" "$t1")
 LB_STORED=$(du -sb "$WORK/lb-repo" | cut -f1)
-
-# --- restic, same data from the same starting point ---
-rm -rf "$DATA"; cp -a "$WORK/data-orig" "$DATA"
-restic init --repo "$WORK/restic-repo" >/dev/null
-t0=$(now); restic backup --repo "$WORK/restic-repo" "$DATA" >/dev/null; t1=$(now)
-R_B1=$(elapsed "$t0" "$t1")
-change_one_percent
 t0=$(now); restic backup --repo "$WORK/restic-repo" "$DATA" >/dev/null; t1=$(now)
 R_B2=$(elapsed "$t0" "$t1")
 R_STORED=$(du -sb "$WORK/restic-repo" | cut -f1)
 
-# --- restores, alternating the tools so both see the same load ---
 LB_RL=(); LB_RSL=(); R_RL=(); R_RSL=()
 for round in $(seq 1 "$ROUNDS"); do
     sync
@@ -135,6 +142,7 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/restic-restore"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+LB_B1=$(median "${LB_B1L[@]}"); R_B1=$(median "${R_B1L[@]}")
 LB_R=$(median "${LB_RL[@]}"); LB_RS=$(median "${LB_RSL[@]}")
 R_R=$(median "${R_RL[@]}"); R_RS=$(median "${R_RSL[@]}")
 echo "restore rounds (s): lifeboat ${LB_RL[*]}; restic ${R_RL[*]}" >&2
@@ -142,7 +150,7 @@ echo "restore rounds (s): lifeboat ${LB_RL[*]}; restic ${R_RL[*]}" >&2
 python3 - <<PY
 rows = [("first backup (s)", $LB_B1, $R_B1), ("second backup, 1% changed (s)", $LB_B2, $R_B2),
         ("restore (s)", $LB_R, $R_R), ("restore, durable on disk (s)", $LB_RS, $R_RS)]
-print(f"restore: median of $ROUNDS round(s)")
+print(f"first backup and restore: median of $ROUNDS round(s)")
 print(f"dataset: $FILES files, {$BYTES/2**20:.0f} MiB; restic {'$(restic version | cut -d" " -f2)'}; cores: {__import__('os').cpu_count()}")
 print(f"{'':34}{'lifeboat':>10}{'restic':>10}{'speedup':>10}")
 for name, lb, r in rows:
