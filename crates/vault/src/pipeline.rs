@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::crypto::{Id, Keys};
+use crate::crypto::{Id, Keys, Packer};
 use crate::destinations::Destinations;
 use crate::error::{Error, Result};
 use crate::format::{BlobKind, IndexedPack, PackedBlob, encode_pack_trailer};
@@ -17,6 +17,8 @@ use crate::repo::pack_key;
 
 /// Target size of a pack file.
 pub const PACK_TARGET: usize = 8 << 20;
+/// Room past [`PACK_TARGET`] for the blob that fills a pack: the largest chunk (8 MiB) sealed.
+const PACK_HEADROOM: usize = (8 << 20) + 4096;
 /// Uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
 
@@ -76,8 +78,9 @@ impl Pipeline {
                 let tx = sealed_tx.clone();
                 let keys = keys.clone();
                 std::thread::spawn(move || {
+                    let mut packer = Packer::default();
                     for job in rx {
-                        let bytes = keys.pack_payload(&job.data, b"");
+                        let bytes = keys.pack_payload_with(&job.data, b"", &mut packer);
                         let raw_length = job.data.len() as u32;
                         if tx
                             .send(Sealed {
@@ -165,10 +168,20 @@ impl Drop for Pipeline {
     }
 }
 
-#[derive(Default)]
 struct PackBuilder {
     buf: Vec<u8>,
     blobs: Vec<PackedBlob>,
+}
+
+impl Default for PackBuilder {
+    /// Room for a full pack from the start: growing an 8 MiB buffer by doubling copied it
+    /// several times per pack.
+    fn default() -> Self {
+        PackBuilder {
+            buf: Vec::with_capacity(PACK_TARGET + PACK_HEADROOM),
+            blobs: Vec::new(),
+        }
+    }
 }
 
 fn run_packer(
