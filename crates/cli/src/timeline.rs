@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use lifeboat_control::api::{EventsQuery, TimelineReport, on_timeline};
 use lifeboat_control::rewind::{RewindReport, RewindRequest};
+use lifeboat_control::states::{self, StateRole};
 use lifeboat_control::timespec::{TimeSpec, parse_time_spec};
 use lifeboat_control::{ControlClient, ControlError, SitePaths};
 use lifeboat_core::{Event, Manifest};
@@ -29,6 +30,42 @@ pub enum TimelineCommand {
     /// Restore the whole site (databases, files, manifest) as of a moment into a new directory,
     /// for inspection or to move it elsewhere. Does not touch the running site.
     RestoreSite(RestoreSiteArgs),
+    /// List the site's states: the live one, the one `rewind --undo` goes back to, and older
+    /// restored copies, with their size. `states drop NAME` and `states prune` delete them.
+    States(StatesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatesArgs {
+    #[command(subcommand)]
+    pub sub: Option<StatesSub>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StatesSub {
+    /// Delete states by name (never the live one). Dropping the previous state means
+    /// `rewind --undo` is no longer possible.
+    Drop(DropStatesArgs),
+    /// Delete every state that is neither live nor the previous one, and what interrupted
+    /// rewinds left behind.
+    Prune(PruneStatesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DropStatesArgs {
+    /// The states to delete, as `lifeboat states` names them.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneStatesArgs {
+    /// Do not ask for confirmation (for scripts).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +151,7 @@ pub fn run(cmd: TimelineCommand, global: &Global) -> anyhow::Result<ExitCode> {
             }) => forget(&global.dir, args, global).await,
             TimelineCommand::Rewind(args) => rewind(&global.dir, args, global).await,
             TimelineCommand::RestoreSite(args) => restore_site(&global.dir, args, global).await,
+            TimelineCommand::States(args) => states(&global.dir, args, global).await,
         }
     })
 }
@@ -314,7 +352,7 @@ async fn forget(dir: &Path, args: ForgetTimelineArgs, global: &Global) -> anyhow
 fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
-            "{question}\nthis changes what the site serves; pass --yes to confirm when not on a terminal"
+            "{question}\nnothing was changed; pass --yes to confirm when not on a terminal"
         );
     }
     print!("{question} [y/N] ");
@@ -513,4 +551,141 @@ fn print_restore(r: &RestoreReport, into: &Path, json: bool) {
         "  {} files ({} bytes), each verified",
         r.files, r.file_bytes
     );
+}
+
+/// The daemon when it runs, else `None` (the store and the states are then used directly).
+async fn running_daemon(dir: &Path) -> anyhow::Result<Option<ControlClient>> {
+    match ControlClient::for_site(dir) {
+        Ok(client) => Ok(Some(client)),
+        Err(ControlError::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn states(dir: &Path, args: StatesArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let manifest = load_manifest(dir)?;
+    let daemon = running_daemon(dir).await?;
+    let list = match &daemon {
+        Some(client) => client.states().await?,
+        None => states::list_offline(dir, &manifest.state)?,
+    };
+    let (req, yes) = match args.sub {
+        None => {
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_states(&list);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(StatesSub::Drop(a)) => (
+            states::DropRequest {
+                names: a.names,
+                ..Default::default()
+            },
+            a.yes,
+        ),
+        Some(StatesSub::Prune(a)) => (
+            states::DropRequest {
+                all_kept: true,
+                ..Default::default()
+            },
+            a.yes,
+        ),
+    };
+    // Checked here first, so a typo or the live state is refused before anything is asked.
+    let record = lifeboat_control::store::StatesRecord {
+        live: list
+            .iter()
+            .find(|s| s.role == StateRole::Live)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| lifeboat_control::SITE_STATE.into()),
+        previous: list
+            .iter()
+            .find(|s| s.role == StateRole::Previous)
+            .map(|s| s.name.clone()),
+    };
+    let (chosen, _) = states::plan_drop(
+        &list,
+        &record,
+        &states::DropRequest {
+            allow_previous: true,
+            ..req.clone()
+        },
+    )?;
+    if chosen.is_empty() {
+        println!("nothing to drop: every state is live or kept for `rewind --undo`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut question = format!(
+        "Delete {} ({})?",
+        chosen
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        mib(chosen.iter().map(|s| s.bytes).sum())
+    );
+    if chosen.iter().any(|s| s.role == StateRole::Previous) {
+        question.push_str(
+            " `lifeboat rewind --undo` goes back to one of them: undo will no longer be possible.",
+        );
+    }
+    if !yes && !confirm(&question)? {
+        println!("nothing changed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let req = states::DropRequest {
+        allow_previous: true,
+        ..req
+    };
+    let report = match &daemon {
+        Some(client) => client.drop_states(&req).await?,
+        None => states::drop_offline(dir, &manifest.state, &req)?,
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &report.dropped {
+        println!("dropped {} ({})", s.name, mib(s.bytes));
+    }
+    println!("{} freed", mib(report.freed_bytes));
+    match &report.previous {
+        Some(p) => println!("`lifeboat rewind --undo` goes back to {p}"),
+        None => println!("there is no state to undo to"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn print_states(list: &[states::StateInfo]) {
+    let width = list.iter().map(|s| s.name.len()).max().unwrap_or(5).max(5);
+    println!("{:width$}  {:10}  {:>12}  CHANGED", "STATE", "ROLE", "SIZE");
+    for s in list {
+        let role = match s.role {
+            StateRole::Live => "live",
+            StateRole::Previous => "previous",
+            StateRole::Kept => "kept",
+            StateRole::Incomplete => "incomplete",
+        };
+        let changed = s.modified.map(rfc3339).unwrap_or_else(|| "-".into());
+        println!(
+            "{:width$}  {:10}  {:>12}  {changed}",
+            s.name,
+            role,
+            mib(s.bytes)
+        );
+    }
+    let kept: u64 = list
+        .iter()
+        .filter(|s| matches!(s.role, StateRole::Kept | StateRole::Incomplete))
+        .map(|s| s.bytes)
+        .sum();
+    if kept > 0 {
+        println!("`lifeboat states prune` frees {}", mib(kept));
+    }
 }

@@ -850,3 +850,114 @@ async fn forgetting_old_history_keeps_the_latest_restorable() {
         assert!(restored.contains(&w.id), "entry {} is missing", w.id);
     }
 }
+
+/// Rewinds leave states behind; `lifeboat states` lists them with their role and size, the
+/// live one can never be dropped, `states prune` deletes the ones neither live nor kept for
+/// undo, dropping the previous one ends undo, the site keeps serving throughout, and listing
+/// and dropping also work while lifeboat is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_states_are_listed_and_dropped_but_never_the_live_one() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let mut lifeboat = capturing(site.path());
+    let writer = Writer::start(&lifeboat.proxy, "s");
+    writer.wait_for(3).await;
+    writer.stop().await;
+    let served = entry_ids(&lifeboat.proxy).await;
+    let first = ok_json(
+        site.path(),
+        &["rewind", "--to", "latest", "--yes", "--json"],
+    );
+    let first = first["state"].as_str().unwrap().to_string();
+    let second = ok_json(
+        site.path(),
+        &["rewind", "--to", "latest", "--yes", "--json"],
+    );
+    let second = second["state"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+
+    let listed = ok_json(site.path(), &["states", "--json"]);
+    let roles: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (second.as_str(), "live"),
+            (first.as_str(), "previous"),
+            ("site", "kept")
+        ]
+    );
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["bytes"].as_u64().unwrap() > 0),
+        "{listed}"
+    );
+
+    let out = run(site.path(), &["states", "drop", &second, "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the live state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(site.path(), &["states", "drop", "../..", "--yes"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state named"));
+    let pruned = ok_json(site.path(), &["states", "prune", "--yes", "--json"]);
+    let dropped: Vec<&str> = pruned["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(dropped, ["site"]);
+    assert_eq!(pruned["previous"], first.as_str());
+    assert!(!site.path().join("data/guestbook.db").exists());
+    assert!(
+        site.path().join("lifeboat.toml").exists(),
+        "only state is deleted"
+    );
+    assert!(site.path().join(".lifeboat/states").join(&first).is_dir());
+
+    // The previous state goes only with consent, and then there is nothing to undo to.
+    let out = run(site.path(), &["states", "drop", &first]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(site.path().join(".lifeboat/states").join(&first).is_dir());
+    let dropped = ok_json(site.path(), &["states", "drop", &first, "--yes", "--json"]);
+    assert_eq!(dropped["previous"], Value::Null);
+    assert!(!site.path().join(".lifeboat/states").join(&first).exists());
+    let out = run(site.path(), &["rewind", "--undo", "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no state to go back to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lifeboat.status()["state"], second.as_str());
+    assert_eq!(entry_ids(&lifeboat.proxy).await, served);
+    lifeboat.wait_for_event("the drop event", |e| e["kind"] == "states-dropped");
+
+    // Lifeboat down: the store is read (and written) directly.
+    assert!(run(site.path(), &["down"]).status.success());
+    assert!(lifeboat.wait_exit());
+    std::fs::create_dir_all(site.path().join(".lifeboat/states/.partial-leftover/data")).unwrap();
+    let listed = ok_json(site.path(), &["states", "--json"]);
+    let roles: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["live", "incomplete"], "{listed}");
+    ok_json(site.path(), &["states", "prune", "--yes", "--json"]);
+    let listed = ok_json(site.path(), &["states", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], second.as_str());
+}

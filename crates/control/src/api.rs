@@ -17,6 +17,7 @@ use lifeboat_timeline::RestorePoints;
 
 use crate::capture::CaptureReport;
 use crate::rewind::{RewindReport, RewindRequest};
+use crate::states::{DropReport, DropRequest, StateInfo};
 use lifeboat_core::status::InstanceState;
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +162,8 @@ pub(crate) fn router(site: Arc<Site>) -> Router {
         .route("/v1/ship", post(ship))
         .route("/v1/rewind", post(rewind))
         .route("/v1/rewind/undo", post(undo))
+        .route("/v1/states", get(states))
+        .route("/v1/states/drop", post(drop_states))
         .with_state(site)
 }
 
@@ -220,6 +223,49 @@ async fn rewind(
 
 async fn undo(State(site): State<Arc<Site>>) -> Result<Json<RewindReport>, Refusal> {
     Ok(Json(crate::rewind::undo(&site).await?))
+}
+
+async fn states(State(site): State<Arc<Site>>) -> Result<Json<Vec<StateInfo>>, Refusal> {
+    let record = site.states()?;
+    Ok(Json(crate::states::list(
+        &site.paths,
+        &site.manifest.state,
+        &record,
+    )?))
+}
+
+/// Deletes states; never while a rewind runs (it may be writing a new one, or about to
+/// switch to the previous one).
+async fn drop_states(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<DropRequest>,
+) -> Result<Json<DropReport>, Refusal> {
+    let _busy = site.rewinding.try_lock().map_err(|_| {
+        ControlError::Refused("a rewind is running for this site; drop states after it".into())
+    })?;
+    let record = site.states()?;
+    let states = crate::states::list(&site.paths, &site.manifest.state, &record)?;
+    let (chosen, new_record) = crate::states::plan_drop(&states, &record, &req)?;
+    if chosen.is_empty() {
+        return Ok(Json(DropReport {
+            previous: record.previous,
+            ..DropReport::default()
+        }));
+    }
+    if new_record != record {
+        site.set_states(new_record.clone()).await?;
+    }
+    let (paths, spec) = (site.paths.clone(), site.manifest.state.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        crate::states::delete(&paths, &spec, chosen, new_record.previous)
+    })
+    .await
+    .map_err(|e| ControlError::Refused(format!("dropping states stopped: {e}")))??;
+    site.record(EventKind::StatesDropped {
+        names: report.dropped.iter().map(|s| s.name.clone()).collect(),
+        freed_bytes: report.freed_bytes,
+    });
+    Ok(Json(report))
 }
 
 async fn scale(

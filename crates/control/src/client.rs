@@ -115,6 +115,19 @@ impl ControlClient {
             .await
     }
 
+    /// The site's states (live, previous, kept, incomplete) with their sizes.
+    pub async fn states(&self) -> Result<Vec<crate::states::StateInfo>, ControlError> {
+        self.call(Method::GET, "/v1/states", None::<&()>).await
+    }
+
+    /// Deletes states (never the live one).
+    pub async fn drop_states(
+        &self,
+        req: &crate::states::DropRequest,
+    ) -> Result<crate::states::DropReport, ControlError> {
+        self.call(Method::POST, "/v1/states/drop", Some(req)).await
+    }
+
     /// True while the daemon's socket file exists.
     pub fn socket_exists(&self) -> bool {
         self.socket.exists()

@@ -22,6 +22,7 @@ pub mod logs;
 mod paths;
 pub mod rewind;
 mod site;
+pub mod states;
 pub mod store;
 pub mod timespec;
 pub mod vault_key;

@@ -232,7 +232,7 @@ pub(crate) async fn undo(site: &Arc<Site>) -> Result<RewindReport, ControlError>
     let states = site.states()?;
     let Some(previous) = states.previous.clone() else {
         return Err(ControlError::Refused(
-            "there is no rewind to undo: this site has always served its own state".into(),
+            "there is no state to go back to: the site was never rewound, or the state it served before was dropped (`lifeboat states`)".into(),
         ));
     };
     let dir = site.paths.state_dir(&previous);

@@ -91,6 +91,11 @@ pub enum EventKind {
     RewindFailed { to: String, why: String },
     /// `rewind --undo`: the state that was live before the last rewind serves again.
     RewindUndone { state: String, previous: String },
+    /// `lifeboat states drop`: restored copies (or the site dir's own state) were deleted.
+    StatesDropped {
+        names: Vec<String>,
+        freed_bytes: u64,
+    },
 }
 
 impl EventKind {
@@ -193,6 +198,11 @@ impl EventKind {
             EventKind::RewindUndone { state, previous } => {
                 format!("rewind undone: serving {state} again; {previous} kept")
             }
+            EventKind::StatesDropped { names, freed_bytes } => format!(
+                "states dropped: {} ({} MiB freed)",
+                names.join(", "),
+                freed_bytes.div_ceil(1 << 20)
+            ),
         }
     }
 }
