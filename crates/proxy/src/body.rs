@@ -164,6 +164,8 @@ pub(crate) struct Reuse {
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
+    /// Keeps the client connection counted as busy until the body is sent or dropped.
+    _busy: Option<crate::idle::Busy>,
 }
 
 #[derive(Debug)]
@@ -186,6 +188,7 @@ impl ProxyBody {
         let bytes = bytes.into();
         ProxyBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            _busy: None,
         }
     }
 
@@ -198,7 +201,14 @@ impl ProxyBody {
                 reuse,
                 _in_flight: in_flight,
             }),
+            _busy: None,
         }
+    }
+
+    /// The same body, keeping its client connection busy until it is dropped.
+    pub(crate) fn held_by(mut self, busy: crate::idle::Busy) -> Self {
+        self._busy = Some(busy);
+        self
     }
 }
 

@@ -17,6 +17,7 @@ mod error;
 mod forward;
 mod headers;
 mod health;
+mod idle;
 mod maintenance;
 mod pool;
 mod retry;

@@ -7,6 +7,7 @@
 //! its own single-threaded runtime and keeps its own instance connections, so a request, its
 //! instance connection and their tasks stay on one thread and never wake another one.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -27,6 +28,7 @@ use crate::config::{Maintenance, ProxyConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, Client};
 use crate::health::{self, HealthTracker};
+use crate::idle::{Activity, IdleWatch};
 use crate::maintenance::MaintenanceGate;
 
 /// State shared by the handle, the listener and every request.
@@ -123,13 +125,10 @@ impl Proxy {
             source,
         })?;
         let mut http = http1::Builder::new();
-        // The header read timeout doubles as the idle timeout of client keep-alive connections.
-        // Flattened writes (head and body copied into one buffer, one write): responses are
+        // No hyper timer: client connections get one coarse idle watch each (idle.rs) instead
+        // of a header-read timer per request. Flattened writes (head and body copied into one buffer, one write): responses are
         // mostly small, and this costs fewer instructions than gathering a vectored write.
-        http.keep_alive(true)
-            .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.timeouts.idle);
+        http.keep_alive(true).writev(false);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut runtimes = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -412,8 +411,16 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     let client = Arc::new(Client::new(peer.ip(), index));
     let service_shared = shared.clone();
-    let service =
-        service_fn(move |request| forward::handle(service_shared.clone(), client.clone(), request));
+    let activity = Arc::new(Activity::default());
+    let mut idle = IdleWatch::new(activity.clone(), shared.config.timeouts.idle);
+    let service = service_fn(move |request| {
+        let busy = activity.begin();
+        let handled = forward::handle(service_shared.clone(), client.clone(), request);
+        async move {
+            let response = handled.await?;
+            Ok::<_, Infallible>(response.map(|body| body.held_by(busy)))
+        }
+    });
     let connection = shared
         .http
         .serve_connection(TokioIo::new(stream), service)
@@ -428,6 +435,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let finished = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
             return Poll::Ready(Some(result));
+        }
+        if idle.poll_idle(cx).is_ready() {
+            // Nothing is in flight: closing the connection loses nothing.
+            return Poll::Ready(Some(Ok(())));
         }
         if (!registered || shared.stopping.load(Ordering::SeqCst))
             && stopped.as_mut().poll(cx).is_ready()

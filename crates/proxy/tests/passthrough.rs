@@ -425,3 +425,89 @@ fn tokio_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Strea
         rx.recv().await.map(|item| (item, rx))
     })
 }
+
+/// Reads from a raw client connection until the front door closes it; the time that took.
+async fn closed_after(stream: &mut tokio::net::TcpStream) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the front door kept an idle connection open"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_clients_are_closed_but_a_long_response_is_not() {
+    let idle = Duration::from_millis(400);
+    let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(1);
+    let chunks_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(chunks_rx)));
+    let upstream = Upstream::start(
+        "web-1",
+        handler(move |_| {
+            let chunks_rx = chunks_rx.clone();
+            async move {
+                let rx = chunks_rx
+                    .lock()
+                    .await
+                    .take()
+                    .expect("one streaming request");
+                let stream = tokio_stream(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+                Ok(http::Response::new(BodyExt::boxed(StreamBody::new(stream))))
+            }
+        }),
+    )
+    .await;
+    let mut config = test_config();
+    config.timeouts.idle = idle;
+    let proxy = proxy_for(&[&upstream], config).await;
+    let addr = proxy.local_addr();
+
+    // A client that connects and says nothing.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let waited = closed_after(&mut silent).await;
+    assert!(waited >= idle - Duration::from_millis(50), "{waited:?}");
+
+    // A client that trickles a request head and never finishes it.
+    let mut trickler = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+            .take(400)
+        {
+            if trickler.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .expect("the trickling client is cut off")
+        .unwrap();
+    assert!(cut, "the front door kept reading a head that never ends");
+
+    // A response that streams for several idle timeouts reaches the client whole.
+    let response = client()
+        .request(
+            Request::get(format!("http://{addr}/download"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    for i in 0..6 {
+        tokio::time::sleep(idle / 2).await;
+        let chunk = Bytes::from(format!("part {i} "));
+        chunks_tx.send(chunk.clone()).await.unwrap();
+        let frame = body.frame().await.expect("still open").unwrap();
+        assert_eq!(frame.into_data().unwrap(), chunk);
+    }
+    drop(chunks_tx);
+    assert!(body.frame().await.is_none(), "the response ends cleanly");
+}
