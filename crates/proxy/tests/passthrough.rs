@@ -84,8 +84,9 @@ async fn instances_see_forwarded_headers_and_no_hop_by_hop_headers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_streamed_response_reaches_the_client_chunk_by_chunk() {
+/// An instance whose one (non-health) request gets a response streaming whatever is sent on
+/// the returned channel, chunk by chunk, ending when the sender is dropped.
+async fn streaming_upstream() -> (Upstream, mpsc::Sender<Bytes>) {
     let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(1);
     let chunks_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(chunks_rx)));
     let upstream = Upstream::start(
@@ -104,6 +105,12 @@ async fn a_slow_streamed_response_reaches_the_client_chunk_by_chunk() {
         }),
     )
     .await;
+    (upstream, chunks_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_streamed_response_reaches_the_client_chunk_by_chunk() {
+    let (upstream, chunks_tx) = streaming_upstream().await;
     let proxy = proxy_for(&[&upstream], test_config()).await;
     let response = client()
         .request(
@@ -442,24 +449,7 @@ async fn closed_after(stream: &mut tokio::net::TcpStream) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_trickling_clients_are_closed_but_a_long_response_is_not() {
     let idle = Duration::from_millis(400);
-    let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(1);
-    let chunks_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(chunks_rx)));
-    let upstream = Upstream::start(
-        "web-1",
-        handler(move |_| {
-            let chunks_rx = chunks_rx.clone();
-            async move {
-                let rx = chunks_rx
-                    .lock()
-                    .await
-                    .take()
-                    .expect("one streaming request");
-                let stream = tokio_stream(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
-                Ok(http::Response::new(BodyExt::boxed(StreamBody::new(stream))))
-            }
-        }),
-    )
-    .await;
+    let (upstream, chunks_tx) = streaming_upstream().await;
     let mut config = test_config();
     config.timeouts.idle = idle;
     let proxy = proxy_for(&[&upstream], config).await;
