@@ -66,6 +66,11 @@ rotate = "GUESTBOOK_BIN={guestbook} {hook}"
     ))
 }
 
+/// A guestbook site capturing into one local destination, `vault` under `scratch`.
+fn local_vault_site(scratch: &Path) -> SiteDir {
+    site(&[scratch.join("vault").display().to_string()], None)
+}
+
 fn up(site: &Path) -> Lifeboat {
     Lifeboat::up_with_env(
         site,
@@ -526,7 +531,7 @@ async fn rewind_brings_back_exactly_the_moment_before_the_attack_with_new_creden
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "e");
     writer.wait_for(5).await;
@@ -561,7 +566,7 @@ async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let mut lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "before");
     writer.wait_for(30).await;
@@ -612,7 +617,7 @@ async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_apps_own_wal_checkpoint_loses_nothing() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");
     let db = lifeboat.site.join("data/guestbook.db");
@@ -723,7 +728,7 @@ async fn a_destination_that_was_down_catches_up_and_restores_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");
     writer.wait_for(200).await;
@@ -802,7 +807,7 @@ async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forgetting_old_history_keeps_the_latest_restorable() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let manifest = site.path().join("lifeboat.toml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
         "segment_interval = \"250ms\"",
@@ -858,7 +863,7 @@ async fn forgetting_old_history_keeps_the_latest_restorable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_states_are_listed_and_dropped_but_never_the_live_one() {
     let scratch = tempfile::tempdir().unwrap();
-    let site = site(&[scratch.path().join("vault").display().to_string()], None);
+    let site = local_vault_site(scratch.path());
     let mut lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "s");
     writer.wait_for(3).await;
