@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use lifeboat_proxy::{BackendHealth, Proxy, ProxyConfig};
 
+/// The allocator of the `lifeboat` binary, so that profiles of this example match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = match std::env::var("FRONT_DOOR_THREADS")
         .ok()

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use crate::backend::{Backend, InFlight};
 use crate::body::{Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::idle::Activity;
 use crate::maintenance::carries_token;
 use crate::pool::{self, Sender};
 use crate::retry::{
@@ -34,10 +35,12 @@ pub(crate) struct Client {
     /// The serving thread the connection runs on; its requests use that thread's instance
     /// connections.
     pub(crate) worker: usize,
+    /// The connection's requests and timer (idle and response-header timeouts).
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl Client {
-    pub(crate) fn new(ip: IpAddr, worker: usize) -> Self {
+    pub(crate) fn new(ip: IpAddr, worker: usize, activity: Arc<Activity>) -> Self {
         let ip = ip.to_canonical();
         let ip_header =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
@@ -45,6 +48,7 @@ impl Client {
             ip,
             ip_header,
             worker,
+            activity,
         }
     }
 }
@@ -130,13 +134,12 @@ pub(crate) async fn handle(
             }
         };
         let Some(request) = pending.take() else { break };
-        let sent = tokio::time::timeout(
-            shared.config.timeouts.response_headers,
-            sender.try_send_request(request),
-        )
-        .await;
+        let sent = client
+            .activity
+            .within_header_timeout(&shared.clock, sender.try_send_request(request))
+            .await;
         let failure = match sent {
-            Ok(Ok(response)) => {
+            Some(Ok(response)) => {
                 let reuse = Reuse {
                     sender,
                     backend,
@@ -144,7 +147,7 @@ pub(crate) async fn handle(
                 };
                 return Ok(respond(response, reuse, in_flight, client_upgrade));
             }
-            Ok(Err(mut error)) => {
+            Some(Err(mut error)) => {
                 backend.forget_connections();
                 last_error = Some(format!("instance {} failed: {}", backend.id, error.error()));
                 match error.take_message() {
@@ -155,7 +158,7 @@ pub(crate) async fn handle(
                     None => Failure::SentNoResponse,
                 }
             }
-            Err(_) => Failure::HeadersTimedOut,
+            None => Failure::HeadersTimedOut,
         };
         match failure {
             Failure::NotSent => {}

@@ -28,7 +28,7 @@ use crate::config::{Maintenance, ProxyConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, Client};
 use crate::health::{self, HealthTracker};
-use crate::idle::{Activity, IdleWatch};
+use crate::idle::{Activity, Clock, IdleWatch};
 use crate::maintenance::MaintenanceGate;
 
 /// State shared by the handle, the listener and every request.
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
     pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
     http: http1::Builder,
+    /// The timer tick of client connections (idle and response-header timeouts).
+    pub(crate) clock: Clock,
     shutdown: watch::Sender<bool>,
     /// Set just before `shutdown` is sent; cheap to read on every poll of a connection.
     stopping: AtomicBool,
@@ -138,12 +140,14 @@ impl Proxy {
                 .map_err(ProxyError::Runtime)?;
             runtimes.push(runtime);
         }
+        let clock = Clock::new(config.timeouts.idle, config.timeouts.response_headers);
         let shared = Arc::new(Shared {
             config,
             registry: Registry::new(),
             maintenance: ArcSwapOption::empty(),
             preview_token: ArcSwapOption::empty(),
             http,
+            clock,
             shutdown: watch::channel(false).0,
             stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -409,12 +413,12 @@ fn connection_closed(shared: &Shared, index: usize) {
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, index: usize) {
     let _ = stream.set_nodelay(true);
-    let client = Arc::new(Client::new(peer.ip(), index));
-    let service_shared = shared.clone();
     let activity = Arc::new(Activity::default());
-    let mut idle = IdleWatch::new(activity.clone(), shared.config.timeouts.idle);
+    let mut idle = IdleWatch::new(activity.clone(), shared.clock);
+    let client = Arc::new(Client::new(peer.ip(), index, activity));
+    let service_shared = shared.clone();
     let service = service_fn(move |request| {
-        let busy = activity.begin();
+        let busy = client.activity.begin();
         let handled = forward::handle(service_shared.clone(), client.clone(), request);
         async move {
             let response = handled.await?;
