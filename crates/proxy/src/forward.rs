@@ -247,19 +247,30 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, instance: hyper::upgrade::OnU
     }
 }
 
+/// What a replay needs of a request's head. The headers are kept as a flat list: one
+/// allocation and a reference count per header, about half of what cloning the `HeaderMap`
+/// (and dropping the clone) cost on every replayable request (callgrind); the map is built again
+/// only for a replay, which is rare.
 struct Head {
     method: http::Method,
     uri: Uri,
     version: http::Version,
-    headers: http::HeaderMap,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 fn copy_head(parts: &Parts) -> Head {
+    let mut headers = Vec::with_capacity(parts.headers.len());
+    headers.extend(
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
     Head {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
-        headers: parts.headers.clone(),
+        headers,
     }
 }
 
@@ -268,7 +279,11 @@ fn rebuild(head: &Head, body: RequestBody) -> Request<RequestBody> {
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = head.uri.clone();
     *request.version_mut() = head.version;
-    *request.headers_mut() = head.headers.clone();
+    let headers = request.headers_mut();
+    headers.reserve(head.headers.len());
+    for (name, value) in &head.headers {
+        headers.append(name.clone(), value.clone());
+    }
     request
 }
 
@@ -347,6 +362,8 @@ mod tests {
     fn a_replayed_request_has_the_same_head_and_no_body() {
         let (parts, _) = Request::put("/entries/1")
             .header("x-request-id", "abc")
+            .header("accept", "text/html")
+            .header("accept", "application/json")
             .body(())
             .unwrap()
             .into_parts();
@@ -354,6 +371,12 @@ mod tests {
         assert_eq!(replay.method(), http::Method::PUT);
         assert_eq!(replay.uri(), "/entries/1");
         assert_eq!(replay.headers()["x-request-id"], "abc");
+        let accept: Vec<_> = replay.headers().get_all("accept").iter().collect();
+        assert_eq!(
+            accept,
+            ["text/html", "application/json"],
+            "repeated headers, in order"
+        );
         assert!(matches!(replay.body(), RequestBody::Empty));
     }
 }
