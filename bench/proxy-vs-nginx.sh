@@ -218,8 +218,11 @@ printf "%-20s %10s %8s %8s %16s  %s\n" "target" "req/s" "p50 ms" "p99 ms" "cpu u
 RPS_RATIOS=(); P99_RATIOS=(); CPU_RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
     declare -A R=() P=() C=()
-    for target in "direct:${INSTANCE_PORTS[0]}::" "lifeboat:$PROXY_PORT:$PROXY_PID:$PROXY_CHILDREN" \
-        "nginx:$NGINX_PORT:$NGINX_PID:yes"; do
+    # The two proxies take turns going first (ABBA), so that a drift in the machine's load
+    # during a run does not favour either of them.
+    proxies=("lifeboat:$PROXY_PORT:$PROXY_PID:$PROXY_CHILDREN" "nginx:$NGINX_PORT:$NGINX_PID:yes")
+    if [ $((round % 2)) -eq 0 ]; then proxies=("${proxies[1]}" "${proxies[0]}"); fi
+    for target in "direct:${INSTANCE_PORTS[0]}::" "${proxies[@]}"; do
         IFS=: read -r name port pid children <<<"$target"
         read -r rps p50 p99 user sys errors < <(measure "$name" "$port" "$pid" "$children")
         cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }') ($user+$sys)"
