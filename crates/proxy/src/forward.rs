@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -134,9 +135,10 @@ pub(crate) async fn handle(
             }
         };
         let Some(request) = pending.take() else { break };
+        let response = pin!(sender.try_send_request(request));
         let sent = client
             .activity
-            .within_header_timeout(&shared.clock, sender.try_send_request(request))
+            .within_header_timeout(&shared.clock, response)
             .await;
         let failure = match sent {
             Some(Ok(response)) => {
