@@ -34,7 +34,10 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 echo "building release binaries into $TARGET ..." >&2
-cargo build --release -q -p guestbook -p lifeboat-proxy --example front_door
+# Two commands: `--example` would narrow a shared command to examples, leaving the guestbook
+# binary unbuilt.
+cargo build --release -q -p guestbook
+cargo build --release -q -p lifeboat-proxy --example front_door
 GUESTBOOK="$TARGET/release/guestbook"
 FRONT_DOOR="$TARGET/release/examples/front_door"
 LIFEBOAT="$TARGET/release/lifeboat"

@@ -226,7 +226,6 @@ struct Routes {
 pub(crate) struct Registry {
     all: Mutex<Vec<Arc<Backend>>>,
     routes: ArcSwap<Routes>,
-    next: AtomicUsize,
     events: broadcast::Sender<ProxyEvent>,
 }
 
@@ -235,7 +234,6 @@ impl Registry {
         Registry {
             all: Mutex::new(Vec::new()),
             routes: ArcSwap::from_pointee(Routes::default()),
-            next: AtomicUsize::new(0),
             events: broadcast::channel(1024).0,
         }
     }
@@ -268,7 +266,16 @@ impl Registry {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Each serving thread keeps its own round-robin cursor: a shared one was a cache line
+        // written by every request on every core.
+        thread_local! {
+            static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+        let start = NEXT.with(|next| {
+            let start = next.get();
+            next.set(start.wrapping_add(1));
+            start
+        });
         let untried = |b: &&Arc<Backend>| !tried.iter().any(|t| Arc::ptr_eq(t, b));
         let mut candidates = (0..n).map(|i| &routes[(start + i) % n]).filter(untried);
         let first = candidates.next()?;
