@@ -966,3 +966,105 @@ async fn old_states_are_listed_and_dropped_but_never_the_live_one() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["name"], second.as_str());
 }
+
+/// The names in `.lifeboat/states` (none before the first rewind).
+fn state_dirs(site: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(site.join(".lifeboat/states"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// lifeboat is killed -9 in the middle of a rewind, after the restored copy got its name and
+/// while its instances start: the next `up` serves one whole state (never a mix), lists the
+/// interrupted copy so it can be pruned, and the same rewind run again is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_lifeboat_mid_rewind_leaves_one_whole_state_live() {
+    let scratch = tempfile::tempdir().unwrap();
+    let site = local_vault_site(scratch.path());
+    let mut lifeboat = capturing(site.path());
+    let writer = Writer::start(&lifeboat.proxy, "w");
+    writer.wait_for(20).await;
+    let t1 = now();
+    writer.wait_for(20).await;
+    let (writes, failures) = writer.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    wait_shipped(&lifeboat, writes.last().unwrap().acked);
+    let before = entry_texts(&lifeboat.proxy).await;
+    let existing = state_dirs(site.path());
+
+    // The rewind runs in the daemon; the CLI only waits for its answer.
+    let mut rewind = Command::new(lifeboat_bin())
+        .args(["rewind", "--to", &rfc(t1), "--yes", "--json", "-C"])
+        .arg(site.path())
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let interrupted = loop {
+        let new: Vec<String> = state_dirs(site.path())
+            .difference(&existing)
+            .filter(|name| !name.starts_with('.'))
+            .cloned()
+            .collect();
+        if let Some(name) = new.into_iter().next() {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "the rewind restored nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    lifeboat.kill_9();
+    assert!(
+        !rewind.wait().unwrap().success(),
+        "the rewind lost its daemon"
+    );
+    let pids = lifeboat.seen_pids();
+    wait_until("the instances die with lifeboat", || {
+        pids.iter().all(|p| !common::alive(*p))
+    });
+    drop(lifeboat);
+
+    let lifeboat = up(site.path());
+    lifeboat.wait_healthy(2);
+    let live = lifeboat.status()["state"]
+        .as_str()
+        .unwrap_or("site")
+        .to_string();
+    let texts = entry_texts(&lifeboat.proxy).await;
+    if live == interrupted {
+        // Killed after the switch was recorded: the rewound state, whole.
+        assert_exact_cut(&texts, &writes, t1);
+    } else {
+        assert_eq!(texts, before, "the state live before the rewind, whole");
+    }
+    let listed = ok_json(site.path(), &["states", "--json"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&interrupted.as_str()), "{listed}");
+
+    // Run again, the same rewind is exact; pruning then keeps only what undo needs.
+    ok_json(
+        site.path(),
+        &["rewind", "--to", &rfc(t1), "--yes", "--json"],
+    );
+    assert_exact_cut(&entry_texts(&lifeboat.proxy).await, &writes, t1);
+    ok_json(site.path(), &["states", "prune", "--yes", "--json"]);
+    let listed = ok_json(site.path(), &["states", "--json"]);
+    let roles: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["live", "previous"], "{listed}");
+    assert_exact_cut(&entry_texts(&lifeboat.proxy).await, &writes, t1);
+}
