@@ -739,23 +739,41 @@ async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean(
     // auto-checkpoint does): from then on pages are read from the file, so damage there is
     // what the site and the check see.
     // Capture pins the log until its own checkpoint, which follows a shipment at most every
-    // 5 s: one more write after that makes it run.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let one = Writer::start(&lifeboat.proxy, "one");
-    one.wait_for(1).await;
-    let (more, _) = one.stop().await;
-    let writes: Vec<Write> = writes.into_iter().chain(more).collect();
+    // 5 s: one more write makes it run, unless the last checkpoint was less than 5 s before.
+    // So: one write, then up to 7 s for the checkpoint, and again if it did not come (a single
+    // write after a fixed wait was not enough on a loaded machine).
+    let mut writes = writes;
     let db = lifeboat.site.join("data/guestbook.db");
-    wait_until("a complete passive checkpoint of the log", || {
+    let passive_checkpoint_complete = || {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        let (log, done): (i64, i64) = conn
+        // (busy, frames in the log, frames copied); the frame counts are both -1 when the
+        // checkpoint could not run (e.g. capture's own was running), which is not complete.
+        let (busy, log, done): (i64, i64, i64) = conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .unwrap();
-        log == done
-    });
+        busy == 0 && log >= 0 && log == done
+    };
+    let deadline = Instant::now() + DEADLINE;
+    'checkpointed: for round in 0.. {
+        let label: &'static str = Box::leak(format!("more-{round}").into_boxed_str());
+        let one = Writer::start(&lifeboat.proxy, label);
+        one.wait_for(1).await;
+        writes.extend(one.stop().await.0);
+        let wait = Instant::now() + Duration::from_secs(7);
+        while Instant::now() < wait {
+            if passive_checkpoint_complete() {
+                break 'checkpointed;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a complete passive checkpoint of the log"
+        );
+    }
     // Scribble over the header of the entries table's root page.
     let root: u64 = {
         let conn =
