@@ -116,16 +116,30 @@ fn restore_latest(site: &Path, into: &Path) -> PathBuf {
     into.to_path_buf()
 }
 
-/// `lifeboat ARGS -C SITE` with the S3 test credentials.
-fn run(site: &Path, args: &[&str]) -> Output {
-    Command::new(lifeboat_bin())
+/// The command `lifeboat ARGS -C SITE` with the S3 test credentials.
+fn command(site: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(lifeboat_bin());
+    command
         .args(args)
         .arg("-C")
         .arg(site)
         .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
-        .output()
-        .expect("run lifeboat")
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY);
+    command
+}
+
+/// Runs `lifeboat ARGS -C SITE` with the S3 test credentials.
+fn run(site: &Path, args: &[&str]) -> Output {
+    command(site, args).output().expect("run lifeboat")
+}
+
+/// kill -9 of lifeboat, then waits until every instance it ran has died with it.
+fn kill_9_with_its_instances(mut lifeboat: Lifeboat) {
+    lifeboat.kill_9();
+    let pids = lifeboat.seen_pids();
+    wait_until("the instances die with lifeboat", || {
+        pids.iter().all(|p| !common::alive(*p))
+    });
 }
 
 fn ok_json(site: &Path, args: &[&str]) -> Value {
@@ -567,18 +581,13 @@ async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
 async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
     let scratch = tempfile::tempdir().unwrap();
     let site = local_vault_site(scratch.path());
-    let mut lifeboat = capturing(site.path());
+    let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "before");
     writer.wait_for(30).await;
     let t1 = now();
     writer.wait_for(30).await;
-    lifeboat.kill_9();
+    kill_9_with_its_instances(lifeboat);
     let (before, _) = writer.stop().await;
-    let pids = lifeboat.seen_pids();
-    wait_until("the instances die with lifeboat", || {
-        pids.iter().all(|p| !common::alive(*p))
-    });
-    drop(lifeboat);
 
     let lifeboat = up(site.path());
     lifeboat.wait_healthy(2);
@@ -1002,7 +1011,7 @@ fn state_dirs(site: &Path) -> std::collections::BTreeSet<String> {
 async fn killing_lifeboat_mid_rewind_leaves_one_whole_state_live() {
     let scratch = tempfile::tempdir().unwrap();
     let site = local_vault_site(scratch.path());
-    let mut lifeboat = capturing(site.path());
+    let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");
     writer.wait_for(20).await;
     let t1 = now();
@@ -1014,15 +1023,14 @@ async fn killing_lifeboat_mid_rewind_leaves_one_whole_state_live() {
     let existing = state_dirs(site.path());
 
     // The rewind runs in the daemon; the CLI only waits for its answer.
-    let mut rewind = Command::new(lifeboat_bin())
-        .args(["rewind", "--to", &rfc(t1), "--yes", "--json", "-C"])
-        .arg(site.path())
-        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut rewind = command(
+        site.path(),
+        &["rewind", "--to", &rfc(t1), "--yes", "--json"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + DEADLINE;
     let interrupted = loop {
         let new: Vec<String> = state_dirs(site.path())
@@ -1034,18 +1042,15 @@ async fn killing_lifeboat_mid_rewind_leaves_one_whole_state_live() {
             break name;
         }
         assert!(Instant::now() < deadline, "the rewind restored nothing");
+        // Polled this often (not `wait_until`'s 100 ms) so that the kill lands while the
+        // restored copy's instances are still starting, before the switch.
         std::thread::sleep(Duration::from_millis(5));
     };
-    lifeboat.kill_9();
+    kill_9_with_its_instances(lifeboat);
     assert!(
         !rewind.wait().unwrap().success(),
         "the rewind lost its daemon"
     );
-    let pids = lifeboat.seen_pids();
-    wait_until("the instances die with lifeboat", || {
-        pids.iter().all(|p| !common::alive(*p))
-    });
-    drop(lifeboat);
 
     let lifeboat = up(site.path());
     lifeboat.wait_healthy(2);
