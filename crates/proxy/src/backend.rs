@@ -253,8 +253,15 @@ impl Registry {
         }
     }
 
-    /// Picks an instance of `lane` for a request, skipping `tried`: of two neighbours in
-    /// round-robin order, the one with fewer requests in flight.
+    /// Picks an instance of `lane` for a request, skipping `tried`, in round-robin order.
+    ///
+    /// Plain round-robin, like nginx's and HAProxy's default. Choosing the less busy of two
+    /// neighbours by requests in flight widened the latency tail two to
+    /// three times on a loaded machine: the benchmark's p99 went from nginx's ~10 ms to ~25 ms,
+    /// and sometimes one instance got 2 % of the requests while the other two were overloaded
+    /// (`bench/README.md`, session 5). Even passing over an instance only when it had more than
+    /// twice its neighbour's requests in flight did as badly. Dead and hung instances are still
+    /// taken out by failed connects and health checks.
     pub(crate) fn pick(&self, lane: Lane, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let routes = self.routes.load();
         let routes = if lane.preview && lane.generation == routes.generation {
@@ -276,13 +283,10 @@ impl Registry {
             next.set(start.wrapping_add(1));
             start
         });
-        let untried = |b: &&Arc<Backend>| !tried.iter().any(|t| Arc::ptr_eq(t, b));
-        let mut candidates = (0..n).map(|i| &routes[(start + i) % n]).filter(untried);
-        let first = candidates.next()?;
-        match candidates.next() {
-            Some(second) if second.in_flight() < first.in_flight() => Some(second.clone()),
-            _ => Some(first.clone()),
-        }
+        (0..n)
+            .map(|i| &routes[(start + i) % n])
+            .find(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
+            .cloned()
     }
 
     /// Makes every staged instance live and retires every live one, in one snapshot; returns
@@ -519,15 +523,27 @@ mod tests {
     }
 
     #[test]
-    fn traffic_is_spread_over_all_healthy_instances() {
-        let (registry, _) = healthy_registry(&["a", "b", "c"]);
+    fn traffic_is_spread_evenly_over_all_healthy_instances() {
+        let (registry, backends) = healthy_registry(&["a", "b", "c"]);
+        // Requests still running on an instance do not change its share.
+        let _busy: Vec<_> = (0..5)
+            .map(|_| InFlight::enter(&backends[0]).unwrap())
+            .collect();
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..30 {
             *seen
                 .entry(registry.pick(LIVE, &[]).unwrap().id.clone())
                 .or_insert(0) += 1;
         }
-        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), 10),
+                ("b".to_string(), 10),
+                ("c".to_string(), 10)
+            ]
+            .into(),
+        );
     }
 
     #[test]
@@ -556,17 +572,6 @@ mod tests {
             assert_eq!(registry.pick(LIVE, &backends[..1]).unwrap().id, "b");
         }
         assert!(registry.pick(LIVE, &backends).is_none());
-    }
-
-    #[test]
-    fn the_less_busy_of_two_neighbours_is_preferred() {
-        let (registry, backends) = healthy_registry(&["a", "b"]);
-        let _busy: Vec<_> = (0..5)
-            .map(|_| InFlight::enter(&backends[0]).unwrap())
-            .collect();
-        for _ in 0..10 {
-            assert_eq!(registry.pick(LIVE, &[]).unwrap().id, "b");
-        }
     }
 
     #[test]
