@@ -255,13 +255,13 @@ impl Registry {
 
     /// Picks an instance of `lane` for a request, skipping `tried`, in round-robin order.
     ///
-    /// Plain round-robin, like nginx's and HAProxy's default. Choosing the less busy of two
-    /// neighbours by requests in flight widened the latency tail two to
-    /// three times on a loaded machine: the benchmark's p99 went from nginx's ~10 ms to ~25 ms,
-    /// and sometimes one instance got 2 % of the requests while the other two were overloaded
-    /// (`bench/README.md`, session 5). Even passing over an instance only when it had more than
-    /// twice its neighbour's requests in flight did as badly. Dead and hung instances are still
-    /// taken out by failed connects and health checks.
+    /// Plain round-robin, the default of nginx, HAProxy and Envoy. Sending each request to the
+    /// less busy of two neighbours (by requests in flight) widened the latency tail two to three
+    /// times on a loaded machine: the benchmark's p99 went from nginx's ~9 ms to ~27 ms, and
+    /// sometimes one instance got 2 % of the requests while the other two were overloaded
+    /// (`bench/README.md`, session 5). Passing over an instance only when it had more than twice
+    /// its neighbour's requests in flight did as badly. Dead and hung instances are still taken
+    /// out by failed connects and health checks.
     pub(crate) fn pick(&self, lane: Lane, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let routes = self.routes.load();
         let routes = if lane.preview && lane.generation == routes.generation {
