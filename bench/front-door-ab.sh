@@ -36,11 +36,8 @@ for spec in "$@"; do
     fi
 done
 
-if ! command -v wrk >/dev/null || { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; }; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk nginx >/dev/null
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+source bench/lib/nginx.sh
+ensure_wrk_and_nginx
 cargo build --release -q -p guestbook
 GUESTBOOK="$TARGET/release/guestbook"
 
@@ -63,7 +60,7 @@ wait_for() { # file pattern what
     exit 1
 }
 
-mkdir -p "$WORK/data" "$WORK/nginx/logs"
+mkdir -p "$WORK/data"
 UPSTREAMS=()
 for port in "${INSTANCE_PORTS[@]}"; do
     PORT=$port GUESTBOOK_DATA="$WORK/data" "$GUESTBOOK" >"$WORK/guestbook-$port.log" 2>&1 &
@@ -74,42 +71,7 @@ for port in "${INSTANCE_PORTS[@]}"; do
     until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.1; done
 done
 
-{
-    [ "$(id -u)" -eq 0 ] && echo "user root;"
-    cat <<NGINX
-worker_processes auto;
-error_log $WORK/nginx/logs/error.log warn;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    upstream guestbook {
-        server ${UPSTREAMS[0]}; server ${UPSTREAMS[1]}; server ${UPSTREAMS[2]};
-        keepalive 128;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://guestbook;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-        }
-    }
-}
-NGINX
-} >"$WORK/nginx/nginx.conf"
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "daemon off;" >"$WORK/nginx.log" 2>&1 &
-PIDS+=($!)
-NGINX_PID=$!
+start_nginx "$WORK/nginx" "$NGINX_PORT" "${UPSTREAMS[@]}"
 until curl -sf "http://127.0.0.1:$NGINX_PORT/healthz" >/dev/null; do sleep 0.1; done
 
 # name:port:pid:with_children (nginx's CPU is its workers')

@@ -27,11 +27,8 @@ PROXY_PORT=$BASE_PORT
 NGINX_PORT=$((BASE_PORT + 10))
 INSTANCE_PORTS=($((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)))
 
-if ! command -v wrk >/dev/null || { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; }; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk nginx >/dev/null
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+source bench/lib/nginx.sh
+ensure_wrk_and_nginx
 
 echo "building release binaries into $TARGET ..." >&2
 # Two commands: `--example` would narrow a shared command to examples, leaving the guestbook
@@ -58,7 +55,7 @@ wait_for_port() { # port what
         sleep 0.1
     done
     echo "$2 did not start listening on port $1; logs:" >&2
-    tail -n 20 "$WORK"/*.log >&2 || true
+    tail -n 20 "$WORK"/*.log "$WORK"/nginx/*.log >&2 || true
     exit 1
 }
 
@@ -139,45 +136,7 @@ if [ "$VIA" = front_door ]; then
 fi
 
 # nginx as a reverse proxy with upstream keep-alive, as it is usually deployed.
-mkdir -p "$WORK/nginx/logs"
-{
-    [ "$(id -u)" -eq 0 ] && echo "user root;"
-    cat <<NGINX
-worker_processes auto;
-error_log $WORK/nginx/logs/error.log warn;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    upstream guestbook {
-        server 127.0.0.1:${INSTANCE_PORTS[0]};
-        server 127.0.0.1:${INSTANCE_PORTS[1]};
-        server 127.0.0.1:${INSTANCE_PORTS[2]};
-        keepalive 128;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://guestbook;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-        }
-    }
-}
-NGINX
-} >"$WORK/nginx/nginx.conf"
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "daemon off;" >"$WORK/nginx.log" 2>&1 &
-PIDS+=($!)
-NGINX_PID=$!
+start_nginx "$WORK/nginx" "$NGINX_PORT" "${INSTANCE_PORTS[@]/#/127.0.0.1:}"
 wait_for_port "$NGINX_PORT" "nginx"
 
 # wrk's latency lines read "50%  1.23ms"; print them in milliseconds.
