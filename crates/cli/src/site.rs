@@ -90,8 +90,11 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct InstanceArgs {
+    /// Show FROM at TO in a private mount namespace (repeatable).
+    #[arg(long = "bind", num_args = 2, value_names = ["FROM", "TO"], allow_hyphen_values = true)]
+    pub bind: Vec<PathBuf>,
     /// The command to run, after `--`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 

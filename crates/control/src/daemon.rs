@@ -83,7 +83,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     let supervisor = Supervisor::new(SupervisorConfig {
         site: manifest.site.clone(),
         // Absolute, so instances run in the site dir whatever the daemon's cwd becomes.
-        site_dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+        site_dir: paths.dir.clone(),
         log_dir: paths.logs(),
         stop_timeout,
         log_max_bytes: 10 * 1024 * 1024,
@@ -418,6 +418,7 @@ pub(crate) fn start_instance_in(
                 state_dir.display().to_string(),
             )])
             .collect(),
+        ..Default::default()
     });
     if spec.http {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -9,18 +9,25 @@ use crate::ControlError;
 /// The name of the site's original state: its own directory.
 pub const SITE_STATE: &str = "site";
 
-/// The paths of one site.
+/// The paths of one site. Every path it hands out is absolute, whatever directory the site
+/// was named by and wherever the command runs: instances, hooks, capture and the store all run
+/// in other working directories, and a relative path would silently name another place there.
 #[derive(Debug, Clone)]
 pub struct SitePaths {
-    /// The site directory (where lifeboat.toml is).
+    /// The site directory (where lifeboat.toml is), absolute.
     pub dir: PathBuf,
 }
 
 impl SitePaths {
+    /// The paths of the site in `dir` (relative to the current directory when relative).
+    /// Symlinks are resolved when the dir exists, so two spellings of one site agree.
     pub fn new(dir: impl AsRef<Path>) -> SitePaths {
-        SitePaths {
-            dir: dir.as_ref().to_path_buf(),
-        }
+        let dir = dir.as_ref();
+        let dir = dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(dir))
+            .unwrap_or_else(|_| dir.to_path_buf());
+        SitePaths { dir }
     }
 
     pub fn manifest(&self) -> PathBuf {
@@ -94,5 +101,31 @@ impl SitePaths {
             .mode(0o700)
             .create(&logs)
             .map_err(ControlError::io("create", &logs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_is_absolute_even_for_a_relative_site_dir() {
+        let paths = SitePaths::new("examples/guestbook");
+        assert!(paths.dir.is_absolute(), "{}", paths.dir.display());
+        for p in [
+            paths.store(),
+            paths.socket(),
+            paths.state_dir(SITE_STATE),
+            paths.state_dir("20261204T000000Z-at-x"),
+            paths.capture("x"),
+            paths.logs(),
+        ] {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
+        assert!(
+            paths
+                .state_dir("n")
+                .ends_with("examples/guestbook/.lifeboat/states/n")
+        );
     }
 }

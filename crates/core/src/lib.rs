@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod layout;
 pub mod manifest;
 mod manifest_error;
 pub mod plan;

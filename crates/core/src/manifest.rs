@@ -905,7 +905,7 @@ fn lexical(path: &Path) -> PathBuf {
 
 /// The path relative to the site dir, normalized (empty for the site dir itself), or `None`
 /// when it is absolute or leads out of the site dir.
-fn site_relative(path: &Path) -> Option<PathBuf> {
+pub(crate) fn site_relative(path: &Path) -> Option<PathBuf> {
     let normal = lexical(path);
     let inside = normal
         .components()

@@ -87,7 +87,20 @@ pub(crate) fn instance_command(
     let mut command = match &config.shim {
         Some(shim) => {
             let mut c = Command::new(&shim.program);
-            c.args(&shim.args).arg("--").args(["sh", "-c", &script]);
+            c.args(&shim.args)
+                .args(spec.sandbox.to_args())
+                .arg("--")
+                .args(["sh", "-c", &script]);
+            c
+        }
+        None if !spec.sandbox.is_empty() => {
+            // Only the shim can set up private mounts; running the command without them would
+            // show it the wrong state, so it fails loudly instead.
+            let mut c = Command::new("sh");
+            c.args([
+                "-c",
+                "echo 'lifeboat: this instance needs private mounts, which only the lifeboat shim sets up' >&2; exit 70",
+            ]);
             c
         }
         None => {

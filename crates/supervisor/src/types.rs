@@ -39,7 +39,7 @@ pub struct Shim {
 }
 
 /// One instance to keep running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceSpec {
     /// Unique within the site, e.g. `web-1`.
     pub id: String,
@@ -52,6 +52,9 @@ pub struct InstanceSpec {
     /// Extra environment; the supervisor itself sets `PORT`, `LIFEBOAT_INSTANCE`,
     /// `LIFEBOAT_SITE`, `LIFEBOAT_SITE_DIR` and `LIFEBOAT_SUPERVISOR_PID`.
     pub env: Vec<(String, String)>,
+    /// The private view of the file system the instance runs in (set up by the shim, so a
+    /// non-empty sandbox needs [`SupervisorConfig::shim`]).
+    pub sandbox: crate::shim::Sandbox,
 }
 
 /// Where an instance is in its life.

@@ -63,3 +63,122 @@ fn the_shim_without_a_command_says_what_to_pass() {
     let said = String::from_utf8(output.stderr).unwrap();
     assert!(said.contains("after `--`"), "{said}");
 }
+
+/// The shim shows a file and a directory of a state copy at the site's own paths, for the
+/// command only: the site's own files are untouched, and the machine sees no mount.
+#[test]
+fn the_shim_shows_the_state_copy_at_the_sites_paths_for_the_command_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, copy) = (dir.path().join("site"), dir.path().join("copy"));
+    for d in [&site, &copy] {
+        std::fs::create_dir_all(d.join("media")).unwrap();
+    }
+    std::fs::write(site.join("db"), "live").unwrap();
+    std::fs::write(copy.join("db"), "restored").unwrap();
+    std::fs::write(site.join("media/a"), "live").unwrap();
+    std::fs::write(copy.join("media/a"), "restored").unwrap();
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let output = Command::new(HELPER)
+        .args([
+            "shim",
+            "--bind",
+            &arg(&copy.join("db")),
+            &arg(&site.join("db")),
+        ])
+        .args([
+            "--bind",
+            &arg(&copy.join("media")),
+            &arg(&site.join("media")),
+        ])
+        .args(["--", "sh", "-c", "cat db media/a; echo written > media/b"])
+        .current_dir(&site)
+        .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "restoredrestored");
+    assert_eq!(
+        std::fs::read_to_string(copy.join("media/b")).unwrap(),
+        "written\n"
+    );
+    assert!(!site.join("media/b").exists(), "the write went to the copy");
+    assert_eq!(std::fs::read_to_string(site.join("db")).unwrap(), "live");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&arg(&site)),
+        "no mount is left on the machine: {mounts}"
+    );
+}
+
+#[test]
+fn a_bind_that_cannot_be_made_stops_the_command_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let output = Command::new(HELPER)
+        .args(["shim", "--bind", &missing.display().to_string(), "/tmp"])
+        .args(["--", "sh", "-c", "echo should-not-run"])
+        .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        said.contains("cannot show") && said.contains("missing"),
+        "{said}"
+    );
+}
+
+/// Without root, the shim makes its mounts inside a user namespace that maps only the user's
+/// own uid: the command runs as that user, not as root.
+#[test]
+fn the_shim_makes_its_mounts_as_an_ordinary_user_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    let (site, copy) = (top.join("site"), top.join("copy"));
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::write(site.join("db"), "live").unwrap();
+    std::fs::write(copy.join("db"), "restored").unwrap();
+    let as_root = nix::unistd::Uid::effective().is_root();
+    let mut command = if as_root {
+        // Run the shim as `nobody`, on files it owns.
+        for p in [
+            top.to_path_buf(),
+            site.clone(),
+            copy.clone(),
+            site.join("db"),
+            copy.join("db"),
+        ] {
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        }
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", HELPER]);
+        c
+    } else {
+        Command::new(HELPER)
+    };
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let output = command
+        .args([
+            "shim",
+            "--bind",
+            &arg(&copy.join("db")),
+            &arg(&site.join("db")),
+        ])
+        .args(["--", "sh", "-c", "cat db; echo; id -u"])
+        .current_dir(&site)
+        .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let expected_uid = if as_root {
+        65534
+    } else {
+        nix::unistd::Uid::effective().as_raw()
+    };
+    assert_eq!(printed, format!("restored\n{expected_uid}\n"));
+}

@@ -194,6 +194,7 @@ pub(super) async fn down(dir: &Path, global: &Global) -> anyhow::Result<ExitCode
 }
 
 pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
-    let err = lifeboat_supervisor::shim::exec_instance(args.command);
+    let sandbox = lifeboat_supervisor::shim::Sandbox::from_bind_values(args.bind)?;
+    let err = lifeboat_supervisor::shim::exec_instance(&sandbox, args.command);
     Err(anyhow::anyhow!("could not start the instance: {err}"))
 }

@@ -1,6 +1,7 @@
 //! A small helper for the supervisor's own tests (it is not part of lifeboat):
 //!
-//! - `lifeboat-supervisor-helper shim -- CMD...` does what `lifeboat __instance` does: arms the
+//! - `lifeboat-supervisor-helper shim [--bind FROM TO]... -- CMD...` does what `lifeboat
+//!   __instance` does: makes the bind mounts in a private mount namespace, arms the
 //!   parent-death signal and execs CMD.
 //! - `lifeboat-supervisor-helper run-one [--no-shim] SITE SITE_DIR LOG_DIR COMMAND` runs a
 //!   supervisor with one instance `web-1` (started through this helper as the shim unless
@@ -20,11 +21,18 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("shim") => {
-            let command = match args.get(1).map(String::as_str) {
-                Some("--") => &args[2..],
-                _ => &args[1..],
+            let mut rest = &args[1..];
+            let mut binds = Vec::new();
+            while rest.first().map(String::as_str) == Some("--bind") && rest.len() >= 3 {
+                binds.push((PathBuf::from(&rest[1]), PathBuf::from(&rest[2])));
+                rest = &rest[3..];
+            }
+            let command = match rest.first().map(String::as_str) {
+                Some("--") => &rest[1..],
+                _ => rest,
             };
-            let err = lifeboat_supervisor::shim::exec_instance(command);
+            let sandbox = lifeboat_supervisor::shim::Sandbox { binds };
+            let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
             eprintln!("lifeboat-supervisor-helper: cannot run the instance: {err}");
             ExitCode::from(127)
         }
@@ -79,6 +87,7 @@ fn run_one(args: &[String]) -> ExitCode {
             command: command.clone(),
             port: 0,
             env: Vec::new(),
+            ..Default::default()
         });
         while let Ok(event) = events.recv().await {
             if let SupervisorEvent::Started { pid, .. } = event {

@@ -67,6 +67,7 @@ pub fn spec(id: &str, command: &str) -> InstanceSpec {
         command: command.into(),
         port: 4321,
         env: vec![("GREETING".into(), "hello".into())],
+        ..Default::default()
     }
 }
 
