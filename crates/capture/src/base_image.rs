@@ -1,11 +1,14 @@
 //! Writing a full, page-exact image of the database as of capture's current position.
 //!
 //! The image is assembled from the database file overlaid with the newest captured WAL
-//! frame of each page, outside the write lock. It is consistent because capture's pinned
+//! frame of each page, without any write lock. It is consistent because capture's pinned
 //! read transaction keeps SQLite from copying any frame newer than capture's position into
-//! the database file. If the log restarts while the image is read, every captured frame was
-//! already copied back, so the image is re-read from the database file alone. The file is
-//! written next to the position file, fsynced, then renamed into place.
+//! the database file (a pin on read lock i >= 1 bounds copying to its mark, which capture's
+//! position has passed; a pin on read lock 0 stops copying). The log can restart while the
+//! image is read only when the pin sits on read lock 0 and capture is at the end of a
+//! generation that was copied back in full: the image is then re-read from the database
+//! file alone. The file is written next to the position file, fsynced, then renamed into
+//! place.
 //!
 //! The database file is read through the one handle [`crate::sqlite::SqliteCapture`] keeps
 //! open for its whole life: closing *any* descriptor of a file drops every POSIX lock this

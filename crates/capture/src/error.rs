@@ -19,6 +19,41 @@ pub enum CaptureError {
         /// The journal mode it reported.
         mode: String,
     },
+    /// The database could not be switched to WAL mode because something holds it open in
+    /// a transaction.
+    #[error(
+        "could not switch {db} to WAL mode: another connection keeps it busy ({source}); stop \
+         the app (or whatever has the database open), then switch again (`lifeboat up --enable-wal`, \
+         or `sqlite3 {db} 'PRAGMA journal_mode=WAL;'`)"
+    )]
+    WalSwitchBusy {
+        /// The database file.
+        db: PathBuf,
+        /// SQLite's last answer.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// SQLite kept the database in another journal mode when asked for WAL mode.
+    #[error(
+        "SQLite kept {db} in journal mode \"{mode}\" when asked for WAL mode (an in-memory or \
+         read-only database, or a file system without shared memory); move the database to a \
+         local disk where the site can write, then switch again"
+    )]
+    WalRefused {
+        /// The database file.
+        db: PathBuf,
+        /// The journal mode it stayed in.
+        mode: String,
+    },
+    /// The write-ahead log restarted again and again while capture read it.
+    #[error(
+        "the write-ahead log {wal} restarted repeatedly while capture read it; capture retries \
+         (if this persists, report it: SQLite should not allow it while capture reads)"
+    )]
+    LogKeptRestarting {
+        /// The `-wal` file.
+        wal: PathBuf,
+    },
     /// A SQLite call failed.
     #[error("{action} for {db}: {source}")]
     Sqlite {

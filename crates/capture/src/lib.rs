@@ -2,7 +2,9 @@
 //!
 //! - [`wal`] reads SQLite's write-ahead log format;
 //! - [`sqlite`] captures every committed transaction of a database in WAL mode, with
-//!   base images when needed, and checkpoints the log itself;
+//!   base images when needed, and checkpoints the log itself, without ever taking the
+//!   database's write lock (so no transaction of the app fails because of it);
+//! - [`journal_mode`] reads a database's journal mode and switches it to WAL mode;
 //! - [`replay`] rebuilds a database file as of any captured seq or time;
 //! - [`files`] records changes to files under data dirs;
 //! - [`record`] defines the records and their versioned segment encoding
@@ -19,8 +21,9 @@
 //!    commit, so poll often: restore-by-time resolution is the poll interval.
 //! 3. Make the records durable in the vault (segments: [`encode_segment`]; base image
 //!    files by hash), then [`SqliteCapture::confirm_durable`] with the last seq.
-//! 4. Every so often (say each second), [`SqliteCapture::checkpoint`] with a callback that
-//!    makes the last few records durable the same way: the WAL then starts over.
+//! 4. Every so often (say every few seconds), [`SqliteCapture::checkpoint`] with a callback
+//!    that makes the last few records durable the same way: the WAL is copied back and
+//!    starts over at the app's next write once the app pauses.
 //! 5. Periodically, [`SqliteCapture::take_base_image`] so restores do not replay too much.
 //! 6. On [`CaptureError::CorruptWal`], record the event and call [`SqliteCapture::resync`].
 //!
@@ -37,6 +40,7 @@ mod base_image;
 mod durable;
 pub mod error;
 pub mod files;
+pub mod journal_mode;
 pub mod position;
 pub mod record;
 pub mod replay;
@@ -44,6 +48,7 @@ pub mod sqlite;
 pub mod wal;
 
 pub use error::CaptureError;
+pub use journal_mode::{enable_wal, journal_mode};
 pub use record::{
     BaseImageRecord, CommitRecord, FileChange, FileChangeKind, Record, SnapshotReason,
     decode_segment, encode_segment,

@@ -1,35 +1,70 @@
 //! Capturing every committed transaction of one live SQLite database, from outside the
-//! processes that write it.
+//! processes that write it, without ever making one of their transactions fail.
 //!
-//! How no transaction is missed (the argument the code relies on):
+//! Capture never takes SQLite's write lock and never writes to the user's database. An app
+//! transaction that began by reading (Django's `BEGIN; SELECT ...; INSERT ...; COMMIT`)
+//! cannot wait for a write lock someone else holds: SQLite answers `database is locked` at
+//! once (its busy handler only runs for a connection with no read transaction). So capture
+//! only ever holds read transactions and runs PASSIVE checkpoints, which take neither the
+//! write lock nor wait; it never runs RESTART or TRUNCATE checkpoints (they hold it).
 //!
-//! - SQLite only overwrites WAL frames when it *restarts* the log, and it restarts only when
-//!   every frame has been copied back into the database file and no reader holds a snapshot
-//!   that still needs the log. Capture keeps its own read transaction open at all times
-//!   (`reader`), so the frames it has not read yet can neither be copied back past its
-//!   snapshot nor overwritten.
-//! - That read transaction is only ever (re)started while capture also holds the database's
-//!   write lock (`locker`, `BEGIN IMMEDIATE`) and has read the log to its end. So the only
-//!   restart that can ever happen under it destroys frames capture already has.
-//! - Hence, while capture runs, a new WAL header simply means "the next generation began":
-//!   capture continues at its first frame. An app's own `PRAGMA wal_checkpoint(TRUNCATE)`
-//!   either waits for capture's reader (and gives up busy) or truncates an already
-//!   captured log.
-//! - Across a capture restart the reader was not held, so continuity is proven only by
-//!   finding the saved position (salts, offset, running checksum) intact in the log. If it
-//!   is not, capture takes a fresh base image and records why: never silently.
-//! - Capture checkpoints the log itself ([`SqliteCapture::checkpoint`]), under the write
-//!   lock, after the caller made every record durable.
+//! # How no transaction is missed
 //!
-//! This module never writes to the user's database and never prints.
+//! Facts from SQLite's `wal.c` the argument rests on:
+//!
+//! 1. SQLite overwrites frames only when it *restarts* the log (starts the next generation,
+//!    with new salts, from frame 1). A writer does it (`walRestartLog`) only if its own read
+//!    transaction sits on read lock 0, which a reader gets only while every frame is copied
+//!    back into the database file (`nBackfill == mxFrame`); a RESTART or TRUNCATE checkpoint
+//!    does it only once every frame is copied back. Both need exclusive use of read locks
+//!    1..N-1: while any reader holds a read lock >= 1, the log is never restarted.
+//! 2. A reader on read lock 0 stops all copying into the database file (the checkpointer
+//!    needs read lock 0 exclusively), so `nBackfill` stays at the `mxFrame` = M the log had
+//!    when that reader began. While it holds, a restart can happen only if nothing was
+//!    appended since, abandons exactly frames 1..M of that generation, and happens at most
+//!    once (afterwards nothing is copied back, so `nBackfill == mxFrame` needs an empty log).
+//! 3. Capture always holds a pinned read transaction ([`pin`]) and moves it forward only by
+//!    a *handoff*: begin a read transaction on the spare connection, read the log to its
+//!    end, and only then end the old one.
+//!
+//! Claim: a restart never abandons a frame capture has not read. Take a restart at time t
+//! abandoning frames 1..M of generation G, M > 0. By 1, every pin capture holds at t is on
+//! read lock 0; by 2, each began while G had exactly M frames, all copied back, and G was
+//! unchanged from then until t. Let P be the oldest. If a pin preceded P, it was released
+//! after P began and after capture then read the log to its end, all before t, so while the
+//! log was G with its M frames: capture had read them. If P is the session's first pin,
+//! capture read the log after beginning P and found its header unchanged afterwards
+//! (`continuity`), so the read saw G's own frames up to M (a restart rewrites the header
+//! before any frame); had the header changed, capture declares continuity lost instead.
+//!
+//! Hence, while capture runs, a new WAL header means "the next generation began": capture
+//! continues at its first frame. An app's own RESTART or TRUNCATE checkpoint waits (up to its
+//! busy timeout) while capture's pin sits on a read lock >= 1, and when it runs it drops only
+//! frames capture has read.
+//!
+//! Base images need no lock either: the database file holds the generation's starting state
+//! (the previous generation was copied back in full before it restarted) plus copies of
+//! frames no newer than capture's pin, which capture's position has passed (a pin on read
+//! lock i >= 1 bounds copying to its mark; one on read lock 0 stops it). So the file
+//! overlaid with capture's newest frame of each page is exactly the database at capture's
+//! position ([`crate::base_image`]).
+//!
+//! Across a capture restart no pin was held, so continuity is proven only by finding the
+//! saved position (salts, offset, running checksum) intact in the log. If it is not,
+//! capture takes a fresh base image and records why: never silently.
+//!
+//! The log still restarts: [`SqliteCapture::checkpoint`] copies the log back (PASSIVE) and
+//! hands the pin off again; when no commit came in between, the new pin lands on read lock
+//! 0 and the app's next write starts the log over. Under a write load with no such pause the
+//! log grows (SQLite's documented checkpoint starvation) until the app pauses.
+//!
+//! This module never writes to the user's database, never takes its write lock, and never
+//! prints.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
 use time::OffsetDateTime;
 
 use crate::error::{CaptureError, Result, io_err, sql_err};
@@ -37,8 +72,11 @@ use crate::position::{self, POSITION_FORMAT_VERSION, SavedPosition};
 use crate::record::{CommitRecord, SnapshotReason};
 use crate::wal::{self, FrameRef, WalHeader, WalPosition, WalStop};
 
+mod checkpoint;
 mod continuity;
+mod pin;
 mod types;
+use pin::Pins;
 pub use types::{BaseImage, CaptureEvent, CaptureOptions, CaptureStatus, CheckpointReport};
 
 /// Continuous capture of one SQLite database in WAL mode.
@@ -46,10 +84,8 @@ pub struct SqliteCapture {
     db_path: PathBuf,
     wal_path: PathBuf,
     state_dir: PathBuf,
-    /// Holds the long-lived read transaction that pins the WAL.
-    reader: Connection,
-    /// Takes the write lock during checkpoints and resyncs; never writes.
-    locker: Connection,
+    /// The pinned read transaction and the spare connection it is handed to.
+    pins: Pins,
     /// The database file, for reading pages of base images. Opened once and kept open
     /// (declared after the connections so it closes after them): closing any descriptor
     /// of the file would drop the POSIX locks SQLite holds on it in this process, and
@@ -62,7 +98,8 @@ pub struct SqliteCapture {
     db_pages: u32,
     /// Latest frame per page in the current generation, up to `pos`.
     index: HashMap<u32, FrameRef>,
-    /// A damaged frame the caller chose to accept via [`SqliteCapture::resync`].
+    /// A damaged frame the caller chose to accept via [`SqliteCapture::resync`]: the
+    /// position it follows and its offset.
     accepted_damage: Option<(WalPosition, u64)>,
     /// This session's number: one more than the last session's, persisted before any
     /// record is handed out.
@@ -74,25 +111,8 @@ pub struct SqliteCapture {
     unconfirmed: VecDeque<(SavedPosition, OffsetDateTime)>,
     /// Records read but not yet handed out.
     pending: Vec<CaptureEvent>,
-    /// How long to keep trying for the write lock.
-    busy_timeout: Duration,
-    /// Set when the read transaction could not be kept; the next poll resyncs.
+    /// Set when capture cannot prove it missed nothing; the next poll resyncs.
     needs_resync: Option<String>,
-}
-
-fn open_connection(db: &Path, timeout: Duration) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(db, flags).map_err(sql_err(
-        db,
-        "open the database (check that the path names an existing SQLite file)",
-    ))?;
-    conn.busy_timeout(timeout)
-        .map_err(sql_err(db, "set the busy timeout"))?;
-    // When capture's connection is the last one to close, SQLite would checkpoint and delete
-    // the WAL, taking frames not yet confirmed durable with it. Keep the log instead.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-        .map_err(sql_err(db, "disable checkpoint-on-close"))?;
-    Ok(conn)
 }
 
 impl SqliteCapture {
@@ -100,13 +120,15 @@ impl SqliteCapture {
     ///
     /// Resumes from the saved position when the WAL still holds it; otherwise the first
     /// [`poll`](Self::poll) returns a base image whose reason says why (first capture,
-    /// or what broke continuity). Refuses a database that is not in WAL mode.
+    /// or what broke continuity). Refuses a database that is not in WAL mode. Never takes
+    /// the database's write lock: it only begins a read transaction.
     pub fn open(db: &Path, state_dir: &Path, options: CaptureOptions) -> Result<Self> {
         std::fs::create_dir_all(state_dir)
             .map_err(io_err(state_dir, "create the capture state dir"))?;
         remove_partial_files(state_dir)?;
-        let reader = open_connection(db, options.busy_timeout)?;
-        let mode: String = reader
+        let pins = Pins::open(db, options.busy_timeout)?;
+        let mode: String = pins
+            .active()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(sql_err(db, "read the journal mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -115,8 +137,6 @@ impl SqliteCapture {
                 mode,
             });
         }
-        // The locker does its own retrying (see `with_write_lock`), so no busy handler.
-        let locker = open_connection(db, Duration::ZERO)?;
         let db_file = File::open(db).map_err(io_err(db, "open"))?;
         let mut wal_path = db.as_os_str().to_owned();
         wal_path.push("-wal");
@@ -141,8 +161,7 @@ impl SqliteCapture {
             db_path: db.to_path_buf(),
             wal_path: PathBuf::from(wal_path),
             state_dir: state_dir.to_path_buf(),
-            reader,
-            locker,
+            pins,
             db_file,
             pos: None,
             page_size: 0,
@@ -156,9 +175,8 @@ impl SqliteCapture {
             unconfirmed: VecDeque::new(),
             pending: Vec::new(),
             needs_resync: None,
-            busy_timeout: options.busy_timeout,
         };
-        capture.with_write_lock(|c| c.start_from(saved))?;
+        capture.start_from(saved)?;
         if let Some(why) = capture.needs_resync.take() {
             let reason = if saved.is_none_or(|s| s.seq == 0) {
                 SnapshotReason::FirstCapture
@@ -175,9 +193,7 @@ impl SqliteCapture {
     /// had to take), in sequence order. Call it often: each record's `commit_time` is when
     /// it was first seen.
     pub fn poll(&mut self) -> Result<Vec<CaptureEvent>> {
-        if self.needs_resync.is_none() && self.reader.is_autocommit() {
-            self.needs_resync = Some("capture's read transaction was lost".into());
-        }
+        self.notice_lost_pin();
         if let Some(why) = self.needs_resync.take() {
             return self.resync_inner(SnapshotReason::ContinuityLost { why }, None);
         }
@@ -202,7 +218,7 @@ impl SqliteCapture {
             why: why.to_string(),
         };
         let damaged = match self.read_new() {
-            Err(CaptureError::CorruptWal { offset, .. }) => Some(offset),
+            Err(CaptureError::CorruptWal { offset, .. }) => self.pos.map(|p| (p.salt, offset)),
             Err(e) => return Err(e),
             Ok(()) => None,
         };
@@ -229,91 +245,6 @@ impl SqliteCapture {
         Ok(())
     }
 
-    /// Checkpoints the WAL once everything handed out is durable, so the app's next write
-    /// starts the log over. Transactions committed since the last poll are passed to `ship`
-    /// while the app is held off; when `ship` returns `Ok` they count as durable.
-    ///
-    /// Two phases keep the app's writes waiting only briefly: first capture moves its
-    /// pinned snapshot to the end of the log and copies everything up to it into the
-    /// database file without holding the app off; then, holding the write lock, it ships
-    /// the few transactions committed meanwhile, copies those, and re-pins the log.
-    ///
-    /// TRUNCATE is not offered: it needs the write lock for itself, so it cannot run while
-    /// capture holds it, and without it frames written in between could be lost. The log
-    /// is instead restarted from its beginning by the app's next write.
-    pub fn checkpoint<F>(&mut self, mut ship: F) -> Result<CheckpointReport>
-    where
-        F: FnMut(&[CaptureEvent]) -> std::result::Result<(), String>,
-    {
-        let waiting = self.last_seq - self.pending_count() - self.durable_seq;
-        if waiting > 0 {
-            return Ok(CheckpointReport {
-                shipped: 0,
-                wal_frames: 0,
-                checkpointed_frames: 0,
-                complete: false,
-                deferred: Some(format!("{waiting} records are not confirmed durable yet")),
-            });
-        }
-        // Phase 1: the bulk of the copying (and its fsync) while the app keeps writing.
-        let mut shipped = self.with_write_lock(|c| {
-            let n = c.ship_tail(&mut ship)?;
-            c.end_read()?;
-            c.begin_read()?;
-            Ok(n)
-        })?;
-        // Only an optimisation: whatever it could not copy, phase 2 copies.
-        let _ = self.passive_checkpoint(false);
-        // Phase 2: the tail, under the write lock, so the re-pinned snapshot is the end.
-        self.with_write_lock(|c| {
-            shipped += c.ship_tail(&mut ship)?;
-            c.end_read()?;
-            let result = c.passive_checkpoint(true);
-            // Re-pin the log before the app may write again, whatever the checkpoint did.
-            c.begin_read()?;
-            let (log, done) = result?;
-            Ok(CheckpointReport {
-                shipped,
-                wal_frames: log,
-                checkpointed_frames: done,
-                complete: log == done,
-                deferred: None,
-            })
-        })
-    }
-
-    /// Under the write lock: reads what was committed since the last poll and ships it.
-    fn ship_tail<F>(&mut self, ship: &mut F) -> Result<usize>
-    where
-        F: FnMut(&[CaptureEvent]) -> std::result::Result<(), String>,
-    {
-        self.read_new()?;
-        let events = std::mem::take(&mut self.pending);
-        if events.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = ship(&events) {
-            self.pending = events;
-            return Err(CaptureError::ShipFailed(e));
-        }
-        self.confirm_durable(events.last().map_or(0, CaptureEvent::seq))?;
-        Ok(events.len())
-    }
-
-    /// Runs a PASSIVE checkpoint: from the reader (outside its read transaction) or from
-    /// the locker (outside its write lock). Returns frames in the log and frames copied.
-    fn passive_checkpoint(&self, from_reader: bool) -> Result<(i64, i64)> {
-        let conn = if from_reader {
-            &self.reader
-        } else {
-            &self.locker
-        };
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-        .map_err(sql_err(&self.db_path, "checkpoint the WAL"))
-    }
-
     /// Where capture stands.
     pub fn status(&self) -> CaptureStatus {
         CaptureStatus {
@@ -334,52 +265,25 @@ impl SqliteCapture {
         self.pending.len() as u64
     }
 
-    /// Runs `work` holding the database write lock, so no app transaction can commit.
-    fn with_write_lock<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        // SQLite's busy handler backs off up to 100 ms between tries, so under a steady
-        // write load (a commit every few ms) it would starve for seconds. Retry at a
-        // fixed short interval instead: the lock is free between the app's commits.
-        let deadline = std::time::Instant::now() + self.busy_timeout;
-        loop {
-            match self.locker.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => break,
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(e) => {
-                    return Err(sql_err(
-                        &self.db_path,
-                        "take the write lock (the app holds it too long; capture retries)",
-                    )(e));
-                }
-            }
+    /// Notices when the pinned read transaction was lost (nothing should end it): capture
+    /// can then no longer prove it missed nothing, and the next poll resyncs.
+    fn notice_lost_pin(&mut self) {
+        if self.needs_resync.is_none() && !self.pins.held() {
+            self.needs_resync = Some("capture's read transaction was lost".into());
         }
-        let result = work(self);
-        let released = self.locker.execute_batch("ROLLBACK");
-        if self.needs_resync.is_none() && self.reader.is_autocommit() {
-            self.needs_resync = Some("capture could not re-open its read transaction".into());
-        }
-        let value = result?;
-        released.map_err(sql_err(&self.db_path, "release the write lock"))?;
-        Ok(value)
     }
 
-    fn begin_read(&mut self) -> Result<()> {
-        self.reader
-            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .map_err(sql_err(&self.db_path, "open capture's read transaction"))
-    }
-
-    fn end_read(&mut self) -> Result<()> {
-        if self.reader.is_autocommit() {
-            return Ok(());
+    /// Moves the pin to the end of the log: begins a read transaction on the spare
+    /// connection, reads every transaction committed since the last read into `pending`,
+    /// and only then ends the old read transaction. If reading fails, the old pin stays.
+    fn handoff(&mut self) -> Result<()> {
+        self.pins.begin_spare()?;
+        // Both pins are held here: a restart now can only drop frames read already.
+        if let Err(e) = self.read_new() {
+            self.pins.abandon_spare();
+            return Err(e);
         }
-        self.reader
-            .execute_batch("COMMIT")
-            .map_err(sql_err(&self.db_path, "end capture's read transaction"))
+        self.pins.finish_handoff()
     }
 
     fn open_wal(&self) -> Result<Option<File>> {
@@ -404,28 +308,35 @@ impl SqliteCapture {
     fn read_new(&mut self) -> Result<()> {
         let wal = self.open_wal()?;
         let Some(header) = self.read_wal_header(wal.as_ref())? else {
-            // Empty or just truncated: with the reader pinned, only captured frames went.
+            // Empty or just truncated (an app's TRUNCATE checkpoint): by the argument in the
+            // module doc, only frames capture had read went.
             self.pos = None;
             self.index.clear();
             return Ok(());
         };
         let wal = wal.expect("a header implies a file");
-        let from = match self.pos {
-            Some(p) if p.salt == header.salt => p,
-            _ => {
-                // A new generation. Safe: the reader pinned every frame not yet read.
-                self.index.clear();
-                self.page_size = header.page_size;
-                header.start()
-            }
-        };
+        if self.pos.is_none_or(|p| p.salt != header.salt) {
+            // A new generation. Safe: the log restarted under capture's pin, so it
+            // abandoned only frames capture had read (module doc).
+            self.index.clear();
+            self.page_size = header.page_size;
+            self.pos = Some(header.start());
+        }
+        self.read_generation(&wal, &header)
+    }
+
+    /// Reads the committed transactions of `header`'s generation after `pos` (which must
+    /// be a position in it) into `pending`. Frames of any other generation end the read.
+    fn read_generation(&mut self, wal: &File, header: &WalHeader) -> Result<()> {
+        let from = self
+            .pos
+            .expect("the caller positioned capture in this generation");
         let accept = self
             .accepted_damage
             .filter(|(at, _)| *at == from)
             .map(|(_, off)| off);
-        let read = wal::read_transactions(&wal, &header, from, accept)
+        let read = wal::read_transactions(wal, header, from, accept)
             .map_err(io_err(&self.wal_path, "read"))?;
-        self.pos = Some(from);
         let seen = if read.transactions.is_empty() {
             self.last_commit_time
         } else {
@@ -480,18 +391,21 @@ impl SqliteCapture {
             .push_back((saved, OffsetDateTime::now_utc()));
     }
 
+    /// Hands the pin off while reading the log from the start of its generation to its
+    /// end without producing records, then takes a base image recording `reason`.
     fn resync_inner(
         &mut self,
         reason: SnapshotReason,
-        accept_damaged_at: Option<u64>,
+        accept_damaged_at: Option<([u32; 2], u64)>,
     ) -> Result<Vec<CaptureEvent>> {
-        self.with_write_lock(|c| {
-            let wal = c.open_wal()?;
-            let header = c.read_wal_header(wal.as_ref())?;
-            c.scan_to_end(wal.as_ref(), header, accept_damaged_at)?;
-            c.end_read()?;
-            c.begin_read()
-        })?;
+        self.pins.begin_spare()?;
+        // Without a held pin (it was lost) nothing protected the log, but the base image
+        // below does not need it: it is taken under the new pin.
+        if let Err(e) = self.scan_pinned(accept_damaged_at) {
+            self.pins.abandon_spare();
+            return Err(e);
+        }
+        self.pins.finish_handoff()?;
         let image = self.write_base_image(reason)?;
         self.pending.push(CaptureEvent::BaseImage(image));
         Ok(std::mem::take(&mut self.pending))

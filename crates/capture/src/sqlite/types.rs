@@ -8,8 +8,9 @@ use crate::record::{BaseImageRecord, CommitRecord};
 /// Tuning for [`SqliteCapture`](super::SqliteCapture).
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
-    /// How long to wait for the database's write lock (during checkpoints and resyncs)
-    /// before reporting the database busy.
+    /// How long to keep trying to begin a read transaction that SQLite answers busy (while
+    /// another connection recovers the WAL index after a crash) before reporting the
+    /// database busy. Capture never waits for the write lock: it never takes it.
     pub busy_timeout: Duration,
 }
 
@@ -59,8 +60,9 @@ pub struct CheckpointReport {
     pub wal_frames: i64,
     /// Frames copied back into the database file; equal to `wal_frames` when complete.
     pub checkpointed_frames: i64,
-    /// `false` when the app's own readers kept some frames in the log; the next
-    /// checkpoint retries.
+    /// `false` when some frames stayed in the log: committed after capture's pin began
+    /// (the app kept writing) or still read by the app's own readers; the next checkpoint
+    /// retries.
     pub complete: bool,
     /// Set when the checkpoint did not run, with the reason.
     pub deferred: Option<String>,

@@ -112,6 +112,63 @@ pub fn entry_ids(db: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// Every row of the `entries` table of the database at `db`, in id order.
+pub fn rows(db: &Path) -> Vec<(i64, String)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, body FROM entries ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The salts of the WAL generation in `db`'s log now (`None` while it has no header).
+pub fn wal_salts(db: &Path) -> Option<[u32; 2]> {
+    let file = std::fs::File::open(format!("{}-wal", db.display())).ok()?;
+    lifeboat_capture::wal::read_header(&file)
+        .unwrap()
+        .ok()
+        .flatten()
+        .map(|h| h.salt)
+}
+
+/// Watches a database's log from outside: how big the file gets and how often SQLite
+/// restarts it (a new header, seen as new salts).
+pub struct WalWatch {
+    db: PathBuf,
+    salts: Option<[u32; 2]>,
+    /// Generations seen to begin since the watch started.
+    pub restarts: u64,
+    /// The largest size of the `-wal` file seen, in bytes.
+    pub largest: u64,
+}
+
+impl WalWatch {
+    pub fn new(db: &Path) -> WalWatch {
+        WalWatch {
+            db: db.to_path_buf(),
+            salts: wal_salts(db),
+            restarts: 0,
+            largest: 0,
+        }
+    }
+
+    /// Looks at the log now.
+    pub fn sample(&mut self) {
+        let len = std::fs::metadata(format!("{}-wal", self.db.display())).map_or(0, |m| m.len());
+        self.largest = self.largest.max(len);
+        let now = wal_salts(&self.db);
+        if now.is_some() && now != self.salts {
+            if self.salts.is_some() {
+                self.restarts += 1;
+            }
+            self.salts = now;
+        }
+    }
+}
+
 /// Polls `condition` until it holds or `within` passes.
 pub fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -136,6 +193,14 @@ impl ChildGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the process has exited (and then whether it succeeded), without waiting.
+    pub fn exited(&mut self) -> Option<bool> {
+        let child = self.0.as_mut()?;
+        let status = child.try_wait().unwrap()?;
+        self.0 = None;
+        Some(status.success())
     }
 
     /// Waits for the process to exit and reports whether it succeeded.
