@@ -478,3 +478,70 @@ impl Drop for KillOnDrop {
         let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
     }
 }
+
+impl Lifeboat {
+    /// Starts `lifeboat up SITE ARGS --listen 127.0.0.1:0` with `cwd` as its working directory,
+    /// as a user types it (`SITE` may be relative to `cwd`), and waits until its API answers.
+    /// Panics with lifeboat's output as soon as it exits instead (a refused flag, a bad manifest).
+    pub fn up_from(cwd: &Path, site: &str, args: &[&str], env: &[(&str, &str)]) -> Lifeboat {
+        let site_dir = cwd.join(site);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site_dir.join("lifeboat-up.log"))
+            .expect("log file");
+        let mut cmd = Command::new(lifeboat_bin());
+        cmd.current_dir(cwd)
+            .arg("up")
+            .arg(site)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"]);
+        cmd.envs(env.iter().copied());
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("start lifeboat");
+        let mut lifeboat = Lifeboat {
+            child: Some(child),
+            site: site_dir,
+            proxy: String::new(),
+            seen_pids: Mutex::new(BTreeSet::new()),
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = lifeboat.try_status() {
+                break status;
+            }
+            let child = lifeboat.child.as_mut().expect("lifeboat runs");
+            if let Some(exit) = child.try_wait().expect("wait lifeboat") {
+                lifeboat.child = None;
+                panic!(
+                    "`lifeboat up {site} {}` (from {}) exited ({exit}) before its API answered; its output:\n{}",
+                    args.join(" "),
+                    cwd.display(),
+                    lifeboat.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lifeboat's API did not answer; its output:\n{}",
+                lifeboat.output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        lifeboat.proxy = status["proxy"]
+            .as_str()
+            .expect("status has a proxy address")
+            .to_string();
+        lifeboat
+    }
+}
+
+/// Runs `lifeboat ARGS` with `cwd` as its working directory (no `-C` added).
+pub fn cli_from(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(lifeboat_bin())
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run lifeboat")
+}
