@@ -296,15 +296,30 @@ fn proxy_config(manifest: &Manifest) -> ProxyConfig {
         .filter(|p| p.http)
         .or_else(|| manifest.processes.values().find(|p| p.http))
         .map(|p| p.health.clone());
+    let proxy = &manifest.proxy;
     let mut config = ProxyConfig {
-        listen: manifest.proxy.listen,
-        retry_after: manifest.proxy.retry_after,
-        timeouts: Timeouts::default(),
+        listen: proxy.listen,
+        retry_after: proxy.retry_after,
+        timeouts: Timeouts {
+            send: proxy.send_timeout,
+            body: proxy.body_timeout,
+            ..Timeouts::default()
+        },
         health: HealthCheckConfig::default(),
+        max_connections: proxy.max_connections as usize,
+        trusted_proxies: proxy
+            .trusted_proxies
+            .iter()
+            .map(|range| lifeboat_proxy::IpRange {
+                addr: range.addr,
+                prefix_len: range.prefix_len,
+            })
+            .collect(),
     };
     if let Some(h) = health {
         config.health = HealthCheckConfig {
             path: h.path,
+            host: h.host,
             interval: h.interval,
             timeout: h.timeout,
             healthy_threshold: h.healthy_threshold,
@@ -544,19 +559,34 @@ http = false
 health = { path = "/worker" }
 [processes.web]
 command = "./web"
-health = { path = "/healthz", interval = "3s", timeout = "1s", unhealthy_threshold = 4 }
+health = { path = "/healthz", host = "blog.example", interval = "3s", timeout = "1s", unhealthy_threshold = 4 }
 [proxy]
 listen = "127.0.0.1:0"
 retry_after = "2m"
+send_timeout = "20s"
+body_timeout = "15s"
+max_connections = 512
+trusted_proxies = ["10.0.0.0/8"]
 "#,
         )
         .unwrap();
         let config = proxy_config(&manifest);
         assert_eq!(config.health.path, "/healthz");
+        assert_eq!(config.health.host.as_deref(), Some("blog.example"));
         assert_eq!(config.health.interval, Duration::from_secs(3));
         assert_eq!(config.health.timeout, Duration::from_secs(1));
         assert_eq!(config.health.unhealthy_threshold, 4);
         assert_eq!(config.retry_after, Duration::from_secs(120));
+        assert_eq!(config.timeouts.send, Duration::from_secs(20));
+        assert_eq!(config.timeouts.body, Duration::from_secs(15));
+        assert_eq!(config.max_connections, 512);
+        assert_eq!(
+            config.trusted_proxies,
+            [lifeboat_proxy::IpRange {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix_len: 8
+            }]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`ManifestError::at`] so they read the same way.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +63,10 @@ pub struct ProcessSpec {
 pub struct HealthSpec {
     /// HTTP path, starting with `/`.
     pub path: String,
+    /// `Host` header of the checks (`host[:port]`); `None` sends the instance's own
+    /// `127.0.0.1:PORT`, which apps that check the Host (Django's `ALLOWED_HOSTS`, name-based
+    /// virtual hosts) refuse with a 400.
+    pub host: Option<String>,
     /// Time between two checks of one instance.
     pub interval: Duration,
     /// How long one check may take before it counts as failed.
@@ -119,8 +123,31 @@ pub struct ProxySpec {
     pub listen: SocketAddr,
     /// Where `listen` is written in the manifest, for errors found later (port in use).
     pub listen_location: Option<Location>,
-    /// The `Retry-After` given to visitors during maintenance.
+    /// The `Retry-After` given to visitors during maintenance, when no instance is healthy and
+    /// when too many connections are open.
     pub retry_after: Duration,
+    /// How long a client may accept nothing of a response being sent to it before its
+    /// connection is closed (`send_timeout`, nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// How long a client may pause while sending a request body before the request is given
+    /// up with a 408 (`body_timeout`, nginx's `client_body_timeout`).
+    pub body_timeout: Duration,
+    /// Most client connections open at once (`max_connections`, 1..=1000000); one more gets a
+    /// 503 with `Retry-After`.
+    pub max_connections: u32,
+    /// Clients whose `X-Forwarded-For/-Proto/-Host` are believed (`trusted_proxies`): a TLS
+    /// terminator or load balancer in front of the front door. Empty: nobody's.
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+/// A block of addresses written `IP` or `IP/PREFIX` (CIDR): `10.0.0.0/8`, `2001:db8::/32`; a
+/// single address is `/32` (IPv4) or `/128` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    /// An address of the block, as written.
+    pub addr: IpAddr,
+    /// Leading bits every address of the block shares: at most 32 (IPv4) or 128 (IPv6).
+    pub prefix_len: u8,
 }
 
 /// The maintenance page.
@@ -142,6 +169,12 @@ const MIN_SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_SEGMENT_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(600);
 const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// nginx's `send_timeout` and `client_body_timeout` default to 60s too.
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// About twice this many file descriptors are needed; a common hard limit is 1048576 or more,
+/// and the front door lowers the cap itself (with a warning) when the hard limit is smaller.
+const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+const MAX_MAX_CONNECTIONS: i64 = 1_000_000;
 
 // ---- the file as written -------------------------------------------------------------------
 
@@ -184,6 +217,7 @@ struct RawProcess {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     healthy_threshold: Option<Spanned<i64>>,
@@ -204,6 +238,11 @@ struct RawState {
 struct RawProxy {
     listen: Option<Spanned<String>>,
     retry_after: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -412,6 +451,17 @@ impl Validator<'_> {
                 p.into_inner()
             }
         };
+        let host = raw.host.map(|host| {
+            if let Err(why) = check_host(host.get_ref()) {
+                self.problem(
+                    Some(host.span()),
+                    &format!("{key}.host"),
+                    format!("{:?} is not a host name with an optional port: {why}", host.get_ref()),
+                    "write the host name the app answers to, e.g. host = \"example.com\" or \"example.com:8000\" (no scheme, no path)".into(),
+                );
+            }
+            host.into_inner()
+        });
         let interval = self.duration(
             &format!("{key}.interval"),
             raw.interval,
@@ -434,6 +484,7 @@ impl Validator<'_> {
         );
         HealthSpec {
             path,
+            host,
             interval,
             timeout,
             healthy_threshold,
@@ -843,10 +894,61 @@ impl Validator<'_> {
             raw.retry_after,
             Duration::from_secs(30),
         );
+        let send_timeout = self.duration(
+            "proxy.send_timeout",
+            raw.send_timeout,
+            DEFAULT_CLIENT_TIMEOUT,
+        );
+        let body_timeout = self.duration(
+            "proxy.body_timeout",
+            raw.body_timeout,
+            DEFAULT_CLIENT_TIMEOUT,
+        );
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(m) if (1..=MAX_MAX_CONNECTIONS).contains(m.get_ref()) => *m.get_ref() as u32,
+            Some(m) => {
+                self.problem(
+                    Some(m.span()),
+                    "proxy.max_connections",
+                    format!(
+                        "max_connections must be between 1 and {MAX_MAX_CONNECTIONS}, found {}",
+                        m.get_ref()
+                    ),
+                    format!(
+                        "write max_connections = {DEFAULT_MAX_CONNECTIONS} (the default) or another number of \
+                         client connections to serve at once; each needs about two open files"
+                    ),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .into_iter()
+            .filter_map(|written| match parse_ip_range(written.get_ref()) {
+                Ok(range) => Some(range),
+                Err(why) => {
+                    self.problem(
+                        Some(written.span()),
+                        "proxy.trusted_proxies",
+                        format!("{:?} {why}", written.get_ref()),
+                        "write the addresses of the proxies in front of the front door, as IPs or \
+                         CIDR blocks, e.g. trusted_proxies = [\"10.0.0.5\", \"192.168.0.0/16\", \"2001:db8::/32\"]"
+                            .into(),
+                    );
+                    None
+                }
+            })
+            .collect();
         ProxySpec {
             listen,
             listen_location,
             retry_after,
+            send_timeout,
+            body_timeout,
+            max_connections,
+            trusted_proxies,
         }
     }
 
@@ -858,6 +960,82 @@ impl Validator<'_> {
         let page = raw.page.map(|p| self.relative_path("maintenance.page", p));
         MaintenanceSpec { message, page }
     }
+}
+
+/// Reads `IP` or `IP/PREFIX`; the error completes "\"TEXT\" ...".
+fn parse_ip_range(written: &str) -> Result<IpRange, String> {
+    let (addr, prefix) = match written.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (written, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| "is not an IP address or a CIDR block".to_string())?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match prefix {
+        None => bits,
+        Some(prefix) => match prefix.trim().parse::<u8>() {
+            Ok(len) if len <= bits => len,
+            _ => {
+                return Err(format!(
+                    "has a prefix length other than 0 to {bits} (the bits of an IPv{} address)",
+                    if addr.is_ipv4() { 4 } else { 6 }
+                ));
+            }
+        },
+    };
+    Ok(IpRange { addr, prefix_len })
+}
+
+/// Checks a `host[:port]` as a Host header: a DNS name (letters, digits, `-`, `_`, labels of 1
+/// to 63 characters, 253 at most, a final dot allowed), an IPv4 address or a bracketed IPv6
+/// address, then optionally `:` and a port from 1 to 65535. The error says what is wrong.
+fn check_host(written: &str) -> Result<(), &'static str> {
+    if written.contains("://") {
+        return Err("it is a URL");
+    }
+    let check_port = |port: &str| match port.parse::<u16>() {
+        Ok(1..) => Ok(()),
+        _ => Err("the port is not a number from 1 to 65535"),
+    };
+    if let Some(rest) = written.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("the IPv6 address has no closing ']'")?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "the part in [...] is not an IPv6 address")?;
+        return match after {
+            "" => Ok(()),
+            _ => check_port(after.strip_prefix(':').ok_or("only :PORT may follow ']'")?),
+        };
+    }
+    let (host, port) = match written.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (written, None),
+    };
+    if host.contains(':') {
+        return Err("an IPv6 address must be written in brackets, e.g. [2001:db8::1]");
+    }
+    if let Some(port) = port {
+        check_port(port)?;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Err("the host name is empty");
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err("a host name is letters, digits, '-' and '_' in dot-separated labels");
+    }
+    Ok(())
 }
 
 /// Site and process names end up in instance ids (`web-1`), file names and env vars.

@@ -271,3 +271,114 @@ fn the_guestbook_demo_manifest_is_accepted() {
         Some("./rotate-credentials.sh")
     );
 }
+
+/// GOOD with more keys under `[proxy]`.
+fn with_proxy_keys(keys: &str) -> String {
+    GOOD.replace(
+        "listen = \"127.0.0.1:8080\"\n",
+        &format!("listen = \"127.0.0.1:8080\"\n{keys}"),
+    )
+}
+
+#[test]
+fn the_front_door_limits_and_trusted_proxies_are_read_as_written() {
+    let text = with_proxy_keys(
+        "send_timeout = \"30s\"\nbody_timeout = \"10s\"\nmax_connections = 10000\n\
+         trusted_proxies = [\"10.0.0.5\", \"192.168.0.0/16\", \"2001:db8::/32\"]\n",
+    )
+    .replace(
+        "path = \"/healthz\"",
+        "path = \"/healthz\", host = \"example.com:8000\"",
+    );
+    let m = Manifest::parse("lifeboat.toml", &text).unwrap();
+    assert_eq!(m.proxy.send_timeout, Duration::from_secs(30));
+    assert_eq!(m.proxy.body_timeout, Duration::from_secs(10));
+    assert_eq!(m.proxy.max_connections, 10000);
+    let ranges: Vec<String> = m
+        .proxy
+        .trusted_proxies
+        .iter()
+        .map(|r| format!("{}/{}", r.addr, r.prefix_len))
+        .collect();
+    assert_eq!(ranges, ["10.0.0.5/32", "192.168.0.0/16", "2001:db8::/32"]);
+    assert_eq!(
+        m.processes["web"].health.host.as_deref(),
+        Some("example.com:8000")
+    );
+}
+
+#[test]
+fn without_front_door_keys_clients_get_a_minute_and_4096_connections_and_nobody_is_trusted() {
+    let m = Manifest::parse("lifeboat.toml", GOOD).unwrap();
+    assert_eq!(m.proxy.send_timeout, Duration::from_secs(60));
+    assert_eq!(m.proxy.body_timeout, Duration::from_secs(60));
+    assert_eq!(m.proxy.max_connections, 4096);
+    assert!(m.proxy.trusted_proxies.is_empty());
+    assert_eq!(m.processes["web"].health.host, None);
+}
+
+#[test]
+fn a_health_host_is_a_host_name_or_address_with_an_optional_port() {
+    let host = |host: &str| {
+        let text = GOOD.replace(
+            "path = \"/healthz\"",
+            &format!("path = \"/healthz\", host = {host:?}"),
+        );
+        Manifest::parse("lifeboat.toml", &text).is_ok()
+    };
+    for good in [
+        "example.com",
+        "example.com.",
+        "www.example.com:8000",
+        "localhost",
+        "my_app.internal",
+        "10.0.0.5",
+        "10.0.0.5:80",
+        "[2001:db8::1]",
+        "[::1]:8080",
+    ] {
+        assert!(host(good), "{good:?} is accepted");
+    }
+    for bad in [
+        "",
+        "http://example.com",
+        "example.com/path",
+        "example.com:0",
+        "example.com:99999",
+        "example.com:",
+        "exa mple.com",
+        "-example.com",
+        "a..b",
+        "2001:db8::1",
+        "[2001:db8::1",
+        "[nothing]",
+    ] {
+        assert!(!host(bad), "{bad:?} is refused");
+    }
+}
+
+#[test]
+fn a_health_host_that_is_a_url_or_has_no_usable_port_is_refused() {
+    let text = GOOD.replace(
+        "path = \"/healthz\"",
+        "path = \"/healthz\", host = \"https://example.com\"",
+    );
+    let text = format!(
+        "{text}\n[processes.api]\ncommand = \"./api\"\nhealth = {{ host = \"example.com:http\" }}\n"
+    );
+    insta::assert_snapshot!(error_for(&text));
+}
+
+#[test]
+fn front_door_limits_out_of_range_are_refused() {
+    insta::assert_snapshot!(error_for(&with_proxy_keys(
+        "send_timeout = \"0s\"\nbody_timeout = \"60\"\nmax_connections = 0\n"
+    )));
+}
+
+#[test]
+fn a_trusted_proxy_that_is_no_address_or_block_is_refused() {
+    insta::assert_snapshot!(error_for(&with_proxy_keys(
+        "trusted_proxies = [\"10.0.0.5\", \"lb.example.com\", \"10.0.0.0/33\", \"::/129\"]\n"
+    )));
+}

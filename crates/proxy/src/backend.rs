@@ -5,14 +5,14 @@
 //! the chosen instance's in-flight number, which is what draining waits on.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::health::{BackendHealth, HealthTracker};
+use crate::health::{BackendHealth, HealthTracker, reason_of};
 use crate::pool::{Pool, Sender};
 
 /// What the front door knows about one instance, for status displays.
@@ -32,18 +32,27 @@ pub struct BackendStatus {
     /// Added with [`crate::Proxy::add_staged_backend`] and not promoted yet: it serves only
     /// requests carrying the preview token.
     pub staged: bool,
+    /// The last health check's result in words, `None` before the first check: `health check
+    /// passed`, or why it failed: `GET /healthz (Host: 127.0.0.1:40001) answered 400 Bad
+    /// Request`, `GET /healthz took longer than 500ms`, `connect to 127.0.0.1:40001 failed:
+    /// Connection refused (os error 111)`. Always the latest check, so it says why an
+    /// unhealthy instance is unhealthy now.
+    pub last_check: Option<String>,
 }
 
 /// Something that changed about an instance, as told to [`crate::Proxy::subscribe`]rs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyEvent {
-    /// Health checks changed their verdict (or an ejected instance came back).
+    /// Health checks changed their verdict (or an ejected instance came back), or an unhealthy
+    /// instance now fails its checks for another reason than the one last told (confirmed by
+    /// as many failed checks in a row as make an instance unhealthy); then `healthy` is false
+    /// again and `reason` is the new one.
     HealthChanged {
         /// Instance id.
         id: String,
         /// Whether it now receives traffic.
         healthy: bool,
-        /// Why, in words (the last check's result).
+        /// Why, in words: the result of the check that decided.
         reason: String,
     },
     /// Taken out of rotation at once, without waiting for health checks.
@@ -59,13 +68,20 @@ pub enum ProxyEvent {
 struct Verdict {
     tracker: HealthTracker,
     ejected: bool,
+    last_check: Option<String>,
 }
+
+/// Serial numbers of instances, unique for the life of the process: a connection remembers the
+/// instance its request went to by number (a relaxed store per request, no reference count).
+static SERIALS: AtomicU64 = AtomicU64::new(1);
 
 /// One instance.
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub(crate) id: String,
     pub(crate) addr: SocketAddr,
+    /// Unique for the life of the process, never 0.
+    pub(crate) serial: u64,
     verdict: Mutex<Verdict>,
     removed: AtomicBool,
     /// Serves only preview traffic; cleared (under the registry lock) by a promotion.
@@ -89,9 +105,11 @@ impl Backend {
         Arc::new(Backend {
             id: id.to_string(),
             addr,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             verdict: Mutex::new(Verdict {
                 tracker,
                 ejected: false,
+                last_check: None,
             }),
             removed: AtomicBool::new(false),
             staged: AtomicBool::new(staged),
@@ -130,6 +148,7 @@ impl Backend {
             ejected: verdict.ejected,
             in_flight: self.in_flight(),
             staged: self.is_staged(),
+            last_check: verdict.last_check.clone(),
         }
     }
 
@@ -368,17 +387,18 @@ impl Registry {
         }
         let event = {
             let mut verdict = backend.verdict.lock().unwrap_or_else(|e| e.into_inner());
+            verdict.last_check = Some(reason_of(&result));
             let was_ejected = verdict.ejected;
-            let changed = verdict.tracker.record(result.is_ok());
+            let told = verdict.tracker.record_result(&result);
             if verdict.tracker.health() == BackendHealth::Healthy {
                 verdict.ejected = false;
             }
             let readmitted = was_ejected && !verdict.ejected;
-            match (changed, readmitted) {
-                (Some(health), _) => Some(ProxyEvent::HealthChanged {
+            match (told, readmitted) {
+                (Some(told), _) => Some(ProxyEvent::HealthChanged {
                     id: backend.id.clone(),
-                    healthy: health == BackendHealth::Healthy,
-                    reason: reason_of(&result),
+                    healthy: told.health == BackendHealth::Healthy,
+                    reason: told.reason,
                 }),
                 (None, true) => Some(ProxyEvent::HealthChanged {
                     id: backend.id.clone(),
@@ -410,7 +430,7 @@ impl Registry {
                 return;
             }
             verdict.ejected = true;
-            verdict.tracker.eject();
+            verdict.tracker.eject(&reason);
         }
         backend.forget_connections();
         self.publish(&all);
@@ -458,13 +478,6 @@ fn retire(backend: &Backend) {
     backend.removed.store(true, Ordering::SeqCst);
     let _ = backend.stop_checks.send(true);
     backend.forget_connections();
-}
-
-fn reason_of(result: &Result<(), String>) -> String {
-    match result {
-        Ok(()) => "health check passed".to_string(),
-        Err(reason) => reason.clone(),
-    }
 }
 
 #[cfg(test)]

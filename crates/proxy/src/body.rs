@@ -2,8 +2,10 @@
 //!
 //! [`RequestBody`] goes to an instance: the client's body as it arrives, nothing, or — for a
 //! request the client marked safe to repeat with an `Idempotency-Key` — a small body held in
-//! memory; the last two make the request replayable. [`ProxyBody`] goes to the client: an instance's body frame by frame,
-//! or a small page the front door answers itself. An instance body also carries the request's
+//! memory; the last two make the request replayable. The client's body is read through
+//! [`ClientBody`], which tells the connection's timer when it waits for the client (the body
+//! timeout, `idle.rs`). [`ProxyBody`] goes to the client: an instance's body frame by frame, or
+//! a small page the front door answers itself. An instance body also carries the request's
 //! in-flight mark (so draining waits for the body to end) and its connection, which goes back to
 //! the pool only when the body was read to the end.
 
@@ -18,7 +20,72 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::backend::{Backend, InFlight};
+use crate::idle::Activity;
 use crate::pool::Sender;
+
+/// Why a client's request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientBodyError {
+    /// The connection broke or the body was malformed.
+    #[error("the client's request body could not be read: {0}")]
+    Read(#[from] hyper::Error),
+    /// The client sent nothing more for the body timeout.
+    #[error("the client stopped sending its request body")]
+    TimedOut,
+}
+
+/// A client's request body as it arrives, watched by the body timeout.
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    body: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(body: Incoming, activity: Arc<Activity>) -> Self {
+        ClientBody { body, activity }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        if this.activity.body_timed_out() {
+            return Poll::Ready(Some(Err(ClientBodyError::TimedOut)));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                this.activity.body_waiting(true);
+                Poll::Pending
+            }
+            Poll::Ready(frame) => {
+                this.activity.body_waiting(false);
+                Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::from)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        // Nobody waits for this body any more (it ended, or the request was abandoned).
+        self.activity.body_waiting(false);
+    }
+}
 
 /// Body sent to an instance.
 #[derive(Debug)]
@@ -30,7 +97,7 @@ pub(crate) enum RequestBody {
     /// The client's body, streamed; `prefix` is what was already read while trying to keep it.
     Streaming {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: ClientBody,
     },
 }
 
@@ -52,7 +119,10 @@ pub(crate) enum Kept {
 
 /// Reads `body` into memory if it holds at most `limit` bytes. A longer body is not read past
 /// the frame that crossed the limit, so it can still stream without holding more than that.
-pub(crate) async fn keep_up_to(mut body: Incoming, limit: usize) -> Result<Kept, hyper::Error> {
+pub(crate) async fn keep_up_to(
+    mut body: ClientBody,
+    limit: usize,
+) -> Result<Kept, ClientBodyError> {
     let mut data = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -82,7 +152,7 @@ pub(crate) async fn keep_up_to(mut body: Incoming, limit: usize) -> Result<Kept,
 
 impl RequestBody {
     /// The client's body as it arrives.
-    pub(crate) fn streaming(body: Incoming) -> Self {
+    pub(crate) fn streaming(body: ClientBody) -> Self {
         RequestBody::Streaming {
             prefix: None,
             rest: body,
@@ -101,12 +171,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Kept(kept) => Poll::Ready(

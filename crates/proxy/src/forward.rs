@@ -1,5 +1,7 @@
-//! One client request through the front door: the maintenance gate, then delivery to a healthy
-//! instance with safe retries, then the streamed response (or a protocol switch for WebSocket).
+//! One client request through the front door: requests nginx would refuse are refused, then the
+//! maintenance gate, then delivery to a healthy instance with safe retries (the owner's tokens
+//! removed, the X-Forwarded-* headers set), then the streamed response (or a protocol switch for
+//! WebSocket).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -14,10 +16,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::backend::{Backend, InFlight};
-use crate::body::{Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
-use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::idle::Activity;
-use crate::maintenance::carries_token;
+use crate::body::{ClientBody, ClientBodyError, Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
+use crate::headers::{add_forwarded, refusal, strip_hop_by_hop, wants_upgrade};
+use crate::idle::{Activity, GaveUp};
+use crate::maintenance::{carries_token, strip_owner_tokens};
 use crate::pool::{self, Sender};
 use crate::retry::{
     BodyHandling, Failure, MAX_REPLAYABLE_BODY, Replay, body_handling, has_idempotency_key,
@@ -33,6 +35,8 @@ const MAX_ATTEMPTS: usize = 8;
 pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     pub(crate) ip_header: HeaderValue,
+    /// The client is a proxy in `trusted_proxies`: its X-Forwarded-* headers are passed on.
+    pub(crate) trusted: bool,
     /// The serving thread the connection runs on; its requests use that thread's instance
     /// connections.
     pub(crate) worker: usize,
@@ -41,13 +45,14 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(ip: IpAddr, worker: usize, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(ip: IpAddr, trusted: bool, worker: usize, activity: Arc<Activity>) -> Self {
         let ip = ip.to_canonical();
         let ip_header =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
         Client {
             ip,
             ip_header,
+            trusted,
             worker,
             activity,
         }
@@ -60,6 +65,9 @@ pub(crate) async fn handle(
     client: Arc<Client>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(why) = refusal(request.method(), request.version(), request.headers()) {
+        return Ok(bad_request_response(why));
+    }
     if let Some(gate) = shared.maintenance.load().as_deref()
         && !gate.lets_through(request.headers(), client.ip)
     {
@@ -78,13 +86,23 @@ pub(crate) async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded(&mut parts.headers, &client.ip_header);
+    strip_owner_tokens(&mut parts.headers);
+    add_forwarded(&mut parts.headers, &client.ip_header, client.trusted);
     to_origin_form(&mut parts.uri);
     let has_key = has_idempotency_key(&parts.headers);
     let body = match body_handling(has_key, body.is_end_stream(), body.size_hint().exact()) {
         BodyHandling::Empty => RequestBody::Empty,
-        BodyHandling::Stream => RequestBody::streaming(body),
-        BodyHandling::Keep => match keep_up_to(body, MAX_REPLAYABLE_BODY).await {
+        BodyHandling::Stream => {
+            RequestBody::streaming(ClientBody::new(body, client.activity.clone()))
+        }
+        BodyHandling::Keep => match client
+            .activity
+            .woken_by_ticks(keep_up_to(
+                ClientBody::new(body, client.activity.clone()),
+                MAX_REPLAYABLE_BODY,
+            ))
+            .await
+        {
             Ok(Kept::Whole(kept)) => {
                 // The client already sent its whole body; asking the instance for a go-ahead
                 // would only cost a round trip.
@@ -92,6 +110,7 @@ pub(crate) async fn handle(
                 RequestBody::Kept(kept)
             }
             Ok(Kept::TooLong(streaming)) => streaming,
+            Err(ClientBodyError::TimedOut) => return Ok(body_timeout_response()),
             Err(error) => {
                 tracing::debug!(%error, "client request body could not be read");
                 return Ok(unreadable_body_response());
@@ -124,6 +143,8 @@ pub(crate) async fn handle(
             tried.push(backend);
             continue;
         };
+        // So that a drain's deadline can find and close this connection.
+        client.activity.sent_to(backend.serial);
         let (mut sender, reused) = match connection(&shared, &backend, client.worker).await {
             Ok(found) => found,
             Err(error) => {
@@ -138,10 +159,10 @@ pub(crate) async fn handle(
         let response = pin!(sender.try_send_request(request));
         let sent = client
             .activity
-            .within_header_timeout(&shared.clock, response)
+            .within_timeouts(&shared.clock, response)
             .await;
         let failure = match sent {
-            Some(Ok(response)) => {
+            Ok(Ok(response)) => {
                 let reuse = Reuse {
                     sender,
                     backend,
@@ -149,7 +170,12 @@ pub(crate) async fn handle(
                 };
                 return Ok(respond(response, reuse, in_flight, client_upgrade));
             }
-            Some(Err(mut error)) => {
+            Ok(Err(_)) | Err(GaveUp::BodyTimedOut) if client.activity.body_timed_out() => {
+                // The client stopped sending its body: dropping the request (on return) aborts
+                // it at the instance, and the instance connection with it.
+                return Ok(body_timeout_response());
+            }
+            Ok(Err(mut error)) => {
                 backend.forget_connections();
                 last_error = Some(format!("instance {} failed: {}", backend.id, error.error()));
                 match error.take_message() {
@@ -160,7 +186,7 @@ pub(crate) async fn handle(
                     None => Failure::SentNoResponse,
                 }
             }
-            None => Failure::HeadersTimedOut,
+            Err(_) => Failure::HeadersTimedOut,
         };
         match failure {
             Failure::NotSent => {}
@@ -314,6 +340,38 @@ fn error_response(status: StatusCode, detail: Option<&str>) -> Response<ProxyBod
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// A complete plain-text answer that closes the connection.
+fn closing_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// nginx's answer to a request it will not serve: 400, and the connection is closed (what else
+/// the client sent cannot be trusted to frame the next request).
+fn bad_request_response(why: &str) -> Response<ProxyBody> {
+    tracing::debug!(why, "request refused with a 400");
+    closing_response(
+        StatusCode::BAD_REQUEST,
+        "Bad request: the front door does not serve this request.\n",
+    )
+}
+
+/// The client stopped sending its request body: 408, and the connection is closed, as nginx's
+/// `client_body_timeout` does (the rest of the body would never be read).
+fn body_timeout_response() -> Response<ProxyBody> {
+    closing_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "The request body did not arrive in time; send the request again.\n",
+    )
 }
 
 fn unreadable_body_response() -> Response<ProxyBody> {

@@ -1,8 +1,11 @@
-//! Header rewriting between client and instance: hop-by-hop headers (RFC 9110 §7.6.1) are
-//! removed in both directions, `X-Forwarded-For/-Proto/-Host` are set on the way in, and an
-//! HTTP upgrade (WebSocket) keeps its `Connection: upgrade` / `Upgrade` pair.
+//! Header rules between client and instance: requests nginx refuses with a 400 (no or two
+//! `Host` headers, `CONNECT`) are refused before they reach the site; hop-by-hop headers
+//! (RFC 9110 §7.6.1) are removed in both directions; `X-Forwarded-For/-Proto/-Host` are set on
+//! the way in, passing on what a trusted proxy said; and an HTTP upgrade (WebSocket) keeps its
+//! `Connection: upgrade` / `Upgrade` pair.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -23,6 +26,43 @@ fn hop_by_hop() -> [&'static HeaderName; 7] {
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
     ]
+}
+
+/// Why the front door answers a request with a 400 instead of forwarding it, as nginx does;
+/// `None` for a request it forwards. RFC 9112 §3.2: an HTTP/1.1 request needs exactly one
+/// valid `Host` (an HTTP/1.0 one may have none); an app behind a proxy is rarely ready for a
+/// request without one, and with two, the app and the front door could each read another
+/// (the maintenance and preview rules do not depend on Host, but the app's own routing does).
+/// `CONNECT` asks for a tunnel to anywhere: the front door is not a forward proxy.
+pub(crate) fn refusal(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    if method == Method::CONNECT {
+        return Some("CONNECT is not served here");
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version >= Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        (None, _) => None,
+        (Some(_), Some(_)) => Some("the request has more than one Host header"),
+        (Some(host), None) if !is_valid_host(host.as_bytes()) => {
+            Some("the Host header is not a host name")
+        }
+        (Some(_), None) => None,
+    }
+}
+
+/// nginx's rule for a Host (`ngx_http_validate_host`): not empty (a final dot aside), no `..`,
+/// no `/` or `\`, no space or control character.
+fn is_valid_host(host: &[u8]) -> bool {
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    !host.is_empty()
+        && !host.windows(2).any(|pair| pair == b"..")
+        && !host
+            .iter()
+            .any(|&b| b == b'/' || b == b'\\' || b <= b' ' || b == 0x7f)
 }
 
 /// Whether the headers ask to switch protocols (`Connection: upgrade` plus `Upgrade`).
@@ -75,27 +115,42 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client to any earlier proxies), `X-Forwarded-Proto`
-/// and `X-Forwarded-Host` (the Host the client asked for).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` for the instance. From a
+/// `trusted` client (a proxy in `trusted_proxies`, e.g. a TLS terminator) what it said is
+/// passed on: its `X-Forwarded-For` with the client's address appended, its
+/// `X-Forwarded-Proto` (so an app behind TLS knows it is `https` and does not redirect for
+/// ever) and its `X-Forwarded-Host`. From anyone else these would be lies the app believes
+/// (a forged client address, a forged scheme): they are replaced by the client's address,
+/// `http` and the request's Host.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, trusted: bool) {
     // Room for the three at once: the map of a small request would otherwise grow twice.
     headers.reserve(3);
     match headers.entry(&X_FORWARDED_FOR) {
-        header::Entry::Occupied(mut earlier) => {
-            let earlier_value = earlier.get();
-            let mut joined = Vec::with_capacity(earlier_value.len() + 2 + client_ip.len());
-            joined.extend_from_slice(earlier_value.as_bytes());
-            joined.extend_from_slice(b", ");
+        header::Entry::Occupied(mut earlier) if trusted => {
+            // Every line of the header, in order, then the client: one comma-separated list.
+            let mut joined = Vec::with_capacity(64);
+            for value in earlier.iter() {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
             joined.extend_from_slice(client_ip.as_bytes());
             if let Ok(value) = HeaderValue::from_bytes(&joined) {
                 earlier.insert(value);
             }
         }
+        header::Entry::Occupied(mut forged) => {
+            forged.insert(client_ip.clone());
+        }
         header::Entry::Vacant(slot) => {
             slot.insert(client_ip.clone());
         }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if trusted && headers.contains_key(&X_FORWARDED_HOST) {
+        return;
+    }
     match headers.get(header::HOST).cloned() {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -143,20 +198,80 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_name_the_client_and_append_to_earlier_proxies() {
+    fn forwarded_headers_from_an_untrusted_client_are_replaced() {
         let ip = HeaderValue::from_static("10.0.0.7");
         let mut headers = map(&[("host", "example.org")]);
-        add_forwarded(&mut headers, &ip);
+        add_forwarded(&mut headers, &ip, false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "example.org");
 
         let mut headers = map(&[
             ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoof"),
         ]);
-        add_forwarded(&mut headers, &ip);
-        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        add_forwarded(&mut headers, &ip, false);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(headers["x-forwarded-proto"], "http");
         assert!(!headers.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_believed_and_appended_to() {
+        let ip = HeaderValue::from_static("10.0.0.2");
+        let mut headers = map(&[
+            ("host", "example.org"),
+            ("x-forwarded-for", "203.0.113.5"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "www.example.org"),
+        ]);
+        add_forwarded(&mut headers, &ip, true);
+        let chain: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(chain, ["203.0.113.5, 198.51.100.1, 10.0.0.2"]);
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "www.example.org");
+
+        // A trusted proxy that says nothing gets the same headers as anyone.
+        let mut headers = map(&[("host", "example.org")]);
+        add_forwarded(&mut headers, &ip, true);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "example.org");
+    }
+
+    #[test]
+    fn requests_nginx_refuses_are_refused() {
+        let refused = |method: Method, version, pairs: &[(&'static str, &'static str)]| {
+            refusal(&method, version, &map(pairs)).is_some()
+        };
+        let http11 = Version::HTTP_11;
+        assert!(!refused(Method::GET, http11, &[("host", "example.org")]));
+        assert!(!refused(
+            Method::GET,
+            http11,
+            &[("host", "example.org:8080")]
+        ));
+        assert!(!refused(Method::GET, http11, &[("host", "[::1]:8080")]));
+        assert!(!refused(Method::GET, http11, &[("host", "example.org.")]));
+        assert!(refused(Method::GET, http11, &[]));
+        assert!(
+            !refused(Method::GET, Version::HTTP_10, &[]),
+            "HTTP/1.0 may omit it"
+        );
+        assert!(refused(
+            Method::GET,
+            http11,
+            &[("host", "a.example"), ("host", "b.example")]
+        ));
+        for bad in ["", ".", "a..b", "a/b", "a\\b", "a b"] {
+            assert!(refused(Method::GET, http11, &[("host", bad)]), "{bad:?}");
+        }
+        assert!(refused(
+            Method::CONNECT,
+            http11,
+            &[("host", "example.org:443")]
+        ));
     }
 }

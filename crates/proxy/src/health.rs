@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
+use http::Request;
+use http::header::{self, HeaderValue};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -26,6 +27,12 @@ pub enum BackendHealth {
 
 /// Consecutive-result thresholds: an instance becomes healthy after `healthy_threshold` passed
 /// checks in a row and unhealthy after `unhealthy_threshold` failed checks in a row.
+///
+/// It also keeps the reason told for an unhealthy verdict current: an instance that stays
+/// unhealthy but now fails for another reason (it timed out while starting, and now answers
+/// 400) is reported again once the new reason has been seen `unhealthy_threshold` checks in a
+/// row, the same confirmation a verdict needs; a reason that flaps from check to check is not
+/// repeated into the event log.
 #[derive(Debug, Clone)]
 pub(crate) struct HealthTracker {
     health: BackendHealth,
@@ -33,6 +40,25 @@ pub(crate) struct HealthTracker {
     failures: u32,
     healthy_threshold: u32,
     unhealthy_threshold: u32,
+    /// The reason told for the current unhealthy verdict.
+    reported: Option<String>,
+    /// A different failure reason and how many checks in a row gave it.
+    candidate: Option<(String, u32)>,
+}
+
+/// A verdict to tell the owner: the instance's health and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) health: BackendHealth,
+    pub(crate) reason: String,
+}
+
+/// A check result in words, as reported in events and `BackendStatus::last_check`.
+pub(crate) fn reason_of(result: &Result<(), String>) -> String {
+    match result {
+        Ok(()) => "health check passed".to_string(),
+        Err(reason) => reason.clone(),
+    }
 }
 
 impl HealthTracker {
@@ -43,6 +69,8 @@ impl HealthTracker {
             failures: 0,
             healthy_threshold: healthy_threshold.max(1),
             unhealthy_threshold: unhealthy_threshold.max(1),
+            reported: None,
+            candidate: None,
         }
     }
 
@@ -70,9 +98,59 @@ impl HealthTracker {
         }
     }
 
-    /// Passive ejection: the instance is unhealthy at once and must pass `healthy_threshold`
-    /// checks again. Returns whether the health changed.
-    pub(crate) fn eject(&mut self) -> bool {
+    /// Records one check result; returns the verdict to tell when the health changed, or when
+    /// the instance stays unhealthy for a new reason (see the type's docs).
+    pub(crate) fn record_result(&mut self, result: &Result<(), String>) -> Option<Verdict> {
+        let changed = self.record(result.is_ok());
+        let reason = match result {
+            Ok(()) => {
+                self.candidate = None;
+                self.reported = None;
+                return changed.map(|health| Verdict {
+                    health,
+                    reason: reason_of(result),
+                });
+            }
+            Err(reason) => reason,
+        };
+        if changed.is_some() {
+            self.candidate = None;
+            self.reported = Some(reason.clone());
+            return changed.map(|health| Verdict {
+                health,
+                reason: reason.clone(),
+            });
+        }
+        if self.health != BackendHealth::Unhealthy || self.reported.as_ref() == Some(reason) {
+            self.candidate = None;
+            return None;
+        }
+        let streak = match &mut self.candidate {
+            Some((candidate, streak)) if candidate == reason => {
+                *streak += 1;
+                *streak
+            }
+            _ => {
+                self.candidate = Some((reason.clone(), 1));
+                1
+            }
+        };
+        if streak < self.unhealthy_threshold {
+            return None;
+        }
+        self.candidate = None;
+        self.reported = Some(reason.clone());
+        Some(Verdict {
+            health: BackendHealth::Unhealthy,
+            reason: reason.clone(),
+        })
+    }
+
+    /// Passive ejection: the instance is unhealthy at once, for `reason`, and must pass
+    /// `healthy_threshold` checks again. Returns whether the health changed.
+    pub(crate) fn eject(&mut self, reason: &str) -> bool {
+        self.reported = Some(reason.to_string());
+        self.candidate = None;
         self.passes = 0;
         self.failures = self.unhealthy_threshold;
         let changed = self.health != BackendHealth::Unhealthy;
@@ -81,11 +159,14 @@ impl HealthTracker {
     }
 }
 
-/// Probes `GET path` on `addr` over a fresh connection; Ok for a 2xx or 3xx answer within
-/// `timeout`, otherwise the reason in words.
+/// Probes `GET path` on `addr` over a fresh connection with `host` as its `Host` header; Ok for
+/// a 2xx or 3xx answer within `timeout`, otherwise the reason in words: the status it answered
+/// (with the Host it was sent, the usual culprit of a 400), that it took too long, or why the
+/// connection failed.
 pub(crate) async fn probe_http(
     addr: SocketAddr,
     path: &str,
+    host: &HeaderValue,
     timeout: Duration,
 ) -> Result<(), String> {
     let attempt = async {
@@ -98,7 +179,7 @@ pub(crate) async fn probe_http(
             .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
         let conn = tokio::spawn(conn);
         let request = Request::get(path)
-            .header(header::HOST, addr.to_string())
+            .header(header::HOST, host.clone())
             .header(header::CONNECTION, "close")
             .header(header::USER_AGENT, "lifeboat-health-check")
             .body(Empty::<Bytes>::new())
@@ -112,7 +193,8 @@ pub(crate) async fn probe_http(
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
-            Err(format!("GET {path} answered {status}"))
+            let host = String::from_utf8_lossy(host.as_bytes());
+            Err(format!("GET {path} (Host: {host}) answered {status}"))
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -210,11 +292,83 @@ mod tests {
         let mut tracker = HealthTracker::new(2, 2);
         tracker.record(true);
         tracker.record(true);
-        assert!(tracker.eject());
+        assert!(tracker.eject("connect refused"));
         assert_eq!(tracker.health(), BackendHealth::Unhealthy);
-        assert!(!tracker.eject(), "ejecting twice changes nothing");
+        assert!(
+            !tracker.eject("connect refused"),
+            "ejecting twice changes nothing"
+        );
         assert_eq!(tracker.record(true), None);
         assert_eq!(tracker.record(true), Some(BackendHealth::Healthy));
+    }
+
+    fn failed(reason: &str) -> Result<(), String> {
+        Err(reason.to_string())
+    }
+
+    fn verdict(health: BackendHealth, reason: &str) -> Option<Verdict> {
+        Some(Verdict {
+            health,
+            reason: reason.to_string(),
+        })
+    }
+
+    #[test]
+    fn an_unhealthy_instance_is_reported_again_when_it_fails_for_a_new_reason() {
+        use BackendHealth::*;
+        let mut tracker = HealthTracker::new(1, 2);
+        let timeout = failed("GET /healthz took longer than 500ms");
+        let refused = failed("GET /healthz (Host: 127.0.0.1:8000) answered 400 Bad Request");
+        assert_eq!(tracker.record_result(&timeout), None);
+        assert_eq!(
+            tracker.record_result(&timeout),
+            verdict(Unhealthy, "GET /healthz took longer than 500ms")
+        );
+        assert_eq!(tracker.record_result(&timeout), None, "nothing new");
+        assert_eq!(tracker.record_result(&refused), None, "not confirmed yet");
+        assert_eq!(
+            tracker.record_result(&refused),
+            verdict(
+                Unhealthy,
+                "GET /healthz (Host: 127.0.0.1:8000) answered 400 Bad Request"
+            ),
+            "the new reason, confirmed like a verdict"
+        );
+        assert_eq!(tracker.record_result(&refused), None);
+        assert_eq!(
+            tracker.record_result(&Ok(())),
+            verdict(Healthy, "health check passed")
+        );
+    }
+
+    #[test]
+    fn a_reason_that_changes_at_every_check_is_not_repeated() {
+        let mut tracker = HealthTracker::new(1, 2);
+        tracker.record_result(&failed("a"));
+        tracker.record_result(&failed("a"));
+        for _ in 0..10 {
+            assert_eq!(tracker.record_result(&failed("b")), None);
+            assert_eq!(tracker.record_result(&failed("c")), None);
+        }
+    }
+
+    #[test]
+    fn checks_that_fail_after_an_ejection_tell_why_once_confirmed() {
+        let mut tracker = HealthTracker::new(1, 2);
+        tracker.record_result(&Ok(()));
+        assert!(tracker.eject("connect to 127.0.0.1:8000 failed: Connection refused"));
+        let refused = failed("connect to 127.0.0.1:8000 failed: Connection refused");
+        assert_eq!(tracker.record_result(&refused), None, "already told");
+        let error =
+            failed("GET /healthz (Host: 127.0.0.1:8000) answered 500 Internal Server Error");
+        assert_eq!(tracker.record_result(&error), None);
+        assert_eq!(
+            tracker.record_result(&error),
+            verdict(
+                BackendHealth::Unhealthy,
+                "GET /healthz (Host: 127.0.0.1:8000) answered 500 Internal Server Error"
+            )
+        );
     }
 
     #[test]
@@ -302,7 +456,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         // The listener accepts (kernel backlog) but never answers.
-        let result = probe_http(addr, "/healthz", Duration::from_millis(500)).await;
+        let host = HeaderValue::from_str(&addr.to_string()).unwrap();
+        let result = probe_http(addr, "/healthz", &host, Duration::from_millis(500)).await;
         assert!(result.unwrap_err().contains("longer than"));
         drop(listener);
     }

@@ -12,12 +12,16 @@
 
 mod backend;
 mod body;
+mod client_io;
 mod config;
+mod connection;
+mod drain;
 mod error;
 mod forward;
 mod headers;
 mod health;
 mod idle;
+mod limits;
 mod maintenance;
 mod pool;
 mod retry;
@@ -25,7 +29,8 @@ mod server;
 
 pub use backend::{BackendStatus, ProxyEvent};
 pub use body::ProxyBody;
-pub use config::{HealthCheckConfig, Maintenance, ProxyConfig, Timeouts};
+pub use config::{HealthCheckConfig, IpRange, Maintenance, ProxyConfig, Timeouts};
+pub use drain::{Drain, Drained};
 pub use error::ProxyError;
 pub use health::BackendHealth;
 pub use maintenance::{BYPASS_COOKIE, BYPASS_HEADER};

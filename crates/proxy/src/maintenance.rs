@@ -95,6 +95,56 @@ pub(crate) fn carries_token(headers: &HeaderMap, token: &[u8]) -> bool {
     })
 }
 
+/// Removes the owner's token from a request before it goes to the site: the
+/// `X-Lifeboat-Bypass` header and the `lifeboat_bypass` cookie (other cookies are kept, in
+/// order), whatever their value. The site is untrusted (it must never learn the maintenance
+/// bypass or the rewind preview token, which would let it, or whoever reads its logs, past
+/// the owner's gates). Call it after the gate and the preview lane have been decided.
+pub(crate) fn strip_owner_tokens(headers: &mut HeaderMap) {
+    headers.remove(&BYPASS_HEADER_NAME);
+    // Most requests carry no such cookie: one scan of the cookie bytes, and the map is changed
+    // only when it is there.
+    let carries_cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|value| contains(value.as_bytes(), BYPASS_COOKIE.as_bytes()));
+    if !carries_cookie {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let pairs: Vec<&[u8]> = value
+                .as_bytes()
+                .split(|b| *b == b';')
+                .map(|pair| pair.trim_ascii())
+                .filter(|pair| !pair.is_empty() && !is_bypass_cookie(pair))
+                .collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
+}
+
+/// Whether a `name=value` cookie pair is the bypass cookie.
+fn is_bypass_cookie(pair: &[u8]) -> bool {
+    let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+    name.trim_ascii() == BYPASS_COOKIE.as_bytes()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
 /// IPv4 clients may arrive as IPv4-mapped IPv6 addresses on a dual-stack listener.
 fn same_ip(allowed: IpAddr, client: IpAddr) -> bool {
     allowed == client || allowed.to_canonical() == client.to_canonical()
@@ -178,6 +228,28 @@ mod tests {
             &headers(&[("cookie", "lifeboat_bypass=")]),
             STRANGER
         ));
+    }
+
+    #[test]
+    fn the_owner_token_is_removed_and_other_cookies_kept() {
+        let mut map = headers(&[
+            ("x-lifeboat-bypass", "s3cret"),
+            ("cookie", "theme=dark; lifeboat_bypass=s3cret; lang=en"),
+            ("cookie", "lifeboat_bypass=other"),
+            ("accept", "text/html"),
+        ]);
+        strip_owner_tokens(&mut map);
+        assert!(!map.contains_key("x-lifeboat-bypass"));
+        let cookies: Vec<_> = map.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["theme=dark; lang=en"]);
+        assert_eq!(map["accept"], "text/html");
+
+        let mut map = headers(&[("cookie", "not_lifeboat_bypass_really=1; a=2")]);
+        strip_owner_tokens(&mut map);
+        assert_eq!(
+            map["cookie"], "not_lifeboat_bypass_really=1; a=2",
+            "only that exact cookie name"
+        );
     }
 
     #[test]

@@ -1,34 +1,29 @@
-//! The front door's listener and its handle, [`Proxy`]: accepts client connections, serves
-//! HTTP/1.1 on them with keep-alive, runs a health-check task per instance, and shuts down
-//! gracefully (stop accepting, let every connection finish its current request).
-//!
-//! Serving is thread-per-core: the accept loop (on the caller's runtime) hands each client
-//! connection to the serving thread with the fewest open connections; each serving thread runs
-//! its own single-threaded runtime and keeps its own instance connections, so a request, its
-//! instance connection and their tasks stay on one thread and never wake another one.
+//! The front door's handle, [`Proxy`]: starts the listener and the serving threads
+//! (`connection.rs`), runs a health-check task per instance, adds, removes and drains
+//! instances, and shuts down gracefully (stop accepting, let every connection finish its
+//! current request), with a deadline if asked.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::HeaderValue;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, BackendStatus, ProxyEvent, Registry};
 use crate::config::{Maintenance, ProxyConfig};
+use crate::connection::{WorkerLoad, accept_loop, serve};
+use crate::drain::{CUT_GRACE, Drain};
 use crate::error::ProxyError;
-use crate::forward::{self, Client};
 use crate::health::{self, HealthTracker};
-use crate::idle::{Activity, Clock, IdleWatch};
+use crate::idle::{Activity, Clock};
+use crate::limits;
 use crate::maintenance::MaintenanceGate;
 
 /// State shared by the handle, the listener and every request.
@@ -39,31 +34,123 @@ pub(crate) struct Shared {
     pub(crate) maintenance: ArcSwapOption<MaintenanceGate>,
     /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
     pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
-    http: http1::Builder,
-    /// The timer tick of client connections (idle and response-header timeouts).
+    pub(crate) http: http1::Builder,
+    /// The timer tick of client connections (idle, response-header, send and body timeouts).
     pub(crate) clock: Clock,
-    shutdown: watch::Sender<bool>,
-    /// Set just before `shutdown` is sent; cheap to read on every poll of a connection.
-    stopping: AtomicBool,
-    connections: AtomicUsize,
-    connections_done: Notify,
+    /// Client connections allowed at once: the configured cap, lowered to what the open-file
+    /// limit allows.
+    pub(crate) max_connections: usize,
+    /// The whole answer to a connection past the cap.
+    pub(crate) busy_response: Bytes,
+    /// Connections past the cap being answered and closed.
+    pub(crate) turning_away: AtomicUsize,
+    /// Tells the listener, health checks and idle eviction to stop.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Open client connections, and a wake-up when the last one closes.
+    pub(crate) connections: AtomicUsize,
+    pub(crate) connections_done: Notify,
     /// Open client connections per serving thread.
-    workers: Box<[WorkerLoad]>,
+    pub(crate) workers: Box<[WorkerLoad]>,
+    /// What open client connections must do, told through [`Shared::signal`].
+    signals: ConnectionSignals,
 }
 
+/// What the owner tells every open client connection: finish and close (shutdown), close now
+/// (a shutdown's deadline passed), or close if your request runs on one of these instances (a
+/// drain's deadline passed). A connection polls the `Notify` once to register and then reads
+/// only `epoch`, one atomic load per wake-up: polling the notification on every wake-up of a
+/// busy connection showed in instruction counts.
 #[derive(Debug, Default)]
-struct WorkerLoad {
-    open: AtomicUsize,
-    idle: Notify,
+struct ConnectionSignals {
+    notify: Notify,
+    /// Raised after every change below, before the notification.
+    epoch: AtomicU64,
+    stopping: AtomicBool,
+    force: AtomicBool,
+    /// Serials of instances whose requests are being cut.
+    cuts: Mutex<Vec<u64>>,
 }
 
-/// A client connection on its way from the accept loop to a serving thread.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// What a client connection must do after a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Carry on.
+    Serve,
+    /// Finish the request being served, then close.
+    Finish,
+    /// Close now, abandoning the request being served.
+    Close,
+}
 
 impl Shared {
     fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.signals.stopping.store(true, Ordering::SeqCst);
+        self.signal();
         let _ = self.shutdown.send(true);
+    }
+
+    /// Closes every client connection now.
+    fn force_close(&self) {
+        self.signals.force.store(true, Ordering::SeqCst);
+        self.signal();
+    }
+
+    /// Closes the client connections whose request runs on one of these instances.
+    pub(crate) fn cut(&self, serials: &[u64]) {
+        self.lock_cuts().extend_from_slice(serials);
+        self.signal();
+    }
+
+    /// Forgets a cut once its connections are gone.
+    pub(crate) fn uncut(&self, serials: &[u64]) {
+        self.lock_cuts().retain(|s| !serials.contains(s));
+    }
+
+    fn signal(&self) {
+        self.signals.epoch.fetch_add(1, Ordering::SeqCst);
+        self.signals.notify.notify_waiters();
+    }
+
+    fn lock_cuts(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.signals.cuts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The signal epoch: a connection that saw this value has nothing new to act on.
+    pub(crate) fn signal_epoch(&self) -> u64 {
+        self.signals.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A notification of the next signal; poll it once to register.
+    pub(crate) fn next_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.signals.notify.notified()
+    }
+
+    /// What a connection doing `activity` must do now.
+    pub(crate) fn order_for(&self, activity: &Activity) -> Order {
+        if self.signals.force.load(Ordering::SeqCst) {
+            return Order::Close;
+        }
+        let upstream = activity.upstream();
+        if activity.is_open() && upstream != 0 && self.lock_cuts().contains(&upstream) {
+            return Order::Close;
+        }
+        if self.signals.stopping.load(Ordering::SeqCst) {
+            return Order::Finish;
+        }
+        Order::Serve
+    }
+
+    /// Resolves once no client connection is open.
+    async fn connections_closed(&self) {
+        loop {
+            let done = self.connections_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.connections.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 }
 
@@ -90,31 +177,61 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Refuses a configuration the front door cannot run with, before anything is bound.
+fn check(config: &ProxyConfig) -> Result<(), ProxyError> {
+    if !config.health.path.starts_with('/') {
+        return Err(ProxyError::Config(format!(
+            "health check path {:?} must start with '/', e.g. \"/healthz\"",
+            config.health.path
+        )));
+    }
+    if let Some(host) = &config.health.host
+        && (host.is_empty() || HeaderValue::from_str(host).is_err())
+    {
+        return Err(ProxyError::Config(format!(
+            "health check host {host:?} is not a usable Host header; write a host name, e.g. \
+             \"example.com\" or \"example.com:8000\""
+        )));
+    }
+    let timeouts = [
+        ("timeouts.connect", config.timeouts.connect),
+        (
+            "timeouts.response_headers",
+            config.timeouts.response_headers,
+        ),
+        ("timeouts.idle", config.timeouts.idle),
+        ("timeouts.send", config.timeouts.send),
+        ("timeouts.body", config.timeouts.body),
+        ("health.interval", config.health.interval),
+        ("health.timeout", config.health.timeout),
+    ];
+    if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+        return Err(ProxyError::Config(format!(
+            "{name} is zero; give it a duration above zero, e.g. 1s"
+        )));
+    }
+    if config.max_connections == 0 {
+        return Err(ProxyError::Config(
+            "max_connections is zero; allow at least one client connection, e.g. 4096".into(),
+        ));
+    }
+    if let Some(range) = config.trusted_proxies.iter().find(|r| !r.is_valid()) {
+        return Err(ProxyError::Config(format!(
+            "trusted proxy {}/{} has a prefix longer than its address; write at most /32 for \
+             IPv4 and /128 for IPv6",
+            range.addr, range.prefix_len
+        )));
+    }
+    Ok(())
+}
+
 impl Proxy {
     /// Binds the listen address (port 0 picks a free one) and starts serving and health-checking
     /// on the current tokio runtime. Until instances are added, every request gets a 503.
+    /// Raises the process's soft open-file limit if `max_connections` needs it (see
+    /// [`Proxy::max_connections`]).
     pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        if !config.health.path.starts_with('/') {
-            return Err(ProxyError::Config(format!(
-                "health check path {:?} must start with '/', e.g. \"/healthz\"",
-                config.health.path
-            )));
-        }
-        let timeouts = [
-            ("timeouts.connect", config.timeouts.connect),
-            (
-                "timeouts.response_headers",
-                config.timeouts.response_headers,
-            ),
-            ("timeouts.idle", config.timeouts.idle),
-            ("health.interval", config.health.interval),
-            ("health.timeout", config.health.timeout),
-        ];
-        if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
-            return Err(ProxyError::Config(format!(
-                "{name} is zero; give it a duration above zero, e.g. 1s"
-            )));
-        }
+        check(&config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -127,9 +244,10 @@ impl Proxy {
             source,
         })?;
         let mut http = http1::Builder::new();
-        // No hyper timer: client connections get one coarse idle watch each (idle.rs) instead
-        // of a header-read timer per request. Flattened writes (head and body copied into one buffer, one write): responses are
-        // mostly small, and this costs fewer instructions than gathering a vectored write.
+        // No hyper timer: client connections get one coarse timer each (idle.rs) instead of a
+        // header-read timer per request. Flattened writes (head and body copied into one
+        // buffer, one write): responses are mostly small, and this costs fewer instructions than
+        // gathering a vectored write.
         http.keep_alive(true).writev(false);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut runtimes = Vec::with_capacity(workers);
@@ -140,7 +258,9 @@ impl Proxy {
                 .map_err(ProxyError::Runtime)?;
             runtimes.push(runtime);
         }
-        let clock = Clock::new(config.timeouts.idle, config.timeouts.response_headers);
+        let clock = Clock::new(&config.timeouts);
+        let max_connections = limits::fit_connections(config.max_connections);
+        let busy_response = limits::busy_response(config.retry_after);
         let shared = Arc::new(Shared {
             config,
             registry: Registry::new(),
@@ -148,11 +268,14 @@ impl Proxy {
             preview_token: ArcSwapOption::empty(),
             http,
             clock,
+            max_connections,
+            busy_response,
+            turning_away: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
-            stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             connections_done: Notify::new(),
             workers: (0..workers).map(|_| WorkerLoad::default()).collect(),
+            signals: ConnectionSignals::default(),
         });
         let mut handoffs = Vec::with_capacity(workers);
         for (index, runtime) in runtimes.into_iter().enumerate() {
@@ -177,6 +300,13 @@ impl Proxy {
     /// The address the proxy really listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Client connections served at once: the configured `max_connections`, or fewer when the
+    /// process's hard open-file limit does not allow two descriptors per connection (a warning
+    /// is logged then).
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
     }
 
     /// Adds an instance (or replaces the one with the same id, live or staged). It is
@@ -208,9 +338,18 @@ impl Proxy {
         tokio::spawn(async move {
             let health = shared.config.health.clone();
             let path = health.path.clone();
+            // Checked by `Proxy::start`; the instance's own address otherwise.
+            let host = health
+                .host
+                .as_deref()
+                .and_then(|host| HeaderValue::from_str(host).ok())
+                .unwrap_or_else(|| {
+                    HeaderValue::from_str(&backend.addr.to_string())
+                        .expect("a socket address is a valid header value")
+                });
             health::run_checks(
                 health.interval,
-                || health::probe_http(backend.addr, &path, health.timeout),
+                || health::probe_http(backend.addr, &path, &host, health.timeout),
                 stop,
                 |result| shared.registry.record_check(&backend, result),
             )
@@ -223,7 +362,8 @@ impl Proxy {
     /// backends while any staged backend is healthy; `None` turns preview routing off.
     /// Independent of maintenance mode (when maintenance is on and the request bypasses it, the
     /// same rule picks staged vs live). An empty token never matches. A preview request is
-    /// retried only on staged backends, a live one only on live backends.
+    /// retried only on staged backends, a live one only on live backends. The token never
+    /// reaches an instance: the header and the cookie are removed from every request.
     pub fn set_preview_token(&self, token: Option<String>) {
         self.shared
             .preview_token
@@ -232,31 +372,24 @@ impl Proxy {
 
     /// Atomically makes every staged backend live and takes every previously live backend out
     /// of the balancer: every request routed after the call goes to the new set only. The
-    /// returned future resolves, with the removed ids, once the old backends' in-flight
-    /// requests are done (same drain as [`Proxy::remove_backend`]). Turns the preview token
-    /// off. Promoting staged backends that are not healthy yet leaves the site without a
-    /// healthy instance (503) until they pass a check: wait for them first.
-    pub fn promote_staged(&self) -> impl Future<Output = Vec<String>> + Send + 'static {
+    /// returned [`Drain`] resolves, with the removed ids, once the old backends' in-flight
+    /// requests are done (same drain as [`Proxy::remove_backend`]; bound it with
+    /// [`Drain::within`]). Turns the preview token off. Promoting staged backends that are not
+    /// healthy yet leaves the site without a healthy instance (503) until they pass a check:
+    /// wait for them first.
+    pub fn promote_staged(&self) -> Drain<Vec<String>> {
         let removed = self.shared.registry.promote_staged();
         self.shared.preview_token.store(None);
-        async move {
-            for backend in &removed {
-                backend.drained().await;
-            }
-            removed.iter().map(|b| b.id.clone()).collect()
-        }
+        let ids = removed.iter().map(|b| b.id.clone()).collect();
+        Drain::new(self.shared.clone(), removed, ids)
     }
 
-    /// Removes all staged backends (a cancelled rewind), draining them: the returned future
-    /// resolves once their in-flight requests are done. The preview token stays as it is;
-    /// requests carrying it go to the live backends.
-    pub fn discard_staged(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// Removes all staged backends (a cancelled rewind), draining them: the returned
+    /// [`Drain`] resolves once their in-flight requests are done. The preview token stays as it
+    /// is; requests carrying it go to the live backends.
+    pub fn discard_staged(&self) -> Drain<()> {
         let removed = self.shared.registry.discard_staged();
-        async move {
-            for backend in &removed {
-                backend.drained().await;
-            }
-        }
+        Drain::new(self.shared.clone(), removed, ())
     }
 
     /// The owner knows the instance died (its process exited): no new request goes to it from
@@ -269,18 +402,16 @@ impl Proxy {
         }
     }
 
-    /// Stops routing new requests to the instance now. The returned future resolves once the
+    /// Stops routing new requests to the instance now. The returned [`Drain`] resolves once the
     /// requests it was already serving have finished, response bodies included (at once for an
-    /// unknown id); then it is safe to stop the instance. A client streaming a long response
-    /// keeps it waiting: bound the wait with your stop timeout. Open WebSocket tunnels are not
-    /// waited for.
-    pub fn remove_backend(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
+    /// unknown id); then it is safe to stop the instance. A client that reads a long response
+    /// slowly keeps it waiting: bound the wait with [`Drain::within`], e.g.
+    /// `proxy.remove_backend("web-3").within(stop_timeout).await`, which closes the
+    /// connections of the requests still running at the deadline. Open WebSocket tunnels are
+    /// not waited for.
+    pub fn remove_backend(&self, id: &str) -> Drain<()> {
         let removed = self.shared.registry.remove(id);
-        async move {
-            if let Some(backend) = removed {
-                backend.drained().await;
-            }
-        }
+        Drain::new(self.shared.clone(), removed.into_iter().collect(), ())
     }
 
     /// Turns maintenance mode on (`Some`) or off (`None`). Each request sees either the old or
@@ -308,8 +439,43 @@ impl Proxy {
 
     /// Stops accepting connections, lets every open connection finish the request it is
     /// serving, then stops health checks. The serving threads end once their connections are
-    /// done; open WebSocket tunnels end with them. Idempotent.
+    /// done; open WebSocket tunnels end with them. Idempotent. A client that never reads its
+    /// response keeps this waiting until the send timeout closes it: bound the wait with
+    /// [`Proxy::shutdown_within`].
     pub async fn shutdown(&self) {
+        self.stop_accepting().await;
+        self.shared.connections_closed().await;
+        self.shared.registry.remove_all();
+    }
+
+    /// Like [`Proxy::shutdown`], but waits for open connections for at most `grace`; then
+    /// closes the ones still open (their requests lose their responses) and resolves once they
+    /// are gone, at most a moment later. Returns how many connections were closed that way (0
+    /// when all finished in time).
+    pub async fn shutdown_within(&self, grace: Duration) -> usize {
+        self.stop_accepting().await;
+        let mut cut = 0;
+        if tokio::time::timeout(grace, self.shared.connections_closed())
+            .await
+            .is_err()
+        {
+            cut = self.shared.connections.load(Ordering::SeqCst);
+            self.shared.force_close();
+            if tokio::time::timeout(CUT_GRACE, self.shared.connections_closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    open = self.shared.connections.load(Ordering::SeqCst),
+                    "client connections did not close within {CUT_GRACE:?}; not waiting for them"
+                );
+            }
+        }
+        self.shared.registry.remove_all();
+        cut
+    }
+
+    async fn stop_accepting(&self) {
         self.shared.stop();
         let listener_task = self
             .listener_task
@@ -319,151 +485,7 @@ impl Proxy {
         if let Some(task) = listener_task {
             let _ = task.await;
         }
-        loop {
-            let done = self.shared.connections_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.shared.connections.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            done.await;
-        }
-        self.shared.registry.remove_all();
     }
-}
-
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
-) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut next = 0;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = crate::health::stopped(&mut shutdown) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // The least busy serving thread; ties go round-robin.
-                next += 1;
-                let n = shared.workers.len();
-                let index = (0..n)
-                    .map(|i| (next + i) % n)
-                    .min_by_key(|&i| shared.workers[i].open.load(Ordering::Relaxed))
-                    .unwrap_or(0);
-                // Counted before it is handed over, so a shutdown waits for it.
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                shared.workers[index].open.fetch_add(1, Ordering::SeqCst);
-                let handed = stream
-                    .into_std()
-                    .map_err(|error| tracing::warn!(%error, "handing a connection over failed"))
-                    .ok()
-                    .and_then(|stream| handoffs[index].send((stream, peer)).ok());
-                if handed.is_none() {
-                    connection_closed(&shared, index);
-                }
-            }
-            Err(error) => {
-                // Out of file descriptors or a connection reset during accept: keep serving the
-                // connections we have and try again shortly.
-                tracing::warn!(%error, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// One serving thread: serves the connections handed to it until the accept loop stops, then
-/// until they have finished.
-async fn serve(shared: Arc<Shared>, index: usize, mut incoming: mpsc::UnboundedReceiver<Handoff>) {
-    while let Some((stream, peer)) = incoming.recv().await {
-        match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                tokio::spawn(serve_connection(shared.clone(), stream, peer, index));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "taking over a client connection failed");
-                connection_closed(&shared, index);
-            }
-        }
-    }
-    let load = &shared.workers[index];
-    loop {
-        let idle = load.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
-        if load.open.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        idle.await;
-    }
-}
-
-fn connection_closed(shared: &Shared, index: usize) {
-    let load = &shared.workers[index];
-    if load.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-        load.idle.notify_waiters();
-    }
-    if shared.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-        shared.connections_done.notify_waiters();
-    }
-}
-
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, index: usize) {
-    let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::default());
-    let mut idle = IdleWatch::new(activity.clone(), shared.clock);
-    let client = Arc::new(Client::new(peer.ip(), index, activity));
-    let service_shared = shared.clone();
-    let service = service_fn(move |request| {
-        let busy = client.activity.begin();
-        let handled = forward::handle(service_shared.clone(), client.clone(), request);
-        async move {
-            let response = handled.await?;
-            Ok::<_, Infallible>(response.map(|body| body.held_by(busy)))
-        }
-    });
-    let connection = shared
-        .http
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let mut shutdown = shared.shutdown.subscribe();
-    let stopped = crate::health::stopped(&mut shutdown);
-    tokio::pin!(stopped);
-    // The shutdown signal is polled once to register this task, then only once `stopping` is
-    // set: polling it on every wake-up of a busy connection showed in instruction counts.
-    let mut registered = false;
-    let finished = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        if idle.poll_idle(cx).is_ready() {
-            // Nothing is in flight: closing the connection loses nothing.
-            return Poll::Ready(Some(Ok(())));
-        }
-        if (!registered || shared.stopping.load(Ordering::SeqCst))
-            && stopped.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(None);
-        }
-        registered = true;
-        Poll::Pending
-    })
-    .await;
-    let result = match finished {
-        Some(result) => result,
-        None => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "client connection ended with an error");
-    }
-    connection_closed(&shared, index);
 }
 
 /// Closes instance connections that stayed unused longer than the idle timeout.

@@ -98,6 +98,17 @@ impl Upstream {
     }
 
     async fn start_at(name: &str, addr: SocketAddr, handler: Handler) -> Upstream {
+        Upstream::start_with_health(name, addr, None, handler).await
+    }
+
+    /// An instance on `addr` (port 0: any) whose `/healthz` goes to `health` (when given) and
+    /// whose other requests go to `handler`.
+    pub async fn start_with_health(
+        name: &str,
+        addr: SocketAddr,
+        health: Option<Handler>,
+        handler: Handler,
+    ) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -105,6 +116,7 @@ impl Upstream {
         let (kill, killed) = watch::channel(0u8);
         let accept = tokio::spawn(serve(
             listener,
+            health,
             handler,
             hits.clone(),
             traffic_connections.clone(),
@@ -152,6 +164,7 @@ impl Drop for Upstream {
 
 async fn serve(
     listener: TcpListener,
+    health: Option<Handler>,
     handler: Handler,
     hits: Arc<AtomicUsize>,
     traffic_connections: Arc<(AtomicUsize, AtomicUsize)>,
@@ -164,6 +177,7 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let health = health.clone();
         let hits = hits.clone();
         let traffic_connections = traffic_connections.clone();
         let mut killed = killed.clone();
@@ -173,6 +187,7 @@ async fn serve(
             let counts = traffic_connections.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let handler = handler.clone();
+                let health = health.clone();
                 let hits = hits.clone();
                 let first =
                     request.uri().path() != "/healthz" && !counted.swap(true, Ordering::SeqCst);
@@ -182,7 +197,10 @@ async fn serve(
                 }
                 async move {
                     if request.uri().path() == "/healthz" {
-                        return text(StatusCode::OK, "ok");
+                        return match health {
+                            Some(health) => health(request).await,
+                            None => text(StatusCode::OK, "ok"),
+                        };
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
                     handler(request).await
@@ -208,6 +226,7 @@ pub fn test_config() -> ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         health: HealthCheckConfig {
             path: "/healthz".into(),
+            host: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(2),
             healthy_threshold: 1,
@@ -217,8 +236,12 @@ pub fn test_config() -> ProxyConfig {
             connect: Duration::from_secs(2),
             response_headers: Duration::from_secs(20),
             idle: Duration::from_secs(30),
+            send: Duration::from_secs(30),
+            body: Duration::from_secs(30),
         },
         retry_after: Duration::from_secs(30),
+        max_connections: 4096,
+        trusted_proxies: Vec::new(),
     }
 }
 
@@ -306,4 +329,76 @@ pub async fn get(
     send(client, request)
         .await
         .map(|(status, _, body)| (status, body))
+}
+
+/// An answer of `len` bytes, streamed in 64 KiB pieces made as the body is read, so a client
+/// that does not read holds it (and the instance) up.
+pub fn large(len: usize) -> Answer {
+    let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+    let pieces = len.div_ceil(piece.len());
+    let stream = futures::stream::iter(
+        (0..pieces).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(piece.clone()))),
+    );
+    Ok(Response::new(BodyExt::boxed(
+        http_body_util::StreamBody::new(stream),
+    )))
+}
+
+/// A client that sends a request and then never reads: its connection, held open.
+pub async fn client_that_never_reads(proxy: &Proxy, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: site.example\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads a raw connection until the front door closes it (end of file or reset), failing the
+/// test if that takes longer than `deadline`; what was read.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, deadline: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read_all)
+        .await
+        .expect("the front door closes the connection in time");
+    seen
+}
+
+/// Sends raw bytes on a new connection and returns all the front door answered before closing.
+pub async fn raw_exchange(proxy: &Proxy, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(20)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An instance that answers with the request headers it received, one `name: value` a line.
+pub async fn echo_headers(name: &str) -> Upstream {
+    Upstream::start(
+        name,
+        handler(|request| async move {
+            let mut lines = String::new();
+            for (name, value) in request.headers() {
+                lines.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            text(StatusCode::OK, lines)
+        }),
+    )
+    .await
 }
