@@ -116,6 +116,8 @@ pub struct FileCapture {
     events: Option<Receiver<notify::Result<notify::Event>>>,
     dirty: BTreeSet<String>,
     rescan_due: Option<Instant>,
+    /// The data dir did not exist when last looked for (see [`FileCapture::is_missing`]).
+    missing: bool,
 }
 
 /// One file as of a seq.
@@ -170,7 +172,9 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
 impl FileCapture {
     /// Starts watching `root`, resuming from the manifest at `manifest_path` (the state
     /// as of the last confirmed record; none the first time). The first
-    /// [`poll`](Self::poll) rescans and records every difference from it.
+    /// [`poll`](Self::poll) rescans and records every difference from it. A `root` that
+    /// does not exist yet is captured as empty until it does ([`is_missing`](Self::is_missing)
+    /// says so, for the caller to report).
     pub fn start(root: &Path, manifest_path: &Path, options: FileCaptureOptions) -> Result<Self> {
         let mut manifest = FileManifest::load(manifest_path)?.unwrap_or(FileManifest {
             version: MANIFEST_FORMAT_VERSION,
@@ -180,8 +184,38 @@ impl FileCapture {
         // session repeats after a crash of the last one replace the last one's.
         manifest.epoch += 1;
         manifest.save(manifest_path)?;
-        let root = fs::canonicalize(root).map_err(io_err(root, "open the data dir"))?;
-        let (watcher, events) = if options.watch {
+        let mut capture = FileCapture {
+            root: root.to_path_buf(),
+            manifest_path: manifest_path.to_path_buf(),
+            durable_seq: manifest.last_seq,
+            manifest,
+            options,
+            _watcher: None,
+            events: None,
+            dirty: BTreeSet::new(),
+            rescan_due: None,
+            missing: true,
+        };
+        capture.look_for_root()?;
+        Ok(capture)
+    }
+
+    /// Whether the data dir did not exist when capture last looked. A missing dir is
+    /// captured as an empty one (its known files are recorded deleted) until it is
+    /// created; the first poll after that records everything in it.
+    pub fn is_missing(&self) -> bool {
+        self.missing
+    }
+
+    /// While the data dir is missing: checks whether it exists now and, if it does,
+    /// starts watching it and asks for a full rescan.
+    fn look_for_root(&mut self) -> Result<()> {
+        let root = match fs::canonicalize(&self.root) {
+            Ok(root) => root,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.root, "open the data dir")(e)),
+        };
+        if self.options.watch {
             let (tx, rx) = channel();
             let mut w = notify::recommended_watcher(move |e| {
                 let _ = tx.send(e);
@@ -189,21 +223,13 @@ impl FileCapture {
             .map_err(|e| io_err(&root, "watch")(std::io::Error::other(e)))?;
             w.watch(&root, RecursiveMode::Recursive)
                 .map_err(|e| io_err(&root, "watch")(std::io::Error::other(e)))?;
-            (Some(w), Some(rx))
-        } else {
-            (None, None)
-        };
-        Ok(FileCapture {
-            root,
-            manifest_path: manifest_path.to_path_buf(),
-            durable_seq: manifest.last_seq,
-            manifest,
-            options,
-            _watcher: watcher,
-            events,
-            dirty: BTreeSet::new(),
-            rescan_due: None,
-        })
+            self._watcher = Some(w);
+            self.events = Some(rx);
+        }
+        self.root = root;
+        self.missing = false;
+        self.rescan_due = None;
+        Ok(())
     }
 
     /// The manifest as of the last record handed out.
@@ -232,6 +258,9 @@ impl FileCapture {
     /// the whole dir when a rescan is due (first call, interval elapsed, or notifications
     /// overflowed).
     pub fn poll(&mut self) -> Result<Vec<FileChange>> {
+        if self.missing {
+            self.look_for_root()?;
+        }
         let mut overflow = false;
         if let Some(rx) = &self.events {
             loop {

@@ -252,3 +252,28 @@ fn the_file_set_as_of_every_record_matches_what_was_on_disk_then() {
         assert_eq!(state_at(&log, seq), files, "as of seq {seq}");
     }
 }
+
+#[test]
+fn a_missing_data_dir_is_captured_as_empty_until_it_is_created() {
+    let (_dir, root, manifest) = data_dir();
+    std::fs::remove_dir(&root).unwrap();
+    // Watching, with rescans an hour apart: the dir's appearance alone must be noticed.
+    let mut capture = watched(&root, &manifest);
+    assert!(capture.is_missing());
+    assert_eq!(capture.poll().unwrap(), Vec::new(), "nothing to record yet");
+
+    std::fs::create_dir_all(root.join("cats")).unwrap();
+    std::fs::write(root.join("cats/tom.png"), b"tom").unwrap();
+    let mut log = Vec::new();
+    poll_until(&mut capture, &mut log, "the new dir's file", |l| {
+        !l.is_empty()
+    });
+    assert!(!capture.is_missing());
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].path, "cats/tom.png");
+
+    // From then on it is watched like any data dir.
+    std::fs::write(root.join("cats/felix.png"), b"felix").unwrap();
+    poll_until(&mut capture, &mut log, "a later write", |l| l.len() == 2);
+    assert_eq!(state_at(&log, log[1].seq), on_disk(&root));
+}

@@ -5,6 +5,12 @@
 //! moments exist; [`compact`] merges old segments into bundles and [`apply_retention`]
 //! drops what the vault's keep rules no longer keep. Layout: `docs/timeline-format.md`.
 //!
+//! Capture never takes a database's write lock (`lifeboat-capture` holds only read
+//! transactions and runs PASSIVE checkpoints), so the worker never makes one of the app's
+//! transactions fail. A declared data dir that does not exist is reported as an error event
+//! naming its path and captured as empty until it is created; it never stops the capture of
+//! the databases.
+//!
 //! The crate never prints: the worker reports through [`TimelineStatus`] and
 //! [`TimelineEvent`]s, and every error says what to do next.
 #![forbid(unsafe_code)]

@@ -166,6 +166,7 @@ impl Shipper {
             });
         }
         let mut dirs = Vec::new();
+        let mut missing = Vec::new();
         for (i, dir) in sources.data_dirs.iter().enumerate() {
             let name = rel_name(dir);
             let root = site.join(dir);
@@ -178,6 +179,15 @@ impl Shipper {
                 },
             )
             .map_err(capture_err(&name))?;
+            // A declared dir that does not exist does not stop the capture of anything else:
+            // it is captured as empty until it is created, and the owner is told.
+            if cap.is_missing() {
+                missing.push(format!(
+                    "data dir {name} ({}) does not exist; it is captured as empty until it is \
+                     created (create it, or correct [state] dirs in lifeboat.toml)",
+                    root.display()
+                ));
+            }
             let state = cap
                 .manifest()
                 .files
@@ -198,7 +208,7 @@ impl Shipper {
         let listing = handle2.block_on(crate::stream::listing(&repo))?;
         let last_seq = handle2.block_on(crate::stream::last_seq(&repo, &listing))?;
         let now = OffsetDateTime::now_utc();
-        Ok(Shipper {
+        let shipper = Shipper {
             repo,
             handle,
             manifest: site.join(&sources.manifest),
@@ -224,7 +234,12 @@ impl Shipper {
             status,
             events,
             _lock: lock,
-        })
+        };
+        for message in missing {
+            shipper.status.lock().unwrap().last_error = Some(message.clone());
+            shipper.emit(TimelineEvent::Error { message });
+        }
+        Ok(shipper)
     }
 
     pub(crate) fn emit(&self, event: TimelineEvent) {
@@ -592,9 +607,10 @@ impl Shipper {
         Ok(())
     }
 
-    /// Checkpoints every database's WAL (so it does not grow without bound), shipping the
-    /// few commits made meanwhile as segments of their own. Run right after a shipment, at
-    /// most every `wal_checkpoint_interval`.
+    /// Checkpoints every database's WAL (so it can start over and does not grow without
+    /// bound), shipping the few commits made meanwhile as segments of their own. Never
+    /// takes a database's write lock, so it never makes an app transaction fail. Run right
+    /// after a shipment, at most every `wal_checkpoint_interval`.
     pub(crate) fn checkpoint_wals(&mut self) -> Result<()> {
         if self.has_pending()
             || self.last_wal_checkpoint.elapsed() < self.options.wal_checkpoint_interval

@@ -37,9 +37,10 @@ pub struct WorkerOptions {
     pub checkpoint_segments: u64,
     /// How often data dirs are walked in full, whatever change notifications said.
     pub rescan_interval: Duration,
-    /// How often capture checkpoints each database's WAL (copying it back into the
-    /// database file so the log starts over); the commits made meanwhile cost one extra
-    /// segment each time.
+    /// How often capture checkpoints each database's WAL: a PASSIVE copy back into the
+    /// database file, never taking the write lock, after which the app's next write starts
+    /// the log over if the app paused meanwhile. The commits made since the last shipment
+    /// cost an extra segment or two each time.
     pub wal_checkpoint_interval: Duration,
     /// How often objects spooled for a destination that was down are sent to it again.
     pub catch_up_interval: Duration,

@@ -294,14 +294,26 @@ impl SqliteCapture {
         }
     }
 
+    /// Reads the log's header. One that does not verify is read again a few times first:
+    /// the app may be writing a new one (restarting the log) at this very moment.
     fn read_wal_header(&self, wal: Option<&File>) -> Result<Option<WalHeader>> {
         let Some(wal) = wal else { return Ok(None) };
-        wal::read_header(wal)
-            .map_err(io_err(&self.wal_path, "read the header of"))?
-            .map_err(|problem| CaptureError::BadWalHeader {
-                wal: self.wal_path.clone(),
-                problem,
-            })
+        let mut tries = 0;
+        loop {
+            match wal::read_header(wal).map_err(io_err(&self.wal_path, "read the header of"))? {
+                Ok(header) => return Ok(header),
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(problem) => {
+                    return Err(CaptureError::BadWalHeader {
+                        wal: self.wal_path.clone(),
+                        problem,
+                    });
+                }
+            }
+        }
     }
 
     /// Reads new committed transactions into `pending`.
