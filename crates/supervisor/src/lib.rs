@@ -11,6 +11,7 @@
 
 pub mod backoff;
 mod error;
+mod group;
 pub mod logs;
 mod runfile;
 pub mod shim;

@@ -6,20 +6,22 @@
 //! spawner lives as long as the process.
 //!
 //! Each instance runs as the leader of its own process group, so a signal to the group reaches
-//! everything it started. When the leader exits, a waiter thread first looks at the exit
-//! without reaping it (the zombie keeps the group id from being reused), kills whatever is left
-//! in the group, and only then reaps the leader.
+//! everything it started. When the leader exits, a waiter thread looks at the exit without
+//! reaping it and hands the zombie over as an [`ExitedLeader`]: while it is unreaped, the group
+//! id cannot be given to anyone else, so the supervisor can stop the rest of the group (see
+//! `group.rs`) and reap the leader only once the group is empty.
 
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{OnceLock, mpsc};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use crate::group::{ProcessGroup, signal_group};
 use crate::logs::{SharedLog, copy_pipe};
 use crate::types::{ExitInfo, InstanceSpec, SupervisorConfig};
 
@@ -124,21 +126,50 @@ pub(crate) fn instance_command(
     command
 }
 
-/// Sends `signal` to every process of the group led by `pgid`; a group that is already gone
-/// is fine.
-pub(crate) fn signal_group(pgid: u32, signal: Signal) {
-    let Ok(raw) = i32::try_from(pgid) else { return };
-    if raw <= 1 {
-        return; // never signal "every process" or init by mistake
-    }
-    let _ = killpg(Pid::from_raw(raw), signal);
-}
-
 /// A started instance process.
 pub(crate) struct RunningProcess {
     pub pid: u32,
-    /// Resolves when the process has exited and the rest of its group was killed.
-    pub exit: oneshot::Receiver<ExitInfo>,
+    /// Resolves when the process has exited, with the process still unreaped.
+    pub exit: oneshot::Receiver<ExitedLeader>,
+}
+
+/// The leader of an instance's process group after it exited, not yet reaped. While this
+/// zombie exists its pid, and so the group id, cannot be given to another process: signalling
+/// the group reaches only what the instance started.
+///
+/// Dropped without [`ExitedLeader::reap`] (nobody finished stopping the group, e.g. the
+/// supervisor is shutting down), it kills whatever is left of the group and reaps the leader,
+/// so no process is left running unsupervised.
+pub(crate) struct ExitedLeader {
+    child: Option<Child>,
+    pub exit: ExitInfo,
+}
+
+impl ExitedLeader {
+    /// The process group it led, safe to signal until [`ExitedLeader::reap`]; `None` if the
+    /// leader could not be kept unreaped (its group was killed at once then).
+    pub fn group(&self) -> Option<ProcessGroup> {
+        self.child
+            .as_ref()
+            .map(|child| ProcessGroup { pgid: child.id() })
+    }
+
+    /// Reaps the leader. From now on its group id may name another process's group: never
+    /// signal it again.
+    pub fn reap(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait(); // a zombie: returns at once
+        }
+    }
+}
+
+impl Drop for ExitedLeader {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal_group(child.id(), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Starts copying the child's output into `log` and waiting for its exit.
@@ -160,25 +191,49 @@ pub(crate) fn watch(mut child: Child, log: &SharedLog) -> io::Result<RunningProc
     std::thread::Builder::new()
         .name(format!("lifeboat-wait-{pid}"))
         .spawn(move || {
-            let _ = tx.send(wait_and_clean_up(child));
+            // If nobody listens any more, dropping the leader kills what is left of its group.
+            let _ = tx.send(wait_without_reaping(child));
         })?;
     Ok(RunningProcess { pid, exit })
 }
 
-fn wait_and_clean_up(mut child: Child) -> ExitInfo {
+/// Waits for the child to exit and returns it unreaped.
+fn wait_without_reaping(mut child: Child) -> ExitedLeader {
     let pid = Pid::from_raw(child.id() as i32);
-    // Wait for the exit without reaping (WNOWAIT); retry when a signal interrupts the wait.
-    while let Err(nix::errno::Errno::EINTR) =
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
-    {}
-    // The leader is a zombie now, so its group id cannot belong to anyone else yet.
-    signal_group(child.id(), Signal::SIGKILL);
-    match child.wait() {
-        Ok(status) => exit_info(status),
-        Err(_) => ExitInfo {
-            code: None,
-            signal: None,
-        },
+    let exit = loop {
+        // WNOWAIT: look at the exit but leave the zombie in place.
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(WaitStatus::Exited(_, code)) => {
+                break ExitInfo {
+                    code: Some(code),
+                    signal: None,
+                };
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                break ExitInfo {
+                    code: None,
+                    signal: Some(signal as i32),
+                };
+            }
+            // Cannot happen for WEXITED; should it, reaping tells how it ended (the group is
+            // then killed at once, as the zombie is gone).
+            _ => {
+                signal_group(child.id(), Signal::SIGKILL);
+                let exit = child.wait().map_or(
+                    ExitInfo {
+                        code: None,
+                        signal: None,
+                    },
+                    exit_info,
+                );
+                return ExitedLeader { child: None, exit };
+            }
+        }
+    };
+    ExitedLeader {
+        child: Some(child),
+        exit,
     }
 }
 

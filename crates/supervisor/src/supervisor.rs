@@ -4,6 +4,12 @@
 //! One tokio task per instance runs the instance's life: spawn, wait, decide the restart, wait
 //! out the backoff, again, until a stop is asked for. The status table and the run file are
 //! updated at each step; events go to every subscriber.
+//!
+//! When an instance's process exits on its own, the `Exited` event goes out at once (the front
+//! door stops sending it requests), but the instance starts again only once every other process
+//! of its group is gone: they get SIGTERM and the stop timeout to finish the responses they are
+//! writing, then SIGKILL. Until then the group stays in the run file, so a lifeboat killed in
+//! the meantime leaves nothing that the next `up` cannot find.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +22,10 @@ use tokio::time::Instant;
 
 use crate::backoff::RestartTracker;
 use crate::error::SupervisorError;
+use crate::group::{self, GroupStop, ProcessGroup};
 use crate::logs::{self, RotatingLog, SharedLog};
 use crate::runfile::{self, ProcessIdentity, RunEntry, RunFile};
-use crate::spawn::{self, RunningProcess};
+use crate::spawn::{self, ExitedLeader, RunningProcess};
 use crate::types::{
     ExitInfo, InstanceSpec, InstanceState, InstanceStatus, SupervisorConfig, SupervisorEvent,
 };
@@ -44,6 +51,9 @@ struct Inner {
 
 struct Entry {
     status: InstanceStatus,
+    /// The group of a run whose leader exited while the rest of the group is being stopped
+    /// (`status.pid` is `None` then). Kept in the run file until the group is empty.
+    leftover_group: Option<u32>,
     next_restart_at: Option<Instant>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
@@ -51,7 +61,13 @@ struct Entry {
 
 /// How one run of an instance ended.
 enum RunOutcome {
-    Exited { pid: u32, exit: ExitInfo },
+    /// The leader exited on its own; `leader` is its unreaped zombie (if the waiter could keep
+    /// it), the rest of its group may still run.
+    Exited {
+        pid: u32,
+        exit: ExitInfo,
+        leader: Option<ExitedLeader>,
+    },
     FailedToStart(String),
     Stopped,
 }
@@ -138,6 +154,7 @@ impl Supervisor {
                         memory_bytes: None,
                         cpu_time: None,
                     },
+                    leftover_group: None,
                     next_restart_at: None,
                     stop: stop_tx,
                     done: done_rx,
@@ -239,7 +256,7 @@ impl Inner {
             .filter_map(|entry| {
                 Some(RunEntry {
                     id: entry.status.id.clone(),
-                    pgid: entry.status.pid?,
+                    pgid: entry.status.pid.or(entry.leftover_group)?,
                 })
             })
             .collect();
@@ -296,12 +313,18 @@ async fn supervise(
         };
         match outcome {
             RunOutcome::Stopped => break,
-            RunOutcome::Exited { pid, exit } => {
+            RunOutcome::Exited { pid, exit, leader } => {
                 inner.update(&spec.id, |e| {
                     e.status.pid = None;
                     e.status.last_exit = Some(exit);
+                    e.leftover_group = leader.as_ref().and_then(|l| l.group()).map(|g| g.pgid);
+                    if e.status.state != InstanceState::Stopping {
+                        // Exited, and waiting for its other processes before the next start.
+                        e.status.state = InstanceState::Backoff;
+                    }
                 });
-                // Tell subscribers first: the front door must stop sending it requests now.
+                // Tell subscribers first: the front door must stop sending it requests now,
+                // while the rest of the group may still be finishing responses.
                 inner.emit(SupervisorEvent::Exited {
                     id: spec.id.clone(),
                     pid,
@@ -311,6 +334,10 @@ async fn supervise(
                 if let Some(log) = &log {
                     logs::note(log, &format!("pid {pid} exited ({})", describe(exit)));
                 }
+                if let Some(leader) = leader {
+                    stop_rest_of_group(&inner, pid, leader, log.as_ref()).await;
+                }
+                inner.update(&spec.id, |e| e.leftover_group = None);
                 inner.record_run_file(&spec.id).await;
             }
             RunOutcome::FailedToStart(reason) => {
@@ -451,9 +478,14 @@ async fn run_once(
         pid,
     });
     tokio::select! {
-        exited = &mut exit => RunOutcome::Exited {
-            pid,
-            exit: exited.unwrap_or(ExitInfo { code: None, signal: None }),
+        exited = &mut exit => match exited {
+            Ok(leader) => RunOutcome::Exited { pid, exit: leader.exit, leader: Some(leader) },
+            // The waiter thread is gone (a bug); it killed the group when it went.
+            Err(_) => RunOutcome::Exited {
+                pid,
+                exit: ExitInfo { code: None, signal: None },
+                leader: None,
+            },
         },
         _ = stop_requested(stop) => {
             stop_gracefully(inner, pid, &mut exit, log).await;
@@ -462,26 +494,117 @@ async fn run_once(
     }
 }
 
-/// SIGTERM to the group, then SIGKILL if it is not gone within the stop timeout.
+/// SIGTERM to the group, then SIGKILL if any of its processes is still running after the stop
+/// timeout. Returns once every process of the group is gone and the leader is reaped.
 async fn stop_gracefully(
     inner: &Inner,
     pid: u32,
-    exit: &mut tokio::sync::oneshot::Receiver<ExitInfo>,
+    exit: &mut tokio::sync::oneshot::Receiver<ExitedLeader>,
     log: &SharedLog,
 ) {
     let timeout = inner.config.stop_timeout;
-    logs::note(log, &format!("stopping pid {pid} (SIGTERM)"));
-    spawn::signal_group(pid, Signal::SIGTERM);
-    if tokio::time::timeout(timeout, &mut *exit).await.is_err() {
-        logs::note(
+    // The leader is not reaped before it comes out of `exit` (the waiter thread keeps its
+    // zombie), so the group id is still this instance's for the whole stop.
+    let outcome = group::stop_group(
+        &ProcessGroup { pgid: pid },
+        timeout,
+        |_| logs::note(log, &format!("stopping pid {pid} (SIGTERM)")),
+        |left| {
+            logs::note(
+                log,
+                &format!(
+                    "{} of pid {pid}'s group did not exit within {} of SIGTERM; sending \
+                     SIGKILL",
+                    processes(left),
+                    humanize(timeout)
+                ),
+            )
+        },
+    )
+    .await;
+    note_unfinished_stop(log, pid, &outcome);
+    if let Ok(leader) = exit.await {
+        leader.reap();
+    }
+}
+
+/// After the leader of a run exited on its own: lets the rest of its group finish (SIGTERM,
+/// the stop timeout, then SIGKILL) and only then reaps the leader. Killing them at once would
+/// cut the responses a pre-forking server's workers are writing, and a new run could not bind
+/// the port while they hold the listening socket.
+async fn stop_rest_of_group(
+    inner: &Inner,
+    pid: u32,
+    leader: ExitedLeader,
+    log: Option<&SharedLog>,
+) {
+    let note = |text: &str| {
+        if let Some(log) = log {
+            logs::note(log, text);
+        }
+    };
+    if let Some(group) = leader.group() {
+        let timeout = inner.config.stop_timeout;
+        let started = Instant::now();
+        let outcome = group::stop_group(
+            &group,
+            timeout,
+            |running| {
+                note(&format!(
+                    "{} of pid {pid}'s group still running; SIGTERM, up to {} to finish \
+                     before the restart",
+                    processes(running),
+                    humanize(timeout)
+                ))
+            },
+            |left| {
+                note(&format!(
+                    "{} of pid {pid}'s group did not exit within {} of SIGTERM; sending SIGKILL",
+                    processes(left),
+                    humanize(timeout)
+                ))
+            },
+        )
+        .await;
+        if outcome == GroupStop::Finished {
+            note(&format!(
+                "the rest of pid {pid}'s group finished within {}",
+                humanize(started.elapsed())
+            ));
+        }
+        if let Some(log) = log {
+            note_unfinished_stop(log, pid, &outcome);
+        }
+    }
+    leader.reap();
+}
+
+/// Notes a stop that could not make sure the whole group is gone.
+fn note_unfinished_stop(log: &SharedLog, pid: u32, outcome: &GroupStop) {
+    match outcome {
+        GroupStop::Killed { left, gone: false } => logs::note(
             log,
             &format!(
-                "pid {pid} did not exit within {} of SIGTERM; sending SIGKILL",
-                humanize(timeout)
+                "{} of pid {pid}'s group still there {} after SIGKILL; going on without them",
+                processes(*left),
+                humanize(group::AFTER_SIGKILL)
             ),
-        );
-        spawn::signal_group(pid, Signal::SIGKILL);
-        let _ = exit.await;
+        ),
+        GroupStop::Unknown(reason) => logs::note(
+            log,
+            &format!(
+                "cannot list the processes of pid {pid}'s group ({reason}); waited the whole \
+                 stop timeout, then sent SIGKILL"
+            ),
+        ),
+        _ => {}
+    }
+}
+
+fn processes(n: usize) -> String {
+    match n {
+        1 => "1 process".into(),
+        n => format!("{n} processes"),
     }
 }
 

@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
+use common::workers::{self, LEADER_COMMAND, Worker};
 use common::*;
 use lifeboat_supervisor::{Supervisor, SupervisorError};
 use nix::sys::signal::{Signal, kill};
@@ -22,6 +23,11 @@ struct Lifeboat {
 
 impl Lifeboat {
     fn start(root: &std::path::Path, shim: bool) -> Lifeboat {
+        Lifeboat::start_running(root, shim, "sleep 1000")
+    }
+
+    /// A supervisor whose instance runs `instance` (a shell command).
+    fn start_running(root: &std::path::Path, shim: bool, instance: &str) -> Lifeboat {
         let mut command = Command::new(HELPER);
         command.arg("run-one");
         if !shim {
@@ -31,7 +37,7 @@ impl Lifeboat {
             .args(["testsite"])
             .arg(root.join("site"))
             .arg(root.join(".lifeboat/logs"))
-            .arg("sleep 1000")
+            .arg(instance)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the helper");
@@ -168,4 +174,32 @@ async fn a_damaged_run_file_stops_the_start_with_advice() {
     let err = supervisor.reap_leftovers().unwrap_err().to_string();
     assert!(err.contains("instances.json"), "{err}");
     assert!(err.contains("ps -eo pid,pgid,cmd"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_left_by_a_lifeboat_killed_while_it_stopped_their_group_are_killed_by_the_next_run()
+{
+    let root = site_root();
+    let dir = root.path().join("site");
+    workers::write_leader(&dir, &[("w1", Worker::Finishing), ("s1", Worker::Stubborn)]);
+    let mut lifeboat = Lifeboat::start_running(root.path(), true, LEADER_COMMAND);
+    let leader = lifeboat.instance_pid();
+    let pids = workers::worker_pids(&dir, &["w1", "s1"]).await;
+    // The leader dies; lifeboat sends its workers SIGTERM and gives them time (5s) to finish,
+    // and is killed in that time. The workers were forked by the leader, so the parent-death
+    // signal armed by the shim does not reach them: only the run file can.
+    kill(Pid::from_raw(leader as i32), Signal::SIGKILL).unwrap();
+    workers::until_terminated(&dir, &["w1"]).await;
+    lifeboat.kill_9();
+    assert!(
+        pids.iter().all(|&pid| is_running(pid)),
+        "the workers outlive lifeboat"
+    );
+
+    let next = Supervisor::new(config(root.path())).unwrap();
+    let reaped = next.reap_leftovers().unwrap();
+    for pid in &pids {
+        assert!(reaped.contains(pid), "{pid} not in {reaped:?}");
+        assert!(!is_running(*pid));
+    }
 }

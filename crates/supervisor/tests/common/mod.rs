@@ -2,6 +2,8 @@
 //! starts instances through the real shim, and waits with generous deadlines.
 #![allow(dead_code)]
 
+pub mod workers;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
