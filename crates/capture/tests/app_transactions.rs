@@ -52,6 +52,8 @@ fn django_style_transactions_never_fail_under_capture_and_every_row_is_captured(
                 &TRANSACTIONS_EACH.to_string(),
                 lock.to_str().unwrap(),
                 report.to_str().unwrap(),
+                // Every 100th transaction of each app, the whole app pauses for 100 ms.
+                "100",
                 "100",
             ]))
         })

@@ -3,7 +3,7 @@
 //! Django's default busy timeout of 5 s. It counts the transactions SQLite fails instead of
 //! stopping at the first, so a test can assert that none failed.
 //!
-//! Usage: `capture-test-app DB COUNT LOCK_FILE REPORT_FILE PAUSE_EVERY`. Commits COUNT
+//! Usage: `capture-test-app DB COUNT LOCK_FILE REPORT_FILE PAUSE_EVERY PAUSE_MS`. Commits COUNT
 //! transactions, each inserting the next id (one more than the largest committed, read
 //! inside the transaction). The transactions of every process given the same LOCK_FILE
 //! are serialized by an exclusive lock on it, as one worker serving requests one at a
@@ -11,8 +11,8 @@
 //! when another connection wrote meanwhile, so app processes writing concurrently fail
 //! against each other with or without capture. Serialized, every failure counted has
 //! another cause. Between transactions the process thinks for 0-3 ms; after every
-//! PAUSE_EVERY-th transaction it pauses 40 ms while still holding the lock, a quiet moment
-//! for the whole app.
+//! PAUSE_EVERY-th transaction it pauses PAUSE_MS while still holding the lock, a quiet
+//! moment for the whole app.
 //!
 //! At the end it writes REPORT_FILE atomically: `committed N`, `failed N`, then the first
 //! few error messages, one a line.
@@ -39,9 +39,12 @@ fn transaction(conn: &Connection) -> rusqlite::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, db, count, lock, report, pause_every] = args.as_slice() else {
-        return Err("usage: capture-test-app DB COUNT LOCK_FILE REPORT_FILE PAUSE_EVERY".into());
+    let [_, db, count, lock, report, pause_every, pause_ms] = args.as_slice() else {
+        return Err(
+            "usage: capture-test-app DB COUNT LOCK_FILE REPORT_FILE PAUSE_EVERY PAUSE_MS".into(),
+        );
     };
+    let pause = Duration::from_millis(pause_ms.parse()?);
     let count: u64 = count.parse()?;
     let pause_every: u64 = pause_every.parse()?;
     let conn = Connection::open(db)?;
@@ -74,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if pause_every > 0 && (committed + failed).is_multiple_of(pause_every) {
-            std::thread::sleep(Duration::from_millis(40));
+            std::thread::sleep(pause);
         }
         lock.unlock()?;
         std::thread::sleep(Duration::from_micros(next() % 3000));

@@ -13,7 +13,9 @@
 //! 4. hand the pin off again. If nothing was committed since step 2's pin began, SQLite
 //!    gives the new pin read lock 0 (everything is copied back) and the app's next write
 //!    restarts the log. If something was, go back to step 2 with the few new transactions,
-//!    a bounded number of times.
+//!    a bounded number of times. What the last handoff read is shipped too (it is safe in
+//!    the log: a handoff that reads anything lands on a read lock >= 1, since everything
+//!    new lies past the old pin, which bounded copying).
 //!
 //! A kill -9 at any step leaves the user's database as SQLite's own crash-safe checkpoint
 //! leaves it, and capture's position file at the last records confirmed durable: the next
@@ -30,8 +32,7 @@ const ROUNDS: usize = 3;
 impl SqliteCapture {
     /// Checkpoints the WAL once everything handed out is durable, so the app's next write
     /// can start the log over. Transactions committed since the last poll are passed to
-    /// `ship`; when it returns `Ok` they count as durable. Any committed during the last
-    /// step are left for the next [`poll`](Self::poll).
+    /// `ship` (in up to four batches); when it returns `Ok` they count as durable.
     ///
     /// Never takes the write lock, so it never makes an app transaction fail or wait: the
     /// copy is a PASSIVE checkpoint, and the log restarts at the app's next write only if
@@ -69,6 +70,9 @@ impl SqliteCapture {
                 break;
             }
         }
+        // What the last handoff read is safe in the log (a handoff that reads something
+        // lands on a read lock >= 1), but ship it too, so nothing read waits for a poll.
+        shipped += self.ship_pending(&mut ship)?;
         let (log, copied) = last;
         Ok(CheckpointReport {
             shipped,

@@ -202,8 +202,14 @@ impl SqliteCapture {
     }
 
     /// Takes a fresh base image now (a periodic checkpoint of the timeline). Returns any
-    /// commits read first, then the image.
+    /// commits read first, then the image (whose reason says continuity was lost instead of
+    /// "requested" if capture had to resync first).
     pub fn take_base_image(&mut self) -> Result<Vec<CaptureEvent>> {
+        // An image is consistent only under the pin: without it, resync (which re-pins).
+        self.notice_lost_pin();
+        if let Some(why) = self.needs_resync.take() {
+            return self.resync_inner(SnapshotReason::ContinuityLost { why }, None);
+        }
         self.read_new()?;
         let image = self.write_base_image(SnapshotReason::Requested)?;
         self.pending.push(CaptureEvent::BaseImage(image));
