@@ -244,3 +244,55 @@ fn a_transaction_that_read_first_can_write_while_capture_checkpoints() {
     timeline.rebuild_at(timeline.last_seq(), &out);
     assert_eq!(entry_ids(&out), (1..=4).collect::<Vec<_>>());
 }
+
+#[test]
+fn capture_retries_a_database_that_answers_busy_until_its_deadline_then_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = wal_database(dir.path());
+    // An app connection in exclusive locking mode keeps every other connection from even
+    // beginning to read: SQLite answers busy, as it does during a recovery.
+    let app = app_connection(&db);
+    app.execute_batch("PRAGMA locking_mode=EXCLUSIVE;").unwrap();
+    commit_next_entry(&app);
+    let patience = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = SqliteCapture::open(
+        &db,
+        &dir.path().join("state"),
+        CaptureOptions {
+            busy_timeout: patience,
+        },
+    )
+    .err()
+    .expect("the database stays busy");
+    assert!(
+        started.elapsed() >= patience,
+        "it retried until its deadline"
+    );
+    assert!(err.to_string().contains("busy"), "{err}");
+
+    // Let go while capture keeps trying: it gets its read transaction then.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300)); // the app's lock, held a while
+        drop(app);
+    });
+    let started = Instant::now();
+    let mut capture = SqliteCapture::open(
+        &db,
+        &dir.path().join("state"),
+        CaptureOptions {
+            busy_timeout: Duration::from_secs(30),
+        },
+    )
+    .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+    release.join().unwrap();
+    let app = app_connection(&db);
+    let mut timeline = Timeline::default();
+    timeline.add(capture.poll().unwrap());
+    commit_next_entry(&app);
+    timeline.add(capture.poll().unwrap());
+    let out = dir.path().join("end.db");
+    timeline.rebuild_at(timeline.last_seq(), &out);
+    assert_eq!(entry_ids(&out), vec![1, 2]);
+}

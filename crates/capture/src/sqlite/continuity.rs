@@ -27,13 +27,10 @@ const RESTARTED_WHILE_STARTING: &str = "the app restarted the write-ahead log wh
      was starting, so capture cannot prove it read every transaction committed before that";
 
 impl SqliteCapture {
-    /// Pins the log with the session's first read transaction, decides whether `saved`
-    /// still continues in the WAL, and positions capture at the end of the log. Sets
+    /// Under the session's first pin (already begun): decides whether `saved` still
+    /// continues in the WAL, and positions capture at the end of the log. Sets
     /// `needs_resync` with the reason when it cannot continue.
     pub(super) fn start_from(&mut self, saved: Option<SavedPosition>) -> Result<()> {
-        // No earlier pin: the spare's read transaction becomes the first one.
-        self.pins.begin_spare()?;
-        self.pins.finish_handoff()?;
         let mut broken: Option<String> = None;
         for _ in 0..READ_ATTEMPTS {
             let wal = self.open_wal()?;

@@ -126,7 +126,11 @@ impl SqliteCapture {
         std::fs::create_dir_all(state_dir)
             .map_err(io_err(state_dir, "create the capture state dir"))?;
         remove_partial_files(state_dir)?;
-        let pins = Pins::open(db, options.busy_timeout)?;
+        let mut pins = Pins::open(db, options.busy_timeout)?;
+        // The session's first pin, before anything is read (`continuity` says why that
+        // order matters). No earlier pin: the spare's read transaction becomes the first.
+        pins.begin_spare()?;
+        pins.finish_handoff()?;
         let mode: String = pins
             .active()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

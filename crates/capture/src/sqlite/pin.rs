@@ -99,12 +99,17 @@ impl Pins {
                     end_transaction(conn);
                     std::thread::sleep(RETRY_PAUSE);
                 }
-                Err(e) => {
+                Err(e) if is_transient(&e) => {
                     end_transaction(conn);
                     return Err(sql_err(
                         &self.db,
-                        "open capture's read transaction (SQLite stayed busy; capture retries at the next poll)",
+                        "open capture's read transaction: SQLite stayed busy (another connection \
+                         holds the database exclusively or is recovering it); capture tries again later",
                     )(e));
+                }
+                Err(e) => {
+                    end_transaction(conn);
+                    return Err(sql_err(&self.db, "open capture's read transaction")(e));
                 }
             }
         }
