@@ -63,9 +63,10 @@ impl SqliteCapture {
             shipped += self.ship_pending(&mut ship)?;
             last = self.pins.passive_checkpoint()?;
             self.handoff()?;
-            // Nothing new: the pin began with everything up to it copied back, so on read
-            // lock 0 unless a reader of the app kept part of the log. Either way another
-            // round cannot help.
+            // Nothing new: the pin most likely began with everything copied back, on read
+            // lock 0. If not (a reader of the app kept part of the log, or a commit slipped
+            // in as the previous pin began), the next checkpoint tries again; safety never
+            // depends on which read lock the pin got.
             if self.pending.is_empty() {
                 break;
             }

@@ -53,9 +53,16 @@
 //! saved position (salts, offset, running checksum) intact in the log. If it is not,
 //! capture takes a fresh base image and records why: never silently.
 //!
+//! A handoff that may land on read lock 0 is made only once everything read before it is
+//! durable (a restart may then overwrite all of it): [`SqliteCapture::checkpoint`] ships
+//! first, and [`SqliteCapture::poll`] hands off only when nothing read is unconfirmed.
+//! What a handoff itself reads is safe either way: it lies past the old pin's mark, which
+//! bounded copying, so a handoff that reads anything lands on a read lock >= 1.
+//!
 //! The log still restarts: [`SqliteCapture::checkpoint`] copies the log back (PASSIVE) and
 //! hands the pin off again; when no commit came in between, the new pin lands on read lock
-//! 0 and the app's next write starts the log over. Under a write load with no such pause the
+//! 0 and the app's next write starts the log over (a poll's handoff does the same when the
+//! app's own checkpoints copied everything back). Under a write load with no such pause the
 //! log grows (SQLite's documented checkpoint starvation) until the app pauses.
 //!
 //! This module never writes to the user's database, never takes its write lock, and never
@@ -64,6 +71,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
@@ -196,10 +204,28 @@ impl SqliteCapture {
     /// Reads every transaction committed since the last call (and any base image capture
     /// had to take), in sequence order. Call it often: each record's `commit_time` is when
     /// it was first seen.
+    ///
+    /// When everything read so far is confirmed durable, it also moves the pin forward (a
+    /// handoff), so the app's own checkpoints can copy the log back up to it, and the log
+    /// can start over as soon as the app pauses, not only at [`checkpoint`](Self::checkpoint).
     pub fn poll(&mut self) -> Result<Vec<CaptureEvent>> {
         self.notice_lost_pin();
         if let Some(why) = self.needs_resync.take() {
             return self.resync_inner(SnapshotReason::ContinuityLost { why }, None);
+        }
+        if self.unconfirmed.is_empty() {
+            // Safe only now: the new pin may sit on read lock 0, and then the app's next
+            // write may overwrite every frame read before it; they are all durable. What
+            // this handoff reads is safe in any case (module `checkpoint`). One quick try:
+            // if SQLite is busy, keep the pin and just read.
+            if self.pins.begin_spare_within(Duration::ZERO).is_ok() {
+                if let Err(e) = self.read_new() {
+                    self.pins.abandon_spare();
+                    return Err(e);
+                }
+                self.pins.finish_handoff()?;
+                return Ok(std::mem::take(&mut self.pending));
+            }
         }
         self.read_new()?;
         Ok(std::mem::take(&mut self.pending))

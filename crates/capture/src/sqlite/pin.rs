@@ -84,9 +84,14 @@ impl Pins {
     /// The active pin is untouched: until [`finish_handoff`](Self::finish_handoff), both
     /// are held.
     pub(super) fn begin_spare(&mut self) -> Result<()> {
+        self.begin_spare_within(self.retry_for)
+    }
+
+    /// [`begin_spare`](Self::begin_spare) with its own patience (zero: one attempt).
+    pub(super) fn begin_spare_within(&mut self, patience: Duration) -> Result<()> {
         let conn = &self.conns[self.spare_index()];
         end_transaction(conn);
-        let deadline = Instant::now() + self.retry_for;
+        let deadline = Instant::now() + patience;
         loop {
             // A deferred BEGIN takes no lock; the read is what starts the read transaction
             // (and takes a WAL read lock). It never asks for the write lock.
