@@ -29,9 +29,17 @@ pub enum SiteCommand {
     Logs(LogsArgs),
     /// Stop the site: drain the front door, stop every instance, stop the daemon.
     Down,
+    /// Run a command against the live state the way the site's processes see it, e.g.
+    /// `lifeboat exec -- python manage.py migrate`: from the site dir, with the process's
+    /// environment, and after a rewind with the restored state at the site's own paths.
+    Exec(ExecArgs),
     /// Internal: runs one instance so it dies with lifeboat (used by the supervisor).
     #[command(name = "__instance", hide = true)]
     Instance(InstanceArgs),
+    /// Internal: keeps the site dir's databases open while lifeboat runs (see
+    /// `lifeboat_control::view::hold_databases`).
+    #[command(name = "__hold-sqlite", hide = true)]
+    HoldSqlite(HoldArgs),
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +97,26 @@ pub struct LogsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Whose environment the command gets (default: web, or the first process).
+    #[arg(long, value_name = "PROCESS")]
+    pub process: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct HoldArgs {
+    /// The lifeboat whose life this holder follows.
+    #[arg(long)]
+    pub parent: u32,
+    /// The databases to hold.
+    #[arg(last = true)]
+    pub databases: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct InstanceArgs {
     /// Show FROM at TO in a private mount namespace (repeatable).
     #[arg(long = "bind", num_args = 2, value_names = ["FROM", "TO"], allow_hyphen_values = true)]
@@ -99,9 +127,15 @@ pub struct InstanceArgs {
 }
 
 pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
-    if let SiteCommand::Instance(args) = cmd {
-        return run::instance(args);
-    }
+    let cmd = match cmd {
+        SiteCommand::Instance(args) => return run::instance(args),
+        SiteCommand::Exec(args) => return run::exec(&global.dir, args),
+        SiteCommand::HoldSqlite(args) => {
+            lifeboat_control::view::hold_databases(args.parent, &args.databases)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -117,7 +151,9 @@ pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
             SiteCommand::Events(e) => run::events(&global.dir, e, global).await,
             SiteCommand::Logs(l) => run::logs(&global.dir, l).await,
             SiteCommand::Down => run::down(&global.dir, global).await,
-            SiteCommand::Instance(_) => unreachable!("handled before the runtime starts"),
+            SiteCommand::Instance(_) | SiteCommand::Exec(_) | SiteCommand::HoldSqlite(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

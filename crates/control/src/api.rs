@@ -40,6 +40,10 @@ pub struct StatusReport {
     /// Continuous capture, when the manifest has a `[vault]`.
     #[serde(default)]
     pub capture: Option<CaptureReport>,
+    /// What the owner must know now, in sentences: data the instances use that is not backed
+    /// up or is not the live copy, capture that cannot run, protections this machine lacks.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// What `lifeboat timeline` shows.
@@ -164,6 +168,7 @@ pub(crate) fn router(site: Arc<Site>) -> Router {
         .route("/v1/rewind/undo", post(undo))
         .route("/v1/states", get(states))
         .route("/v1/states/drop", post(drop_states))
+        .route("/v1/exec", post(exec_view))
         .with_state(site)
 }
 
@@ -266,6 +271,30 @@ async fn drop_states(
         freed_bytes: report.freed_bytes,
     });
     Ok(Json(report))
+}
+
+/// How `lifeboat exec` must run a command: the live state as the site's processes see it.
+async fn exec_view(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<crate::view::ExecRequest>,
+) -> Result<Json<crate::view::ProcessView>, Refusal> {
+    let process = match &req.process {
+        Some(p) if !site.manifest.processes.contains_key(p) => {
+            return Err(ControlError::Refused(format!(
+                "the manifest has no process `{p}`; the processes are: {}",
+                site.manifest
+                    .processes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        Some(p) => Some(p.as_str()),
+        None => crate::view::default_process(&site.manifest),
+    };
+    Ok(Json(site.view(&site.live_state(), process)?))
 }
 
 async fn scale(

@@ -32,10 +32,18 @@ impl ControlClient {
     /// has no control socket.
     pub fn for_site(dir: &Path) -> Result<ControlClient, ControlError> {
         let socket = SitePaths::new(dir).socket();
-        if !socket.exists() {
-            return Err(ControlError::NotRunning {
-                dir: dir.to_path_buf(),
-            });
+        match std::fs::symlink_metadata(&socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(ControlError::PermissionDenied {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(_) => {
+                return Err(ControlError::NotRunning {
+                    dir: dir.to_path_buf(),
+                });
+            }
         }
         Ok(ControlClient {
             dir: dir.to_path_buf(),
@@ -126,6 +134,18 @@ impl ControlClient {
         req: &crate::states::DropRequest,
     ) -> Result<crate::states::DropReport, ControlError> {
         self.call(Method::POST, "/v1/states/drop", Some(req)).await
+    }
+
+    /// How a command of the site's `process` (default: web) sees the live state now, for
+    /// `lifeboat exec`.
+    pub async fn exec_view(
+        &self,
+        process: Option<&str>,
+    ) -> Result<crate::view::ProcessView, ControlError> {
+        let req = crate::view::ExecRequest {
+            process: process.map(str::to_string),
+        };
+        self.call(Method::POST, "/v1/exec", Some(&req)).await
     }
 
     /// True while the daemon's socket file exists.

@@ -89,7 +89,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         log_max_bytes: 10 * 1024 * 1024,
         log_keep: 3,
         backoff: BackoffPolicy::default(),
-        shim: options.shim.map(|program| Shim {
+        shim: options.shim.clone().map(|program| Shim {
             program,
             args: vec!["__instance".to_string()],
         }),
@@ -99,6 +99,14 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         .reap_leftovers()
         .map_err(|e| ControlError::Supervisor(e.to_string()))?;
 
+    // Can a restored state be shown to instances at the site's own paths on this machine?
+    let private_mounts = match &options.shim {
+        Some(shim) => {
+            crate::view::probe_private_mounts(shim, &paths.lifeboat_dir().join("run/mount-probe"))
+                .await
+        }
+        None => Err("lifeboat runs without its instance shim".to_string()),
+    };
     let proxy = Proxy::start(proxy_config(&manifest))
         .await
         .map_err(|e| ControlError::Proxy(e.to_string()))?;
@@ -110,6 +118,10 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         proxy,
         supervisor,
         maintenance,
+        crate::view::Launcher {
+            shim: options.shim.clone(),
+            private_mounts,
+        },
     )?;
     let site = Arc::new(site);
     let close_events = writer.close.clone();
@@ -137,6 +149,10 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     }
     site.restore_maintenance().await?;
 
+    {
+        let site = site.clone();
+        let _ = tokio::task::spawn_blocking(move || site.hold_site_databases()).await;
+    }
     let listener = bind_socket(&paths)?;
     let mut tasks = JoinSet::new();
     tasks.spawn(serve_api(site.clone(), listener));
@@ -155,6 +171,10 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         forwarders_done.clone(),
     ));
     tasks.spawn(reconcile_loop(site.clone()));
+    tasks.spawn(crate::state_use::watch(site.clone()));
+    if let Err(why) = &site.launcher.private_mounts {
+        site.record(EventKind::PrivateMountsUnavailable { why: why.clone() });
+    }
     let record = DaemonRecord {
         pid: std::process::id(),
         proxy: format!("http://{}", site.proxy.local_addr()),
@@ -226,7 +246,7 @@ impl RunningSite {
     }
 }
 
-fn load_manifest(paths: &SitePaths) -> Result<Manifest, ControlError> {
+pub(crate) fn load_manifest(paths: &SitePaths) -> Result<Manifest, ControlError> {
     let path = paths.manifest();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -396,44 +416,43 @@ async fn reconcile_loop(site: Arc<Site>) {
 }
 
 fn start_instance(site: &Site, id: String, process: &str) {
-    let dir = site.live_state_dir();
-    start_instance_in(site, id, process, &dir, false);
+    let state = site.live_state();
+    if let Err(e) = start_instance_in(site, id.clone(), process, &state, false) {
+        tracing::error!("{id} could not start: {e}");
+        site.record(EventKind::InstanceStartFailed {
+            instance: id,
+            why: format!("the live state `{state}` could not be prepared: {e}"),
+        });
+    }
 }
 
-/// Starts an instance whose `$LIFEBOAT_STATE_DIR` is `state_dir`; a `staged` one gets only
-/// the owner's preview traffic until the front door promotes it.
+/// Starts an instance serving the state named `state` (shown at the site's own paths, see
+/// `view.rs`); a `staged` one gets only the owner's preview traffic until the front door
+/// promotes it.
 pub(crate) fn start_instance_in(
     site: &Site,
     id: String,
     process: &str,
-    state_dir: &Path,
+    state: &str,
     staged: bool,
-) {
+) -> Result<(), ControlError> {
     let Some(spec) = site.manifest.processes.get(process) else {
-        return;
+        return Ok(());
     };
-    let port = match free_port() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("no free port for {id}: {e}");
-            return;
-        }
-    };
+    let view = site.view(state, Some(process))?;
+    let port =
+        free_port().map_err(|e| ControlError::Supervisor(format!("no free port for {id}: {e}")))?;
+    site.instance_states
+        .lock()
+        .expect("instance states lock")
+        .insert(id.clone(), state.to_string());
     site.supervisor.start(InstanceSpec {
         id: id.clone(),
         process: process.to_string(),
         command: spec.command.clone(),
         port,
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain([(
-                "LIFEBOAT_STATE_DIR".to_string(),
-                state_dir.display().to_string(),
-            )])
-            .collect(),
-        ..Default::default()
+        sandbox: view.sandbox(),
+        env: view.env,
     });
     if spec.http {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -443,6 +462,7 @@ pub(crate) fn start_instance_in(
             site.proxy.add_backend(&id, addr);
         }
     }
+    Ok(())
 }
 
 /// A loopback port nobody listens on right now.

@@ -35,6 +35,12 @@ pub enum ControlError {
     )]
     NotRunning { dir: PathBuf },
 
+    /// The site's Lifeboat files belong to another user.
+    #[error(
+        "permission denied: the site in {dir} is run by another user (its .lifeboat/ is private to them); run the command as that user, or as root"
+    )]
+    PermissionDenied { dir: PathBuf },
+
     /// The site's state store failed.
     #[error(
         "the state store {path} failed: {message}; if the disk is full or read-only, fix that and retry"

@@ -22,10 +22,12 @@ pub mod logs;
 mod paths;
 pub mod rewind;
 mod site;
+mod state_use;
 pub mod states;
 pub mod store;
 pub mod timespec;
 pub mod vault_key;
+pub mod view;
 
 pub use client::ControlClient;
 pub use daemon::{RunningSite, UpOptions, start_site};

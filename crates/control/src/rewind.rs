@@ -190,9 +190,20 @@ pub(crate) async fn rewind(
     }
 
     let credentials = match &rotate {
-        Some(cmd) => match run_hook(site, cmd, &state_dir).await {
+        Some(cmd) => match run_hook(site, cmd, &name, &state_dir).await {
             Ok(out) => Some(out),
-            Err(e) => return Err(fail(site, e)),
+            Err(e) => {
+                // What the hook printed may hold secrets: the owner sees it once in the
+                // answer, the stored event only says that it failed.
+                site.record(EventKind::RewindFailed {
+                    to: to_text.clone(),
+                    why: format!(
+                        "the credential rotation hook `{cmd}` failed (what it printed was shown to the owner and is not stored); the restored copy is in {}",
+                        state_dir.display()
+                    ),
+                });
+                return Err(e);
+            }
         },
         None => None,
     };
@@ -218,6 +229,11 @@ pub(crate) async fn rewind(
         state: report.state.clone(),
         previous: report.previous.clone(),
         credentials_rotated: report.credentials.is_some(),
+        rotated: report
+            .credentials
+            .as_deref()
+            .map(rotated_accounts)
+            .unwrap_or_default(),
     });
     Ok(report)
 }
@@ -293,15 +309,33 @@ fn check_database(path: &Path) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Runs the credential rotation hook on a restored copy; returns what it printed.
-async fn run_hook(site: &Site, cmd: &str, state_dir: &Path) -> Result<String, ControlError> {
-    let mut command = tokio::process::Command::new("sh");
+/// Runs the credential rotation hook on the restored copy in the state named `state`, the way
+/// an instance of the site's web process would see it: from the site dir, with the process's
+/// environment, the copy shown at the site's own paths. Returns what it printed on stdout.
+async fn run_hook(
+    site: &Site,
+    cmd: &str,
+    state: &str,
+    state_dir: &Path,
+) -> Result<String, ControlError> {
+    let view = site.view(state, crate::view::default_process(&site.manifest))?;
+    let script = [std::ffi::OsString::from("sh"), "-c".into(), cmd.into()];
+    let mut command = match &site.launcher.shim {
+        Some(shim) => {
+            let mut c = tokio::process::Command::new(shim);
+            c.args(view.shim_args(&script));
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&script[0]);
+            c.args(&script[1..]);
+            c
+        }
+    };
     command
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(&site.paths.dir)
-        .env("LIFEBOAT_STATE_DIR", state_dir)
-        .env("LIFEBOAT_SITE", &site.manifest.site)
+        .current_dir(&view.dir)
+        .envs(view.env.iter().map(|(k, v)| (k, v)))
+        .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(HOOK_DEADLINE, command.output())
@@ -334,6 +368,17 @@ async fn run_hook(site: &Site, cmd: &str, state_dir: &Path) -> Result<String, Co
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
 }
 
+/// The accounts a credentials hook says it rotated: its `rotated: NAME` lines. Names only;
+/// the rest of what it printed (new passwords) is never stored.
+fn rotated_accounts(printed: &str) -> Vec<String> {
+    printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("rotated:"))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// Starts the site's instances on `state_dir` where only the owner reaches them, waits until
 /// they are healthy, then switches the front door, the live-state record and capture to them.
 async fn switch_to(
@@ -343,6 +388,11 @@ async fn switch_to(
 ) -> Result<RewindReport, ControlError> {
     // No scale change may start or stop instances while two sets run.
     let _reconcile = site.reconcile_lock.lock().await;
+    {
+        // The site dir's databases are about to be mount points under the new instances.
+        let site = site.clone();
+        let _ = tokio::task::spawn_blocking(move || site.hold_site_databases()).await;
+    }
     let old: Vec<String> = site
         .supervisor
         .instances()
@@ -362,11 +412,22 @@ async fn switch_to(
             }
             let id = instance_id(&process, n);
             used.insert(id.clone());
-            crate::daemon::start_instance_in(site, id.clone(), &process, state_dir, true);
+            if let Err(e) =
+                crate::daemon::start_instance_in(site, id.clone(), &process, state, true)
+            {
+                abandon(site, &staged).await;
+                return Err(ControlError::Rewind(format!(
+                    "{id} could not be started on the restored copy: {e}; the live site is unchanged"
+                )));
+            }
             staged.push(id);
         }
     }
-    if let Err(e) = wait_healthy(site, &staged).await {
+    let checked = match wait_healthy(site, &staged).await {
+        Ok(()) => serves_the_copy(site, &staged, state).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
         abandon(site, &staged).await;
         return Err(ControlError::Rewind(format!(
             "{e}; the live site is unchanged, the restored copy stays in {} for inspection",
@@ -423,6 +484,43 @@ async fn abandon(site: &Site, staged: &[String]) {
     site.proxy.set_preview_token(None);
     for id in staged {
         site.supervisor.stop(id).await;
+    }
+}
+
+/// Checks, from outside, that the staged instances use the restored copy: they see it at the
+/// site's own paths, and none holds a database of the state that is another copy (an app that
+/// opened the live database by another path would go on serving the data the rewind is meant
+/// to undo). An instance that has not opened its database yet passes; the watcher keeps
+/// looking after the switch.
+async fn serves_the_copy(site: &Arc<Site>, staged: &[String], state: &str) -> Result<(), String> {
+    let pids: Vec<(String, u32)> = site
+        .supervisor
+        .instances()
+        .into_iter()
+        .filter(|i| staged.contains(&i.id))
+        .filter_map(|i| Some((i.id, i.pid?)))
+        .collect();
+    let (site, state) = (site.clone(), state.to_string());
+    let wrong = tokio::task::spawn_blocking(move || {
+        pids.into_iter()
+            .flat_map(|(id, pid)| {
+                crate::state_use::check_instance(&site, pid, &state)
+                    .into_iter()
+                    .filter(|f| matches!(f, crate::state_use::Finding::WrongCopy { .. }))
+                    .map(move |f| (id.clone(), f))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("checking what the restored instances use failed: {e}"))?;
+    match wrong.first() {
+        None => Ok(()),
+        Some((id, crate::state_use::Finding::WrongCopy { path })) => Err(format!(
+            "{id} uses {} but not the restored copy's (it opens its data somewhere Lifeboat did not put the restored state; declare that path in [state])",
+            path.display()
+        )),
+        Some(_) => Ok(()),
     }
 }
 

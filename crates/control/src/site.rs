@@ -1,7 +1,7 @@
 //! The running site inside the daemon: the manifest, the store, the front door and the
 //! supervisor, and the operations the API offers on them (status, scale, maintenance, events).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use crate::api::{
     InstanceReport, MaintenanceReport, MaintenanceRequest, ScaleChange, StatusReport,
 };
 use crate::capture::Capture;
+use crate::state_use::Finding;
 use crate::store::{MaintenanceState, StatesRecord, Store};
 use crate::{ControlError, SitePaths};
 
@@ -48,6 +49,15 @@ pub(crate) struct Site {
     pub(crate) rewinding: tokio::sync::Mutex<()>,
     /// Held by each reconcile pass, and by a rewind while two sets of instances run.
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
+    /// How the site's processes are launched on this machine.
+    pub(crate) launcher: crate::view::Launcher,
+    /// The state each running instance serves (during a rewind two sets run side by side).
+    pub(crate) instance_states: Mutex<HashMap<String, String>>,
+    /// Keeps the site dir's databases (the mount points of restored states) from losing their
+    /// `-wal` and `-shm` files (`view.rs`).
+    db_holder: Mutex<Option<crate::view::DatabaseHolder>>,
+    /// What the open-file watcher found wrong, per instance (`state_use.rs`).
+    findings: Mutex<BTreeMap<String, (String, BTreeSet<Finding>)>>,
 }
 
 /// The event writer: the receiving end the daemon runs in [`write_events`].
@@ -66,6 +76,7 @@ impl Site {
         proxy: Proxy,
         supervisor: Supervisor,
         maintenance: MaintenanceState,
+        launcher: crate::view::Launcher,
     ) -> Result<(Site, EventWriter), ControlError> {
         let mut desired = manifest.replicas();
         for (process, n) in store.scale()? {
@@ -95,6 +106,10 @@ impl Site {
             live_state: Mutex::new(live_state),
             rewinding: tokio::sync::Mutex::new(()),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            launcher,
+            instance_states: Mutex::new(HashMap::new()),
+            findings: Mutex::new(BTreeMap::new()),
+            db_holder: Mutex::new(None),
         };
         Ok((
             site,
@@ -122,10 +137,84 @@ impl Site {
         self.live_state.lock().expect("state lock").clone()
     }
 
-    /// The live state's directory: what instances get as `$LIFEBOAT_STATE_DIR`.
-    pub(crate) fn live_state_dir(&self) -> std::path::PathBuf {
-        let dir = self.paths.state_dir(&self.live_state());
-        dir.canonicalize().unwrap_or(dir)
+    /// How a process of kind `process` sees the state named `state` (its environment and
+    /// private mounts), with the mount points made ready.
+    pub(crate) fn view(
+        &self,
+        state: &str,
+        process: Option<&str>,
+    ) -> Result<crate::view::ProcessView, ControlError> {
+        crate::view::process_view(
+            &self.paths,
+            &self.manifest,
+            state,
+            process,
+            self.launcher.private_mounts.is_ok(),
+        )
+    }
+
+    /// (Re)starts the holder of the site dir's databases, before instances whose private
+    /// mounts sit on them start; the new holder takes its locks before the old one lets go.
+    /// Without private mounts there is nothing to protect.
+    pub(crate) fn hold_site_databases(&self) {
+        let (Some(shim), Ok(())) = (&self.launcher.shim, &self.launcher.private_mounts) else {
+            return;
+        };
+        match crate::view::DatabaseHolder::start(shim, &self.paths, &self.manifest) {
+            Ok(holder) => {
+                // The new one holds its locks already: the old one may go.
+                let old = self.db_holder.lock().expect("holder lock").replace(holder);
+                drop(old);
+            }
+            Err(e) => tracing::warn!("could not start the holder of the site's databases: {e}"),
+        }
+    }
+
+    /// The state instance `id` serves (the live one unless it was started on another).
+    pub(crate) fn state_of(&self, id: &str) -> String {
+        self.instance_states
+            .lock()
+            .expect("instance states lock")
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| self.live_state())
+    }
+
+    /// Takes the watcher's latest look at every instance: findings not seen before become
+    /// events; instances that are gone are forgotten.
+    pub(crate) fn set_findings(&self, checked: Vec<(String, String, BTreeSet<Finding>)>) {
+        let mut new_events = Vec::new();
+        {
+            let mut findings = self.findings.lock().expect("findings lock");
+            let running: BTreeSet<&String> = checked.iter().map(|(id, _, _)| id).collect();
+            findings.retain(|id, _| running.contains(id));
+            for (id, state, found) in &checked {
+                let before = findings.get(id).map(|(_, f)| f.clone()).unwrap_or_default();
+                for finding in found.difference(&before) {
+                    new_events.push(crate::state_use::event_of(id, state, finding));
+                }
+                findings.insert(id.clone(), (state.clone(), found.clone()));
+            }
+        }
+        for event in new_events {
+            self.record(event);
+        }
+    }
+
+    /// What the owner must know about the site now, in sentences: state the instances use
+    /// that is not backed up or not the live copy, and what this machine cannot do.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(why) = &self.launcher.private_mounts {
+            out.push(EventKind::PrivateMountsUnavailable { why: why.clone() }.describe());
+        }
+        let findings = self.findings.lock().expect("findings lock");
+        for (id, (state, found)) in findings.iter() {
+            for finding in found {
+                out.push(crate::state_use::event_of(id, state, finding).describe());
+            }
+        }
+        out
     }
 
     pub(crate) fn set_live_state(&self, state: &str) {
@@ -226,6 +315,7 @@ impl Site {
             instances,
             state: self.live_state(),
             capture: None,
+            warnings: self.warnings(),
         }
     }
 

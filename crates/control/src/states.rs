@@ -210,8 +210,11 @@ pub fn delete(
     };
     for state in chosen {
         if state.name == SITE_STATE {
+            // Emptied, not removed: these paths are where instances of a restored state see
+            // its copy (bind mounts), and removing a mount point detaches the mounts on it in
+            // every instance. Empty files and dirs are all that is left.
             for path in site_state_paths(&paths.state_dir(SITE_STATE), spec) {
-                remove_any(&path)?;
+                empty_in_place(&path)?;
             }
         } else {
             let states = paths.states();
@@ -300,6 +303,29 @@ fn size_of(path: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Frees what `path` holds but keeps the path: a file is truncated to nothing, a directory
+/// loses its contents. A symlink is removed (it is never a mount point).
+fn empty_in_place(path: &Path) -> Result<(), ControlError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let entries = std::fs::read_dir(path).map_err(ControlError::io("list", path))?;
+            for entry in entries {
+                let entry = entry.map_err(ControlError::io("list", path))?;
+                remove_any(&entry.path())?;
+            }
+            Ok(())
+        }
+        Ok(meta) if meta.is_file() => std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(0))
+            .map_err(ControlError::io("empty", path)),
+        Ok(_) => remove_any(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ControlError::io("look at", path)(e)),
+    }
 }
 
 fn remove_any(path: &Path) -> Result<(), ControlError> {
@@ -449,9 +475,21 @@ mod tests {
         let report = delete(&paths, &spec, chosen, new.previous.clone()).unwrap();
         assert_eq!(report.freed_bytes, 227);
         assert_eq!(report.previous, None);
-        assert!(!dir.path().join("data/app.db").exists());
-        assert!(!dir.path().join("data/app.db-wal").exists());
-        assert!(!dir.path().join("data/uploads").exists());
+        // Emptied in place: they are the mount points of the live state's instances.
+        let size = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().len();
+        assert_eq!(size("data/app.db"), 0);
+        assert_eq!(size("data/app.db-wal"), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("data/uploads"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let again = list(&paths, &spec, &new).unwrap();
+        assert!(
+            again.iter().all(|s| s.name != "site"),
+            "an emptied site state is not listed: {again:?}"
+        );
         assert!(
             dir.path().join("data/keep.txt").exists(),
             "only the manifest's state paths are deleted from the site dir"

@@ -86,6 +86,9 @@ pub enum EventKind {
         state: String,
         previous: String,
         credentials_rotated: bool,
+        /// The accounts the credentials hook said it rotated (`rotated: NAME` lines).
+        #[serde(default)]
+        rotated: Vec<String>,
     },
     /// A rewind stopped before going live; the live site was not changed.
     RewindFailed { to: String, why: String },
@@ -96,6 +99,27 @@ pub enum EventKind {
         names: Vec<String>,
         freed_bytes: u64,
     },
+    /// An instance could not be started at all (its state could not be prepared).
+    InstanceStartFailed { instance: String, why: String },
+    /// This machine does not let Lifeboat show a restored state at the site's own paths, so
+    /// after a rewind instances find it only through `$LIFEBOAT_STATE_DIR`.
+    PrivateMountsUnavailable { why: String },
+    /// An instance writes a file (or holds a SQLite database) that is not part of the declared
+    /// `[state]`: it is not backed up and a rewind will not bring it back.
+    WritesOutsideState {
+        instance: String,
+        path: String,
+        sqlite: bool,
+    },
+    /// An instance holds a database of the declared state that is not the copy it should
+    /// serve (`state`): it does not serve the live data.
+    WrongStateCopy {
+        instance: String,
+        path: String,
+        state: String,
+    },
+    /// A database was switched to WAL mode so it can be captured.
+    WalEnabled { database: String, previous: String },
 }
 
 impl EventKind {
@@ -182,11 +206,12 @@ impl EventKind {
                 state,
                 previous,
                 credentials_rotated,
+                rotated,
             } => {
-                let creds = if *credentials_rotated {
-                    ", credentials rotated"
-                } else {
-                    ""
+                let creds = match (credentials_rotated, rotated.is_empty()) {
+                    (true, true) => ", credentials rotated".to_string(),
+                    (true, false) => format!(", credentials rotated for {}", rotated.join(", ")),
+                    (false, _) => String::new(),
                 };
                 format!(
                     "rewound to {to}: serving {state}{creds}; {previous} kept for `rewind --undo`"
@@ -203,6 +228,35 @@ impl EventKind {
                 names.join(", "),
                 freed_bytes.div_ceil(1 << 20)
             ),
+            EventKind::InstanceStartFailed { instance, why } => {
+                format!("{instance} could not start: {why}")
+            }
+            EventKind::PrivateMountsUnavailable { why } => format!(
+                "restored states can not be shown at the site's own paths on this machine ({why}); \
+                 after a rewind instances find them only through $LIFEBOAT_STATE_DIR"
+            ),
+            EventKind::WritesOutsideState {
+                instance,
+                path,
+                sqlite,
+            } => {
+                let what = if *sqlite { "a SQLite database at " } else { "" };
+                format!(
+                    "{instance} writes {what}{path}, which is not in [state]: it is not backed up \
+                     (add it to [state] in lifeboat.toml)"
+                )
+            }
+            EventKind::WrongStateCopy {
+                instance,
+                path,
+                state,
+            } => format!(
+                "{instance} has {path} open, but not the copy of the state it serves ({state}): \
+                 it does not serve the live data"
+            ),
+            EventKind::WalEnabled { database, previous } => {
+                format!("{database} switched from {previous} to WAL mode so it can be captured")
+            }
         }
     }
 }

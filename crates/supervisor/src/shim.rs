@@ -56,7 +56,7 @@ impl Sandbox {
 
     /// The sandbox from `--bind FROM TO` values, flattened in order.
     pub fn from_bind_values(values: Vec<PathBuf>) -> io::Result<Sandbox> {
-        if values.len() % 2 != 0 {
+        if !values.len().is_multiple_of(2) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "--bind takes two paths: FROM TO",

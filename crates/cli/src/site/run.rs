@@ -11,7 +11,8 @@ use lifeboat_control::{ControlClient, ControlError, UpOptions, logs, start_site}
 use lifeboat_core::status::parse_scale_arg;
 
 use super::{
-    EventsArgs, InstanceArgs, LogsArgs, MaintenanceCommand, ScaleArgs, UpArgs, output, shown,
+    EventsArgs, ExecArgs, InstanceArgs, LogsArgs, MaintenanceCommand, ScaleArgs, UpArgs, output,
+    shown,
 };
 use crate::Global;
 
@@ -191,6 +192,39 @@ pub(super) async fn down(dir: &Path, global: &Global) -> anyhow::Result<ExitCode
         println!("stopped the site in {}", shown(dir));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lifeboat exec -- CMD`: asks the daemon (or, when none runs, the store) how the site's
+/// processes see the live state, then becomes the command in that view. The process is
+/// replaced, so the command owns the terminal, its signals and the exit code.
+pub(super) fn exec(dir: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let shim =
+        std::env::current_exe().context("could not find the lifeboat binary to run the command")?;
+    let view = {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            match ControlClient::for_site(dir) {
+                Ok(client) => client.exec_view(args.process.as_deref()).await,
+                Err(ControlError::NotRunning { .. }) => {
+                    lifeboat_control::view::offline_view(dir, args.process.as_deref(), &shim).await
+                }
+                Err(e) => Err(e),
+            }
+        })?
+    };
+    // The command is the shim's to run; its parent (our parent, once we are replaced) is the
+    // one it must outlive no longer than.
+    let parent = nix::unistd::getppid().as_raw().to_string();
+    let err = std::process::Command::new(&shim)
+        .args(view.shim_args(&args.command))
+        .current_dir(&view.dir)
+        .envs(view.env.iter().map(|(k, v)| (k, v)))
+        .env("LIFEBOAT_SUPERVISOR_PID", parent)
+        .exec();
+    Err(anyhow::anyhow!("could not run {}: {err}", shim.display()))
 }
 
 pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
