@@ -3,7 +3,8 @@
 //!
 //! The order is what keeps it safe (module doc of [`super`] for the argument):
 //!
-//! 1. everything handed out is already durable (otherwise the checkpoint is deferred);
+//! 1. everything handed out is already durable (otherwise the checkpoint is deferred), and
+//!    what was read but not handed out (after a failed shipment) is shipped first;
 //! 2. hand the pin off to the end of the log, reading the transactions committed since the
 //!    last poll, and make them durable through the caller's `ship`: the next pin may sit on
 //!    read lock 0, and then the app's next write may overwrite every frame up to it;
@@ -14,8 +15,7 @@
 //!    gives the new pin read lock 0 (everything is copied back) and the app's next write
 //!    restarts the log. If something was, go back to step 2 with the few new transactions,
 //!    a bounded number of times. What the last handoff read is shipped too (it is safe in
-//!    the log: a handoff that reads anything lands on a read lock >= 1, since everything
-//!    new lies past the old pin, which bounded copying).
+//!    the log until the next handoff anyway: module doc of [`super`]).
 //!
 //! A kill -9 at any step leaves the user's database as SQLite's own crash-safe checkpoint
 //! leaves it, and capture's position file at the last records confirmed durable: the next
@@ -55,8 +55,9 @@ impl SqliteCapture {
                 "capture must resync first (its next poll does)".to_string(),
             ));
         }
+        // Left over from a shipment that failed: durable before any handoff.
+        let mut shipped = self.ship_pending(&mut ship)?;
         self.handoff()?;
-        let mut shipped = 0;
         let mut last = (0, 0);
         for _ in 0..ROUNDS {
             // Durable before any pin that may sit on read lock 0.
@@ -71,8 +72,8 @@ impl SqliteCapture {
                 break;
             }
         }
-        // What the last handoff read is safe in the log (a handoff that reads something
-        // lands on a read lock >= 1), but ship it too, so nothing read waits for a poll.
+        // What the last handoff read is safe in the log until the next handoff (module doc),
+        // but ship it too, so nothing read waits for a poll.
         shipped += self.ship_pending(&mut ship)?;
         let (log, copied) = last;
         Ok(CheckpointReport {

@@ -56,8 +56,10 @@
 //! A handoff that may land on read lock 0 is made only once everything read before it is
 //! durable (a restart may then overwrite all of it): [`SqliteCapture::checkpoint`] ships
 //! first, and [`SqliteCapture::poll`] hands off only when nothing read is unconfirmed.
-//! What a handoff itself reads is safe either way: it lies past the old pin's mark, which
-//! bounded copying, so a handoff that reads anything lands on a read lock >= 1.
+//! What a handoff itself reads is safe either way, until the next handoff: if the new pin
+//! is on read lock 0, it began when everything was copied back, which the old pin allowed
+//! only up to what capture had read already; so the handoff reads only frames past the
+//! new pin's start (or of the next generation), which no restart can drop (fact 2).
 //!
 //! The log still restarts: [`SqliteCapture::checkpoint`] copies the log back (PASSIVE) and
 //! hands the pin off again; when no commit came in between, the new pin lands on read lock
@@ -216,7 +218,7 @@ impl SqliteCapture {
         if self.unconfirmed.is_empty() {
             // Safe only now: the new pin may sit on read lock 0, and then the app's next
             // write may overwrite every frame read before it; they are all durable. What
-            // this handoff reads is safe in any case (module `checkpoint`). One quick try:
+            // this handoff reads is safe in any case (module doc). One quick try:
             // if SQLite is busy, keep the pin and just read.
             if self.pins.begin_spare_within(Duration::ZERO).is_ok() {
                 if let Err(e) = self.read_new() {
