@@ -7,13 +7,16 @@
 //!
 //! Needs the Django + gunicorn venv that `scripts/install-test-deps` makes in `.tools/django-venv`.
 
+#[path = "fixtures/django/admin_client.rs"]
+mod admin_client;
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use admin_client::AdminSession;
 use common::{DEADLINE, Lifeboat, cli_from};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -182,20 +185,14 @@ impl DjangoSite {
             .collect()
     }
 
-    /// `lifeboat restore-site --to latest --into DIR` (the live site untouched): the groups in
-    /// the newest moment the vault holds, or what lifeboat said when it could not restore.
-    fn groups_at_latest(&self) -> Result<BTreeSet<String>, String> {
+    /// `lifeboat restore-site --to TO --into DIR` (the live site untouched): the groups at that
+    /// moment, or what lifeboat said when it could not restore.
+    fn groups_at(&self, to: &str) -> Result<BTreeSet<String>, String> {
         let into = self.parent().join(format!(
             "restored-{}",
             OffsetDateTime::now_utc().unix_timestamp_nanos()
         ));
-        let out = self.lifeboat(&[
-            "restore-site",
-            "--to",
-            "latest",
-            "--into",
-            into.to_str().unwrap(),
-        ]);
+        let out = self.lifeboat(&["restore-site", "--to", to, "--into", into.to_str().unwrap()]);
         if !out.status.success() {
             return Err(format!(
                 "restore-site failed ({}): {}{}",
@@ -212,7 +209,7 @@ impl DjangoSite {
     fn wait_captured(&self, lifeboat: &Lifeboat, name: &str) -> BTreeSet<String> {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let latest = self.groups_at_latest();
+            let latest = self.groups_at("latest");
             if let Ok(groups) = &latest
                 && groups.contains(name)
             {
@@ -233,215 +230,6 @@ impl DjangoSite {
 /// Waits until lifeboat reports capture running on the live state.
 fn wait_capturing(lifeboat: &Lifeboat) {
     lifeboat.wait_for_status("capture to run", |s| s["capture"]["running"] == true);
-}
-
-/// A browser-like client of the Django admin through the front door: it keeps cookies and
-/// sends the CSRF token, Referer and Origin that Django's CSRF check asks of a POST.
-struct AdminSession {
-    http: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
-}
-
-/// A response, read whole.
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
-}
-
-impl AdminSession {
-    fn new(base: &str) -> AdminSession {
-        AdminSession {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            base: base.trim_end_matches('/').to_string(),
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    /// Logs in through /admin/login/; None when Django refuses the credentials.
-    async fn login(base: &str, user: &str, password: &str) -> Option<AdminSession> {
-        let mut session = AdminSession::new(base);
-        let form = session.get("/admin/login/").await;
-        assert_eq!(form.status, 200, "GET /admin/login/: {}", form.body);
-        let token = csrf_token(&form.body);
-        let page = session
-            .post(
-                "/admin/login/?next=/admin/",
-                &[
-                    ("csrfmiddlewaretoken", token.as_str()),
-                    ("username", user),
-                    ("password", password),
-                    ("next", "/admin/"),
-                ],
-            )
-            .await;
-        match page.status {
-            302 => {
-                assert_eq!(page.location.as_deref(), Some("/admin/"));
-                assert!(
-                    session.cookies.contains_key("sessionid"),
-                    "logged in without a session cookie"
-                );
-                Some(session)
-            }
-            // The form again, with "Please enter the correct username and password".
-            200 if page.body.contains("errornote") => None,
-            status => panic!(
-                "POST /admin/login/ answered {status}: {}",
-                excerpt(&page.body)
-            ),
-        }
-    }
-
-    /// Whether this session is still signed in (Django sends others to the login page).
-    async fn signed_in(&mut self) -> bool {
-        let page = self.get("/admin/auth/group/").await;
-        match page.status {
-            200 => true,
-            302 if page
-                .location
-                .as_deref()
-                .is_some_and(|l| l.starts_with("/admin/login/")) =>
-            {
-                false
-            }
-            status => panic!(
-                "GET /admin/auth/group/ answered {status}: {}",
-                excerpt(&page.body)
-            ),
-        }
-    }
-
-    /// Creates an auth group through /admin/auth/group/add/.
-    async fn add_group(&mut self, name: &str) {
-        let form = self.get("/admin/auth/group/add/").await;
-        assert_eq!(
-            form.status,
-            200,
-            "GET the add-group form: {}",
-            excerpt(&form.body)
-        );
-        let token = csrf_token(&form.body);
-        let page = self
-            .post(
-                "/admin/auth/group/add/",
-                &[
-                    ("csrfmiddlewaretoken", token.as_str()),
-                    ("name", name),
-                    ("_save", "Save"),
-                ],
-            )
-            .await;
-        assert!(
-            page.status == 302 && page.location.as_deref() == Some("/admin/auth/group/"),
-            "adding the group {name} answered {} {:?}: {}",
-            page.status,
-            page.location,
-            excerpt(&page.body)
-        );
-    }
-
-    /// The group names /admin/auth/group/ lists.
-    async fn group_names(&mut self) -> BTreeSet<String> {
-        let page = self.get("/admin/auth/group/").await;
-        assert_eq!(
-            page.status,
-            200,
-            "GET /admin/auth/group/: {}",
-            excerpt(&page.body)
-        );
-        listed_group_names(&page.body)
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let req = self.http.get(format!("{}{path}", self.base));
-        self.send(req).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("referer", format!("{}{path}", self.base))
-            .header("origin", &self.base)
-            .form(form);
-        self.send(req).await
-    }
-
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
-        let req = match self.cookie_header() {
-            Some(cookies) => req.header("cookie", cookies),
-            None => req,
-        };
-        let resp = req.send().await.expect("request through the front door");
-        for set in resp.headers().get_all("set-cookie") {
-            let set = set.to_str().unwrap();
-            let pair = set.split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            // Django deletes a cookie by setting it empty and expired.
-            if value.is_empty() || value == "\"\"" {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-        }
-        let status = resp.status().as_u16();
-        let location = resp
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_string());
-        let body = resp.text().await.expect("response body");
-        Page {
-            status,
-            location,
-            body,
-        }
-    }
-
-    fn cookie_header(&self) -> Option<String> {
-        (!self.cookies.is_empty()).then(|| {
-            self.cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-    }
-}
-
-/// The value of the form's hidden `csrfmiddlewaretoken` input.
-fn csrf_token(html: &str) -> String {
-    let marker = r#"name="csrfmiddlewaretoken" value=""#;
-    let start = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no csrfmiddlewaretoken in: {}", excerpt(html)))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_string()
-}
-
-/// The names in the admin's change list: `<th class="field-__str__"><a href="…">NAME</a></th>`.
-fn listed_group_names(html: &str) -> BTreeSet<String> {
-    html.split(r#"<th class="field-__str__">"#)
-        .skip(1)
-        .map(|cell| {
-            let link = cell.split("</a>").next().unwrap();
-            let name = link.rsplit('>').next().unwrap();
-            name.replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&#x27;", "'")
-                .replace("&amp;", "&")
-        })
-        .collect()
-}
-
-fn excerpt(body: &str) -> String {
-    body.chars().take(1500).collect()
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
@@ -598,4 +386,63 @@ async fn rewinding_a_stock_django_site_removes_the_intruders_group_and_rotates_t
         .await
         .expect("after undo the password from before the rewind logs in again");
     assert_eq!(owner.group_names().await, set(&["before", "intruder"]));
+}
+
+/// After a rewind the site dir's own database is the state kept for `--undo`, no longer the live
+/// one; the owner reading it (here: opening and closing it, as `sqlite3 db.sqlite3` does) must
+/// change neither what the site serves and captures nor what `--undo` brings back. (WAL switched
+/// on by hand: this is not about how WAL gets enabled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_site_dirs_database_after_a_rewind_loses_nothing() {
+    let site = DjangoSite::generate();
+    site.enable_wal_by_hand();
+    let lifeboat = site.up(&[]);
+    wait_capturing(&lifeboat);
+    let proxy = lifeboat.proxy.clone();
+    let mut owner = AdminSession::login(&proxy, ADMIN, ADMIN_PASSWORD)
+        .await
+        .expect("the owner logs in");
+    owner.add_group("before").await;
+    site.wait_captured(&lifeboat, "before");
+    let t = OffsetDateTime::now_utc();
+    owner.add_group("intruder").await;
+    site.lifeboat_json(&["rewind", "--to", &t.format(&Rfc3339).unwrap(), "--yes"]);
+
+    // The owner looks at the database in the site dir, the way they always have.
+    let names = DjangoSite::groups_in_copy(&site.dir());
+    assert_eq!(
+        names,
+        set(&["before", "intruder"]),
+        "the state kept for undo"
+    );
+
+    let mut owner = AdminSession::login(&proxy, ADMIN, ADMIN_PASSWORD)
+        .await
+        .expect("the owner logs in after the rewind");
+    owner.add_group("after-rewind").await;
+    assert_eq!(owner.group_names().await, set(&["before", "after-rewind"]));
+    let undo = site.lifeboat_json(&["rewind", "--undo", "--yes"]);
+    assert_eq!(undo["state"], "site", "{undo:#}");
+    // Just before the undo: every write to the rewound state was captured by then (the undo
+    // ships the old state's last writes before capture moves on).
+    let timeline = site.lifeboat_json(&["timeline"]);
+    let undone = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "rewind-undone")
+        .unwrap_or_else(|| panic!("no rewind-undone event: {timeline:#}"));
+
+    let mut owner = AdminSession::login(&proxy, ADMIN, ADMIN_PASSWORD)
+        .await
+        .expect("the owner logs in after undo");
+    let after_undo = owner.group_names().await;
+    let captured = site.groups_at(&format!("before-event:{}", undone["seq"]));
+    let seen = format!(
+        "after undo the site serves {after_undo:?}; the vault just before the undo holds \
+         {captured:?}"
+    );
+    assert_eq!(after_undo, set(&["before", "intruder"]), "{seen}");
+    assert_eq!(captured, Ok(set(&["before", "after-rewind"])), "{seen}");
 }
