@@ -50,6 +50,11 @@ pub struct UpArgs {
     /// Listen on this address instead of the manifest's `[proxy] listen`; port 0 picks a free one.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Switch the declared SQLite databases that are not in WAL mode to it (capture needs it;
+    /// the app needs no change). Without it, such a database is named on the terminal and
+    /// not captured.
+    #[arg(long)]
+    pub enable_wal: bool,
 }
 
 #[derive(Subcommand, Debug)]

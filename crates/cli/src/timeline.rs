@@ -156,7 +156,8 @@ pub fn run(cmd: TimelineCommand, global: &Global) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+/// A time as every command prints it (RFC 3339).
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 

@@ -88,6 +88,15 @@ pub struct InstanceReport {
     /// Why the last start failed, when the command could not even be spawned.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The front door's last health check of it, in words: `passed`, or what failed now
+    /// ("GET /healthz answered 400 Bad Request", "connect ... refused", "took longer than
+    /// 2s"). Always the latest check, never an older reason.
+    #[serde(default)]
+    pub health_check: Option<String>,
+    /// The state it serves: the live one, or during a rewind's switch the one it is leaving
+    /// or the restored copy it is about to serve.
+    #[serde(default)]
+    pub serves: Option<String>,
 }
 
 /// `lifeboat scale web=5`.

@@ -13,7 +13,6 @@ use lifeboat_timeline::{
 use lifeboat_vault::Repository;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{ControlError, SitePaths};
@@ -66,7 +65,8 @@ pub struct DestinationReport {
     pub last_error: Option<String>,
 }
 
-type Recorder = mpsc::UnboundedSender<(OffsetDateTime, EventKind)>;
+/// Where capture's facts go: the site's event log (and the owner's terminal for alerts).
+pub(crate) type Recorder = std::sync::Arc<dyn Fn(OffsetDateTime, EventKind) + Send + Sync>;
 
 struct Slot {
     state: String,
@@ -84,6 +84,8 @@ pub(crate) struct Capture {
     manifest: Manifest,
     options: WorkerOptions,
     integrity_interval: Duration,
+    /// Switch a database that is not in WAL mode to it (`lifeboat up --enable-wal`).
+    enable_wal: bool,
     record: Recorder,
     slot: Arc<Mutex<Slot>>,
 }
@@ -94,6 +96,7 @@ impl Capture {
         paths: SitePaths,
         manifest: Manifest,
         record: Recorder,
+        enable_wal: bool,
     ) -> Capture {
         let spec = manifest.vault.clone().expect("capture needs [vault]");
         let options = WorkerOptions {
@@ -107,6 +110,7 @@ impl Capture {
             manifest,
             options,
             integrity_interval: spec.integrity_check_interval,
+            enable_wal,
             record,
             slot: Arc::new(Mutex::new(Slot {
                 state: String::new(),
@@ -120,7 +124,7 @@ impl Capture {
     }
 
     fn emit(&self, what: EventKind) {
-        let _ = self.record.send((OffsetDateTime::now_utc(), what));
+        (self.record)(OffsetDateTime::now_utc(), what);
     }
 
     /// Starts capturing the state named `state` in the background: waits until its
@@ -144,6 +148,7 @@ impl Capture {
         );
         let site_manifest = self.paths.manifest();
         let state_name = state.to_string();
+        let enable_wal = self.enable_wal;
         {
             let mut s = slot.lock().unwrap();
             s.state = state_name.clone();
@@ -151,6 +156,7 @@ impl Capture {
         }
         let starter = tokio::spawn(async move {
             let mut last_error = String::new();
+            let mut not_wal_looks = 0u32;
             loop {
                 let missing: Vec<String> = sources
                     .databases
@@ -158,6 +164,29 @@ impl Capture {
                     .filter(|db| !state_dir.join(db).exists())
                     .map(|db| db.display().to_string())
                     .collect();
+                if missing.is_empty() {
+                    match wal_mode(&state_dir, &sources.databases, enable_wal).await {
+                        Ok(switched) => {
+                            for event in switched {
+                                record(OffsetDateTime::now_utc(), event);
+                            }
+                        }
+                        Err(not_wal) => {
+                            // Said once per distinct problem, as its own event: the owner
+                            // must act, and until then nothing of the database is captured.
+                            // Not on the first look: many apps switch to WAL as they start.
+                            let why = not_wal.describe();
+                            not_wal_looks += 1;
+                            if why != last_error && not_wal_looks > 1 {
+                                record(OffsetDateTime::now_utc(), not_wal);
+                                last_error = why.clone();
+                            }
+                            slot.lock().unwrap().waiting = Some(why);
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
+                    }
+                }
                 let attempt = if !missing.is_empty() {
                     Err(format!(
                         "waiting for the site to create {} (capture starts once it exists)",
@@ -183,12 +212,12 @@ impl Capture {
                             worker.status().recent_events,
                             record.clone(),
                         ));
-                        let _ = record.send((
+                        record(
                             OffsetDateTime::now_utc(),
                             EventKind::CaptureStarted {
                                 state: state_name.clone(),
                             },
-                        ));
+                        );
                         let mut s = slot.lock().unwrap();
                         s.worker = Some(worker);
                         s.waiting = None;
@@ -198,12 +227,12 @@ impl Capture {
                     Err(why) => {
                         let waiting_for_db = why.starts_with("waiting for the site");
                         if !waiting_for_db && why != last_error {
-                            let _ = record.send((
+                            record(
                                 OffsetDateTime::now_utc(),
                                 EventKind::CaptureError {
                                     message: why.clone(),
                                 },
-                            ));
+                            );
                         }
                         last_error = why.clone();
                         slot.lock().unwrap().waiting = Some(why);
@@ -330,6 +359,45 @@ impl Capture {
     }
 }
 
+/// Makes sure every database of the state is in WAL mode, which capture needs: switches the
+/// ones that are not when `enable` (returning the events that say so), else returns the
+/// event that says what to do.
+async fn wal_mode(
+    state_dir: &std::path::Path,
+    databases: &[PathBuf],
+    enable: bool,
+) -> Result<Vec<EventKind>, EventKind> {
+    let (state_dir, databases) = (state_dir.to_path_buf(), databases.to_vec());
+    let check = tokio::task::spawn_blocking(move || {
+        let mut switched = Vec::new();
+        for db in &databases {
+            let path = state_dir.join(db);
+            let database = db.display().to_string();
+            let mode =
+                lifeboat_capture::journal_mode(&path).map_err(|e| EventKind::CaptureError {
+                    message: format!("could not read the journal mode of {database}: {e}"),
+                })?;
+            if mode.eq_ignore_ascii_case("wal") {
+                continue;
+            }
+            if !enable {
+                return Err(EventKind::NotWalMode { database, mode });
+            }
+            let previous =
+                lifeboat_capture::enable_wal(&path).map_err(|e| EventKind::CaptureError {
+                    message: format!("could not switch {database} to WAL mode: {e}"),
+                })?;
+            switched.push(EventKind::WalEnabled { database, previous });
+        }
+        Ok(switched)
+    });
+    check.await.unwrap_or_else(|e| {
+        Err(EventKind::CaptureError {
+            message: format!("checking the journal mode stopped: {e}"),
+        })
+    })
+}
+
 /// Runs `PRAGMA quick_check` on every live database each `interval`; a failure is an event
 /// (once per distinct verdict), so the owner learns when the damage appeared.
 async fn check_integrity(
@@ -355,13 +423,13 @@ async fn check_integrity(
                 Ok(()) => reported[i] = None,
                 Err(detail) if reported[i].as_ref() != Some(&detail) => {
                     reported[i] = Some(detail.clone());
-                    let _ = record.send((
+                    record(
                         OffsetDateTime::now_utc(),
                         EventKind::IntegrityFailed {
                             database: db.display().to_string(),
                             detail,
                         },
-                    ));
+                    );
                 }
                 Err(_) => {}
             }
@@ -442,7 +510,7 @@ async fn forward_events(
             last_error = None;
         }
         if let Some(kind) = kind_of(event) {
-            let _ = record.send((at, kind));
+            record(at, kind);
         }
     };
     for (at, event) in earlier {

@@ -33,11 +33,14 @@ pub struct UpOptions {
     pub listen: Option<SocketAddr>,
     /// The program that wraps each instance so it dies with lifeboat (`lifeboat __instance`).
     pub shim: Option<PathBuf>,
+    /// Switch declared databases that are not in WAL mode to it, so they can be captured.
+    pub enable_wal: bool,
 }
 
 /// A site that is up. Call [`RunningSite::run_until`] to keep it up until a signal.
 pub struct RunningSite {
     site: Arc<Site>,
+    alerts: Option<broadcast::Receiver<String>>,
     vault_key_created: Option<PathBuf>,
     tasks: JoinSet<()>,
     forwarders: JoinSet<()>,
@@ -111,7 +114,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         .await
         .map_err(|e| ControlError::Proxy(e.to_string()))?;
     let maintenance = store.maintenance()?;
-    let (site, writer) = Site::new(
+    let (site, writer, alerts) = Site::new(
         manifest,
         paths.clone(),
         store,
@@ -129,6 +132,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     if !reaped.is_empty() {
         site.record(EventKind::LeftoversReaped { pids: reaped });
     }
+    create_missing_dirs(&site, &live);
     let mut vault_key_created = None;
     if let Some(vault) = vault {
         if vault.key_created {
@@ -143,6 +147,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
             site.paths.clone(),
             site.manifest.clone(),
             site.recorder(),
+            options.enable_wal,
         ));
         capture.start(&live);
         let _ = site.capture.set(capture);
@@ -186,6 +191,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     });
     Ok(RunningSite {
         site,
+        alerts: Some(alerts),
         vault_key_created,
         tasks,
         forwarders,
@@ -205,6 +211,12 @@ impl RunningSite {
     /// told to copy it somewhere safe).
     pub fn vault_key_created(&self) -> Option<&Path> {
         self.vault_key_created.as_deref()
+    }
+
+    /// What the owner should hear of at once, as sentences, from the start of `up` on
+    /// (capture that can not run, data not backed up, instances that can not start). Once.
+    pub fn take_alerts(&mut self) -> Option<broadcast::Receiver<String>> {
+        self.alerts.take()
     }
 
     /// The site's name from the manifest.
@@ -303,6 +315,30 @@ fn check_listen_free(paths: &SitePaths, manifest: &Manifest) -> Result<(), Contr
                 ),
             )
             .into())
+        }
+    }
+}
+
+/// A data dir declared in `[state]` that does not exist yet is created empty (and said): the
+/// app may create it later, but until then a missing dir must not keep anything else from
+/// being captured, and an owner who mistyped it hears of it.
+fn create_missing_dirs(site: &Site, live: &str) {
+    let state_dir = site.paths.state_dir(live);
+    for dir in &site.manifest.state.dirs {
+        let path = state_dir.join(dir);
+        if path.exists() {
+            continue;
+        }
+        match std::fs::create_dir_all(&path) {
+            Ok(()) => site.record(EventKind::StateDirCreated {
+                path: path.display().to_string(),
+            }),
+            Err(e) => site.record(EventKind::CaptureError {
+                message: format!(
+                    "{} (a data dir in [state]) is missing and could not be created: {e}",
+                    path.display()
+                ),
+            }),
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Site {
     pub(crate) shutdown: CancellationToken,
     shutdown_reason: Mutex<String>,
     events_tx: mpsc::UnboundedSender<(OffsetDateTime, EventKind)>,
+    /// Events the owner should hear of at once ([`EventKind::is_alert`]), as sentences.
+    alerts: tokio::sync::broadcast::Sender<String>,
     /// The last stored event's seq, for `events --follow`.
     last_seq: watch::Receiver<u64>,
     /// Continuous capture, when the manifest has a `[vault]`.
@@ -77,7 +79,7 @@ impl Site {
         supervisor: Supervisor,
         maintenance: MaintenanceState,
         launcher: crate::view::Launcher,
-    ) -> Result<(Site, EventWriter), ControlError> {
+    ) -> Result<(Site, EventWriter, tokio::sync::broadcast::Receiver<String>), ControlError> {
         let mut desired = manifest.replicas();
         for (process, n) in store.scale()? {
             if let Some(d) = desired.get_mut(&process) {
@@ -88,6 +90,8 @@ impl Site {
         let live_state = store.states()?.live;
         let (events_tx, rx) = mpsc::unbounded_channel();
         let (seq_tx, last_seq) = watch::channel(last);
+        // Subscribed from the start, so the alerts of `up` itself reach its terminal.
+        let (alerts, first_alerts) = tokio::sync::broadcast::channel(256);
         let site = Site {
             manifest,
             paths,
@@ -101,6 +105,7 @@ impl Site {
             shutdown: CancellationToken::new(),
             shutdown_reason: Mutex::new(String::new()),
             events_tx,
+            alerts,
             last_seq,
             capture: OnceLock::new(),
             live_state: Mutex::new(live_state),
@@ -118,18 +123,31 @@ impl Site {
                 last_seq: seq_tx,
                 close: CancellationToken::new(),
             },
+            first_alerts,
         ))
     }
 
     /// Records an event; it is stored durably by the event writer, in order.
     pub(crate) fn record(&self, what: EventKind) {
+        if what.is_alert() {
+            let _ = self.alerts.send(what.describe());
+        }
         // The writer only stops after the site is dropped; a failed send means shutdown.
         let _ = self.events_tx.send((OffsetDateTime::now_utc(), what));
     }
 
-    /// A sender for events recorded outside the site (capture).
-    pub(crate) fn recorder(&self) -> mpsc::UnboundedSender<(OffsetDateTime, EventKind)> {
-        self.events_tx.clone()
+    /// A recorder for events recorded outside the site (capture): they go through
+    /// [`Site::record`] too.
+    pub(crate) fn recorder(self: &std::sync::Arc<Self>) -> crate::capture::Recorder {
+        let site = std::sync::Arc::downgrade(self);
+        std::sync::Arc::new(move |at: OffsetDateTime, what: EventKind| {
+            if let Some(site) = site.upgrade() {
+                if what.is_alert() {
+                    let _ = site.alerts.send(what.describe());
+                }
+                let _ = site.events_tx.send((at, what));
+            }
+        })
     }
 
     /// The live state's name.
@@ -297,6 +315,8 @@ impl Site {
                     }),
                     next_restart_in_ms: i.next_restart_in.map(|d| d.as_millis() as u64),
                     last_error: i.last_error,
+                    health_check: backend.and_then(|b| b.last_check.clone()),
+                    serves: Some(self.state_of(&i.id)),
                     id: i.id,
                     process: i.process,
                 }

@@ -120,6 +120,10 @@ pub enum EventKind {
     },
     /// A database was switched to WAL mode so it can be captured.
     WalEnabled { database: String, previous: String },
+    /// A declared database is not in WAL mode, so nothing of it is captured.
+    NotWalMode { database: String, mode: String },
+    /// A data dir declared in `[state]` was missing and was created empty.
+    StateDirCreated { path: String },
 }
 
 impl EventKind {
@@ -257,7 +261,35 @@ impl EventKind {
             EventKind::WalEnabled { database, previous } => {
                 format!("{database} switched from {previous} to WAL mode so it can be captured")
             }
+            EventKind::NotWalMode { database, mode } => format!(
+                "{database} is in {mode} journal mode, so Lifeboat can not capture it: nothing of \
+                 it is backed up. Restart with `lifeboat up --enable-wal` to switch it to WAL mode \
+                 (SQLite's own mode; the app needs no change)"
+            ),
+            EventKind::StateDirCreated { path } => {
+                format!("{path} (a data dir in [state]) was missing; created it empty")
+            }
         }
+    }
+
+    /// Whether the owner should hear of it at once (on the terminal of `lifeboat up`), not
+    /// only in `lifeboat events`: something is not backed up, not served, or broken.
+    pub fn is_alert(&self) -> bool {
+        matches!(
+            self,
+            EventKind::CaptureError { .. }
+                | EventKind::ContinuityLost { .. }
+                | EventKind::IntegrityFailed { .. }
+                | EventKind::InstanceCrashLooping { .. }
+                | EventKind::InstanceStartFailed { .. }
+                | EventKind::PrivateMountsUnavailable { .. }
+                | EventKind::WritesOutsideState { .. }
+                | EventKind::WrongStateCopy { .. }
+                | EventKind::WalEnabled { .. }
+                | EventKind::NotWalMode { .. }
+                | EventKind::StateDirCreated { .. }
+                | EventKind::RewindFailed { .. }
+        )
     }
 }
 

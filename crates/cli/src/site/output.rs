@@ -41,7 +41,7 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             let checkpoint = c
                 .last_checkpoint
                 .as_ref()
-                .map(|k| format!(", last checkpoint {}", k.time))
+                .map(|k| format!(", last checkpoint {}", crate::timeline::rfc3339(k.time)))
                 .unwrap_or_default();
             println!(
                 "capture: running, last segment {}, lag {} ms{checkpoint}",
@@ -110,6 +110,13 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         if let Some(error) = &i.last_error {
             println!("{}: {error}", i.id);
         }
+        let unhealthy = i.state != lifeboat_core::status::InstanceState::Healthy;
+        if let Some(check) = i.health_check.as_ref().filter(|_| unhealthy) {
+            println!("{}: last health check: {check}", i.id);
+        }
+    }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
     }
 }
 

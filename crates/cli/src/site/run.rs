@@ -27,14 +27,30 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
         .init();
     let shim =
         std::env::current_exe().context("could not find the lifeboat binary to wrap instances")?;
-    let site = start_site(
+    let mut site = start_site(
         dir,
         UpOptions {
             listen: args.listen,
             shim: Some(shim),
+            enable_wal: args.enable_wal,
         },
     )
     .await?;
+    // What the owner must know goes to the terminal as it happens, not only to `events`.
+    if let Some(mut alerts) = site.take_alerts() {
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match alerts.recv().await {
+                    Ok(alert) => eprintln!("lifeboat: {alert}"),
+                    Err(RecvError::Lagged(n)) => {
+                        eprintln!("lifeboat: ({n} more warnings; see `lifeboat events`)")
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     output::up(site.name(), site.proxy_addr(), global.json);
     if let Some(key) = site.vault_key_created() {
         eprintln!(
