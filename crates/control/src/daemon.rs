@@ -104,6 +104,9 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
 
     // Can a restored state be shown to instances at the site's own paths on this machine?
     let private_mounts = match &options.shim {
+        _ if !manifest.isolation.private_mounts => {
+            Err("[isolation] private_mounts = false in lifeboat.toml".to_string())
+        }
         Some(shim) => {
             crate::view::probe_private_mounts(shim, &paths.lifeboat_dir().join("run/mount-probe"))
                 .await

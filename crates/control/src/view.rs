@@ -94,7 +94,8 @@ pub async fn offline_view(
     };
     let live = crate::store::stored_states(dir)?.live;
     let scratch = std::env::temp_dir().join(format!("lifeboat-probe-{}", std::process::id()));
-    let private = probe_private_mounts(shim, &scratch).await.is_ok();
+    let private =
+        manifest.isolation.private_mounts && probe_private_mounts(shim, &scratch).await.is_ok();
     process_view(&paths, &manifest, &live, process, private)
 }
 

@@ -18,6 +18,9 @@ use toml::Spanned;
 use crate::manifest_error::{Location, describe_toml_error};
 pub use crate::manifest_error::{ManifestError, Problem};
 
+mod isolation;
+pub use isolation::IsolationSpec;
+
 /// The manifest's usual file name, next to the site.
 pub const MANIFEST_FILE: &str = "lifeboat.toml";
 
@@ -38,6 +41,8 @@ pub struct Manifest {
     pub vault: Option<VaultSpec>,
     /// Secrets handling (`[credentials]`).
     pub credentials: CredentialsSpec,
+    /// How the site's processes are kept apart (`[isolation]`).
+    pub isolation: IsolationSpec,
 }
 
 /// One kind of program of the site, run `replicas` times, each with its own `$PORT`.
@@ -193,6 +198,8 @@ struct RawManifest {
     vault: Option<Spanned<RawVault>>,
     #[serde(default)]
     credentials: RawCredentials,
+    #[serde(default)]
+    isolation: isolation::RawIsolation,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +345,7 @@ impl Validator<'_> {
         let maintenance = self.maintenance(raw.maintenance);
         let vault = raw.vault.map(|v| self.vault(v, &state));
         let credentials = self.credentials(raw.credentials);
+        let isolation = self.isolation(raw.isolation);
         Manifest {
             site,
             processes,
@@ -346,6 +354,7 @@ impl Validator<'_> {
             maintenance,
             vault,
             credentials,
+            isolation,
         }
     }
 
