@@ -126,7 +126,9 @@ pub(crate) fn judge(
 ) -> BTreeSet<Finding> {
     let mut findings = BTreeSet::new();
     for file in held {
-        if ignored(&file.path) {
+        // The site's own files count wherever the site is (even under /tmp).
+        let in_site = file.path.starts_with(layout.site_dir);
+        if deleted(&file.path) || (!in_site && ignored(&file.path)) {
             continue;
         }
         if let Some(rel) = layout.declared(&file.path) {
@@ -141,7 +143,6 @@ pub(crate) fn judge(
             continue;
         }
         let sqlite = looks_like_sqlite(&file.path) || (file.writable && is_sqlite(file));
-        let in_site = file.path.starts_with(layout.site_dir);
         if file.writable && (sqlite || in_site) {
             findings.insert(Finding::WritesOutside {
                 path: file.path.clone(),
@@ -203,8 +204,8 @@ pub(crate) fn has_sqlite_header(file: &HeldFile) -> bool {
         .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
 
-/// Files nobody would call the site's state: devices, kernel files, temporary files, and
-/// files already deleted.
+/// Files outside the site dir nobody would call the site's state: devices, kernel files,
+/// temporary files.
 fn ignored(path: &Path) -> bool {
     const SYSTEM: [&str; 7] = [
         "/dev/",
@@ -216,7 +217,12 @@ fn ignored(path: &Path) -> bool {
         "/memfd:",
     ];
     let text = path.to_string_lossy();
-    text.ends_with(" (deleted)") || SYSTEM.iter().any(|p| text.starts_with(p))
+    SYSTEM.iter().any(|p| text.starts_with(p))
+}
+
+/// A file already deleted holds nothing anyone can restore.
+fn deleted(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(" (deleted)")
 }
 
 /// Whether the name is one SQLite gives its databases or their side files.
@@ -256,7 +262,9 @@ pub(crate) fn check_instance(site: &crate::site::Site, pid: u32, state: &str) ->
         spec: &site.manifest.state,
     };
     let held: Vec<HeldFile> = held_files(pid).into_iter().map(|(_, f)| f).collect();
-    let mut findings = judge(&layout, &held, &copy_ids(&layout), has_sqlite_header);
+    let ids = copy_ids(&layout);
+    let mut findings = judge(&layout, &held, &ids, has_sqlite_header);
+    tracing::debug!(pid, state, ?held, ?ids, ?findings, "what the instance uses");
     if site.launcher.private_mounts.is_ok() {
         for target in unseen_mounts(&layout, pid) {
             findings.insert(Finding::WrongCopy { path: target });
@@ -368,6 +376,37 @@ mod tests {
     }
 
     #[test]
+    fn a_site_under_tmp_is_judged_like_any_other() {
+        let spec = spec();
+        let layout = StateLayout {
+            site_dir: Path::new("/tmp/site"),
+            state_dir: Path::new("/tmp/site/.lifeboat/states/n"),
+            spec: &spec,
+        };
+        let ids: HashMap<PathBuf, FileId> = [("db.sqlite3".into(), (1, 10))].into_iter().collect();
+        let files = [
+            held("/tmp/site/db.sqlite3", (1, 77), true),
+            held("/tmp/site/other.db", (1, 78), true),
+            held("/tmp/scratch.db", (1, 79), true),
+        ];
+        let found: Vec<Finding> = judge(&layout, &files, &ids, |_| false)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            found,
+            [
+                Finding::WritesOutside {
+                    path: "/tmp/site/other.db".into(),
+                    sqlite: true
+                },
+                Finding::WrongCopy {
+                    path: "/tmp/site/db.sqlite3".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn a_database_of_the_state_that_is_another_copy_is_named() {
         let files = [held("/site/db.sqlite3", (1, 77), true)];
         assert_eq!(
@@ -404,5 +443,25 @@ mod tests {
                 },
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn held_files_sees_a_file_this_process_holds_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.db");
+        let _file = std::fs::File::create(&path).unwrap();
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        let held = held_files(pgid);
+        let found = held
+            .iter()
+            .find(|(_, f)| f.path == path)
+            .unwrap_or_else(|| panic!("{} not in {held:?}", path.display()));
+        assert!(found.1.writable);
+        assert!(found.1.id.is_some());
     }
 }

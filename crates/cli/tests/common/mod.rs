@@ -107,13 +107,35 @@ impl Lifeboat {
 
     /// [`Lifeboat::up`] with extra environment for lifeboat (and so its instances).
     pub fn up_with_env(site: &Path, env: &[(&str, &str)]) -> Lifeboat {
+        Lifeboat::up_as_user_would(None, site, &[], env)
+    }
+
+    /// `lifeboat up SITE_ARG --listen 127.0.0.1:0 EXTRA...` run from `cwd` (SITE_ARG may then be
+    /// relative to it, as a user types it), with extra environment. Its output goes to
+    /// `lifeboat-up.log` in the site dir.
+    pub fn up_as_user_would(
+        cwd: Option<&Path>,
+        site_arg: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Lifeboat {
+        let site = match cwd {
+            Some(cwd) => cwd.join(site_arg),
+            None => site_arg.to_path_buf(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(site.join("lifeboat-up.log"))
             .expect("log file");
         let mut cmd = Command::new(lifeboat_bin());
-        cmd.arg("up").arg(site).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("up")
+            .arg(site_arg)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
         cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
@@ -121,7 +143,7 @@ impl Lifeboat {
         let child = cmd.spawn().expect("start lifeboat");
         let mut lifeboat = Lifeboat {
             child: Some(child),
-            site: site.to_path_buf(),
+            site,
             proxy: String::new(),
             seen_pids: Mutex::new(BTreeSet::new()),
         };
