@@ -50,6 +50,7 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_output();
     let cli = Cli::parse();
     let global = Global {
         dir: cli.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
@@ -67,4 +68,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lifeboat status | head -3` closes our stdout early. Rust's `println!` then panics with
+/// "failed printing to stdout: Broken pipe"; a command-line tool should just stop, as `cat`
+/// does (exit status 141 = killed by SIGPIPE, what shells expect).
+fn quiet_on_closed_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

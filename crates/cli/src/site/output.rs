@@ -35,6 +35,10 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             "live state: {} (a rewound copy; `lifeboat rewind --undo` goes back)",
             report.state
         );
+        println!(
+            "  the site dir's own data is the state kept for undo: run commands against the \
+             live data with `lifeboat exec -- CMD`"
+        );
     }
     if let Some(c) = &report.capture {
         if c.running {
@@ -198,7 +202,7 @@ pub(super) fn events(events: &[Event], json: bool, lines: bool) {
             println!("{}", serde_json::to_string(e).expect("events serialize"));
         } else {
             let format = time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]Z"
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
             );
             let at = e.at.format(&format).unwrap_or_default();
             println!("{at}  {}", e.what.describe());
