@@ -238,8 +238,16 @@ impl RunningSite {
             _ = self.site.shutdown.cancelled() => {}
         }
         let site = self.site;
-        // Front door first: no new request may reach an instance that is being stopped.
-        site.proxy.shutdown().await;
+        // Front door first: no new request may reach an instance that is being stopped. Its
+        // open requests get the longest stop timeout to finish; a client that never reads its
+        // response must not keep `down` waiting.
+        let cut = site
+            .proxy
+            .shutdown_within(site.longest_stop_timeout())
+            .await;
+        if cut > 0 {
+            tracing::warn!("{cut} connection(s) still busy after the stop timeout were closed");
+        }
         site.supervisor.stop_all().await;
         // The last writes of the stopped instances are shipped before lifeboat exits.
         if let Some(capture) = site.capture.get() {
@@ -437,7 +445,7 @@ async fn reconcile_loop(site: Arc<Site>) {
                     stops.spawn(async move {
                         // Out of the balancer first; stop only once its requests are done.
                         // (A no-op for instances that never were in the front door.)
-                        site.proxy.remove_backend(&id).await;
+                        site.drain(&id).await;
                         site.supervisor.stop(&id).await;
                     });
                 }

@@ -447,12 +447,13 @@ async fn switch_to(
     site.set_live_state(state);
     let drained = site.proxy.promote_staged();
     let capture = site.capture.get().cloned();
-    drained.await;
+    // The old instances' requests get the stop timeout to finish, not for ever.
+    drained.within(site.longest_stop_timeout()).await;
     let mut stops = tokio::task::JoinSet::new();
     for id in old {
         let site = site.clone();
         stops.spawn(async move {
-            site.proxy.remove_backend(&id).await;
+            site.drain(&id).await;
             site.supervisor.stop(&id).await;
         });
     }
@@ -480,7 +481,10 @@ async fn switch_to(
 /// Takes the staged instances out of the front door and stops them: the switch is off and
 /// the live site stays as it was.
 async fn abandon(site: &Site, staged: &[String]) {
-    site.proxy.discard_staged().await;
+    site.proxy
+        .discard_staged()
+        .within(site.longest_stop_timeout())
+        .await;
     site.proxy.set_preview_token(None);
     for id in staged {
         site.supervisor.stop(id).await;

@@ -188,6 +188,42 @@ impl Site {
         }
     }
 
+    /// How long instance `id` gets to finish its requests when it is stopped: its process's
+    /// `stop_timeout` (the longest of all for an unknown id).
+    pub(crate) fn stop_timeout_of(&self, id: &str) -> Duration {
+        parse_instance_id(id)
+            .and_then(|(process, _)| self.manifest.processes.get(process))
+            .map(|p| p.stop_timeout)
+            .unwrap_or_else(|| self.longest_stop_timeout())
+    }
+
+    /// The longest `stop_timeout` of the site's processes: what a drain of all of them gets.
+    pub(crate) fn longest_stop_timeout(&self) -> Duration {
+        self.manifest
+            .processes
+            .values()
+            .map(|p| p.stop_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Takes instance `id` out of the front door and waits for its requests, at most its stop
+    /// timeout; then closes the connections of the requests still running (a client that never
+    /// reads its response must not hold a scale-down, a rewind or `down` for ever).
+    pub(crate) async fn drain(&self, id: &str) {
+        let drained = self
+            .proxy
+            .remove_backend(id)
+            .within(self.stop_timeout_of(id))
+            .await;
+        if drained.cut > 0 {
+            tracing::warn!(
+                "{id}: {} request(s) still running after its stop timeout were cut",
+                drained.cut
+            );
+        }
+    }
+
     /// The state instance `id` serves (the live one unless it was started on another).
     pub(crate) fn state_of(&self, id: &str) -> String {
         self.instance_states
