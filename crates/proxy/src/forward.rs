@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::{ClientBody, ClientBodyError, Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
-use crate::headers::{add_forwarded, refusal, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{add_forwarded, refusal, scan, strip_hop_by_hop, wants_upgrade};
 use crate::idle::{Activity, GaveUp};
 use crate::maintenance::{carries_token, strip_owner_tokens};
 use crate::pool::{self, Sender};
@@ -65,7 +65,8 @@ pub(crate) async fn handle(
     client: Arc<Client>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if let Some(why) = refusal(request.method(), request.version(), request.headers()) {
+    let found = scan(request.headers());
+    if let Some(why) = refusal(request.method(), request.version(), &found) {
         return Ok(bad_request_response(why));
     }
     if let Some(gate) = shared.maintenance.load().as_deref()
@@ -82,11 +83,15 @@ pub(crate) async fn handle(
             .is_some_and(|token| carries_token(request.headers(), token))
     });
 
-    let upgrade = wants_upgrade(request.headers());
+    let upgrade = found.hop_by_hop && wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    strip_owner_tokens(&mut parts.headers);
+    if found.hop_by_hop {
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+    }
+    if found.owner_token {
+        strip_owner_tokens(&mut parts.headers);
+    }
     add_forwarded(&mut parts.headers, &client.ip_header, client.trusted);
     to_origin_form(&mut parts.uri);
     let has_key = has_idempotency_key(&parts.headers);

@@ -18,7 +18,7 @@ pub const BYPASS_HEADER: &str = "x-lifeboat-bypass";
 /// Cookie carrying the bypass token.
 pub const BYPASS_COOKIE: &str = "lifeboat_bypass";
 
-static BYPASS_HEADER_NAME: HeaderName = HeaderName::from_static(BYPASS_HEADER);
+pub(crate) static BYPASS_HEADER_NAME: HeaderName = HeaderName::from_static(BYPASS_HEADER);
 
 /// A [`Maintenance`] prepared for serving: the page is shared bytes, headers are pre-built.
 #[derive(Debug)]
@@ -95,19 +95,23 @@ pub(crate) fn carries_token(headers: &HeaderMap, token: &[u8]) -> bool {
     })
 }
 
+/// Whether a `Cookie` header may carry the bypass cookie (its name appears in it).
+pub(crate) fn may_hold_bypass_cookie(value: &HeaderValue) -> bool {
+    contains(value.as_bytes(), BYPASS_COOKIE.as_bytes())
+}
+
 /// Removes the owner's token from a request before it goes to the site: the
 /// `X-Lifeboat-Bypass` header and the `lifeboat_bypass` cookie (other cookies are kept, in
 /// order), whatever their value. The site is untrusted (it must never learn the maintenance
 /// bypass or the rewind preview token, which would let it, or whoever reads its logs, past
-/// the owner's gates). Call it after the gate and the preview lane have been decided.
+/// the owner's gates). Call it after the gate and the preview lane have been decided, for a
+/// request whose [`crate::headers::Scan`] found a token (the others have none to remove).
 pub(crate) fn strip_owner_tokens(headers: &mut HeaderMap) {
     headers.remove(&BYPASS_HEADER_NAME);
-    // Most requests carry no such cookie: one scan of the cookie bytes, and the map is changed
-    // only when it is there.
     let carries_cookie = headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|value| contains(value.as_bytes(), BYPASS_COOKIE.as_bytes()));
+        .any(may_hold_bypass_cookie);
     if !carries_cookie {
         return;
     }
