@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{Id, Keys};
 use crate::error::{Error, Result};
 
-/// The repository format version this code writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format version this code writes and the newest it reads. Version 2 added
+/// owners (`uid`, `gid`) to tree nodes; version-1 repositories are read and written as they
+/// are (see docs/vault-format.md, "Versions").
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Largest blob (chunk or tree) we accept when decompressing; guards against zip bombs.
 pub const MAX_BLOB_LEN: usize = 64 << 20;
@@ -186,6 +188,13 @@ pub struct Node {
     /// Link target (symlinks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Numeric owner (format version 2); `None` when not recorded (version 1, or a writer
+    /// that supplied none). Set-id bits are restored only along with the recorded owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Numeric group (format version 2), like `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// A directory listing, stored as a tree blob. Nodes are sorted by name.

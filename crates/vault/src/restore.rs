@@ -10,12 +10,17 @@
 //! its first piece arrives and renamed into place, with its metadata, as soon as its last piece
 //! is written. A blob whose copy fails its check is read again from the other destinations.
 //! Files already present with identical content are kept.
+//!
+//! The target may be writable by other local users: temporary names are random and created
+//! exclusively, nothing is opened through a link, and ownership and set-id bits follow the
+//! rule in [`fs`].
+mod fs;
+
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rayon::prelude::*;
@@ -25,6 +30,7 @@ use crate::crypto::{Id, Unpacker};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{Node, NodeKind};
 use crate::repo::{BlobLocation, Repository, pack_key};
+use fs::Owners;
 
 /// Files kept open at once while partly written; past this, a file is closed after each
 /// write and reopened for the next, so a snapshot of any size needs few descriptors.
@@ -139,6 +145,8 @@ struct Job {
     /// Past this many open files, a partly written file is closed after each write.
     max_open: usize,
     overwrite: bool,
+    /// Whose files this restore can make (decides ownership and set-id bits).
+    owners: Owners,
     /// Set on the first error: workers stop taking new work.
     stop: AtomicBool,
     written: AtomicU64,
@@ -236,11 +244,10 @@ impl Job {
         let mut h = out.handle.lock().unwrap();
         let file = match &*h {
             Handle::Open(f) => return Ok(f.clone()),
-            Handle::Absent => std::fs::File::create(&out.tmp).ctx("creating", &out.tmp)?,
-            Handle::Closed => std::fs::File::options()
-                .write(true)
-                .open(&out.tmp)
-                .ctx("reopening", &out.tmp)?,
+            // Created exclusively under a random name: a link or file planted in the target
+            // by someone else makes this fail instead of being written through.
+            Handle::Absent => fs::create_private(&out.tmp).ctx("creating", &out.tmp)?,
+            Handle::Closed => fs::open_existing(&out.tmp).ctx("reopening", &out.tmp)?,
             Handle::Done => {
                 return Err(Error::Corrupt(format!(
                     "{} was written past its last piece",
@@ -264,7 +271,7 @@ impl Job {
             *h = Handle::Closed;
         }
         let node = &self.files[fi].node;
-        set_file_meta(file, node).ctx("setting metadata of", &out.tmp)?;
+        fs::set_meta(file, node, self.owners, &out.dest)?;
         // Start writing the file back now (fadvise DONTNEED writes dirty pages out and drops
         // only clean ones), so the disk works while later files are opened and the final
         // syncfs has little left to wait for. Only a hint: failure changes nothing.
@@ -277,7 +284,7 @@ impl Job {
             );
         }
         if self.overwrite {
-            remove_if_not_file(&out.dest)?;
+            fs::remove_if_not_file(&out.dest)?;
         }
         std::fs::rename(&out.tmp, &out.dest).ctx("renaming into place", &out.dest)?;
         *out.handle.lock().unwrap() = Handle::Done;
@@ -419,9 +426,10 @@ impl Repository {
             }
         }
         std::fs::create_dir_all(target).ctx("creating the restore target", target)?;
+        let owners = Owners::of_this_process();
         let mut summary = RestoreSummary::default();
         for (rel, _) in &plan.dirs {
-            make_dir(&target.join(rel))?;
+            fs::make_dir(&target.join(rel))?;
             summary.dirs += 1;
         }
         let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
@@ -448,6 +456,8 @@ impl Repository {
         };
 
         // Where each blob goes, and which packs hold them (each pack is read once).
+        // Temporary names carry a random tag no other user can guess in advance.
+        let tmp_tag = hex::encode(crate::crypto::random_bytes::<8>());
         let mut outs = Vec::with_capacity(files.len());
         let mut pieces: HashMap<Id, Vec<Piece>> = HashMap::new();
         let mut packs: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
@@ -492,8 +502,7 @@ impl Repository {
                 }
                 let dest = target.join(&f.rel);
                 outs.push(Some(OutFile {
-                    tmp: dest
-                        .with_file_name(format!(".lifeboat-restore-{}-{i}", std::process::id())),
+                    tmp: dest.with_file_name(format!(".lifeboat-restore-{tmp_tag}-{i}")),
                     dest,
                     left: AtomicUsize::new(f.node.content.len()),
                     handle: Mutex::new(Handle::Absent),
@@ -510,6 +519,7 @@ impl Repository {
             open_files: AtomicUsize::new(0),
             max_open,
             overwrite: opts.overwrite,
+            owners,
             stop: AtomicBool::new(false),
             written: AtomicU64::new(0),
             progress,
@@ -556,30 +566,24 @@ impl Repository {
         for (f, out) in job.files.iter().zip(&job.outs) {
             if out.is_none() {
                 let dest = target.join(&f.rel);
-                let file = std::fs::File::options()
-                    .write(true)
-                    .open(&dest)
-                    .ctx("opening", &dest)?;
-                set_file_meta(&file, &f.node).ctx("setting metadata of", &dest)?;
+                let file = fs::open_existing(&dest).ctx("opening", &dest)?;
+                fs::set_meta(&file, &f.node, owners, &dest)?;
             }
         }
+        // Links last: nothing this restore writes afterwards goes through a path that has a
+        // link in it (the directories' metadata is set through descriptors opened without
+        // following links).
         for (rel, node) in &plan.symlinks {
             let dest = target.join(rel);
             if std::fs::symlink_metadata(&dest).is_ok() {
-                remove_entry(&dest)?;
+                fs::remove_entry(&dest)?;
             }
-            std::os::unix::fs::symlink(node.target.as_deref().unwrap_or(""), &dest)
-                .ctx("creating the symlink", &dest)?;
+            fs::make_symlink(&dest, node, owners)?;
             summary.symlinks += 1;
         }
         // Directory metadata last, deepest first, so writing inside does not change it.
         for (rel, node) in plan.dirs.iter().rev() {
-            let dest = target.join(rel);
-            let f = std::fs::File::open(&dest).ctx("opening", &dest)?;
-            f.set_modified(to_time(node.mtime_ns))
-                .ctx("setting the mtime of", &dest)?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(node.mode))
-                .ctx("setting permissions of", &dest)?;
+            fs::set_dir_meta(&target.join(rel), node, owners)?;
         }
         let root = std::fs::File::open(target).ctx("opening", target)?;
         nix::unistd::syncfs(&root).map_err(|e| Error::Io {
@@ -588,51 +592,6 @@ impl Repository {
             source: e.into(),
         })?;
         Ok(summary)
-    }
-}
-
-fn to_time(ns: i128) -> std::time::SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos((-ns) as u64)
-    }
-}
-
-fn set_file_meta(file: &std::fs::File, node: &Node) -> std::io::Result<()> {
-    file.set_permissions(std::fs::Permissions::from_mode(node.mode))?;
-    file.set_modified(to_time(node.mtime_ns))
-}
-
-fn make_dir(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            // Make sure we can write inside even if a previous restore made it read-only.
-            let mode = m.permissions().mode() | 0o700;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .ctx("making writable", path)
-        }
-        Ok(_) => {
-            remove_entry(path)?;
-            std::fs::create_dir(path).ctx("creating", path)
-        }
-        Err(_) => std::fs::create_dir(path).ctx("creating", path),
-    }
-}
-
-fn remove_entry(path: &Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(path).ctx("reading", path)?;
-    if m.is_dir() {
-        std::fs::remove_dir_all(path).ctx("removing", path)
-    } else {
-        std::fs::remove_file(path).ctx("removing", path)
-    }
-}
-
-fn remove_if_not_file(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.is_file() => remove_entry(path),
-        _ => Ok(()),
     }
 }
 
@@ -649,7 +608,7 @@ fn same_content(
     if !m.is_file() || m.len() != node.size {
         return false;
     }
-    let Ok(file) = std::fs::File::open(path) else {
+    let Ok(file) = fs::open_for_reading(path) else {
         return false;
     };
     match crate::writer::chunk_ids(&repo.keys, p, file, m.len()) {
@@ -684,7 +643,11 @@ mod tests {
         for (name, data) in &files {
             std::fs::write(src.join(name), data).unwrap();
         }
-        std::fs::set_permissions(src.join("big-1.bin"), PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            src.join("big-1.bin"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
 
         let opts = OpenOptions {
             spool_dir: Some(t.path().join("spool")),
@@ -719,10 +682,11 @@ mod tests {
                 "{name} differs"
             );
         }
-        let mode = std::fs::metadata(out.join("big-1.bin"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(out.join("big-1.bin"))
+                .unwrap()
+                .permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         let names: Vec<_> = std::fs::read_dir(&out)
             .unwrap()

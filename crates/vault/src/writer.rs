@@ -35,6 +35,10 @@ pub struct EntryMeta {
     /// For change detection by later backups; 0 when unknown.
     pub inode: u64,
     pub ctime_ns: i128,
+    /// Numeric owner and group; `None` when unknown. A restore gives set-id bits back only
+    /// to an entry that gets back the owner recorded here.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 impl EntryMeta {
@@ -46,6 +50,8 @@ impl EntryMeta {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             inode: meta.ino(),
             ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            uid: Some(meta.uid()),
+            gid: Some(meta.gid()),
         }
     }
 }
@@ -260,6 +266,8 @@ impl SnapshotWriter {
             content: Vec::new(),
             subtree: Some(id),
             target: None,
+            uid: frame.meta.uid,
+            gid: frame.meta.gid,
         });
         Ok(())
     }
@@ -346,6 +354,8 @@ impl SnapshotWriter {
             content,
             subtree: None,
             target: None,
+            uid: meta.uid,
+            gid: meta.gid,
         });
         Ok(())
     }
@@ -376,6 +386,8 @@ impl SnapshotWriter {
             content: Vec::new(),
             subtree: None,
             target: Some(target.to_string()),
+            uid: meta.uid,
+            gid: meta.gid,
         });
         Ok(())
     }

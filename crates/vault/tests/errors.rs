@@ -44,7 +44,10 @@ async fn a_repository_of_a_newer_format_is_refused() {
     let config = t.path().join("repo/config");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("\"version\": 1", "\"version\": 7");
+        .replace(
+            &format!("\"version\": {}", lifeboat_vault::format::FORMAT_VERSION),
+            "\"version\": 7",
+        );
     std::fs::write(&config, text).unwrap();
     let before = dir_bytes(&t.path().join("repo"));
     let dest = t.path().join("repo").to_string_lossy().into_owned();
@@ -89,6 +92,8 @@ async fn crafted_snapshot(repo: &Arc<Repository>, name: &str) -> lifeboat_vault:
             content,
             subtree: None,
             target: None,
+            uid: None,
+            gid: None,
         });
         w.finish(SnapshotInfo::default()).unwrap()
     })
