@@ -131,6 +131,11 @@ async fn open_any(
                      put back the key saved with `lifeboat vault key export`, or name another destination in [vault]"
                 )));
             }
+            // Every destination was already tried for an intact copy of the key file: asking
+            // the next one would only repeat that, and "bring one back" would be wrong advice.
+            Err(e @ VaultError::DamagedKey { .. }) => {
+                return Err(ControlError::Vault(e.to_string()));
+            }
             Err(e) => last_unreachable = Some(format!("{url}: {e}")),
         }
     }

@@ -135,13 +135,14 @@ struct KeyMaterial {
     ids: String,
 }
 
-fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32]> {
+/// The key-encryption key; `Err` says why `p` or `salt` cannot be used.
+fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> std::result::Result<[u8; 32], String> {
     let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
-        .map_err(|e| Error::Corrupt(format!("key file has unusable argon2 parameters: {e}")))?;
+        .map_err(|e| format!("unusable argon2 parameters: {e}"))?;
     let mut out = [0u8; 32];
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(password, salt, &mut out)
-        .map_err(|e| Error::Corrupt(format!("argon2id failed: {e}")))?;
+        .map_err(|e| format!("argon2id failed: {e}"))?;
     Ok(out)
 }
 
@@ -163,7 +164,7 @@ impl Keys {
     /// Wraps these keys with `password`.
     pub fn wrap(&self, password: &[u8], params: KdfParams, created: String) -> Result<KeyFile> {
         let salt: [u8; 16] = random_bytes();
-        let kek = derive(password, &salt, params)?;
+        let kek = derive(password, &salt, params).map_err(Error::InvalidInput)?;
         let material = serde_json::to_vec(&KeyMaterial {
             data: hex::encode(self.data),
             ids: hex::encode(self.ids),
@@ -179,30 +180,31 @@ impl Keys {
         })
     }
 
-    /// Unwraps a key file; `None` when the password does not open it.
-    pub fn unwrap(file: &KeyFile, password: &[u8]) -> Result<Option<Keys>> {
+    /// Unwraps a key file: `Ok(None)` when the password does not open it, `Err` saying what
+    /// is wrong when the file itself cannot be used (a damaged file is not a wrong password).
+    pub fn unwrap(file: &KeyFile, password: &[u8]) -> std::result::Result<Option<Keys>, String> {
         if file.kdf != "argon2id" {
-            return Err(Error::Corrupt(format!(
-                "unknown key derivation {:?}",
-                file.kdf
-            )));
+            return Err(format!("unknown key derivation {:?}", file.kdf));
         }
-        let salt = hex::decode(&file.salt).map_err(|_| Error::Corrupt("bad key salt".into()))?;
+        let salt = hex::decode(&file.salt).map_err(|_| "its salt is not hex".to_string())?;
         let sealed =
-            hex::decode(&file.sealed_keys).map_err(|_| Error::Corrupt("bad sealed key".into()))?;
+            hex::decode(&file.sealed_keys).map_err(|_| "its sealed key is not hex".to_string())?;
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err("its sealed key is too short".into());
+        }
         let kek = derive(password, &salt, file.params)?;
         let Some(material) = open_with(&kek, &sealed, b"lifeboat-key") else {
             return Ok(None);
         };
-        let m: KeyMaterial = serde_json::from_slice(&material)
-            .map_err(|e| Error::Corrupt(format!("key material: {e}")))?;
+        let m: KeyMaterial =
+            serde_json::from_slice(&material).map_err(|e| format!("its key material: {e}"))?;
         let mut keys = Keys {
             data: [0; 32],
             ids: [0; 32],
         };
         hex::decode_to_slice(&m.data, &mut keys.data)
             .and_then(|_| hex::decode_to_slice(&m.ids, &mut keys.ids))
-            .map_err(|_| Error::Corrupt("key material is not hex".into()))?;
+            .map_err(|_| "its key material is not hex".to_string())?;
         Ok(Some(keys))
     }
 

@@ -25,6 +25,20 @@ pub enum Error {
     WrongPassword { location: String },
 
     #[error(
+        "the key file {key} of the repository at {location} is damaged ({detail}), so the password could not be checked against it; copy {key} from another destination of the repository (they all hold the same keys) or from a copy of it"
+    )]
+    DamagedKey {
+        location: String,
+        key: String,
+        detail: String,
+    },
+
+    #[error(
+        "an empty password is refused: anyone who can read the repository could open it; give a password (LIFEBOAT_PASSWORD, --password-file, or type one at the prompt)"
+    )]
+    EmptyPassword,
+
+    #[error(
         "a repository already exists at {location}; use a fresh destination or `lifeboat backup --repo {location}`"
     )]
     AlreadyExists { location: String },

@@ -141,6 +141,11 @@ impl Repository {
         if urls.is_empty() {
             return Err(Error::InvalidInput("give at least one --dest".into()));
         }
+        // The password is all that protects the keys in `keys/`: restic refuses an empty one
+        // too.
+        if password.is_empty() {
+            return Err(Error::EmptyPassword);
+        }
         let urls = urls
             .iter()
             .map(|u| crate::backend::normalize_url(u.as_ref()))
@@ -250,28 +255,7 @@ impl Repository {
             urls.insert(0, url.clone());
         }
         let dests = Destinations::open(&urls, &url, config.quorum, opts, &config.id)?;
-        let mut keys = None;
-        let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
-            location: url.clone(),
-            action: "listing",
-            key: "keys/".into(),
-            detail: e.to_string(),
-        })?;
-        for kf in keyfiles {
-            let Ok(bytes) = backend.get(&kf.key).await else {
-                continue;
-            };
-            let Ok(file) = serde_json::from_slice::<KeyFile>(&bytes) else {
-                continue;
-            };
-            if let Some(k) = Keys::unwrap(&file, password)? {
-                keys = Some(k);
-                break;
-            }
-        }
-        let keys = keys.ok_or_else(|| Error::WrongPassword {
-            location: url.clone(),
-        })?;
+        let keys = unlock(&backend, &dests, &url, password).await?;
         let repo = Repository {
             location: url,
             config,
@@ -521,6 +505,73 @@ impl Repository {
     pub fn close(&self) {
         self.dests.record_session_end();
     }
+}
+
+/// Opens the repository's keys with `password`. Key files are named by the hash of their
+/// bytes, so a damaged copy is recognised as such and read from another destination; only when
+/// every key file is intact and none opens is the password wrong.
+async fn unlock(
+    backend: &Backend,
+    dests: &Destinations,
+    url: &str,
+    password: &[u8],
+) -> Result<Keys> {
+    let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
+        location: url.to_string(),
+        action: "listing",
+        key: "keys/".into(),
+        detail: e.to_string(),
+    })?;
+    if keyfiles.is_empty() {
+        return Err(Error::DamagedKey {
+            location: url.to_string(),
+            key: "keys/".into(),
+            detail: "it holds no key file".into(),
+        });
+    }
+    let mut damaged = None;
+    for kf in keyfiles {
+        match open_key_file(dests, &kf.key, password).await {
+            Ok(Some(keys)) => return Ok(keys),
+            Ok(None) => {}
+            Err(detail) => {
+                damaged.get_or_insert((kf.key, detail));
+            }
+        }
+    }
+    match damaged {
+        // The damaged file may be the one this password opens.
+        Some((key, detail)) => Err(Error::DamagedKey {
+            location: url.to_string(),
+            key,
+            detail,
+        }),
+        None => Err(Error::WrongPassword {
+            location: url.to_string(),
+        }),
+    }
+}
+
+/// One key file, read from the first destination holding an intact copy: `Ok(None)` when the
+/// password does not open it, `Err` saying how it is damaged.
+async fn open_key_file(
+    dests: &Destinations,
+    key: &str,
+    password: &[u8],
+) -> std::result::Result<Option<Keys>, String> {
+    let id = key_id(key).ok_or("its name is not a key id")?;
+    let bytes = dests
+        .get(key, |b| Id::of_object(b) == id)
+        .await
+        .map_err(|e| match e {
+            Error::Unreadable { detail, .. } => {
+                format!("its content does not match its name: {detail}")
+            }
+            other => other.to_string(),
+        })?;
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("it is not a key file: {e}"))?;
+    Keys::unwrap(&file, password)
 }
 
 fn segment_key(stream: &str, seq: u64) -> Result<String> {
