@@ -1,7 +1,10 @@
 //! One destination's raw object storage: put, get, list, delete by key (`data/ab/abcd…`).
 //! A local directory is written with our own code so that every object is fsynced before it is
-//! renamed into place (object_store's local backend does not fsync); S3-compatible stores go
-//! through `object_store`. Nothing here knows about encryption or quorum.
+//! renamed into place (object_store's local backend does not fsync), and so that it is private
+//! to its owner (directories 0700, files 0600): `keys/` holds the password-wrapped key, which a
+//! local user who could copy it would attack offline. S3-compatible stores go through
+//! `object_store`. Nothing here knows about encryption or quorum.
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -149,6 +152,35 @@ impl Backend {
             StorePath::from(key)
         } else {
             StorePath::from(format!("{prefix}/{key}"))
+        }
+    }
+
+    /// Closes an existing local repository to other users, as this version creates them: the
+    /// top directory 0700 (which alone keeps everything below it from other users), and the
+    /// key material and the config 0600 themselves. Best effort: a repository we may read but
+    /// not change (a read-only mount, someone else's) is still opened. Objects written from now
+    /// on are private anyway (see [`write_durably`]).
+    pub fn make_private(&self) {
+        let Backend::Local(root) = self else {
+            return;
+        };
+        let tighten = |p: &Path, mode: u32| {
+            if let Ok(m) = std::fs::symlink_metadata(p)
+                && !m.file_type().is_symlink()
+                && m.permissions().mode() & 0o777 & !mode != 0
+            {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+            }
+        };
+        tighten(root, 0o700);
+        tighten(&root.join("config"), 0o600);
+        for dir in ["keys", "data", "index", "snapshots", "locks", "segments"] {
+            tighten(&root.join(dir), 0o700);
+        }
+        if let Ok(keys) = std::fs::read_dir(root.join("keys")) {
+            for k in keys.flatten() {
+                tighten(&k.path(), 0o600);
+            }
         }
     }
 
@@ -329,18 +361,28 @@ fn list_local(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Re
 }
 
 /// Writes a file so that after a crash it is either absent or complete: write a temporary
-/// file, fsync it, rename it into place, fsync the directory.
+/// file, fsync it, rename it into place, fsync the directory. The file is readable by its
+/// owner only (0600), and directories this creates are 0700: repositories and the spool hold
+/// key material and what the site stores.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("object paths have a parent");
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         path.file_name().unwrap().to_string_lossy(),
         hex::encode(crate::crypto::random_bytes::<6>())
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Exclusive: never write through something already at the temporary name.
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

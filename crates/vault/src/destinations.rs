@@ -82,11 +82,16 @@ impl Destinations {
         repo_id: &str,
     ) -> Result<Destinations> {
         let spool_root = opts.spool();
+        // Repositories made before files were private get closed to other users on their
+        // next use (never refused for it); so does this repository's part of the spool.
+        tighten_dir(&spool_root.join(repo_id));
         let mut list = Vec::new();
         for url in urls {
+            let backend = Backend::open(url, opts.s3_credentials.as_ref())?;
+            backend.make_private();
             list.push(Destination {
                 url: url.clone(),
-                backend: Backend::open(url, opts.s3_credentials.as_ref())?,
+                backend,
                 down: Mutex::new(None),
                 spool: spool_root.join(repo_id).join(slug(url)),
             });
@@ -575,6 +580,17 @@ fn intact(key: &str, bytes: &[u8]) -> bool {
         .next()
         .and_then(|name| crate::crypto::Id::from_hex(name).ok())
         .is_some_and(|id| crate::crypto::Id::of_object(bytes) == id)
+}
+
+/// Makes an existing directory 0700, best effort (see [`Backend::make_private`]).
+fn tighten_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::symlink_metadata(dir)
+        && m.is_dir()
+        && m.permissions().mode() & 0o077 != 0
+    {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
 }
 
 /// Objects and bytes waiting in a destination's spool.
