@@ -20,6 +20,8 @@ pub use crate::manifest_error::{ManifestError, Problem};
 
 mod isolation;
 pub use isolation::IsolationSpec;
+mod limits;
+pub use limits::{DEFAULT_PIDS, ResourceLimits, format_size, parse_size};
 
 /// The manifest's usual file name, next to the site.
 pub const MANIFEST_FILE: &str = "lifeboat.toml";
@@ -61,6 +63,8 @@ pub struct ProcessSpec {
     /// Whether instances serve HTTP behind the front door (`http = false` for workers: they
     /// are supervised but get no traffic and no health checks).
     pub http: bool,
+    /// What one instance may use of the machine (`memory`, `cpu`, `pids`).
+    pub limits: ResourceLimits,
 }
 
 /// The active health check of a process.
@@ -218,6 +222,9 @@ struct RawProcess {
     env: BTreeMap<String, String>,
     stop_timeout: Option<Spanned<String>>,
     http: Option<bool>,
+    memory: Option<Spanned<String>>,
+    cpu: Option<Spanned<limits::RawNumber>>,
+    pids: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -434,6 +441,14 @@ impl Validator<'_> {
             raw.stop_timeout,
             Duration::from_secs(10),
         );
+        let limits = self.limits(
+            &key,
+            limits::RawLimits {
+                memory: raw.memory,
+                cpu: raw.cpu,
+                pids: raw.pids,
+            },
+        );
         ProcessSpec {
             command,
             replicas,
@@ -441,6 +456,7 @@ impl Validator<'_> {
             env: raw.env,
             stop_timeout,
             http: raw.http.unwrap_or(true),
+            limits,
         }
     }
 

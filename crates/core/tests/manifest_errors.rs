@@ -382,3 +382,50 @@ fn a_trusted_proxy_that_is_no_address_or_block_is_refused() {
         "trusted_proxies = [\"10.0.0.5\", \"lb.example.com\", \"10.0.0.0/33\", \"::/129\"]\n"
     )));
 }
+
+// ---- resource limits ------------------------------------------------------------------------
+
+fn with_web_keys(keys: &str) -> String {
+    GOOD.replace("replicas = 3\n", &format!("replicas = 3\n{keys}"))
+}
+
+#[test]
+fn resource_limits_are_read_in_the_units_written() {
+    let m = Manifest::parse(
+        "lifeboat.toml",
+        &with_web_keys("memory = \"512MiB\"\ncpu = 1.5\npids = 200\n"),
+    )
+    .unwrap();
+    let limits = m.processes["web"].limits;
+    assert_eq!(limits.memory, Some(512 << 20));
+    assert_eq!(limits.cpu_millis, Some(1500));
+    assert_eq!(limits.pids, 200);
+    let whole_cores = Manifest::parse("lifeboat.toml", &with_web_keys("cpu = 2\n")).unwrap();
+    assert_eq!(whole_cores.processes["web"].limits.cpu_millis, Some(2000));
+}
+
+#[test]
+fn without_limits_memory_and_cpu_are_free_and_a_fork_bomb_is_still_capped() {
+    let m = Manifest::parse("lifeboat.toml", GOOD).unwrap();
+    let limits = m.processes["web"].limits;
+    assert_eq!(limits.memory, None);
+    assert_eq!(limits.cpu_millis, None);
+    assert_eq!(limits.pids, lifeboat_core::manifest::DEFAULT_PIDS);
+}
+
+#[test]
+fn resource_limits_out_of_range_or_without_a_unit_are_refused() {
+    insta::assert_snapshot!(error_for(&with_web_keys(
+        "memory = \"512\"\ncpu = 0\npids = 0\n[processes.worker]\ncommand = \"./w\"\nmemory = \"512KiB\"\ncpu = -1.5\npids = 5000000\n"
+    )));
+}
+
+#[test]
+fn a_memory_limit_written_as_a_number_names_the_type_to_write() {
+    insta::assert_snapshot!(error_for(&with_web_keys("memory = 536870912\n")));
+}
+
+#[test]
+fn a_cpu_limit_written_as_a_string_names_the_type_to_write() {
+    insta::assert_snapshot!(error_for(&with_web_keys("cpu = \"1.5\"\n")));
+}
