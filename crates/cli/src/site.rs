@@ -123,12 +123,10 @@ pub struct HoldArgs {
 
 #[derive(Args, Debug)]
 pub struct InstanceArgs {
-    /// Show FROM at TO in a private mount namespace (repeatable).
-    #[arg(long = "bind", num_args = 2, value_names = ["FROM", "TO"], allow_hyphen_values = true)]
-    pub bind: Vec<PathBuf>,
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
+    /// The sandbox (`--bind FROM TO`, `--hide DIR`, `--cgroup DIR`, `--user NAME`,
+    /// `--deny DIR`), then `--` and the command; read by `lifeboat_supervisor::shim`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
@@ -136,6 +134,8 @@ pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
         SiteCommand::Instance(args) => return run::instance(args),
         SiteCommand::Exec(args) => return run::exec(&global.dir, args),
         SiteCommand::HoldSqlite(args) => {
+            // Like the daemon: its view of the machine is none of the site's business.
+            let _ = nix::sys::prctl::set_dumpable(false);
             lifeboat_control::view::hold_databases(args.parent, &args.databases)?;
             return Ok(ExitCode::SUCCESS);
         }

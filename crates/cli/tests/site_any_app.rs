@@ -24,6 +24,7 @@ fn scratch_site(web_env: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
         .prefix("lifeboat-any-app")
         .tempdir()
         .unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = scratch.path().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(
@@ -465,6 +466,7 @@ async fn lifeboat_exec_runs_commands_on_the_live_state_as_the_processes_see_it()
 #[test]
 fn up_names_a_database_not_in_wal_mode_and_enable_wal_switches_it() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = scratch.path().join("site");
     std::fs::create_dir_all(site.join("data")).unwrap();
     std::fs::write(
@@ -519,6 +521,7 @@ fn up_names_a_database_not_in_wal_mode_and_enable_wal_switches_it() {
 #[test]
 fn status_says_why_an_instance_is_unhealthy_now() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     std::fs::write(
         scratch.path().join("lifeboat.toml"),
         "[site]\nname = \"static\"\n[processes.web]\n\

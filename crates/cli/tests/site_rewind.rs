@@ -397,6 +397,7 @@ fn integrity(db: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rewind_brings_back_exactly_the_moment_before_the_attack_with_new_credentials() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let s3 = s3::S3Server::start(&scratch.path().join("s3"), "backups");
     let local = scratch.path().join("vault-local");
     let site = site(
@@ -545,6 +546,7 @@ async fn rewind_brings_back_exactly_the_moment_before_the_attack_with_new_creden
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "e");
@@ -580,6 +582,7 @@ async fn a_bad_rewind_target_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "before");
@@ -626,6 +629,7 @@ async fn killing_lifeboat_mid_capture_leaves_no_gap_in_the_timeline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_apps_own_wal_checkpoint_loses_nothing() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");
@@ -663,6 +667,7 @@ async fn the_apps_own_wal_checkpoint_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_destination_that_was_down_catches_up_and_restores_alone() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let mut s3 = s3::S3Server::start(&scratch.path().join("s3"), "backups");
     let local = scratch.path().join("vault-local");
     let s3_url = s3.url("backups", "guestbook");
@@ -737,6 +742,7 @@ async fn a_destination_that_was_down_catches_up_and_restores_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");
@@ -834,6 +840,7 @@ async fn a_corrupted_live_database_is_reported_and_rewinding_before_it_is_clean(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forgetting_old_history_keeps_the_latest_restorable() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let manifest = site.path().join("lifeboat.toml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
@@ -890,6 +897,7 @@ async fn forgetting_old_history_keeps_the_latest_restorable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_states_are_listed_and_dropped_but_never_the_live_one() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let mut lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "s");
@@ -1010,6 +1018,7 @@ fn state_dirs(site: &Path) -> std::collections::BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_lifeboat_mid_rewind_leaves_one_whole_state_live() {
     let scratch = tempfile::tempdir().unwrap();
+    common::open_to_the_site_user(scratch.path());
     let site = local_vault_site(scratch.path());
     let lifeboat = capturing(site.path());
     let writer = Writer::start(&lifeboat.proxy, "w");

@@ -71,6 +71,7 @@ impl DjangoSite {
             .prefix("lifeboat-django")
             .tempdir()
             .expect("temp dir");
+        common::open_to_the_site_user(parent.path());
         let dir = parent.path().join(SITE);
         std::fs::create_dir(&dir).unwrap();
         run_ok(

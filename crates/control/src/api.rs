@@ -44,6 +44,9 @@ pub struct StatusReport {
     /// up or is not the live copy, capture that cannot run, protections this machine lacks.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// How the site's processes are kept away from Lifeboat's files and secrets.
+    #[serde(default)]
+    pub isolation: Option<crate::isolation::Protections>,
 }
 
 /// What `lifeboat timeline` shows.

@@ -77,6 +77,9 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         None => None,
     };
 
+    // How the site's processes run here (their user, sandbox, environment), decided once.
+    let launcher =
+        crate::isolation::Launcher::prepare(&paths, &manifest, options.shim.clone()).await?;
     let stop_timeout = manifest
         .processes
         .values()
@@ -96,23 +99,13 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
             program,
             args: vec!["__instance".to_string()],
         }),
+        base_env: Some(launcher.base_env.clone()),
     })
     .map_err(|e| ControlError::Supervisor(e.to_string()))?;
     let reaped = supervisor
         .reap_leftovers()
         .map_err(|e| ControlError::Supervisor(e.to_string()))?;
 
-    // Can a restored state be shown to instances at the site's own paths on this machine?
-    let private_mounts = match &options.shim {
-        _ if !manifest.isolation.private_mounts => {
-            Err("[isolation] private_mounts = false in lifeboat.toml".to_string())
-        }
-        Some(shim) => {
-            crate::view::probe_private_mounts(shim, &paths.lifeboat_dir().join("run/mount-probe"))
-                .await
-        }
-        None => Err("lifeboat runs without its instance shim".to_string()),
-    };
     let proxy = Proxy::start(proxy_config(&manifest))
         .await
         .map_err(|e| ControlError::Proxy(e.to_string()))?;
@@ -124,10 +117,7 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         proxy,
         supervisor,
         maintenance,
-        crate::view::Launcher {
-            shim: options.shim.clone(),
-            private_mounts,
-        },
+        launcher,
     )?;
     let site = Arc::new(site);
     let close_events = writer.close.clone();
@@ -182,6 +172,9 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     tasks.spawn(crate::state_use::watch(site.clone()));
     if let Err(why) = &site.launcher.private_mounts {
         site.record(EventKind::PrivateMountsUnavailable { why: why.clone() });
+    }
+    for missing in site.launcher.protections().missing {
+        tracing::warn!("{missing}");
     }
     let record = DaemonRecord {
         pid: std::process::id(),
@@ -414,6 +407,7 @@ fn bind_socket(paths: &SitePaths) -> Result<UnixListener, ControlError> {
 async fn serve_api(site: Arc<Site>, listener: UnixListener) {
     let shutdown = site.shutdown.clone();
     let app = crate::api::router(site);
+    let listener = crate::api_listener::OwnerListener::new(listener);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod api_listener;
 pub mod capture;
 pub mod client;
 pub mod daemon;
 mod error;
+pub mod isolation;
 pub mod logs;
 mod paths;
 pub mod rewind;

@@ -334,7 +334,8 @@ async fn run_hook(
     };
     command
         .current_dir(&view.dir)
-        .envs(view.env.iter().map(|(k, v)| (k, v)))
+        .env_clear()
+        .envs(view.full_env())
         .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -52,7 +52,7 @@ pub(crate) struct Site {
     /// Held by each reconcile pass, and by a rewind while two sets of instances run.
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
     /// How the site's processes are launched on this machine.
-    pub(crate) launcher: crate::view::Launcher,
+    pub(crate) launcher: crate::isolation::Launcher,
     /// The state each running instance serves (during a rewind two sets run side by side).
     pub(crate) instance_states: Mutex<HashMap<String, String>>,
     /// Keeps the site dir's databases (the mount points of restored states) from losing their
@@ -78,7 +78,7 @@ impl Site {
         proxy: Proxy,
         supervisor: Supervisor,
         maintenance: MaintenanceState,
-        launcher: crate::view::Launcher,
+        launcher: crate::isolation::Launcher,
     ) -> Result<(Site, EventWriter, tokio::sync::broadcast::Receiver<String>), ControlError> {
         let mut desired = manifest.replicas();
         for (process, n) in store.scale()? {
@@ -162,13 +162,7 @@ impl Site {
         state: &str,
         process: Option<&str>,
     ) -> Result<crate::view::ProcessView, ControlError> {
-        crate::view::process_view(
-            &self.paths,
-            &self.manifest,
-            state,
-            process,
-            self.launcher.private_mounts.is_ok(),
-        )
+        crate::view::process_view(&self.paths, &self.manifest, state, process, &self.launcher)
     }
 
     /// (Re)starts the holder of the site dir's databases, before instances whose private
@@ -372,6 +366,7 @@ impl Site {
             state: self.live_state(),
             capture: None,
             warnings: self.warnings(),
+            isolation: Some(self.launcher.protections()),
         }
     }
 

@@ -19,27 +19,29 @@ use lifeboat_core::layout::{MountKind, StateMount, state_mounts};
 use lifeboat_supervisor::shim::Sandbox;
 use serde::{Deserialize, Serialize};
 
+use crate::isolation::Launcher;
 use crate::{ControlError, SITE_STATE, SitePaths};
 
-/// How this machine launches the site's processes.
-#[derive(Debug, Clone)]
-pub(crate) struct Launcher {
-    /// The program that wraps every process of the site (`lifeboat __instance`).
-    pub shim: Option<PathBuf>,
-    /// Whether the shim can show a restored state at the site's own paths (private mounts);
-    /// `Err` says why not.
-    pub private_mounts: Result<(), String>,
-}
-
-/// What a process of the site gets to run on a state: its environment (on top of what the
-/// supervisor sets for instances) and its private mounts.
+/// What a process of the site gets to run on a state: its environment and its sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessView {
     /// The working directory: the site dir.
     pub dir: PathBuf,
+    /// The environment every process of the site starts from (never Lifeboat's own).
+    pub base_env: Vec<(String, String)>,
+    /// The process's own environment on top: its `env` and the `LIFEBOAT_*` facts.
     pub env: Vec<(String, String)>,
     /// `(from, to)` bind mounts, in order.
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Directories hidden from the process (Lifeboat's own).
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
+    /// The user it runs as, when not Lifeboat's own.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The directory Landlock keeps it out of.
+    #[serde(default)]
+    pub deny: Option<PathBuf>,
 }
 
 impl ProcessView {
@@ -47,6 +49,10 @@ impl ProcessView {
     pub fn sandbox(&self) -> Sandbox {
         Sandbox {
             binds: self.binds.clone(),
+            hide: self.hide.clone(),
+            cgroups: Vec::new(),
+            user: self.user.clone(),
+            deny: self.deny.clone(),
         }
     }
 
@@ -57,6 +63,11 @@ impl ProcessView {
         args.push("--".into());
         args.extend(command.iter().cloned());
         args
+    }
+
+    /// The whole environment of a hook or `exec` command: nothing inherited.
+    pub fn full_env(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.base_env.iter().chain(&self.env).map(|(k, v)| (k, v))
     }
 }
 
@@ -93,10 +104,8 @@ pub async fn offline_view(
         None => default_process(&manifest),
     };
     let live = crate::store::stored_states(dir)?.live;
-    let scratch = std::env::temp_dir().join(format!("lifeboat-probe-{}", std::process::id()));
-    let private =
-        manifest.isolation.private_mounts && probe_private_mounts(shim, &scratch).await.is_ok();
-    process_view(&paths, &manifest, &live, process, private)
+    let launcher = Launcher::prepare(&paths, &manifest, Some(shim.to_path_buf())).await?;
+    process_view(&paths, &manifest, &live, process, &launcher)
 }
 
 /// The process of the manifest whose environment hooks and `exec` get by default: `web`, else
@@ -114,16 +123,19 @@ pub fn default_process(manifest: &Manifest) -> Option<&str> {
 }
 
 /// The view a process of kind `process` gets of the state named `state`, with the mount
-/// sources and targets it needs made ready on disk. `private_mounts` says whether this machine
-/// lets the shim make private mounts (see [`probe_private_mounts`]).
-pub fn process_view(
+/// sources and targets it needs made ready on disk, and the state given to the site's user.
+pub(crate) fn process_view(
     paths: &SitePaths,
     manifest: &Manifest,
     state: &str,
     process: Option<&str>,
-    private_mounts: bool,
+    launcher: &Launcher,
 ) -> Result<ProcessView, ControlError> {
+    let private_mounts = launcher.private_mounts.is_ok();
     let state_dir = paths.state_dir(state);
+    if let Some(user) = &launcher.run_as {
+        crate::isolation::grant_state(&state_dir, manifest, user)?;
+    }
     let mounts = if state == SITE_STATE || !private_mounts {
         Vec::new()
     } else {
@@ -145,10 +157,19 @@ pub fn process_view(
     env.push(("LIFEBOAT_STATE_DIR".into(), shown_at.display().to_string()));
     env.push(("LIFEBOAT_SITE".into(), manifest.site.clone()));
     env.push(("LIFEBOAT_SITE_DIR".into(), paths.dir.display().to_string()));
+    let lifeboat_dir = paths.lifeboat_dir();
     Ok(ProcessView {
         dir: paths.dir.clone(),
+        base_env: launcher.base_env.clone(),
         env,
         binds: mounts.into_iter().map(|m| (m.source, m.target)).collect(),
+        hide: if private_mounts {
+            vec![lifeboat_dir.clone()]
+        } else {
+            Vec::new()
+        },
+        user: launcher.run_as.as_ref().map(|u| u.name.clone()),
+        deny: (launcher.run_as.is_none() && launcher.landlock.is_ok()).then_some(lifeboat_dir),
     })
 }
 
@@ -203,8 +224,8 @@ pub async fn probe_private_mounts(shim: &Path, scratch: &Path) -> Result<(), Str
     setup().map_err(|e| format!("could not prepare {}: {e}", scratch.display()))?;
     let view = ProcessView {
         dir: scratch.to_path_buf(),
-        env: Vec::new(),
         binds: vec![(from, to.clone())],
+        ..ProcessView::default()
     };
     let command = [
         OsString::from("test"),
@@ -340,6 +361,20 @@ impl Drop for DatabaseHolder {
 mod tests {
     use super::*;
 
+    fn launcher(private_mounts: bool) -> Launcher {
+        Launcher {
+            shim: None,
+            private_mounts: if private_mounts {
+                Ok(())
+            } else {
+                Err("off".into())
+            },
+            run_as: None,
+            landlock: Err("off".into()),
+            base_env: Vec::new(),
+        }
+    }
+
     fn manifest(text: &str) -> Manifest {
         Manifest::parse("lifeboat.toml", text).unwrap()
     }
@@ -367,7 +402,7 @@ dirs = ["media"]
         let copy = paths.state_dir("n");
         std::fs::create_dir_all(&copy).unwrap();
         std::fs::write(copy.join("db.sqlite3"), "restored").unwrap();
-        let view = process_view(&paths, &m, "n", Some("web"), true).unwrap();
+        let view = process_view(&paths, &m, "n", Some("web"), &launcher(true)).unwrap();
         assert_eq!(view.binds.len(), 4);
         for (from, to) in &view.binds {
             assert!(
@@ -400,7 +435,8 @@ dirs = ["media"]
     fn without_private_mounts_the_copy_is_named_by_its_absolute_path() {
         let dir = tempfile::tempdir().unwrap();
         let paths = SitePaths::new(dir.path());
-        let view = process_view(&paths, &manifest(SITE), "n", Some("web"), false).unwrap();
+        let view =
+            process_view(&paths, &manifest(SITE), "n", Some("web"), &launcher(false)).unwrap();
         assert!(view.binds.is_empty());
         let state_dir = &view
             .env

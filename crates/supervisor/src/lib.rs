@@ -12,6 +12,7 @@
 pub mod backoff;
 mod error;
 mod group;
+mod landlock;
 pub mod logs;
 mod runfile;
 pub mod shim;

@@ -1,20 +1,28 @@
 //! The instance shim: the last step between lifeboat and an instance's command.
 //!
-//! `lifeboat __instance [--bind FROM TO]... -- CMD...` calls [`exec_instance`], which
+//! `lifeboat __instance [--bind FROM TO]... [--hide DIR]... [--cgroup DIR]... [--user NAME]
+//! [--deny DIR] -- CMD...` calls [`exec_instance`], which, in this order:
 //!
 //! 1. gives the process a private view of the file system when it has mounts to make: a mount
 //!    namespace of its own (inside a user namespace that maps only its own user when lifeboat
-//!    does not run as root), in which each `FROM` is bind-mounted onto `TO`. This is how a
-//!    restored state appears at the paths the app always uses, for this instance only;
-//! 2. asks the kernel to SIGKILL this process when its parent (the lifeboat spawner thread)
-//!    dies, and checks the parent is still there;
-//! 3. replaces itself with the command.
+//!    does not run as root), in which each `FROM` is bind-mounted onto `TO` (a restored state
+//!    shown at the paths the app always uses) and each hidden dir is covered by an empty,
+//!    read-only tmpfs (Lifeboat's own `.lifeboat`: its key, vault, socket and store);
+//! 2. joins its cgroups (resource limits), while it may still;
+//! 3. becomes the site's unprivileged user (as root);
+//! 4. denies itself and its children, with Landlock, every access to the denied dir and every
+//!    signal to processes outside the sandbox (when it runs as Lifeboat's own user, this is
+//!    what keeps the app away from Lifeboat through `/proc/PID/root` of its other processes);
+//! 5. asks the kernel to SIGKILL it when its parent (the lifeboat spawner thread) dies, and
+//!    checks the parent is still there;
+//! 6. replaces itself with the command.
 //!
 //! The death signal survives `exec`, so even `kill -9` of lifeboat leaves no instance behind.
 //! This module never prints; on failure it returns the error to the caller, which writes it to
-//! the instance's log and exits.
+//! the instance's log and exits. Nothing runs if any step fails: a sandbox half made is no
+//! sandbox.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +32,7 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::unistd::{Gid, Uid, getppid};
+use nix::unistd::{Gid, Uid, User, getppid};
 
 /// Exit code of the shim when lifeboat was already gone before the death signal was armed.
 pub const PARENT_GONE_EXIT_CODE: i32 = 75;
@@ -35,12 +43,26 @@ pub struct Sandbox {
     /// Bind mounts made in a private mount namespace, in order: `(from, to)`. Both must exist
     /// and be of the same kind (file or directory).
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Directories covered, in the private mount namespace, by an empty read-only tmpfs.
+    pub hide: Vec<PathBuf>,
+    /// cgroup directories whose `cgroup.procs` the process joins (resource limits).
+    pub cgroups: Vec<PathBuf>,
+    /// The user to become, by name, with its groups (only as root).
+    pub user: Option<String>,
+    /// A directory the command may not read, write or create anything in (Landlock); every
+    /// other file stays as the file system allows.
+    pub deny: Option<PathBuf>,
 }
 
 impl Sandbox {
     /// Whether the shim has nothing to set up.
     pub fn is_empty(&self) -> bool {
-        self.binds.is_empty()
+        *self == Sandbox::default()
+    }
+
+    /// Whether the process needs a mount namespace of its own.
+    fn needs_namespace(&self) -> bool {
+        !self.binds.is_empty() || !self.hide.is_empty()
     }
 
     /// The shim's command-line arguments that describe this sandbox (they go before `--`).
@@ -51,23 +73,73 @@ impl Sandbox {
             args.push(from.clone().into_os_string());
             args.push(to.clone().into_os_string());
         }
+        for dir in &self.hide {
+            args.push("--hide".into());
+            args.push(dir.clone().into_os_string());
+        }
+        for dir in &self.cgroups {
+            args.push("--cgroup".into());
+            args.push(dir.clone().into_os_string());
+        }
+        if let Some(user) = &self.user {
+            args.push("--user".into());
+            args.push(user.into());
+        }
+        if let Some(dir) = &self.deny {
+            args.push("--deny".into());
+            args.push(dir.clone().into_os_string());
+        }
         args
     }
 
-    /// The sandbox from `--bind FROM TO` values, flattened in order.
-    pub fn from_bind_values(values: Vec<PathBuf>) -> io::Result<Sandbox> {
-        if !values.len().is_multiple_of(2) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "--bind takes two paths: FROM TO",
-            ));
+    /// Reads what [`Sandbox::to_args`] wrote, up to `--`; returns the sandbox and the
+    /// command after `--`.
+    pub fn from_args(args: &[OsString]) -> io::Result<(Sandbox, &[OsString])> {
+        let mut sandbox = Sandbox::default();
+        let mut i = 0;
+        let value = |i: usize, what: &str| -> io::Result<PathBuf> {
+            args.get(i).map(PathBuf::from).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{what} needs a value"))
+            })
+        };
+        while let Some(arg) = args.get(i) {
+            match arg.to_str() {
+                Some("--") => return Ok((sandbox, &args[i + 1..])),
+                Some("--bind") => {
+                    sandbox
+                        .binds
+                        .push((value(i + 1, "--bind")?, value(i + 2, "--bind")?));
+                    i += 3;
+                }
+                Some("--hide") => {
+                    sandbox.hide.push(value(i + 1, "--hide")?);
+                    i += 2;
+                }
+                Some("--cgroup") => {
+                    sandbox.cgroups.push(value(i + 1, "--cgroup")?);
+                    i += 2;
+                }
+                Some("--user") => {
+                    let user = value(i + 1, "--user")?;
+                    sandbox.user = Some(user.to_string_lossy().into_owned());
+                    i += 2;
+                }
+                Some("--deny") => {
+                    sandbox.deny = Some(value(i + 1, "--deny")?);
+                    i += 2;
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("unexpected {arg:?}; pass the command to run after `--`"),
+                    ));
+                }
+            }
         }
-        let mut it = values.into_iter();
-        let mut binds = Vec::new();
-        while let (Some(from), Some(to)) = (it.next(), it.next()) {
-            binds.push((from, to));
-        }
-        Ok(Sandbox { binds })
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no command given to run as the instance; pass it after `--`",
+        ))
     }
 }
 
@@ -79,8 +151,9 @@ impl Sandbox {
 /// Must be called while the process has a single thread (user namespaces require it): call it
 /// before starting any runtime.
 ///
-/// The expected parent is taken from `$LIFEBOAT_SUPERVISOR_PID`, which the supervisor sets;
-/// without it, being adopted by init (pid 1) counts as the parent being gone.
+/// The expected parent is taken from `$LIFEBOAT_SUPERVISOR_PID`, which the supervisor sets
+/// (and which the command does not get); without it, being adopted by init (pid 1) counts as
+/// the parent being gone.
 pub fn exec_instance<A, S>(sandbox: &Sandbox, argv: A) -> io::Error
 where
     A: AsRef<[S]>,
@@ -96,7 +169,7 @@ where
     if let Err(e) = enter_sandbox(sandbox) {
         return e;
     }
-    // Armed after the namespaces: a change of credentials may clear the death signal.
+    // Armed after the sandbox: a change of user clears the death signal.
     if let Err(errno) = prctl::set_pdeathsig(Signal::SIGKILL) {
         return io::Error::other(format!(
             "cannot arm the parent-death signal ({errno}); the instance would outlive lifeboat"
@@ -115,18 +188,31 @@ where
     if parent_gone {
         std::process::exit(PARENT_GONE_EXIT_CODE);
     }
-    Command::new(program).args(args).exec()
+    Command::new(program)
+        .args(args)
+        .env_remove("LIFEBOAT_SUPERVISOR_PID")
+        .exec()
 }
 
-/// Makes the sandbox's mounts in a mount namespace of this process's own. Nothing to do for
-/// an empty sandbox.
+/// Makes the sandbox, step by step (see the module doc). Nothing to do for an empty one.
 fn enter_sandbox(sandbox: &Sandbox) -> io::Result<()> {
-    if sandbox.is_empty() {
-        return Ok(());
+    if sandbox.needs_namespace() {
+        private_mount_namespace()?;
+        for (from, to) in &sandbox.binds {
+            bind(from, to)?;
+        }
+        for dir in &sandbox.hide {
+            hide(dir)?;
+        }
     }
-    private_mount_namespace()?;
-    for (from, to) in &sandbox.binds {
-        bind(from, to)?;
+    for dir in &sandbox.cgroups {
+        join_cgroup(dir)?;
+    }
+    if let Some(user) = &sandbox.user {
+        become_user(user)?;
+    }
+    if let Some(dir) = &sandbox.deny {
+        crate::landlock::deny_beneath(dir)?;
     }
     Ok(())
 }
@@ -192,6 +278,67 @@ fn bind(from: &Path, to: &Path) -> io::Result<()> {
     })
 }
 
+/// Covers `dir` with an empty, read-only tmpfs nobody may enter: what was there is out of
+/// reach of this process and its children, and `dir` can not be renamed or removed from here
+/// (it is a mount point).
+fn hide(dir: &Path) -> io::Result<()> {
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=000,size=4k"),
+    )
+    .map_err(|e| {
+        io::Error::other(format!(
+            "cannot hide {} from the instance (tmpfs mount failed: {e})",
+            dir.display()
+        ))
+    })
+}
+
+/// Moves this process into the cgroup `dir` (its children follow).
+fn join_cgroup(dir: &Path) -> io::Result<()> {
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot join the cgroup {} (writing {}: {e}); its resource limits would not apply",
+                dir.display(),
+                procs.display()
+            ),
+        )
+    })
+}
+
+/// Becomes `name` (uid, primary group and supplementary groups), for good: as root only.
+fn become_user(name: &str) -> io::Result<()> {
+    let user = User::from_name(name)
+        .map_err(|e| io::Error::other(format!("cannot look up the user {name}: {e}")))?
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "there is no user {name} on this machine; create it or name another in [isolation] user"
+            ))
+        })?;
+    let cname = CString::new(name).map_err(|_| io::Error::other("a user name holds a NUL"))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| io::Error::other(format!("cannot list the groups of {name}: {e}")))?;
+    let fail = |what: &str, e: nix::Error| {
+        io::Error::other(format!("cannot {what} to run as {name}: {e}"))
+    };
+    // Groups first, then the gid, then the uid: after setuid nothing else may change.
+    nix::unistd::setgroups(&groups).map_err(|e| fail("set the groups", e))?;
+    nix::unistd::setgid(user.gid).map_err(|e| fail("set the group", e))?;
+    nix::unistd::setuid(user.uid).map_err(|e| fail("set the user", e))?;
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(io::Error::other(format!(
+            "running as {name} could still become root again; refusing to run"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,15 +350,19 @@ mod tests {
                 ("/s/.lifeboat/states/n/db".into(), "/s/db".into()),
                 ("/a b/c:d".into(), "/x y/--z".into()),
             ],
+            hide: vec!["/s/.lifeboat".into()],
+            cgroups: vec!["/sys/fs/cgroup/memory/lifeboat/s/web-1".into()],
+            user: Some("lifeboat-s".into()),
+            deny: Some("/s/.lifeboat".into()),
         };
-        let args = sandbox.to_args();
-        assert_eq!(args[0], "--bind");
-        let values: Vec<PathBuf> = args
-            .into_iter()
-            .filter(|a| a != "--bind")
-            .map(PathBuf::from)
-            .collect();
-        assert_eq!(Sandbox::from_bind_values(values).unwrap(), sandbox);
-        assert!(Sandbox::from_bind_values(vec!["/only-one".into()]).is_err());
+        let mut args = sandbox.to_args();
+        args.extend(["--".into(), "sh".into(), "-c".into(), "--bind".into()]);
+        let (back, command) = Sandbox::from_args(&args).unwrap();
+        assert_eq!(back, sandbox);
+        assert_eq!(command, ["sh", "-c", "--bind"]);
+        let half: Vec<OsString> = vec!["--bind".into(), "/only-one".into()];
+        assert!(Sandbox::from_args(&half).is_err());
+        let no_command: Vec<OsString> = vec!["--hide".into(), "/x".into()];
+        assert!(Sandbox::from_args(&no_command).is_err());
     }
 }

@@ -111,6 +111,11 @@ pub(crate) fn instance_command(
             c
         }
     };
+    if let Some(base) = &config.base_env {
+        // Nothing of lifeboat's own environment (its vault password, S3 credentials) reaches
+        // the instance unless it is in the base.
+        command.env_clear().envs(base.iter().map(|(k, v)| (k, v)));
+    }
     command
         .current_dir(site_dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

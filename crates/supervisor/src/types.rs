@@ -27,6 +27,10 @@ pub struct SupervisorConfig {
     pub backoff: BackoffPolicy,
     /// A program that sets the parent-death signal and then execs the instance; see [`Shim`].
     pub shim: Option<Shim>,
+    /// The whole environment instances start from (then their own `env` and the supervisor's
+    /// facts on top); `None` inherits the supervisor's, which only tests should do: it holds
+    /// Lifeboat's secrets.
+    pub base_env: Option<Vec<(String, String)>>,
 }
 
 /// A launcher every instance is started through: `program args... -- sh -c "exec <command>"`.

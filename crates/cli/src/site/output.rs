@@ -119,6 +119,20 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             println!("{}: last health check: {check}", i.id);
         }
     }
+    if let Some(p) = &report.isolation {
+        let mut held = vec![format!("runs as {}", p.user)];
+        if p.private_mounts {
+            held.push("Lifeboat's files hidden (private mounts)".into());
+        }
+        if p.landlock {
+            held.push("Landlock".into());
+        }
+        held.push("clean environment".into());
+        println!("isolation: {}", held.join(", "));
+        for missing in &p.missing {
+            println!("  missing: {missing}");
+        }
+    }
     for warning in &report.warnings {
         println!("warning: {warning}");
     }

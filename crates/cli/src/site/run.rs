@@ -25,6 +25,11 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Not dumpable: no process of the same user (the site's own, when lifeboat is not root)
+    // may read this one's memory, environment or view of the file system through /proc.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("lifeboat: warning: could not protect this process from its own user ({e})");
+    }
     let shim =
         std::env::current_exe().context("could not find the lifeboat binary to wrap instances")?;
     let mut site = start_site(
@@ -234,17 +239,24 @@ pub(super) fn exec(dir: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
     // The command is the shim's to run; its parent (our parent, once we are replaced) is the
     // one it must outlive no longer than.
     let parent = nix::unistd::getppid().as_raw().to_string();
+    // The command gets the site's environment, not the owner's (which may hold Lifeboat's
+    // secrets), but keeps the terminal's settings.
+    let terminal = ["TERM", "COLORTERM", "COLUMNS", "LINES"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)));
     let err = std::process::Command::new(&shim)
         .args(view.shim_args(&args.command))
         .current_dir(&view.dir)
-        .envs(view.env.iter().map(|(k, v)| (k, v)))
+        .env_clear()
+        .envs(view.full_env())
+        .envs(terminal)
         .env("LIFEBOAT_SUPERVISOR_PID", parent)
         .exec();
     Err(anyhow::anyhow!("could not run {}: {err}", shim.display()))
 }
 
 pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
-    let sandbox = lifeboat_supervisor::shim::Sandbox::from_bind_values(args.bind)?;
-    let err = lifeboat_supervisor::shim::exec_instance(&sandbox, args.command);
+    let (sandbox, command) = lifeboat_supervisor::shim::Sandbox::from_args(&args.args)?;
+    let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
     Err(anyhow::anyhow!("could not start the instance: {err}"))
 }

@@ -78,6 +78,7 @@ message = "Upgrading the database, back in 10 minutes"
             .prefix("lifeboat-e2e")
             .tempdir()
             .expect("temp dir");
+        open_to_the_site_user(dir.path());
         std::fs::write(dir.path().join("lifeboat.toml"), manifest).expect("write manifest");
         SiteDir { dir }
     }
@@ -566,4 +567,11 @@ pub fn cli_from(cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run lifeboat")
+}
+
+/// Run as root, lifeboat runs the site's processes as an unprivileged user, who must be able
+/// to enter the site dir (temp dirs are made 0700).
+pub fn open_to_the_site_user(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
 }

@@ -21,17 +21,23 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("shim") => {
-            let mut rest = &args[1..];
-            let mut binds = Vec::new();
-            while rest.first().map(String::as_str) == Some("--bind") && rest.len() >= 3 {
-                binds.push((PathBuf::from(&rest[1]), PathBuf::from(&rest[2])));
-                rest = &rest[3..];
-            }
-            let command = match rest.first().map(String::as_str) {
-                Some("--") => &rest[1..],
-                _ => rest,
+            let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+            // Without options, everything after `shim` (or after `--`) is the command.
+            let (sandbox, command) = if rest.first().is_some_and(|a| a != "--")
+                && !rest
+                    .first()
+                    .is_some_and(|a| a.to_string_lossy().starts_with("--"))
+            {
+                (lifeboat_supervisor::shim::Sandbox::default(), &rest[..])
+            } else {
+                match lifeboat_supervisor::shim::Sandbox::from_args(&rest) {
+                    Ok(parsed) => parsed,
+                    Err(err) => {
+                        eprintln!("lifeboat-supervisor-helper: cannot run the instance: {err}");
+                        return ExitCode::from(127);
+                    }
+                }
             };
-            let sandbox = lifeboat_supervisor::shim::Sandbox { binds };
             let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
             eprintln!("lifeboat-supervisor-helper: cannot run the instance: {err}");
             ExitCode::from(127)
@@ -71,6 +77,7 @@ fn run_one(args: &[String]) -> ExitCode {
             log_keep: 2,
             backoff: BackoffPolicy::default(),
             shim,
+            base_env: None,
         })
         .expect("create the supervisor");
         match supervisor.reap_leftovers() {

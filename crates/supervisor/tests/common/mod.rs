@@ -46,6 +46,7 @@ pub fn config(root: &std::path::Path) -> SupervisorConfig {
             program: HELPER.into(),
             args: vec!["shim".into()],
         }),
+        base_env: None,
     }
 }
 
