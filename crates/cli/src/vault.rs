@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lifeboat_vault::{
-    BackupOptions, KeepPolicy, OpenOptions, PruneOptions, Repository, RestoreOptions, VerifyOptions,
+    BackupOptions, KdfParams, KeepPolicy, OpenOptions, PruneOptions, Repository, RestoreOptions,
+    VerifyOptions,
 };
 
 use crate::Global;
@@ -87,6 +88,11 @@ pub struct InitArgs {
     pub password_file: Option<PathBuf>,
     #[arg(long, env = "LIFEBOAT_SPOOL", value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// INSECURE, for tests only: wrap the key with a minimal argon2id (64 KiB, 1 pass) so
+    /// every command starts faster. Anyone who copies keys/ can then try passwords very fast.
+    /// The key stays marked as weakly wrapped: `vault status` and `vault verify` say so.
+    #[arg(long)]
+    pub insecure_fast_kdf: bool,
 }
 
 #[derive(Args, Debug)]
@@ -203,10 +209,11 @@ pub(crate) fn read_password(file: Option<&PathBuf>, confirm: bool) -> anyhow::Re
     )
 }
 
-fn open_options(spool: Option<&PathBuf>) -> OpenOptions {
+/// How to open a repository; `kdf` only matters for `init` (`None`: strong).
+fn open_options(spool: Option<&PathBuf>, kdf: Option<KdfParams>) -> OpenOptions {
     OpenOptions {
         spool_dir: spool.cloned(),
-        kdf: None,
+        kdf,
         // S3 keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never from arguments.
         s3_credentials: None,
     }
@@ -214,7 +221,12 @@ fn open_options(spool: Option<&PathBuf>) -> OpenOptions {
 
 async fn open(args: &RepoArgs) -> anyhow::Result<Arc<Repository>> {
     let password = read_password(args.password_file.as_ref(), false)?;
-    let repo = Repository::open(&args.repo, &password, &open_options(args.spool.as_ref())).await?;
+    let repo = Repository::open(
+        &args.repo,
+        &password,
+        &open_options(args.spool.as_ref(), None),
+    )
+    .await?;
     Ok(Arc::new(repo))
 }
 
@@ -223,14 +235,16 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
     match cmd {
         VaultCommand::Vault(VaultSub::Init(a)) => {
             let password = read_password(a.password_file.as_ref(), true)?;
+            // Weak key wrapping only when asked for by name, never from the environment.
+            let kdf = a.insecure_fast_kdf.then(KdfParams::insecure_fast);
             let repo = Repository::init(
                 &a.dests,
                 a.quorum,
                 &password,
-                &open_options(a.spool.as_ref()),
+                &open_options(a.spool.as_ref(), kdf),
             )
             .await?;
-            output::init(repo.config(), json);
+            output::init(repo.config(), repo.key(), json);
         }
         VaultCommand::Backup(a) => {
             let repo = open(&a.repo).await?;
@@ -303,7 +317,7 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
         }
         VaultCommand::Vault(VaultSub::Status(a)) => {
             let repo = open(&a).await?;
-            output::status(&repo.status().await, repo.config().quorum, json);
+            output::status(&repo.status().await, repo.config().quorum, repo.key(), json);
         }
         VaultCommand::Vault(VaultSub::Key(KeyCommand::Export)) => {
             export_key(&global.dir, json)?;
@@ -311,7 +325,7 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
         VaultCommand::Vault(VaultSub::Sync(a)) => {
             let repo = open(&a).await?;
             let behind = repo.catch_up().await;
-            output::status(&repo.status().await, repo.config().quorum, json);
+            output::status(&repo.status().await, repo.config().quorum, repo.key(), json);
             if !behind.is_empty() {
                 return Ok(ExitCode::from(1));
             }

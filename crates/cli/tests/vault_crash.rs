@@ -128,7 +128,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
     let mut rng = Rng(seed);
     let s = Scratch::new();
     make_site(&s.path("data"));
-    s.ok(&["vault", "init", "--dest", "repo-a", "--dest", "repo-b"]);
+    s.init(&["repo-a", "repo-b"]);
 
     // How long an uninterrupted backup takes here, to spread the kills over it.
     let started = Instant::now();

@@ -78,7 +78,9 @@ impl std::fmt::Debug for Keys {
 }
 
 /// How hard the password is stretched. Stored next to the wrapped key, so a reader needs no
-/// configuration. Tests lower it with `LIFEBOAT_KDF=fast`.
+/// configuration. New keys get [`KdfParams::strong`] unless a caller asks, by name, for
+/// [`KdfParams::insecure_fast`] (tests, and `vault init --insecure-fast-kdf`); nothing in the
+/// environment changes it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KdfParams {
     /// Memory in KiB.
@@ -90,7 +92,8 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// Minimal stretching, for tests only: never use it for a real repository.
+    /// Minimal stretching, for tests only: never use it for a real repository. A key wrapped
+    /// with it [`is_weak`](KdfParams::is_weak), which `vault status` and `vault verify` report.
     pub fn insecure_fast() -> KdfParams {
         KdfParams {
             memory_kib: 64,
@@ -99,22 +102,49 @@ impl KdfParams {
         }
     }
 
-    /// Strong defaults (46 MiB, 1 pass), or tiny ones when `LIFEBOAT_KDF=fast` (tests only).
-    pub fn from_env() -> KdfParams {
-        if std::env::var("LIFEBOAT_KDF").as_deref() == Ok("fast") {
-            KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            }
-        } else {
-            // OWASP's first recommended argon2id configuration (46 MiB, 1 pass): costly to
-            // attack at scale, yet every command pays it only once (~0.1 s).
-            KdfParams {
-                memory_kib: 46 * 1024,
-                iterations: 1,
-                parallelism: 1,
-            }
+    /// The default: OWASP's first recommended argon2id configuration (46 MiB, 1 pass), costly
+    /// to attack at scale, yet every command pays it only once (~0.1 s).
+    pub fn strong() -> KdfParams {
+        KdfParams {
+            memory_kib: 46 * 1024,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    /// Whether these parameters stretch a password less than every argon2id configuration
+    /// OWASP recommends (the weakest of them: 7 MiB with 5 passes, i.e. at least 7 MiB and
+    /// 35 MiB·passes): a copy of a key wrapped so lets guesses go fast.
+    pub fn is_weak(&self) -> bool {
+        const MIN_MEMORY_KIB: u64 = 7 * 1024;
+        const MIN_MEMORY_PASSES_KIB: u64 = 35 * 1024;
+        let memory = u64::from(self.memory_kib);
+        memory < MIN_MEMORY_KIB || memory * u64::from(self.iterations) < MIN_MEMORY_PASSES_KIB
+    }
+}
+
+impl Default for KdfParams {
+    fn default() -> KdfParams {
+        KdfParams::strong()
+    }
+}
+
+/// A key file of a repository and how hard it stretches the password.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Its object key, `keys/<hex>`.
+    pub key: String,
+    pub kdf: KdfParams,
+    /// Stretched less than any recommended configuration ([`KdfParams::is_weak`]).
+    pub weak: bool,
+}
+
+impl KeyInfo {
+    pub(crate) fn new(key: String, kdf: KdfParams) -> KeyInfo {
+        KeyInfo {
+            key,
+            kdf,
+            weak: kdf.is_weak(),
         }
     }
 }
@@ -420,6 +450,23 @@ mod tests {
             .expect("right password opens");
         assert_eq!(opened.blob_id(b"x"), keys.blob_id(b"x"));
         assert!(Keys::unwrap(&file, b"wrong").unwrap().is_none());
+    }
+
+    #[test]
+    fn only_stretching_below_every_recommended_configuration_is_weak() {
+        assert!(!KdfParams::strong().is_weak());
+        assert!(KdfParams::insecure_fast().is_weak());
+        let p = |memory_kib, iterations| KdfParams {
+            memory_kib,
+            iterations,
+            parallelism: 1,
+        };
+        // OWASP's argon2id configurations are all strong enough.
+        for (m, t) in [(47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5)] {
+            assert!(!p(m, t).is_weak(), "{m} KiB, {t} passes");
+        }
+        assert!(p(19456, 1).is_weak());
+        assert!(p(4096, 100).is_weak());
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod verify;
 mod writer;
 
 pub use backup::{BackupOptions, NoProgress, Progress};
-pub use crypto::{Id, KdfParams};
+pub use crypto::{Id, KdfParams, KeyInfo};
 pub use destinations::DestinationStatus;
 pub use error::{Error, Result};
 pub use forget::{Candidate, KeepPolicy, apply_policy};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::backend::{Backend, BackendError};
-use crate::crypto::{Id, KdfParams, KeyFile, Keys};
+use crate::crypto::{Id, KdfParams, KeyFile, KeyInfo, Keys};
 use crate::destinations::{DestinationStatus, Destinations};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -22,7 +22,7 @@ pub struct OpenOptions {
     /// Where objects for unreachable destinations wait. Default: `$LIFEBOAT_SPOOL`, else
     /// `$XDG_CACHE_HOME/lifeboat/spool`, else `~/.cache/lifeboat/spool`.
     pub spool_dir: Option<PathBuf>,
-    /// Password stretching for `init` (default: [`KdfParams::from_env`]).
+    /// Password stretching for `init` (default: [`KdfParams::strong`]).
     pub kdf: Option<KdfParams>,
     /// S3 credentials; default: the `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` environment.
     pub s3_credentials: Option<S3Credentials>,
@@ -110,6 +110,8 @@ pub struct SnapshotEntry {
 pub struct Repository {
     pub(crate) config: Config,
     pub(crate) keys: Keys,
+    /// The key file that opened it.
+    pub(crate) key: KeyInfo,
     pub(crate) dests: Arc<Destinations>,
     pub(crate) index: RwLock<Index>,
     pub(crate) location: String,
@@ -180,21 +182,14 @@ impl Repository {
             created: now_rfc3339(),
         };
         let keys = Keys::generate();
-        let keyfile = keys.wrap(
-            password,
-            opts.kdf.unwrap_or_else(KdfParams::from_env),
-            now_rfc3339(),
-        )?;
+        let kdf = opts.kdf.unwrap_or_else(KdfParams::strong);
+        let keyfile = keys.wrap(password, kdf, now_rfc3339())?;
         let keybytes = serde_json::to_vec_pretty(&keyfile).expect("serializes");
+        let key = KeyInfo::new(format!("keys/{}", Id::of_object(&keybytes)), kdf);
         let dests = Destinations::open(&urls, &urls[0], config.quorum, opts, &config.id)?;
         // The key first, the config last: a crash in between leaves no config, so the
         // destination still counts as empty and init can simply be run again.
-        dests
-            .put(
-                &format!("keys/{}", Id::of_object(&keybytes)),
-                Bytes::from(keybytes),
-            )
-            .await?;
+        dests.put(&key.key, Bytes::from(keybytes)).await?;
         dests
             .put(
                 "config",
@@ -206,6 +201,7 @@ impl Repository {
             location: urls[0].clone(),
             config,
             keys,
+            key,
             dests: Arc::new(dests),
             index: RwLock::new(Index::default()),
             last_comparison: Default::default(),
@@ -255,11 +251,12 @@ impl Repository {
             urls.insert(0, url.clone());
         }
         let dests = Destinations::open(&urls, &url, config.quorum, opts, &config.id)?;
-        let keys = unlock(&backend, &dests, &url, password).await?;
+        let (keys, key) = unlock(&backend, &dests, &url, password).await?;
         let repo = Repository {
             location: url,
             config,
             keys,
+            key,
             dests: Arc::new(dests),
             index: RwLock::new(Index::default()),
             last_comparison: Default::default(),
@@ -272,6 +269,11 @@ impl Repository {
     /// The repository's config (destinations, quorum, chunker).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The key file that opened this repository, and whether it is weakly wrapped.
+    pub fn key(&self) -> &KeyInfo {
+        &self.key
     }
 
     /// The destination this repository was opened from.
@@ -515,7 +517,7 @@ async fn unlock(
     dests: &Destinations,
     url: &str,
     password: &[u8],
-) -> Result<Keys> {
+) -> Result<(Keys, KeyInfo)> {
     let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
         location: url.to_string(),
         action: "listing",
@@ -532,7 +534,7 @@ async fn unlock(
     let mut damaged = None;
     for kf in keyfiles {
         match open_key_file(dests, &kf.key, password).await {
-            Ok(Some(keys)) => return Ok(keys),
+            Ok(Some(found)) => return Ok(found),
             Ok(None) => {}
             Err(detail) => {
                 damaged.get_or_insert((kf.key, detail));
@@ -558,7 +560,7 @@ async fn open_key_file(
     dests: &Destinations,
     key: &str,
     password: &[u8],
-) -> std::result::Result<Option<Keys>, String> {
+) -> std::result::Result<Option<(Keys, KeyInfo)>, String> {
     let id = key_id(key).ok_or("its name is not a key id")?;
     let bytes = dests
         .get(key, |b| Id::of_object(b) == id)
@@ -571,7 +573,7 @@ async fn open_key_file(
         })?;
     let file: KeyFile =
         serde_json::from_slice(&bytes).map_err(|e| format!("it is not a key file: {e}"))?;
-    Keys::unwrap(&file, password)
+    Ok(Keys::unwrap(&file, password)?.map(|keys| (keys, KeyInfo::new(key.into(), file.params))))
 }
 
 fn segment_key(stream: &str, seq: u64) -> Result<String> {

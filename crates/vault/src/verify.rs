@@ -1,12 +1,13 @@
 //! Checking a repository, per destination: every indexed pack is present with the right size,
 //! every snapshot's trees and blobs are indexed, and (with `read_data`) every pack's bytes hash
 //! to its name and every blob inside decrypts to its id. Problems name the damaged object and
-//! the snapshots that depend on it.
+//! the snapshots that depend on it. It also lists the key files and how strongly each wraps
+//! the key (a weakly wrapped key is a warning, not damage).
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::crypto::Id;
+use crate::crypto::{Id, KeyFile, KeyInfo};
 use crate::error::Result;
 use crate::format::{MAX_BLOB_LEN, NodeKind, decode_pack_trailer};
 use crate::repo::{Repository, SnapshotEntry, pack_key};
@@ -47,6 +48,8 @@ pub struct VerifyReport {
     /// Problems with the repository as a whole (independent of destination).
     pub problems: Vec<Problem>,
     pub destinations: Vec<DestinationReport>,
+    /// Every intact key file found on a checked destination, and whether it is weakly wrapped.
+    pub keys: Vec<KeyInfo>,
 }
 
 impl VerifyReport {
@@ -118,6 +121,7 @@ impl Repository {
         let needed = self.packs_of_snapshots(&snaps, &mut problems).await?;
         let indexed: HashMap<Id, u64> = self.index.read().unwrap().packs.clone();
         let mut reports = Vec::new();
+        let mut keys = std::collections::BTreeMap::new();
         for url in self.dests.urls() {
             if opts.destination.as_ref().is_some_and(|d| *d != url) {
                 continue;
@@ -193,7 +197,7 @@ impl Repository {
                     }
                 }
             }
-            for dir in ["index", "snapshots"] {
+            for dir in ["keys", "index", "snapshots"] {
                 let Ok(objs) = self.dests.list_on(&url, dir).await else {
                     continue;
                 };
@@ -202,7 +206,13 @@ impl Repository {
                         continue;
                     };
                     match self.dests.get_from(&url, &o.key).await {
-                        Ok(b) if Id::of_object(&b) == id => {}
+                        Ok(b) if Id::of_object(&b) == id => {
+                            if dir == "keys"
+                                && let Ok(file) = serde_json::from_slice::<KeyFile>(&b)
+                            {
+                                keys.insert(o.key.clone(), KeyInfo::new(o.key, file.params));
+                            }
+                        }
                         Ok(_) => report.problems.push(Problem {
                             object: o.key.clone(),
                             what: "content does not match its name (damaged)".into(),
@@ -226,6 +236,7 @@ impl Repository {
             snapshots: snaps.len() as u64,
             problems,
             destinations: reports,
+            keys: keys.into_values().collect(),
         })
     }
 

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use lifeboat_vault::format::Config;
 use lifeboat_vault::{
-    DestinationStatus, PruneSummary, RestoreSummary, SnapshotEntry, VerifyReport,
+    DestinationStatus, KeyInfo, PruneSummary, RestoreSummary, SnapshotEntry, VerifyReport,
 };
 use serde_json::json;
 
@@ -15,7 +15,19 @@ fn short(id: &lifeboat_vault::Id) -> String {
     id.to_hex()[..8].to_string()
 }
 
-pub fn init(c: &Config, json: bool) {
+/// What a weakly wrapped key means and what to do, for stderr (also under `--json`).
+fn warn_if_weak(key: &KeyInfo) {
+    if key.weak {
+        eprintln!(
+            "warning: the key {} is weakly wrapped (argon2id, {} KiB, {} pass(es): settings for tests): \
+             anyone who copies it can try passwords very fast; for real data, make a new repository (without --insecure-fast-kdf) and back up into it",
+            key.key, key.kdf.memory_kib, key.kdf.iterations
+        );
+    }
+}
+
+pub fn init(c: &Config, key: &KeyInfo, json: bool) {
+    warn_if_weak(key);
     if json {
         print_json(&json!({"id": c.id, "destinations": c.destinations, "quorum": c.quorum}));
     } else {
@@ -101,6 +113,9 @@ pub fn restore(s: &SnapshotEntry, r: &RestoreSummary, to: &Path, json: bool) {
 }
 
 pub fn verify(r: &VerifyReport, json: bool) {
+    for key in &r.keys {
+        warn_if_weak(key);
+    }
     if json {
         print_json(&serde_json::to_value(r).expect("serializes"));
         return;
@@ -172,11 +187,19 @@ pub fn prune(s: &PruneSummary, json: bool) {
     }
 }
 
-pub fn status(list: &[DestinationStatus], quorum: usize, json: bool) {
+pub fn status(list: &[DestinationStatus], quorum: usize, key: &KeyInfo, json: bool) {
+    warn_if_weak(key);
     if json {
-        print_json(&json!({"quorum": quorum, "destinations": list}));
+        print_json(&json!({"quorum": quorum, "destinations": list, "key": key}));
         return;
     }
+    println!(
+        "key: {} (argon2id, {} KiB, {} pass(es)){}",
+        key.key,
+        key.kdf.memory_kib,
+        key.kdf.iterations,
+        if key.weak { ", WEAKLY WRAPPED" } else { "" }
+    );
     println!("quorum: {quorum} of {}", list.len());
     for d in list {
         println!(

@@ -26,15 +26,23 @@ impl Scratch {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
-    /// `lifeboat` with the password, a fast KDF and this scratch's spool in its environment.
+    /// `lifeboat` with the password and this scratch's spool in its environment.
     pub fn lifeboat(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
         c.current_dir(self.dir.path())
             .env("LIFEBOAT_PASSWORD", PASSWORD)
-            .env("LIFEBOAT_KDF", "fast")
             .env("LIFEBOAT_SPOOL", self.path("spool"))
             .env_remove("LIFEBOAT_REPO");
         c
+    }
+    /// `lifeboat vault init` on these destinations, with the fast (weak) key wrapping that
+    /// only tests ask for, so every later command starts fast.
+    pub fn init(&self, dests: &[&str]) -> String {
+        let mut args = vec!["vault", "init", "--insecure-fast-kdf"];
+        for d in dests {
+            args.extend(["--dest", d]);
+        }
+        self.ok(&args)
     }
     /// Runs `lifeboat ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
