@@ -5,7 +5,14 @@
 //! seen at or before T; each data dir holds its files as of T; the manifest is the one of
 //! the checkpoint. Everything is built in a staging directory beside the destination,
 //! fsynced, checked (`PRAGMA integrity_check`, content hashes), and only then renamed into
-//! place, so a crash leaves either nothing or the whole restored site.
+//! place, so a crash leaves either nothing or the whole restored site (a failed restore
+//! removes its staging directory).
+//!
+//! What a restore reads from the vault is untrusted (a checkpoint may have been written by
+//! whoever held the site's key): nothing is read, written or removed through a link
+//! ([`beneath`]), a data dir of the checkpoint that holds a link is refused (capture never
+//! records one), and the vault's restore of the checkpoint decides owners and set-id bits
+//! (never a set-id file of the restoring user that the snapshot did not record as its).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -14,12 +21,13 @@ use std::sync::Arc;
 use lifeboat_capture::record::resolve_history;
 use lifeboat_capture::replay::{RebuildTarget, integrity_check, rebuild};
 use lifeboat_capture::{BaseImageRecord, Record};
-use lifeboat_vault::{NoProgress, Repository, RestoreOptions};
+use lifeboat_vault::{NoProgress, Repository, RestoreOptions, SnapshotEntry};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::checkpoint::{self, apply_file_changes};
+use crate::checkpoint::{self, CheckpointMeta, apply_file_changes};
 use crate::error::{Result, TimelineError, io_err};
+use crate::segment::ContentMap;
 use crate::store::fetch;
 use crate::stream;
 use crate::types::CheckpointInfo;
@@ -131,24 +139,108 @@ fn safe_rel(name: &str) -> Result<PathBuf> {
     Ok(p.to_path_buf())
 }
 
+/// Whether [`beneath`] makes the directories missing on the way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parents {
+    Create,
+    MustExist,
+}
+
+/// `root/rel`, for the restore to read, write or remove, with no link on the way: every
+/// component of `rel` is a plain name, and nothing under `root` that the path goes through
+/// (or ends at) is a link. A checkpoint is read from the vault, and one crafted by whoever
+/// held the site's key could restore `uploads/a -> /etc` and then name `uploads/a/passwd`;
+/// this is what keeps every write inside the restored copy. `root` itself is a directory
+/// this restore made.
+fn beneath(root: &Path, rel: &str, parents: Parents) -> Result<PathBuf> {
+    let rel_path = safe_rel(rel)?;
+    let mut path = root.to_path_buf();
+    let mut components = rel_path.components().peekable();
+    while let Some(c) = components.next() {
+        path.push(c);
+        let last = components.peek().is_none();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(link_refused(rel, &path, root));
+            }
+            Ok(m) if !last && !m.is_dir() => {
+                return Err(TimelineError::Damaged {
+                    what: "timeline".into(),
+                    why: format!("{rel}: {} is not a directory", path.display()),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !last && parents == Parents::Create {
+                    std::fs::create_dir(&path).map_err(io_err("create", &path))?;
+                }
+            }
+            Err(e) => return Err(io_err("inspect", &path)(e)),
+        }
+    }
+    Ok(path)
+}
+
+fn link_refused(what: &str, link: &Path, root: &Path) -> TimelineError {
+    let shown = link.strip_prefix(root).unwrap_or(link);
+    TimelineError::Damaged {
+        what: what.to_string(),
+        why: format!(
+            "{} in the restored copy is a symbolic link; a site's timeline never holds links \
+             (capture records regular files only) and a restore never writes through one",
+            shown.display()
+        ),
+    }
+}
+
+/// Refuses a directory from the checkpoint that holds a link anywhere: capture never records
+/// one, so it was crafted, and the app would follow it once the copy is served.
+fn refuse_links(dir: &Path, checkpoint: &str, checkpoint_dir: &Path) -> Result<()> {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io_err("list", &d))? {
+            let entry = entry.map_err(io_err("list", &d))?;
+            let kind = entry.file_type().map_err(io_err("stat", entry.path()))?;
+            if kind.is_symlink() {
+                return Err(link_refused(
+                    &format!("checkpoint {checkpoint}"),
+                    &entry.path(),
+                    checkpoint_dir,
+                ));
+            }
+            if kind.is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", path))
 }
 
-/// Restores the site as of `target` into `into`, which must not exist or be empty.
-pub async fn restore_site(
-    repo: &Arc<Repository>,
-    target: RestoreTarget,
-    into: &Path,
-) -> Result<RestoreReport> {
-    if let Ok(mut entries) = std::fs::read_dir(into)
-        && entries.next().is_some()
-    {
-        return Err(TimelineError::NotEmpty(into.to_path_buf()));
-    }
-    repo.reload_index().await?;
+/// What a restore to one moment reads: a checkpoint and the segments after it, merged.
+struct Cut {
+    entry: SnapshotEntry,
+    info: CheckpointInfo,
+    meta: CheckpointMeta,
+    /// Nothing seen after this is restored.
+    t: OffsetDateTime,
+    restored_time: OffsetDateTime,
+    last_segment_seq: u64,
+    /// Contents named by the checkpoint and the segments.
+    contents: ContentMap,
+    /// Small contents carried in the segments (checked against their blake3 when decoded).
+    inline: BTreeMap<String, Vec<u8>>,
+    /// The segments' records by source (database or data dir).
+    by_source: BTreeMap<String, Vec<Record>>,
+}
+
+/// The checkpoint and segments that make the moment `target`. Reads only.
+async fn find_cut(repo: &Repository, target: RestoreTarget) -> Result<Cut> {
     let checkpoints = checkpoint::list(repo).await?;
     if checkpoints.is_empty() {
         return Err(TimelineError::NothingCaptured);
@@ -196,26 +288,71 @@ pub async fn restore_site(
             after: last_time,
         });
     }
-    let restored_time = match target {
-        RestoreTarget::Latest => last_time,
-        RestoreTarget::Time(_) => t,
+    let mut cut = Cut {
+        entry: entry.clone(),
+        info: info.clone(),
+        contents: meta.contents.clone(),
+        meta,
+        t,
+        restored_time: match target {
+            RestoreTarget::Latest => last_time,
+            RestoreTarget::Time(_) => t,
+        },
+        last_segment_seq: expected - 1,
+        inline: BTreeMap::new(),
+        by_source: BTreeMap::new(),
     };
-    let mut contents = meta.contents.clone();
-    let mut inline: BTreeMap<&str, &[u8]> = BTreeMap::new();
-    let mut by_source: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
-    for seg in &segments {
-        contents.extend(seg.contents.clone());
-        for (hash, bytes) in &seg.inline {
-            inline.insert(hash.as_str(), bytes.as_slice());
-        }
-        for (name, records) in &seg.sources {
-            by_source
-                .entry(name.as_str())
-                .or_default()
-                .extend(records.iter().cloned());
+    for seg in segments {
+        cut.contents.extend(seg.contents);
+        cut.inline.extend(seg.inline);
+        for (name, records) in seg.sources {
+            cut.by_source.entry(name).or_default().extend(records);
         }
     }
+    Ok(cut)
+}
 
+/// Restores the site as of `target` into `into`, which must not exist or be empty.
+pub async fn restore_site(
+    repo: &Arc<Repository>,
+    target: RestoreTarget,
+    into: &Path,
+) -> Result<RestoreReport> {
+    if let Ok(mut entries) = std::fs::read_dir(into)
+        && entries.next().is_some()
+    {
+        return Err(TimelineError::NotEmpty(into.to_path_buf()));
+    }
+    repo.reload_index().await?;
+    let mut cut = find_cut(repo, target).await?;
+    let (parent, staging) = make_staging(into)?;
+    let built = build(repo, &mut cut, &staging).await;
+    let (databases, files, file_bytes, manifest) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            // Only this restore ever wrote under the staging directory (it made it).
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if into.exists() {
+        std::fs::remove_dir(into).map_err(io_err("replace the empty directory", into))?;
+    }
+    std::fs::rename(&staging, into).map_err(io_err("move the restored site to", into))?;
+    sync_dir(&parent)?;
+    Ok(RestoreReport {
+        restored_time: cut.restored_time,
+        checkpoint: cut.info,
+        last_segment_seq: cut.last_segment_seq,
+        databases,
+        files,
+        file_bytes,
+        manifest,
+    })
+}
+
+/// A new, empty staging directory beside `into`, and their parent.
+fn make_staging(into: &Path) -> Result<(PathBuf, PathBuf)> {
     let name = into
         .file_name()
         .ok_or_else(|| TimelineError::Invalid(format!("{} has no file name", into.display())))?
@@ -227,26 +364,59 @@ pub async fn restore_site(
     };
     std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let staging = parent.join(format!(".{name}.restore-partial"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_err("remove the leftover", &staging))?;
+    match std::fs::symlink_metadata(&staging) {
+        Ok(m) if m.is_dir() => {
+            std::fs::remove_dir_all(&staging).map_err(io_err("remove the leftover", &staging))?
+        }
+        Ok(_) => std::fs::remove_file(&staging).map_err(io_err("remove the leftover", &staging))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", &staging)(e)),
     }
-    std::fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
+    // Not `create_dir_all`: if anything appeared at this name meanwhile (a link to elsewhere),
+    // this fails instead of writing the site into it.
+    std::fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+    Ok((parent.to_path_buf(), staging))
+}
+
+/// Databases, data-dir files (with their bytes) and whether the manifest was restored.
+type Built = (Vec<RestoredDatabase>, u64, u64, bool);
+
+/// Builds the whole site in `staging`, fsynced: the checkpoint, each database replayed to t,
+/// each data dir as of t, the manifest.
+async fn build(repo: &Arc<Repository>, cut: &mut Cut, staging: &Path) -> Result<Built> {
     let scratch = staging.join(".lifeboat-restore-scratch");
-    std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+    std::fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
     // The checkpoint in one go (the vault reads whole packs and verifies every chunk).
-    let cut = scratch.join("checkpoint");
+    let checkpoint_dir = scratch.join("checkpoint");
     repo.restore(
-        entry.snapshot.tree,
-        &cut,
+        cut.entry.snapshot.tree,
+        &checkpoint_dir,
         &RestoreOptions::default(),
         Arc::new(NoProgress),
     )
     .await?;
+    let databases = restore_databases(repo, cut, &checkpoint_dir, &scratch, staging).await?;
+    let (files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
+    let manifest = restore_manifest(cut, &checkpoint_dir, staging)?;
+    std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
+    sync_tree(staging)?;
+    Ok((databases, files, file_bytes, manifest))
+}
 
+/// Each database replayed from its base image to its last transaction seen at or before t,
+/// then checked with `PRAGMA integrity_check`.
+async fn restore_databases(
+    repo: &Repository,
+    cut: &mut Cut,
+    checkpoint_dir: &Path,
+    scratch: &Path,
+    staging: &Path,
+) -> Result<Vec<RestoredDatabase>> {
+    let t = cut.t;
     let mut databases = Vec::new();
-    for (i, db) in meta.databases.iter().enumerate() {
+    for (i, db) in cut.meta.databases.iter().enumerate() {
         let mut records = vec![Record::BaseImage(db.base.clone())];
-        records.extend(by_source.remove(db.name.as_str()).unwrap_or_default());
+        records.extend(cut.by_source.remove(db.name.as_str()).unwrap_or_default());
         let history = resolve_history(records);
         let base: BaseImageRecord = history
             .iter()
@@ -257,23 +427,20 @@ pub async fn restore_site(
             .next_back()
             .unwrap_or_else(|| db.base.clone());
         let content =
-            contents
+            cut.contents
                 .get(&base.image_hash)
                 .ok_or_else(|| TimelineError::MissingContent {
                     hash: base.image_hash.clone(),
                     what: format!("base image of {}", db.name),
                 })?;
         let image = if base == db.base {
-            cut.join(safe_rel(&db.name)?)
+            beneath(checkpoint_dir, &db.name, Parents::MustExist)?
         } else {
             let image = scratch.join(format!("db-{i}.image"));
             fetch(repo, &base.image_hash, content, &db.name, &image).await?;
             image
         };
-        let out = staging.join(safe_rel(&db.name)?);
-        if let Some(p) = out.parent() {
-            std::fs::create_dir_all(p).map_err(io_err("create", p))?;
-        }
+        let out = beneath(staging, &db.name, Parents::Create)?;
         let report =
             rebuild(&image, &base, &history, RebuildTarget::Time(t), &out).map_err(|error| {
                 TimelineError::Capture {
@@ -292,106 +459,109 @@ pub async fn restore_site(
             commits_applied: report.commits_applied,
         });
     }
+    Ok(databases)
+}
 
+/// Each data dir as of t: the checkpoint's files, moved into place, then the changes seen
+/// after it up to t. Returns the files and their bytes.
+async fn restore_data_dirs(
+    repo: &Repository,
+    cut: &mut Cut,
+    checkpoint_dir: &Path,
+    staging: &Path,
+) -> Result<(u64, u64)> {
     let (mut files, mut file_bytes) = (0u64, 0u64);
-    for dir in &meta.dirs {
-        let records = by_source.remove(dir.name.as_str()).unwrap_or_default();
+    for dir in &cut.meta.dirs {
+        let records = cut.by_source.remove(dir.name.as_str()).unwrap_or_default();
         let changes: Vec<_> = resolve_history(records)
             .into_iter()
             .filter_map(|r| match r {
-                Record::File(c) if c.seq > dir.last_seq && c.observed_at <= t => Some(c),
+                Record::File(c) if c.seq > dir.last_seq && c.observed_at <= cut.t => Some(c),
                 _ => None,
             })
             .collect();
         let mut state = dir.files.clone();
         apply_file_changes(&mut state, &changes);
-        let root = staging.join(safe_rel(&dir.name)?);
-        let from = cut.join(safe_rel(&dir.name)?);
-        if from.is_dir() {
-            if let Some(p) = root.parent() {
-                std::fs::create_dir_all(p).map_err(io_err("create", p))?;
-            }
-            std::fs::rename(&from, &root).map_err(io_err("move into place", &root))?;
-        } else {
-            std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
-        }
+        move_data_dir(cut, &dir.name, checkpoint_dir, staging)?;
+        let in_dir = |path: &str| format!("{}/{}", dir.name, path);
         // Files the checkpoint had that are gone or different at t.
         for (path, hash) in &dir.files {
             if state.get(path) != Some(hash) {
-                let p = root.join(safe_rel(path)?);
+                let p = beneath(staging, &in_dir(path), Parents::MustExist)?;
                 std::fs::remove_file(&p).map_err(io_err("remove the outdated", &p))?;
             }
         }
         for (path, hash) in &state {
+            files += 1;
             if dir.files.get(path) == Some(hash) {
-                files += 1;
-                file_bytes += contents.get(hash).map_or(0, |c| c.size);
+                file_bytes += cut.contents.get(hash).map_or(0, |c| c.size);
                 continue;
             }
-            let out = root.join(safe_rel(path)?);
-            if let Some(p) = out.parent() {
-                std::fs::create_dir_all(p).map_err(io_err("create", p))?;
-            }
-            files += 1;
-            if let Some(bytes) = inline.get(hash.as_str()) {
+            let out = beneath(staging, &in_dir(path), Parents::Create)?;
+            if let Some(bytes) = cut.inline.get(hash.as_str()) {
                 // Checked against its blake3 when the segment was decoded.
                 write_new_file(&out, bytes)?;
                 file_bytes += bytes.len() as u64;
                 continue;
             }
-            let content = contents
+            let content = cut
+                .contents
                 .get(hash)
                 .ok_or_else(|| TimelineError::MissingContent {
                     hash: hash.clone(),
-                    what: format!("{}/{}", dir.name, path),
+                    what: in_dir(path),
                 })?;
             fetch(repo, hash, content, path, &out).await?;
             file_bytes += content.size;
         }
     }
-
-    let mut manifest = false;
-    if let Some((name, hash)) = &meta.manifest {
-        let from = cut.join(safe_rel(name)?);
-        let bytes = std::fs::read(&from).map_err(|_| TimelineError::MissingContent {
-            hash: hash.clone(),
-            what: name.clone(),
-        })?;
-        if blake3::hash(&bytes).to_hex().as_str() != hash {
-            return Err(TimelineError::Damaged {
-                what: name.clone(),
-                why: "its content does not match its recorded hash".into(),
-            });
-        }
-        let out = staging.join(safe_rel(name)?);
-        write_new_file(&out, &bytes)?;
-        manifest = true;
-    }
-
-    std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
-    sync_tree(&staging)?;
-    if into.exists() {
-        std::fs::remove_dir(into).map_err(io_err("replace the empty directory", into))?;
-    }
-    std::fs::rename(&staging, into).map_err(io_err("move the restored site to", into))?;
-    sync_dir(parent)?;
-    Ok(RestoreReport {
-        restored_time,
-        checkpoint: info.clone(),
-        last_segment_seq: expected - 1,
-        databases,
-        files,
-        file_bytes,
-        manifest,
-    })
+    Ok((files, file_bytes))
 }
 
+/// Moves the checkpoint's copy of data dir `name` into `staging` (or makes it empty when the
+/// checkpoint had no file in it), refusing one that is, or holds, a link.
+fn move_data_dir(cut: &Cut, name: &str, checkpoint_dir: &Path, staging: &Path) -> Result<()> {
+    let root = beneath(staging, name, Parents::Create)?;
+    let from = beneath(checkpoint_dir, name, Parents::MustExist)?;
+    let checkpoint = &cut.info.snapshot;
+    match std::fs::symlink_metadata(&from) {
+        Ok(m) if m.is_dir() => {
+            refuse_links(&from, checkpoint, checkpoint_dir)?;
+            std::fs::rename(&from, &root).map_err(io_err("move into place", &root))
+        }
+        _ => std::fs::create_dir_all(&root).map_err(io_err("create", &root)),
+    }
+}
+
+/// The manifest of the checkpoint, checked against its recorded hash.
+fn restore_manifest(cut: &Cut, checkpoint_dir: &Path, staging: &Path) -> Result<bool> {
+    let Some((name, hash)) = &cut.meta.manifest else {
+        return Ok(false);
+    };
+    let from = beneath(checkpoint_dir, name, Parents::MustExist)?;
+    let bytes = std::fs::read(&from).map_err(|_| TimelineError::MissingContent {
+        hash: hash.clone(),
+        what: name.clone(),
+    })?;
+    if blake3::hash(&bytes).to_hex().as_str() != hash {
+        return Err(TimelineError::Damaged {
+            what: name.clone(),
+            why: "its content does not match its recorded hash".into(),
+        });
+    }
+    write_new_file(&beneath(staging, name, Parents::Create)?, &bytes)?;
+    Ok(true)
+}
+
+/// Writes a file that must not exist yet (never through a link: `create_new` does not follow
+/// one), fsynced.
 fn write_new_file(out: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    if let Some(p) = out.parent() {
-        std::fs::create_dir_all(p).map_err(io_err("create", p))?;
-    }
-    let mut f = std::fs::File::create(out).map_err(io_err("create", out))?;
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(io_err("create", out))?;
     f.write_all(bytes).map_err(io_err("write", out))?;
     f.sync_all().map_err(io_err("fsync", out))
 }
@@ -409,4 +579,38 @@ fn sync_tree(root: &Path) -> Result<()> {
         }
     }
     sync_dir(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_through_a_link_is_refused_and_missing_directories_are_made() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("copy");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
+
+        for rel in ["a/passwd", "a", "a/b/c"] {
+            let err = beneath(&root, rel, Parents::Create).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{rel}: {err}");
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        for rel in ["../escape", "/etc/passwd", "x/../../y", ""] {
+            assert!(beneath(&root, rel, Parents::Create).is_err(), "{rel}");
+        }
+
+        let p = beneath(&root, "new/dir/file", Parents::Create).unwrap();
+        assert_eq!(p, root.join("new/dir/file"));
+        assert!(root.join("new/dir").is_dir());
+        assert!(!p.exists());
+        assert_eq!(
+            beneath(&root, "gone/file", Parents::MustExist).unwrap(),
+            root.join("gone/file")
+        );
+        assert!(!root.join("gone").exists());
+    }
 }
