@@ -155,32 +155,37 @@ impl Backend {
         }
     }
 
-    /// Closes an existing local repository to other users, as this version creates them: the
-    /// top directory 0700 (which alone keeps everything below it from other users), and the
-    /// key material and the config 0600 themselves. Best effort: a repository we may read but
+    /// Closes an existing local repository to other users, as this version creates them: no
+    /// group or other access to the top directory (which alone keeps everything below it from
+    /// other users), nor to the key material, the config and the top-level directories. Best effort: a repository we may read but
     /// not change (a read-only mount, someone else's) is still opened. Objects written from now
     /// on are private anyway (see [`write_durably`]).
     pub fn make_private(&self) {
         let Backend::Local(root) = self else {
             return;
         };
-        let tighten = |p: &Path, mode: u32| {
-            if let Ok(m) = std::fs::symlink_metadata(p)
+        // Clears the group and other bits; never adds any.
+        let tighten = |p: &Path, m: std::io::Result<std::fs::Metadata>| {
+            if let Ok(m) = m
                 && !m.file_type().is_symlink()
-                && m.permissions().mode() & 0o777 & !mode != 0
+                && m.permissions().mode() & 0o077 != 0
             {
+                let mode = m.permissions().mode() & 0o7700;
                 let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
             }
         };
-        tighten(root, 0o700);
-        tighten(&root.join("config"), 0o600);
+        // The destination itself may be a link the user made (`/srv/backup -> /mnt/disk`):
+        // what it points to is the repository. Links inside it are never followed.
+        tighten(root, std::fs::metadata(root));
+        let mut inside = vec![root.join("config")];
         for dir in ["keys", "data", "index", "snapshots", "locks", "segments"] {
-            tighten(&root.join(dir), 0o700);
+            inside.push(root.join(dir));
         }
         if let Ok(keys) = std::fs::read_dir(root.join("keys")) {
-            for k in keys.flatten() {
-                tighten(&k.path(), 0o600);
-            }
+            inside.extend(keys.flatten().map(|k| k.path()));
+        }
+        for p in inside {
+            tighten(&p, std::fs::symlink_metadata(&p));
         }
     }
 

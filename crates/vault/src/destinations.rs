@@ -582,14 +582,16 @@ fn intact(key: &str, bytes: &[u8]) -> bool {
         .is_some_and(|id| crate::crypto::Id::of_object(bytes) == id)
 }
 
-/// Makes an existing directory 0700, best effort (see [`Backend::make_private`]).
+/// Clears the group and other bits of an existing directory, best effort (see
+/// [`Backend::make_private`]).
 fn tighten_dir(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::symlink_metadata(dir)
         && m.is_dir()
         && m.permissions().mode() & 0o077 != 0
     {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let mode = m.permissions().mode() & 0o7700;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
     }
 }
 

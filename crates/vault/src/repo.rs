@@ -518,12 +518,17 @@ async fn unlock(
     url: &str,
     password: &[u8],
 ) -> Result<(Keys, KeyInfo)> {
-    let keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
+    let mut keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
         location: url.to_string(),
         action: "listing",
         key: "keys/".into(),
         detail: e.to_string(),
     })?;
+    if keyfiles.is_empty() {
+        // This destination lost its keys (an incomplete copy, a deletion by hand): the
+        // others hold the same ones.
+        keyfiles = dests.list("keys").await.unwrap_or_default();
+    }
     if keyfiles.is_empty() {
         return Err(Error::DamagedKey {
             location: url.to_string(),
