@@ -13,7 +13,8 @@ use lifeboat_core::plan::{Action, ObservedInstance, plan};
 use lifeboat_core::{EventKind, Manifest, ManifestError};
 use lifeboat_proxy::{HealthCheckConfig, Proxy, ProxyConfig, ProxyEvent, Timeouts};
 use lifeboat_supervisor::{
-    BackoffPolicy, InstanceSpec, Shim, Supervisor, SupervisorConfig, SupervisorEvent,
+    BackoffPolicy, InstanceSpec, ResourceLimits, Shim, Supervisor, SupervisorConfig,
+    SupervisorEvent,
 };
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
@@ -269,7 +270,7 @@ pub(crate) fn load_manifest(paths: &SitePaths) -> Result<Manifest, ControlError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ControlError::NoManifest { path });
         }
-        Err(source) => return Err(ControlError::ReadManifest { path, source }),
+        Err(cause) => return Err(ControlError::ReadManifest { path, cause }),
     };
     Ok(Manifest::parse(&path.display().to_string(), &text)?)
 }
@@ -494,6 +495,7 @@ pub(crate) fn start_instance_in(
         port,
         sandbox: view.sandbox(),
         env: view.env,
+        limits: resource_limits(&spec.limits),
     });
     if spec.http {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -504,6 +506,16 @@ pub(crate) fn start_instance_in(
         }
     }
     Ok(())
+}
+
+/// The manifest's `memory`, `cpu` and `pids` of a process, as the supervisor enforces them on
+/// each of its instances.
+fn resource_limits(limits: &lifeboat_core::manifest::ResourceLimits) -> ResourceLimits {
+    ResourceLimits {
+        memory_bytes: limits.memory,
+        cpu_millis: limits.cpu_millis,
+        pids: Some(limits.pids),
+    }
 }
 
 /// A loopback port nobody listens on right now.

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+mod cgroup;
 mod error;
 mod group;
 mod landlock;
@@ -25,5 +26,6 @@ pub use backoff::{BackoffPolicy, RestartDecision, RestartTracker};
 pub use error::SupervisorError;
 pub use supervisor::Supervisor;
 pub use types::{
-    ExitInfo, InstanceSpec, InstanceState, InstanceStatus, Shim, SupervisorConfig, SupervisorEvent,
+    ExitInfo, InstanceSpec, InstanceState, InstanceStatus, ResourceLimits, Shim, SupervisorConfig,
+    SupervisorEvent,
 };

@@ -5,6 +5,9 @@
 //! out the backoff, again, until a stop is asked for. The status table and the run file are
 //! updated at each step; events go to every subscriber.
 //!
+//! Each run of an instance gets a cgroup of its own with the instance's resource limits
+//! (`cgroup.rs`), made before the spawn and removed once the run's processes are all gone.
+//!
 //! When an instance's process exits on its own, the `Exited` event goes out at once (the front
 //! door stops sending it requests), but the instance starts again only once every other process
 //! of its group is gone: they get SIGTERM and the stop timeout to finish the responses they are
@@ -21,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::backoff::RestartTracker;
+use crate::cgroup::{InstanceCgroup, SiteCgroups};
 use crate::error::SupervisorError;
 use crate::group::{self, GroupStop, ProcessGroup};
 use crate::logs::{self, RotatingLog, SharedLog};
@@ -47,6 +51,8 @@ struct Inner {
     events: broadcast::Sender<SupervisorEvent>,
     /// Serialises run file writes so the last write always reflects the latest table.
     run_file_writes: Mutex<()>,
+    /// The site's cgroups, or why instances run without limits on this machine.
+    cgroups: Result<SiteCgroups, String>,
 }
 
 struct Entry {
@@ -57,6 +63,8 @@ struct Entry {
     next_restart_at: Option<Instant>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    /// The cgroup of the current run, read for the instance's usage.
+    cgroup: Option<Arc<InstanceCgroup>>,
 }
 
 /// How one run of an instance ended.
@@ -91,6 +99,14 @@ impl Supervisor {
             .canonicalize()
             .or_else(|_| std::path::absolute(&config.site_dir))
             .unwrap_or_else(|_| config.site_dir.clone());
+        let cgroups = match &config.shim {
+            Some(_) => SiteCgroups::prepare(&config.site, &site_dir).map_err(|e| e.to_string()),
+            None => Err(
+                "instances are started without the lifeboat shim, which is what puts \
+                         them in their cgroup"
+                    .to_string(),
+            ),
+        };
         let (events, _) = broadcast::channel(1024);
         Ok(Supervisor {
             inner: Arc::new(Inner {
@@ -101,14 +117,17 @@ impl Supervisor {
                 instances: Mutex::new(BTreeMap::new()),
                 events,
                 run_file_writes: Mutex::new(()),
+                cgroups,
             }),
         })
     }
 
     /// Kills the instances that a previous lifeboat of this site recorded in the run file and
     /// left running (it was killed or crashed), and claims the run file for this supervisor.
-    /// Returns the pids killed. Call it once, before starting instances. Fails, killing
-    /// nothing, if that previous lifeboat is still running.
+    /// Then empties and removes the cgroups that run left, which kills what its instances
+    /// started outside their process groups (and removes other sites' cgroups left empty
+    /// long ago). Returns the pids killed through the run file. Call it once, before
+    /// starting instances. Fails, killing nothing, if that previous lifeboat is still running.
     pub fn reap_leftovers(&self) -> Result<Vec<u32>, SupervisorError> {
         let inner = &self.inner;
         let killed = runfile::reap(
@@ -118,7 +137,19 @@ impl Supervisor {
             inner.me,
         )?;
         inner.write_run_file()?;
+        // Only now: the run file check above made sure no other lifeboat runs this site, so
+        // whatever is in its cgroups is left over.
+        if let Ok(cgroups) = &inner.cgroups {
+            for dir in cgroups.clean_stale() {
+                tracing::info!(cgroup = %dir.display(), "removed a cgroup left by an earlier run");
+            }
+        }
         Ok(killed)
+    }
+
+    /// Why this machine does not enforce instances' resource limits; `None` when it does.
+    pub fn limits_not_enforced(&self) -> Option<String> {
+        self.inner.cgroups.as_ref().err().cloned()
     }
 
     /// Where the run file is (the list of running process groups, for `reap_leftovers`).
@@ -153,11 +184,16 @@ impl Supervisor {
                         last_error: None,
                         memory_bytes: None,
                         cpu_time: None,
+                        pids: None,
+                        limits: spec.limits,
+                        limits_not_enforced: None,
+                        oom_kills: 0,
                     },
                     leftover_group: None,
                     next_restart_at: None,
                     stop: stop_tx,
                     done: done_rx,
+                    cgroup: None,
                 },
             );
         }
@@ -185,7 +221,7 @@ impl Supervisor {
         }
     }
 
-    /// Stops every instance, all at once.
+    /// Stops every instance, all at once, then removes the site's cgroup.
     pub async fn stop_all(&self) {
         let ids: Vec<String> = self.inner.lock().keys().cloned().collect();
         let mut stops = tokio::task::JoinSet::new();
@@ -194,12 +230,16 @@ impl Supervisor {
             stops.spawn(async move { supervisor.stop(&id).await });
         }
         while stops.join_next().await.is_some() {}
+        if let Ok(cgroups) = &self.inner.cgroups {
+            cgroups.remove_site();
+        }
     }
 
-    /// The status of every supervised instance, ordered by id.
+    /// The status of every supervised instance, ordered by id, with what each uses now.
     pub fn instances(&self) -> Vec<InstanceStatus> {
         let now = Instant::now();
-        self.inner
+        let current: Vec<(InstanceStatus, Option<Arc<InstanceCgroup>>)> = self
+            .inner
             .lock()
             .values()
             .map(|entry| {
@@ -207,9 +247,20 @@ impl Supervisor {
                 status.next_restart_in = entry
                     .next_restart_at
                     .map(|at| at.saturating_duration_since(now));
+                (status, entry.cgroup.clone())
+            })
+            .collect();
+        // Read outside the lock: starts and exits do not wait for /proc and /sys.
+        current
+            .into_iter()
+            .map(|(mut status, cgroup)| {
+                let counted = cgroup.map(|c| c.usage()).unwrap_or_default();
+                // Kills of the current run; earlier runs' are in the status already.
+                status.oom_kills += counted.oom_kills;
                 if let Some(pid) = status.pid {
-                    status.memory_bytes = usage::memory_bytes(pid);
-                    status.cpu_time = usage::cpu_time(pid);
+                    status.memory_bytes = counted.memory_bytes.or_else(|| usage::memory_bytes(pid));
+                    status.cpu_time = counted.cpu_time.or_else(|| usage::cpu_time(pid));
+                    status.pids = counted.pids;
                 }
                 status
             })
@@ -288,6 +339,16 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    /// The site's cgroup goes with the last handle on the supervisor (the kernel refuses while
+    /// an instance's cgroup is still in it, which the next start then cleans).
+    fn drop(&mut self) {
+        if let Ok(cgroups) = &self.cgroups {
+            cgroups.remove_site();
+        }
+    }
+}
+
 /// The life of one instance, until it is stopped.
 async fn supervise(
     inner: Arc<Inner>,
@@ -307,10 +368,16 @@ async fn supervise(
             e.next_restart_at = None;
         });
         let started_at = Instant::now();
-        let outcome = match open_log(&inner, &spec.id, &mut log) {
-            Ok(log) => run_once(&inner, &spec, &log, &mut stop).await,
+        let opened = open_log(&inner, &spec.id, &mut log);
+        let mut cgroup = enter_cgroup(&inner, &spec, log.as_ref()).await;
+        let outcome = match opened {
+            Ok(log) => run_once(&inner, &spec, cgroup.as_deref(), &log, &mut stop).await,
             Err(reason) => RunOutcome::FailedToStart(reason),
         };
+        if matches!(outcome, RunOutcome::Stopped | RunOutcome::FailedToStart(_)) {
+            // Nothing of this run is left running (a stop waits for the whole group).
+            leave_cgroup(&inner, &spec, cgroup.take(), log.as_ref()).await;
+        }
         match outcome {
             RunOutcome::Stopped => break,
             RunOutcome::Exited { pid, exit, leader } => {
@@ -337,6 +404,7 @@ async fn supervise(
                 if let Some(leader) = leader {
                     stop_rest_of_group(&inner, pid, leader, log.as_ref()).await;
                 }
+                leave_cgroup(&inner, &spec, cgroup.take(), log.as_ref()).await;
                 inner.update(&spec.id, |e| e.leftover_group = None);
                 inner.record_run_file(&spec.id).await;
             }
@@ -425,14 +493,100 @@ fn open_log(inner: &Inner, id: &str, log: &mut Option<SharedLog>) -> Result<Shar
     Ok(shared)
 }
 
+/// Makes the cgroup of the next run of the instance, with its limits. Without one (the
+/// machine has no usable cgroups, or making this one failed) the instance runs all the same,
+/// and its status says why its limits are not enforced.
+async fn enter_cgroup(
+    inner: &Arc<Inner>,
+    spec: &InstanceSpec,
+    log: Option<&SharedLog>,
+) -> Option<Arc<InstanceCgroup>> {
+    let made = {
+        let (inner, id, limits) = (inner.clone(), spec.id.clone(), spec.limits);
+        // Blocking: a leftover cgroup of the same name is emptied first.
+        tokio::task::spawn_blocking(move || match &inner.cgroups {
+            Ok(cgroups) => cgroups.create(&id, &limits).map_err(|e| e.to_string()),
+            Err(why) => Err(why.clone()),
+        })
+        .await
+        .unwrap_or_else(|_| Err("making the instance's cgroup failed (a bug)".to_string()))
+    };
+    let (cgroup, not_enforced) = match made {
+        Ok(cgroup) => {
+            let why = cgroup.not_enforced.clone();
+            (Some(Arc::new(cgroup)), why)
+        }
+        Err(why) => {
+            // Said once per instance in its log, not at every restart.
+            let first_time = inner
+                .lock()
+                .get(&spec.id)
+                .is_some_and(|e| e.status.limits_not_enforced.as_ref() != Some(&why));
+            if let Some(log) = log.filter(|_| first_time) {
+                logs::note(log, &format!("resource limits not enforced: {why}"));
+            }
+            (None, Some(why))
+        }
+    };
+    inner.update(&spec.id, |e| {
+        e.cgroup = cgroup.clone();
+        e.status.limits_not_enforced = not_enforced;
+    });
+    cgroup
+}
+
+/// Once nothing of a run is left in its process group: counts what the memory limit killed,
+/// then empties (kills what left the group) and removes the run's cgroup.
+async fn leave_cgroup(
+    inner: &Arc<Inner>,
+    spec: &InstanceSpec,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    log: Option<&SharedLog>,
+) {
+    let Some(cgroup) = cgroup else { return };
+    let oom_kills = cgroup.usage().oom_kills;
+    // One step, so a status read in between never counts these kills twice or not at all.
+    inner.update(&spec.id, |e| {
+        e.cgroup = None;
+        e.status.oom_kills += oom_kills;
+    });
+    let note = |text: &str| {
+        if let Some(log) = log {
+            logs::note(log, text);
+        }
+    };
+    if oom_kills > 0 {
+        note(&format!(
+            "the memory limit ({}) was reached: the kernel killed {} of this instance",
+            bytes(spec.limits.memory_bytes.unwrap_or(0)),
+            processes(oom_kills as usize)
+        ));
+    }
+    let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    if let Ok(Err(err)) = removed {
+        note(&err.to_string());
+        tracing::warn!(instance = %spec.id, "{err}");
+    }
+}
+
 /// Spawns the instance once and waits until it exits or a stop is asked for.
 async fn run_once(
     inner: &Arc<Inner>,
     spec: &InstanceSpec,
+    cgroup: Option<&InstanceCgroup>,
     log: &SharedLog,
     stop: &mut watch::Receiver<bool>,
 ) -> RunOutcome {
-    let command = spawn::instance_command(&inner.config, spec, &inner.site_dir);
+    let command = match cgroup {
+        Some(cgroup) => {
+            // The shim joins the cgroup before anything of the instance runs, so no process
+            // of it is ever outside its limits.
+            let mut in_cgroup = spec.clone();
+            in_cgroup.sandbox.cgroups.extend(cgroup.dirs());
+            spawn::instance_command(&inner.config, &in_cgroup, &inner.site_dir)
+        }
+        None => spawn::instance_command(&inner.config, spec, &inner.site_dir),
+    };
     let child = match spawn::spawn(command).await {
         Ok(child) => child,
         Err(err) if !inner.site_dir.is_dir() => {
@@ -598,6 +752,16 @@ fn note_unfinished_stop(log: &SharedLog, pid: u32, outcome: &GroupStop) {
             ),
         ),
         _ => {}
+    }
+}
+
+/// Bytes as people read a memory limit: `64MiB`, `1.5GiB`.
+fn bytes(n: u64) -> String {
+    let mib = n as f64 / f64::from(1 << 20);
+    if mib >= 1024.0 {
+        format!("{:.1}GiB", mib / 1024.0).replace(".0GiB", "GiB")
+    } else {
+        format!("{mib:.0}MiB")
     }
 }
 

@@ -57,8 +57,24 @@ pub struct InstanceSpec {
     /// `LIFEBOAT_SITE`, `LIFEBOAT_SITE_DIR` and `LIFEBOAT_SUPERVISOR_PID`.
     pub env: Vec<(String, String)>,
     /// The private view of the file system the instance runs in (set up by the shim, so a
-    /// non-empty sandbox needs [`SupervisorConfig::shim`]).
+    /// non-empty sandbox needs [`SupervisorConfig::shim`]). The supervisor adds the
+    /// instance's cgroups to it for each run.
     pub sandbox: crate::shim::Sandbox,
+    /// What the instance may use of the machine, enforced with a cgroup of its own where the
+    /// machine allows (see [`InstanceStatus::limits_not_enforced`]).
+    pub limits: ResourceLimits,
+}
+
+/// What one instance, all its processes together, may use. `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// RAM and swap together, in bytes; over it the kernel kills a process of the instance.
+    pub memory_bytes: Option<u64>,
+    /// CPU time in thousandths of a core (1500 is one and a half cores); over it the
+    /// instance is slowed down.
+    pub cpu_millis: Option<u32>,
+    /// Processes and threads at once; past it, `fork` fails in the instance.
+    pub pids: Option<u32>,
 }
 
 /// Where an instance is in its life.
@@ -103,11 +119,28 @@ pub struct InstanceStatus {
     pub next_restart_in: Option<Duration>,
     /// Why the last start failed, when the command could not even be spawned.
     pub last_error: Option<String>,
-    /// Resident memory of the running process, in bytes.
+    /// Memory the running instance uses, in bytes: all its processes as its cgroup counts
+    /// them (what its memory limit is held against), or, without a cgroup, the resident
+    /// memory of its main process.
     pub memory_bytes: Option<u64>,
-    /// CPU time the running process has used.
+    /// CPU time the running instance has used: all its processes (cgroup), or its main
+    /// process only.
     #[serde(rename = "cpu_time_ms", with = "optional_millis")]
     pub cpu_time: Option<Duration>,
+    /// Processes and threads the running instance has now (from its cgroup; `None` without).
+    #[serde(default)]
+    pub pids: Option<u32>,
+    /// The limits asked for it.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    /// Why its limits are not (all) enforced, in words (no cgroups on this machine, no
+    /// permission, ...); `None` when they are.
+    #[serde(default)]
+    pub limits_not_enforced: Option<String>,
+    /// How many of its processes the kernel killed for going over the memory limit, over all
+    /// its runs.
+    #[serde(default)]
+    pub oom_kills: u32,
 }
 
 /// A lifecycle fact, broadcast to every [`crate::Supervisor::subscribe`]r.

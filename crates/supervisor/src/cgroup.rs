@@ -1,0 +1,753 @@
+//! Resource limits through the kernel's cgroups: one cgroup per run of an instance, so that a
+//! memory hog, a busy loop or a fork bomb in one instance hits its own ceiling and not
+//! Lifeboat's or the other instances'.
+//!
+//! Layout: `<Lifeboat's own cgroup>/lifeboat-<site>-<hash>/<instance>`, in the v2 hierarchy or
+//! in each v1 hierarchy that holds a controller we use (`memory`, `pids`, `cpu`, `cpuacct`).
+//! Beneath Lifeboat's own cgroup and not at the root, so that it works where Lifeboat was
+//! given a part of the tree (systemd's `Delegate=yes`) and stays inside whatever limits its
+//! own cgroup has. The instance's cgroup is made before each start, joined by the shim before
+//! the command runs (so nothing the instance starts is ever outside it), and removed once the
+//! run is over; processes left in it then (ones that left the instance's process group with
+//! `setsid`) are killed, because the instance they belong to is gone. A Lifeboat killed with
+//! `kill -9` leaves its cgroups behind: the next start of the same site empties and removes
+//! them ([`SiteCgroups::clean_stale`]).
+//!
+//! Writing the few cgroup files directly rather than using a crate: `cgroups-rs`, the kept
+//! one, brings a D-Bus stack (zbus) and a second `nix`, and creates cgroups from the root of
+//! each hierarchy unless told otherwise; what is needed here is a dozen files per version.
+//!
+//! Never: kill a process that is not in a cgroup of this site; remove a cgroup that still has
+//! processes (the kernel refuses anyway); keep an instance from starting because its limits
+//! cannot be set (it runs without them and its status says why: limits protect the site's
+//! availability, refusing to run would end it); print.
+
+mod locate;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub(crate) use locate::Controller;
+use locate::{is_site_dir_name, locate, site_dir_name};
+
+use crate::types::ResourceLimits;
+
+/// The period of the CPU bandwidth limit: `cpu = 1.5` is 150 ms of CPU time per 100 ms (the
+/// kernel's default period; a shorter one costs more scheduler work, a longer one lets a
+/// burst stall the instance longer).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// How long the processes left in a cgroup get to disappear after SIGKILL.
+const EMPTY_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long `rmdir` of an emptied cgroup is retried: the kernel may still be tearing the last
+/// process down for a moment after it left `cgroup.procs`.
+const RMDIR_WITHIN: Duration = Duration::from_secs(2);
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// A cgroup of another site that has been empty at least this long is a leftover of a
+/// Lifeboat killed with `kill -9` that never came back; a younger empty one may be a start in
+/// progress (made, not yet joined).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+
+/// The leaf a v2 Lifeboat moves itself into when it is alone in its cgroup (see
+/// [`delegate_v2`]).
+const SUPERVISOR_LEAF: &str = "lifeboat-supervisor";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// Why cgroups can not be used. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CgroupError {
+    #[error(
+        "this machine offers no cgroup controller for memory, processes or CPU that Lifeboat \
+         can see (none in /proc/self/cgroup and /proc/self/mountinfo); run it on a Linux \
+         kernel with cgroups mounted under /sys/fs/cgroup"
+    )]
+    Unavailable,
+    #[error(
+        "Lifeboat may not create cgroups in {path} ({source}): it is not root and this part of \
+         the cgroup tree was not given to it; run it as root, or as a systemd service with \
+         Delegate=yes"
+    )]
+    NotPermitted { path: PathBuf, source: io::Error },
+    #[error(
+        "cgroup v2 gives controllers only to cgroups without processes of their own, and \
+         {path}, where Lifeboat runs, holds {others} other process(es); start Lifeboat in a \
+         cgroup of its own (a systemd service with Delegate=yes, or `systemd-run --scope -p \
+         Delegate=yes lifeboat up`)"
+    )]
+    SharedCgroup { path: PathBuf, others: usize },
+    #[error("cannot {what} {path} ({source})")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the instance id {0:?} can not name a cgroup")]
+    BadId(String),
+    #[error(
+        "the cgroup {path} still holds {left} process(es) {within:?} after SIGKILL; it is \
+         removed at the next start of the site"
+    )]
+    NotEmpty {
+        path: PathBuf,
+        left: usize,
+        within: Duration,
+    },
+}
+
+impl CgroupError {
+    fn io(what: &'static str, path: &Path, source: io::Error) -> CgroupError {
+        if is_refusal(&source) {
+            CgroupError::NotPermitted {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            CgroupError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
+}
+
+/// The kernel said no: not root and not delegated, or a read-only cgroup file system.
+fn is_refusal(e: &io::Error) -> bool {
+    matches!(errno(e), Some(Errno::EACCES | Errno::EPERM | Errno::EROFS))
+}
+
+/// One hierarchy the site uses: the site's cgroup in it, and which of our controllers it holds.
+#[derive(Debug, Clone)]
+struct Hierarchy {
+    version: Version,
+    /// Lifeboat's own cgroup (or, on v2, the one it made room in), where the site's goes.
+    base: PathBuf,
+    /// `base/lifeboat-SITE-HASH`.
+    site: PathBuf,
+    controllers: Vec<Controller>,
+}
+
+/// A site's cgroups on this machine: made once at start, then one per instance run.
+#[derive(Debug)]
+pub(crate) struct SiteCgroups {
+    hierarchies: Vec<Hierarchy>,
+    /// Controllers for limits that this machine does not offer (e.g. no `pids` controller).
+    missing: Vec<Controller>,
+}
+
+impl SiteCgroups {
+    /// Finds where Lifeboat runs in each hierarchy and makes the site's cgroup beneath it.
+    /// Fails when no controller can be used at all.
+    pub(crate) fn prepare(site: &str, site_dir: &Path) -> Result<SiteCgroups, CgroupError> {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let located = locate(&read("/proc/self/cgroup"), &read("/proc/self/mountinfo"));
+        let name = site_dir_name(site, site_dir);
+        let mut hierarchies = Vec::new();
+        // v2 first: a controller on v2 is not on any v1 hierarchy, and the reverse.
+        let mut taken: Vec<Controller> = Vec::new();
+        if let Some(own) = &located.v2 {
+            let base = match own.file_name() {
+                // A v2 Lifeboat that moved itself aside before (another supervisor in this
+                // process) makes its sites beside its leaf, not inside it.
+                Some(leaf) if leaf == SUPERVISOR_LEAF => own.parent().unwrap_or(own).to_path_buf(),
+                _ => own.clone(),
+            };
+            let offered =
+                std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+            let controllers: Vec<Controller> =
+                [Controller::Memory, Controller::Pids, Controller::Cpu]
+                    .into_iter()
+                    .filter(|c| offered.split_whitespace().any(|o| o == c.name()))
+                    .collect();
+            if !controllers.is_empty() {
+                let enabled = delegate_v2(&base, &controllers)?;
+                taken.extend(&enabled);
+                hierarchies.push(Hierarchy {
+                    version: Version::V2,
+                    site: base.join(&name),
+                    base,
+                    controllers: enabled,
+                });
+            }
+        }
+        for (controllers, own) in located.v1 {
+            let controllers: Vec<Controller> = controllers
+                .into_iter()
+                .filter(|c| !taken.contains(c))
+                .collect();
+            if controllers.is_empty() {
+                continue;
+            }
+            taken.extend(&controllers);
+            hierarchies.push(Hierarchy {
+                version: Version::V1,
+                site: own.join(&name),
+                base: own,
+                controllers,
+            });
+        }
+        let missing: Vec<Controller> = [Controller::Memory, Controller::Pids, Controller::Cpu]
+            .into_iter()
+            .filter(|c| !taken.contains(c))
+            .collect();
+        if missing.len() == 3 {
+            return Err(CgroupError::Unavailable);
+        }
+        let cgroups = SiteCgroups {
+            hierarchies,
+            missing,
+        };
+        for h in &cgroups.hierarchies {
+            ensure_site(h)?;
+        }
+        Ok(cgroups)
+    }
+
+    /// Makes the cgroup of one run of instance `id` with `limits` set, emptying a leftover of
+    /// the same name first. The shim joins [`InstanceCgroup::dirs`].
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        limits: &ResourceLimits,
+    ) -> Result<InstanceCgroup, CgroupError> {
+        if id.is_empty() || id == "." || id == ".." || id.contains('/') {
+            return Err(CgroupError::BadId(id.to_string()));
+        }
+        let mut made = InstanceCgroup {
+            dirs: Vec::new(),
+            not_enforced: self.not_enforced(limits),
+        };
+        for h in &self.hierarchies {
+            let dir = h.site.join(id);
+            let result = make_dir(h, &dir).and_then(|()| {
+                made.dirs.push(InstanceDir {
+                    version: h.version,
+                    path: dir.clone(),
+                    controllers: h.controllers.clone(),
+                });
+                write_limits(h.version, &h.controllers, &dir, limits)
+            });
+            if let Err(err) = result {
+                // Half made is not made: the instance runs without, and says so.
+                let _ = made.remove();
+                return Err(err);
+            }
+        }
+        Ok(made)
+    }
+
+    /// Which asked-for limits this machine cannot enforce, in words; `None` when all can.
+    fn not_enforced(&self, limits: &ResourceLimits) -> Option<String> {
+        let unenforced: Vec<&str> = self
+            .missing
+            .iter()
+            .filter(|c| match c {
+                Controller::Memory => limits.memory_bytes.is_some(),
+                Controller::Pids => limits.pids.is_some(),
+                Controller::Cpu => limits.cpu_millis.is_some(),
+                Controller::CpuAcct => false,
+            })
+            .map(|c| c.name())
+            .collect();
+        (!unenforced.is_empty()).then(|| {
+            format!(
+                "this machine has no cgroup controller for {} (not mounted, or taken by another \
+                 hierarchy); the other limits are enforced",
+                unenforced.join(", ")
+            )
+        })
+    }
+
+    /// Empties and removes what a previous run of this site left (it was killed with
+    /// `kill -9`, or a removal failed), and removes other sites' cgroups that have been empty
+    /// for a while (their Lifeboat was killed and never came back). Call it only when no other
+    /// Lifeboat runs this site: the processes in this site's cgroups are killed. Returns the
+    /// cgroups removed.
+    pub(crate) fn clean_stale(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for h in &self.hierarchies {
+            for dir in subdirs(&h.site) {
+                let leftover = InstanceDir {
+                    version: h.version,
+                    path: dir.clone(),
+                    controllers: h.controllers.clone(),
+                };
+                if leftover.empty_and_remove().is_ok() {
+                    removed.push(dir);
+                }
+            }
+            for other in subdirs(&h.base) {
+                let is_other_site = other != h.site
+                    && other
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(is_site_dir_name);
+                if !is_other_site {
+                    continue;
+                }
+                // Before its children go: removing one makes the directory look new.
+                let site_abandoned = age(&other).is_some_and(|a| a >= ABANDONED_AFTER);
+                for dir in subdirs(&other) {
+                    let abandoned = members(&dir).is_ok_and(|m| m.is_empty())
+                        && age(&dir).is_some_and(|a| a >= ABANDONED_AFTER);
+                    if abandoned && std::fs::remove_dir(&dir).is_ok() {
+                        removed.push(dir);
+                    }
+                }
+                // Fails while it still has instance cgroups: then it is someone's.
+                if site_abandoned && std::fs::remove_dir(&other).is_ok() {
+                    removed.push(other);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes the site's own cgroups once every instance's is gone (at shutdown). Best effort.
+    pub(crate) fn remove_site(&self) {
+        for h in &self.hierarchies {
+            let _ = std::fs::remove_dir(&h.site);
+        }
+    }
+}
+
+/// On v2, controllers reach a child cgroup only when its parent lists them in
+/// `cgroup.subtree_control`, and the kernel allows that only for a cgroup without processes of
+/// its own. So Lifeboat, when it is the only process of its cgroup (a systemd service with
+/// `Delegate=yes`), moves itself into a leaf beside the sites' cgroups; it never moves anyone
+/// else. Returns the controllers enabled.
+fn delegate_v2(base: &Path, wanted: &[Controller]) -> Result<Vec<Controller>, CgroupError> {
+    let control = base.join("cgroup.subtree_control");
+    let enabled_now = || std::fs::read_to_string(&control).unwrap_or_default();
+    let mut enabled = Vec::new();
+    let mut moved = false;
+    for c in wanted {
+        if enabled_now().split_whitespace().any(|e| e == c.name()) {
+            enabled.push(*c);
+            continue;
+        }
+        let enable = || std::fs::write(&control, format!("+{}", c.name()));
+        match enable() {
+            Ok(()) => enabled.push(*c),
+            Err(e) if errno(&e) == Some(Errno::EBUSY) && !moved => {
+                move_self_aside(base)?;
+                moved = true;
+                enable().map_err(|e| CgroupError::io("enable controllers in", &control, e))?;
+                enabled.push(*c);
+            }
+            Err(e) if is_refusal(&e) => {
+                return Err(CgroupError::io("enable controllers in", &control, e));
+            }
+            // Another reason (a real-time process keeps `cpu` from being enabled): do
+            // without this controller; `status` names the limits not enforced.
+            Err(_) => {}
+        }
+    }
+    Ok(enabled)
+}
+
+/// Moves this process into `base/lifeboat-supervisor` if it is the only process in `base`.
+fn move_self_aside(base: &Path) -> Result<(), CgroupError> {
+    let me = std::process::id();
+    let others = members(base)
+        .map_err(|e| CgroupError::io("list the processes of", base, e))?
+        .into_iter()
+        .filter(|p| *p != me)
+        .count();
+    if others > 0 {
+        return Err(CgroupError::SharedCgroup {
+            path: base.to_path_buf(),
+            others,
+        });
+    }
+    let leaf = base.join(SUPERVISOR_LEAF);
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CgroupError::io("create", &leaf, e)),
+    }
+    let procs = leaf.join("cgroup.procs");
+    std::fs::write(&procs, me.to_string())
+        .map_err(|e| CgroupError::io("move Lifeboat into", &leaf, e))
+}
+
+/// Makes the site's cgroup in `h` (again, if a sweep removed it while it was empty) and gives
+/// its children the controllers.
+fn ensure_site(h: &Hierarchy) -> Result<(), CgroupError> {
+    match std::fs::create_dir(&h.site) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CgroupError::io("create", &h.site, e)),
+    }
+    if h.version == Version::V2 {
+        let control = h.site.join("cgroup.subtree_control");
+        let names: Vec<String> = h
+            .controllers
+            .iter()
+            .map(|c| format!("+{}", c.name()))
+            .collect();
+        std::fs::write(&control, names.join(" "))
+            .map_err(|e| CgroupError::io("enable controllers in", &control, e))?;
+    }
+    if h.controllers.contains(&Controller::Cpu) {
+        // Inside the site's cgroup each instance weighs as much as the others, whatever its
+        // number of processes: a busy or forking instance can not starve its neighbours. The
+        // site as a whole weighs as much as one busy process per core, so putting its
+        // instances in a group does not leave them less CPU against the rest of the machine.
+        // Best effort: a weight is a fairness hint, not a limit anyone asked for.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let _ = match h.version {
+            Version::V1 => std::fs::write(h.site.join("cpu.shares"), (1024 * cores).to_string()),
+            Version::V2 => std::fs::write(
+                h.site.join("cpu.weight"),
+                (100 * cores).min(10_000).to_string(),
+            ),
+        };
+    }
+    Ok(())
+}
+
+/// Makes an instance's cgroup directory; one left by an earlier run is emptied and reused.
+fn make_dir(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
+    for attempt in 0..2 {
+        match std::fs::create_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // What is still in it belongs to an earlier run of this instance, which is over.
+                kill_members(&[dir.to_path_buf()], h.version, EMPTY_WITHIN);
+                return Ok(());
+            }
+            // Another site's sweep removed our (then empty) site cgroup: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => ensure_site(h)?,
+            Err(e) => return Err(CgroupError::io("create", dir, e)),
+        }
+    }
+    Err(CgroupError::io(
+        "create",
+        dir,
+        io::Error::from(io::ErrorKind::NotFound),
+    ))
+}
+
+/// Writes every limit this hierarchy enforces. An unset limit is written as "none" too: a
+/// reused directory may hold the last run's.
+fn write_limits(
+    version: Version,
+    controllers: &[Controller],
+    dir: &Path,
+    limits: &ResourceLimits,
+) -> Result<(), CgroupError> {
+    let write = |file: &str, value: String| {
+        let path = dir.join(file);
+        std::fs::write(&path, value).map_err(|e| CgroupError::io("set the limit", &path, e))
+    };
+    // Written only where the kernel has it (swap accounting can be off).
+    let write_if_present = |file: &str, value: String| {
+        let path = dir.join(file);
+        if path.exists() {
+            write(file, value)
+        } else {
+            Ok(())
+        }
+    };
+    for c in controllers {
+        match (c, version) {
+            (Controller::Memory, Version::V1) => {
+                let bytes = limits
+                    .memory_bytes
+                    .map_or("-1".to_string(), |b| b.to_string());
+                // RAM first, then RAM + swap at the same value: the limit means "memory", and
+                // an instance over it must be stopped, not swap the machine to a crawl.
+                write("memory.limit_in_bytes", bytes.clone())?;
+                write_if_present("memory.memsw.limit_in_bytes", bytes)?;
+            }
+            (Controller::Memory, Version::V2) => {
+                let bytes = limits
+                    .memory_bytes
+                    .map_or("max".to_string(), |b| b.to_string());
+                write("memory.max", bytes)?;
+                let swap = if limits.memory_bytes.is_some() {
+                    "0"
+                } else {
+                    "max"
+                };
+                write_if_present("memory.swap.max", swap.to_string())?;
+            }
+            (Controller::Pids, _) => {
+                write(
+                    "pids.max",
+                    limits.pids.map_or("max".to_string(), |p| p.to_string()),
+                )?;
+            }
+            (Controller::Cpu, Version::V1) => {
+                write("cpu.cfs_period_us", CPU_PERIOD_US.to_string())?;
+                let quota = limits.cpu_millis.map_or("-1".to_string(), |m| {
+                    (u64::from(m) * CPU_PERIOD_US / 1000).to_string()
+                });
+                write("cpu.cfs_quota_us", quota)?;
+            }
+            (Controller::Cpu, Version::V2) => {
+                let quota = limits.cpu_millis.map_or("max".to_string(), |m| {
+                    (u64::from(m) * CPU_PERIOD_US / 1000).to_string()
+                });
+                write("cpu.max", format!("{quota} {CPU_PERIOD_US}"))?;
+            }
+            (Controller::CpuAcct, _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// One run's cgroup: a directory per hierarchy, all joined by the instance's first process.
+#[derive(Debug)]
+pub(crate) struct InstanceCgroup {
+    dirs: Vec<InstanceDir>,
+    /// The asked-for limits this machine cannot enforce, in words.
+    pub not_enforced: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct InstanceDir {
+    version: Version,
+    path: PathBuf,
+    controllers: Vec<Controller>,
+}
+
+/// What an instance uses now, as its cgroup counts it (all its processes together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CgroupUsage {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u32>,
+    pub cpu_time: Option<Duration>,
+    /// Processes the kernel killed in this run for going over the memory limit.
+    pub oom_kills: u32,
+}
+
+impl InstanceCgroup {
+    /// The directories the instance's first process joins.
+    pub(crate) fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+
+    fn with(&self, c: Controller) -> Option<&InstanceDir> {
+        self.dirs.iter().find(|d| d.controllers.contains(&c))
+    }
+
+    /// Reads the instance's usage. A value the kernel does not offer is `None`.
+    pub(crate) fn usage(&self) -> CgroupUsage {
+        let read =
+            |dir: &InstanceDir, file: &str| std::fs::read_to_string(dir.path.join(file)).ok();
+        let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+        let memory = self.with(Controller::Memory);
+        let memory_bytes = memory.and_then(|d| {
+            number(read(
+                d,
+                match d.version {
+                    Version::V1 => "memory.usage_in_bytes",
+                    Version::V2 => "memory.current",
+                },
+            ))
+        });
+        let oom_kills = memory
+            .and_then(|d| {
+                let file = match d.version {
+                    Version::V1 => "memory.oom_control",
+                    Version::V2 => "memory.events",
+                };
+                keyed(&read(d, file)?, "oom_kill")
+            })
+            .unwrap_or(0);
+        let pids = self
+            .with(Controller::Pids)
+            .and_then(|d| number(read(d, "pids.current")))
+            .and_then(|n| u32::try_from(n).ok());
+        let cpu_time = match self.dirs.iter().find(|d| d.version == Version::V2) {
+            // v2 counts CPU time in every cgroup, controller or not.
+            Some(d) => read(d, "cpu.stat")
+                .and_then(|t| keyed(&t, "usage_usec"))
+                .map(Duration::from_micros),
+            None => self
+                .with(Controller::CpuAcct)
+                .and_then(|d| number(read(d, "cpuacct.usage")))
+                .map(Duration::from_nanos),
+        };
+        CgroupUsage {
+            memory_bytes,
+            pids,
+            cpu_time,
+            oom_kills: u32::try_from(oom_kills).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Kills what is still in the cgroup (processes that left the instance's process group;
+    /// the run they belong to is over) and removes it. Blocks up to a few seconds.
+    pub(crate) fn remove(&self) -> Result<(), CgroupError> {
+        let mut result = Ok(());
+        for dir in &self.dirs {
+            if let Err(err) = dir.empty_and_remove() {
+                result = Err(err);
+            }
+        }
+        result
+    }
+}
+
+impl InstanceDir {
+    fn empty_and_remove(&self) -> Result<(), CgroupError> {
+        let left = kill_members(std::slice::from_ref(&self.path), self.version, EMPTY_WITHIN);
+        if left > 0 {
+            return Err(CgroupError::NotEmpty {
+                path: self.path.clone(),
+                left,
+                within: EMPTY_WITHIN,
+            });
+        }
+        let deadline = Instant::now() + RMDIR_WITHIN;
+        loop {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if errno(&e) == Some(Errno::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(POLL);
+                }
+                Err(e) => return Err(CgroupError::io("remove", &self.path, e)),
+            }
+        }
+    }
+}
+
+/// SIGKILLs every process in the cgroups `dirs` until they are empty or `within` has passed;
+/// returns how many were left. Lifeboat itself is never signalled, should it be listed.
+///
+/// A pid read from `cgroup.procs` is signalled at once; for it to name another process by
+/// then, it would have to exit and its number be reused by a new process within that moment,
+/// which the kernel's pid allocation (it cycles through the whole range) makes out of reach.
+fn kill_members(dirs: &[PathBuf], version: Version, within: Duration) -> usize {
+    let me = std::process::id();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut left: Vec<u32> = dirs
+            .iter()
+            .flat_map(|d| members(d).unwrap_or_default())
+            .filter(|p| *p != me && *p > 1)
+            .collect();
+        left.sort_unstable();
+        left.dedup();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left.len();
+        }
+        // v2's cgroup.kill (Linux 5.14+) kills every member at once, even one forking now.
+        let killed_by_kernel = version == Version::V2
+            && dirs
+                .iter()
+                .all(|d| std::fs::write(d.join("cgroup.kill"), "1").is_ok());
+        if !killed_by_kernel {
+            for pid in &left {
+                if let Ok(raw) = i32::try_from(*pid) {
+                    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The processes in cgroup `dir` (not their threads).
+fn members(dir: &Path) -> io::Result<Vec<u32>> {
+    Ok(std::fs::read_to_string(dir.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// The directories in `dir` (a cgroup's children); none if it can not be read.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// How long ago `dir` was last changed (cgroup directories keep the time they were made).
+fn age(dir: &Path) -> Option<Duration> {
+    std::fs::metadata(dir).ok()?.modified().ok()?.elapsed().ok()
+}
+
+/// The value of `key` in a `key value` per line file (`memory.events`, `cpu.stat`).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_files_are_read_by_key() {
+        let oom_control = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(keyed(oom_control, "oom_kill"), Some(3));
+        assert_eq!(keyed(oom_control, "oom"), None);
+        assert_eq!(
+            keyed("usage_usec 1500\nuser_usec 1000\n", "usage_usec"),
+            Some(1500)
+        );
+    }
+
+    #[test]
+    fn limits_a_machine_lacks_are_named() {
+        let cgroups = SiteCgroups {
+            hierarchies: Vec::new(),
+            missing: vec![Controller::Pids],
+        };
+        let limits = ResourceLimits {
+            memory_bytes: Some(1 << 30),
+            cpu_millis: None,
+            pids: Some(100),
+        };
+        let why = cgroups.not_enforced(&limits).expect("pids is not enforced");
+        assert!(why.contains("pids"), "{why}");
+        let without_pids = ResourceLimits {
+            pids: None,
+            ..limits
+        };
+        assert_eq!(cgroups.not_enforced(&without_pids), None);
+    }
+
+    #[test]
+    fn an_instance_id_that_is_a_path_is_refused() {
+        let cgroups = SiteCgroups {
+            hierarchies: Vec::new(),
+            missing: Vec::new(),
+        };
+        for id in ["", ".", "..", "web/1", "../x"] {
+            assert!(matches!(
+                cgroups.create(id, &ResourceLimits::default()),
+                Err(CgroupError::BadId(_))
+            ));
+        }
+    }
+}
