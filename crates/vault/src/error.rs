@@ -82,6 +82,18 @@ pub enum Error {
     )]
     UnsafeEntry { entry: String, reason: &'static str },
 
+    #[error(
+        "could not give {path} its recorded owner {uid}:{gid} ({source}); restore as root onto a file system that keeps owners (not FAT, not an NFS mount that squashes root), or as a normal user to own every restored file yourself"
+    )]
+    OwnerNotRestored {
+        path: PathBuf,
+        /// The recorded ids; `-` when not recorded.
+        uid: String,
+        gid: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("the restore target {0} is not empty; choose an empty directory or pass --overwrite")]
     TargetNotEmpty(PathBuf),
 

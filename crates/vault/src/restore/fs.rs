@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::Node;
 
 const SET_UID: u32 = 0o4000;
@@ -95,7 +95,7 @@ fn give_owner(file: &File, node: &Node, owners: Owners, path: &Path) -> Result<(
         return Ok(now);
     }
     if owners.root {
-        std::os::unix::fs::fchown(file, uid, gid).ctx("giving its recorded owner to", path)?;
+        std::os::unix::fs::fchown(file, uid, gid).map_err(|e| owner_not_restored(path, node, e))?;
         return Ok((uid.unwrap_or(now.0), gid.unwrap_or(now.1)));
     }
     // Not root: the kernel allows only a group the user is in. Anything else stays the
@@ -104,6 +104,16 @@ fn give_owner(file: &File, node: &Node, owners: Owners, path: &Path) -> Result<(
         return Ok((now.0, gid.unwrap_or(now.1)));
     }
     Ok(now)
+}
+
+fn owner_not_restored(path: &Path, node: &Node, source: std::io::Error) -> Error {
+    let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+    Error::OwnerNotRestored {
+        path: path.to_path_buf(),
+        uid: id(node.uid),
+        gid: id(node.gid),
+        source,
+    }
 }
 
 /// Gives a file or directory open as `file` its owner, permission bits and mtime, in that
@@ -137,7 +147,7 @@ pub(super) fn make_symlink(path: &Path, node: &Node, owners: Owners) -> Result<(
     }
     if owners.root {
         std::os::unix::fs::lchown(path, node.uid, node.gid)
-            .ctx("giving its recorded owner to", path)?;
+            .map_err(|e| owner_not_restored(path, node, e))?;
     } else if node.gid.is_some() {
         // Only a group the user is in is allowed; otherwise the link stays as it is.
         let _ = std::os::unix::fs::lchown(path, None, node.gid);
