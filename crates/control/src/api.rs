@@ -100,6 +100,38 @@ pub struct InstanceReport {
     /// or the restored copy it is about to serve.
     #[serde(default)]
     pub serves: Option<String>,
+    /// What it may use (the manifest's `memory`, `cpu`, `pids`), and whether that holds.
+    #[serde(default)]
+    pub limits: Option<LimitsReport>,
+    /// What it uses now.
+    #[serde(default)]
+    pub usage: Option<UsageReport>,
+}
+
+/// An instance's resource limits in [`InstanceReport`]. `None`: no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsReport {
+    /// RAM and swap together, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Cores, as the manifest writes them (`1.5`).
+    pub cpu: Option<f64>,
+    /// Processes and threads at once.
+    pub pids: Option<u32>,
+    /// Whether the kernel holds the instance to them (through its cgroup).
+    pub enforced: bool,
+    /// Why not, when not: no cgroups here, no permission, a controller missing.
+    pub not_enforced_because: Option<String>,
+}
+
+/// What an instance uses in [`InstanceReport`]: all its processes together where it has a
+/// cgroup; without one, memory and CPU time of its main process only, and no process count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u32>,
+    pub cpu_time_ms: Option<u64>,
+    /// Processes of it the kernel killed for going over its memory limit, over all its runs.
+    pub oom_kills: u32,
 }
 
 /// `lifeboat scale web=5`.

@@ -16,7 +16,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    InstanceReport, MaintenanceReport, MaintenanceRequest, ScaleChange, StatusReport,
+    InstanceReport, LimitsReport, MaintenanceReport, MaintenanceRequest, ScaleChange, StatusReport,
+    UsageReport,
 };
 use crate::capture::Capture;
 use crate::state_use::Finding;
@@ -333,6 +334,7 @@ impl Site {
                     SupState::Exited => RunState::Exited,
                 };
                 let ejected = backend.is_some_and(|b| b.ejected);
+                let (limits, usage) = (limits_report(&i), usage_report(&i));
                 InstanceReport {
                     state: instance_state(run, health, ejected),
                     pid: i.pid,
@@ -347,6 +349,8 @@ impl Site {
                     last_error: i.last_error,
                     health_check: backend.and_then(|b| b.last_check.clone()),
                     serves: Some(self.state_of(&i.id)),
+                    limits: Some(limits),
+                    usage: Some(usage),
                     id: i.id,
                     process: i.process,
                 }
@@ -357,6 +361,16 @@ impl Site {
             (i.process.clone(), n)
         });
         let maintenance = self.maintenance_on.load(Ordering::SeqCst);
+        let mut warnings = self.warnings();
+        // Once for the site, not per instance: the reason is the machine's.
+        if let Some(why) = instances
+            .iter()
+            .find_map(|i| i.limits.as_ref()?.not_enforced_because.clone())
+        {
+            warnings.push(format!(
+                "not every resource limit (memory, cpu, pids) is enforced: {why}"
+            ));
+        }
         StatusReport {
             site: self.manifest.site.clone(),
             proxy: format!("http://{}", self.proxy.local_addr()),
@@ -365,7 +379,7 @@ impl Site {
             instances,
             state: self.live_state(),
             capture: None,
-            warnings: self.warnings(),
+            warnings,
             isolation: Some(self.launcher.protections()),
         }
     }
@@ -583,6 +597,27 @@ fn builtin_page(site: &str, message: &str) -> String {
         escape(message),
         site = escape(site)
     )
+}
+
+/// An instance's limits as `status` reports them.
+fn limits_report(i: &lifeboat_supervisor::InstanceStatus) -> LimitsReport {
+    LimitsReport {
+        memory_bytes: i.limits.memory_bytes,
+        cpu: i.limits.cpu_millis.map(|m| f64::from(m) / 1000.0),
+        pids: i.limits.pids,
+        enforced: i.limits_not_enforced.is_none(),
+        not_enforced_because: i.limits_not_enforced.clone(),
+    }
+}
+
+/// What an instance uses now, as `status` reports it.
+fn usage_report(i: &lifeboat_supervisor::InstanceStatus) -> UsageReport {
+    UsageReport {
+        memory_bytes: i.memory_bytes,
+        pids: i.pids,
+        cpu_time_ms: i.cpu_time.map(|d| d.as_millis() as u64),
+        oom_kills: i.oom_kills,
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use lifeboat_control::api::{MaintenanceReport, ScaleChange, StatusReport};
 use lifeboat_core::Event;
+use lifeboat_core::manifest::format_size;
 
 pub(super) fn up(site: &str, proxy: SocketAddr, json: bool) {
     if json {
@@ -77,6 +78,14 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             .filter(|i| i.state == lifeboat_core::status::InstanceState::Healthy)
             .count();
         println!("{process}: {healthy} of {desired} healthy");
+        let limits = report
+            .instances
+            .iter()
+            .find(|i| &i.process == process)
+            .and_then(|i| i.limits.as_ref());
+        if let Some(limits) = limits {
+            println!("  {}", limits_line(limits));
+        }
     }
     let mut rows = vec![
         [
@@ -87,6 +96,8 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             "STATE",
             "RESTARTS",
             "LAST EXIT",
+            "MEMORY",
+            "PIDS",
         ]
         .map(String::from)
         .to_vec(),
@@ -107,12 +118,37 @@ pub(super) fn status(report: &StatusReport, json: bool) {
             state,
             i.restarts.to_string(),
             i.last_exit.clone().unwrap_or_else(|| "-".into()),
+            usage_of(
+                i.usage.as_ref().and_then(|u| u.memory_bytes),
+                i.limits.as_ref().and_then(|l| l.memory_bytes),
+                format_size,
+            ),
+            usage_of(
+                i.usage.as_ref().and_then(|u| u.pids),
+                i.limits.as_ref().and_then(|l| l.pids),
+                |n| n.to_string(),
+            ),
         ]);
     }
     print_table(&rows);
     for i in &report.instances {
         if let Some(error) = &i.last_error {
             println!("{}: {error}", i.id);
+        }
+        if let Some(u) = i.usage.as_ref().filter(|u| u.oom_kills > 0) {
+            let limit = i.limits.as_ref().and_then(|l| l.memory_bytes);
+            let killed = match u.oom_kills {
+                1 => "1 process".to_string(),
+                n => format!("{n} processes"),
+            };
+            println!(
+                "{}: over its memory limit{}, the kernel killed {killed} of it (`lifeboat logs {}` says when)",
+                i.id,
+                limit
+                    .map(|b| format!(" of {}", format_size(b)))
+                    .unwrap_or_default(),
+                i.id
+            );
         }
         let unhealthy = i.state != lifeboat_core::status::InstanceState::Healthy;
         if let Some(check) = i.health_check.as_ref().filter(|_| unhealthy) {
@@ -135,6 +171,34 @@ pub(super) fn status(report: &StatusReport, json: bool) {
     }
     for warning in &report.warnings {
         println!("warning: {warning}");
+    }
+}
+
+/// A process's limits in one line: `limits per instance: memory 512MiB, cpu 1.5, pids 200`.
+fn limits_line(limits: &lifeboat_control::api::LimitsReport) -> String {
+    let memory = limits
+        .memory_bytes
+        .map_or_else(|| "no limit".to_string(), format_size);
+    let cpu = limits
+        .cpu
+        .map_or_else(|| "no limit".to_string(), |c| c.to_string());
+    let pids = limits
+        .pids
+        .map_or_else(|| "no limit".to_string(), |p| p.to_string());
+    let enforced = if limits.enforced {
+        ""
+    } else {
+        " (not enforced, see the warning below)"
+    };
+    format!("limits per instance: memory {memory}, cpu {cpu}, pids {pids}{enforced}")
+}
+
+/// `USED/LIMIT`, `USED` without a limit, `-` when unknown (not running, no cgroup).
+fn usage_of<T: Copy>(used: Option<T>, limit: Option<T>, show: impl Fn(T) -> String) -> String {
+    match (used, limit) {
+        (Some(u), Some(l)) => format!("{}/{}", show(u), show(l)),
+        (Some(u), None) => show(u),
+        (None, _) => "-".to_string(),
     }
 }
 
