@@ -12,10 +12,10 @@ pub enum ControlError {
     NoManifest { path: PathBuf },
 
     /// The manifest could not be read.
-    #[error("could not read {path}: {source}; check the file exists and is readable")]
+    #[error("could not read {path}: {cause}; check the file exists and is readable")]
     ReadManifest {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// The manifest (or a check of it against this machine) is wrong; nothing was started.
@@ -47,12 +47,13 @@ pub enum ControlError {
     )]
     Store { path: PathBuf, message: String },
 
-    /// A file or directory under `.lifeboat/` could not be set up.
-    #[error("could not {what} {path}: {source}")]
+    /// A file or directory of the site could not be used. (The cause is in the message, not
+    /// a `source`, so printing the error chain does not say it twice.)
+    #[error("could not {what} {path}: {cause}{}", io_advice(cause))]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// The front door could not start.
@@ -98,6 +99,21 @@ impl ControlError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> ControlError {
         let path = path.into();
-        move |source| ControlError::Io { what, path, source }
+        move |cause| ControlError::Io { what, path, cause }
+    }
+}
+
+/// What to do about an I/O failure, when the kind says it: permission problems usually mean
+/// the site belongs to another user.
+fn io_advice(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (permission denied: the site's files belong to another user; run the command as that user, or as root)"
+        }
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            " (the disk is full: free some space and try again)"
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => " (the file system is read-only)",
+        _ => "",
     }
 }

@@ -102,6 +102,7 @@ impl Launcher {
         };
         if let Some(user) = &run_as {
             check_reachable(&paths.dir, user)?;
+            share_site_dir(&paths.dir, user)?;
         }
         let base_env = base_env(manifest, run_as.as_ref(), std::env::vars());
         Ok(Launcher {
@@ -295,6 +296,24 @@ fn check_reachable(site_dir: &Path, user: &RunAs) -> Result<(), ControlError> {
         }
     }
     Ok(())
+}
+
+/// Lets the site's user create files in the site dir, as apps do (a `data/` dir on first start,
+/// `collectstatic`, caches), without letting it remove or rename anything it did not create:
+/// the dir gets the user's group with write access and the sticky bit, as `/tmp` has. So
+/// `.lifeboat/` and the site's code stay as they are. Nothing changes when the user may write
+/// the dir already.
+fn share_site_dir(site_dir: &Path, user: &RunAs) -> Result<(), ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(site_dir).map_err(ControlError::io("look at", site_dir))?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == user.uid || (meta.gid() == user.gid && mode & 0o1070 == 0o1070) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(site_dir, None, Some(user.gid))
+        .map_err(ControlError::io("give the site's group", site_dir))?;
+    std::fs::set_permissions(site_dir, std::fs::Permissions::from_mode(mode | 0o1070))
+        .map_err(ControlError::io("set permissions of", site_dir))
 }
 
 /// Gives the site's user the state it must write, in `state_dir`: the declared dirs (all that

@@ -18,11 +18,19 @@ pub fn log_path(site_dir: &Path, instance: &str) -> PathBuf {
 /// is shorter), oldest first.
 pub fn last_lines(site_dir: &Path, instance: &str, n: usize) -> Result<Vec<String>, ControlError> {
     let current = log_path(site_dir, instance);
-    if !current.exists() {
-        return Err(ControlError::NoLogs {
-            instance: instance.to_string(),
-            dir: site_dir.to_path_buf(),
-        });
+    match std::fs::symlink_metadata(&current) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::PermissionDenied {
+                dir: site_dir.to_path_buf(),
+            });
+        }
+        Err(_) => {
+            return Err(ControlError::NoLogs {
+                instance: instance.to_string(),
+                dir: site_dir.to_path_buf(),
+            });
+        }
     }
     let mut lines: Vec<String> = Vec::new();
     let mut files = vec![current.clone()];

@@ -30,8 +30,7 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("lifeboat: warning: could not protect this process from its own user ({e})");
     }
-    let shim =
-        std::env::current_exe().context("could not find the lifeboat binary to wrap instances")?;
+    let shim = this_binary().context("could not find the lifeboat binary to wrap instances")?;
     let mut site = start_site(
         dir,
         UpOptions {
@@ -220,8 +219,7 @@ pub(super) async fn down(dir: &Path, global: &Global) -> anyhow::Result<ExitCode
 /// replaced, so the command owns the terminal, its signals and the exit code.
 pub(super) fn exec(dir: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    let shim =
-        std::env::current_exe().context("could not find the lifeboat binary to run the command")?;
+    let shim = this_binary().context("could not find the lifeboat binary to run the command")?;
     let view = {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -259,4 +257,15 @@ pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
     let (sandbox, command) = lifeboat_supervisor::shim::Sandbox::from_args(&args.args)?;
     let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
     Err(anyhow::anyhow!("could not start the instance: {err}"))
+}
+
+/// The program that wraps the site's processes: this very binary. `/proc/self/exe` names the
+/// running image even after the file was replaced (an upgrade while the site runs), so restarts
+/// keep working, with the same version as the daemon; elsewhere, the path it was started from.
+fn this_binary() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe()
 }
