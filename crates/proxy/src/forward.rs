@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::{ClientBody, ClientBodyError, Kept, ProxyBody, RequestBody, Reuse, keep_up_to};
-use crate::headers::{add_forwarded, refusal, scan, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{add_forwarded, refusal, scan, strip_hop_by_hop, visitor_ip, wants_upgrade};
 use crate::idle::{Activity, GaveUp};
 use crate::maintenance::{carries_token, strip_owner_tokens};
 use crate::pool::{self, Sender};
@@ -70,7 +70,10 @@ pub(crate) async fn handle(
         return Ok(bad_request_response(why));
     }
     if let Some(gate) = shared.maintenance.load().as_deref()
-        && !gate.lets_through(request.headers(), client.ip)
+        && !gate.lets_through(
+            request.headers(),
+            visitor_ip(request.headers(), client.ip, client.trusted),
+        )
     {
         return Ok(gate.response());
     }

@@ -4,6 +4,8 @@
 //! the way in, passing on what a trusted proxy said; and an HTTP upgrade (WebSocket) keeps its
 //! `Connection: upgrade` / `Upgrade` pair.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
@@ -145,6 +147,24 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` for the instance. From a
+/// The visitor's address: the connection's, or, when the connection comes from a trusted proxy
+/// (a TLS terminator in `trusted_proxies`), the last address in the `X-Forwarded-For` it sent
+/// (the one that proxy saw). Used for the maintenance gate's `allow` list: behind a terminator
+/// the connection's address is the terminator's, for every visitor.
+pub(crate) fn visitor_ip(headers: &HeaderMap, connection_ip: IpAddr, trusted: bool) -> IpAddr {
+    if !trusted {
+        return connection_ip;
+    }
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(connection_ip)
+}
+
 /// `trusted` client (a proxy in `trusted_proxies`, e.g. a TLS terminator) what it said is
 /// passed on: its `X-Forwarded-For` with the client's address appended, its
 /// `X-Forwarded-Proto` (so an app behind TLS knows it is `https` and does not redirect for
@@ -244,6 +264,24 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert!(!headers.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_visitor_is_the_last_forwarded_address() {
+        let terminator: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7"),
+        );
+        assert_eq!(
+            visitor_ip(&headers, terminator, true),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(visitor_ip(&headers, terminator, false), terminator);
+        assert_eq!(visitor_ip(&HeaderMap::new(), terminator, true), terminator);
+        headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("garbage"));
+        assert_eq!(visitor_ip(&headers, terminator, true), terminator);
     }
 
     #[test]
