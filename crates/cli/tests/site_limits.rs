@@ -15,11 +15,17 @@ use common::{Lifeboat, Load, SiteDir, assert_no_failures_or_show_log, guestbook_
 use serde_json::Value;
 use tokio::task::block_in_place;
 
-/// Every process makes two more, 2^11 - 1 of them in all, then becomes `sleep 60`: a fork
-/// bomb that stops growing and ends by itself, so a limit that fails cannot take the test
-/// machine down (about 2000 sleeping processes at most, for a minute).
-const BOUNDED_FORK_BOMB: &str =
-    "b() { if [ $1 -gt 0 ]; then b $(($1 - 1)) & b $(($1 - 1)) & fi; exec sleep 60; }; b 10";
+/// Once the test creates `go` (after it checked that limits are enforced): every process makes
+/// two more, 2^11 - 1 of them in all, then becomes `sleep 60`: a fork bomb that stops growing
+/// and ends by itself, so a limit that fails cannot take the test machine down (about 2000
+/// sleeping processes at most, for a minute).
+const BOUNDED_FORK_BOMB: &str = "while [ ! -e go ]; do sleep 0.1; done; \
+     b() { if [ $1 -gt 0 ]; then b $(($1 - 1)) & b $(($1 - 1)) & fi; exec sleep 60; }; b 10";
+
+/// Lets the bomb or the hog go off, once limits are known to hold.
+fn go(site: &SiteDir) {
+    std::fs::write(site.path().join("go"), "").unwrap();
+}
 
 /// A site serving the guestbook (`web`, 1 replica) plus `extra`, TOML for more processes.
 fn site_with(extra: &str) -> SiteDir {
@@ -68,11 +74,10 @@ fn enforced(lifeboat: &Lifeboat, id: &str) -> bool {
         !nix::unistd::geteuid().is_root(),
         "as root, limits must be enforced here, but: {why}"
     );
-    let warned = status["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w.as_str().is_some_and(|w| w.contains("not enforced")));
+    let warned = status["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains("not every resource limit"))
+    });
     assert!(warned, "status has no warning that limits are not enforced");
     println!("limits are not enforced on this machine, so only the report is checked: {why}");
     false
@@ -152,6 +157,7 @@ async fn a_fork_bomb_is_held_at_its_pids_while_the_site_keeps_serving() {
     if !block_in_place(|| enforced(&lifeboat, "bomb-1")) {
         return;
     }
+    go(&site);
     let load = Load::start(&lifeboat.proxy, 3, None);
     load.wait_for_requests(30).await;
     // The bomb reaches its ceiling: forks fail there.
@@ -191,7 +197,7 @@ async fn a_memory_hog_is_killed_at_its_memory_limit_and_restarted_while_the_site
     std::fs::write(
         site.path().join("hog.sh"),
         format!(
-            "ulimit -v 2000000\nexec {python} -c 'b = []\nwhile True: b.append(b\"x\" * (8 << 20))'\n"
+            "while [ ! -e go ]; do sleep 0.1; done\nulimit -v 2000000\nexec {python} -c 'b = []\nwhile True: b.append(b\"x\" * (8 << 20))'\n"
         ),
     )
     .unwrap();
@@ -204,6 +210,7 @@ async fn a_memory_hog_is_killed_at_its_memory_limit_and_restarted_while_the_site
     if !block_in_place(|| enforced(&lifeboat, "hog-1")) {
         return;
     }
+    go(&site);
     let load = Load::start(&lifeboat.proxy, 3, None);
     load.wait_for_requests(30).await;
     let status = block_in_place(|| {
@@ -254,6 +261,7 @@ health = {{ path = "/healthz", interval = "200ms", timeout = "2s" }}
 
 [state]
 sqlite = ["data/guestbook.db"]
+dirs = ["data/uploads"]
 
 [proxy]
 listen = "127.0.0.1:0"
@@ -316,11 +324,11 @@ async fn after_a_kill_9_the_next_up_empties_the_old_cgroups_escaped_processes_in
         "[processes.escaper]\ncommand = 'setsid sleep 300 & echo $! > escaped; exec sleep 300'\nhttp = false\n",
     );
     let mut lifeboat = block_in_place(|| Lifeboat::up(site.path()));
-    let escaped_file = site.path().join("escaped");
-    block_in_place(|| common::wait_until("the escaped process to start", || escaped_file.exists()));
     if !block_in_place(|| enforced(&lifeboat, "escaper-1")) {
         return;
     }
+    let escaped_file = site.path().join("escaped");
+    block_in_place(|| common::wait_until("the escaped process to start", || escaped_file.exists()));
     let escaped: u32 = std::fs::read_to_string(&escaped_file)
         .unwrap()
         .trim()

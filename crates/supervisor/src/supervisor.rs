@@ -555,12 +555,19 @@ async fn leave_cgroup(
             logs::note(log, text);
         }
     };
-    if oom_kills > 0 {
-        note(&format!(
+    match spec.limits.memory_bytes {
+        _ if oom_kills == 0 => {}
+        Some(limit) => note(&format!(
             "the memory limit ({}) was reached: the kernel killed {} of this instance",
-            bytes(spec.limits.memory_bytes.unwrap_or(0)),
+            bytes(limit),
             processes(oom_kills as usize)
-        ));
+        )),
+        // No limit of its own: the machine, or the cgroup Lifeboat runs in, ran out.
+        None => note(&format!(
+            "out of memory: the kernel killed {} of this instance (it has no memory limit; \
+             the machine or Lifeboat's own cgroup ran out)",
+            processes(oom_kills as usize)
+        )),
     }
     let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
     if let Ok(Err(err)) = removed {

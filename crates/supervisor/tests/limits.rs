@@ -126,6 +126,12 @@ async fn a_fork_bomb_is_held_at_its_pids_limit_while_the_other_instance_keeps_wo
     let mut events = site.supervisor.subscribe();
     site.supervisor.start(heartbeat());
     beats_on(&site).await;
+    // Checked before the bomb goes off: without limits it would run uncapped (bounded, but
+    // for nothing).
+    if !enforced_here(&site, "steady-1") {
+        site.supervisor.stop_all().await;
+        return;
+    }
     let limit = 40;
     site.supervisor.start(InstanceSpec {
         limits: ResourceLimits {
@@ -140,10 +146,7 @@ async fn a_fork_bomb_is_held_at_its_pids_limit_while_the_other_instance_keeps_wo
         |e| matches!(e, SupervisorEvent::Started { id, .. } if id == "bomb-1"),
     )
     .await;
-    if !enforced_here(&site, "bomb-1") {
-        site.supervisor.stop_all().await;
-        return;
-    }
+    assert!(enforced_here(&site, "bomb-1"));
     // The bomb reaches its ceiling and forks fail there.
     let log = site.supervisor.log_path("bomb-1");
     eventually("forks in the bomb to fail at the limit", || {
@@ -187,6 +190,10 @@ async fn a_memory_hog_is_killed_at_its_memory_limit_and_started_again() {
     let mut events = site.supervisor.subscribe();
     site.supervisor.start(heartbeat());
     beats_on(&site).await;
+    if !enforced_here(&site, "steady-1") {
+        site.supervisor.stop_all().await;
+        return;
+    }
     // Safety net should the limit fail: 2 GB of address space at most (a MemoryError then,
     // which this test reports as a failure, instead of a machine out of memory).
     let hog =
@@ -204,10 +211,7 @@ async fn a_memory_hog_is_killed_at_its_memory_limit_and_started_again() {
         |e| matches!(e, SupervisorEvent::Started { id, .. } if id == "hog-1"),
     )
     .await;
-    if !enforced_here(&site, "hog-1") {
-        site.supervisor.stop_all().await;
-        return;
-    }
+    assert!(enforced_here(&site, "hog-1"));
     let exited = next_event(
         &mut events,
         "the hog to be killed",
