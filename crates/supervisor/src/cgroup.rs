@@ -422,23 +422,27 @@ fn ensure_site(h: &Hierarchy) -> Result<(), CgroupError> {
 
 /// Makes an instance's cgroup directory; one left by an earlier run is emptied and reused.
 fn make_dir(h: &Hierarchy, dir: &Path) -> Result<(), CgroupError> {
-    for attempt in 0..2 {
+    for attempt in 0..3 {
         match std::fs::create_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // What is still in it belongs to an earlier run of this instance, which is over.
+                // Made anew rather than reused: an old, empty directory is what another site's
+                // sweep removes, which would leave the shim nothing to join.
                 kill_members(&[dir.to_path_buf()], h.version, EMPTY_WITHIN);
-                return Ok(());
+                if std::fs::remove_dir(dir).is_err() {
+                    return Ok(()); // still busy: reused, its limits are written again
+                }
             }
             // Another site's sweep removed our (then empty) site cgroup: make it again.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => ensure_site(h)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 => ensure_site(h)?,
             Err(e) => return Err(CgroupError::io("create", dir, e)),
         }
     }
     Err(CgroupError::io(
         "create",
         dir,
-        io::Error::from(io::ErrorKind::NotFound),
+        io::Error::other("it kept being removed or made by someone else meanwhile"),
     ))
 }
 
