@@ -144,54 +144,51 @@ struct Hierarchy {
 #[derive(Debug)]
 pub(crate) struct SiteCgroups {
     hierarchies: Vec<Hierarchy>,
-    /// Controllers for limits that this machine does not offer (e.g. no `pids` controller).
-    missing: Vec<Controller>,
+    /// Controllers for limits that can not be used here, each with the reason (no `pids`
+    /// controller on this kernel; no permission in the `memory` hierarchy).
+    missing: Vec<(Controller, String)>,
 }
 
 impl SiteCgroups {
     /// Finds where Lifeboat runs in each hierarchy and makes the site's cgroup beneath it.
-    /// Fails when no controller can be used at all.
+    /// A hierarchy it may not use costs its controllers only (v1 mounts each apart, and only
+    /// some may be delegated): the others still protect. Fails when none can be used.
     pub(crate) fn prepare(site: &str, site_dir: &Path) -> Result<SiteCgroups, CgroupError> {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let located = locate(&read("/proc/self/cgroup"), &read("/proc/self/mountinfo"));
         let name = site_dir_name(site, site_dir);
         let mut hierarchies = Vec::new();
-        // v2 first: a controller on v2 is not on any v1 hierarchy, and the reverse.
-        let mut taken: Vec<Controller> = Vec::new();
+        let mut missing: Vec<(Controller, String)> = Vec::new();
+        let mut refused = None;
+        // A controller is attached to one hierarchy at most: v2 or one of the v1 mounts.
         if let Some(own) = &located.v2 {
-            let base = match own.file_name() {
-                // A v2 Lifeboat that moved itself aside before (another supervisor in this
-                // process) makes its sites beside its leaf, not inside it.
-                Some(leaf) if leaf == SUPERVISOR_LEAF => own.parent().unwrap_or(own).to_path_buf(),
-                _ => own.clone(),
-            };
-            let offered =
-                std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
-            let controllers: Vec<Controller> =
-                [Controller::Memory, Controller::Pids, Controller::Cpu]
-                    .into_iter()
-                    .filter(|c| offered.split_whitespace().any(|o| o == c.name()))
-                    .collect();
-            if !controllers.is_empty() {
-                let enabled = delegate_v2(&base, &controllers)?;
-                taken.extend(&enabled);
-                hierarchies.push(Hierarchy {
-                    version: Version::V2,
-                    site: base.join(&name),
-                    base,
-                    controllers: enabled,
-                });
+            let base = v2_base(own);
+            let offered = offered_by_v2(&base);
+            if !offered.is_empty() {
+                match delegate_v2(&base, &offered) {
+                    Ok(enabled) => {
+                        for c in offered.iter().filter(|c| !enabled.contains(c)) {
+                            let why = format!(
+                                "the kernel refused to enable it in {}",
+                                base.join("cgroup.subtree_control").display()
+                            );
+                            missing.push((*c, why));
+                        }
+                        hierarchies.push(Hierarchy {
+                            version: Version::V2,
+                            site: base.join(&name),
+                            base,
+                            controllers: enabled,
+                        });
+                    }
+                    Err(err) => {
+                        missing.extend(offered.iter().map(|c| (*c, err.to_string())));
+                        refused = Some(err);
+                    }
+                }
             }
         }
         for (controllers, own) in located.v1 {
-            let controllers: Vec<Controller> = controllers
-                .into_iter()
-                .filter(|c| !taken.contains(c))
-                .collect();
-            if controllers.is_empty() {
-                continue;
-            }
-            taken.extend(&controllers);
             hierarchies.push(Hierarchy {
                 version: Version::V1,
                 site: own.join(&name),
@@ -199,21 +196,34 @@ impl SiteCgroups {
                 controllers,
             });
         }
-        let missing: Vec<Controller> = [Controller::Memory, Controller::Pids, Controller::Cpu]
-            .into_iter()
-            .filter(|c| !taken.contains(c))
-            .collect();
-        if missing.len() == 3 {
-            return Err(CgroupError::Unavailable);
+        hierarchies.retain(|h| match ensure_site(h) {
+            Ok(()) => true,
+            Err(err) => {
+                let limiting = h.controllers.iter().filter(|c| **c != Controller::CpuAcct);
+                missing.extend(limiting.map(|c| (*c, err.to_string())));
+                refused = Some(err);
+                false
+            }
+        });
+        for c in [Controller::Memory, Controller::Pids, Controller::Cpu] {
+            let placed = hierarchies.iter().any(|h| h.controllers.contains(&c))
+                || missing.iter().any(|(m, _)| *m == c);
+            if !placed {
+                let why = "this machine has no cgroup controller for it (not mounted, or mounted \
+                           where Lifeboat can not see its own cgroup)";
+                missing.push((c, why.to_string()));
+            }
         }
-        let cgroups = SiteCgroups {
+        let limits_something = hierarchies
+            .iter()
+            .any(|h| h.controllers.iter().any(|c| *c != Controller::CpuAcct));
+        if !limits_something {
+            return Err(refused.unwrap_or(CgroupError::Unavailable));
+        }
+        Ok(SiteCgroups {
             hierarchies,
             missing,
-        };
-        for h in &cgroups.hierarchies {
-            ensure_site(h)?;
-        }
-        Ok(cgroups)
+        })
     }
 
     /// Makes the cgroup of one run of instance `id` with `limits` set, emptying a leftover of
@@ -249,26 +259,21 @@ impl SiteCgroups {
         Ok(made)
     }
 
-    /// Which asked-for limits this machine cannot enforce, in words; `None` when all can.
+    /// Which asked-for limits can not be enforced here, and why, in words; `None` when all can.
     fn not_enforced(&self, limits: &ResourceLimits) -> Option<String> {
-        let unenforced: Vec<&str> = self
+        let unenforced: Vec<String> = self
             .missing
             .iter()
-            .filter(|c| match c {
+            .filter(|(c, _)| match c {
                 Controller::Memory => limits.memory_bytes.is_some(),
                 Controller::Pids => limits.pids.is_some(),
                 Controller::Cpu => limits.cpu_millis.is_some(),
                 Controller::CpuAcct => false,
             })
-            .map(|c| c.name())
+            .map(|(c, why)| format!("{}: {why}", c.name()))
             .collect();
-        (!unenforced.is_empty()).then(|| {
-            format!(
-                "this machine has no cgroup controller for {} (not mounted, or taken by another \
-                 hierarchy); the other limits are enforced",
-                unenforced.join(", ")
-            )
-        })
+        (!unenforced.is_empty())
+            .then(|| format!("{}; the other limits are enforced", unenforced.join("; ")))
     }
 
     /// Empties and removes what a previous run of this site left (it was killed with
@@ -322,6 +327,24 @@ impl SiteCgroups {
             let _ = std::fs::remove_dir(&h.site);
         }
     }
+}
+
+/// Where a v2 Lifeboat makes its sites: its own cgroup, or, when it moved itself aside before
+/// (another supervisor in this process), beside its leaf rather than inside it.
+fn v2_base(own: &Path) -> PathBuf {
+    match own.file_name() {
+        Some(leaf) if leaf == SUPERVISOR_LEAF => own.parent().unwrap_or(own).to_path_buf(),
+        _ => own.to_path_buf(),
+    }
+}
+
+/// The limiting controllers the v2 hierarchy offers at `base`.
+fn offered_by_v2(base: &Path) -> Vec<Controller> {
+    let offered = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+    [Controller::Memory, Controller::Pids, Controller::Cpu]
+        .into_iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == c.name()))
+        .collect()
 }
 
 /// On v2, controllers reach a child cgroup only when its parent lists them in
@@ -471,7 +494,7 @@ mod tests {
     fn limits_a_machine_lacks_are_named() {
         let cgroups = SiteCgroups {
             hierarchies: Vec::new(),
-            missing: vec![Controller::Pids],
+            missing: vec![(Controller::Pids, "no pids controller".into())],
         };
         let limits = ResourceLimits {
             memory_bytes: Some(1 << 30),
