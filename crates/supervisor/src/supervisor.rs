@@ -67,6 +67,10 @@ struct Entry {
     cgroup: Option<Arc<InstanceCgroup>>,
 }
 
+/// Why limits are not enforced when instances are started without the shim.
+const WITHOUT_SHIM: &str =
+    "instances are started without the lifeboat shim, which is what puts them in their cgroup";
+
 /// How one run of an instance ended.
 enum RunOutcome {
     /// The leader exited on its own; `leader` is its unreaped zombie (if the waiter could keep
@@ -101,11 +105,7 @@ impl Supervisor {
             .unwrap_or_else(|_| config.site_dir.clone());
         let cgroups = match &config.shim {
             Some(_) => SiteCgroups::prepare(&config.site, &site_dir).map_err(|e| e.to_string()),
-            None => Err(
-                "instances are started without the lifeboat shim, which is what puts \
-                         them in their cgroup"
-                    .to_string(),
-            ),
+            None => Err(WITHOUT_SHIM.to_string()),
         };
         let (events, _) = broadcast::channel(1024);
         Ok(Supervisor {
@@ -516,18 +516,16 @@ async fn enter_cgroup(
             let why = cgroup.not_enforced.clone();
             (Some(Arc::new(cgroup)), why)
         }
-        Err(why) => {
-            // Said once per instance in its log, not at every restart.
-            let first_time = inner
-                .lock()
-                .get(&spec.id)
-                .is_some_and(|e| e.status.limits_not_enforced.as_ref() != Some(&why));
-            if let Some(log) = log.filter(|_| first_time) {
-                logs::note(log, &format!("resource limits not enforced: {why}"));
-            }
-            (None, Some(why))
-        }
+        Err(why) => (None, Some(why)),
     };
+    // Said in the instance's log when it changes, not at every restart.
+    let news = inner
+        .lock()
+        .get(&spec.id)
+        .is_some_and(|e| e.status.limits_not_enforced != not_enforced);
+    if let (Some(why), Some(log), true) = (&not_enforced, log, news) {
+        logs::note(log, &format!("resource limits not enforced: {why}"));
+    }
     inner.update(&spec.id, |e| {
         e.cgroup = cgroup.clone();
         e.status.limits_not_enforced = not_enforced;
