@@ -43,8 +43,11 @@ pub(super) fn write_limits(
                 let bytes = limits
                     .memory_bytes
                     .map_or("-1".to_string(), |b| b.to_string());
-                // RAM first, then RAM + swap at the same value: the limit means "memory", and
-                // an instance over it must be stopped, not swap the machine to a crawl.
+                // RAM + swap at the same value as RAM: the limit means "memory", and an
+                // instance over it must be stopped, not swap the machine to a crawl. The kernel
+                // wants RAM + swap >= RAM at every step, so it is lifted first (a reused
+                // directory may hold a lower one).
+                write_if_present("memory.memsw.limit_in_bytes", "-1".to_string())?;
                 write("memory.limit_in_bytes", bytes.clone())?;
                 write_if_present("memory.memsw.limit_in_bytes", bytes)?;
             }
