@@ -232,6 +232,12 @@ async fn a_memory_hog_is_killed_at_its_memory_limit_and_restarted_while_the_site
         logs.contains("the memory limit (64MiB) was reached") && !logs.contains("MemoryError"),
         "hog-1's log does not show the kill by its limit:\n{logs}"
     );
+    let event = block_in_place(|| {
+        lifeboat.wait_for_event("the instance-out-of-memory event", |e| {
+            e["kind"] == "instance-out-of-memory" && e["instance"] == "hog-1"
+        })
+    });
+    assert_eq!(event["limit_bytes"], 64 << 20);
     let text = block_in_place(|| lifeboat.cli(&["status"]));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(

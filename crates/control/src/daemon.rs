@@ -585,6 +585,15 @@ async fn forward_supervisor_events(
                 delay_ms: delay.as_millis() as u64,
             },
             SupervisorEvent::Stopped { id } => EventKind::InstanceStopped { instance: id },
+            SupervisorEvent::OutOfMemory {
+                id,
+                killed,
+                limit_bytes,
+            } => EventKind::InstanceOutOfMemory {
+                instance: id,
+                killed,
+                limit_bytes,
+            },
         };
         site.record(what);
     }

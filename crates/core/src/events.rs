@@ -124,6 +124,13 @@ pub enum EventKind {
     NotWalMode { database: String, mode: String },
     /// A data dir declared in `[state]` was missing and was created empty.
     StateDirCreated { path: String },
+    /// The kernel killed processes of an instance for want of memory: its `memory` limit
+    /// (`limit_bytes`), or the machine's when it has none.
+    InstanceOutOfMemory {
+        instance: String,
+        killed: u64,
+        limit_bytes: Option<u64>,
+    },
 }
 
 impl EventKind {
@@ -269,6 +276,19 @@ impl EventKind {
             EventKind::StateDirCreated { path } => {
                 format!("{path} (a data dir in [state]) was missing; created it empty")
             }
+            EventKind::InstanceOutOfMemory {
+                instance,
+                killed,
+                limit_bytes,
+            } => match limit_bytes {
+                Some(limit) => format!(
+                    "{instance} reached its memory limit ({} MiB): the kernel killed {killed} of its processes; raise `memory` in [processes] if it needs more",
+                    limit >> 20
+                ),
+                None => format!(
+                    "{instance} ran out of memory (it has no limit; the machine ran out): the kernel killed {killed} of its processes"
+                ),
+            },
         }
     }
 
@@ -288,6 +308,7 @@ impl EventKind {
                 | EventKind::WalEnabled { .. }
                 | EventKind::NotWalMode { .. }
                 | EventKind::StateDirCreated { .. }
+                | EventKind::InstanceOutOfMemory { .. }
                 | EventKind::RewindFailed { .. }
         )
     }

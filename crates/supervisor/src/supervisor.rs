@@ -553,6 +553,13 @@ async fn leave_cgroup(
             logs::note(log, text);
         }
     };
+    if oom_kills > 0 {
+        inner.emit(SupervisorEvent::OutOfMemory {
+            id: spec.id.clone(),
+            killed: u64::from(oom_kills),
+            limit_bytes: spec.limits.memory_bytes,
+        });
+    }
     match spec.limits.memory_bytes {
         _ if oom_kills == 0 => {}
         Some(limit) => note(&format!(

@@ -156,6 +156,13 @@ pub enum SupervisorEvent {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// The kernel killed `killed` processes of the instance for want of memory: its own
+    /// `memory` limit (`limit_bytes`), or, without one, the machine's.
+    OutOfMemory {
+        id: String,
+        killed: u64,
+        limit_bytes: Option<u64>,
+    },
     /// It will be started again after `delay`. `attempt` counts consecutive quick failures
     /// (1 after a crash that followed a long, healthy run).
     Restarting {
