@@ -307,6 +307,11 @@ fn check_listen_free(paths: &SitePaths, manifest: &Manifest) -> Result<(), Contr
     }
     match std::net::TcpListener::bind(listen) {
         Ok(_) => Ok(()),
+        // `up --listen` gave the address (the manifest's location was cleared): say so.
+        Err(e) if manifest.proxy.listen_location.is_none() => Err(ControlError::Refused(format!(
+            "the front door can not listen on {listen} (from --listen): {e}; {}",
+            listen_advice(&e, listen)
+        ))),
         Err(e) => {
             let mut next = listen;
             next.set_port(listen.port().wrapping_add(1).max(1024));
@@ -316,11 +321,26 @@ fn check_listen_free(paths: &SitePaths, manifest: &Manifest) -> Result<(), Contr
                 "proxy.listen",
                 format!("the front door can not listen on {listen}: {e}"),
                 format!(
-                    "stop the program using it, or write a free address, e.g. listen = \"{next}\" (or run `lifeboat up --listen 127.0.0.1:0` for any free port)"
+                    "{}, or write another address, e.g. listen = \"{next}\" (or run `lifeboat up --listen 127.0.0.1:0` for any free port)",
+                    listen_advice(&e, listen)
                 ),
             )
             .into())
         }
+    }
+}
+
+/// What to do when the front door's address can not be taken: a port below 1024 needs root
+/// (or the capability), a taken one its program stopped.
+fn listen_advice(e: &std::io::Error, listen: SocketAddr) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if listen.port() < 1024 => {
+            "ports below 1024 need root: run lifeboat as root, or use a port from 1024 up behind a proxy"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "that address is not one of this machine's: use one it has, e.g. 127.0.0.1 or 0.0.0.0"
+        }
+        _ => "stop the program using it",
     }
 }
 
@@ -669,6 +689,24 @@ trusted_proxies = ["10.0.0.0/8"]
                 prefix_len: 8
             }]
         );
+    }
+
+    #[test]
+    fn a_taken_port_given_with_listen_names_the_flag_not_the_manifest() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut manifest = Manifest::parse(
+            "lifeboat.toml",
+            "[site]\nname = \"blog\"\n[processes.web]\ncommand = \"x\"\n",
+        )
+        .unwrap();
+        manifest.proxy.listen = taken.local_addr().unwrap();
+        manifest.proxy.listen_location = None;
+        let err = check_listen_free(&SitePaths::new("/site"), &manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(from --listen)"), "{err}");
+        assert!(!err.contains("lifeboat.toml"), "{err}");
+        assert!(err.contains("stop the program using it"), "{err}");
     }
 
     #[test]
