@@ -18,7 +18,9 @@ use toml::Spanned;
 use crate::manifest_error::{Location, describe_toml_error};
 pub use crate::manifest_error::{ManifestError, Problem};
 
+mod cluster;
 mod isolation;
+pub use cluster::{ClusterSpec, Durability};
 pub use isolation::IsolationSpec;
 mod limits;
 pub use limits::{DEFAULT_PIDS, ResourceLimits, format_size, parse_size};
@@ -45,6 +47,8 @@ pub struct Manifest {
     pub credentials: CredentialsSpec,
     /// How the site's processes are kept apart (`[isolation]`).
     pub isolation: IsolationSpec,
+    /// Several nodes with their state in etcd (`[cluster]`); `None`: one machine.
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// One kind of program of the site, run `replicas` times, each with its own `$PORT`.
@@ -204,6 +208,7 @@ struct RawManifest {
     credentials: RawCredentials,
     #[serde(default)]
     isolation: isolation::RawIsolation,
+    cluster: Option<Spanned<cluster::RawCluster>>,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +358,7 @@ impl Validator<'_> {
         let vault = raw.vault.map(|v| self.vault(v, &state));
         let credentials = self.credentials(raw.credentials);
         let isolation = self.isolation(raw.isolation);
+        let cluster = raw.cluster.map(|c| self.cluster(c));
         Manifest {
             site,
             processes,
@@ -362,6 +368,7 @@ impl Validator<'_> {
             vault,
             credentials,
             isolation,
+            cluster,
         }
     }
 
