@@ -3,6 +3,7 @@
 //! plain values in and plain values out, so it is tested without sockets or clocks.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod events;
 pub mod layout;
 pub mod manifest;
