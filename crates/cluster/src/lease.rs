@@ -109,6 +109,9 @@ struct Shared {
     timing: ClusterTiming,
     status: Mutex<LeaseStatus>,
     tx: watch::Sender<LeaseStatus>,
+    /// Held while granting: the keeper and a campaign must not both grant (the second lease
+    /// would replace the first under keys already attached to it).
+    granting: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -128,7 +131,12 @@ impl Shared {
         self.tx.send_replace(st.clone());
     }
 
+    /// Grants a lease unless there is one (granted meanwhile by someone else).
     async fn grant(&self) -> Result<LeaseId, Arc<EtcdError>> {
+        let _granting = self.granting.lock().await;
+        if let Some(id) = self.snapshot().id {
+            return Ok(id);
+        }
         let sent = Instant::now();
         let budget = self.timing.renew_interval.max(Duration::from_millis(100)) * 2;
         let result = match tokio::time::timeout(budget, self.api.grant(self.timing.ttl)).await {
@@ -251,6 +259,7 @@ impl LeaseKeeper {
             timing,
             status: Mutex::new(LeaseStatus::new(timing.ttl)),
             tx,
+            granting: tokio::sync::Mutex::new(()),
         });
         let task = tokio::spawn(run(shared.clone()));
         LeaseKeeper { shared, task }

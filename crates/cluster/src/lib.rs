@@ -8,6 +8,7 @@
 //! - [`election`]: campaign, lead, resign; the current leader; when this node must stop
 //!   writing.
 //! - [`members`]: this node's member key and the list of members.
+//! - [`failover`]: gather the campaign decision's inputs, decide, campaign.
 //! - [`keys`]: the key layout and the JSON values (`docs/cluster-format.md`).
 //!
 //! The decisions (who campaigns, until when a leader writes, failsafe) are pure functions in
@@ -16,12 +17,21 @@
 //! acts on what it reports.
 #![forbid(unsafe_code)]
 
+pub mod election;
 pub mod etcd;
+pub mod failover;
 pub mod keys;
 pub mod lease;
+pub mod members;
 pub mod timing;
 
+pub use election::{
+    CampaignOutcome, Election, ElectionError, ElectionStatus, Leader, LossReason, LostLeadership,
+    Role,
+};
 pub use etcd::{EtcdClient, EtcdConfig, EtcdError, LeaseId};
+pub use failover::{FailoverStep, campaign_if_chosen};
 pub use keys::{ClusterKeys, MemberRole, MemberValue, NodeAddresses, NodeInfo};
 pub use lease::{LeaseKeeper, LeaseState, LeaseStatus};
+pub use members::{MemberRegistry, Members, RegistryError, list_members};
 pub use timing::ClusterTiming;

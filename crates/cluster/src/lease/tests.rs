@@ -182,3 +182,15 @@ async fn ensure_alive_renews_now_and_returns_a_fresh_deadline() {
     assert_eq!(id, LeaseId(1));
     assert_eq!(deadline, sent + ms(1_500));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_campaign_and_the_keeper_never_both_grant_a_lease() {
+    let etcd = FakeEtcd::new(Renewals::AnswerAfter(ms(1)));
+    let keeper = LeaseKeeper::start_with(etcd.clone(), ClusterTiming::default());
+    // Called before the keeper's own first grant has run.
+    let (id, _) = keeper.ensure_alive().await.unwrap();
+    tokio::time::sleep(ms(2_000)).await;
+    assert_eq!(id, LeaseId(1));
+    assert_eq!(keeper.status().id, Some(LeaseId(1)));
+    assert_eq!(etcd.next_id.load(Ordering::SeqCst), 2, "one grant only");
+}
