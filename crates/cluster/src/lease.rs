@@ -104,6 +104,14 @@ impl LeaseStatus {
     }
 }
 
+fn state_at(st: &LeaseStatus, now: Instant) -> LeaseState {
+    match (st.id, st.fence_deadline) {
+        (None, _) => LeaseState::None,
+        (Some(_), Some(d)) if now < d => LeaseState::Alive,
+        (Some(_), _) => LeaseState::Unconfirmed,
+    }
+}
+
 struct Shared {
     api: Arc<dyn LeaseApi>,
     timing: ClusterTiming,
@@ -115,19 +123,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// The status, its state computed for this instant (a deadline may have passed since the
+    /// last update).
     fn snapshot(&self) -> LeaseStatus {
-        self.status.lock().expect("lease status lock").clone()
+        let mut st = self.status.lock().expect("lease status lock").clone();
+        st.state = state_at(&st, Instant::now());
+        st
     }
 
     /// Applies `f` to the status, recomputes the state for now, publishes.
     fn update(&self, f: impl FnOnce(&mut LeaseStatus)) {
         let mut st = self.status.lock().expect("lease status lock");
         f(&mut st);
-        st.state = match (st.id, st.fence_deadline) {
-            (None, _) => LeaseState::None,
-            (Some(_), Some(d)) if Instant::now() < d => LeaseState::Alive,
-            (Some(_), _) => LeaseState::Unconfirmed,
-        };
+        st.state = state_at(&st, Instant::now());
         self.tx.send_replace(st.clone());
     }
 

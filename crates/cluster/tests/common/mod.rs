@@ -221,6 +221,46 @@ impl Drop for EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// The index of the member that is etcd's raft leader, as the running members report it.
+    pub fn raft_leader(&self) -> Option<usize> {
+        let statuses: Vec<Option<(String, String)>> = self
+            .members
+            .iter()
+            .map(|m| {
+                if !m.is_running() {
+                    return None;
+                }
+                let body = post(m.client_port, "/v3/maintenance/status", "{}")?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let me = v["header"]["member_id"].as_str()?.to_string();
+                let leader = v["leader"].as_str()?.to_string();
+                Some((me, leader))
+            })
+            .collect();
+        let leader = statuses.iter().flatten().map(|(_, l)| l.clone()).next()?;
+        statuses
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|(me, _)| *me == leader))
+    }
+}
+
+/// A blocking HTTP/1.0 POST; the response body.
+fn post(port: u16, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
 /// `GET /health` with a plain blocking socket: `{"health":"true"}` once the member has a leader.
 fn health(port: u16) -> bool {
     use std::io::{Read, Write};
