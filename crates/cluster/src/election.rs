@@ -211,12 +211,25 @@ struct Shared {
 impl Shared {
     /// Applies `f`, settles what follows from it (leadership lost or adopted), publishes.
     fn update(&self, f: impl FnOnce(&mut State)) -> ElectionStatus {
+        self.settled(f, true)
+    }
+
+    /// The status for this instant; published only if settling changed who leads (so that
+    /// a subscriber reading the status on each change does not wake itself).
+    fn current(&self) -> ElectionStatus {
+        self.settled(|_| {}, false)
+    }
+
+    fn settled(&self, f: impl FnOnce(&mut State), publish: bool) -> ElectionStatus {
         let lease = self.lease.status();
         let mut st = self.state.lock().expect("election state lock");
         f(&mut st);
+        let held = st.held;
         self.settle(&mut st, &lease);
         let status = self.status_of(&st, lease);
-        self.tx.send_replace(status.clone());
+        if publish || held != st.held {
+            self.tx.send_replace(status.clone());
+        }
         status
     }
 
@@ -401,10 +414,12 @@ impl Election {
 
     /// The election's status now (the role computed for this instant).
     pub fn status(&self) -> ElectionStatus {
-        self.shared.update(|_| {})
+        self.shared.current()
     }
 
-    /// Every change of the status: the daemon waits on this to fence or take over.
+    /// Every change of the status (also each renewal and each read of the leader key): the
+    /// daemon waits on this to fence or take over. A leader's fence deadline passing is
+    /// published when it comes.
     pub fn subscribe(&self) -> watch::Receiver<ElectionStatus> {
         self.shared.tx.subscribe()
     }
