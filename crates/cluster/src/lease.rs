@@ -34,6 +34,8 @@ pub(crate) trait LeaseApi: Send + Sync + 'static {
         budget: Duration,
     ) -> BoxFuture<'_, Result<KeepAlive, EtcdError>>;
     fn revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<(), EtcdError>>;
+    /// Where the leases are kept, for error messages.
+    fn describe(&self) -> String;
 }
 
 impl LeaseApi for EtcdClient {
@@ -49,6 +51,9 @@ impl LeaseApi for EtcdClient {
     }
     fn revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<(), EtcdError>> {
         Box::pin(self.lease_revoke(id))
+    }
+    fn describe(&self) -> String {
+        self.endpoints().join(", ")
     }
 }
 
@@ -302,11 +307,13 @@ impl LeaseKeeper {
             }
             // Gone: the next round grants a new lease.
         }
+        // Granted, then gone before the renewal that follows: etcd is revoking or expiring
+        // leases as fast as they come (a clock or configuration problem on its side).
         Err(Arc::new(EtcdError::Refused {
-            endpoint: String::new(),
-            op: "grant a lease",
+            endpoint: self.shared.api.describe(),
+            op: "keep a lease",
             code: 0,
-            message: "the lease was lost again as soon as it was granted".into(),
+            message: "a lease granted just now was already gone at its first renewal".into(),
         }))
     }
 

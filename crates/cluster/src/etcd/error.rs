@@ -39,6 +39,9 @@ pub struct EndpointFailure {
 }
 
 fn list(attempts: &[EndpointFailure]) -> String {
+    if attempts.is_empty() {
+        return "not within the time allowed".into();
+    }
     attempts
         .iter()
         .map(|a| format!("{}: {}", a.endpoint, a.cause))

@@ -80,6 +80,10 @@ impl LeaseApi for FakeEtcd {
     fn revoke(&self, _id: LeaseId) -> BoxFuture<'_, Result<(), EtcdError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn describe(&self) -> String {
+        "fake etcd".into()
+    }
 }
 
 fn ms(n: u64) -> Duration {
