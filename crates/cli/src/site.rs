@@ -55,6 +55,15 @@ pub struct UpArgs {
     /// not captured.
     #[arg(long)]
     pub enable_wal: bool,
+    /// This node's name, for a site with [cluster] in its manifest.
+    #[arg(long, env = "LIFEBOAT_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+    /// This node's zone (nodes in one zone may fail together).
+    #[arg(long, env = "LIFEBOAT_ZONE", value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// The address the other nodes reach this one at.
+    #[arg(long, env = "LIFEBOAT_ADVERTISE", value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Subcommand, Debug)]

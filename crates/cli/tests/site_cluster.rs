@@ -56,3 +56,307 @@ fn virtual_hosts_reach_each_other_until_one_is_cut_off_or_dies() {
     let _ = server.wait();
     assert!(lan.host(0).pids().is_empty(), "nothing runs on a dead host");
 }
+
+/// The `etcd` binary: on PATH, in the workspace's `.tools/bin`, or Debian's `/usr/bin/etcd`.
+fn etcd_binary() -> std::path::PathBuf {
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/etcd");
+    for candidate in [tools, "/usr/bin/etcd".into()] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "etcd is not installed; run scripts/install-test-deps (it unpacks Debian's etcd-server into .tools/bin)"
+    )
+}
+
+/// A three-host cluster: an etcd member and a lifeboat node (the guestbook) per host, each
+/// in its own zone, each node with its own copy of the site dir, as on three machines.
+struct Cluster {
+    lan: Lan,
+    scratch: tempfile::TempDir,
+    etcd: Vec<std::process::Child>,
+    nodes: Vec<Option<std::process::Child>>,
+}
+
+impl Cluster {
+    fn start(durability: &str) -> Cluster {
+        let lan = Lan::new(3);
+        let scratch = tempfile::tempdir().unwrap();
+        common::open_to_the_site_user(scratch.path());
+        let peers: Vec<String> = lan
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("h{}=http://{}:2380", i + 1, h.ip))
+            .collect();
+        let clients: Vec<String> = lan
+            .hosts
+            .iter()
+            .map(|h| format!("\"http://{}:2379\"", h.ip))
+            .collect();
+        let mut etcd = Vec::new();
+        for (i, host) in lan.hosts.iter().enumerate() {
+            let data = scratch.path().join(format!("etcd-{}", i + 1));
+            let log =
+                std::fs::File::create(scratch.path().join(format!("etcd-{}.log", i + 1))).unwrap();
+            etcd.push(
+                host.command(etcd_binary())
+                    .arg(format!("--name=h{}", i + 1))
+                    .arg(format!("--data-dir={}", data.display()))
+                    .arg(format!("--listen-client-urls=http://{}:2379", host.ip))
+                    .arg(format!("--advertise-client-urls=http://{}:2379", host.ip))
+                    .arg(format!("--listen-peer-urls=http://{}:2380", host.ip))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=http://{}:2380",
+                        host.ip
+                    ))
+                    .arg(format!("--initial-cluster={}", peers.join(",")))
+                    .arg("--initial-cluster-state=new")
+                    .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+                    .stderr(std::process::Stdio::from(log))
+                    .spawn()
+                    .expect("start etcd"),
+            );
+        }
+        let manifest = format!(
+            r#"[site]
+name = "guestbook"
+
+[processes.web]
+command = "{guestbook}"
+replicas = 2
+env = {{ GUESTBOOK_ADMIN_PASSWORD = "initial-admin-pw" }}
+health = {{ path = "/healthz", interval = "200ms", timeout = "1s" }}
+
+[state]
+sqlite = ["data/guestbook.db"]
+dirs = ["data/uploads"]
+
+[proxy]
+listen = "0.0.0.0:8080"
+
+[cluster]
+etcd = [{clients}]
+durability = "{durability}"
+"#,
+            guestbook = common::guestbook_bin().display(),
+            clients = clients.join(", ")
+        );
+        for i in 1..=3 {
+            let site = scratch.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&site).unwrap();
+            std::fs::write(site.join("lifeboat.toml"), &manifest).unwrap();
+        }
+        let mut cluster = Cluster {
+            lan,
+            scratch,
+            etcd,
+            nodes: vec![None, None, None],
+        };
+        for i in 0..3 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    fn site(&self, i: usize) -> std::path::PathBuf {
+        self.scratch.path().join(format!("node{}", i + 1))
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let host = self.lan.host(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join(format!("node{}.log", i + 1)))
+            .unwrap();
+        let child = host
+            .command(common::lifeboat_bin())
+            .arg("up")
+            .arg(self.site(i))
+            .args(["--node", &format!("n{}", i + 1)])
+            .args(["--zone", &format!("z{}", i + 1)])
+            .args(["--advertise", &host.ip.to_string()])
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("start lifeboat");
+        self.nodes[i] = Some(child);
+    }
+
+    /// `lifeboat status --json` of node `i`, when it answers.
+    fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let out = common::cli(&self.site(i), &["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// The node that says it is the primary, once exactly one does among `among`.
+    fn wait_for_primary(&self, among: &[usize]) -> (usize, u64) {
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            let primaries: Vec<(usize, u64)> = among
+                .iter()
+                .filter_map(|&i| {
+                    let s = self.status(i)?;
+                    (s["role"]["role"] == "primary")
+                        .then(|| (i, s["role"]["term"].as_u64().unwrap()))
+                })
+                .collect();
+            if let [one] = primaries[..] {
+                return one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single primary among {among:?}: {primaries:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET or POST through node `i`'s front door, from host `from`, with a short timeout;
+    /// the status code and body.
+    fn request(
+        &self,
+        from: usize,
+        i: usize,
+        method: &str,
+        path: &str,
+        form: &str,
+    ) -> Option<(u16, String)> {
+        let url = format!("http://{}:8080{path}", self.lan.host(i).ip);
+        let script = format!(
+            "import urllib.request,sys\n\
+             data = {data}\n\
+             req = urllib.request.Request({url:?}, data=data, method={method:?})\n\
+             try:\n  r = urllib.request.urlopen(req, timeout=2); print(r.status); sys.stdout.write(r.read().decode())\n\
+             except urllib.error.HTTPError as e:\n  print(e.code); sys.stdout.write(e.read().decode())\n",
+            data = if form.is_empty() {
+                "None".to_string()
+            } else {
+                format!("{form:?}.encode()")
+            },
+        );
+        let out = self
+            .lan
+            .host(from)
+            .command("python3")
+            .args(["-c", &script])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (code, body) = text.split_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
+    }
+
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|i| {
+                let log = std::fs::read_to_string(self.scratch.path().join(format!("node{i}.log")))
+                    .unwrap_or_default();
+                format!("--- node{i}:\n{log}")
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten().chain(self.etcd.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Exactly one node leads (a term from etcd); it runs the instances, the standbys run none,
+/// and a request to a standby's front door is answered by the primary's instances.
+#[test]
+fn one_node_leads_and_the_others_forward_to_it() {
+    let cluster = Cluster::start("async");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    assert!(term > 0);
+    let standby = (primary + 1) % 3;
+    common::wait_until("the standby to follow the primary", || {
+        cluster.status(standby).is_some_and(|s| {
+            s["role"]["role"] == "standby" && s["instances"].as_array().unwrap().is_empty()
+        })
+    });
+    common::wait_until("a write through the standby's front door", || {
+        cluster
+            .request(
+                standby,
+                standby,
+                "POST",
+                "/entries",
+                "text=through-a-standby",
+            )
+            .is_some_and(|(code, _)| code == 201)
+    });
+    let (code, body) = cluster
+        .request(primary, primary, "GET", "/api/entries", "")
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("through-a-standby"), "{body}");
+    let status = cluster.status(standby).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status:#}");
+}
+
+/// The primary's whole host dies (its etcd member too): another node takes over in a new
+/// term and serves.
+#[test]
+fn when_the_primarys_host_dies_another_node_takes_over() {
+    let cluster = Cluster::start("async");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    common::wait_until("the primary to serve", || {
+        cluster
+            .request(others[0], primary, "GET", "/healthz", "")
+            .is_some_and(|(code, _)| code == 200)
+    });
+    let killed_at = Instant::now();
+    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    let (next, next_term) = cluster.wait_for_primary(&others);
+    assert!(next_term > term, "a new term: {term} -> {next_term}");
+    common::wait_until("the new primary to serve", || {
+        cluster
+            .request(others[0], next, "GET", "/healthz", "")
+            .is_some_and(|(code, _)| code == 200)
+    });
+    eprintln!("healed {:?} after the kill", killed_at.elapsed());
+}
+
+/// The primary is cut off the network: it stops writing (its instances killed) before its
+/// lease can run out, another node takes over, and when the cut heals the old primary
+/// follows the new one.
+#[test]
+fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
+    let cluster = Cluster::start("async");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    common::wait_until("the primary to run its instances", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| !s["instances"].as_array().unwrap().is_empty())
+    });
+    cluster.lan.cut(primary);
+    common::wait_until("the cut-off primary to fence itself", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["role"]["role"] == "fenced" && s["instances"].as_array().unwrap().is_empty()
+        })
+    });
+    let (next, next_term) = cluster.wait_for_primary(&others);
+    assert!(next_term > term);
+    cluster.lan.heal(primary);
+    common::wait_until("the old primary to follow the new one", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
+        })
+    });
+}

@@ -47,6 +47,18 @@ pub struct StatusReport {
     /// How the site's processes are kept away from Lifeboat's files and secrets.
     #[serde(default)]
     pub isolation: Option<crate::isolation::Protections>,
+    /// This node's name, in a cluster.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// This node's role as it carries it out, in a cluster.
+    #[serde(default)]
+    pub role: Option<crate::node::NodeRole>,
+    /// Every node of the cluster as etcd last showed them.
+    #[serde(default)]
+    pub nodes: Vec<crate::node::NodeReport>,
+    /// Why this node does not take over now, while no node leads.
+    #[serde(default)]
+    pub election: Option<String>,
 }
 
 /// What `lifeboat timeline` shows.

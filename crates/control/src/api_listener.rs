@@ -1,12 +1,14 @@
 //! The control socket's door: only the owner's own commands get in.
 //!
 //! The socket is 0600 in a 0700 directory, so the file system already keeps other users out.
-//! But when the site's processes run as Lifeboat's own user (lifeboat is not root, or
-//! `[isolation] user = "root"`), the permissions cannot tell a `lifeboat` command of the owner
-//! from a compromised app that found its way to the socket. The site's processes always run in
-//! mount namespaces of their own (when the machine allows it); the owner's commands run in
-//! the daemon's. So a peer of Lifeboat's own user is let in only from the daemon's mount
-//! namespace.
+//! But when the site's processes run as Lifeboat's own user (lifeboat is not root), the
+//! permissions cannot tell a `lifeboat` command of the owner from a compromised app that found
+//! its way to the socket. The site's processes then always run in a user namespace of their
+//! own (with their private mounts), and everything they start stays in it or below it; the
+//! owner's commands run in the daemon's. So a peer of Lifeboat's own user is let in only from
+//! the daemon's user namespace. (Not the mount namespace: `ip netns exec`, systemd's
+//! `PrivateTmp=` and the like give the daemon a mount namespace of its own, and the owner's
+//! commands from a shell must still get in.)
 
 use std::path::PathBuf;
 
@@ -23,7 +25,7 @@ impl OwnerListener {
     pub(crate) fn new(inner: UnixListener) -> OwnerListener {
         OwnerListener {
             inner,
-            my_namespace: std::fs::read_link("/proc/self/ns/mnt").ok(),
+            my_namespace: std::fs::read_link("/proc/self/ns/user").ok(),
         }
     }
 
@@ -39,7 +41,7 @@ impl OwnerListener {
         let Some(pid) = cred.pid() else {
             return false;
         };
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
         theirs.is_some() && theirs == self.my_namespace
     }
 }
@@ -57,7 +59,7 @@ impl Listener for OwnerListener {
                     }
                     tracing::warn!(
                         "refused a connection to the control socket from a process outside \
-                         lifeboat's mount namespace (a process of the site?)"
+                         lifeboat's user namespace (a process of the site?)"
                     );
                 }
                 Err(e) => {

@@ -36,6 +36,8 @@ pub struct UpOptions {
     pub shim: Option<PathBuf>,
     /// Switch declared databases that are not in WAL mode to it, so they can be captured.
     pub enable_wal: bool,
+    /// Who this node is, for a manifest with `[cluster]` (required then).
+    pub node: Option<crate::node::NodeOptions>,
 }
 
 /// A site that is up. Call [`RunningSite::run_until`] to keep it up until a signal.
@@ -169,6 +171,21 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         proxy_rx,
         forwarders_done.clone(),
     ));
+    if let Some(spec) = &site.manifest.cluster {
+        // A node of a cluster: nothing runs here until the election says this node leads.
+        let Some(options) = &options.node else {
+            return Err(ControlError::Refused(
+                "lifeboat.toml has [cluster], so this node needs a name and a zone: run `lifeboat up DIR --node NAME --zone ZONE --advertise IP` (or set LIFEBOAT_NODE, LIFEBOAT_ZONE, LIFEBOAT_ADVERTISE)".into(),
+            ));
+        };
+        // Joined in the background: etcd may come up after this node (a whole site starting
+        // at once); until then this node runs nothing and says why in `status`.
+        tasks.spawn(crate::node::join_and_run(
+            site.clone(),
+            spec.clone(),
+            options.clone(),
+        ));
+    }
     tasks.spawn(reconcile_loop(site.clone()));
     tasks.spawn(crate::state_use::watch(site.clone()));
     if let Err(why) = &site.launcher.private_mounts {
@@ -451,7 +468,7 @@ async fn reconcile_loop(site: Arc<Site>) {
                 process: i.process,
             })
             .collect();
-        let actions = plan(&site.desired(), &observed);
+        let actions = plan(&site.desired_here(), &observed);
         let mut stops = JoinSet::new();
         for action in actions {
             match action {

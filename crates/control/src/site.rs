@@ -46,6 +46,8 @@ pub(crate) struct Site {
     last_seq: watch::Receiver<u64>,
     /// Continuous capture, when the manifest has a `[vault]`.
     pub(crate) capture: OnceLock<Arc<Capture>>,
+    /// This node's part in a cluster, when the manifest has `[cluster]`.
+    pub(crate) node: OnceLock<Arc<crate::node::Node>>,
     /// The live state's name (`site` or a restored copy), as stored.
     live_state: Mutex<String>,
     /// Held by a rewind from start to end: one at a time.
@@ -109,6 +111,7 @@ impl Site {
             alerts,
             last_seq,
             capture: OnceLock::new(),
+            node: OnceLock::new(),
             live_state: Mutex::new(live_state),
             rewinding: tokio::sync::Mutex::new(()),
             reconcile_lock: tokio::sync::Mutex::new(()),
@@ -288,6 +291,21 @@ impl Site {
         self.desired.lock().expect("desired lock").clone()
     }
 
+    /// What should run on this node now: the desired instances, or none on a node of a cluster
+    /// that is not the primary (a standby, or a primary that must stop writing).
+    pub(crate) fn desired_here(&self) -> BTreeMap<String, u32> {
+        let mut desired = self.desired();
+        let here = match self.node.get() {
+            Some(node) => node.runs_instances(),
+            // A node of a cluster that has not joined yet runs nothing.
+            None => self.manifest.cluster.is_none(),
+        };
+        if !here {
+            desired.values_mut().for_each(|n| *n = 0);
+        }
+        desired
+    }
+
     pub(crate) fn request_shutdown(&self, reason: &str) {
         let mut r = self.shutdown_reason.lock().expect("reason lock");
         if r.is_empty() {
@@ -381,6 +399,10 @@ impl Site {
             capture: None,
             warnings,
             isolation: Some(self.launcher.protections()),
+            node: self.node.get().map(|n| n.info.node.clone()),
+            role: self.node.get().map(|n| n.role()),
+            nodes: self.node.get().map(|n| n.members()).unwrap_or_default(),
+            election: self.node.get().and_then(|n| n.waiting()),
         }
     }
 

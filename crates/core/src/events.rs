@@ -124,6 +124,18 @@ pub enum EventKind {
     NotWalMode { database: String, mode: String },
     /// A data dir declared in `[state]` was missing and was created empty.
     StateDirCreated { path: String },
+    /// This node became the site's primary (it holds the leader key in etcd) in `term`.
+    NodePromoted { node: String, term: u64 },
+    /// This node follows the primary `leader` (term `term`): it runs no instances and its
+    /// front door forwards to the primary's.
+    NodeFollowing {
+        node: String,
+        leader: String,
+        term: u64,
+    },
+    /// This node stopped writing (its instances were killed at once): it could no longer be
+    /// sure it was the primary.
+    NodeFenced { node: String, term: u64, why: String },
     /// The kernel killed processes of an instance for want of memory: its `memory` limit
     /// (`limit_bytes`), or the machine's when it has none.
     InstanceOutOfMemory {
@@ -276,6 +288,15 @@ impl EventKind {
             EventKind::StateDirCreated { path } => {
                 format!("{path} (a data dir in [state]) was missing; created it empty")
             }
+            EventKind::NodePromoted { node, term } => {
+                format!("{node} is the primary now (term {term}): it runs the site's instances")
+            }
+            EventKind::NodeFollowing { node, leader, term } => format!(
+                "{node} follows the primary {leader} (term {term}): it forwards requests there"
+            ),
+            EventKind::NodeFenced { node, term, why } => format!(
+                "{node} stopped writing (term {term}): {why}; its instances were killed and it rejoins as a standby"
+            ),
             EventKind::InstanceOutOfMemory {
                 instance,
                 killed,
@@ -309,6 +330,8 @@ impl EventKind {
                 | EventKind::NotWalMode { .. }
                 | EventKind::StateDirCreated { .. }
                 | EventKind::InstanceOutOfMemory { .. }
+                | EventKind::NodePromoted { .. }
+                | EventKind::NodeFenced { .. }
                 | EventKind::RewindFailed { .. }
         )
     }

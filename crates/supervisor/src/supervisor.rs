@@ -221,6 +221,29 @@ impl Supervisor {
         }
     }
 
+    /// Kills every instance at once, SIGKILL to each whole process group, and forgets them:
+    /// for a node that must stop writing now (its lease is running out), where a graceful
+    /// stop could let an instance commit one more write. No instance is restarted.
+    pub async fn kill_all_now(&self) {
+        let pids: Vec<u32> = {
+            let mut instances = self.inner.lock();
+            instances
+                .values_mut()
+                .filter_map(|entry| {
+                    // Stopping first, so that the kill is not taken for a crash to restart.
+                    entry.status.state = InstanceState::Stopping;
+                    entry.next_restart_at = None;
+                    entry.stop.send_replace(true);
+                    entry.status.pid
+                })
+                .collect()
+        };
+        for pid in pids {
+            crate::group::signal_group(pid, Signal::SIGKILL);
+        }
+        self.stop_all().await;
+    }
+
     /// Stops every instance, all at once, then removes the site's cgroup.
     pub async fn stop_all(&self) {
         let ids: Vec<String> = self.inner.lock().keys().cloned().collect();

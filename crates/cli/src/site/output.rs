@@ -31,6 +31,48 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         "site {}   front door {}   maintenance {maintenance}",
         report.site, report.proxy
     );
+    if let (Some(node), Some(role)) = (&report.node, &report.role) {
+        use lifeboat_control::node::NodeRole;
+        let role = match role {
+            NodeRole::Joining => "joining".to_string(),
+            NodeRole::Primary { term } => format!("primary (term {term})"),
+            NodeRole::Standby { leader, term } => {
+                format!("standby, forwarding to {leader} (term {term})")
+            }
+            NodeRole::Fenced { term, why } => format!("fenced in term {term}: {why}"),
+        };
+        println!("node {node}: {role}");
+        if let Some(why) = &report.election {
+            println!("  no primary; this node waits: {why}");
+        }
+        if !report.nodes.is_empty() {
+            let mut rows = vec![
+                [
+                    "NODE",
+                    "ZONE",
+                    "ROLE",
+                    "TERM",
+                    "APPLIED",
+                    "FRONT DOOR",
+                    "HEALTH",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for n in &report.nodes {
+                rows.push(vec![
+                    n.name.clone(),
+                    n.zone.clone(),
+                    n.role.clone(),
+                    n.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    format!("{}/{}", n.applied.0, n.applied.1),
+                    n.front_door.clone(),
+                    n.health.clone().unwrap_or_else(|| "ok".into()),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
     if report.state != lifeboat_control::SITE_STATE && !report.state.is_empty() {
         println!(
             "live state: {} (a rewound copy; `lifeboat rewind --undo` goes back)",

@@ -37,6 +37,7 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
             listen: args.listen,
             shim: Some(shim),
             enable_wal: args.enable_wal,
+            node: node_options(&args)?,
         },
     )
     .await?;
@@ -69,6 +70,23 @@ pub(super) async fn up(dir: &Path, args: UpArgs, global: &Global) -> anyhow::Res
         println!("stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who this node is, when `--node` (or LIFEBOAT_NODE) is given: all three are needed then.
+fn node_options(args: &UpArgs) -> anyhow::Result<Option<lifeboat_control::node::NodeOptions>> {
+    match (&args.node, &args.zone, args.advertise) {
+        (None, None, None) => Ok(None),
+        (Some(node), Some(zone), Some(advertise)) => {
+            Ok(Some(lifeboat_control::node::NodeOptions {
+                node: node.clone(),
+                zone: zone.clone(),
+                advertise,
+            }))
+        }
+        _ => anyhow::bail!(
+            "a node of a cluster needs all three of --node NAME, --zone ZONE and --advertise IP (or LIFEBOAT_NODE, LIFEBOAT_ZONE, LIFEBOAT_ADVERTISE)"
+        ),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM with the reason.
