@@ -40,6 +40,8 @@ FRONT_DOOR="$TARGET/release/examples/front_door"
 LIFEBOAT="$TARGET/release/lifeboat"
 
 WORK="$(mktemp -d)"
+# Readable by the site's own user (lifeboat, run as root, starts the instances as one).
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     if [ "$VIA" = lifeboat ]; then "$LIFEBOAT" -C "$WORK/site" down >/dev/null 2>&1 || true; fi
