@@ -82,7 +82,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From sending a request to an instance until its response headers arrive.
     pub response_headers: Duration,
-    /// How long an unused keep-alive connection (client side or instance side) stays open.
+    /// How long an unused keep-alive connection stays open: a client's; one to an instance
+    /// at most 10 s (it is on this machine, a new one is cheap; see `pool.rs`).
     pub idle: Duration,
     /// How long a client may take to accept any more of a response it is being sent (its
     /// socket buffer stays full) before its connection is closed, like nginx's

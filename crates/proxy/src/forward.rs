@@ -237,7 +237,7 @@ async fn connection(
     backend: &Backend,
     worker: usize,
 ) -> Result<(Sender, bool), pool::ConnectError> {
-    while let Some(mut sender) = backend.pooled_connection(worker, shared.config.timeouts.idle) {
+    while let Some(mut sender) = backend.pooled_connection(worker, shared.parked_idle) {
         if sender.ready().await.is_ok() {
             return Ok((sender, true));
         }

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
     pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
     pub(crate) http: http1::Builder,
+    /// How long a connection to an instance stays parked unused ([`crate::pool::parked_idle`]).
+    pub(crate) parked_idle: Duration,
     /// The timer tick of client connections (idle, response-header, send and body timeouts).
     pub(crate) clock: Clock,
     /// Client connections allowed at once: the configured cap, lowered to what the open-file
@@ -259,6 +261,7 @@ impl Proxy {
             runtimes.push(runtime);
         }
         let clock = Clock::new(&config.timeouts);
+        let parked_idle = crate::pool::parked_idle(config.timeouts.idle);
         let max_connections = limits::fit_connections(config.max_connections);
         let busy_response = limits::busy_response(config.retry_after);
         let shared = Arc::new(Shared {
@@ -267,6 +270,7 @@ impl Proxy {
             maintenance: ArcSwapOption::empty(),
             preview_token: ArcSwapOption::empty(),
             http,
+            parked_idle,
             clock,
             max_connections,
             busy_response,
@@ -488,11 +492,12 @@ impl Proxy {
     }
 }
 
-/// Closes instance connections that stayed unused longer than the idle timeout.
+/// Closes instance connections that stayed parked unused longer than [`Shared::parked_idle`].
 async fn evict_idle_connections(shared: Arc<Shared>) {
-    let idle = shared.config.timeouts.idle;
+    let idle = shared.parked_idle;
     let mut shutdown = shared.shutdown.subscribe();
-    let mut ticker = tokio::time::interval((idle / 2).max(Duration::from_millis(100)));
+    // A parked connection is closed between `idle` and 1.25 x `idle` after its last use.
+    let mut ticker = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     loop {
         tokio::select! {
             _ = ticker.tick() => shared.registry.each(|backend| backend.evict_idle(idle)),
