@@ -41,6 +41,10 @@ pub(crate) struct DirCheckpoint {
     pub name: String,
     /// The file capture's last seq included.
     pub last_seq: u64,
+    /// The file capture's session (epoch) when the checkpoint was taken (0 in checkpoints
+    /// written before it was recorded).
+    #[serde(default)]
+    pub epoch: u64,
     /// path -> blake3.
     pub files: BTreeMap<String, String>,
 }
@@ -84,13 +88,15 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
                 .map_err(crate::shipper::capture_err(&db.name))?;
             shipper.take_db_events(i, events);
         }
-        for dir in &mut shipper.dirs {
+        for i in 0..shipper.dirs.len() {
+            let dir = &mut shipper.dirs[i];
             let changes = dir
                 .cap
                 .rescan()
                 .map_err(crate::shipper::capture_err(&dir.name))?;
-            dir.pending.extend(changes);
+            shipper.take_dir_changes(i, changes);
         }
+        shipper.publish_feed();
         shipper.mark_polled();
         shipper.shipping_checkpoint = true;
         let shipped = shipper.ship_forced();
@@ -183,6 +189,7 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
         dirs.push(DirCheckpoint {
             name: dir.name.clone(),
             last_seq: dir.cap.manifest().last_seq,
+            epoch: dir.cap.manifest().epoch,
             files: dir.state.clone(),
         });
     }

@@ -98,6 +98,14 @@ pub enum TimelineError {
     /// The worker has stopped.
     #[error("the timeline worker has stopped; start it again")]
     Stopped,
+    /// A barrier could not make capture read the latest commits.
+    #[error(
+        "capture could not read the latest changes ({message}); what was committed is not confirmed streamed, so hold or fail the response"
+    )]
+    Barrier {
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Result with [`TimelineError`].

@@ -11,6 +11,10 @@
 //! naming its path and captured as empty until it is created; it never stops the capture of
 //! the databases.
 //!
+//! On a site of several nodes, [`TimelineWorker::feed`] streams every batch capture reads
+//! to warm standbys through a [`StreamServer`], and each standby's [`Replica`] applies it to
+//! its own copy (module [`replication`], format `docs/stream-format.md`).
+//!
 //! The crate never prints: the worker reports through [`TimelineStatus`] and
 //! [`TimelineEvent`]s, and every error says what to do next.
 #![forbid(unsafe_code)]
@@ -20,6 +24,7 @@ mod checkpoint;
 mod compact;
 mod error;
 mod lock;
+pub mod replication;
 mod restore;
 mod segment;
 mod shipper;
@@ -32,8 +37,14 @@ pub use checkpoint::{CHECKPOINT_TAG, SEQ_TAG_PREFIX};
 pub use compact::{CompactOptions, CompactReport, RetentionReport, apply_retention, compact};
 pub use error::{Result, TimelineError};
 pub use lifeboat_vault::KeepPolicy;
+pub use replication::{
+    AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
+    Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus, ServerOptions,
+    SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamServer, StreamServerConfig,
+    StreamServerStatus, seed_capture_state,
+};
 pub use restore::{
-    RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, SegmentRange,
+    RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, RestoredDir, SegmentRange,
     list_restore_points, restore_site,
 };
 pub use segment::{Content, ContentMap, STREAM, TimelineSegment};

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_capture::record::resolve_history;
+use lifeboat_capture::record::{Sequenced, resolve_history};
 use lifeboat_capture::replay::{RebuildTarget, integrity_check, rebuild};
 use lifeboat_capture::{BaseImageRecord, Record};
 use lifeboat_vault::{NoProgress, Repository, RestoreOptions, SnapshotEntry};
@@ -48,8 +48,25 @@ pub struct RestoredDatabase {
     pub name: String,
     /// Capture seq of its last transaction included.
     pub capture_seq: u64,
+    /// Capture session (epoch) of that record: with `capture_seq`, where a stream to a
+    /// standby holding this copy continues.
+    #[serde(default)]
+    pub capture_epoch: u64,
     /// Transactions replayed on top of its base image.
     pub commits_applied: usize,
+}
+
+/// One data dir as restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredDir {
+    /// Path relative to the site dir.
+    pub name: String,
+    /// The file capture's seq of the last change included.
+    pub seq: u64,
+    /// Its capture session (epoch): the record's own when a change after the checkpoint
+    /// was included, else the session that took the checkpoint (0 for a checkpoint written
+    /// before this was recorded).
+    pub epoch: u64,
 }
 
 /// What [`restore_site`] produced.
@@ -64,6 +81,9 @@ pub struct RestoreReport {
     pub last_segment_seq: u64,
     /// Every database restored (each passed `PRAGMA integrity_check`).
     pub databases: Vec<RestoredDatabase>,
+    /// Every data dir restored, with where its capture sequence ends.
+    #[serde(default)]
+    pub dirs: Vec<RestoredDir>,
     /// Data-dir files restored (each verified against its blake3).
     pub files: u64,
     /// Their bytes.
@@ -327,7 +347,7 @@ pub async fn restore_site(
     let mut cut = find_cut(repo, target).await?;
     let (parent, staging) = make_staging(into)?;
     let built = build(repo, &mut cut, &staging).await;
-    let (databases, files, file_bytes, manifest) = match built {
+    let (databases, dirs, files, file_bytes, manifest) = match built {
         Ok(b) => b,
         Err(e) => {
             // Only this restore ever wrote under the staging directory (it made it).
@@ -345,6 +365,7 @@ pub async fn restore_site(
         checkpoint: cut.info,
         last_segment_seq: cut.last_segment_seq,
         databases,
+        dirs,
         files,
         file_bytes,
         manifest,
@@ -378,8 +399,9 @@ fn make_staging(into: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((parent.to_path_buf(), staging))
 }
 
-/// Databases, data-dir files (with their bytes) and whether the manifest was restored.
-type Built = (Vec<RestoredDatabase>, u64, u64, bool);
+/// Databases, data dirs, data-dir files (with their bytes) and whether the manifest was
+/// restored.
+type Built = (Vec<RestoredDatabase>, Vec<RestoredDir>, u64, u64, bool);
 
 /// Builds the whole site in `staging`, fsynced: the checkpoint, each database replayed to t,
 /// each data dir as of t, the manifest.
@@ -396,11 +418,11 @@ async fn build(repo: &Arc<Repository>, cut: &mut Cut, staging: &Path) -> Result<
     )
     .await?;
     let databases = restore_databases(repo, cut, &checkpoint_dir, &scratch, staging).await?;
-    let (files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
+    let (dirs, files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
     let manifest = restore_manifest(cut, &checkpoint_dir, staging)?;
     std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
     sync_tree(staging)?;
-    Ok((databases, files, file_bytes, manifest))
+    Ok((databases, dirs, files, file_bytes, manifest))
 }
 
 /// Each database replayed from its base image to its last transaction seen at or before t,
@@ -453,9 +475,14 @@ async fn restore_databases(
             report: e.to_string(),
         })?;
         std::fs::remove_file(&image).map_err(io_err("remove", &image))?;
+        let capture_epoch = history
+            .iter()
+            .find(|r| r.seq() == report.seq)
+            .map_or(base.epoch, |r| r.epoch());
         databases.push(RestoredDatabase {
             name: db.name.clone(),
             capture_seq: report.seq,
+            capture_epoch,
             commits_applied: report.commits_applied,
         });
     }
@@ -463,14 +490,15 @@ async fn restore_databases(
 }
 
 /// Each data dir as of t: the checkpoint's files, moved into place, then the changes seen
-/// after it up to t. Returns the files and their bytes.
+/// after it up to t. Returns the dirs, the files and their bytes.
 async fn restore_data_dirs(
     repo: &Repository,
     cut: &mut Cut,
     checkpoint_dir: &Path,
     staging: &Path,
-) -> Result<(u64, u64)> {
+) -> Result<(Vec<RestoredDir>, u64, u64)> {
     let (mut files, mut file_bytes) = (0u64, 0u64);
+    let mut restored = Vec::new();
     for dir in &cut.meta.dirs {
         let records = cut.by_source.remove(dir.name.as_str()).unwrap_or_default();
         let changes: Vec<_> = resolve_history(records)
@@ -482,6 +510,18 @@ async fn restore_data_dirs(
             .collect();
         let mut state = dir.files.clone();
         apply_file_changes(&mut state, &changes);
+        restored.push(match changes.last() {
+            Some(c) => RestoredDir {
+                name: dir.name.clone(),
+                seq: c.seq,
+                epoch: c.epoch,
+            },
+            None => RestoredDir {
+                name: dir.name.clone(),
+                seq: dir.last_seq,
+                epoch: dir.epoch,
+            },
+        });
         move_data_dir(cut, &dir.name, checkpoint_dir, staging)?;
         let in_dir = |path: &str| format!("{}/{}", dir.name, path);
         // Files the checkpoint had that are gone or different at t.
@@ -515,7 +555,7 @@ async fn restore_data_dirs(
             file_bytes += content.size;
         }
     }
-    Ok((files, file_bytes))
+    Ok((restored, files, file_bytes))
 }
 
 /// Moves the checkpoint's copy of data dir `name` into `staging` (or makes it empty when the

@@ -25,6 +25,8 @@ use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::error::{Result, TimelineError};
+use crate::replication::feed::FeedInner;
+use crate::replication::stage::{FeedStage, epoch_floor, raise_epochs};
 use crate::segment::{ContentMap, STREAM, TimelineSegment};
 use crate::store::{CONTENT_TAG, ContentWriter, Stored};
 use crate::types::{SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
@@ -94,6 +96,9 @@ pub(crate) struct Shipper {
     pub segments_since_checkpoint: u64,
     pub status: Arc<Mutex<TimelineStatus>>,
     pub events: broadcast::Sender<TimelineEvent>,
+    /// The change feed to standbys, when the worker streams: what each poll read is
+    /// staged here and published as one batch.
+    pub feed: Option<FeedStage>,
     /// Held while this worker runs: one worker per site at a time. Declared last so it is
     /// released only after the captures closed.
     _lock: std::fs::File,
@@ -145,10 +150,21 @@ impl Shipper {
         handle: Handle,
         status: Arc<Mutex<TimelineStatus>>,
         events: broadcast::Sender<TimelineEvent>,
+        feed: Option<Arc<FeedInner>>,
     ) -> Result<Shipper> {
         let site = &sources.site_dir;
         let state_dir = site.join(&sources.state_dir);
         let lock = crate::lock::lock_site(&state_dir)?;
+        if let Some(feed) = &feed {
+            // Before any capture opens: its session numbers must name this primary's
+            // sessions uniquely across nodes (`epoch_floor`).
+            raise_epochs(
+                &state_dir,
+                sources.databases.len(),
+                sources.data_dirs.len(),
+                epoch_floor(feed.term),
+            )?;
+        }
         let mut dbs = Vec::new();
         for (i, db) in sources.databases.iter().enumerate() {
             let name = rel_name(db);
@@ -202,6 +218,14 @@ impl Shipper {
                 state,
             });
         }
+        if let Some(feed) = &feed {
+            for db in &dbs {
+                feed.add_source(&db.name, db.cap.status().durable_seq);
+            }
+            for dir in &dirs {
+                feed.add_source(&dir.name, dir.cap.manifest().last_seq);
+            }
+        }
         let handle2 = handle.clone();
         // Compaction may have moved old segments into bundles: continue after the highest
         // seq in either stream.
@@ -233,6 +257,7 @@ impl Shipper {
             segments_since_checkpoint: 0,
             status,
             events,
+            feed: feed.map(FeedStage::new),
             _lock: lock,
         };
         for message in missing {
@@ -280,12 +305,30 @@ impl Shipper {
             let dir = &mut self.dirs[i];
             let changes = dir.cap.poll().map_err(capture_err(&dir.name))?;
             if !changes.is_empty() {
-                dir.pending.extend(changes);
+                self.take_dir_changes(i, changes);
                 self.note_pending(started);
             }
         }
         self.cut_at = OffsetDateTime::now_utc();
+        self.publish_feed();
         Ok(())
+    }
+
+    /// Takes what a data dir's capture handed out: pending for the vault, staged for the
+    /// stream.
+    pub(crate) fn take_dir_changes(&mut self, i: usize, changes: Vec<FileChange>) {
+        let dir = &mut self.dirs[i];
+        if let Some(feed) = &mut self.feed {
+            feed.stage_dir(&dir.name, &dir.root, &changes);
+        }
+        dir.pending.extend(changes);
+    }
+
+    /// Publishes what was staged for the stream since the last batch as one batch.
+    pub(crate) fn publish_feed(&mut self) {
+        if let Some(feed) = &mut self.feed {
+            feed.publish();
+        }
     }
 
     pub(crate) fn take_db_events(&mut self, i: usize, events: Vec<CaptureEvent>) {
@@ -301,6 +344,9 @@ impl Shipper {
                     why: why.clone(),
                 });
             }
+        }
+        if let Some(feed) = &mut self.feed {
+            feed.stage_db(&self.dbs[i].name, &events);
         }
         self.dbs[i].pending.extend(events);
         self.note_pending(OffsetDateTime::now_utc());
@@ -626,12 +672,18 @@ impl Shipper {
             after,
             status,
             events: announce,
+            feed,
             ..
         } = self;
         for db in dbs.iter_mut() {
             let name = db.name.clone();
             db.cap
                 .checkpoint(|events| {
+                    // Read by capture's own handoffs: streamed as they are read, like a poll's.
+                    if let Some(feed) = feed.as_mut() {
+                        feed.stage_db(&name, events);
+                        feed.publish();
+                    }
                     let mut records = Vec::new();
                     for e in events {
                         match e {

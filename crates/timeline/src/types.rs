@@ -52,6 +52,9 @@ pub struct WorkerOptions {
     pub compact_interval: Duration,
     /// Segments whose window ended longer ago than this are compacted.
     pub compact_older_than: Duration,
+    /// Stream every batch capture reads to standbys ([`crate::ChangeFeed`]), with this
+    /// primary's term; `None` (the default) on a site of one node.
+    pub feed: Option<crate::replication::FeedOptions>,
 }
 
 impl Default for WorkerOptions {
@@ -67,6 +70,7 @@ impl Default for WorkerOptions {
             inline_max: 16 * 1024,
             compact_interval: Duration::from_secs(10 * 60),
             compact_older_than: Duration::from_secs(60 * 60),
+            feed: None,
         }
     }
 }

@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint;
 use crate::error::{Result, TimelineError};
+use crate::replication::feed::FeedInner;
+use crate::replication::{ChangeFeed, Position};
 use crate::shipper::Shipper;
 use crate::types::{CheckpointInfo, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions};
 
@@ -25,6 +27,8 @@ pub struct TimelineWorker {
     task: Option<JoinHandle<()>>,
     /// The compaction running in the background, if any (shared with the loop).
     compaction: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The change feed to standbys and the task serving its barriers, when streaming.
+    feed: Option<(Arc<FeedInner>, JoinHandle<()>)>,
 }
 
 /// Records a failure in the status (repeats of the same failure are one event) and
@@ -121,6 +125,34 @@ fn tick(s: &mut Shipper) -> Result<()> {
     Ok(())
 }
 
+/// Serves barriers: each round polls every capture once, under the shipper's lock, and
+/// answers every barrier asked for before the round began. A barrier asked for during a
+/// round waits for the next one (the round's poll may have read the log before its commit).
+async fn serve_barriers(shipper: Arc<Mutex<Shipper>>, feed: Arc<FeedInner>) {
+    loop {
+        feed.barrier.wake.notified().await;
+        let generation = feed
+            .barrier
+            .requested
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if generation <= feed.barrier.done.borrow().generation {
+            continue;
+        }
+        let result = blocking(&shipper, |s| {
+            s.poll()?;
+            Ok(s.feed
+                .as_ref()
+                .map(|f| f.feed.last_position())
+                .unwrap_or_default())
+        })
+        .await
+        .map_err(|e| e.to_string());
+        feed.barrier
+            .done
+            .send_replace(crate::replication::feed::BarrierDone { generation, result });
+    }
+}
+
 impl TimelineWorker {
     /// Opens every capture, takes a first checkpoint (so the timeline starts with a full
     /// cut; while destinations refuse it, the background loop retries it and the status
@@ -139,8 +171,10 @@ impl TimelineWorker {
         let (events, _) = broadcast::channel(256);
         let handle = tokio::runtime::Handle::current();
         let (st, ev) = (status.clone(), events.clone());
+        let feed = options.feed.clone().map(FeedInner::new).transpose()?;
+        let feed_for_shipper = feed.clone();
         let shipper = tokio::task::spawn_blocking(move || -> Result<Shipper> {
-            let mut s = Shipper::open(&sources, options, repo, handle, st, ev)?;
+            let mut s = Shipper::open(&sources, options, repo, handle, st, ev, feed_for_shipper)?;
             // A failure here (destinations down) is retried by the loop; capture runs.
             if let Err(e) = checkpoint::take(&mut s) {
                 let message = format!("the first checkpoint failed, retrying: {e}");
@@ -184,6 +218,10 @@ impl TimelineWorker {
                 }
             }
         });
+        let feed = feed.map(|f| {
+            let runner = tokio::spawn(serve_barriers(shipper.clone(), f.clone()));
+            (f, runner)
+        });
         Ok(TimelineWorker {
             shipper,
             status,
@@ -191,7 +229,27 @@ impl TimelineWorker {
             stop,
             task: Some(task),
             compaction,
+            feed,
         })
+    }
+
+    /// The change feed to standbys, when [`WorkerOptions::feed`] was given.
+    pub fn feed(&self) -> Option<ChangeFeed> {
+        self.feed.as_ref().map(|(inner, _)| ChangeFeed {
+            inner: inner.clone(),
+        })
+    }
+
+    /// Makes capture read everything committed so far (an immediate poll of every database;
+    /// for data dirs, the file events already delivered) and returns the position of the
+    /// change feed that covers it. Concurrent barriers share one poll. Needs a feed.
+    pub async fn barrier(&self) -> Result<Position> {
+        match self.feed() {
+            Some(feed) => feed.barrier().await,
+            None => Err(TimelineError::Invalid(
+                "barrier needs the change feed (WorkerOptions::feed)".into(),
+            )),
+        }
     }
 
     /// Where the worker stands now.
@@ -234,6 +292,11 @@ impl TimelineWorker {
     /// `deadline` while destinations refuse it).
     pub async fn stop(mut self, deadline: Duration) -> Result<()> {
         let _ = self.stop.send(true);
+        if let Some((feed, runner)) = self.feed.take() {
+            runner.abort();
+            let _ = runner.await;
+            feed.barrier_stopped();
+        }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -259,6 +322,10 @@ impl Drop for TimelineWorker {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        if let Some((feed, runner)) = self.feed.take() {
+            runner.abort();
+            feed.barrier_stopped();
         }
     }
 }

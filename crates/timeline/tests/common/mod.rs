@@ -11,6 +11,8 @@ use lifeboat_timeline::{SiteSources, WorkerOptions};
 use lifeboat_vault::{KdfParams, OpenOptions, Repository};
 use rusqlite::Connection;
 
+pub mod stream;
+
 pub const PASSWORD: &[u8] = b"timeline test password";
 
 pub struct Site {

@@ -1,0 +1,106 @@
+//! Failover: the primary dies, a caught-up standby is stopped, its capture state seeded from
+//! its copy, and a worker with the next term started on the copy; another standby follows
+//! the new primary from where it stands, without restoring from the vault, and the copies
+//! stay equal.
+
+mod common;
+
+use std::time::Duration;
+
+use common::stream::*;
+use common::*;
+use lifeboat_timeline::{Replica, SiteSources, StreamServer, TimelineWorker, seed_capture_state};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a_restore() {
+    let a = Primary::start(feed_options(7)).await;
+    let conn = a.site.db();
+    a.site.insert(&conn, 0..20);
+    a.site.upload("a.txt", b"from a");
+    let b_dirs = StandbyDirs::new(a.site.tmp.path(), "b");
+    let c_dirs = StandbyDirs::new(a.site.tmp.path(), "c");
+    let b = start_replica(&a, &b_dirs, quick_replica_options()).await;
+    let mut c_config = c_dirs.config(quick_replica_options());
+    c_config.node = "c".into();
+    c_config.zone = "zone-c".into();
+    let c = Replica::start(
+        c_config,
+        a.site.open_vault(&a.site.dest_a, "c-spool").await,
+        Some(a.addr()),
+    )
+    .await
+    .unwrap();
+    a.site.insert(&conn, 20..40);
+    a.site.upload("b.txt", b"also from a");
+    let position = a.worker.barrier().await.unwrap();
+    for zone in ["zone-b", "zone-c"] {
+        a.server
+            .wait_acked(position, move |s| s.zone == zone, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+
+    // The primary dies (its worker and server dropped, nothing shipped at exit).
+    let Primary {
+        site,
+        repo,
+        worker,
+        server,
+    } = a;
+    drop(conn);
+    drop(server);
+    drop(worker);
+
+    // b is promoted: stopped (its logs copied back), seeded, and a worker of term 8 starts
+    // on its copy, then the app writes there.
+    let b_config = b_dirs.config(quick_replica_options());
+    let b_status = b.stop().await.unwrap();
+    assert!(b_status.applied >= position);
+    let capture_state = b_dirs.state.join(".lifeboat/timeline");
+    seed_capture_state(&b_config, &capture_state).unwrap();
+    let sources = SiteSources {
+        site_dir: b_dirs.state.clone(),
+        databases: vec!["data/app.db".into()],
+        data_dirs: vec!["uploads".into()],
+        manifest: "lifeboat.toml".into(),
+        state_dir: ".lifeboat/timeline".into(),
+    };
+    let worker = TimelineWorker::start(sources, feed_options(8), repo.clone())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = StreamServer::start(listener, worker.feed().unwrap(), server_config()).unwrap();
+    c.set_primary(Some(server.local_addr()));
+
+    let app = rusqlite::Connection::open(b_dirs.db()).unwrap();
+    app.busy_timeout(Duration::from_secs(30)).unwrap();
+    for id in 40..60 {
+        app.execute(
+            "INSERT INTO entries (id, body) VALUES (?1, 'after the failover')",
+            [id],
+        )
+        .unwrap();
+    }
+    std::fs::write(b_dirs.uploads().join("c.txt"), b"from b").unwrap();
+    std::fs::remove_file(b_dirs.uploads().join("a.txt")).unwrap();
+    let position = worker.barrier().await.unwrap();
+    assert_eq!(position.term, 8);
+    let by = server
+        .wait_acked(position, |s| s.zone == "zone-c", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(by.node, "c");
+
+    let c_status = c.stop().await.unwrap();
+    assert_eq!(c_status.highest_term, 8);
+    assert_eq!(c_status.resyncs, 1, "only its first restore: {c_status:?}");
+    assert!(c_status.applied >= position);
+    drop(app);
+    let b_rows = rows(&b_dirs.db());
+    assert_eq!(b_rows.len(), 60);
+    assert_eq!(rows(&c_dirs.db()), b_rows);
+    assert_eq!(files_in(&c_dirs.uploads()), files_in(&b_dirs.uploads()));
+    assert_intact(&c_dirs.db());
+    worker.stop(Duration::from_secs(30)).await.unwrap();
+    drop(site);
+}
