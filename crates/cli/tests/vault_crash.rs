@@ -3,7 +3,7 @@
 //! that was reported done (its id printed) restores byte for byte.
 mod common_vault;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -59,13 +59,95 @@ fn run_and_maybe_kill(s: &Scratch, args: &[&str], delay: Duration) -> Ending {
     }
 }
 
-fn assert_verifies(s: &Scratch, after: &str) {
+/// Which command made and which removed each object of both destinations, so a failed verify
+/// says who wrote the reference and who deleted the object (and whether it ever existed).
+#[derive(Default)]
+struct Journal {
+    /// `repo-x/key` -> modification time (ns), as of the last record.
+    present: BTreeMap<String, u128>,
+    /// Per step: what it was, what appeared, what went.
+    steps: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+impl Journal {
+    fn list(s: &Scratch) -> BTreeMap<String, u128> {
+        fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut BTreeMap<String, u128>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                    let t = m.modified().unwrap().duration_since(std::time::UNIX_EPOCH);
+                    out.insert(rel, t.unwrap().as_nanos());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for repo in ["repo-a", "repo-b"] {
+            for dir in ["data", "index", "snapshots"] {
+                walk(&s.path(""), &s.path(&format!("{repo}/{dir}")), &mut out);
+            }
+        }
+        out
+    }
+
+    /// Records what `what` changed.
+    fn record(&mut self, s: &Scratch, what: String) {
+        let now = Journal::list(s);
+        let added = now
+            .iter()
+            .filter(|(k, t)| self.present.get(*k) != Some(t))
+            .map(|(k, t)| format!("{k} (mtime {}.{:09})", t / 1_000_000_000, t % 1_000_000_000))
+            .collect();
+        let removed = self
+            .present
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        self.steps.push((what, added, removed));
+        self.present = now;
+    }
+
+    /// The history of every object key named in `report`.
+    fn explain(&self, report: &str) -> String {
+        let mut out = String::new();
+        let keys: std::collections::BTreeSet<&str> = report
+            .split_whitespace()
+            .filter(|w| w.starts_with("data/") || w.starts_with("index/"))
+            .map(|w| w.trim_end_matches([',', ':', ')']))
+            .collect();
+        for key in keys {
+            out.push_str(&format!("history of {key}:\n"));
+            for (what, added, removed) in &self.steps {
+                for a in added.iter().filter(|a| a.contains(key)) {
+                    out.push_str(&format!("  {what}: wrote {a}\n"));
+                }
+                for r in removed.iter().filter(|r| r.contains(key)) {
+                    out.push_str(&format!("  {what}: removed {r}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn assert_verifies(s: &Scratch, journal: &Journal, after: &str) {
     let out = s.run(&["vault", "verify", "--repo", "repo-a"]);
-    assert!(
-        out.status.success(),
-        "verify failed after {after}:\n{}{}",
+    let report = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "verify failed after {after}:\n{report}\n{}",
+        journal.explain(&report)
     );
 }
 
@@ -119,16 +201,23 @@ fn mutate(s: &Scratch, rng: &mut Rng, round: u64) {
 
 #[test]
 fn killed_backups_and_prunes_never_damage_the_repository() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    // LIFEBOAT_CRASH_SEED replays a failed run.
+    let seed = std::env::var("LIFEBOAT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
     let s = Scratch::new();
     make_site(&s.path("data"));
     s.init(&["repo-a", "repo-b"]);
+    let mut journal = Journal::default();
 
     // How long an uninterrupted backup takes here, to spread the kills over it.
     let started = Instant::now();
@@ -137,6 +226,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
         .trim()
         .to_string();
     let span = started.elapsed().as_millis().max(20) as u64;
+    journal.record(&s, format!("first backup {first}"));
     let mut expected = HashMap::new();
     let copy = s.path("expected/0");
     std::fs::create_dir_all(s.path("expected")).unwrap();
@@ -145,10 +235,12 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
 
     // And an uninterrupted prune with work to do.
     mutate(&s, &mut rng, 0);
-    s.ok(&["backup", "--repo", "repo-a", "data"]);
+    let second = s.ok(&["backup", "--repo", "repo-a", "data"]);
+    journal.record(&s, format!("second backup {}", second.trim()));
     s.ok(&["vault", "forget", "--repo", "repo-a", "--keep-last", "1"]);
+    journal.record(&s, "forget".into());
     let t = Instant::now();
-    s.ok(&[
+    let pruned = s.ok(&[
         "vault",
         "prune",
         "--repo",
@@ -157,6 +249,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
         "0s",
     ]);
     let mut prune_span = t.elapsed().as_millis().max(10) as u64;
+    journal.record(&s, format!("first prune ({})", pruned.trim()));
     let (mut backup_kills, mut prune_kills, mut round) = (0, 0, 0u64);
     while (backup_kills < 30 || prune_kills < 10) && round < 120 {
         round += 1;
@@ -170,9 +263,12 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
             ) {
                 Ending::Killed => {
                     backup_kills += 1;
-                    assert_verifies(&s, &format!("backup killed after {delay:?} (seed {seed})"));
+                    let what = format!("round {round}: backup killed after {delay:?}");
+                    journal.record(&s, what.clone());
+                    assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
                 }
                 Ending::Finished(out, _) => {
+                    journal.record(&s, format!("round {round}: backup {}", out.trim()));
                     let copy = s.path(&format!("expected/{round}"));
                     copy_tree(&s.path("data"), &copy);
                     let id = out.trim().to_string();
@@ -204,6 +300,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
                 "--lock-wait",
                 "60s",
             ]);
+            journal.record(&s, format!("round {round}: forget"));
             let delay = Duration::from_millis(rng.below(prune_span));
             let args = [
                 "vault",
@@ -218,10 +315,15 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
             match run_and_maybe_kill(&s, &args, delay) {
                 Ending::Killed => {
                     prune_kills += 1;
-                    assert_verifies(&s, &format!("prune killed after {delay:?} (seed {seed})"));
+                    let what = format!("round {round}: prune killed after {delay:?}");
+                    journal.record(&s, what.clone());
+                    assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
                 }
-                // Aim the next kills within how long a prune actually takes now.
-                Ending::Finished(_, took) => prune_span = took.as_millis().max(5) as u64,
+                Ending::Finished(out, took) => {
+                    journal.record(&s, format!("round {round}: prune ({})", out.trim()));
+                    // Aim the next kills within how long a prune actually takes now.
+                    prune_span = took.as_millis().max(5) as u64;
+                }
             }
         }
     }
@@ -242,7 +344,8 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
     let copy = s.path("expected/last");
     copy_tree(&s.path("data"), &copy);
     expected.insert(last.clone(), copy);
-    s.ok(&[
+    journal.record(&s, format!("last backup {last}"));
+    let pruned = s.ok(&[
         "vault",
         "prune",
         "--repo",
@@ -252,8 +355,15 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
         "--lock-wait",
         "60s",
     ]);
-    let out = s.ok(&["vault", "verify", "--repo", "repo-a", "--read-data"]);
-    assert!(out.contains("no problems found"), "{out}");
+    journal.record(&s, format!("last prune ({})", pruned.trim()));
+    let out = s.run(&["vault", "verify", "--repo", "repo-a", "--read-data"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("no problems found"),
+        "final verify failed (seed {seed}):\n{report}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        journal.explain(&report)
+    );
     let checked = assert_reported_snapshots_restore(&s, &expected);
     assert!(
         checked >= 1,
