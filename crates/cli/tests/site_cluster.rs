@@ -136,12 +136,17 @@ dirs = ["data/uploads"]
 [proxy]
 listen = "0.0.0.0:8080"
 
+[vault]
+destinations = ["{vault}"]
+segment_interval = "250ms"
+
 [cluster]
 etcd = [{clients}]
 durability = "{durability}"
 "#,
             guestbook = common::guestbook_bin().display(),
-            clients = clients.join(", ")
+            clients = clients.join(", "),
+            vault = scratch.path().join("vault").display(),
         );
         for i in 1..=3 {
             let site = scratch.path().join(format!("node{i}"));
@@ -154,7 +159,15 @@ durability = "{durability}"
             etcd,
             nodes: vec![None, None, None],
         };
-        for i in 0..3 {
+        // The first node makes the site's vault key; the others get a copy, as an owner copies
+        // it to each machine (`lifeboat vault key export`).
+        cluster.start_node(0);
+        let key = cluster.site(0).join(".lifeboat/vault.key");
+        common::wait_until("the first node to make the vault key", || key.exists());
+        for i in 1..3 {
+            let dir = cluster.site(i).join(".lifeboat");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&key, dir.join("vault.key")).unwrap();
             cluster.start_node(i);
         }
         cluster
@@ -255,6 +268,27 @@ durability = "{durability}"
         Some((code.trim().parse().ok()?, body.to_string()))
     }
 
+    /// [`common::wait_until`], and on timeout every node's status and log.
+    fn wait_or_explain(&self, what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + common::DEADLINE;
+        while !cond() {
+            if Instant::now() > deadline {
+                let statuses: String = (0..3)
+                    .map(|i| {
+                        let out = common::cli(&self.site(i), &["status"]);
+                        format!(
+                            "--- status of node{}:\n{}",
+                            i + 1,
+                            String::from_utf8_lossy(&out.stdout)
+                        )
+                    })
+                    .collect();
+                panic!("timed out waiting for {what}\n{statuses}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn logs(&self) -> String {
         (1..=3)
             .map(|i| {
@@ -304,8 +338,12 @@ fn one_node_leads_and_the_others_forward_to_it() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("through-a-standby"), "{body}");
-    let status = cluster.status(standby).unwrap();
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status:#}");
+    // Every node registered (each node reads the member list every poll interval).
+    common::wait_until("the standby to list all three nodes", || {
+        cluster
+            .status(standby)
+            .is_some_and(|s| s["nodes"].as_array().unwrap().len() == 3)
+    });
 }
 
 /// The primary's whole host dies (its etcd member too): another node takes over in a new
@@ -359,4 +397,108 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
             s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
         })
     });
+}
+
+/// A client on host `from` that POSTs entries `{tag}-N` to node `to`'s front door, one after
+/// the other, and prints `acked {tag}-N` for each answered 201 (anything else is not an
+/// acknowledgement), until it is killed.
+fn writer(cluster: &Cluster, from: usize, to: usize, tag: &str) -> std::process::Child {
+    let url = format!("http://{}:8080/entries", cluster.lan.host(to).ip);
+    let script = format!(
+        "import urllib.request,sys,time\n\
+         n = 0\n\
+         while True:\n\
+         \x20 n += 1\n\
+         \x20 text = '{tag}-%d' % n\n\
+         \x20 try:\n\
+         \x20   r = urllib.request.urlopen(urllib.request.Request({url:?}, data=('text=' + text).encode(), method='POST'), timeout=3)\n\
+         \x20   if r.status == 201: print('acked', text, flush=True)\n\
+         \x20 except Exception as e:\n\
+         \x20   print('failed', text, e, flush=True); time.sleep(0.05)\n"
+    );
+    cluster
+        .lan
+        .host(from)
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer")
+}
+
+/// Reads a writer's lines in the background; the acknowledged texts so far.
+fn collect(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = child.stdout.take().unwrap();
+    let sink = acked.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(text) = line.strip_prefix("acked ") {
+                sink.lock().unwrap().push(text.to_string());
+            } else {
+                eprintln!("writer: {line}");
+            }
+        }
+    });
+    acked
+}
+
+/// `durability = "sync"`: writes go on through a standby's front door while the primary's
+/// whole host dies; every write a client saw acknowledged (201) is on the new primary.
+#[test]
+fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_dies() {
+    let cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let (client, door) = (others[1], others[0]);
+    let mut child = writer(&cluster, client, door, "before-and-after");
+    let acked = collect(&mut child);
+    cluster.wait_or_explain("20 writes acknowledged before the kill", || {
+        acked.lock().unwrap().len() >= 20
+    });
+    let killed_at = Instant::now();
+    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    let before = acked.lock().unwrap().len();
+    cluster.wait_or_explain("a write acknowledged after the kill", || {
+        acked.lock().unwrap().len() > before
+    });
+    eprintln!("writes healed {:?} after the kill", killed_at.elapsed());
+    let (next, next_term) = cluster.wait_for_primary(&others);
+    assert!(next_term > term);
+    cluster.wait_or_explain("writes acknowledged by the new primary", || {
+        acked.lock().unwrap().len() >= before + 20
+    });
+    for i in &others {
+        let out = common::cli(&cluster.site(*i), &["events"]);
+        eprintln!(
+            "--- events of node{}:\n{}",
+            i + 1,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = common::cli(&cluster.site(*i), &["status"]);
+        eprintln!(
+            "--- status of node{}:\n{}",
+            i + 1,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let acked = acked.lock().unwrap().clone();
+    let (code, body) = cluster
+        .request(client, next, "GET", "/api/entries", "")
+        .expect("the new primary answers");
+    assert_eq!(code, 200, "{body}");
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}\n{}",
+        lost.len(),
+        acked.len(),
+        cluster.logs()
+    );
 }

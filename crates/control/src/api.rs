@@ -59,6 +59,9 @@ pub struct StatusReport {
     /// Why this node does not take over now, while no node leads.
     #[serde(default)]
     pub election: Option<String>,
+    /// This node's copy of the primary's state, while it is a standby.
+    #[serde(default)]
+    pub replica: Option<crate::node::ReplicaReport>,
 }
 
 /// What `lifeboat timeline` shows.

@@ -130,6 +130,12 @@ impl Capture {
     /// Starts capturing the state named `state` in the background: waits until its
     /// databases exist, then starts the worker, retrying (with an event) while it fails.
     pub(crate) fn start(&self, state: &str) {
+        self.start_in_term(state, None);
+    }
+
+    /// [`Capture::start`], for the primary of a cluster in `term`: the worker also feeds
+    /// the stream of changes to the standbys, every record tagged with the term.
+    pub(crate) fn start_in_term(&self, state: &str, term: Option<u64>) {
         let state_dir = self.paths.state_dir(state);
         // The worker names sources relative to the state dir and stores the manifest that is
         // live with every checkpoint: give a restored copy the site's manifest.
@@ -140,9 +146,11 @@ impl Capture {
             manifest: PathBuf::from(lifeboat_core::MANIFEST_FILE),
             state_dir: self.paths.capture(state),
         };
+        let mut options = self.options.clone();
+        options.feed = term.map(lifeboat_timeline::FeedOptions::new);
         let (repo, options, record, slot) = (
             self.repo.clone(),
-            self.options.clone(),
+            options,
             self.record.clone(),
             self.slot.clone(),
         );
@@ -262,6 +270,25 @@ impl Capture {
         self.slot.lock().unwrap().worker.clone()
     }
 
+    /// The running worker, once it runs (it starts in the background), for at most `wait`.
+    pub(crate) async fn running_worker(&self, wait: Duration) -> Option<Arc<TimelineWorker>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(worker) = self.worker() {
+                return Some(worker);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The repository capture writes to (a standby restores from it).
+    pub(crate) fn repository(&self) -> Arc<Repository> {
+        self.repo.clone()
+    }
+
     /// Ships what is captured so far, so the vault holds the site up to now. A no-op while
     /// no worker runs.
     pub(crate) async fn ship_now(&self) -> Result<(), ControlError> {
@@ -271,6 +298,31 @@ impl Capture {
             })?;
         }
         Ok(())
+    }
+
+    /// Stops capture at once without shipping anything more: for a primary that was fenced.
+    /// Another node writes the timeline in a newer term now; what this node captured and had
+    /// not shipped stays in its state, which it keeps aside.
+    pub(crate) async fn abandon(&self) {
+        let (starter, worker, forwarder) = {
+            let mut s = self.slot.lock().unwrap();
+            s.waiting = Some("stopped: this node is not the primary".into());
+            if let Some(checker) = s.checker.take() {
+                checker.abort();
+            }
+            (s.starter.take(), s.worker.take(), s.forwarder.take())
+        };
+        if let Some(starter) = starter {
+            starter.abort();
+            let _ = starter.await;
+        }
+        // Halted, not stopped: nothing more is shipped (a status call may still hold it).
+        if let Some(worker) = worker {
+            worker.halt();
+        }
+        if let Some(forwarder) = forwarder {
+            forwarder.abort();
+        }
     }
 
     /// Stops capture (shipping what is pending, retrying up to a deadline).

@@ -75,6 +75,14 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         )));
     }
     // The vault before anything runs: a lost or wrong key must stop `up`, not a half site.
+    if manifest.cluster.is_some() && manifest.vault.is_none() {
+        return Err(ControlError::Refused(
+            "lifeboat.toml has [cluster] but no [vault]: a node joins from the vault and \
+             standbys catch up from it; add a [vault] whose destinations every node reaches \
+             (e.g. an S3 bucket), and give every node the same .lifeboat/vault.key"
+                .into(),
+        ));
+    }
     let vault = match &manifest.vault {
         Some(spec) => Some(crate::vault_key::open_site_vault(&paths, spec).await?),
         None => None,
@@ -145,12 +153,17 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
             site.recorder(),
             options.enable_wal,
         ));
-        capture.start(&live);
+        // In a cluster only the primary captures (in its term); the node starts it.
+        if site.manifest.cluster.is_none() {
+            capture.start(&live);
+        }
         let _ = site.capture.set(capture);
     }
     site.restore_maintenance().await?;
 
-    {
+    // On a standby nothing may hold the replica's databases open (it appends to their logs
+    // behind SQLite's back); the primary of a cluster starts the holder when it is promoted.
+    if site.manifest.cluster.is_none() {
         let site = site.clone();
         let _ = tokio::task::spawn_blocking(move || site.hold_site_databases()).await;
     }

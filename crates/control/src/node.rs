@@ -28,7 +28,10 @@ use lifeboat_cluster::{
 };
 use lifeboat_core::EventKind;
 use lifeboat_core::cluster::{Candidate, Health, Position};
-use lifeboat_core::manifest::ClusterSpec;
+use lifeboat_core::manifest::{ClusterSpec, Durability};
+use lifeboat_timeline::{
+    Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig, seed_capture_state,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::ControlError;
@@ -60,6 +63,55 @@ pub enum NodeRole {
     Fenced { term: u64, why: String },
 }
 
+/// A standby's copy of the primary's state, in `lifeboat status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// `starting`, `restoring`, `waiting-for-primary`, `connecting`, `streaming`, `stopped`.
+    pub state: String,
+    /// More about the state: why it restores, where it connects.
+    pub detail: Option<String>,
+    /// Whether the copy is whole (false while a restore from the vault replaces it).
+    pub ready: bool,
+    /// The last change applied: `[term, seq]`.
+    pub applied: (u64, u64),
+    pub primary: Option<String>,
+    pub batches_applied: u64,
+    pub bytes_applied: u64,
+    /// Seconds since a change was last applied.
+    pub idle_seconds: Option<f64>,
+    /// Restores from the vault since this node started, and why the last one was needed.
+    pub resyncs: u64,
+    pub last_resync_reason: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl ReplicaReport {
+    fn from_status(s: &lifeboat_timeline::ReplicaStatus) -> ReplicaReport {
+        use lifeboat_timeline::ReplicaState;
+        let (state, detail) = match &s.state {
+            ReplicaState::Starting => ("starting", None),
+            ReplicaState::Restoring { reason } => ("restoring", Some(reason.clone())),
+            ReplicaState::WaitingForPrimary => ("waiting-for-primary", None),
+            ReplicaState::Connecting { primary } => ("connecting", Some(primary.to_string())),
+            ReplicaState::Streaming { primary } => ("streaming", Some(primary.to_string())),
+            ReplicaState::Stopped => ("stopped", None),
+        };
+        ReplicaReport {
+            state: state.to_string(),
+            detail,
+            ready: s.ready,
+            applied: (s.applied.term, s.applied.seq),
+            primary: s.primary_node.clone(),
+            batches_applied: s.batches_applied,
+            bytes_applied: s.bytes_applied,
+            idle_seconds: s.last_applied_at.map(|t| t.elapsed().as_secs_f64()),
+            resyncs: s.resyncs,
+            last_resync_reason: s.last_resync_reason.clone(),
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
 /// One node of the site in `lifeboat status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
@@ -88,6 +140,14 @@ pub(crate) struct Node {
     members: Mutex<Vec<NodeReport>>,
     /// Why this node does not campaign now, when nobody leads.
     waiting: Mutex<Option<String>>,
+    /// Where this node listens for standbys while it is the primary.
+    peer_listen: SocketAddr,
+    /// The copy of the primary's state this node keeps while it is a standby.
+    replica: tokio::sync::Mutex<Option<Replica>>,
+    /// The stream of changes to the standbys while this node is the primary.
+    stream: Mutex<Option<Arc<StreamServer>>>,
+    /// The replica's last status, for `lifeboat status` (refreshed every loop).
+    replica_status: Mutex<Option<ReplicaReport>>,
 }
 
 impl Node {
@@ -129,6 +189,10 @@ impl Node {
             role: Mutex::new(NodeRole::Joining),
             members: Mutex::new(Vec::new()),
             waiting: Mutex::new(None),
+            peer_listen: SocketAddr::new(options.advertise, spec.peer_port),
+            replica: tokio::sync::Mutex::new(None),
+            stream: Mutex::new(None),
+            replica_status: Mutex::new(None),
         })
     }
 
@@ -151,6 +215,19 @@ impl Node {
 
     fn set_role(&self, role: NodeRole) {
         *self.role.lock().expect("role lock") = role;
+    }
+
+    /// The replica's last status, while this node keeps one.
+    pub(crate) fn replica_report(&self) -> Option<ReplicaReport> {
+        self.replica_status
+            .lock()
+            .expect("replica status lock")
+            .clone()
+    }
+
+    /// The stream server while this node is the primary.
+    pub(crate) fn stream(&self) -> Option<Arc<StreamServer>> {
+        self.stream.lock().expect("stream lock").clone()
     }
 
     fn candidate(&self) -> Candidate {
@@ -234,18 +311,15 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
                 }
                 match &status.leader {
                     Some(leader) if leader.node() != node.info.node => {
-                        let front_door = leader
-                            .info
-                            .as_ref()
-                            .ok()
-                            .map(|i| i.addresses.front_door.clone());
+                        let addresses = leader.info.as_ref().ok().map(|i| i.addresses.clone());
                         follow(
                             &site,
                             &node,
                             leader.node(),
                             leader.term.0,
-                            front_door.as_deref(),
-                        );
+                            addresses.as_ref(),
+                        )
+                        .await;
                         *node.waiting.lock().expect("waiting lock") = None;
                     }
                     Some(_) => {}
@@ -253,6 +327,7 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
                 }
             }
         }
+        publish_applied(&node).await;
         if now >= next_members_read {
             refresh_members(&node).await;
             next_members_read = Instant::now() + timing.poll_interval;
@@ -265,8 +340,49 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
     }
 }
 
-/// This node leads in `term`: instances start here and the front door serves them.
-async fn promote(site: &Arc<Site>, node: &Node, term: u64) {
+/// What the standby's replica keeps: the live state (the site dir's own), as the manifest
+/// declares it.
+fn replica_config(site: &Site, node: &Node) -> ReplicaConfig {
+    ReplicaConfig {
+        site: site.manifest.site.clone(),
+        node: node.info.node.clone(),
+        zone: node.info.zone.clone(),
+        state_dir: site.paths.state_dir(&site.live_state()),
+        databases: site.manifest.state.sqlite.clone(),
+        data_dirs: site.manifest.state.dirs.clone(),
+        meta_dir: site.paths.lifeboat_dir().join("replica"),
+        options: ReplicaOptions::default(),
+    }
+}
+
+/// This node leads in `term`: its replica (if any) stops where it is and capture continues
+/// from there in the new term, the stream to the standbys opens, and instances start here.
+async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
+    let live = site.live_state();
+    if let Some(replica) = node.replica.lock().await.take() {
+        match replica.stop().await {
+            Ok(status) => tracing::info!("replica stopped at {:?} to take over", status.applied),
+            Err(e) => tracing::warn!("the replica did not stop cleanly: {e}"),
+        }
+        // Capture goes on from exactly where the copy ends, so standbys that followed the
+        // old primary follow this one without a restore.
+        let config = replica_config(site, node);
+        let capture_dir = site.paths.capture(&live);
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || seed_capture_state(&config, &capture_dir))
+                .await
+                .unwrap_or_else(|e| Err(lifeboat_timeline::StreamError::Invalid(e.to_string())))
+        {
+            tracing::warn!("capture starts afresh (the standbys restore from the vault): {e}");
+        }
+    }
+    if let Some(capture) = site.capture.get() {
+        capture.start_in_term(&live, Some(term));
+    }
+    {
+        let site = site.clone();
+        let _ = tokio::task::spawn_blocking(move || site.hold_site_databases()).await;
+    }
     node.set_role(NodeRole::Primary { term });
     node.registry.update(|v| v.role = MemberRole::Leader);
     let _ = node.registry.publish_now().await;
@@ -281,6 +397,101 @@ async fn promote(site: &Arc<Site>, node: &Node, term: u64) {
         term,
     });
     site.reconcile.notify_one();
+    if let (Some(capture), Some(spec)) = (site.capture.get(), site.manifest.cluster.as_ref()) {
+        if spec.durability == Durability::Sync {
+            site.proxy.set_write_gate(Some(Box::new(SyncGate {
+                node: node.clone(),
+                capture: capture.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                timeout: spec.sync_timeout,
+            })));
+        }
+        // Capture starts once the databases exist (on a fresh site the app creates them, so
+        // this cannot wait before the instances start); the stream opens when it runs.
+        let (site, node, capture) = (site.clone(), node.clone(), capture.clone());
+        tokio::spawn(async move {
+            loop {
+                if node.role() != (NodeRole::Primary { term }) {
+                    return;
+                }
+                if let Some(worker) = capture.running_worker(Duration::from_millis(500)).await {
+                    start_stream(&site, &node, &worker, term).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// `durability = "sync"`: the answer to a request that may write waits until everything the
+/// site committed before it is applied and durable on a standby in another zone, for at most
+/// `sync_timeout` (then the client gets a 503 that says the change was not confirmed).
+struct SyncGate {
+    node: Arc<Node>,
+    capture: Arc<crate::capture::Capture>,
+    /// The daemon's runtime: the front door's serving threads run their own.
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SyncGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncGate")
+            .field("node", &self.node.info.node)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl lifeboat_proxy::WriteGate for SyncGate {
+    fn hold(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let (node, capture, timeout) = (self.node.clone(), self.capture.clone(), self.timeout);
+        let done = self.runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            tokio::time::timeout_at(deadline, durable_elsewhere(&node, &capture, deadline))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no standby in another zone confirmed it within {}",
+                        humantime::format_duration(timeout)
+                    ))
+                })
+        });
+        Box::pin(async move {
+            done.await
+                .unwrap_or_else(|_| Err("this node is stopping".to_string()))
+        })
+    }
+}
+
+/// Waits until what capture reads now is acknowledged by a standby outside this node's zone.
+async fn durable_elsewhere(
+    node: &Node,
+    capture: &crate::capture::Capture,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let (worker, stream) = loop {
+        if let (Some(worker), Some(stream)) = (capture.worker(), node.stream()) {
+            break (worker, stream);
+        }
+        if !matches!(node.role(), NodeRole::Primary { .. }) {
+            return Err("this node is no longer the primary".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let position = worker.barrier().await.map_err(|e| e.to_string())?;
+    let zone = node.info.zone.clone();
+    stream
+        .wait_acked(
+            position,
+            move |s| s.zone != zone,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// This node must not write any more: its instances are killed at once (a graceful stop
@@ -295,6 +506,8 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
         why: why.to_string(),
     });
     site.supervisor.kill_all_now().await;
+    // Answers still waiting for a standby get their 503 (the stream goes away below).
+    site.proxy.set_write_gate(None);
     for backend in site.proxy.backends() {
         if backend.id != PRIMARY_BACKEND {
             let _ = site
@@ -303,6 +516,14 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
                 .within(Duration::ZERO)
                 .await;
         }
+    }
+    // Nothing more leaves this node in the old term: not to the standbys, not to the vault.
+    let stream = node.stream.lock().expect("stream lock").take();
+    if let Some(stream) = stream {
+        stream.shutdown().await;
+    }
+    if let Some(capture) = site.capture.get() {
+        capture.abandon().await;
     }
     node.registry.update(|v| v.role = MemberRole::Joining);
     site.record(EventKind::NodeFenced {
@@ -314,7 +535,13 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
 
 /// Another node leads: this one runs no instances, and its front door forwards every request
 /// to the leader's.
-fn follow(site: &Site, node: &Node, leader: &str, term: u64, front_door: Option<&str>) {
+async fn follow(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    leader: &str,
+    term: u64,
+    addresses: Option<&NodeAddresses>,
+) {
     let role = NodeRole::Standby {
         leader: leader.to_string(),
         term,
@@ -322,6 +549,9 @@ fn follow(site: &Site, node: &Node, leader: &str, term: u64, front_door: Option<
     if node.role() == role {
         return;
     }
+    let front_door = addresses.map(|a| a.front_door.as_str());
+    let peer = addresses.and_then(|a| a.peer.parse::<SocketAddr>().ok());
+    follow_with_replica(site, node, term, peer).await;
     node.set_role(role);
     node.registry.update(|v| v.role = MemberRole::Standby);
     if let Some(addr) = front_door.and_then(|a| a.parse::<SocketAddr>().ok()) {
@@ -336,6 +566,146 @@ fn follow(site: &Site, node: &Node, leader: &str, term: u64, front_door: Option<
         term,
     });
     site.reconcile.notify_one();
+}
+
+/// Opens the stream of changes to the standbys on this node's peer address, for `term`; a
+/// standby that shows a newer term fences this node.
+async fn start_stream(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    worker: &lifeboat_timeline::TimelineWorker,
+    term: u64,
+) {
+    let Some(feed) = worker.feed() else { return };
+    let listener = match tokio::net::TcpListener::bind(node.peer_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            site.record(EventKind::CaptureError {
+                message: format!(
+                    "could not listen for standbys on {} ({e}); they get no stream: free the port or change [cluster] peer_port",
+                    node.peer_listen
+                ),
+            });
+            return;
+        }
+    };
+    let config = StreamServerConfig {
+        site: site.manifest.site.clone(),
+        node: node.info.node.clone(),
+        zone: node.info.zone.clone(),
+        options: Default::default(),
+    };
+    match StreamServer::start(listener, feed, config) {
+        Ok(server) => {
+            let server = Arc::new(server);
+            *node.stream.lock().expect("stream lock") = Some(server.clone());
+            let (site, node) = (site.clone(), node.clone());
+            tokio::spawn(async move {
+                let newer = server.superseded().await;
+                fence(
+                    &site,
+                    &node,
+                    term,
+                    &format!("a standby has seen a newer term ({newer})"),
+                )
+                .await;
+            });
+        }
+        Err(e) => site.record(EventKind::CaptureError {
+            message: format!("could not start the stream to the standbys: {e}"),
+        }),
+    }
+}
+
+/// Keeps the copy of the primary's state this node needs to take over: a replica following
+/// the primary at `peer` in `term`. A state this node had without a replica (it was the
+/// primary, or ran alone) is kept aside first: what it holds that the new primary does not is
+/// a fork, never thrown away.
+async fn follow_with_replica(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    term: u64,
+    peer: Option<SocketAddr>,
+) {
+    let mut replica = node.replica.lock().await;
+    if replica.is_none() {
+        let Some(capture) = site.capture.get() else {
+            return;
+        };
+        let config = replica_config(site, node);
+        if !config.meta_dir.join("replica.state").exists() {
+            keep_aside_as_fork(site, node, term).await;
+        }
+        match Replica::start(config, capture.repository(), peer).await {
+            Ok(r) => *replica = Some(r),
+            Err(e) => {
+                site.record(EventKind::CaptureError {
+                    message: format!("could not start the standby's copy of the state: {e}"),
+                });
+                return;
+            }
+        }
+    }
+    if let Some(r) = replica.as_ref() {
+        r.note_term(term);
+        r.set_primary(peer);
+    }
+}
+
+/// Moves the state this node holds (the declared databases with their logs, the data dirs)
+/// into `.lifeboat/states/fork-...`, so the replica starts from the vault and the primary's
+/// stream, and nothing this node had is lost: `lifeboat states` lists the fork.
+async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
+    let state_dir = site.paths.state_dir(&site.live_state());
+    let mut paths = Vec::new();
+    for db in &site.manifest.state.sqlite {
+        for side in ["", "-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(side);
+            paths.push(std::path::PathBuf::from(name));
+        }
+    }
+    paths.extend(site.manifest.state.dirs.iter().cloned());
+    let present: Vec<_> = paths
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(state_dir.join(p)).is_ok())
+        .collect();
+    let has_data = present.iter().any(|p| {
+        let full = state_dir.join(p);
+        if full.is_dir() {
+            std::fs::read_dir(&full).is_ok_and(|mut d| d.next().is_some())
+        } else {
+            std::fs::metadata(&full).is_ok_and(|m| m.len() > 0)
+        }
+    });
+    if !has_data {
+        return;
+    }
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let name = format!("fork-{}-term{term}-{stamp}", node.info.node);
+    let fork = site.paths.states().join(&name);
+    let moved = (|| -> std::io::Result<()> {
+        for p in &present {
+            let to = fork.join(p);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(state_dir.join(p), &to)?;
+        }
+        Ok(())
+    })();
+    match moved {
+        Ok(()) => site.record(EventKind::StateForked {
+            state: name,
+            why: format!(
+                "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
+                node.info.node
+            ),
+        }),
+        Err(e) => site.record(EventKind::CaptureError {
+            message: format!("could not keep this node's state aside in {}: {e}", fork.display()),
+        }),
+    }
 }
 
 /// Nobody leads: campaign if this node is the one the decision picks.
@@ -355,6 +725,24 @@ async fn failover_step(site: &Site, node: &Node) {
         }
     }
     let _ = site;
+}
+
+/// Tells the other nodes how far this one has applied (what failover compares): the
+/// replica's position on a standby, the stream's on the primary.
+async fn publish_applied(node: &Node) {
+    let replica = node.replica.lock().await.as_ref().map(|r| r.status());
+    *node.replica_status.lock().expect("replica status lock") =
+        replica.as_ref().map(ReplicaReport::from_status);
+    let applied = if let Some(stream) = node.stream() {
+        Some(stream.status().feed.last_position)
+    } else {
+        replica.filter(|s| s.ready).map(|s| s.applied)
+    };
+    if let Some(applied) = applied
+        && node.registry.value().applied != applied
+    {
+        node.registry.update(|v| v.applied = applied);
+    }
 }
 
 /// Reads the member list for `status` (bounded by the etcd client's timeouts).

@@ -403,6 +403,7 @@ impl Site {
             role: self.node.get().map(|n| n.role()),
             nodes: self.node.get().map(|n| n.members()).unwrap_or_default(),
             election: self.node.get().and_then(|n| n.waiting()),
+            replica: self.node.get().and_then(|n| n.replica_report()),
         }
     }
 

@@ -216,14 +216,24 @@ pub(crate) async fn open_site_vault(
     };
     let repo = match open_any(&urls, key.as_bytes(), &opts).await? {
         Some(repo) => repo,
-        None => Repository::init(&urls, spec.quorum, key.as_bytes(), &opts)
-            .await
-            .map_err(|e| {
-                ControlError::Vault(format!(
+        None => match Repository::init(&urls, spec.quorum, key.as_bytes(), &opts).await {
+            Ok(repo) => repo,
+            // Another node of the site created it meanwhile: open theirs.
+            Err(VaultError::AlreadyExists { .. }) => open_any(&urls, key.as_bytes(), &opts)
+                .await?
+                .ok_or_else(|| {
+                    ControlError::Vault(format!(
+                        "the site's vault on {} was being created by another node and cannot be opened yet; run `lifeboat up` again",
+                        urls.join(", ")
+                    ))
+                })?,
+            Err(e) => {
+                return Err(ControlError::Vault(format!(
                     "could not create the site's vault on {}: {e}",
                     urls.join(", ")
-                ))
-            })?,
+                )));
+            }
+        },
     };
     Ok(SiteVault {
         repo: Arc::new(repo),

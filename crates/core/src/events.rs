@@ -135,7 +135,14 @@ pub enum EventKind {
     },
     /// This node stopped writing (its instances were killed at once): it could no longer be
     /// sure it was the primary.
-    NodeFenced { node: String, term: u64, why: String },
+    NodeFenced {
+        node: String,
+        term: u64,
+        why: String,
+    },
+    /// A node kept a state of its own aside (as `state`, listed by `lifeboat states`) before
+    /// following another primary: what it holds that the primary does not is not lost.
+    StateForked { state: String, why: String },
     /// The kernel killed processes of an instance for want of memory: its `memory` limit
     /// (`limit_bytes`), or the machine's when it has none.
     InstanceOutOfMemory {
@@ -297,6 +304,7 @@ impl EventKind {
             EventKind::NodeFenced { node, term, why } => format!(
                 "{node} stopped writing (term {term}): {why}; its instances were killed and it rejoins as a standby"
             ),
+            EventKind::StateForked { state, why } => format!("state kept aside as {state}: {why}"),
             EventKind::InstanceOutOfMemory {
                 instance,
                 killed,
@@ -332,6 +340,7 @@ impl EventKind {
                 | EventKind::InstanceOutOfMemory { .. }
                 | EventKind::NodePromoted { .. }
                 | EventKind::NodeFenced { .. }
+                | EventKind::StateForked { .. }
                 | EventKind::RewindFailed { .. }
         )
     }

@@ -171,6 +171,15 @@ pub(crate) async fn handle(
             .await;
         let failure = match sent {
             Ok(Ok(response)) => {
+                if crate::write_gate::may_write(&method)
+                    && let Some(gate) = shared.write_gate.load_full()
+                    && let Err(why) = gate.hold().await
+                {
+                    // The instance's answer is dropped with its connection: the client must
+                    // not take a write for done that may not survive the loss of this node.
+                    backend.forget_connections();
+                    return Ok(not_durable_response(&why));
+                }
                 let reuse = Reuse {
                     sender,
                     backend,
@@ -375,6 +384,24 @@ fn bad_request_response(why: &str) -> Response<ProxyBody> {
 
 /// The client stopped sending its request body: 408, and the connection is closed, as nginx's
 /// `client_body_timeout` does (the rest of the body would never be read).
+/// 503: the instance answered a write, but it could not be confirmed safe in time.
+fn not_durable_response(why: &str) -> Response<ProxyBody> {
+    let text = format!(
+        "503 Service Unavailable: the site could not confirm your change was stored safely ({why}); \
+         it may or may not have been kept: check, then try again\n"
+    );
+    let mut response = Response::new(ProxyBody::full(text));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 fn body_timeout_response() -> Response<ProxyBody> {
     closing_response(
         StatusCode::REQUEST_TIMEOUT,

@@ -26,6 +26,7 @@ mod maintenance;
 mod pool;
 mod retry;
 mod server;
+mod write_gate;
 
 pub use backend::{BackendStatus, ProxyEvent};
 pub use body::ProxyBody;
@@ -35,3 +36,4 @@ pub use error::ProxyError;
 pub use health::BackendHealth;
 pub use maintenance::{BYPASS_COOKIE, BYPASS_HEADER};
 pub use server::Proxy;
+pub use write_gate::WriteGate;

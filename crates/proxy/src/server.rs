@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) registry: Registry,
     pub(crate) maintenance: ArcSwapOption<MaintenanceGate>,
+    /// What answers to writes wait for (see [`Proxy::set_write_gate`]).
+    pub(crate) write_gate: ArcSwapOption<Box<dyn crate::WriteGate>>,
     /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
     pub(crate) preview_token: ArcSwapOption<Box<[u8]>>,
     pub(crate) http: http1::Builder,
@@ -268,6 +270,7 @@ impl Proxy {
             config,
             registry: Registry::new(),
             maintenance: ArcSwapOption::empty(),
+            write_gate: ArcSwapOption::empty(),
             preview_token: ArcSwapOption::empty(),
             http,
             parked_idle,
@@ -424,6 +427,13 @@ impl Proxy {
         let gate =
             maintenance.map(|m| Arc::new(MaintenanceGate::new(m, self.shared.config.retry_after)));
         self.shared.maintenance.store(gate);
+    }
+
+    /// Makes every answer to a request that may write (not GET, HEAD, OPTIONS, TRACE) wait
+    /// for `gate` once the instance sent its head; `None` lets them through at once. Requests
+    /// already waiting keep the gate they found.
+    pub fn set_write_gate(&self, gate: Option<Box<dyn crate::WriteGate>>) {
+        self.shared.write_gate.store(gate.map(Arc::new));
     }
 
     /// Whether maintenance mode is on.

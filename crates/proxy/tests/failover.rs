@@ -340,3 +340,85 @@ async fn every_request_on_a_kept_alive_connection_gets_its_own_answer_deadline()
             .unwrap();
     }
 }
+
+/// The owner's write gate (a cluster's `durability = "sync"`): the answer to a request that
+/// may write waits for it, a refusal becomes a 503 that says the change was not confirmed,
+/// and reads never wait.
+#[derive(Debug)]
+struct TestGate {
+    open: Arc<Notify>,
+    refuse: bool,
+}
+
+impl lifeboat_proxy::WriteGate for TestGate {
+    fn hold(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let (open, refuse) = (self.open.clone(), self.refuse);
+        Box::pin(async move {
+            if refuse {
+                return Err("no standby in another zone confirmed it within 5s".into());
+            }
+            open.notified().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_writes_wait_for_the_write_gate_and_reads_do_not() {
+    let a = Upstream::named("web-1").await;
+    let proxy = proxy_for(&[&a], test_config()).await;
+    let open = Arc::new(Notify::new());
+    proxy.set_write_gate(Some(Box::new(TestGate {
+        open: open.clone(),
+        refuse: false,
+    })));
+    let client = client();
+    assert_eq!(
+        get(&client, &proxy, "/").await.unwrap().0,
+        StatusCode::OK,
+        "a read does not wait for the gate"
+    );
+    let post = |client: TestClient, proxy: Proxy| async move {
+        let request = Request::post(format!("http://{}/entries", proxy.local_addr()))
+            .body(full("text=hi"))
+            .unwrap();
+        send(&client, request).await
+    };
+    let waiting = tokio::spawn(post(client.clone(), proxy.clone()));
+    eventually("the instance to answer the write", || a.hits() == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the answer waits for the gate");
+    open.notify_one();
+    let (status, _, body) = waiting.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "web-1"));
+
+    proxy.set_write_gate(Some(Box::new(TestGate {
+        open: open.clone(),
+        refuse: true,
+    })));
+    let (status, headers, body) = post(client.clone(), proxy.clone()).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("could not confirm your change was stored safely")
+            && body.contains("no standby in another zone"),
+        "{body}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let request = Request::delete(format!("http://{}/entries/1", proxy.local_addr()))
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        send(&client, request).await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    proxy.set_write_gate(None);
+    let (status, _, _) = post(client.clone(), proxy.clone()).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "without a gate writes are answered at once"
+    );
+}

@@ -149,6 +149,7 @@ fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
 }
 
 fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
+    shipper.check_not_halted()?;
     let time = shipper.last_cut();
     let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
     let mut contents = ContentMap::new();

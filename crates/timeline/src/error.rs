@@ -95,6 +95,11 @@ pub enum TimelineError {
     /// The configuration cannot work.
     #[error("invalid timeline configuration: {0}")]
     Invalid(String),
+    /// The worker was halted (this node was fenced): it writes nothing more to the vault.
+    #[error(
+        "capture was halted because this node is no longer the primary; nothing more is written to the vault from here"
+    )]
+    Halted,
     /// The worker has stopped.
     #[error("the timeline worker has stopped; start it again")]
     Stopped,

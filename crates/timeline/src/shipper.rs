@@ -74,6 +74,9 @@ pub(crate) struct Shipper {
     /// bytes); the next checkpoint stores them as vault chunks.
     pub inline: BTreeMap<String, Vec<u8>>,
     pub next_seq: u64,
+    /// Set by [`crate::TimelineWorker::halt`] (a fenced primary): nothing more is written to
+    /// the vault, not even a pass already under way.
+    pub halted: Arc<std::sync::atomic::AtomicBool>,
     /// Set while a checkpoint ships its segment: the segment built is marked as its.
     pub shipping_checkpoint: bool,
     /// The previous segment's cut: every pending record was seen after it.
@@ -243,6 +246,7 @@ impl Shipper {
             contents: ContentMap::new(),
             inline: BTreeMap::new(),
             next_seq: last_seq.map_or(1, |s| s + 1),
+            halted: Arc::default(),
             shipping_checkpoint: false,
             after: now,
             cut_at: now,
@@ -596,6 +600,10 @@ impl Shipper {
     fn store_segment(&mut self, unsent: Unsent) -> Result<()> {
         let bytes = unsent.segment.encode();
         let seq = unsent.segment.seq;
+        if let Err(e) = self.check_not_halted() {
+            self.unsent = Some(unsent);
+            return Err(e);
+        }
         if let Err(e) = self
             .handle
             .block_on(self.repo.put_segment(STREAM, seq, &bytes))
@@ -657,6 +665,15 @@ impl Shipper {
     /// bound), shipping the few commits made meanwhile as segments of their own. Never
     /// takes a database's write lock, so it never makes an app transaction fail. Run right
     /// after a shipment, at most every `wal_checkpoint_interval`.
+    /// Refuses once the worker was halted: another node writes the timeline now, and a
+    /// segment or checkpoint of this node's from then on could take a seq the other uses.
+    pub(crate) fn check_not_halted(&self) -> Result<()> {
+        if self.halted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(TimelineError::Halted);
+        }
+        Ok(())
+    }
+
     pub(crate) fn checkpoint_wals(&mut self) -> Result<()> {
         if self.has_pending()
             || self.last_wal_checkpoint.elapsed() < self.options.wal_checkpoint_interval
@@ -673,6 +690,7 @@ impl Shipper {
             status,
             events: announce,
             feed,
+            halted,
             ..
         } = self;
         for db in dbs.iter_mut() {
@@ -706,6 +724,9 @@ impl Shipper {
                         checkpoint: false,
                     };
                     let bytes = segment.encode();
+                    if halted.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(TimelineError::Halted.to_string());
+                    }
                     handle
                         .block_on(repo.put_segment(STREAM, *next_seq, &bytes))
                         .map_err(|e| e.to_string())?;

@@ -29,6 +29,8 @@ pub struct TimelineWorker {
     compaction: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The change feed to standbys and the task serving its barriers, when streaming.
     feed: Option<(Arc<FeedInner>, JoinHandle<()>)>,
+    /// The shipper's flag: set, nothing more goes to the vault ([`TimelineWorker::halt`]).
+    halted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Records a failure in the status (repeats of the same failure are one event) and
@@ -188,6 +190,7 @@ impl TimelineWorker {
         let poll_interval = shipper.options.poll_interval;
         let options = shipper.options.clone();
         let repo = shipper.repo.clone();
+        let halted = shipper.halted.clone();
         let shipper = Arc::new(Mutex::new(shipper));
         let (stop, mut stopped) = watch::channel(false);
         let compaction: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::default();
@@ -230,6 +233,7 @@ impl TimelineWorker {
             task: Some(task),
             compaction,
             feed,
+            halted,
         })
     }
 
@@ -286,6 +290,15 @@ impl TimelineWorker {
     /// Takes a checkpoint now.
     pub async fn checkpoint_now(&self) -> Result<CheckpointInfo> {
         blocking(&self.shipper, checkpoint::take).await
+    }
+
+    /// Stops the background loop without writing anything more to the vault, not even the
+    /// segment of a pass under way (only a write already sent when this is called may still
+    /// land): for a primary that was fenced, whose timeline a newer term now writes.
+    /// Whoever holds the worker drops it afterwards.
+    pub fn halt(&self) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.stop.send(true);
     }
 
     /// Stops the background loop after shipping what is pending (retrying for up to

@@ -236,3 +236,26 @@ async fn frames_with_a_bad_length_or_bad_bytes_are_refused_without_a_panic() {
     replica.stop().await.unwrap();
     assert_eq!(rows(&dirs.db()).len(), 6);
 }
+
+/// A fenced primary halts its worker: nothing more reaches the vault from it (not the
+/// segment of a pass that comes after, not a checkpoint), so it cannot take a segment seq
+/// the new primary uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_worker_writes_nothing_more_to_the_vault() {
+    let p = Primary::start(feed_options(7)).await;
+    let conn = p.site.db();
+    p.site.insert(&conn, 0..5);
+    p.worker.ship_now().await.unwrap();
+    let repo = p.site.open_vault(&p.site.dest_a, "reader-spool").await;
+    let before = repo.list_segments(lifeboat_timeline::STREAM).await.unwrap();
+    assert!(!before.is_empty());
+    p.worker.halt();
+    p.site.insert(&conn, 5..50);
+    let err = p.worker.ship_now().await.unwrap_err();
+    assert!(err.to_string().contains("no longer the primary"), "{err}");
+    assert!(p.worker.checkpoint_now().await.is_err());
+    // Longer than the worker's poll interval: no background pass ships either.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = repo.list_segments(lifeboat_timeline::STREAM).await.unwrap();
+    assert_eq!(before, after, "no segment after the halt");
+}

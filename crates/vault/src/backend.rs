@@ -29,6 +29,8 @@ pub enum Backend {
 #[derive(Debug)]
 pub enum BackendError {
     NotFound,
+    /// [`Backend::put_new`]: something is at the key already.
+    Exists,
     Other(String),
 }
 
@@ -36,6 +38,7 @@ impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendError::NotFound => f.write_str("not found"),
+            BackendError::Exists => f.write_str("already exists"),
             BackendError::Other(s) => f.write_str(s),
         }
     }
@@ -204,6 +207,54 @@ impl Backend {
                 .await
                 .map(|_| ())
                 .map_err(store_err),
+        }
+    }
+
+    /// Writes `bytes` under `key` only if nothing is there yet ([`BackendError::Exists`]
+    /// otherwise): two writers racing for the same key never both succeed. A local
+    /// directory links the durable temporary file into place (`link` fails if the name
+    /// exists); S3 sends a conditional put (`If-None-Match: *`); a store that cannot do
+    /// that is checked first and written (a race there is not excluded).
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> BResult<()> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(key);
+                tokio::task::spawn_blocking(move || write_new_durably(&path, &bytes))
+                    .await
+                    .map_err(|e| BackendError::Other(e.to_string()))?
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            BackendError::Exists
+                        } else {
+                            io_err(e)
+                        }
+                    })
+            }
+            Backend::Store { store, prefix } => {
+                let path = Self::store_path(prefix, key);
+                let opts = object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                };
+                match store.put_opts(&path, bytes.clone().into(), opts).await {
+                    Ok(_) => Ok(()),
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => Err(BackendError::Exists),
+                    Err(object_store::Error::NotImplemented) => {
+                        match store.head(&path).await {
+                            Ok(_) => return Err(BackendError::Exists),
+                            Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(store_err(e)),
+                        }
+                        store
+                            .put(&path, bytes.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(store_err)
+                    }
+                    Err(e) => Err(store_err(e)),
+                }
+            }
         }
     }
 
@@ -400,9 +451,51 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// [`write_durably`], failing with `AlreadyExists` when `path` exists (the durable
+/// temporary file is hard-linked into place, which never replaces a file).
+pub fn write_new_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("object paths have a parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        path.file_name().unwrap().to_string_lossy(),
+        hex::encode(crate::crypto::random_bytes::<6>())
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::hard_link(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_new_never_replaces_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        write_new_durably(&path, b"first").unwrap();
+        let err = write_new_durably(&path, b"second").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
 
     #[test]
     fn destinations_are_normalized_to_absolute_paths_or_s3_urls() {

@@ -152,6 +152,23 @@ impl Destinations {
         Ok(())
     }
 
+    /// Writes `key` to the first destination only if nothing is there yet: `Ok(false)` when
+    /// something was (another writer got there first). The first destination decides a race
+    /// between two writers; [`Destinations::put`] then copies it to the others.
+    pub async fn put_new_on_first(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        let first = &self.list[0];
+        match first.backend.put_new(key, bytes).await {
+            Ok(()) => Ok(true),
+            Err(BackendError::Exists) => Ok(false),
+            Err(e) => Err(Error::Destination {
+                location: first.url.clone(),
+                action: "writing",
+                key: key.into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// Reads `key`, trying each destination until one returns bytes that `check` accepts.
     /// Falls back to spooled copies. Damaged copies are reported in the error if none is good.
     pub async fn get(&self, key: &str, check: impl Fn(&[u8]) -> bool) -> Result<Bytes> {

@@ -190,12 +190,20 @@ impl Repository {
         // The key first, the config last: a crash in between leaves no config, so the
         // destination still counts as empty and init can simply be run again.
         dests.put(&key.key, Bytes::from(keybytes)).await?;
-        dests
-            .put(
-                "config",
-                Bytes::from(serde_json::to_vec_pretty(&config).expect("serializes")),
-            )
-            .await?;
+        // Two `init`s racing for the same destinations (two nodes of a site started at once)
+        // must not both win: the config is created only if it is not there yet, on the first
+        // destination, and the loser takes its key away again (it would open nothing).
+        let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).expect("serializes"));
+        if !dests
+            .put_new_on_first("config", config_bytes.clone())
+            .await?
+        {
+            let _ = dests.delete(&key.key).await;
+            return Err(Error::AlreadyExists {
+                location: urls[0].clone(),
+            });
+        }
+        dests.put("config", config_bytes).await?;
         dests.record_session_end();
         Ok(Repository {
             location: urls[0].clone(),

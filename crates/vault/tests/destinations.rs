@@ -280,3 +280,41 @@ fn spool_is_empty(p: &std::path::Path) -> bool {
             .iter()
             .all(|f| f.extension().is_some_and(|e| e == "json"))
 }
+
+/// Several `init`s racing for one destination (the nodes of a site started at once): one
+/// creates the repository, every other is told it exists, and the one repository left opens
+/// with one key and reads back what is written to it. Before, each wrote its own key and the
+/// last config won, so one node encrypted with a key the others could not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_inits_leave_one_repository_with_one_key() {
+    let t = tempfile::tempdir().unwrap();
+    let local = t.path().join("shared").to_string_lossy().into_owned();
+    let inits = (0..8).map(|i| {
+        let local = local.clone();
+        let o = opts(&t.path().join(format!("spool-{i}")));
+        async move { Repository::init(&[&local], None, PASSWORD, &o).await }
+    });
+    let results = futures::future::join_all(inits).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "exactly one init creates the repository");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(r, lifeboat_vault::Error::AlreadyExists { .. }),
+            "the others are told it exists: {r}"
+        );
+    }
+    let keys = std::fs::read_dir(t.path().join("shared/keys"))
+        .unwrap()
+        .count();
+    assert_eq!(keys, 1, "the losers took their keys away");
+    let o = opts(&t.path().join("spool-open"));
+    let repo = Arc::new(Repository::open(&local, PASSWORD, &o).await.unwrap());
+    let src = t.path().join("site");
+    make_tree(&src, 200_000);
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let again = Repository::open(&local, PASSWORD, &o).await.unwrap();
+    let report = again.verify(&VerifyOptions::default()).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}

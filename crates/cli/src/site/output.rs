@@ -45,6 +45,30 @@ pub(super) fn status(report: &StatusReport, json: bool) {
         if let Some(why) = &report.election {
             println!("  no primary; this node waits: {why}");
         }
+        if let Some(r) = &report.replica {
+            let detail = r
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let idle = r
+                .idle_seconds
+                .map(|s| format!(", last change applied {s:.1}s ago"))
+                .unwrap_or_default();
+            println!(
+                "  copy of the state: {}{detail}, {}, applied {}/{} ({} batches, {} bytes{idle}), {} restores from the vault",
+                r.state,
+                if r.ready { "whole" } else { "not whole yet" },
+                r.applied.0,
+                r.applied.1,
+                r.batches_applied,
+                r.bytes_applied,
+                r.resyncs
+            );
+            if let Some(e) = &r.last_error {
+                println!("  copy of the state: last error: {e}");
+            }
+        }
         if !report.nodes.is_empty() {
             let mut rows = vec![
                 [
