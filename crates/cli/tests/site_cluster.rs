@@ -570,3 +570,36 @@ fn a_cut_off_primary_acknowledges_no_write_the_new_primary_lacks() {
         cluster.logs()
     );
 }
+
+/// Losing one etcd member (of three) changes nothing: the same primary keeps its term and
+/// writes go on being acknowledged.
+#[test]
+fn losing_one_etcd_member_changes_nothing() {
+    let mut cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let mut child = writer(&cluster, others[1], others[0], "etcd-member-down");
+    let acked = collect(&mut child);
+    cluster.wait_or_explain("writes acknowledged", || acked.lock().unwrap().len() >= 10);
+    // The etcd member on the primary's own host: the one its client may be talking to.
+    let _ = cluster.etcd[primary].kill();
+    let _ = cluster.etcd[primary].wait();
+    let then = acked.lock().unwrap().len();
+    cluster.wait_or_explain("writes acknowledged with one etcd member down", || {
+        acked.lock().unwrap().len() >= then + 50
+    });
+    // Several lease TTLs later, still the same primary in the same term.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let s = cluster.status(primary).expect("the primary answers");
+        assert_eq!(
+            (s["role"]["role"].as_str(), s["role"]["term"].as_u64()),
+            (Some("primary"), Some(term)),
+            "{}",
+            cluster.explain()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
