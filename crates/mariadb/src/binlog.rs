@@ -239,6 +239,11 @@ impl Assembler {
         if h.event_type == event_type::HEARTBEAT {
             return Ok(None);
         }
+        if self.fde.is_none() && h.event_type == event_type::ROTATE {
+            // The stream opens with a rotate event naming the file, before its format
+            // description; it belongs to no transaction.
+            return Ok(None);
+        }
         if self.fde.is_none() {
             return Err(damaged("stream", "an event came before any format description"));
         }

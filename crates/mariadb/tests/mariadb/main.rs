@@ -1,0 +1,11 @@
+//! lifeboat-mariadb against real `mariadbd` processes (one test binary: CI builds and links
+//! it once). MariaDB must be installed (`scripts/install-test-deps`); the tests fail, never
+//! skip, without it.
+
+mod common;
+
+mod capture;
+mod errors;
+mod import;
+mod restore;
+mod server;
