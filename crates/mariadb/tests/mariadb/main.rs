@@ -4,6 +4,7 @@
 
 mod common;
 
+mod base;
 mod capture;
 mod errors;
 mod import;
