@@ -181,7 +181,7 @@ pub struct BinlogCapture {
     unconfirmed: VecDeque<(u64, GtidPos)>,
     reader: Reader,
     /// A fatal problem: reported on every poll until `restart_from_base`.
-    stuck: Option<String>,
+    stuck: Option<MariaDbError>,
 }
 
 impl std::fmt::Debug for BinlogCapture {
@@ -274,8 +274,8 @@ impl BinlogCapture {
     /// Like [`BinlogCapture::poll`], but waits up to `max_wait` for at least one
     /// transaction.
     pub fn poll_wait(&mut self, max_wait: Duration) -> Result<Vec<TransactionRecord>> {
-        if let Some(why) = &self.stuck {
-            return Err(MariaDbError::ReaderGone(why.clone()));
+        if let Some(e) = &self.stuck {
+            return Err(e.repeat());
         }
         let mut out = Vec::new();
         let deadline = Instant::now() + max_wait;
@@ -312,7 +312,7 @@ impl BinlogCapture {
                     });
                 }
                 FromReader::Fatal(e) => {
-                    self.stuck = Some(e.to_string());
+                    self.stuck = Some(e.repeat());
                     if out.is_empty() {
                         return Err(e);
                     }
@@ -324,7 +324,7 @@ impl BinlogCapture {
     }
 
     fn reader_gone(&mut self, why: &str) -> MariaDbError {
-        self.stuck = Some(why.to_string());
+        self.stuck = Some(MariaDbError::ReaderGone(why.to_string()));
         MariaDbError::ReaderGone(why.to_string())
     }
 
@@ -376,7 +376,11 @@ impl BinlogCapture {
         let shared = self.reader.shared.lock().expect("status lock");
         CaptureStatus {
             connected: shared.connected,
-            last_problem: self.stuck.clone().or_else(|| shared.last_problem.clone()),
+            last_problem: self
+                .stuck
+                .as_ref()
+                .map(|e| e.to_string())
+                .or_else(|| shared.last_problem.clone()),
             reconnects: shared.reconnects,
             handed_out: self.handed_out.clone(),
             confirmed: self.confirmed.gtid_pos.clone(),

@@ -228,3 +228,31 @@ pub(crate) fn io_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::
         source,
     }
 }
+
+impl MariaDbError {
+    /// The same error again, for a problem reported on every call until it is dealt with
+    /// (variants holding an OS or driver error are repeated by their text).
+    pub(crate) fn repeat(&self) -> MariaDbError {
+        match self {
+            MariaDbError::GtidGap { domain, after, got } => MariaDbError::GtidGap {
+                domain: *domain,
+                after: after.clone(),
+                got: *got,
+            },
+            MariaDbError::BinlogPurged {
+                position,
+                server_says,
+            } => MariaDbError::BinlogPurged {
+                position: position.clone(),
+                server_says: server_says.clone(),
+            },
+            MariaDbError::CorruptBinlog { what, why, advice } => MariaDbError::CorruptBinlog {
+                what: what.clone(),
+                why: why.clone(),
+                advice,
+            },
+            MariaDbError::ReaderGone(why) => MariaDbError::ReaderGone(why.clone()),
+            other => MariaDbError::ReaderGone(other.to_string()),
+        }
+    }
+}

@@ -43,6 +43,34 @@ pub struct TransactionRecord {
     pub events: Vec<u8>,
 }
 
+impl TransactionRecord {
+    /// Checks every event of the transaction against its CRC32 (when its format has
+    /// checksums) and that the events fill the record exactly.
+    pub fn verify(&self) -> Result<()> {
+        let checksummed = binlog::fde_has_checksum(&self.format)?;
+        binlog::verify_checksum(&self.format, checksummed)?;
+        let events = binlog::split_events(&self.events)?;
+        if events.is_empty() {
+            return Err(MariaDbError::CorruptBinlog {
+                what: format!("record of transaction {}", self.gtid),
+                why: "it holds no event".into(),
+                advice: "read the batch from another destination",
+            });
+        }
+        for ev in events {
+            binlog::verify_checksum(ev, checksummed).map_err(|e| match e {
+                MariaDbError::CorruptBinlog { why, .. } => MariaDbError::CorruptBinlog {
+                    what: format!("record of transaction {}", self.gtid),
+                    why,
+                    advice: "read the batch from another destination; restores before it are unaffected",
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct RecordMeta {
     epoch: u64,

@@ -150,6 +150,11 @@ pub fn restore(
     target: &RestoreTarget,
 ) -> Result<RestoreReport> {
     let chosen = select_transactions(&base.info.gtid_pos, base.info.taken_at, history, target)?;
+    // Everything is checked before anything is written.
+    for r in &chosen {
+        r.verify()?;
+    }
+    crate::base::open_base_backup(&base.dir)?;
     copy_base_into(&base.dir, &spec.data_dir)?;
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
