@@ -89,9 +89,7 @@ pub fn take_base_backup(spec: &ServerSpec, dest: &Path) -> Result<BaseBackup> {
     tools::run(backup, "taking a base backup")?;
     let taken_at = OffsetDateTime::now_utc();
     let mut prepare = tools::command(&spec.binaries.backup);
-    prepare
-        .arg("--prepare")
-        .arg(opt("target-dir", &partial));
+    prepare.arg("--prepare").arg(opt("target-dir", &partial));
     tools::run(prepare, "preparing the base backup")?;
     let gtid_pos = read_backup_gtid(&partial)?;
     let info = BaseInfo {
@@ -130,10 +128,11 @@ fn read_backup_gtid(dir: &Path) -> Result<GtidPos> {
         })?;
     let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
     let gtid = text.split_whitespace().nth(2).unwrap_or("");
-    gtid.parse().map_err(|e: crate::gtid::BadGtid| MariaDbError::BadBaseBackup {
-        path: dir.to_path_buf(),
-        why: format!("its binlog position is unreadable: {e}"),
-    })
+    gtid.parse()
+        .map_err(|e: crate::gtid::BadGtid| MariaDbError::BadBaseBackup {
+            path: dir.to_path_buf(),
+            why: format!("its binlog position is unreadable: {e}"),
+        })
 }
 
 /// Opens a base backup directory (as taken, or as restored from the vault), checking that it
@@ -144,10 +143,11 @@ pub fn open_base_backup(dir: &Path) -> Result<BaseBackup> {
         path: dir.to_path_buf(),
         why: format!("{BASE_INFO_FILE} cannot be read: {e}"),
     })?;
-    let info: BaseInfo = serde_json::from_slice(&bytes).map_err(|e| MariaDbError::BadBaseBackup {
-        path: dir.to_path_buf(),
-        why: format!("{BASE_INFO_FILE} is unreadable: {e}"),
-    })?;
+    let info: BaseInfo =
+        serde_json::from_slice(&bytes).map_err(|e| MariaDbError::BadBaseBackup {
+            path: dir.to_path_buf(),
+            why: format!("{BASE_INFO_FILE} is unreadable: {e}"),
+        })?;
     if info.version != BASE_FORMAT_VERSION {
         return Err(MariaDbError::BadBaseBackup {
             path: dir.to_path_buf(),

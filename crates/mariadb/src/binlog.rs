@@ -80,7 +80,10 @@ fn damaged(what: &str, why: impl Into<String>) -> MariaDbError {
 /// Parses the header of `event` and checks that its size matches the bytes given.
 pub fn header(event: &[u8]) -> Result<EventHeader> {
     if event.len() < HEADER_LEN {
-        return Err(damaged("event", format!("{} bytes, shorter than a header", event.len())));
+        return Err(damaged(
+            "event",
+            format!("{} bytes, shorter than a header", event.len()),
+        ));
     }
     let h = EventHeader {
         timestamp: u32_at(event, 0),
@@ -93,7 +96,11 @@ pub fn header(event: &[u8]) -> Result<EventHeader> {
     if h.event_size as usize != event.len() {
         return Err(damaged(
             "event",
-            format!("its header says {} bytes, {} were received", h.event_size, event.len()),
+            format!(
+                "its header says {} bytes, {} were received",
+                h.event_size,
+                event.len()
+            ),
         ));
     }
     Ok(h)
@@ -104,12 +111,18 @@ pub fn header(event: &[u8]) -> Result<EventHeader> {
 pub fn fde_has_checksum(fde: &[u8]) -> Result<bool> {
     let h = header(fde)?;
     if h.event_type != event_type::FORMAT_DESCRIPTION || fde.len() < HEADER_LEN + 57 + 5 {
-        return Err(damaged("format description", "not a format description event"));
+        return Err(damaged(
+            "format description",
+            "not a format description event",
+        ));
     }
     match fde[fde.len() - 5] {
         0 => Ok(false),
         1 => Ok(true),
-        alg => Err(damaged("format description", format!("unknown checksum algorithm {alg}"))),
+        alg => Err(damaged(
+            "format description",
+            format!("unknown checksum algorithm {alg}"),
+        )),
     }
 }
 
@@ -165,7 +178,10 @@ fn query_text(event: &[u8], checksum_len: usize) -> Option<&[u8]> {
     }
     let db_len = b[8] as usize;
     let status_len = u16_at(b, 11) as usize;
-    let start = 13usize.checked_add(status_len)?.checked_add(db_len)?.checked_add(1)?;
+    let start = 13usize
+        .checked_add(status_len)?
+        .checked_add(db_len)?
+        .checked_add(1)?;
     b.get(start..)
 }
 
@@ -179,7 +195,10 @@ fn ends_transaction(event: &[u8], h: &EventHeader, standalone: bool, checksum_le
             let text = query_text(event, checksum_len).unwrap_or_default();
             let text = String::from_utf8_lossy(text);
             let t = text.trim().to_ascii_uppercase();
-            t == "COMMIT" || t == "ROLLBACK" || t.starts_with("XA COMMIT") || t.starts_with("XA ROLLBACK")
+            t == "COMMIT"
+                || t == "ROLLBACK"
+                || t.starts_with("XA COMMIT")
+                || t.starts_with("XA ROLLBACK")
         }
         _ => false,
     }
@@ -245,7 +264,10 @@ impl Assembler {
             return Ok(None);
         }
         if self.fde.is_none() {
-            return Err(damaged("stream", "an event came before any format description"));
+            return Err(damaged(
+                "stream",
+                "an event came before any format description",
+            ));
         }
         verify_checksum(event, self.checksummed)?;
         let checksum_len = if self.checksummed { 4 } else { 0 };
@@ -283,7 +305,10 @@ pub fn split_events(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         if bytes.len() < HEADER_LEN {
-            return Err(damaged("record", "trailing bytes shorter than an event header"));
+            return Err(damaged(
+                "record",
+                "trailing bytes shorter than an event header",
+            ));
         }
         let size = u32_at(bytes, 9) as usize;
         if size < HEADER_LEN || size > bytes.len() {
@@ -381,7 +406,10 @@ mod tests {
         a.push(&fde()).unwrap();
         assert!(a.push(&gtid(1, 0)).unwrap().is_none());
         assert!(a.push(&event(19, 100, &[0; 8])).unwrap().is_none());
-        let tx = a.push(&event(event_type::XID, 101, &[0; 8])).unwrap().unwrap();
+        let tx = a
+            .push(&event(event_type::XID, 101, &[0; 8]))
+            .unwrap()
+            .unwrap();
         assert_eq!(tx.gtid.seq, 1);
         assert_eq!(tx.server_time, 101);
         assert_eq!(split_events(&tx.events).unwrap().len(), 3);
@@ -389,11 +417,18 @@ mod tests {
         a.push(&gtid(2, FL_STANDALONE)).unwrap();
         let mut q = vec![0u8; 13];
         q.extend_from_slice(b"\0CREATE TABLE t (a int)");
-        assert!(a.push(&event(event_type::QUERY, 102, &q)).unwrap().is_some());
+        assert!(
+            a.push(&event(event_type::QUERY, 102, &q))
+                .unwrap()
+                .is_some()
+        );
         // A flipped bit fails the checksum.
         let mut bad = gtid(3, 0);
         bad[HEADER_LEN] ^= 1;
-        assert!(matches!(a.push(&bad), Err(MariaDbError::CorruptBinlog { .. })));
+        assert!(matches!(
+            a.push(&bad),
+            Err(MariaDbError::CorruptBinlog { .. })
+        ));
         let mut file = Vec::new();
         write_binlog_file(&mut file, &fde(), [tx.events.as_slice()]).unwrap();
         assert_eq!(&file[..4], &BINLOG_MAGIC);

@@ -477,8 +477,13 @@ fn stream_once(
 ) -> Result<(), StreamEnd> {
     let broken = |e: &dyn std::fmt::Display, any: bool| StreamEnd::Broken(e.to_string(), any);
     let read_timeout = opts.heartbeat * 5;
-    let mut conn = connect_socket(&source.socket, &source.user, &source.password, Some(read_timeout))
-        .map_err(|e| broken(&e, false))?;
+    let mut conn = connect_socket(
+        &source.socket,
+        &source.user,
+        &source.password,
+        Some(read_timeout),
+    )
+    .map_err(|e| broken(&e, false))?;
     let setup = [
         // Ask by GTID, like a MariaDB replica (capability 4 = MARIA_SLAVE_CAPABILITY_GTID).
         "SET @mariadb_slave_capability = 4".to_string(),
@@ -544,7 +549,9 @@ fn stream_once(
         }
         pos.advance(t.gtid);
         received_any = true;
-        let f = format.clone().expect("a transaction comes after a format description");
+        let f = format
+            .clone()
+            .expect("a transaction comes after a format description");
         let mut msg = FromReader::Transaction(t, received_at, f);
         // Wait for room, but keep noticing a stop.
         loop {

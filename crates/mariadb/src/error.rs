@@ -102,7 +102,9 @@ pub enum MariaDbError {
         error_log: PathBuf,
     },
     /// The server process exited while it was expected to run.
-    #[error("mariadbd exited ({status}) before it was ready; its error log {error_log} says: {log_tail}")]
+    #[error(
+        "mariadbd exited ({status}) before it was ready; its error log {error_log} says: {log_tail}"
+    )]
     ServerExited {
         /// Exit status as text.
         status: String,
@@ -123,7 +125,9 @@ pub enum MariaDbError {
         source: mysql::Error,
     },
     /// A connection to a server failed.
-    #[error("cannot connect to MariaDB at {target}: {source}; check that it runs and that the credentials are right")]
+    #[error(
+        "cannot connect to MariaDB at {target}: {source}; check that it runs and that the credentials are right"
+    )]
     Connect {
         /// Socket path or host:port.
         target: String,
@@ -133,7 +137,9 @@ pub enum MariaDbError {
     },
     /// The binary log stream was interrupted (the server stopped, the connection broke).
     /// Capture reconnects by itself; this is reported for the status.
-    #[error("the binlog stream from {socket} broke ({why}); capture resumes from GTID position {resume_from} when the server is back")]
+    #[error(
+        "the binlog stream from {socket} broke ({why}); capture resumes from GTID position {resume_from} when the server is back"
+    )]
     StreamBroken {
         /// The server's socket.
         socket: PathBuf,
@@ -178,10 +184,14 @@ pub enum MariaDbError {
     #[error("MariaDB capture batch is unreadable ({0}); read it from another destination")]
     BadBatch(String),
     /// A batch of a newer format.
-    #[error("MariaDB capture batch format version {0} is not supported; upgrade lifeboat to read it")]
+    #[error(
+        "MariaDB capture batch format version {0} is not supported; upgrade lifeboat to read it"
+    )]
     UnsupportedBatchVersion(u8),
     /// The capture's position file is unreadable.
-    #[error("the MariaDB capture position file {path} is unreadable ({problem}); move it away to capture again from a new base backup")]
+    #[error(
+        "the MariaDB capture position file {path} is unreadable ({problem}); move it away to capture again from a new base backup"
+    )]
     BadPositionFile {
         /// The file.
         path: PathBuf,
@@ -205,7 +215,9 @@ pub enum MariaDbError {
         why: String,
     },
     /// The restored database did not pass its check.
-    #[error("the restored database failed its check: table {table}: {message}; the restore is kept aside at {path} for inspection")]
+    #[error(
+        "the restored database failed its check: table {table}: {message}; the restore is kept aside at {path} for inspection"
+    )]
     CheckFailed {
         /// `db.table`.
         table: String,
@@ -215,12 +227,17 @@ pub enum MariaDbError {
         path: PathBuf,
     },
     /// Capture's background reader stopped unexpectedly.
-    #[error("the MariaDB capture reader stopped unexpectedly ({0}); this is a bug in lifeboat, please report it; reopen the capture to continue")]
+    #[error(
+        "the MariaDB capture reader stopped unexpectedly ({0}); this is a bug in lifeboat, please report it; reopen the capture to continue"
+    )]
     ReaderGone(String),
 }
 
 /// Maps an I/O error with what was done and where.
-pub(crate) fn io_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> MariaDbError {
+pub(crate) fn io_err(
+    path: &Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> MariaDbError {
     let path = path.to_path_buf();
     move |source| MariaDbError::Io {
         action,

@@ -82,7 +82,10 @@ pub fn import_dump(spec: &ServerSpec, database: &str, dump: &Path) -> Result<Imp
         .arg("--binary-mode")
         .arg(database)
         .stdin(file);
-    tools::run(client, &format!("loading the dump {} into {database}", dump.display()))?;
+    tools::run(
+        client,
+        &format!("loading the dump {} into {database}", dump.display()),
+    )?;
     Ok(ImportReport {
         database: database.to_string(),
         tables: count_tables(spec, database)?,
@@ -115,7 +118,8 @@ pub fn import_from_server(
         if let Some(s) = &source.socket {
             text.push_str(&format!("socket={}\n", s.display()));
         }
-        f.write_all(text.as_bytes()).map_err(io_err(&creds, "write"))?;
+        f.write_all(text.as_bytes())
+            .map_err(io_err(&creds, "write"))?;
     }
     let result = dump_into(spec, &creds, source, database);
     let _ = fs::remove_file(&creds);
@@ -151,7 +155,9 @@ fn dump_into(spec: &ServerSpec, creds: &Path, source: &RemoteSource, database: &
         .output()
         .map_err(|e| tools::spawn_error(&spec.binaries.client, e))?;
     let dump_err = tools::read_all(dump.stderr.take().expect("piped"));
-    let status = dump.wait().map_err(io_err(&spec.binaries.dump, "wait for"))?;
+    let status = dump
+        .wait()
+        .map_err(io_err(&spec.binaries.dump, "wait for"))?;
     if !status.success() {
         return Err(tools::failed(
             &spec.binaries.dump,

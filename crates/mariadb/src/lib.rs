@@ -14,12 +14,12 @@ pub mod restore;
 pub mod server;
 pub mod tools;
 
+pub use base::{BaseBackup, BaseInfo, open_base_backup, take_base_backup};
 pub use capture::{BinlogCapture, CaptureOptions, CaptureSource, CaptureStatus, SavedPosition};
 pub use error::{MariaDbError, Result};
 pub use gtid::{Gtid, GtidPos};
+pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
+pub use restore::{RestoreReport, RestoreTarget, check_all_tables, restore, select_transactions};
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;
-pub use base::{BaseBackup, BaseInfo, open_base_backup, take_base_backup};
-pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
-pub use restore::{RestoreReport, RestoreTarget, check_all_tables, restore, select_transactions};

@@ -97,7 +97,10 @@ pub fn encode_batch(records: &[TransactionRecord]) -> Vec<u8> {
     let mut formats: Vec<Arc<Vec<u8>>> = Vec::new();
     let mut metas = Vec::with_capacity(records.len());
     for r in records {
-        let idx = match formats.iter().position(|f| Arc::ptr_eq(f, &r.format) || **f == *r.format) {
+        let idx = match formats
+            .iter()
+            .position(|f| Arc::ptr_eq(f, &r.format) || **f == *r.format)
+        {
             Some(i) => i,
             None => {
                 formats.push(r.format.clone());
@@ -189,7 +192,10 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<TransactionRecord>> {
         records.push(TransactionRecord {
             epoch: m.epoch,
             seq: m.seq,
-            gtid: m.gtid.parse().map_err(|e: crate::gtid::BadGtid| bad(&e.to_string()))?,
+            gtid: m
+                .gtid
+                .parse()
+                .map_err(|e: crate::gtid::BadGtid| bad(&e.to_string()))?,
             server_time: m.server_time,
             received_at: m.received_at,
             format,

@@ -216,8 +216,10 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
     // restore means restoring again); the clean shutdown below makes everything durable.
     let mut fast = spec.clone();
     fast.port = None;
-    fast.extra_options
-        .extend(["sync_binlog=0".to_string(), "innodb_flush_log_at_trx_commit=2".to_string()]);
+    fast.extra_options.extend([
+        "sync_binlog=0".to_string(),
+        "innodb_flush_log_at_trx_commit=2".to_string(),
+    ]);
     let password = spec.admin_password()?;
     fast.write_config(&password)?;
     let server = fast.start(Duration::from_secs(60))?;
@@ -288,7 +290,9 @@ fn pipe_binlog_into_server(spec: &ServerSpec, file: &Path) -> Result<()> {
         .arg(file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut dump = dump.spawn().map_err(|e| tools::spawn_error(&spec.binaries.binlog, e))?;
+    let mut dump = dump
+        .spawn()
+        .map_err(|e| tools::spawn_error(&spec.binaries.binlog, e))?;
     let mut client = tools::command(&spec.binaries.client);
     client
         .arg(spec.client_defaults())
@@ -300,7 +304,9 @@ fn pipe_binlog_into_server(spec: &ServerSpec, file: &Path) -> Result<()> {
         .output()
         .map_err(|e| tools::spawn_error(&spec.binaries.client, e))?;
     let dump_err = tools::read_all(dump.stderr.take().expect("piped"));
-    let dump_status = dump.wait().map_err(io_err(&spec.binaries.binlog, "wait for"))?;
+    let dump_status = dump
+        .wait()
+        .map_err(io_err(&spec.binaries.binlog, "wait for"))?;
     if !dump_status.success() {
         return Err(tools::failed(
             &spec.binaries.binlog,
@@ -371,7 +377,8 @@ pub fn check_all_tables(spec: &ServerSpec, data_dir_for_report: &Path) -> Result
             .map_err(q_err(format!("check table {name}")))?;
         for (_, _op, msg_type, msg_text) in &rows {
             let bad = msg_type.eq_ignore_ascii_case("error")
-                || (msg_type.eq_ignore_ascii_case("status") && !msg_text.eq_ignore_ascii_case("OK"));
+                || (msg_type.eq_ignore_ascii_case("status")
+                    && !msg_text.eq_ignore_ascii_case("OK"));
             if bad {
                 return Err(MariaDbError::CheckFailed {
                     table: name,

@@ -408,19 +408,20 @@ impl ServerSpec {
 }
 
 pub(crate) fn query_gtid_pos(conn: &mut mysql::Conn, socket: &Path, var: &str) -> Result<GtidPos> {
-    let text: Option<String> =
-        conn.query_first(format!("SELECT {var}"))
-            .map_err(|source| MariaDbError::Query {
-                socket: socket.to_path_buf(),
-                doing: format!("read {var}"),
-                source,
-            })?;
+    let text: Option<String> = conn
+        .query_first(format!("SELECT {var}"))
+        .map_err(|source| MariaDbError::Query {
+            socket: socket.to_path_buf(),
+            doing: format!("read {var}"),
+            source,
+        })?;
     let text = text.unwrap_or_default();
-    text.parse().map_err(|e: crate::gtid::BadGtid| MariaDbError::CorruptBinlog {
-        what: var.to_string(),
-        why: e.to_string(),
-        advice: "this server's GTID state is not what Lifeboat expects; check its error log",
-    })
+    text.parse()
+        .map_err(|e: crate::gtid::BadGtid| MariaDbError::CorruptBinlog {
+            what: var.to_string(),
+            why: e.to_string(),
+            advice: "this server's GTID state is not what Lifeboat expects; check its error log",
+        })
 }
 
 /// Connects to a server over its unix socket.

@@ -28,7 +28,10 @@ fn a_second_base_of_an_unchanged_100_mib_database_adds_little_to_the_vault() {
     }
     let base1 = take_base_backup(&s.spec, &t.path().join("base1")).unwrap();
     let base2 = take_base_backup(&s.spec, &t.path().join("base2")).unwrap();
-    assert_eq!(base1.info.gtid_pos, base2.info.gtid_pos, "nothing was written in between");
+    assert_eq!(
+        base1.info.gtid_pos, base2.info.gtid_pos,
+        "nothing was written in between"
+    );
     assert_eq!(open_base_backup(&base2.dir).unwrap(), base2);
     let base_bytes = dir_bytes(&base1.dir);
     assert!(base_bytes > 100 * MIB, "base is {base_bytes} bytes");
@@ -49,12 +52,20 @@ fn a_second_base_of_an_unchanged_100_mib_database_adds_little_to_the_vault() {
         Repository::init(&[&url], None, b"pw", &opts).await.unwrap();
         let repo = Arc::new(Repository::open(&url, b"pw", &opts).await.unwrap());
         let before = dir_bytes(&repo_dir);
-        repo.backup(&[&base1.dir], &BackupOptions::default(), Arc::new(NoProgress))
-            .await
-            .unwrap();
+        repo.backup(
+            &[&base1.dir],
+            &BackupOptions::default(),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
         let after_first = dir_bytes(&repo_dir);
         let snap = repo
-            .backup(&[&base2.dir], &BackupOptions::default(), Arc::new(NoProgress))
+            .backup(
+                &[&base2.dir],
+                &BackupOptions::default(),
+                Arc::new(NoProgress),
+            )
             .await
             .unwrap();
         (

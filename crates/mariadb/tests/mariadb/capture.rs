@@ -38,8 +38,8 @@ fn capture_child_process() {
         user: "root".into(),
         password: ADMIN_PASSWORD.into(),
     };
-    let mut cap = BinlogCapture::open(&state, source, &GtidPos::new(), CaptureOptions::default())
-        .unwrap();
+    let mut cap =
+        BinlogCapture::open(&state, source, &GtidPos::new(), CaptureOptions::default()).unwrap();
     loop {
         let records = cap.poll_wait(Duration::from_millis(100)).unwrap();
         let Some(last) = records.last() else { continue };
@@ -55,10 +55,20 @@ fn capture_child_process() {
 
 fn spawn_capture(socket: &Path, state: &Path, out: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "capture::capture_child_process", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "capture::capture_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(
             CHILD_ENV,
-            format!("{}\n{}\n{}", socket.display(), state.display(), out.display()),
+            format!(
+                "{}\n{}\n{}",
+                socket.display(),
+                state.display(),
+                out.display()
+            ),
         )
         .spawn()
         .unwrap()
@@ -90,12 +100,15 @@ fn writer(spec: lifeboat_mariadb::ServerSpec, n: u64, done: Arc<AtomicU64>) {
     let connect = || {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut c) = spec.connect_admin() {
-                if c.query_drop("USE app").is_ok() {
-                    return c;
-                }
+            if let Ok(mut c) = spec.connect_admin()
+                && c.query_drop("USE app").is_ok()
+            {
+                return c;
             }
-            assert!(Instant::now() < deadline, "the writer could not reconnect for 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the writer could not reconnect for 60 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -127,7 +140,9 @@ fn every_transaction_is_captured_once_across_kill_9_of_the_server_and_of_capture
     let t = tmpdir();
     let mut s = TestServer::new(t.path());
     s.conn()
-        .query_drop("CREATE DATABASE app; CREATE TABLE app.t (id BIGINT PRIMARY KEY, v VARCHAR(20))")
+        .query_drop(
+            "CREATE DATABASE app; CREATE TABLE app.t (id BIGINT PRIMARY KEY, v VARCHAR(20))",
+        )
         .unwrap();
     let state = t.path().join("capture-state");
     let out = t.path().join("shipped");
@@ -142,9 +157,11 @@ fn every_transaction_is_captured_once_across_kill_9_of_the_server_and_of_capture
     };
     let progress = |at: u64| {
         let done = done.clone();
-        wait_for(&format!("the writer to pass row {at}"), Duration::from_secs(120), move || {
-            done.load(Ordering::SeqCst) >= at
-        })
+        wait_for(
+            &format!("the writer to pass row {at}"),
+            Duration::from_secs(120),
+            move || done.load(Ordering::SeqCst) >= at,
+        )
     };
 
     progress(600);
@@ -165,23 +182,34 @@ fn every_transaction_is_captured_once_across_kill_9_of_the_server_and_of_capture
 
     w.join().unwrap();
     let end = s.spec.gtid_binlog_pos().unwrap().get(0).unwrap();
-    wait_for("capture to ship the last transaction", Duration::from_secs(60), || {
-        assert_running(&mut child);
-        shipped(&out).iter().any(|r| r.gtid == end)
-    });
+    wait_for(
+        "capture to ship the last transaction",
+        Duration::from_secs(60),
+        || {
+            assert_running(&mut child);
+            shipped(&out).iter().any(|r| r.gtid == end)
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 
     let all = shipped(&out);
     let distinct: BTreeSet<u64> = all.iter().map(|r| r.gtid.seq).collect();
     let expected: BTreeSet<u64> = (1..=end.seq).collect();
-    assert_eq!(distinct, expected, "a GTID is missing from what capture shipped");
+    assert_eq!(
+        distinct, expected,
+        "a GTID is missing from what capture shipped"
+    );
     let epochs: BTreeSet<u64> = all.iter().map(|r| r.epoch).collect();
     assert_eq!(epochs.len(), 3, "three capture sessions");
 
     let history = resolve_history(all).unwrap();
     let seqs: Vec<u64> = history.iter().map(|r| r.gtid.seq).collect();
-    assert_eq!(seqs, (1..=end.seq).collect::<Vec<_>>(), "resolved history is every GTID once, in order");
+    assert_eq!(
+        seqs,
+        (1..=end.seq).collect::<Vec<_>>(),
+        "resolved history is every GTID once, in order"
+    );
     let our_seqs: Vec<u64> = history.iter().map(|r| r.seq).collect();
     assert_eq!(our_seqs, (1..=end.seq).collect::<Vec<_>>());
     let n: Option<u64> = s.conn().query_first("SELECT COUNT(*) FROM app.t").unwrap();
@@ -207,7 +235,8 @@ fn capture_receives_a_commit_within_milliseconds_and_waits_for_a_restarted_serve
     let mut after_start = Vec::new();
     for id in 1..=300u64 {
         let t0 = OffsetDateTime::now_utc();
-        conn.exec_drop("INSERT INTO app.t VALUES (?)", (id,)).unwrap();
+        conn.exec_drop("INSERT INTO app.t VALUES (?)", (id,))
+            .unwrap();
         let t1 = OffsetDateTime::now_utc();
         let recs = cap.poll_wait(Duration::from_secs(10)).unwrap();
         assert_eq!(recs.len(), 1, "one transaction per insert");
@@ -227,13 +256,20 @@ fn capture_receives_a_commit_within_milliseconds_and_waits_for_a_restarted_serve
         pct(&mut after_ack, 0.99)
     );
     assert!(p99 < 1000.0, "p99 {p99} ms");
-    assert!(after_start.iter().all(|&ms| ms >= 0.0), "received before the commit was asked for");
+    assert!(
+        after_start.iter().all(|&ms| ms >= 0.0),
+        "received before the commit was asked for"
+    );
 
     // The server goes away and comes back: capture reconnects by itself.
     s.kill();
-    wait_for("capture to notice", Duration::from_secs(30), || !cap.status().connected);
+    wait_for("capture to notice", Duration::from_secs(30), || {
+        !cap.status().connected
+    });
     s.restart();
-    s.conn().query_drop("INSERT INTO app.t VALUES (1000)").unwrap();
+    s.conn()
+        .query_drop("INSERT INTO app.t VALUES (1000)")
+        .unwrap();
     let recs = cap.poll_wait(Duration::from_secs(30)).unwrap();
     assert_eq!(recs.len(), 1);
     assert!(cap.status().reconnects >= 1);

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifeboat_mariadb::{Binaries, Server, ServerSpec};
-use mysql::prelude::Queryable;
 
 pub const ADMIN_PASSWORD: &str = "admin-test-password";
 pub const START: Duration = Duration::from_secs(60);
@@ -13,7 +12,9 @@ pub const START: Duration = Duration::from_secs(60);
 /// The MariaDB programs: the tests do not skip; CI installs them with scripts/install-test-deps.
 pub fn binaries() -> Binaries {
     Binaries::locate().unwrap_or_else(|e| {
-        panic!("MariaDB is required by these tests and is missing: {e}\nrun scripts/install-test-deps")
+        panic!(
+            "MariaDB is required by these tests and is missing: {e}\nrun scripts/install-test-deps"
+        )
     })
 }
 
@@ -77,13 +78,21 @@ impl TestServer {
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Connects as `user` over TCP to 127.0.0.1:`port`.
-pub fn tcp_conn(port: u16, user: &str, password: &str, db: Option<&str>) -> mysql::Result<mysql::Conn> {
+pub fn tcp_conn(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+) -> mysql::Result<mysql::Conn> {
     mysql::Conn::new(
         mysql::OptsBuilder::new()
             .ip_or_hostname(Some("127.0.0.1"))
@@ -94,13 +103,12 @@ pub fn tcp_conn(port: u16, user: &str, password: &str, db: Option<&str>) -> mysq
     )
 }
 
-pub fn ids(conn: &mut mysql::Conn, table: &str) -> Vec<u64> {
-    conn.query(format!("SELECT id FROM {table} ORDER BY id")).unwrap()
-}
-
 pub fn tmpdir() -> tempfile::TempDir {
     // Short paths: a unix socket path is limited to 107 bytes.
-    tempfile::Builder::new().prefix("lbm").tempdir_in("/tmp").unwrap()
+    tempfile::Builder::new()
+        .prefix("lbm")
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 #[allow(dead_code)]

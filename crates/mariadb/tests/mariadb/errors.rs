@@ -16,14 +16,35 @@ fn a_missing_program_is_named_with_the_way_to_install_it() {
     let empty = t.path().join("no-mariadb-here");
     std::fs::create_dir_all(&empty).unwrap();
     let e = Binaries::in_dir(&empty).check().unwrap_err();
-    assert!(matches!(e, MariaDbError::MissingBinary { program: "mariadbd", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            MariaDbError::MissingBinary {
+                program: "mariadbd",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let text = e.to_string();
-    assert!(text.contains("mariadb-server") && text.contains("scripts/install-test-deps"), "{text}");
+    assert!(
+        text.contains("mariadb-server") && text.contains("scripts/install-test-deps"),
+        "{text}"
+    );
 
     let mut spec = TestServer::spec_in(t.path());
     spec.binaries = Binaries::in_dir(&empty);
     let e = spec.initialize(ADMIN_PASSWORD).unwrap_err();
-    assert!(matches!(e, MariaDbError::MissingBinary { program: "mariadb-install-db", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            MariaDbError::MissingBinary {
+                program: "mariadb-install-db",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -40,7 +61,10 @@ fn a_directory_that_is_not_a_data_dir_is_refused_and_left_alone() {
     assert!(e.to_string().contains("initialise a new one"), "{e}");
     let e = spec.initialize(ADMIN_PASSWORD).unwrap_err();
     assert!(matches!(e, MariaDbError::DataDirNotEmpty { .. }), "{e}");
-    assert_eq!(std::fs::read(spec.data_dir.join("cat.jpg")).unwrap(), b"not a database");
+    assert_eq!(
+        std::fs::read(spec.data_dir.join("cat.jpg")).unwrap(),
+        b"not a database"
+    );
     let e = open_base_backup(&spec.data_dir).unwrap_err();
     assert!(matches!(e, MariaDbError::BadBaseBackup { .. }), "{e}");
 }
@@ -115,10 +139,14 @@ fn a_corrupt_binlog_is_refused_by_capture_by_the_batch_reader_and_by_restore() {
     )
     .unwrap();
     let mut got = Ok(Vec::new());
-    wait_for("capture to report the damage", Duration::from_secs(30), || {
-        got = cap.poll_wait(Duration::from_millis(100));
-        got.is_err()
-    });
+    wait_for(
+        "capture to report the damage",
+        Duration::from_secs(30),
+        || {
+            got = cap.poll_wait(Duration::from_millis(100));
+            got.is_err()
+        },
+    );
     let e = got.unwrap_err();
     eprintln!("capture of a damaged binlog: {e}");
     assert!(matches!(e, MariaDbError::CorruptBinlog { .. }), "{e}");

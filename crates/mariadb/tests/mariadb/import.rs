@@ -15,7 +15,9 @@ fn a_dump_file_and_a_running_server_import_into_a_managed_server() {
     let t = tmpdir();
     // The blogger's existing server, with an app user of its own.
     let old = TestServer::new(&t.path().join("old"));
-    old.spec.create_app_database("blog", "blogger", "blog-pass").unwrap();
+    old.spec
+        .create_app_database("blog", "blogger", "blog-pass")
+        .unwrap();
     let mut c = old.conn();
     c.query_drop(
         "USE blog; \
@@ -37,11 +39,18 @@ fn a_dump_file_and_a_running_server_import_into_a_managed_server() {
     // mariadb-dump --single-transaction, as the README tells the blogger to run.
     let dump = t.path().join("blog.sql");
     let out = std::process::Command::new(&old.spec.binaries.dump)
-        .arg(format!("--defaults-file={}", old.spec.config_path().display()))
+        .arg(format!(
+            "--defaults-file={}",
+            old.spec.config_path().display()
+        ))
         .args(["--single-transaction", "--triggers", "--hex-blob", "blog"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&dump, &out.stdout).unwrap();
 
     let new = TestServer::new(&t.path().join("new"));
@@ -66,7 +75,8 @@ fn a_dump_file_and_a_running_server_import_into_a_managed_server() {
     assert_eq!(report.tables, 2);
     assert_eq!(checksum(&mut n, "wordpress2.posts"), posts);
     // The trigger came along and works.
-    n.query_drop("INSERT INTO wordpress2.posts (title) VALUES ('new')").unwrap();
+    n.query_drop("INSERT INTO wordpress2.posts (title) VALUES ('new')")
+        .unwrap();
     let count: Option<u64> = n.query_first("SELECT n FROM wordpress2.counts").unwrap();
     assert_eq!(count, Some(201));
     // No source password was left behind.
@@ -87,6 +97,9 @@ fn a_dump_file_and_a_running_server_import_into_a_managed_server() {
     )
     .unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("mariadb-dump") && text.contains("Access denied"), "{text}");
+    assert!(
+        text.contains("mariadb-dump") && text.contains("Access denied"),
+        "{text}"
+    );
     assert!(!text.contains("not-the-password"), "{text}");
 }

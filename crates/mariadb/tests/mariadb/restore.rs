@@ -23,7 +23,13 @@ struct Write {
 }
 
 fn write_rows(spec: &lifeboat_mariadb::ServerSpec, first: u64, n: u64, log: &Mutex<Vec<Write>>) {
-    write_rows_until(spec, first, n, log, &std::sync::atomic::AtomicBool::new(false))
+    write_rows_until(
+        spec,
+        first,
+        n,
+        log,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
 }
 
 fn write_rows_until(
@@ -39,7 +45,8 @@ fn write_rows_until(
             break;
         }
         let sent_at = OffsetDateTime::now_utc();
-        conn.exec_drop("INSERT INTO app.t (id, v) VALUES (?, 'row')", (id,)).unwrap();
+        conn.exec_drop("INSERT INTO app.t (id, v) VALUES (?, 'row')", (id,))
+            .unwrap();
         let gtid: String = conn.query_first("SELECT @@last_gtid").unwrap().unwrap();
         log.lock().unwrap().push(Write {
             id,
@@ -52,18 +59,25 @@ fn write_rows_until(
 /// Polls capture until it has handed out `end` (the server's last GTID).
 fn capture_until(cap: &mut BinlogCapture, end: Gtid) -> Vec<TransactionRecord> {
     let mut all = Vec::new();
-    wait_for("capture to receive every transaction", Duration::from_secs(60), || {
-        let recs = cap.poll_wait(Duration::from_millis(100)).unwrap();
-        all.extend(recs);
-        all.last().is_some_and(|r: &TransactionRecord| r.gtid == end)
-    });
+    wait_for(
+        "capture to receive every transaction",
+        Duration::from_secs(60),
+        || {
+            let recs = cap.poll_wait(Duration::from_millis(100)).unwrap();
+            all.extend(recs);
+            all.last()
+                .is_some_and(|r: &TransactionRecord| r.gtid == end)
+        },
+    );
     all
 }
 
 fn setup(root: &std::path::Path) -> (TestServer, BinlogCapture) {
     let s = TestServer::new(root);
     s.conn()
-        .query_drop("CREATE DATABASE app; CREATE TABLE app.t (id BIGINT PRIMARY KEY, v VARCHAR(20))")
+        .query_drop(
+            "CREATE DATABASE app; CREATE TABLE app.t (id BIGINT PRIMARY KEY, v VARCHAR(20))",
+        )
         .unwrap();
     let cap = BinlogCapture::open(
         &root.join("capture"),
@@ -80,7 +94,11 @@ fn restored_ids(root: &std::path::Path) -> (lifeboat_mariadb::ServerSpec, BTreeS
     spec.port = None;
     let ids = {
         let server = spec.start(START).unwrap();
-        let ids: Vec<u64> = spec.connect_admin().unwrap().query("SELECT id FROM app.t").unwrap();
+        let ids: Vec<u64> = spec
+            .connect_admin()
+            .unwrap()
+            .query("SELECT id FROM app.t")
+            .unwrap();
         server.stop(Duration::from_secs(60)).unwrap();
         ids
     };
@@ -102,15 +120,19 @@ fn a_restore_to_t_holds_exactly_the_transactions_received_at_or_before_t() {
             })
         })
         .collect();
-    wait_for("the writers to pass 300 rows", Duration::from_secs(60), || {
-        log.lock().unwrap().len() >= 300
-    });
+    wait_for(
+        "the writers to pass 300 rows",
+        Duration::from_secs(60),
+        || log.lock().unwrap().len() >= 300,
+    );
     let base = take_base_backup(&s.spec, &t.path().join("base")).unwrap();
     assert!(!base.info.gtid_pos.is_empty());
     let at_base = log.lock().unwrap().len();
-    wait_for("1500 more rows after the base", Duration::from_secs(120), || {
-        log.lock().unwrap().len() >= at_base + 1500
-    });
+    wait_for(
+        "1500 more rows after the base",
+        Duration::from_secs(120),
+        || log.lock().unwrap().len() >= at_base + 1500,
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in writers {
         w.join().unwrap();
@@ -123,13 +145,17 @@ fn a_restore_to_t_holds_exactly_the_transactions_received_at_or_before_t() {
         .iter()
         .filter(|r| !base.info.gtid_pos.contains(r.gtid))
         .collect();
-    assert!(after_base.len() > 1000, "{} transactions after the base", after_base.len());
+    assert!(
+        after_base.len() > 1000,
+        "{} transactions after the base",
+        after_base.len()
+    );
     let mut i = after_base.len() * 2 / 3;
     while after_base[i + 1].received_at == after_base[i].received_at {
         i += 1;
     }
-    let cut = after_base[i].received_at
-        + (after_base[i + 1].received_at - after_base[i].received_at) / 2;
+    let cut =
+        after_base[i].received_at + (after_base[i + 1].received_at - after_base[i].received_at) / 2;
 
     let report = restore(
         &TestServer::spec_in(&t.path().join("r")),
@@ -140,7 +166,11 @@ fn a_restore_to_t_holds_exactly_the_transactions_received_at_or_before_t() {
     )
     .unwrap();
     assert_eq!(report.last, Some(after_base[i].gtid));
-    assert!(report.tables_checked.contains(&"app.t".to_string()), "{:?}", report.tables_checked);
+    assert!(
+        report.tables_checked.contains(&"app.t".to_string()),
+        "{:?}",
+        report.tables_checked
+    );
 
     let received_by_t: BTreeSet<Gtid> = history
         .iter()
@@ -154,12 +184,19 @@ fn a_restore_to_t_holds_exactly_the_transactions_received_at_or_before_t() {
         .map(|w| w.id)
         .collect();
     let (_, got) = restored_ids(&t.path().join("r"));
-    assert_eq!(got, expected, "the restore holds exactly the rows received by T");
+    assert_eq!(
+        got, expected,
+        "the restore holds exactly the rows received by T"
+    );
     // None after: every restored row was sent to the server at or before T.
     for w in log.iter().filter(|w| got.contains(&w.id)) {
         assert!(w.sent_at <= cut, "row {} was sent after T", w.id);
     }
-    assert!(got.len() > at_base && got.len() < log.len(), "{} rows", got.len());
+    assert!(
+        got.len() > at_base && got.len() < log.len(),
+        "{} rows",
+        got.len()
+    );
 }
 
 #[test]
@@ -176,8 +213,14 @@ fn a_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it() {
     let target = log.iter().find(|w| w.id == 321).unwrap().gtid;
 
     let spec = TestServer::spec_in(&t.path().join("r"));
-    let report = restore(&spec, ADMIN_PASSWORD, &base, &history, &RestoreTarget::Gtid(target))
-        .unwrap();
+    let report = restore(
+        &spec,
+        ADMIN_PASSWORD,
+        &base,
+        &history,
+        &RestoreTarget::Gtid(target),
+    )
+    .unwrap();
     assert_eq!(report.last, Some(target));
     assert_eq!(report.gtid_pos.get(0), Some(target));
     let (spec, got) = restored_ids(&t.path().join("r"));
@@ -199,7 +242,10 @@ fn a_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it() {
     .unwrap_err();
     assert!(matches!(e, MariaDbError::CannotRestore { .. }), "{e}");
     assert!(e.to_string().contains("older base"), "{e}");
-    let beyond = Gtid { seq: end.seq + 10, ..end };
+    let beyond = Gtid {
+        seq: end.seq + 10,
+        ..end
+    };
     let e = restore(
         &TestServer::spec_in(&t.path().join("r3")),
         ADMIN_PASSWORD,

@@ -11,7 +11,11 @@ fn a_new_server_serves_its_app_user_with_binlog_gtid_and_durable_commits() {
     let t = tmpdir();
     let mut s = TestServer::new(t.path());
     let cmd = s.spec.command();
-    assert!(cmd.args[0].to_string_lossy().starts_with("--defaults-file="));
+    assert!(
+        cmd.args[0]
+            .to_string_lossy()
+            .starts_with("--defaults-file=")
+    );
     if nix::unistd::geteuid().is_root() {
         assert!(cmd.args.iter().any(|a| a == "--user=root"));
     }
@@ -23,7 +27,12 @@ fn a_new_server_serves_its_app_user_with_binlog_gtid_and_durable_commits() {
              'bind_address', 'socket', 'pid_file', 'tmpdir')",
         )
         .unwrap();
-    let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap();
+    let get = |n: &str| {
+        vars.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
     assert_eq!(get("log_bin"), "ON");
     assert_eq!(get("binlog_format"), "ROW");
     assert_eq!(get("gtid_strict_mode"), "ON");
@@ -36,11 +45,15 @@ fn a_new_server_serves_its_app_user_with_binlog_gtid_and_durable_commits() {
     // Nobody gets in as root without the password, over TCP or the socket.
     assert!(tcp_conn(s.spec.port.unwrap(), "root", "", None).is_err());
 
-    s.spec.create_app_database("wordpress", "wp", "first-pass").unwrap();
+    s.spec
+        .create_app_database("wordpress", "wp", "first-pass")
+        .unwrap();
     let port = s.spec.port.unwrap();
     let mut app = tcp_conn(port, "wp", "first-pass", Some("wordpress")).unwrap();
-    app.query_drop("CREATE TABLE posts (id INT PRIMARY KEY, title TEXT)").unwrap();
-    app.query_drop("INSERT INTO posts VALUES (1, 'hello')").unwrap();
+    app.query_drop("CREATE TABLE posts (id INT PRIMARY KEY, title TEXT)")
+        .unwrap();
+    app.query_drop("INSERT INTO posts VALUES (1, 'hello')")
+        .unwrap();
     // The app's user sees its own database only.
     assert!(app.query_drop("SELECT * FROM mysql.user").is_err());
 
@@ -50,7 +63,10 @@ fn a_new_server_serves_its_app_user_with_binlog_gtid_and_durable_commits() {
     let n: Option<u64> = app.query_first("SELECT COUNT(*) FROM posts").unwrap();
     assert_eq!(n, Some(1));
     let pos = s.spec.gtid_binlog_pos().unwrap();
-    assert!(pos.get(0).is_some_and(|g| g.server_id == 1 && g.seq >= 4), "{pos}");
+    assert!(
+        pos.get(0).is_some_and(|g| g.server_id == 1 && g.seq >= 4),
+        "{pos}"
+    );
 
     // A clean stop, and the same data dir starts again.
     s.stop();
