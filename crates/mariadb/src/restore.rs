@@ -103,6 +103,19 @@ pub fn select_transactions<'a>(
         if reached && matches!(target, RestoreTarget::Gtid(_)) {
             break;
         }
+        if base_pos.contains(r.gtid) {
+            // In the base. If capture received it after T, the base itself is past T (its
+            // consistent point came after that receipt): an older base is needed.
+            if let RestoreTarget::Time(t) = target
+                && r.received_at > *t
+            {
+                return Err(cannot(format!(
+                    "the base backup already holds {}, received after it; restore from an older base",
+                    r.gtid
+                )));
+            }
+            continue;
+        }
         if pos.contains(r.gtid) {
             continue;
         }
@@ -390,4 +403,74 @@ pub fn check_all_tables(spec: &ServerSpec, data_dir_for_report: &Path) -> Result
         checked.push(name);
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use time::Duration as Span;
+
+    use super::*;
+
+    fn rec(seq: u64, received_ms: i64) -> TransactionRecord {
+        TransactionRecord {
+            epoch: 1,
+            seq,
+            gtid: Gtid {
+                domain: 0,
+                server_id: 1,
+                seq,
+            },
+            server_time: 0,
+            received_at: OffsetDateTime::UNIX_EPOCH + Span::milliseconds(received_ms),
+            format: Arc::new(Vec::new()),
+            events: Vec::new(),
+        }
+    }
+
+    fn at(ms: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Span::milliseconds(ms)
+    }
+
+    fn seqs(v: Vec<&TransactionRecord>) -> Vec<u64> {
+        v.into_iter().map(|r| r.gtid.seq).collect()
+    }
+
+    #[test]
+    fn a_time_target_takes_the_prefix_received_by_t_after_the_base() {
+        let history: Vec<_> = (1..=10).map(|s| rec(s, s as i64 * 10)).collect();
+        let base: GtidPos = "0-1-3".parse().unwrap();
+        let got = select_transactions(&base, at(35), &history, &RestoreTarget::Time(at(75)));
+        assert_eq!(seqs(got.unwrap()), vec![4, 5, 6, 7]);
+        // Exactly at T is included.
+        let got = select_transactions(&base, at(35), &history, &RestoreTarget::Time(at(70)));
+        assert_eq!(seqs(got.unwrap()), vec![4, 5, 6, 7]);
+        // Before the base: refused.
+        let e = select_transactions(&base, at(35), &history, &RestoreTarget::Time(at(20)));
+        assert!(e.unwrap_err().to_string().contains("older base"));
+        // The base holds a transaction received after T: refused too.
+        let e = select_transactions(&base, at(5), &history, &RestoreTarget::Time(at(25)));
+        assert!(e.unwrap_err().to_string().contains("older base"));
+    }
+
+    #[test]
+    fn a_gtid_target_stops_at_it_and_a_hole_is_never_crossed() {
+        let history: Vec<_> = (1..=10).map(|s| rec(s, s as i64)).collect();
+        let base = GtidPos::new();
+        let g = Gtid {
+            domain: 0,
+            server_id: 1,
+            seq: 6,
+        };
+        let got = select_transactions(&base, at(0), &history, &RestoreTarget::Gtid(g));
+        assert_eq!(seqs(got.unwrap()), (1..=6).collect::<Vec<_>>());
+        let mut holed = history.clone();
+        holed.remove(4);
+        let e = select_transactions(&base, at(0), &holed, &RestoreTarget::Latest).unwrap_err();
+        assert!(e.to_string().contains("transactions are missing"), "{e}");
+        // Before the hole it is fine.
+        let got = select_transactions(&base, at(0), &holed, &RestoreTarget::Time(at(4)));
+        assert_eq!(seqs(got.unwrap()), vec![1, 2, 3, 4]);
+    }
 }
