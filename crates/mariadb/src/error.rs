@@ -101,6 +101,26 @@ pub enum MariaDbError {
         /// Where the server writes its errors.
         error_log: PathBuf,
     },
+    /// The server did not stop after SIGTERM in time and was killed.
+    #[error(
+        "mariadbd on {socket} did not stop within {waited_s} s of SIGTERM and was killed; InnoDB recovers at the next start; look at its error log {error_log} for why the shutdown was slow"
+    )]
+    DidNotStop {
+        /// Its socket.
+        socket: PathBuf,
+        /// How long we waited.
+        waited_s: u64,
+        /// The error log.
+        error_log: PathBuf,
+    },
+    /// The generated config is missing or lacks what Lifeboat put there.
+    #[error("the MariaDB config {path} {problem}; write it again with ServerSpec::write_config")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The server process exited while it was expected to run.
     #[error(
         "mariadbd exited ({status}) before it was ready; its error log {error_log} says: {log_tail}"

@@ -231,13 +231,16 @@ impl ServerSpec {
     /// The admin password stored in the config.
     pub fn admin_password(&self) -> Result<String> {
         let path = self.config_path();
-        let text = fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
+        let text = fs::read_to_string(&path).map_err(|e| MariaDbError::BadConfig {
+            path: path.clone(),
+            problem: format!("cannot be read ({e})"),
+        })?;
         text.lines()
             .find_map(|l| l.strip_prefix("password="))
             .map(str::to_string)
-            .ok_or_else(|| MariaDbError::BadPositionFile {
+            .ok_or_else(|| MariaDbError::BadConfig {
                 path,
-                problem: "it holds no admin password; write it again with write_config".into(),
+                problem: "holds no admin password".into(),
             })
     }
 
@@ -614,10 +617,9 @@ impl Server {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(MariaDbError::NotReady {
+                    return Err(MariaDbError::DidNotStop {
                         socket: self.spec.socket(),
                         waited_s: timeout.as_secs(),
-                        last_error: "it did not stop after SIGTERM and was killed".into(),
                         error_log: self.spec.error_log(),
                     });
                 }

@@ -274,3 +274,101 @@ fn capture_receives_a_commit_within_milliseconds_and_waits_for_a_restarted_serve
     assert_eq!(recs.len(), 1);
     assert!(cap.status().reconnects >= 1);
 }
+
+#[test]
+fn a_gap_in_gtids_stops_capture_until_it_restarts_from_a_new_base() {
+    let t = tmpdir();
+    let s = TestServer::new(t.path());
+    let mut conn = s.conn();
+    conn.query_drop("CREATE DATABASE app; CREATE TABLE app.t (id BIGINT PRIMARY KEY)")
+        .unwrap();
+    let start = s.spec.gtid_binlog_pos().unwrap();
+    let mut cap = BinlogCapture::open(
+        &t.path().join("state"),
+        CaptureSource::from_spec(&s.spec).unwrap(),
+        &start,
+        CaptureOptions::default(),
+    )
+    .unwrap();
+    conn.query_drop("INSERT INTO app.t VALUES (1)").unwrap();
+    let before = start.get(0).unwrap().seq;
+    // The server itself writes a GTID ten past the next one (strict mode allows a jump).
+    conn.query_drop(format!(
+        "SET SESSION gtid_seq_no = {}; INSERT INTO app.t VALUES (2)",
+        before + 12
+    ))
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut err = None;
+    wait_for("capture to report the gap", Duration::from_secs(30), || {
+        match cap.poll_wait(Duration::from_millis(100)) {
+            Ok(r) => seen.extend(r),
+            Err(e) => err = Some(e),
+        }
+        err.is_some()
+    });
+    assert_eq!(
+        seen.len(),
+        1,
+        "the transaction before the gap is handed out"
+    );
+    let e = err.unwrap();
+    assert!(
+        matches!(e, lifeboat_mariadb::MariaDbError::GtidGap { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("Take a new base backup"), "{e}");
+    // Reported again, never skipped.
+    assert!(cap.poll_wait(Duration::from_millis(300)).is_err());
+    cap.confirm_durable(seen[0].seq).unwrap();
+
+    let base = lifeboat_mariadb::take_base_backup(&s.spec, &t.path().join("base")).unwrap();
+    cap.restart_from_base(&base.info.gtid_pos).unwrap();
+    conn.query_drop("INSERT INTO app.t VALUES (3)").unwrap();
+    let recs = cap.poll_wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].gtid.seq, before + 13);
+    assert_eq!(recs[0].seq, seen[0].seq + 1, "capture's own seqs continue");
+    drop(cap);
+
+    // Binlogs purged past the saved position: the server says so, capture names the fix.
+    conn.query_drop("FLUSH BINARY LOGS").unwrap();
+    let (current, _, _, _): (String, u64, String, String) =
+        conn.query_first("SHOW MASTER STATUS").unwrap().unwrap();
+    // The server keeps a file a stream still reads (the dropped capture's, until its next
+    // heartbeat): purge until the old files are gone.
+    wait_for(
+        "the old binlogs to be purged",
+        Duration::from_secs(30),
+        || {
+            conn.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
+                .unwrap();
+            let logs: Vec<(String, u64)> = conn.query("SHOW BINARY LOGS").unwrap();
+            logs.len() == 1
+        },
+    );
+    let mut cap = BinlogCapture::open(
+        &t.path().join("state-old"),
+        CaptureSource::from_spec(&s.spec).unwrap(),
+        &start,
+        CaptureOptions::default(),
+    )
+    .unwrap();
+    let mut err = None;
+    wait_for(
+        "capture to report purged logs",
+        Duration::from_secs(30),
+        || {
+            if let Err(e) = cap.poll_wait(Duration::from_millis(100)) {
+                err = Some(e);
+            }
+            err.is_some()
+        },
+    );
+    let e = err.unwrap();
+    assert!(
+        matches!(e, lifeboat_mariadb::MariaDbError::BinlogPurged { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("take a new base backup"), "{e}");
+}
