@@ -65,3 +65,10 @@ pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history}
 pub use restore::{RestoreReport, RestoreTarget, check_all_tables, restore, select_transactions};
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;
+
+// Capture runs on a worker thread of its own (e.g. `spawn_blocking`).
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<BinlogCapture>();
+    assert_send::<Server>();
+};

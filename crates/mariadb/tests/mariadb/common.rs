@@ -43,9 +43,22 @@ impl TestServer {
     }
 
     pub fn new(root: &Path) -> TestServer {
-        let spec = Self::spec_in(root);
+        let mut spec = Self::spec_in(root);
         spec.initialize(ADMIN_PASSWORD).unwrap();
-        let server = spec.start(START).unwrap();
+        // Another test may take the free port between its pick and the server's bind.
+        let mut tries = 0;
+        let server = loop {
+            match spec.start(START) {
+                Ok(server) => break server,
+                Err(e) if tries < 3 => {
+                    eprintln!("start failed ({e}); trying another port");
+                    tries += 1;
+                    spec.port = Some(free_port());
+                    spec.write_config(ADMIN_PASSWORD).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         TestServer {
             spec,
             server: Some(server),
