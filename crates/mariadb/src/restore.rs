@@ -169,6 +169,9 @@ pub fn restore(
     }
     crate::base::open_base_backup(&base.dir)?;
     copy_base_into(&base.dir, &spec.data_dir)?;
+    if let Some(user) = &spec.os_user {
+        crate::server::chown_to(&spec.data_dir, user)?;
+    }
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
     let gtid_pos = replay(spec, &base.info.gtid_pos, &chosen)?;

@@ -496,7 +496,8 @@ pub fn check_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn chown_to(path: &Path, user: &str) -> Result<()> {
+/// Gives `path` and everything under it to the OS user `user`.
+pub(crate) fn chown_to(path: &Path, user: &str) -> Result<()> {
     let u = nix::unistd::User::from_name(user)
         .ok()
         .flatten()
