@@ -2,7 +2,6 @@
 //! process running capture; how soon a commit is received.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -10,66 +9,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lifeboat_mariadb::{
-    BinlogCapture, CaptureOptions, CaptureSource, GtidPos, TransactionRecord, decode_batch,
-    encode_batch, resolve_history,
+    BinlogCapture, CaptureOptions, CaptureSource, TransactionRecord, decode_batch, resolve_history,
 };
 use mysql::prelude::Queryable;
 use time::OffsetDateTime;
 
 use crate::common::*;
 
-const CHILD_ENV: &str = "LB_MARIADB_CAPTURE_CHILD";
-
-/// The capture process of `every_transaction_is_captured_once_across_kill_9`: captures and
-/// "ships" each batch as a file (written, fsynced, renamed), then confirms it. Does nothing
-/// unless started by that test.
-#[test]
-#[ignore = "started as a separate process by every_transaction_is_captured_once_across_kill_9"]
-fn capture_child_process() {
-    let Ok(args) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut parts = args.split('\n');
-    let socket = PathBuf::from(parts.next().unwrap());
-    let state = PathBuf::from(parts.next().unwrap());
-    let out = PathBuf::from(parts.next().unwrap());
-    let source = CaptureSource {
-        socket,
-        user: "root".into(),
-        password: ADMIN_PASSWORD.into(),
-    };
-    let mut cap =
-        BinlogCapture::open(&state, source, &GtidPos::new(), CaptureOptions::default()).unwrap();
-    loop {
-        let records = cap.poll_wait(Duration::from_millis(100)).unwrap();
-        let Some(last) = records.last() else { continue };
-        let name = format!("{:010}-{:020}", last.epoch, records[0].seq);
-        let tmp = out.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp).unwrap();
-        f.write_all(&encode_batch(&records)).unwrap();
-        f.sync_all().unwrap();
-        std::fs::rename(&tmp, out.join(format!("{name}.batch"))).unwrap();
-        cap.confirm_durable(last.seq).unwrap();
-    }
-}
-
+/// The capture process `every_transaction_is_captured_once_across_kill_9` starts and kills
+/// (`src/bin/mariadb-capture-test-child.rs`).
 fn spawn_capture(socket: &Path, state: &Path, out: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "capture::capture_child_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(
-            CHILD_ENV,
-            format!(
-                "{}\n{}\n{}",
-                socket.display(),
-                state.display(),
-                out.display()
-            ),
-        )
+    Command::new(env!("CARGO_BIN_EXE_mariadb-capture-test-child"))
+        .arg(socket)
+        .args(["root", ADMIN_PASSWORD])
+        .arg(state)
+        .arg(out)
         .spawn()
         .unwrap()
 }
