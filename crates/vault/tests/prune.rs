@@ -2,11 +2,14 @@
 //! prune away from running backups, and a dead process's lock blocks nobody.
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use lifeboat_vault::{
-    BackupOptions, Error, KeepPolicy, LockKind, PruneOptions, RestoreOptions, VerifyOptions,
+    BackupOptions, Error, KeepPolicy, LockKind, PruneFaultHook, PruneOptions, PruneStep,
+    RestoreOptions, VerifyOptions,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,4 +110,82 @@ async fn a_lock_left_by_a_dead_process_does_not_block() {
         !t.path().join("repo/locks/0123456789abcdef").exists(),
         "the dead lock is cleaned up"
     );
+}
+
+/// Makes every file under `dir` look last modified `ago` in the past.
+fn age_files(dir: &Path, ago: Duration) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            age_files(&p, ago);
+        } else {
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - ago).unwrap();
+        }
+    }
+}
+
+/// Regression: with `--unindexed-grace 0s`, a prune that crossed a second boundary between
+/// repacking and its sweep of unindexed leftovers deleted the packs it had just repacked into
+/// (no index it read at its start names them), so the snapshots it kept lost blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_that_outlasts_the_grace_period_keeps_the_packs_it_repacked_into() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("site");
+    make_tree(&src, 2_000_000);
+    let repo = new_repo(t.path()).await;
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    // A changed file leaves the first backup's packs partly used: prune repacks them.
+    std::fs::write(src.join("uploads/2026/01/photo.jpg"), noise(9, 300_000)).unwrap();
+    let kept = repo
+        .backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let policy = KeepPolicy {
+        last: 1,
+        ..Default::default()
+    };
+    repo.forget(&policy, false, Duration::ZERO).await.unwrap();
+
+    // Just before its sweep, every pack looks older than the grace period, as when a prune
+    // takes longer than the grace.
+    let data = t.path().join("repo/data");
+    let stall: PruneFaultHook = Arc::new(move |step| {
+        if step == PruneStep::PacksDeleted {
+            age_files(&data, Duration::from_secs(2 * 3600));
+        }
+    });
+    let summary = repo
+        .prune(&PruneOptions {
+            unindexed_grace: Duration::from_secs(3600),
+            fault: Some(stall),
+            ..PruneOptions::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        summary.packs_repacked >= 1 && summary.packs_written >= 1,
+        "the case needs a repack: {summary:?}"
+    );
+
+    let report = repo
+        .verify(&VerifyOptions {
+            read_data: true,
+            destination: None,
+        })
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let out = t.path().join("restored");
+    repo.restore(
+        kept.snapshot.tree,
+        &out,
+        &RestoreOptions::default(),
+        no_progress(),
+    )
+    .await
+    .unwrap();
+    assert_same_tree(&src, &out);
 }
