@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use lifeboat_vault::{
-    BackupOptions, Error, KeepPolicy, LockKind, PruneFaultHook, PruneOptions, PruneStep,
-    RestoreOptions, VerifyOptions,
+    BackupOptions, Error, Id, KeepPolicy, LockKind, PruneFaultHook, PruneOptions, PruneStep,
+    Repository, RestoreOptions, VerifyOptions,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,23 +131,7 @@ fn age_files(dir: &Path, ago: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_that_outlasts_the_grace_period_keeps_the_packs_it_repacked_into() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("site");
-    make_tree(&src, 2_000_000);
-    let repo = new_repo(t.path()).await;
-    repo.backup(&[&src], &BackupOptions::default(), no_progress())
-        .await
-        .unwrap();
-    // A changed file leaves the first backup's packs partly used: prune repacks them.
-    std::fs::write(src.join("uploads/2026/01/photo.jpg"), noise(9, 300_000)).unwrap();
-    let kept = repo
-        .backup(&[&src], &BackupOptions::default(), no_progress())
-        .await
-        .unwrap();
-    let policy = KeepPolicy {
-        last: 1,
-        ..Default::default()
-    };
-    repo.forget(&policy, false, Duration::ZERO).await.unwrap();
+    let (repo, kept) = repository_with_work_for_prune(t.path()).await;
 
     // Just before its sweep, every pack looks older than the grace period, as when a prune
     // takes longer than the grace.
@@ -170,6 +154,46 @@ async fn a_prune_that_outlasts_the_grace_period_keeps_the_packs_it_repacked_into
         "the case needs a repack: {summary:?}"
     );
 
+    assert_intact(t.path(), kept, "after a prune that outlasted its grace").await;
+}
+
+/// Two backups of a tree with a changed file and the first one forgotten: a prune of it
+/// repacks, writes a new index, replaces the old ones and deletes packs. Returns the kept
+/// snapshot's tree.
+async fn repository_with_work_for_prune(dir: &Path) -> (Arc<Repository>, Id) {
+    let src = dir.join("site");
+    make_tree(&src, 2_000_000);
+    let repo = new_repo(dir).await;
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    std::fs::write(src.join("uploads/2026/01/photo.jpg"), noise(9, 300_000)).unwrap();
+    let kept = repo
+        .backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let policy = KeepPolicy {
+        last: 1,
+        ..Default::default()
+    };
+    repo.forget(&policy, false, Duration::ZERO).await.unwrap();
+    (repo, kept.snapshot.tree)
+}
+
+/// The repository in `dir` as the next process opens it.
+async fn reopen(dir: &Path) -> Arc<Repository> {
+    let dest = dir.join("repo").to_string_lossy().into_owned();
+    Arc::new(
+        Repository::open(&dest, PASSWORD, &opts(&dir.join("spool")))
+            .await
+            .unwrap(),
+    )
+}
+
+/// The kept snapshot verifies and restores exactly as `dir/site` is, in a freshly opened
+/// repository. Returns how many packs no index names.
+async fn assert_intact(dir: &Path, tree: Id, what: &str) -> u64 {
+    let repo = reopen(dir).await;
     let report = repo
         .verify(&VerifyOptions {
             read_data: true,
@@ -177,15 +201,60 @@ async fn a_prune_that_outlasts_the_grace_period_keeps_the_packs_it_repacked_into
         })
         .await
         .unwrap();
-    assert!(report.is_ok(), "{report:?}");
-    let out = t.path().join("restored");
-    repo.restore(
-        kept.snapshot.tree,
-        &out,
-        &RestoreOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap();
-    assert_same_tree(&src, &out);
+    assert!(report.is_ok(), "{what}: {report:?}");
+    let out = dir.join("restored");
+    let _ = std::fs::remove_dir_all(&out);
+    repo.restore(tree, &out, &RestoreOptions::default(), no_progress())
+        .await
+        .unwrap();
+    assert_same_tree(&dir.join("site"), &out);
+    report.destinations[0].unindexed_packs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_stopped_at_any_step_leaves_the_kept_snapshots_restorable() {
+    for stop_at in [
+        PruneStep::Repacked,
+        PruneStep::IndexWritten,
+        PruneStep::OldIndexesDeleted,
+        PruneStep::PacksDeleted,
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let (repo, kept) = repository_with_work_for_prune(t.path()).await;
+        // The prune stops dead at `stop_at`, as if killed there: nothing after it runs.
+        let stop: PruneFaultHook = Arc::new(move |step| {
+            if step == stop_at {
+                panic!("prune stopped at {step:?}");
+            }
+        });
+        let opts = PruneOptions {
+            unindexed_grace: Duration::ZERO,
+            fault: Some(stop),
+            ..PruneOptions::default()
+        };
+        let stopped = tokio::spawn(async move { repo.prune(&opts).await }).await;
+        assert!(
+            stopped.is_err_and(|e| e.is_panic()),
+            "{stop_at:?} was reached"
+        );
+        // A killed process's lock is dead by its pid; this one ran in the test's own process.
+        std::fs::remove_dir_all(t.path().join("repo/locks")).unwrap();
+        assert_intact(
+            t.path(),
+            kept,
+            &format!("after a prune stopped at {stop_at:?}"),
+        )
+        .await;
+
+        // The next prune, once the leftovers are older than its grace, finishes the work.
+        age_files(&t.path().join("repo/data"), Duration::from_secs(2 * 3600));
+        reopen(t.path())
+            .await
+            .prune(&PruneOptions::default())
+            .await
+            .unwrap();
+        let after = format!("after the prune that followed one stopped at {stop_at:?}");
+        let leftovers = assert_intact(t.path(), kept, &after).await;
+        assert_eq!(leftovers, 0, "{after}: packs no index names are left");
+    }
 }
