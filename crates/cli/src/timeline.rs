@@ -316,6 +316,7 @@ async fn forget(dir: &Path, args: ForgetTimelineArgs, global: &Global) -> anyhow
             repo.prune(&lifeboat_vault::PruneOptions {
                 unindexed_grace: std::time::Duration::from_secs(3600),
                 lock_wait: std::time::Duration::from_secs(60),
+                ..lifeboat_vault::PruneOptions::default()
             })
             .await?,
         )

@@ -311,6 +311,7 @@ async fn run_async(cmd: VaultCommand, global: &Global) -> anyhow::Result<ExitCod
                 .prune(&PruneOptions {
                     unindexed_grace: a.unindexed_grace,
                     lock_wait: a.repo.lock_wait,
+                    ..PruneOptions::default()
                 })
                 .await?;
             output::prune(&summary, json);

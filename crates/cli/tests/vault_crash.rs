@@ -225,7 +225,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
         .ok(&["backup", "--repo", "repo-a", "data"])
         .trim()
         .to_string();
-    let span = started.elapsed().as_millis().max(20) as u64;
+    let mut backup_span = started.elapsed().as_millis().max(20) as u64;
     journal.record(&s, format!("first backup {first}"));
     let mut expected = HashMap::new();
     let copy = s.path("expected/0");
@@ -255,7 +255,7 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
         round += 1;
         mutate(&s, &mut rng, round);
         if backup_kills < 30 || rng.below(2) == 0 {
-            let delay = Duration::from_millis(rng.below(span * 5 / 4));
+            let delay = Duration::from_millis(rng.below(backup_span * 5 / 4));
             match run_and_maybe_kill(
                 &s,
                 &["backup", "--repo", "repo-a", "--lock-wait", "60s", "data"],
@@ -267,8 +267,13 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
                     journal.record(&s, what.clone());
                     assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
                 }
-                Ending::Finished(out, _) => {
-                    journal.record(&s, format!("round {round}: backup {}", out.trim()));
+                Ending::Finished(out, took) => {
+                    let what = format!("round {round}: backup {}", out.trim());
+                    journal.record(&s, what.clone());
+                    assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
+                    // Aim the next kills within how long a backup actually takes now (the
+                    // first one read everything; later ones mostly reuse the parent's).
+                    backup_span = took.as_millis().max(20) as u64;
                     let copy = s.path(&format!("expected/{round}"));
                     copy_tree(&s.path("data"), &copy);
                     let id = out.trim().to_string();
@@ -320,7 +325,11 @@ fn killed_backups_and_prunes_never_damage_the_repository() {
                     assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
                 }
                 Ending::Finished(out, took) => {
-                    journal.record(&s, format!("round {round}: prune ({})", out.trim()));
+                    let what = format!("round {round}: prune ({})", out.trim());
+                    journal.record(&s, what.clone());
+                    // A prune that finished must leave everything verifying too: deleting
+                    // what a kept snapshot needs is damage whether or not a kill follows.
+                    assert_verifies(&s, &journal, &format!("{what} (seed {seed})"));
                     // Aim the next kills within how long a prune actually takes now.
                     prune_span = took.as_millis().max(5) as u64;
                 }

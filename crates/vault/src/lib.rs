@@ -41,7 +41,7 @@ pub use destinations::DestinationStatus;
 pub use error::{Error, Result};
 pub use forget::{Candidate, KeepPolicy, apply_policy};
 pub use lock::{LockKind, RepoLock};
-pub use prune::{PruneOptions, PruneSummary};
+pub use prune::{PruneFaultHook, PruneOptions, PruneStep, PruneSummary};
 pub use repo::{OpenOptions, Repository, S3Credentials, SnapshotEntry};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use verify::{DestinationReport, Problem, VerifyOptions, VerifyReport};

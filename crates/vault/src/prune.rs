@@ -6,8 +6,11 @@
 //! indexes are intact; after it both describe valid packs; packs are deleted only when no
 //! remaining index names them. It holds the exclusive lock, so no backup runs meanwhile;
 //! packs no index names yet are deleted only when older than a grace period, in case they
-//! belong to a backup whose lock was wrongly judged stale.
+//! belong to a backup whose lock was wrongly judged stale. Prune never deletes a pack its own
+//! new index names, however old that pack looks: the packs it repacked into are named by no
+//! index it read at its start.
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,11 +27,15 @@ use crate::pipeline::PACK_TARGET;
 use crate::repo::{Repository, SnapshotEntry, pack_key};
 
 /// Options of prune.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PruneOptions {
-    /// Packs that no index names are deleted only when older than this.
+    /// Packs that no index names are deleted only when they were older than this when prune
+    /// read the index.
     pub unindexed_grace: Duration,
     pub lock_wait: Duration,
+    /// Called at each step of prune (tests only: to crash or stall it exactly there).
+    #[doc(hidden)]
+    pub fault: Option<PruneFaultHook>,
 }
 
 impl Default for PruneOptions {
@@ -36,9 +43,38 @@ impl Default for PruneOptions {
         PruneOptions {
             unindexed_grace: Duration::from_secs(3600),
             lock_wait: Duration::from_secs(0),
+            fault: None,
         }
     }
 }
+
+impl std::fmt::Debug for PruneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PruneOptions")
+            .field("unindexed_grace", &self.unindexed_grace)
+            .field("lock_wait", &self.lock_wait)
+            .field("fault", &self.fault.as_ref().map(|_| "<hook>"))
+            .finish()
+    }
+}
+
+/// A step of prune, for tests that crash or stall it exactly there.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneStep {
+    /// (1) Every pack written by repacking is stored.
+    Repacked,
+    /// (2) The new index, naming every pack kept or written, is stored.
+    IndexWritten,
+    /// (3) The indexes it replaces are deleted.
+    OldIndexesDeleted,
+    /// (4) The packs no index names any more are deleted; unindexed leftovers come next.
+    PacksDeleted,
+}
+
+/// Called at each [`PruneStep`] (tests only).
+#[doc(hidden)]
+pub type PruneFaultHook = Arc<dyn Fn(PruneStep) + Send + Sync>;
 
 /// What prune did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -131,7 +167,15 @@ impl Repository {
     }
 
     async fn prune_locked(&self, opts: &PruneOptions) -> Result<PruneSummary> {
+        let fault = |step| {
+            if let Some(f) = &opts.fault {
+                f(step);
+            }
+        };
         self.reload_index().await?;
+        // What this prune knows of the repository is the index as read now: a pack no index
+        // names counts as a leftover only if it was older than the grace period already then.
+        let index_read_at = time::OffsetDateTime::now_utc().unix_timestamp();
         let used = self.used_blobs().await?;
         let (old_indexes, blobs, packs) = {
             let i = self.index.read().unwrap();
@@ -201,6 +245,12 @@ impl Repository {
                 summary.packs_written += 1;
             }
         }
+        fault(PruneStep::Repacked);
+        // Every pack the new index names, including those just written by repacking, which no
+        // index read at the start names: the sweep of unindexed leftovers below must spare
+        // them whatever their age (with a grace of 0 s, a pack written a second before the
+        // sweep already looked old enough, and the snapshots whose blobs it held lost them).
+        let named: HashSet<Id> = kept.iter().map(|p| p.id).collect();
         // (2) The new index, (3) then the old ones go.
         if !to_delete.is_empty() || old_indexes.len() > 1 {
             let index = IndexFile {
@@ -208,26 +258,29 @@ impl Repository {
                 packs: kept,
             };
             let new_id = self.write_object("index", &index, b"index").await?;
+            fault(PruneStep::IndexWritten);
             for old in &old_indexes {
                 if *old != new_id {
                     self.dests.delete(&format!("index/{old}")).await?;
                     summary.indexes_replaced += 1;
                 }
             }
+            fault(PruneStep::OldIndexesDeleted);
         }
         // (4) Packs no index names any more, and old unindexed leftovers of crashed backups.
         for pack in &to_delete {
             self.dests.delete(&pack_key(pack)).await?;
             summary.packs_deleted += 1;
         }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        fault(PruneStep::PacksDeleted);
         for o in self.dests.list("data").await? {
             let Ok(id) = Id::from_hex(o.key.rsplit('/').next().unwrap_or("")) else {
                 continue;
             };
             if !packs.contains_key(&id)
+                && !named.contains(&id)
                 && !to_delete.contains(&id)
-                && now - o.modified > opts.unindexed_grace.as_secs() as i64
+                && index_read_at - o.modified > opts.unindexed_grace.as_secs() as i64
             {
                 self.dests.delete(&o.key).await?;
                 summary.packs_deleted += 1;
