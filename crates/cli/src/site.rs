@@ -29,6 +29,10 @@ pub enum SiteCommand {
     Logs(LogsArgs),
     /// Stop the site: drain the front door, stop every instance, stop the daemon.
     Down,
+    /// Move the primary role of a site on several nodes to another node, e.g. before taking
+    /// the primary's machine down for maintenance. Run it on the primary; requests are held
+    /// for the moment of the switch, none fails.
+    Switchover(SwitchoverArgs),
     /// Run a command against the live state the way the site's processes see it, e.g.
     /// `lifeboat exec -- python manage.py migrate`: from the site dir, with the process's
     /// environment, and after a rewind with the restored state at the site's own paths.
@@ -40,6 +44,13 @@ pub enum SiteCommand {
     /// `lifeboat_control::view::hold_databases`).
     #[command(name = "__hold-sqlite", hide = true)]
     HoldSqlite(HoldArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SwitchoverArgs {
+    /// The standby that takes over.
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +172,7 @@ pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
             }
             SiteCommand::Status => run::status(&global.dir, global).await,
             SiteCommand::Maintenance(m) => run::maintenance(&global.dir, m, global).await,
+            SiteCommand::Switchover(a) => run::switchover(&global.dir, &a.to, global).await,
             SiteCommand::Scale(s) => run::scale(&global.dir, s, global).await,
             SiteCommand::Events(e) => run::events(&global.dir, e, global).await,
             SiteCommand::Logs(l) => run::logs(&global.dir, l).await,

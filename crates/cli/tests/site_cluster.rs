@@ -423,7 +423,7 @@ fn writer(cluster: &Cluster, from: usize, to: usize, tag: &str) -> std::process:
          \x20 n += 1\n\
          \x20 text = '{tag}-%d' % n\n\
          \x20 try:\n\
-         \x20   r = urllib.request.urlopen(urllib.request.Request({url:?}, data=('text=' + text).encode(), method='POST'), timeout=3)\n\
+         \x20   r = urllib.request.urlopen(urllib.request.Request({url:?}, data=('text=' + text).encode(), method='POST'), timeout=15)\n\
          \x20   if r.status == 201: print('acked', text, flush=True)\n\
          \x20 except Exception as e:\n\
          \x20   print('failed', text, e, flush=True); time.sleep(0.05)\n"
@@ -438,22 +438,30 @@ fn writer(cluster: &Cluster, from: usize, to: usize, tag: &str) -> std::process:
         .expect("start the writer")
 }
 
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Reads a writer's lines in the background; the acknowledged texts so far.
-fn collect(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+fn collect(child: &mut std::process::Child) -> Lines {
+    collect_both(child).0
+}
+
+/// Reads a writer's lines in the background; the acknowledged texts and the failures so far.
+fn collect_both(child: &mut std::process::Child) -> (Lines, Lines) {
     use std::io::BufRead;
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (acked, failed): (Lines, Lines) = Default::default();
     let out = child.stdout.take().unwrap();
-    let sink = acked.clone();
+    let (sink, failures) = (acked.clone(), failed.clone());
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             if let Some(text) = line.strip_prefix("acked ") {
                 sink.lock().unwrap().push(text.to_string());
             } else {
                 eprintln!("writer: {line}");
+                failures.lock().unwrap().push(line);
             }
         }
     });
-    acked
+    (acked, failed)
 }
 
 /// `durability = "sync"`: writes go on through a standby's front door while the primary's
@@ -604,4 +612,78 @@ fn losing_one_etcd_member_changes_nothing() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `lifeboat switchover --to NODE` moves the primary role with no failed request: writers
+/// through a standby's front door and straight at the primary's keep going, every write is
+/// acknowledged and on the new primary.
+#[test]
+fn switchover_moves_the_primary_without_a_failed_request() {
+    let cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let to = others[0];
+    cluster.wait_or_explain("the successor to stream from the primary", || {
+        cluster
+            .status(to)
+            .is_some_and(|s| s["replica"]["state"] == "streaming" && s["replica"]["ready"] == true)
+    });
+    let mut at_primary = writer(&cluster, primary, primary, "at-primary");
+    let mut via_standby = writer(&cluster, others[1], others[1], "via-standby");
+    let (acked_a, failed_a) = collect_both(&mut at_primary);
+    let (acked_b, failed_b) = collect_both(&mut via_standby);
+    cluster.wait_or_explain("writes acknowledged before the switchover", || {
+        acked_a.lock().unwrap().len() >= 10 && acked_b.lock().unwrap().len() >= 10
+    });
+    let out = common::cli(
+        &cluster.site(primary),
+        &["switchover", "--to", &format!("n{}", to + 1)],
+    );
+    assert!(
+        out.status.success(),
+        "switchover failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    let (next, next_term) = cluster.wait_for_primary(&[0, 1, 2]);
+    assert_eq!(next, to);
+    assert!(next_term > term);
+    let (a, b) = (acked_a.lock().unwrap().len(), acked_b.lock().unwrap().len());
+    cluster.wait_or_explain("writes acknowledged after the switchover", || {
+        acked_a.lock().unwrap().len() >= a + 10 && acked_b.lock().unwrap().len() >= b + 10
+    });
+    for child in [&mut at_primary, &mut via_standby] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let failed: Vec<String> = failed_a
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(failed_b.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed: {failed:?}\n{}",
+        cluster.explain()
+    );
+    let (code, body) = cluster
+        .request(others[1], next, "GET", "/api/entries", "")
+        .expect("the new primary answers");
+    assert_eq!(code, 200, "{body}");
+    let acked: Vec<String> = acked_a
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(acked_b.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }

@@ -154,6 +154,9 @@ pub struct MemberValue {
     pub role: MemberRole,
     pub applied: Position,
     pub health: Health,
+    /// A primary handing over on purpose names its successor here (`lifeboat switchover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hands_over_to: Option<String>,
 }
 
 impl MemberValue {
@@ -164,6 +167,7 @@ impl MemberValue {
             role,
             applied: Position::default(),
             health: Health::Healthy,
+            hands_over_to: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl MemberValue {
                 (MemberRole::Joining, Health::Healthy) => Health::Unhealthy("still joining".into()),
                 (_, h) => h.clone(),
             },
+            hands_over_to: self.hands_over_to.clone(),
         }
     }
 }

@@ -228,6 +228,7 @@ pub(crate) fn router(site: Arc<Site>) -> Router {
         .route("/v1/states", get(states))
         .route("/v1/states/drop", post(drop_states))
         .route("/v1/exec", post(exec_view))
+        .route("/v1/switchover", post(switchover))
         .with_state(site)
 }
 
@@ -380,6 +381,26 @@ async fn events(
         return Ok(Json(site.events_after(after, PAGE, wait).await?));
     }
     Ok(Json(site.last_events(q.last.unwrap_or(PAGE)).await?))
+}
+
+/// `lifeboat switchover --to NODE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    pub to: String,
+}
+
+async fn switchover(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<SwitchoverRequest>,
+) -> Result<Json<crate::node::SwitchoverReport>, Refusal> {
+    let Some(node) = site.node.get().cloned() else {
+        return Err(crate::ControlError::Refused(
+            "this site runs on one machine (no [cluster] in lifeboat.toml): there is no other node to switch over to"
+                .into(),
+        )
+        .into());
+    };
+    Ok(Json(crate::node::switchover(&site, &node, &req.to).await?))
 }
 
 async fn down(State(site): State<Arc<Site>>) -> StatusCode {

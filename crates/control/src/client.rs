@@ -85,6 +85,19 @@ impl ControlClient {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// Moves the primary role of a cluster site to `to` (run on the primary).
+    pub async fn switchover(
+        &self,
+        to: &str,
+    ) -> Result<crate::node::SwitchoverReport, ControlError> {
+        self.call(
+            Method::POST,
+            "/v1/switchover",
+            Some(&crate::api::SwitchoverRequest { to: to.to_string() }),
+        )
+        .await
+    }
+
     /// Asks the daemon to stop the site; returns once the request is accepted.
     pub async fn down(&self) -> Result<(), ControlError> {
         self.post_without_answer("/v1/down").await

@@ -61,6 +61,21 @@ pub enum NodeRole {
     Standby { leader: String, term: u64 },
     /// Stopped writing: its lease ran out or another node took over. It rejoins as a standby.
     Fenced { term: u64, why: String },
+    /// Handing the primary role over to `to` on purpose (`lifeboat switchover`): requests
+    /// are held, instances drain, and it resigns once `to` has everything.
+    HandingOver { term: u64, to: String },
+}
+
+/// What `lifeboat switchover` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverReport {
+    pub from: String,
+    pub to: String,
+    /// The term handed over, and the successor's.
+    pub old_term: u64,
+    pub new_term: u64,
+    /// How long requests were held (none failed).
+    pub held_ms: u64,
 }
 
 /// A standby's copy of the primary's state, in `lifeboat status`.
@@ -236,6 +251,7 @@ impl Node {
             zone: self.info.zone.clone(),
             applied: self.registry.value().applied,
             health: Health::Healthy,
+            hands_over_to: None,
         }
     }
 }
@@ -285,7 +301,8 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
                 term,
                 fence_deadline,
             } if status.may_write(now) => {
-                if node.role() != (NodeRole::Primary { term: term.0 }) {
+                let handing_over = matches!(node.role(), NodeRole::HandingOver { .. });
+                if !handing_over && node.role() != (NodeRole::Primary { term: term.0 }) {
                     promote(&site, &node, term.0).await;
                 }
                 // Wake at the fence deadline at the latest: a renewal that never comes must
@@ -697,14 +714,187 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
     match moved {
         Ok(()) => site.record(EventKind::StateForked {
             state: name,
-            why: format!(
-                "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
-                node.info.node
-            ),
+            why: match node.registry.value().hands_over_to {
+                Some(to) => format!(
+                    "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution until dropped (`lifeboat states drop`)",
+                    node.info.node
+                ),
+                None => format!(
+                    "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
+                    node.info.node
+                ),
+            },
         }),
         Err(e) => site.record(EventKind::CaptureError {
             message: format!("could not keep this node's state aside in {}: {e}", fork.display()),
         }),
+    }
+}
+
+/// `lifeboat switchover --to NODE` on the primary: moves the primary role to `to` without
+/// failing a request. New requests are held at this node's front door (and so at every
+/// standby's, which forward here); this node's instances drain (requests under way finish,
+/// their answers released once `to` has their writes); `to` acknowledges everything captured;
+/// capture ships what is pending and stops; this node names `to` as its successor in its
+/// member key and resigns, so `to` (and no other node) campaigns; once `to` leads and its
+/// front door is healthy here, the held requests go there.
+pub(crate) async fn switchover(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    to: &str,
+) -> Result<SwitchoverReport, crate::ControlError> {
+    use crate::ControlError::Refused;
+    let NodeRole::Primary { term } = node.role() else {
+        return Err(Refused(format!(
+            "{} is not the primary ({}); run `lifeboat switchover` on the primary",
+            node.info.node,
+            match node.role() {
+                NodeRole::Standby { leader, .. } => format!("{leader} is"),
+                _ => "no node is known to be".into(),
+            }
+        )));
+    };
+    if to == node.info.node {
+        return Err(Refused(format!("{to} is the primary already")));
+    }
+    refresh_members(node).await;
+    let target = node
+        .members()
+        .into_iter()
+        .find(|m| m.name == to)
+        .ok_or_else(|| {
+            Refused(format!(
+                "no node named {to} is in the cluster; `lifeboat status` lists them"
+            ))
+        })?;
+    if target.role != "standby" || !target.healthy {
+        return Err(Refused(format!(
+            "{to} is not a healthy standby (it is {}{}); wait until it is",
+            target.role,
+            target
+                .health
+                .as_deref()
+                .map(|h| format!(": {h}"))
+                .unwrap_or_default()
+        )));
+    }
+    let (Some(stream), Some(capture)) = (node.stream(), site.capture.get().cloned()) else {
+        return Err(Refused(
+            "the stream to the standbys is not running yet; wait a moment and try again".into(),
+        ));
+    };
+    let Some(worker) = capture.worker() else {
+        return Err(Refused(
+            "capture is not running yet; try again in a moment".into(),
+        ));
+    };
+    // `to` must be following closely already: a handover must not wait on a restore.
+    let target_node = to.to_string();
+    let position = worker.barrier().await.map_err(|e| Refused(e.to_string()))?;
+    stream
+        .wait_acked(
+            position,
+            move |s| s.node == target_node,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| Refused(format!("{to} is not caught up: {e}")))?;
+    // Capture stops during the handover, and waits for every holder of the worker to let go.
+    drop(worker);
+
+    let started = Instant::now();
+    site.proxy.hold_requests(true);
+    node.set_role(NodeRole::HandingOver {
+        term,
+        to: to.to_string(),
+    });
+    let result = hand_over(site, node, &capture, &stream, term, to).await;
+    let new_term = match &result {
+        Ok(t) => *t,
+        Err(_) => 0,
+    };
+    site.proxy.hold_requests(false);
+    node.registry.update(|v| v.hands_over_to = None);
+    let _ = node.registry.publish_now().await;
+    let held_ms = started.elapsed().as_millis() as u64;
+    result.map(|_| SwitchoverReport {
+        from: node.info.node.clone(),
+        to: to.to_string(),
+        old_term: term,
+        new_term,
+        held_ms,
+    })
+}
+
+/// The steps of [`switchover`] while requests are held; the successor's term.
+async fn hand_over(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    capture: &Arc<crate::capture::Capture>,
+    stream: &Arc<StreamServer>,
+    term: u64,
+    to: &str,
+) -> Result<u64, crate::ControlError> {
+    use crate::ControlError::Refused;
+    // Instances drain (the reconcile loop stops them: this node no longer runs them).
+    site.reconcile.notify_one();
+    let drain_deadline = Instant::now() + site.longest_stop_timeout() + Duration::from_secs(5);
+    while !site.supervisor.instances().is_empty() {
+        if Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everything the instances committed is at `to`.
+    if let Some(worker) = capture.worker() {
+        let target = to.to_string();
+        let position = worker.barrier().await.map_err(|e| Refused(e.to_string()))?;
+        stream
+            .wait_acked(position, move |s| s.node == target, Duration::from_secs(10))
+            .await
+            .map_err(|e| Refused(format!("{to} did not confirm the last writes: {e}")))?;
+    }
+    site.proxy.set_write_gate(None);
+    // The vault gets what is pending from this term before the next one begins.
+    capture.stop().await;
+    let taken = node.stream.lock().expect("stream lock").take();
+    if let Some(taken) = taken {
+        taken.shutdown().await;
+    }
+    node.registry.update(|v| {
+        v.hands_over_to = Some(to.to_string());
+        v.role = MemberRole::Joining;
+    });
+    node.registry
+        .publish_now()
+        .await
+        .map_err(|e| Refused(format!("could not name {to} as the successor in etcd: {e}")))?;
+    node.election
+        .resign()
+        .await
+        .map_err(|e| Refused(format!("could not resign in etcd: {e}")))?;
+    site.record(EventKind::NodeFenced {
+        node: node.info.node.clone(),
+        term,
+        why: format!("it handed the primary role over to {to} (switchover)"),
+    });
+    // Wait for `to` to lead and for its front door to be healthy from here.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        if let NodeRole::Standby { leader, term: new } = node.role()
+            && leader == to
+            && site.proxy.backends().iter().any(|b| {
+                b.id == PRIMARY_BACKEND && b.health == lifeboat_proxy::BackendHealth::Healthy
+            })
+        {
+            return Ok(new);
+        }
+        if Instant::now() > deadline {
+            return Err(Refused(format!(
+                "{to} did not take over within 25s; `lifeboat status` shows who leads now"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Candidate {
     pub zone: String,
     pub applied: Position,
     pub health: Health,
+    /// Set by a primary that is handing over on purpose (`lifeboat switchover --to NODE`):
+    /// the node that must take over, and no other.
+    pub hands_over_to: Option<String>,
 }
 
 /// The current leader as etcd shows it.
@@ -143,6 +146,29 @@ pub fn decide_campaign(input: &CampaignInput) -> CampaignDecision {
         return Wait {
             reason: format!("this node is not healthy: {why}"),
         };
+    }
+    // A switchover names its successor: it campaigns, everybody else waits, as long as the
+    // successor is a live, healthy member (else the usual rule applies).
+    let handover = input
+        .members
+        .iter()
+        .chain(std::iter::once(me))
+        .find_map(|c| Some((c.node.as_str(), c.hands_over_to.as_deref()?)));
+    if let Some((from, to)) = handover {
+        if to == me.node {
+            return Campaign {
+                reason: format!("{from} hands over to this node (switchover)"),
+            };
+        }
+        let successor_live = input
+            .members
+            .iter()
+            .any(|c| c.node == to && c.health.is_healthy());
+        if successor_live {
+            return Wait {
+                reason: format!("{from} hands over to {to} (switchover)"),
+            };
+        }
     }
     let mut pool: Vec<&Candidate> = input
         .members

@@ -59,6 +59,9 @@ impl Client {
     }
 }
 
+/// The longest a request waits while the owner holds requests ([`crate::Proxy::hold_requests`]).
+pub(crate) const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Answers one client request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -76,6 +79,10 @@ pub(crate) async fn handle(
         )
     {
         return Ok(gate.response());
+    }
+    if *shared.held.borrow() {
+        let mut released = shared.held.subscribe();
+        let _ = tokio::time::timeout(MAX_HOLD, released.wait_for(|held| !*held)).await;
     }
     // Decided once, so that retries stay among the staged (preview) or the live instances.
     let lane = shared.registry.lane(|| {

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) registry: Registry,
     pub(crate) maintenance: ArcSwapOption<MaintenanceGate>,
+    /// While true, new requests wait before they are routed (see [`Proxy::hold_requests`]).
+    pub(crate) held: watch::Sender<bool>,
     /// What answers to writes wait for (see [`Proxy::set_write_gate`]).
     pub(crate) write_gate: ArcSwapOption<Box<dyn crate::WriteGate>>,
     /// Token that sends a request to the staged instances (see [`Proxy::set_preview_token`]).
@@ -271,6 +273,7 @@ impl Proxy {
             registry: Registry::new(),
             maintenance: ArcSwapOption::empty(),
             write_gate: ArcSwapOption::empty(),
+            held: watch::channel(false).0,
             preview_token: ArcSwapOption::empty(),
             http,
             parked_idle,
@@ -427,6 +430,13 @@ impl Proxy {
         let gate =
             maintenance.map(|m| Arc::new(MaintenanceGate::new(m, self.shared.config.retry_after)));
         self.shared.maintenance.store(gate);
+    }
+
+    /// Holds every new request before it is routed (`true`) until released (`false`), for at
+    /// most [`crate::forward::MAX_HOLD`] each: the owner moves where requests go (a cluster's
+    /// switchover) without failing any. Requests already routed are not affected.
+    pub fn hold_requests(&self, hold: bool) {
+        self.shared.held.send_replace(hold);
     }
 
     /// Makes every answer to a request that may write (not GET, HEAD, OPTIONS, TRACE) wait

@@ -422,3 +422,42 @@ async fn answers_to_writes_wait_for_the_write_gate_and_reads_do_not() {
         "without a gate writes are answered at once"
     );
 }
+
+/// While the owner holds requests (a switchover moving the primary), new requests wait
+/// instead of failing, and go where the owner routed them meanwhile once released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_and_go_to_where_the_owner_routed_them() {
+    let old = Upstream::named("old-primary").await;
+    let new = Upstream::named("new-primary").await;
+    let proxy = proxy_for(&[&old], test_config()).await;
+    proxy.hold_requests(true);
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, proxy) = (client(), proxy.clone());
+            tokio::spawn(async move { get(&client, &proxy, "/").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "held");
+    assert_eq!(old.hits(), 0);
+    let _ = proxy
+        .remove_backend("old-primary")
+        .within(Duration::ZERO)
+        .await;
+    proxy.add_backend("new-primary", new.addr);
+    eventually("the new backend healthy", || {
+        proxy
+            .backends()
+            .iter()
+            .any(|b| b.id == "new-primary" && b.health == lifeboat_proxy::BackendHealth::Healthy)
+    })
+    .await;
+    proxy.hold_requests(false);
+    for w in waiting {
+        assert_eq!(
+            w.await.unwrap().unwrap(),
+            (StatusCode::OK, "new-primary".to_string())
+        );
+    }
+    assert_eq!(old.hits(), 0, "nothing reached the old primary");
+}

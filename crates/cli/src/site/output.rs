@@ -40,6 +40,9 @@ pub(super) fn status(report: &StatusReport, json: bool) {
                 format!("standby, forwarding to {leader} (term {term})")
             }
             NodeRole::Fenced { term, why } => format!("fenced in term {term}: {why}"),
+            NodeRole::HandingOver { term, to } => {
+                format!("handing over to {to} (term {term}): requests are held")
+            }
         };
         println!("node {node}: {role}");
         if let Some(why) = &report.election {
@@ -286,6 +289,20 @@ fn print_table(rows: &[Vec<String>]) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+pub(super) fn switchover(report: &lifeboat_control::node::SwitchoverReport, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("report serializes")
+        );
+        return;
+    }
+    println!(
+        "{} is the primary now (term {}), taking over from {} (term {}); requests were held for {} ms, none failed",
+        report.to, report.new_term, report.from, report.old_term, report.held_ms
+    );
 }
 
 pub(super) fn maintenance(report: &MaintenanceReport, proxy: &str, json: bool) {

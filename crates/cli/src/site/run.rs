@@ -111,6 +111,12 @@ pub(super) async fn status(dir: &Path, global: &Global) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn switchover(dir: &Path, to: &str, global: &Global) -> anyhow::Result<ExitCode> {
+    let report = ControlClient::for_site(dir)?.switchover(to).await?;
+    output::switchover(&report, global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn maintenance(
     dir: &Path,
     cmd: MaintenanceCommand,

@@ -10,6 +10,7 @@ fn node(name: &str, zone: &str, term: u64, seq: u64) -> Candidate {
         zone: zone.into(),
         applied: Position { term, seq },
         health: Health::Healthy,
+        hands_over_to: None,
     }
 }
 
@@ -310,4 +311,28 @@ fn failsafe_messages_round_trip_as_json() {
     assert_eq!(serde_json::from_str::<FailsafeAnswer>(&json).unwrap(), a);
     let r = serde_json::to_string(&request(7)).unwrap();
     assert_eq!(r, r#"{"version":1,"leader":"a","term":7,"members":["b"]}"#);
+}
+
+#[test]
+fn a_switchover_makes_its_successor_campaign_even_when_another_is_as_caught_up() {
+    let mut old = node("a", "z1", 7, 10);
+    old.hands_over_to = Some("c".into());
+    old.health = Health::Unhealthy("handing over".into());
+    // b sorts first and is as caught up: without the switchover it would be chosen.
+    let b = node("b", "z2", 7, 10);
+    let c = node("c", "z3", 7, 10);
+    let d = decide_campaign(&input(b.clone(), vec![old.clone(), c.clone()]));
+    assert_eq!(
+        d,
+        CampaignDecision::Wait {
+            reason: "a hands over to c (switchover)".into()
+        }
+    );
+    let d = decide_campaign(&input(c.clone(), vec![old.clone(), b.clone()]));
+    assert!(d.should_campaign(), "{d:?}");
+    // A successor that is gone or unhealthy: the usual rule (b is best).
+    let mut sick = c.clone();
+    sick.health = Health::Unhealthy("down".into());
+    let d = decide_campaign(&input(b, vec![old, sick]));
+    assert!(d.should_campaign(), "{d:?}");
 }
