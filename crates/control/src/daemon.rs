@@ -165,6 +165,9 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
             site.recorder(),
             options.enable_wal,
         ));
+        if let Some(db) = site.database.get() {
+            capture.set_database(db.clone());
+        }
         // In a cluster only the primary captures (in its term); the node starts it.
         if site.manifest.cluster.is_none() {
             capture.start(&live);
