@@ -231,6 +231,15 @@ fn a_killed_mariadbd_is_restarted_keeps_every_acknowledged_write_and_capture_has
     let m = &status["capture"]["mariadb"];
     assert!(m["reconnects"].as_u64().unwrap() >= 1, "{status:#}");
     assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    // Until restoring the database is wired in, a rewind says so and changes nothing.
+    let out = lifeboat.cli(&["rewind", "--to", "latest", "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not built yet") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(lifeboat.status()["state"], "site");
 }
 
 #[test]
@@ -252,4 +261,37 @@ mariadb = { database = "my blog" }
     assert!(err.contains("lifeboat.toml:8:"), "{err}");
     assert!(err.contains("state.mariadb.database"), "{err}");
     assert!(!site.path().join("mariadb").exists());
+}
+
+#[test]
+fn an_existing_database_is_imported_from_a_dump_and_the_app_serves_it() {
+    let site = mariadb_site(1, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    // What `mariadb-dump --single-transaction blog` writes for the old site's table.
+    let dump = site.path().join("old-site.sql");
+    std::fs::write(
+        &dump,
+        "DROP TABLE IF EXISTS `t`;\n\
+         CREATE TABLE `t` (`n` int(11) NOT NULL, PRIMARY KEY (`n`)) ENGINE=InnoDB;\n\
+         INSERT INTO `t` VALUES (1001),(1002),(1003);\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::lifeboat_bin())
+        .args(["import-db", "--json", "--dump"])
+        .arg(&dump)
+        .arg("-C")
+        .arg(site.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["database"], "blog");
+    assert_eq!(rows(&lifeboat.proxy), vec![1001, 1002, 1003]);
+    assert!(write_row(&lifeboat.proxy, 1004));
+    assert_eq!(rows(&lifeboat.proxy), vec![1001, 1002, 1003, 1004]);
 }

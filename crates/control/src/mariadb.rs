@@ -356,36 +356,6 @@ impl SiteDatabase {
         Ok(spec)
     }
 
-    /// Gives the app's user of the running server of `state` `password`, and keeps it as
-    /// that state's app password.
-    pub(crate) async fn set_app_password(
-        &self,
-        state: &str,
-        password: &str,
-    ) -> Result<(), ControlError> {
-        let spec = self.running(state).ok_or_else(|| {
-            ControlError::Refused(format!(
-                "the MariaDB server of state `{state}` is not running"
-            ))
-        })?;
-        let (user, pw) = (self.spec.user.clone(), password.to_string());
-        blocking(move || spec.rotate_app_password(&user, &pw)).await??;
-        write_secret(&password_file(&self.paths, state), password)
-    }
-
-    /// The app password kept for `state`.
-    pub(crate) fn app_password(&self, state: &str) -> Option<String> {
-        std::fs::read_to_string(password_file(&self.paths, state))
-            .ok()
-            .map(|s| s.trim().to_string())
-    }
-
-    /// Stops the server of `state` (SIGTERM: a clean InnoDB shutdown).
-    pub(crate) async fn stop(&self, state: &str) {
-        self.running.lock().expect("servers lock").remove(state);
-        self.supervisor.stop(&Self::id(state)).await;
-    }
-
     /// Stops every server.
     pub(crate) async fn stop_all(&self) {
         self.running.lock().expect("servers lock").clear();
@@ -472,4 +442,46 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ControlError::Supervisor(format!("a MariaDB task failed: {e}")))
+}
+
+/// Where an import goes: the live state's running server of the site in `dir`.
+pub struct ImportTarget {
+    /// The server (socket and admin login for Lifeboat's tools).
+    pub spec: ServerSpec,
+    /// The app's database.
+    pub database: String,
+}
+
+/// The running MariaDB server of the live state of the site in `dir` (asked of its daemon),
+/// for `lifeboat import-db`.
+pub async fn import_target(dir: &Path) -> Result<ImportTarget, ControlError> {
+    let paths = SitePaths::new(dir);
+    let manifest = crate::daemon::load_manifest(&paths)?;
+    let Some(db) = &manifest.state.mariadb else {
+        return Err(ControlError::Refused(
+            "lifeboat.toml declares no MariaDB database: add e.g. `mariadb = { database = \"wordpress\" }` under [state], then `lifeboat up`".into(),
+        ));
+    };
+    let status = crate::ControlClient::for_site(dir)?.status().await?;
+    let Some(running) = status.databases.iter().find(|d| d.state == status.state) else {
+        return Err(ControlError::Refused(format!(
+            "the site's MariaDB server of the live state `{}` is not running; check `lifeboat status` and its log in .lifeboat/mariadb/logs",
+            status.state
+        )));
+    };
+    let private = private_dir(&paths, &running.state);
+    let run = Path::new(&running.socket)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| run_dir(&private));
+    let mut spec = ServerSpec::new(
+        &paths.state_dir(&running.state).join(&db.dir),
+        &run,
+        running.port,
+    )?;
+    spec.config_dir = private;
+    Ok(ImportTarget {
+        spec,
+        database: db.database.clone(),
+    })
 }
