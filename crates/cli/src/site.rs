@@ -37,6 +37,10 @@ pub enum SiteCommand {
     /// `lifeboat exec -- python manage.py migrate`: from the site dir, with the process's
     /// environment, and after a rewind with the restored state at the site's own paths.
     Exec(ExecArgs),
+    /// Bring an existing MariaDB/MySQL database into the site's own (`[state] mariadb`), while
+    /// the site runs: from a dump file (`mariadb-dump --single-transaction DB > dump.sql`) or
+    /// straight from a running server. What is imported is captured like any other write.
+    ImportDb(ImportDbArgs),
     /// Internal: runs one instance so it dies with lifeboat (used by the supervisor).
     #[command(name = "__instance", hide = true)]
     Instance(InstanceArgs),
@@ -132,6 +136,24 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["dump", "from_server"])))]
+pub struct ImportDbArgs {
+    /// A dump file made by `mariadb-dump --single-transaction DB` (or `mysqldump`).
+    #[arg(long, value_name = "FILE")]
+    pub dump: Option<PathBuf>,
+    /// A running server to copy from, HOST[:PORT] (3306 by default); its password is read
+    /// from LIFEBOAT_IMPORT_PASSWORD, never from the command line.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub from_server: Option<String>,
+    /// The user to log in to that server as.
+    #[arg(long, value_name = "USER", requires = "from_server")]
+    pub user: Option<String>,
+    /// The database to copy from that server.
+    #[arg(long, value_name = "DB", requires = "from_server")]
+    pub database: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct HoldArgs {
     /// The lifeboat whose life this holder follows.
     #[arg(long)]
@@ -177,6 +199,7 @@ pub fn run(cmd: SiteCommand, global: &Global) -> anyhow::Result<ExitCode> {
             SiteCommand::Events(e) => run::events(&global.dir, e, global).await,
             SiteCommand::Logs(l) => run::logs(&global.dir, l).await,
             SiteCommand::Down => run::down(&global.dir, global).await,
+            SiteCommand::ImportDb(a) => run::import_db(&global.dir, a, global).await,
             SiteCommand::Instance(_) | SiteCommand::Exec(_) | SiteCommand::HoldSqlite(_) => {
                 unreachable!("handled before the runtime starts")
             }

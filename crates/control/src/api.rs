@@ -62,6 +62,9 @@ pub struct StatusReport {
     /// This node's copy of the primary's state, while it is a standby.
     #[serde(default)]
     pub replica: Option<crate::node::ReplicaReport>,
+    /// The site's MariaDB servers (`[state] mariadb`), one per state that runs one.
+    #[serde(default)]
+    pub databases: Vec<crate::mariadb::DatabaseReport>,
 }
 
 /// What `lifeboat timeline` shows.

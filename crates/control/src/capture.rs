@@ -42,6 +42,22 @@ pub struct CaptureReport {
     pub last_error: Option<String>,
     /// Per destination: reachable, objects waiting in the spool, last success.
     pub destinations: Vec<DestinationReport>,
+    /// Capture of the MariaDB database's binary log, when the site has one.
+    #[serde(default)]
+    pub mariadb: Option<MariaDbCaptureReport>,
+}
+
+/// Capture of the MariaDB database in [`CaptureReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MariaDbCaptureReport {
+    /// Whether capture holds a replication stream from the server now.
+    pub connected: bool,
+    /// How often it reconnected (the server restarted).
+    pub reconnects: u64,
+    /// The GTID position durable in the vault, e.g. `0-1-57`.
+    pub confirmed: String,
+    /// The last problem with the stream.
+    pub last_problem: Option<String>,
 }
 
 /// The last checkpoint in [`CaptureReport`].
@@ -88,6 +104,8 @@ pub(crate) struct Capture {
     enable_wal: bool,
     record: Recorder,
     slot: Arc<Mutex<Slot>>,
+    /// The site's MariaDB servers, whose live one is captured with the rest.
+    database: std::sync::OnceLock<Arc<crate::mariadb::SiteDatabase>>,
 }
 
 impl Capture {
@@ -112,6 +130,7 @@ impl Capture {
             integrity_interval: spec.integrity_check_interval,
             enable_wal,
             record,
+            database: std::sync::OnceLock::new(),
             slot: Arc::new(Mutex::new(Slot {
                 state: String::new(),
                 checker: None,
@@ -145,6 +164,10 @@ impl Capture {
             data_dirs: self.manifest.state.dirs.clone(),
             manifest: PathBuf::from(lifeboat_core::MANIFEST_FILE),
             state_dir: self.paths.capture(state),
+            mariadb: self
+                .database
+                .get()
+                .and_then(|db| Some((db.spec.dir.clone(), db.running(state)?))),
         };
         let mut options = self.options.clone();
         options.feed = term.map(lifeboat_timeline::FeedOptions::new);
@@ -266,6 +289,11 @@ impl Capture {
     }
 
     /// The running worker, if any.
+    /// Captures the site's MariaDB database too (call before [`Capture::start`]).
+    pub(crate) fn set_database(&self, db: Arc<crate::mariadb::SiteDatabase>) {
+        let _ = self.database.set(db);
+    }
+
     pub(crate) fn worker(&self) -> Option<Arc<TimelineWorker>> {
         self.slot.lock().unwrap().worker.clone()
     }
@@ -407,6 +435,12 @@ impl Capture {
             }),
             last_error: status.last_error,
             destinations,
+            mariadb: status.mariadb.map(|m| MariaDbCaptureReport {
+                connected: m.connected,
+                reconnects: m.reconnects,
+                confirmed: m.confirmed,
+                last_problem: m.last_problem,
+            }),
         }
     }
 }

@@ -137,6 +137,18 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
         site.record(EventKind::LeftoversReaped { pids: reaped });
     }
     create_missing_dirs(&site, &live);
+    // The database before capture and instances: both need it answering.
+    if let Some(db) =
+        crate::mariadb::SiteDatabase::new(&site.paths, &site.manifest, &site.launcher)?
+    {
+        if site.manifest.cluster.is_some() {
+            return Err(ControlError::Refused(
+                "[state] mariadb on several nodes ([cluster]) is not built yet: run the site on one machine".into(),
+            ));
+        }
+        let _ = site.database.set(db.clone());
+        db.ensure_running(&live).await?;
+    }
     let mut vault_key_created = None;
     if let Some(vault) = vault {
         if vault.key_created {
@@ -153,6 +165,9 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
             site.recorder(),
             options.enable_wal,
         ));
+        if let Some(db) = site.database.get() {
+            capture.set_database(db.clone());
+        }
         // In a cluster only the primary captures (in its term); the node starts it.
         if site.manifest.cluster.is_none() {
             capture.start(&live);
@@ -276,6 +291,10 @@ impl RunningSite {
         // The last writes of the stopped instances are shipped before lifeboat exits.
         if let Some(capture) = site.capture.get() {
             capture.stop().await;
+        }
+        // The database last: capture has read everything the instances committed.
+        if let Some(db) = site.database.get() {
+            db.stop_all().await;
         }
         // The forwarders record what is already broadcast (the last stops), then end.
         self.forwarders_done.cancel();
@@ -569,7 +588,7 @@ fn resource_limits(limits: &lifeboat_core::manifest::ResourceLimits) -> Resource
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

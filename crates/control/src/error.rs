@@ -82,6 +82,10 @@ pub enum ControlError {
     #[error("{0}")]
     Rewind(String),
 
+    /// The site's MariaDB server could not be prepared, started or used.
+    #[error("the site's MariaDB database: {0}")]
+    MariaDb(#[from] lifeboat_mariadb::MariaDbError),
+
     /// An instance has no log file (yet).
     #[error("no logs for instance {instance} in {dir}; `lifeboat status` lists the instances")]
     NoLogs { instance: String, dir: PathBuf },

@@ -21,6 +21,7 @@ pub mod daemon;
 mod error;
 pub mod isolation;
 pub mod logs;
+pub mod mariadb;
 pub mod node;
 mod paths;
 pub mod rewind;

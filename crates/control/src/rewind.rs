@@ -140,6 +140,14 @@ pub(crate) async fn rewind(
             "this site has no [vault] section in lifeboat.toml, so nothing was captured to rewind to; add one (see crates/core/MANIFEST.md)".into(),
         ));
     };
+    if site.manifest.state.mariadb.is_some() {
+        // Its transactions are in the timeline, but a rewind that restored the files and
+        // not the database would serve a site cut in two: refused until restore does both.
+        return Err(ControlError::Refused(
+            "rewinding a site with a MariaDB database ([state] mariadb) is not built yet: its              transactions are captured into the timeline, but restoring them is not wired in;              nothing was changed"
+                .into(),
+        ));
+    }
     let rotate = match (&site.manifest.credentials.rotate, req.rotate_credentials) {
         (Some(cmd), true) => Some(cmd.clone()),
         (None, true) => {

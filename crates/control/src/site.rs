@@ -48,6 +48,8 @@ pub(crate) struct Site {
     pub(crate) capture: OnceLock<Arc<Capture>>,
     /// This node's part in a cluster, when the manifest has `[cluster]`.
     pub(crate) node: OnceLock<Arc<crate::node::Node>>,
+    /// The site's MariaDB servers, when the manifest has `[state] mariadb`.
+    pub(crate) database: OnceLock<Arc<crate::mariadb::SiteDatabase>>,
     /// The live state's name (`site` or a restored copy), as stored.
     live_state: Mutex<String>,
     /// Held by a rewind from start to end: one at a time.
@@ -112,6 +114,7 @@ impl Site {
             last_seq,
             capture: OnceLock::new(),
             node: OnceLock::new(),
+            database: OnceLock::new(),
             live_state: Mutex::new(live_state),
             rewinding: tokio::sync::Mutex::new(()),
             reconcile_lock: tokio::sync::Mutex::new(()),
@@ -404,6 +407,7 @@ impl Site {
             nodes: self.node.get().map(|n| n.members()).unwrap_or_default(),
             election: self.node.get().and_then(|n| n.waiting()),
             replica: self.node.get().and_then(|n| n.replica_report()),
+            databases: self.database.get().map(|d| d.report()).unwrap_or_default(),
         }
     }
 

@@ -328,6 +328,7 @@ mod tests {
         StateSpec {
             sqlite: vec!["db.sqlite3".into(), "./data/app.db".into()],
             dirs: vec!["media".into()],
+            mariadb: None,
         }
     }
 

@@ -440,6 +440,7 @@ mod tests {
         let spec = StateSpec {
             sqlite: vec![PathBuf::from("data/app.db")],
             dirs: vec![PathBuf::from("data/uploads")],
+            mariadb: None,
         };
         std::fs::create_dir_all(dir.path().join("data/uploads")).unwrap();
         std::fs::write(dir.path().join("data/app.db"), [0u8; 100]).unwrap();

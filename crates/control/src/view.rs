@@ -157,6 +157,7 @@ pub(crate) fn process_view(
     env.push(("LIFEBOAT_STATE_DIR".into(), shown_at.display().to_string()));
     env.push(("LIFEBOAT_SITE".into(), manifest.site.clone()));
     env.push(("LIFEBOAT_SITE_DIR".into(), paths.dir.display().to_string()));
+    env.extend(crate::mariadb::connection_env(paths, manifest, state));
     let lifeboat_dir = paths.lifeboat_dir();
     Ok(ProcessView {
         dir: paths.dir.clone(),

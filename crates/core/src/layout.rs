@@ -96,6 +96,7 @@ mod tests {
         StateSpec {
             sqlite: sqlite.iter().map(PathBuf::from).collect(),
             dirs: dirs.iter().map(PathBuf::from).collect(),
+            mariadb: None,
         }
     }
 

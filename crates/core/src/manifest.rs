@@ -20,8 +20,10 @@ pub use crate::manifest_error::{ManifestError, Problem};
 
 mod cluster;
 mod isolation;
+mod mariadb;
 pub use cluster::{ClusterSpec, Durability};
 pub use isolation::IsolationSpec;
+pub use mariadb::{DEFAULT_MARIADB_DIR, MariaDbSpec};
 mod limits;
 pub use limits::{DEFAULT_PIDS, ResourceLimits, format_size, parse_size};
 
@@ -99,6 +101,8 @@ pub struct StateSpec {
     pub sqlite: Vec<PathBuf>,
     /// Data directories (uploads).
     pub dirs: Vec<PathBuf>,
+    /// A MariaDB database Lifeboat runs as part of the state (`mariadb`).
+    pub mariadb: Option<MariaDbSpec>,
 }
 
 /// Where the site's timeline (captured changes and checkpoints) is kept.
@@ -250,6 +254,7 @@ struct RawState {
     sqlite: Vec<Spanned<String>>,
     #[serde(default)]
     dirs: Vec<Spanned<String>>,
+    mariadb: Option<Spanned<mariadb::RawMariaDb>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -566,17 +571,23 @@ impl Validator<'_> {
     }
 
     fn state(&mut self, raw: RawState) -> StateSpec {
-        let sqlite = raw
+        let sqlite: Vec<PathBuf> = raw
             .sqlite
             .into_iter()
             .map(|p| self.state_path("state.sqlite", p))
             .collect();
-        let dirs = raw
+        let dirs: Vec<PathBuf> = raw
             .dirs
             .into_iter()
             .map(|p| self.state_path("state.dirs", p))
             .collect();
-        StateSpec { sqlite, dirs }
+        let declared: Vec<PathBuf> = sqlite.iter().chain(&dirs).cloned().collect();
+        let mariadb = raw.mariadb.map(|m| self.mariadb(m, &declared));
+        StateSpec {
+            sqlite,
+            dirs,
+            mariadb,
+        }
     }
 
     /// A [state] path: inside the site dir, and neither the site dir itself nor inside

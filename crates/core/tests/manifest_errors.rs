@@ -429,3 +429,41 @@ fn a_memory_limit_written_as_a_number_names_the_type_to_write() {
 fn a_cpu_limit_written_as_a_string_names_the_type_to_write() {
     insta::assert_snapshot!(error_for(&with_web_keys("cpu = \"1.5\"\n")));
 }
+
+#[test]
+fn a_mariadb_database_is_part_of_the_state_with_its_user_and_data_dir() {
+    let text = GOOD.replace(
+        "dirs = [\"data/uploads\"]",
+        "dirs = [\"data/uploads\"]\nmariadb = { database = \"wordpress\" }",
+    );
+    let m = Manifest::parse("lifeboat.toml", &text).unwrap();
+    let db = m.state.mariadb.expect("mariadb is declared");
+    assert_eq!(db.database, "wordpress");
+    assert_eq!(
+        db.user, "wordpress",
+        "the user defaults to the database's name"
+    );
+    assert_eq!(db.dir, std::path::PathBuf::from("mariadb"));
+}
+
+#[test]
+fn a_bad_mariadb_name_user_or_dir_is_refused_where_it_is_written() {
+    let text = GOOD.replace(
+        "dirs = [\"data/uploads\"]",
+        "dirs = [\"data/uploads\"]\nmariadb = { database = \"word-press\", user = \"root\", dir = \"data/uploads/db\" }",
+    );
+    let e = error_for(&text);
+    assert!(e.contains("lifeboat.toml:12:24: state.mariadb.database"), "{e}");
+    assert!(e.contains("state.mariadb.database"), "{e}");
+    assert!(e.contains("state.mariadb.user"), "{e}");
+    assert!(e.contains("not `root`"), "{e}");
+    assert!(e.contains("state.mariadb.dir"), "{e}");
+    assert!(e.contains("overlaps"), "{e}");
+    let text = GOOD.replace(
+        "dirs = [\"data/uploads\"]",
+        "mariadb = { user = \"wp\", dir = \".lifeboat/db\" }",
+    );
+    let e = error_for(&text);
+    assert!(e.contains("has no name"), "{e}");
+    assert!(e.contains("inside .lifeboat"), "{e}");
+}

@@ -102,7 +102,7 @@ pub fn import_from_server(
 ) -> Result<ImportReport> {
     check_name(&source.database, "database")?;
     ensure_database(spec, database)?;
-    let creds = spec.run_dir.join("import-source.cnf");
+    let creds = spec.config_dir.join("import-source.cnf");
     {
         let mut f = fs::OpenOptions::new()
             .write(true)

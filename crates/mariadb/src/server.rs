@@ -32,9 +32,18 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct ServerSpec {
     /// The data directory (tables, binary logs): part of the site's live state.
     pub data_dir: PathBuf,
-    /// Lifeboat's private directory for this server (inside `.lifeboat/`): config with the
-    /// admin password (mode 0600), socket, pid file, tmpdir, error log.
+    /// The server's run directory: socket, pid file, tmpdir, error log (and the config, unless
+    /// `config_dir` is elsewhere). Given to `os_user` when one is set.
     pub run_dir: PathBuf,
+    /// Where the generated config with the admin password (mode 0600) lives: `run_dir` by
+    /// default. Lifeboat keeps it in its own `.lifeboat/` (root's, 0700) when mariadbd drops
+    /// to the site's user, so that user never reads the admin password: mariadbd reads its
+    /// config before it changes user.
+    pub config_dir: PathBuf,
+    /// Where the server itself sees `data_dir`, when it runs in a private mount namespace in
+    /// which the data dir is mounted at another path (a restored state shown at the site's
+    /// own path). `None`: `data_dir`. Lifeboat's tools (backups, restores) use `data_dir`.
+    pub server_data_dir: Option<PathBuf>,
     /// TCP port on 127.0.0.1; `None` serves the unix socket only (`skip-networking`, used by
     /// restores and checks so they never take a port the site may need).
     pub port: Option<u16>,
@@ -68,6 +77,8 @@ impl ServerSpec {
         Ok(ServerSpec {
             data_dir: data_dir.to_path_buf(),
             run_dir: run_dir.to_path_buf(),
+            config_dir: run_dir.to_path_buf(),
+            server_data_dir: None,
             port,
             server_id: 1,
             os_user: None,
@@ -84,7 +95,7 @@ impl ServerSpec {
 
     /// The generated config (holds the admin password: mode 0600).
     pub fn config_path(&self) -> PathBuf {
-        self.run_dir.join("my.cnf")
+        self.config_dir.join("my.cnf")
     }
 
     /// The server's error log.
@@ -148,6 +159,15 @@ impl ServerSpec {
         fs::create_dir_all(self.tmp_dir()).map_err(io_err(&self.run_dir, "create"))?;
         fs::set_permissions(&self.run_dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err(&self.run_dir, "set permissions of"))?;
+        // The server writes its socket, pid file, log and temporary files here as its user.
+        if let Some(u) = &self.os_user {
+            chown_to(&self.run_dir, u)?;
+        }
+        if self.config_dir != self.run_dir {
+            fs::create_dir_all(&self.config_dir).map_err(io_err(&self.config_dir, "create"))?;
+            fs::set_permissions(&self.config_dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(&self.config_dir, "set permissions of"))?;
+        }
         let sock = self.socket();
         let len = sock.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -176,7 +196,8 @@ impl ServerSpec {
         let mut c = String::new();
         c.push_str("# Written by Lifeboat for the server it manages; rewritten at each start.\n");
         c.push_str("[mysqld]\n");
-        c.push_str(&format!("datadir={}\n", q(&self.data_dir)));
+        let datadir = self.server_data_dir.as_ref().unwrap_or(&self.data_dir);
+        c.push_str(&format!("datadir={}\n", q(datadir)));
         c.push_str(&format!("socket={}\n", q(&self.socket())));
         match self.port {
             Some(p) => c.push_str(&format!("port={p}\nbind-address=127.0.0.1\n")),

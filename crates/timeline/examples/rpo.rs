@@ -45,6 +45,7 @@ async fn main() {
         databases: vec!["app.db".into()],
         data_dirs: vec!["uploads".into()],
         manifest: "lifeboat.toml".into(),
+        mariadb: None,
         state_dir: ".lifeboat/timeline".into(),
     };
     let options = WorkerOptions {

@@ -19,6 +19,15 @@ pub enum TimelineError {
         #[source]
         error: Box<lifeboat_capture::CaptureError>,
     },
+    /// Capturing the MariaDB database failed.
+    #[error("capturing the MariaDB database {what}: {error}")]
+    MariaDb {
+        /// Its data dir, relative to the site dir.
+        what: String,
+        /// What failed.
+        #[source]
+        error: Box<lifeboat_mariadb::MariaDbError>,
+    },
     /// A file-system operation failed.
     #[error("could not {action} {path}: {source}")]
     Io {

@@ -51,6 +51,7 @@ pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
 pub use store::CONTENT_TAG;
 pub use stream::BUNDLE_STREAM;
 pub use types::{
-    CheckpointInfo, RECENT_EVENTS, SiteSources, TimelineEvent, TimelineStatus, WorkerOptions,
+    CheckpointInfo, MariaDbCaptureStatus, RECENT_EVENTS, SiteSources, TimelineEvent,
+    TimelineStatus, WorkerOptions,
 };
 pub use worker::TimelineWorker;

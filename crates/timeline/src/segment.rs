@@ -23,6 +23,9 @@ pub const MAGIC: &[u8; 8] = b"LBTIMELN";
 pub const FORMAT_VERSION: u8 = 1;
 /// Layout version of a segment carrying inline contents (small files' bytes in the segment).
 pub const FORMAT_VERSION_INLINE: u8 = 2;
+/// Version of a segment that carries MariaDB transactions (a part per MariaDB source, after
+/// the capture records' parts; `docs/timeline-format.md`).
+pub const FORMAT_VERSION_MARIADB: u8 = 3;
 /// Magic bytes opening a bundle: several consecutive segments merged by compaction, each
 /// kept byte for byte as it was stored.
 pub const BUNDLE_MAGIC: &[u8; 8] = b"LBTLBNDL";
@@ -76,6 +79,10 @@ struct Header {
     /// sources' parts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     inline: Vec<(String, u64)>,
+    /// Version 3: name and byte length of each MariaDB source's part (an `LBMDBSEG` batch),
+    /// after the sources' parts and before the inline contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mariadb: Vec<(String, u64)>,
     /// Shipped by a checkpoint (compaction starts a new bundle here).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     checkpoint: bool,
@@ -97,6 +104,9 @@ pub struct TimelineSegment {
     /// Small contents first referenced here, carried in the segment itself (blake3 hex ->
     /// bytes) instead of as vault chunks: a quiet site's small upload costs no extra object.
     pub inline: BTreeMap<String, Vec<u8>>,
+    /// MariaDB transactions by source name (the data dir relative to the site dir), in
+    /// commit order.
+    pub mariadb: BTreeMap<String, Vec<lifeboat_mariadb::TransactionRecord>>,
     /// Whether a checkpoint shipped it (the checkpoint snapshot, if it was written, is
     /// consistent with it).
     pub checkpoint: bool,
@@ -112,12 +122,20 @@ impl TimelineSegment {
             sources.push((name.clone(), body.len() as u64));
             bodies.push(body);
         }
+        let mut mariadb = Vec::new();
+        for (name, records) in &self.mariadb {
+            let body = lifeboat_mariadb::encode_batch(records);
+            mariadb.push((name.clone(), body.len() as u64));
+            bodies.push(body);
+        }
         let mut inline = Vec::new();
         for (hash, bytes) in &self.inline {
             inline.push((hash.clone(), bytes.len() as u64));
             bodies.push(bytes.clone());
         }
-        let version = if inline.is_empty() {
+        let version = if !mariadb.is_empty() {
+            FORMAT_VERSION_MARIADB
+        } else if inline.is_empty() {
             FORMAT_VERSION
         } else {
             FORMAT_VERSION_INLINE
@@ -129,6 +147,7 @@ impl TimelineSegment {
             contents: self.contents.clone(),
             sources,
             inline,
+            mariadb,
             checkpoint: self.checkpoint,
         };
         let header = serde_json::to_vec(&header).expect("plain data serialises");
@@ -153,9 +172,15 @@ impl TimelineSegment {
         if bytes.len() < 13 || &bytes[..8] != MAGIC {
             return Err(damaged("not a timeline segment (bad magic)".into()));
         }
-        if bytes[8] != FORMAT_VERSION && bytes[8] != FORMAT_VERSION_INLINE {
+        if ![
+            FORMAT_VERSION,
+            FORMAT_VERSION_INLINE,
+            FORMAT_VERSION_MARIADB,
+        ]
+        .contains(&bytes[8])
+        {
             return Err(damaged(format!(
-                "format version {} is not known to this lifeboat (it reads {FORMAT_VERSION} and {FORMAT_VERSION_INLINE}); upgrade lifeboat",
+                "format version {} is not known to this lifeboat (it reads {FORMAT_VERSION} to {FORMAT_VERSION_MARIADB}); upgrade lifeboat",
                 bytes[8]
             )));
         }
@@ -181,6 +206,17 @@ impl TimelineSegment {
             sources.insert(name, records);
             at = end;
         }
+        let mut mariadb = BTreeMap::new();
+        for (name, len) in header.mariadb {
+            let end = at
+                .checked_add(len as usize)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| damaged(format!("truncated transactions of {name}")))?;
+            let records = lifeboat_mariadb::decode_batch(&bytes[at..end])
+                .map_err(|e| damaged(format!("transactions of {name}: {e}")))?;
+            mariadb.insert(name, records);
+            at = end;
+        }
         let mut inline = BTreeMap::new();
         for (hash, len) in header.inline {
             let end = at
@@ -203,6 +239,7 @@ impl TimelineSegment {
             contents: header.contents,
             sources,
             inline,
+            mariadb,
             checkpoint: header.checkpoint,
         })
     }
@@ -309,6 +346,7 @@ mod tests {
             contents: ContentMap::new(),
             sources,
             inline: BTreeMap::new(),
+            mariadb: BTreeMap::new(),
             checkpoint: true,
         };
         let bytes = seg.encode();

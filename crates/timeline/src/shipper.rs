@@ -48,12 +48,21 @@ pub(crate) struct DirSource {
     pub state: BTreeMap<String, String>,
 }
 
+/// A MariaDB database: its transactions from the binary log.
+pub(crate) struct MariaDbSource {
+    pub name: String,
+    pub cap: lifeboat_mariadb::BinlogCapture,
+    pub pending: Vec<lifeboat_mariadb::TransactionRecord>,
+}
+
 /// A segment that could not be stored yet, with what to confirm once it is.
 struct Unsent {
     segment: TimelineSegment,
     db_seqs: Vec<Option<u64>>,
     dir_seqs: Vec<Option<u64>>,
     dir_changes: Vec<Vec<FileChange>>,
+    /// The last seq of each MariaDB source's part.
+    mariadb_seqs: Vec<Option<u64>>,
     images: Vec<(usize, BaseImageRecord, PathBuf)>,
 }
 
@@ -66,6 +75,7 @@ pub(crate) struct Shipper {
     pub manifest_name: String,
     pub dbs: Vec<DbSource>,
     pub dirs: Vec<DirSource>,
+    pub mariadbs: Vec<MariaDbSource>,
     /// Every content stored as vault chunks that segments since the last checkpoint may
     /// name without restating it (the checkpoint's contents and those named since), by
     /// blake3.
@@ -135,6 +145,15 @@ fn read_small(path: &std::path::Path, max: u64) -> Result<Option<Stored>> {
 
 pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineError + '_ {
     move |error| TimelineError::Capture {
+        what: what.to_string(),
+        error: Box::new(error),
+    }
+}
+
+pub(crate) fn mariadb_err(
+    what: &str,
+) -> impl FnOnce(lifeboat_mariadb::MariaDbError) -> TimelineError + '_ {
+    move |error| TimelineError::MariaDb {
         what: what.to_string(),
         error: Box::new(error),
     }
@@ -221,6 +240,26 @@ impl Shipper {
                 state,
             });
         }
+        let mut mariadbs = Vec::new();
+        if let Some((dir, spec)) = &sources.mariadb {
+            let name = rel_name(dir);
+            let source =
+                lifeboat_mariadb::CaptureSource::from_spec(spec).map_err(mariadb_err(&name))?;
+            // Without a saved position, from the first transaction of the server's binlog
+            // (it is on from the server's first start, so that is the whole history).
+            let cap = lifeboat_mariadb::BinlogCapture::open(
+                &state_dir.join("mariadb-0"),
+                source,
+                &lifeboat_mariadb::GtidPos::new(),
+                lifeboat_mariadb::CaptureOptions::default(),
+            )
+            .map_err(mariadb_err(&name))?;
+            mariadbs.push(MariaDbSource {
+                name,
+                cap,
+                pending: Vec::new(),
+            });
+        }
         if let Some(feed) = &feed {
             for db in &dbs {
                 feed.add_source(&db.name, db.cap.status().durable_seq);
@@ -243,6 +282,7 @@ impl Shipper {
             options,
             dbs,
             dirs,
+            mariadbs,
             contents: ContentMap::new(),
             inline: BTreeMap::new(),
             next_seq: last_seq.map_or(1, |s| s + 1),
@@ -313,9 +353,31 @@ impl Shipper {
                 self.note_pending(started);
             }
         }
+        for i in 0..self.mariadbs.len() {
+            let m = &mut self.mariadbs[i];
+            let records = m.cap.poll().map_err(mariadb_err(&m.name))?;
+            if !records.is_empty() {
+                m.pending.extend(records);
+                self.note_pending(started);
+            }
+        }
+        self.note_mariadb_status();
         self.cut_at = OffsetDateTime::now_utc();
         self.publish_feed();
         Ok(())
+    }
+
+    fn note_mariadb_status(&self) {
+        let Some(m) = self.mariadbs.first() else {
+            return;
+        };
+        let c = m.cap.status();
+        self.status.lock().unwrap().mariadb = Some(crate::types::MariaDbCaptureStatus {
+            connected: c.connected,
+            reconnects: c.reconnects,
+            confirmed: c.confirmed.to_string(),
+            last_problem: c.last_problem,
+        });
     }
 
     /// Takes what a data dir's capture handed out: pending for the vault, staged for the
@@ -417,6 +479,7 @@ impl Shipper {
         self.unsent.is_some()
             || self.dbs.iter().any(|d| !d.pending.is_empty())
             || self.dirs.iter().any(|d| !d.pending.is_empty())
+            || self.mariadbs.iter().any(|m| !m.pending.is_empty())
     }
 
     /// Stores everything pending as one segment. Returns its seq, or `None` when there was
@@ -570,6 +633,14 @@ impl Shipper {
         }
         self.contents.extend(new_contents.clone());
         self.inline.extend(new_inline.clone());
+        let mut mariadb = BTreeMap::new();
+        let mut mariadb_seqs = Vec::new();
+        for m in &mut self.mariadbs {
+            mariadb_seqs.push(m.pending.last().map(|r| r.seq));
+            if !m.pending.is_empty() {
+                mariadb.insert(m.name.clone(), std::mem::take(&mut m.pending));
+            }
+        }
         for db in &mut self.dbs {
             db.pending.clear();
         }
@@ -583,6 +654,7 @@ impl Shipper {
             contents: new_contents,
             sources,
             inline: new_inline,
+            mariadb,
             checkpoint: self.shipping_checkpoint,
         };
         self.next_seq += 1;
@@ -592,6 +664,7 @@ impl Shipper {
             db_seqs,
             dir_seqs,
             dir_changes,
+            mariadb_seqs,
             images,
         })
     }
@@ -618,6 +691,13 @@ impl Shipper {
                     .map_err(capture_err(&db.name))?;
             }
         }
+        // Only now, with the segment on a quorum: capture's saved position moves.
+        for (m, seq) in self.mariadbs.iter_mut().zip(&unsent.mariadb_seqs) {
+            if let Some(seq) = seq {
+                m.cap.confirm_durable(*seq).map_err(mariadb_err(&m.name))?;
+            }
+        }
+        self.note_mariadb_status();
         for ((dir, seq), changes) in self
             .dirs
             .iter_mut()
@@ -721,6 +801,7 @@ impl Shipper {
                         contents: ContentMap::new(),
                         sources: BTreeMap::from([(name.clone(), records)]),
                         inline: BTreeMap::new(),
+                        mariadb: BTreeMap::new(),
                         checkpoint: false,
                     };
                     let bytes = segment.encode();

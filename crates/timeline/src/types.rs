@@ -18,6 +18,9 @@ pub struct SiteSources {
     pub data_dirs: Vec<PathBuf>,
     /// The manifest (`lifeboat.toml`), stored with every checkpoint.
     pub manifest: PathBuf,
+    /// A MariaDB database Lifeboat runs for the site: its data dir relative to `site_dir`
+    /// (the source's name) and how to reach its server.
+    pub mariadb: Option<(PathBuf, lifeboat_mariadb::ServerSpec)>,
     /// Where capture keeps its positions and manifests (e.g. `.lifeboat/timeline`);
     /// absolute, or relative to `site_dir`. Must not be inside a data dir.
     pub state_dir: PathBuf,
@@ -108,9 +111,24 @@ pub struct TimelineStatus {
     pub last_compaction: Option<crate::compact::CompactReport>,
     /// The last error, cleared by the next successful shipment.
     pub last_error: Option<String>,
+    /// Capture of the site's MariaDB database, when it has one.
+    pub mariadb: Option<MariaDbCaptureStatus>,
     /// The most recent events other than shipped segments (at most
     /// [`RECENT_EVENTS`]), oldest first, including those from before anyone subscribed.
     pub recent_events: Vec<(OffsetDateTime, TimelineEvent)>,
+}
+
+/// Where capture of a MariaDB database stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MariaDbCaptureStatus {
+    /// Whether capture holds a replication stream from the server now.
+    pub connected: bool,
+    /// How often it had to reconnect (the server restarted or was killed).
+    pub reconnects: u64,
+    /// The GTID position durable in the vault.
+    pub confirmed: String,
+    /// The last problem with the stream, if any.
+    pub last_problem: Option<String>,
 }
 
 /// How many events [`TimelineStatus::recent_events`] keeps.

@@ -63,6 +63,7 @@ async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a
         databases: vec!["data/app.db".into()],
         data_dirs: vec!["uploads".into()],
         manifest: "lifeboat.toml".into(),
+        mariadb: None,
         state_dir: ".lifeboat/timeline".into(),
     };
     let worker = TimelineWorker::start(sources, feed_options(8), repo.clone())

@@ -293,3 +293,64 @@ fn this_binary() -> std::io::Result<std::path::PathBuf> {
     }
     std::env::current_exe()
 }
+
+/// `lifeboat import-db`: a dump file or a running server into the site's MariaDB database.
+pub(super) async fn import_db(
+    dir: &Path,
+    args: super::ImportDbArgs,
+    global: &Global,
+) -> anyhow::Result<ExitCode> {
+    let target = lifeboat_control::mariadb::import_target(dir).await?;
+    let report = match (&args.dump, &args.from_server) {
+        (Some(dump), _) => {
+            let (spec, db, dump) = (target.spec, target.database, dump.clone());
+            tokio::task::spawn_blocking(move || lifeboat_mariadb::import_dump(&spec, &db, &dump))
+                .await??
+        }
+        (None, Some(server)) => {
+            let (host, port) = match server.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse()
+                        .with_context(|| format!("{p:?} is not a port number"))?,
+                ),
+                None => (server.clone(), 3306),
+            };
+            let password = std::env::var("LIFEBOAT_IMPORT_PASSWORD").context(
+                "set LIFEBOAT_IMPORT_PASSWORD to the password of the server to copy from (it is never taken from the command line)",
+            )?;
+            let source = lifeboat_mariadb::RemoteSource {
+                host,
+                port,
+                socket: None,
+                user: args
+                    .user
+                    .clone()
+                    .context("--user is needed with --from-server")?,
+                password,
+                database: args
+                    .database
+                    .clone()
+                    .context("--database is needed with --from-server")?,
+            };
+            let (spec, db) = (target.spec, target.database);
+            tokio::task::spawn_blocking(move || {
+                lifeboat_mariadb::import_from_server(&spec, &source, &db)
+            })
+            .await??
+        }
+        (None, None) => unreachable!("clap requires a source"),
+    };
+    if global.json {
+        println!(
+            "{}",
+            serde_json::json!({"database": report.database, "tables": report.tables})
+        );
+    } else {
+        println!(
+            "imported {} table(s) into the site's database {}",
+            report.tables, report.database
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

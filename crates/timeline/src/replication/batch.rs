@@ -60,6 +60,7 @@ pub(crate) fn encode(
         contents: ContentMap::new(),
         sources,
         inline: contents,
+        mariadb: BTreeMap::new(),
         checkpoint: false,
     }
     .encode()

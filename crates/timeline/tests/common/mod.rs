@@ -78,6 +78,7 @@ impl Site {
             databases: vec!["data/app.db".into()],
             data_dirs: vec!["uploads".into()],
             manifest: "lifeboat.toml".into(),
+            mariadb: None,
             state_dir: ".lifeboat/timeline".into(),
         }
     }
