@@ -161,7 +161,7 @@ find_lifeboat() {
 install_wordpress() {
     if [ -n "${LIFEBOAT_MARIADB_SOCKET:-}${LIFEBOAT_MARIADB_HOST:-}" ]; then
         cd "$site"
-        php -d display_errors=stderr -d error_reporting=E_ALL\&~E_DEPRECATED\&~E_NOTICE tools/install.php
+        php -d display_errors=stderr -d error_reporting='E_ALL & ~E_DEPRECATED & ~E_NOTICE' tools/install.php
         return
     fi
     [ "$mode" = install ] && die "no database: LIFEBOAT_MARIADB_SOCKET or LIFEBOAT_MARIADB_HOST must be set (lifeboat exec sets them for a site with [state] mariadb)"

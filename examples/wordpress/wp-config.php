@@ -59,7 +59,8 @@ define('LIFEBOAT_STATE_DIR', rtrim(lifeboat_env('LIFEBOAT_STATE_DIR', __DIR__), 
 
 $lifeboat_socket = lifeboat_env('LIFEBOAT_MARIADB_SOCKET');
 $lifeboat_host = lifeboat_env('LIFEBOAT_MARIADB_HOST');
-if ($lifeboat_socket !== null) {
+// The socket is preferred; TCP when the socket is not where this process can see it.
+if ($lifeboat_socket !== null && ($lifeboat_host === null || @file_exists($lifeboat_socket))) {
     // wpdb reads "localhost:/path" as a unix socket.
     define('DB_HOST', 'localhost:' . $lifeboat_socket);
 } elseif ($lifeboat_host !== null) {
@@ -150,6 +151,8 @@ if ($lifeboat_allowed && ($lifeboat_host === null || !in_array($lifeboat_host, $
     $lifeboat_host = $lifeboat_allowed[0];
 }
 if ($lifeboat_host !== null) {
+    // WordPress compares HTTP_HOST with WP_HOME (canonical redirects): one name for both.
+    $_SERVER['HTTP_HOST'] = $lifeboat_host;
     $lifeboat_url = (empty($_SERVER['HTTPS']) || $_SERVER['HTTPS'] === 'off' ? 'http' : 'https') . '://' . $lifeboat_host;
 } else {
     // The CLI (setup.sh's installer, the credentials hook): WP_URL, or Lifeboat's default front door.
@@ -158,6 +161,10 @@ if ($lifeboat_host !== null) {
 define('WP_HOME', $lifeboat_url);
 define('WP_SITEURL', $lifeboat_url);
 unset($lifeboat_host, $lifeboat_allowed, $lifeboat_url);
+
+// Cookie names end in a hash WordPress takes from the site's URL, which here follows the address
+// asked for: one name for the site whatever address (or instance) a visitor uses.
+define('COOKIEHASH', md5('lifeboat-wordpress:' . DB_NAME));
 
 /* ---- Files ------------------------------------------------------------------------------- */
 

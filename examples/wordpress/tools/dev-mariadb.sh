@@ -50,7 +50,8 @@ fi
 # Binary log on, row format, as Lifeboat runs it (so what is tried here behaves the same there).
 [ -n "$started" ] || mariadbd --no-defaults --datadir="$dir/data" --socket="$sock" --port="$port" \
     --bind-address=127.0.0.1 --pid-file="$pidfile" --log-error="$dir/error.log" \
-    --log-bin="$dir/data/binlog" --binlog-format=ROW --server-id=1 $run_as >/dev/null 2>&1 &
+    --log-bin="$dir/data/binlog" --binlog-format=ROW --server-id=1 --gtid-strict-mode=1 \
+    --sync-binlog=1 --skip-name-resolve --character-set-server=utf8mb4 $run_as >/dev/null 2>&1 &
 i=0
 until mariadb --no-defaults --socket="$sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; do
     i=$((i + 1))
