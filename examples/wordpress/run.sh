@@ -50,6 +50,16 @@ mkdir -p "$run"
 rm -f "$run/apache2.pid"   # a kill -9 leaves it; Apache would only warn
 conf=$run/apache2.conf
 
+# Logs go to the instance's stdout and stderr. When those are files this user can not open again
+# by name (as root, Lifeboat keeps the instance's log file and hands over only the open file to
+# the site's user), Apache writes through a `cat` of its own that inherits them.
+error_log=/dev/stderr
+access_log=/dev/stdout
+if ! [ -w /dev/stderr ] || ! [ -w /dev/stdout ]; then
+    error_log='"||/bin/cat"'
+    access_log='"||/bin/cat"'
+fi
+
 user_lines=""
 if [ "$(id -u)" -eq 0 ]; then
     user_lines="User ${APACHE_RUN_USER:-www-data}
@@ -102,11 +112,11 @@ KeepAlive Off
 Timeout 60
 ListenBacklog 511
 
-ErrorLog /dev/stderr
+ErrorLog $error_log
 LogLevel warn
 SetEnvIf Request_URI "^/lifeboat-health\.php$" lifeboat_health
 LogFormat "%{X-Forwarded-For}i %l %u %t \"%r\" %>s %b %D \"%{Referer}i\" \"%{User-Agent}i\"" proxied
-CustomLog /dev/stdout proxied env=!lifeboat_health
+CustomLog $access_log proxied env=!lifeboat_health
 ServerTokens Prod
 ServerSignature Off
 TraceEnable Off

@@ -17,6 +17,9 @@
 # passwords. Options:
 #   --install-only   only step 3, on the database in the environment (`lifeboat exec` runs this)
 #   --no-install     only steps 1 and 2
+#   --settings-from-stdin   read WP_ADMIN_USER, WP_ADMIN_PASSWORD, WP_ADMIN_EMAIL, WP_TITLE and
+#                    WP_URL as NAME=VALUE lines from stdin (how they reach it through `lifeboat
+#                    exec`, whose environment is the site's, never on a command line)
 # Environment: WP_ADMIN_USER (admin), WP_ADMIN_PASSWORD, WP_ADMIN_EMAIL, WP_TITLE, LIFEBOAT
 # (the lifeboat binary, default: lifeboat on PATH, else this workspace's target/{release,debug}).
 set -euo pipefail
@@ -26,14 +29,25 @@ say() { echo "$me: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 mode=all
+settings_stdin=""
 for arg in "$@"; do
     case $arg in
         --install-only) mode=install ;;
+        --settings-from-stdin) settings_stdin=1 ;;
         --no-install) mode=files ;;
         -h | --help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) die "unknown argument '$arg' (see --help)" ;;
     esac
 done
+
+settings=(WP_ADMIN_USER WP_ADMIN_PASSWORD WP_ADMIN_EMAIL WP_TITLE WP_URL)
+if [ -n "$settings_stdin" ]; then
+    while IFS= read -r kv; do
+        for name in "${settings[@]}"; do
+            [ "${kv%%=*}" = "$name" ] && export "$kv"
+        done
+    done
+fi
 
 # ---- 1. Packages ----------------------------------------------------------------------------
 packages=(wordpress wordpress-theme-twentytwentythree apache2 libapache2-mod-php php-cli php-mysql
@@ -161,6 +175,7 @@ find_lifeboat() {
 install_wordpress() {
     if [ -n "${LIFEBOAT_MARIADB_SOCKET:-}${LIFEBOAT_MARIADB_HOST:-}" ]; then
         cd "$site"
+        php tools/wait-db.php 60 || exit 1
         php -d display_errors=stderr -d error_reporting='E_ALL & ~E_DEPRECATED & ~E_NOTICE' tools/install.php
         return
     fi
@@ -168,7 +183,11 @@ install_wordpress() {
     local lifeboat
     if lifeboat=$(find_lifeboat) && "$lifeboat" -C "$site" status >/dev/null 2>&1; then
         say "lifeboat runs this site: installing WordPress into its database (lifeboat exec)"
-        exec "$lifeboat" -C "$site" exec -- ./setup.sh --install-only
+        local name
+        for name in "${settings[@]}"; do
+            if [ -n "${!name:-}" ]; then printf '%s=%s\n' "$name" "${!name}"; fi
+        done | "$lifeboat" -C "$site" exec -- ./setup.sh --install-only --settings-from-stdin
+        exit
     fi
     say "the site dir is ready; WordPress is installed into the site's database once it runs:"
     say "  lifeboat up $site      (then, in another terminal, $site/setup.sh again)"
