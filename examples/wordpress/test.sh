@@ -85,7 +85,8 @@ cp "$src"/tools/* "$site/tools/"
 cp "$src/wp-content/mu-plugins/lifeboat.php" "$site/wp-content/mu-plugins/"
 
 say "MariaDB in $work/db"
-eval "$("$site/tools/dev-mariadb.sh" start "$work/db")"
+db_env=$("$site/tools/dev-mariadb.sh" start "$work/db") || die "could not start MariaDB"
+eval "$db_env"
 old_db_password=$LIFEBOAT_MARIADB_PASSWORD
 
 admin_password=$(head -c 256 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9' | head -c 20)
