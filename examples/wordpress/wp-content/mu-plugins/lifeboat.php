@@ -7,6 +7,7 @@
  *   does, and also over plain http to clients on this machine: Lifeboat's front door speaks
  *   plain HTTP, and scripts next to the site (setup.sh, test.sh, the owner's) use it. A
  *   visitor from elsewhere still needs https (a TLS terminator in [proxy] trusted_proxies).
+ * - No daily https probe of its own address (see below).
  * - Uploads are read from and written to the state dir when Lifeboat gives one that is not the
  *   site dir (a restored copy it could not mount at the site's own paths).
  */
@@ -32,3 +33,9 @@ if (defined('LIFEBOAT_STATE_DIR') && LIFEBOAT_STATE_DIR !== LIFEBOAT_SITE_DIR) {
         return $dirs;
     });
 }
+
+// WordPress probes once a day whether the site answers https on its own address (a TLS
+// handshake to the front door, which speaks plain HTTP: a 400 in its log, and a Site Health
+// warning). Whether the site is https is decided by the TLS terminator in front of Lifeboat.
+remove_action('init', 'wp_schedule_https_detection');
+remove_action('wp_https_detection', 'wp_update_https_detection_errors');
