@@ -13,8 +13,8 @@
 # Environment: PORT (required); LIFEBOAT_INSTANCE, LIFEBOAT_STATE_DIR (uploads are served from
 # its wp-content/uploads); WP_APACHE_WORKERS (most PHP requests one instance serves at once,
 # default 8); WP_UPLOAD_MAX (default 64M); as root APACHE_RUN_USER / APACHE_RUN_GROUP (default
-# www-data: Apache refuses to serve as root). The LIFEBOAT_MARIADB_* variables, WP_HOSTS, WP_URL
-# and WP_DEBUG are passed on to PHP.
+# www-data: Apache refuses to serve as root). The LIFEBOAT_MARIADB_* variables, WP_HOSTS, WP_URL,
+# WP_DEBUG and WP_TABLE_PREFIX are passed on to PHP.
 set -eu
 me=run.sh
 site=$(cd "$(dirname "$0")" && pwd)
@@ -71,7 +71,7 @@ pass_env=""
 for var in LIFEBOAT_MARIADB_SOCKET LIFEBOAT_MARIADB_HOST LIFEBOAT_MARIADB_PORT \
     LIFEBOAT_MARIADB_DATABASE LIFEBOAT_MARIADB_USER LIFEBOAT_MARIADB_PASSWORD \
     LIFEBOAT_MARIADB_PASSWORD_FILE LIFEBOAT_STATE_DIR LIFEBOAT_SITE_DIR LIFEBOAT_SITE \
-    LIFEBOAT_INSTANCE WP_HOSTS WP_URL WP_DEBUG TMPDIR; do
+    LIFEBOAT_INSTANCE WP_HOSTS WP_URL WP_DEBUG WP_TABLE_PREFIX TMPDIR; do
     if eval "[ -n \"\${$var:-}\" ]"; then
         pass_env="$pass_env $var"
     fi

@@ -67,7 +67,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 http() {
     local url=$1
     shift
-    curl -sS -o "$work/body" -w '%{http_code}' --max-time 30 "$@" "$url" || echo 000
+    curl -sS -o "$work/body" -w '%{http_code}' --max-time 30 "$@" "$url" || true
 }
 field() { # JSON field of $work/body
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get(sys.argv[2], ""))' "$work/body" "$1"

@@ -83,7 +83,8 @@ define('DB_CHARSET', 'utf8mb4');
 define('DB_COLLATE', '');
 unset($lifeboat_socket, $lifeboat_host, $lifeboat_password, $lifeboat_password_file);
 
-$table_prefix = 'wp_';
+// WP_TABLE_PREFIX (in the process's `env`) for a site brought in with other table names.
+$table_prefix = lifeboat_env('WP_TABLE_PREFIX', 'wp_');
 
 /* ---- Keys and salts: secrets/wp-salts, NAME=VALUE lines ------------------------------------ */
 

@@ -73,7 +73,6 @@ foreach ($app_password_users as $user_id) {
 }
 WP_Session_Tokens::destroy_all_for_all_users();
 $wpdb->query("UPDATE {$wpdb->users} SET user_activation_key = ''");
-clean_user_cache(0);
 
 $lines = array('admin user: ' . $admins[0]->user_login);
 foreach ($admins as $i => $admin) {
