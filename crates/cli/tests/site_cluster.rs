@@ -70,6 +70,43 @@ fn etcd_binary() -> std::path::PathBuf {
     )
 }
 
+/// Host `i`'s etcd member of the LAN's three (its data under `scratch/etcd-I`).
+fn start_etcd(lan: &Lan, scratch: &std::path::Path, i: usize) -> std::process::Child {
+    let peers: Vec<String> = lan
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("h{}=http://{}:2380", i + 1, h.ip))
+        .collect();
+    let host = lan.host(i);
+    let data = scratch.join(format!("etcd-{}", i + 1));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.join(format!("etcd-{}.log", i + 1)))
+        .unwrap();
+    host.command(etcd_binary())
+        .arg(format!("--name=h{}", i + 1))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls=http://{}:2379", host.ip))
+        .arg(format!("--advertise-client-urls=http://{}:2379", host.ip))
+        .arg(format!("--listen-peer-urls=http://{}:2380", host.ip))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://{}:2380",
+            host.ip
+        ))
+        .arg(format!("--initial-cluster={}", peers.join(",")))
+        .arg("--initial-cluster-state=new")
+        // A member that comes back from a partition must not force an election (etcd 3.4's
+        // default; 3.5 turns it on): that stalls lease renewals for longer than a short TTL,
+        // and the primary fences itself for nothing.
+        .arg("--pre-vote")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("start etcd")
+}
+
 /// A three-host cluster: an etcd member and a lifeboat node (the guestbook) per host, each
 /// in its own zone, each node with its own copy of the site dir, as on three machines.
 struct Cluster {
@@ -84,45 +121,14 @@ impl Cluster {
         let lan = Lan::new(3);
         let scratch = tempfile::tempdir().unwrap();
         common::open_to_the_site_user(scratch.path());
-        let peers: Vec<String> = lan
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| format!("h{}=http://{}:2380", i + 1, h.ip))
-            .collect();
         let clients: Vec<String> = lan
             .hosts
             .iter()
             .map(|h| format!("\"http://{}:2379\"", h.ip))
             .collect();
-        let mut etcd = Vec::new();
-        for (i, host) in lan.hosts.iter().enumerate() {
-            let data = scratch.path().join(format!("etcd-{}", i + 1));
-            let log =
-                std::fs::File::create(scratch.path().join(format!("etcd-{}.log", i + 1))).unwrap();
-            etcd.push(
-                host.command(etcd_binary())
-                    .arg(format!("--name=h{}", i + 1))
-                    .arg(format!("--data-dir={}", data.display()))
-                    .arg(format!("--listen-client-urls=http://{}:2379", host.ip))
-                    .arg(format!("--advertise-client-urls=http://{}:2379", host.ip))
-                    .arg(format!("--listen-peer-urls=http://{}:2380", host.ip))
-                    .arg(format!(
-                        "--initial-advertise-peer-urls=http://{}:2380",
-                        host.ip
-                    ))
-                    .arg(format!("--initial-cluster={}", peers.join(",")))
-                    .arg("--initial-cluster-state=new")
-                    // A member that comes back from a partition must not force an election
-                    // (etcd 3.4's default; 3.5 turns it on): that stalls lease renewals for
-                    // longer than a short TTL, and the primary fences itself for nothing.
-                    .arg("--pre-vote")
-                    .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-                    .stderr(std::process::Stdio::from(log))
-                    .spawn()
-                    .expect("start etcd"),
-            );
-        }
+        let etcd = (0..lan.hosts.len())
+            .map(|i| start_etcd(&lan, scratch.path(), i))
+            .collect();
         let manifest = format!(
             r#"[site]
 name = "guestbook"
@@ -426,7 +432,7 @@ fn writer(cluster: &Cluster, from: usize, to: usize, tag: &str) -> std::process:
          \x20   r = urllib.request.urlopen(urllib.request.Request({url:?}, data=('text=' + text).encode(), method='POST'), timeout=15)\n\
          \x20   if r.status == 201: print('acked', text, flush=True)\n\
          \x20 except Exception as e:\n\
-         \x20   print('failed', text, e, flush=True); time.sleep(0.05)\n"
+         \x20   print('failed', text, e, (e.read()[:160] if hasattr(e, 'read') else b'').decode(errors='replace').replace(chr(10), ' '), flush=True); time.sleep(0.05)\n"
     );
     cluster
         .lan
@@ -686,4 +692,74 @@ fn switchover_moves_the_primary_without_a_failed_request() {
         .filter(|t| !body.contains(&format!("\"{t}\"")))
         .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// etcd loses quorum (two of its three members stop) while every node is healthy: the
+/// primary serves on in failsafe mode because every standby confirms it directly, writes go
+/// on being acknowledged, and when etcd is back the lease decides again, same primary, same
+/// term.
+#[test]
+fn losing_etcd_quorum_does_not_take_the_site_down() {
+    let mut cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    cluster.wait_or_explain("both standbys streaming", || {
+        others.iter().all(|&i| {
+            cluster
+                .status(i)
+                .is_some_and(|s| s["replica"]["state"] == "streaming")
+        })
+    });
+    cluster.wait_or_explain("the primary to list every node", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["nodes"].as_array().unwrap().len() == 3)
+    });
+    let mut child = writer(&cluster, others[1], others[0], "no-quorum");
+    let (acked, failed) = collect_both(&mut child);
+    cluster.wait_or_explain("writes acknowledged", || acked.lock().unwrap().len() >= 10);
+    for &i in &others {
+        let _ = cluster.etcd[i].kill();
+        let _ = cluster.etcd[i].wait();
+    }
+    let events_say = |site: &std::path::Path, what: &str| {
+        String::from_utf8_lossy(&common::cli(site, &["events"]).stdout).contains(what)
+    };
+    let primary_site = cluster.site(primary);
+    cluster.wait_or_explain("the primary to say it serves on in failsafe mode", || {
+        events_say(&primary_site, "failsafe mode")
+    });
+    // Several lease TTLs without etcd: still serving, same term.
+    let then = acked.lock().unwrap().len();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let s = cluster.status(primary).expect("the primary answers");
+    assert_eq!(
+        (s["role"]["role"].as_str(), s["role"]["term"].as_u64()),
+        (Some("primary"), Some(term)),
+        "{}",
+        cluster.explain()
+    );
+    assert!(
+        acked.lock().unwrap().len() >= then + 20,
+        "writes went on without etcd quorum\n{}",
+        cluster.explain()
+    );
+    for &i in &others {
+        cluster.etcd[i] = start_etcd(&cluster.lan, cluster.scratch.path(), i);
+    }
+    cluster.wait_or_explain("failsafe mode to end once etcd is back", || {
+        events_say(&primary_site, "failsafe mode ended")
+    });
+    let s = cluster.status(primary).expect("the primary answers");
+    assert_eq!(s["role"]["term"].as_u64(), Some(term));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "requests failed: {:?}",
+        failed.lock().unwrap()
+    );
 }

@@ -27,7 +27,7 @@ use lifeboat_cluster::{
     MemberValue, NodeAddresses, NodeInfo, Role, campaign_if_chosen,
 };
 use lifeboat_core::EventKind;
-use lifeboat_core::cluster::{Candidate, Health, Position};
+use lifeboat_core::cluster::{Candidate, FailsafeDecision, Health, Position};
 use lifeboat_core::manifest::{ClusterSpec, Durability};
 use lifeboat_timeline::{
     Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig, seed_capture_state,
@@ -163,6 +163,8 @@ pub(crate) struct Node {
     stream: Mutex<Option<Arc<StreamServer>>>,
     /// The replica's last status, for `lifeboat status` (refreshed every loop).
     replica_status: Mutex<Option<ReplicaReport>>,
+    /// This primary serves on in failsafe mode (etcd unreachable, every standby confirms).
+    failsafe: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -208,6 +210,7 @@ impl Node {
             replica: tokio::sync::Mutex::new(None),
             stream: Mutex::new(None),
             replica_status: Mutex::new(None),
+            failsafe: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -217,7 +220,9 @@ impl Node {
 
     /// Whether this node runs the site's instances now.
     pub(crate) fn runs_instances(&self) -> bool {
-        matches!(self.role(), NodeRole::Primary { .. }) && self.election.may_write()
+        matches!(self.role(), NodeRole::Primary { .. })
+            && (self.election.may_write()
+                || self.failsafe.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     pub(crate) fn members(&self) -> Vec<NodeReport> {
@@ -301,6 +306,15 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
                 term,
                 fence_deadline,
             } if status.may_write(now) => {
+                if node
+                    .failsafe
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    site.record(EventKind::NodeFailsafeEnded {
+                        node: node.info.node.clone(),
+                        term: term.0,
+                    });
+                }
                 let handing_over = matches!(node.role(), NodeRole::HandingOver { .. });
                 if !handing_over && node.role() != (NodeRole::Primary { term: term.0 }) {
                     promote(&site, &node, term.0).await;
@@ -310,13 +324,33 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
                 wake_at = wake_at.min(*fence_deadline);
             }
             Role::Leader { term, .. } | Role::Unconfirmed { term, .. } => {
-                fence(
-                    &site,
-                    &node,
-                    term.0,
-                    "its lease in etcd could not be renewed in time",
-                )
-                .await;
+                match failsafe(&node, &status, now) {
+                    FailsafeDecision::KeepServing { until, reason } => {
+                        if !node
+                            .failsafe
+                            .swap(true, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            site.record(EventKind::NodeFailsafe {
+                                node: node.info.node.clone(),
+                                term: term.0,
+                                why: reason,
+                            });
+                        }
+                        wake_at = wake_at.min(until);
+                    }
+                    FailsafeDecision::StopWriting { reason } => {
+                        fence(&site, &node, term.0, &reason).await;
+                    }
+                    FailsafeDecision::NotNeeded => {
+                        fence(
+                            &site,
+                            &node,
+                            term.0,
+                            "its lease in etcd could not be renewed in time",
+                        )
+                        .await;
+                    }
+                }
             }
             Role::Standby => {
                 if let NodeRole::Primary { term } = node.role() {
@@ -359,7 +393,40 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
 
 /// What the standby's replica keeps: the live state (the site dir's own), as the manifest
 /// declares it.
-fn replica_config(site: &Site, node: &Node) -> ReplicaConfig {
+fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
+    // Failsafe: while etcd has lost quorum, the primary keeps serving only as long as every
+    // standby confirms it directly; this node confirms per `core::cluster::confirm_leader`.
+    let weak = Arc::downgrade(node);
+    let confirm: lifeboat_timeline::ConfirmPolicy = Arc::new(move |request| {
+        let Some(node) = weak.upgrade() else {
+            return Err("this node is stopping".into());
+        };
+        let status = node.election.status();
+        let now = tokio::time::Instant::now();
+        let leader_in_etcd = status
+            .leader
+            .as_ref()
+            .map(|l| lifeboat_core::cluster::LeaderSeen {
+                node: l.node().to_string(),
+                term: l.term,
+            });
+        let highest = [
+            status.leader.as_ref().map(|l| l.term.0),
+            status.previous_leader.as_ref().map(|l| l.term.0),
+            node.registry.value().applied.term.into(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        lifeboat_core::cluster::confirm_leader(&lifeboat_core::cluster::ConfirmInput {
+            request: request.clone(),
+            etcd_reachable: status.etcd_reachable(now),
+            leader_in_etcd,
+            highest_term_seen: lifeboat_core::cluster::Term(highest),
+            i_lead: status.my_term().is_some(),
+        })
+    });
     ReplicaConfig {
         site: site.manifest.site.clone(),
         node: node.info.node.clone(),
@@ -368,7 +435,10 @@ fn replica_config(site: &Site, node: &Node) -> ReplicaConfig {
         databases: site.manifest.state.sqlite.clone(),
         data_dirs: site.manifest.state.dirs.clone(),
         meta_dir: site.paths.lifeboat_dir().join("replica"),
-        options: ReplicaOptions::default(),
+        options: ReplicaOptions {
+            confirm: Some(confirm),
+            ..ReplicaOptions::default()
+        },
     }
 }
 
@@ -523,6 +593,8 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
         why: why.to_string(),
     });
     site.supervisor.kill_all_now().await;
+    node.failsafe
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     // Answers still waiting for a standby get their 503 (the stream goes away below).
     site.proxy.set_write_gate(None);
     for backend in site.proxy.backends() {
@@ -898,9 +970,65 @@ async fn hand_over(
     }
 }
 
+/// Whether this primary, whose lease could not be renewed, serves on in failsafe mode: only
+/// while etcd is unreachable and every other member it last knew confirmed it directly
+/// (`core::cluster::decide_failsafe`, Patroni's failsafe mode).
+fn failsafe(
+    node: &Node,
+    status: &lifeboat_cluster::ElectionStatus,
+    now: Instant,
+) -> FailsafeDecision<Instant> {
+    let Some(stream) = node.stream() else {
+        return FailsafeDecision::NotNeeded;
+    };
+    // Everybody who could take over must confirm: the members etcd last listed, and every
+    // standby connected to the stream (one may have joined after the last listing).
+    let standbys = stream.status().standbys;
+    let members: std::collections::BTreeSet<String> = node
+        .members()
+        .into_iter()
+        .map(|m| m.name)
+        .chain(standbys.iter().map(|s| s.node.clone()))
+        .filter(|n| *n != node.info.node)
+        .collect();
+    let confirmations = standbys
+        .into_iter()
+        .filter_map(|s| Some((s.node, Instant::from_std(s.last_confirmed_request_sent?))))
+        .collect();
+    let timing = node.election.timing();
+    lifeboat_core::cluster::decide_failsafe(&lifeboat_core::cluster::FailsafeInput {
+        // Past the fence deadline no renewal got through: etcd is unreachable as far as the
+        // lease goes, even if it answered something else a moment ago. (If it answered that
+        // the lease is gone, this node would be a standby already; if it shows another
+        // leader to a standby, that standby refuses to confirm.)
+        etcd_reachable: false,
+        my_term: status.my_term(),
+        members_last_known: members,
+        confirmations,
+        ttl: timing.ttl,
+        margin: timing.fence_margin,
+        now,
+    })
+}
+
 /// Nobody leads: campaign if this node is the one the decision picks.
 async fn failover_step(site: &Site, node: &Node) {
-    match campaign_if_chosen(&node.election, &node.registry, node.candidate(), false).await {
+    // A standby that confirmed a primary in failsafe mode within the last TTL must not
+    // campaign: that primary may still be writing.
+    let promise = node
+        .replica
+        .lock()
+        .await
+        .as_ref()
+        .map(|r| r.status().last_confirmed_at)
+        .is_some_and(|at| {
+            lifeboat_core::cluster::failsafe_promise_holds(
+                at,
+                node.election.timing().ttl,
+                std::time::Instant::now(),
+            )
+        });
+    match campaign_if_chosen(&node.election, &node.registry, node.candidate(), promise).await {
         Ok(step) => {
             let reason = step.decision.reason().to_string();
             let mut waiting = node.waiting.lock().expect("waiting lock");
@@ -940,6 +1068,16 @@ async fn refresh_members(node: &Node) {
     let Ok(members) = node.registry.list().await else {
         return;
     };
+    if let Some(stream) = node.stream() {
+        stream.set_failsafe_members(
+            members
+                .members
+                .iter()
+                .map(|m| m.info.node.clone())
+                .filter(|n| *n != node.info.node)
+                .collect(),
+        );
+    }
     let leader = node.election.status().leader;
     let reports = members
         .members

@@ -140,6 +140,15 @@ pub enum EventKind {
         term: u64,
         why: String,
     },
+    /// etcd can not be reached (it lost quorum), but every standby confirms this primary
+    /// directly: it serves on (failsafe mode) instead of stopping the site.
+    NodeFailsafe {
+        node: String,
+        term: u64,
+        why: String,
+    },
+    /// etcd answers again: the primary's lease decides as usual.
+    NodeFailsafeEnded { node: String, term: u64 },
     /// A node kept a state of its own aside (as `state`, listed by `lifeboat states`) before
     /// following another primary: what it holds that the primary does not is not lost.
     StateForked { state: String, why: String },
@@ -305,6 +314,12 @@ impl EventKind {
                 "{node} stopped writing (term {term}): {why}; its instances were killed and it rejoins as a standby"
             ),
             EventKind::StateForked { state, why } => format!("state kept aside as {state}: {why}"),
+            EventKind::NodeFailsafe { node, term, why } => {
+                format!("{node} serves on in failsafe mode (term {term}): {why}")
+            }
+            EventKind::NodeFailsafeEnded { node, term } => {
+                format!("{node} reaches etcd again: failsafe mode ended (term {term})")
+            }
             EventKind::InstanceOutOfMemory {
                 instance,
                 killed,
@@ -341,6 +356,7 @@ impl EventKind {
                 | EventKind::NodePromoted { .. }
                 | EventKind::NodeFenced { .. }
                 | EventKind::StateForked { .. }
+                | EventKind::NodeFailsafe { .. }
                 | EventKind::RewindFailed { .. }
         )
     }
