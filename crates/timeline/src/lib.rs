@@ -44,6 +44,7 @@ pub use replication::{
     StreamServerStatus, seed_capture_state,
 };
 pub use restore::{
+    MariaDbRestoreOptions, RestoredMariaDb, restore_site_with,
     RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, RestoredDir, SegmentRange,
     list_restore_points, restore_site,
 };
