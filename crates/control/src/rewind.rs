@@ -142,6 +142,8 @@ pub(crate) async fn rewind(
     };
     let rotate = match (&site.manifest.credentials.rotate, req.rotate_credentials) {
         (Some(cmd), true) => Some(cmd.clone()),
+        // A MariaDB site's database password is rotated by Lifeboat itself.
+        (None, true) if site.manifest.state.mariadb.is_some() => None,
         (None, true) => {
             return Err(ControlError::Refused(
                 "--rotate-credentials needs a hook: add `[credentials] rotate = \"./rotate-credentials.sh\"` to lifeboat.toml".into(),
@@ -272,7 +274,19 @@ pub(crate) async fn rewind(
         .collect();
     report.files = restored.files;
     report.file_bytes = restored.file_bytes;
-    report.credentials = credentials;
+    report.credentials = match (&database, req.rotate_credentials, credentials) {
+        // The new password itself is never shown: only the new instances get it.
+        (Some(db), true, hook) => Some(
+            std::iter::once(format!(
+                "rotated: mariadb user {} (new database password given to the new instances)",
+                db.spec.user
+            ))
+            .chain(hook)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        ),
+        (_, _, hook) => hook,
+    };
     report.took_ms = started.elapsed().as_millis() as u64;
     site.record(EventKind::RewindDone {
         to: rfc3339(restored.restored_time),
