@@ -291,7 +291,13 @@ fn an_existing_database_is_imported_from_a_dump_and_the_app_serves_it() {
 /// the client's error.
 fn rows_as_app(socket: &str, password: &str) -> Result<Vec<u64>, String> {
     let out = std::process::Command::new("mariadb")
-        .args(["--batch", "--skip-column-names", "--protocol=socket", "-S", socket])
+        .args([
+            "--batch",
+            "--skip-column-names",
+            "--protocol=socket",
+            "-S",
+            socket,
+        ])
         .args(["-u", "blogger", "blog", "-e", "SELECT n FROM t ORDER BY n"])
         .env("MYSQL_PWD", password)
         .output()
@@ -329,8 +335,7 @@ struct Sent {
 }
 
 #[test]
-fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_database_password()
-{
+fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_database_password() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     let site = mariadb_site(2, VAULT);
@@ -358,7 +363,11 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
         })
         .collect();
     let acked_count = |log: &Mutex<Vec<Sent>>| {
-        log.lock().unwrap().iter().filter(|s| s.acked.is_some()).count()
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.acked.is_some())
+            .count()
     };
     wait_until("writes before T", || acked_count(&log) >= 40);
     let t = time::OffsetDateTime::now_utc();
@@ -370,31 +379,49 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
     let all_acked: Vec<u64> = {
-        let mut v: Vec<u64> = log.iter().filter(|s| s.acked.is_some()).map(|s| s.n).collect();
+        let mut v: Vec<u64> = log
+            .iter()
+            .filter(|s| s.acked.is_some())
+            .map(|s| s.n)
+            .collect();
         v.sort();
         v
     };
     assert_eq!(rows(&proxy), all_acked, "every acknowledged row is live");
     let live_status = lifeboat.status();
-    let old_socket = database(&live_status)["socket"].as_str().unwrap().to_string();
+    let old_socket = database(&live_status)["socket"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let old_password =
         std::fs::read_to_string(site.path().join(".lifeboat/mariadb/site/app-password")).unwrap();
     let old_password = old_password.trim().to_string();
     // Everything up to now durable in the vault.
     lifeboat.wait_for_status("capture of every write", |s| {
-        gtid_seq(s["capture"]["mariadb"]["confirmed"].as_str().unwrap_or("")) >= all_acked.len() as u64
+        gtid_seq(s["capture"]["mariadb"]["confirmed"].as_str().unwrap_or(""))
+            >= all_acked.len() as u64
     });
 
     let started = Instant::now();
     let report = ok_json(
         &lifeboat,
-        &["rewind", "--to", &rfc(t), "--rotate-credentials", "--yes", "--json"],
+        &[
+            "rewind",
+            "--to",
+            &rfc(t),
+            "--rotate-credentials",
+            "--yes",
+            "--json",
+        ],
     );
     let took = started.elapsed();
     let state = report["state"].as_str().unwrap().to_string();
     assert_ne!(state, "site");
     assert!(
-        report["credentials"].as_str().unwrap_or("").contains("rotated: mariadb user blogger"),
+        report["credentials"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rotated: mariadb user blogger"),
         "{report:#}"
     );
     // Exactly the rows acknowledged before T; none sent after it.
@@ -405,7 +432,10 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
         .map(|s| s.n)
         .collect();
     let missing: Vec<_> = must.iter().filter(|n| !restored.contains(n)).collect();
-    assert!(missing.is_empty(), "acknowledged before T but not restored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged before T but not restored: {missing:?}"
+    );
     let late: Vec<_> = log
         .iter()
         .filter(|s| s.sent > t && restored.contains(&s.n))
@@ -422,11 +452,16 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
     let status = lifeboat.status();
     assert_eq!(status["state"], state.as_str());
     let dbs = status["databases"].as_array().unwrap();
-    assert_eq!(dbs.len(), 1, "the old server stopped after the switch: {status:#}");
+    assert_eq!(
+        dbs.len(),
+        1,
+        "the old server stopped after the switch: {status:#}"
+    );
     let socket = dbs[0]["socket"].as_str().unwrap().to_string();
     assert_ne!(socket, old_socket);
     let new_password = std::fs::read_to_string(
-        site.path().join(format!(".lifeboat/mariadb/{state}/app-password")),
+        site.path()
+            .join(format!(".lifeboat/mariadb/{state}/app-password")),
     )
     .unwrap();
     let new_password = new_password.trim().to_string();
@@ -451,18 +486,36 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
     let copy = into.path().join("copy");
     ok_json(
         &lifeboat,
-        &["restore-site", "--to", &rfc(t), "--into", copy.to_str().unwrap(), "--json"],
+        &[
+            "restore-site",
+            "--to",
+            &rfc(t),
+            "--into",
+            copy.to_str().unwrap(),
+            "--json",
+        ],
     );
-    let run = tempfile::Builder::new().prefix("lbt").tempdir_in("/tmp").unwrap();
+    let run = tempfile::Builder::new()
+        .prefix("lbt")
+        .tempdir_in("/tmp")
+        .unwrap();
     let mut spec =
         lifeboat_mariadb::ServerSpec::new(&copy.join("mariadb"), run.path(), None).unwrap();
     spec.config_dir = copy.join(".lifeboat/mariadb/site");
     let admin = spec.admin_password().expect("the copy has its admin login");
     spec.write_config(&admin).unwrap();
-    let server = spec.start(Duration::from_secs(60)).expect("the copy's server starts");
+    let server = spec
+        .start(Duration::from_secs(60))
+        .expect("the copy's server starts");
     let out = std::process::Command::new("mariadb")
         .arg(format!("--defaults-file={}", spec.config_path().display()))
-        .args(["--batch", "--skip-column-names", "blog", "-e", "SELECT n FROM t ORDER BY n"])
+        .args([
+            "--batch",
+            "--skip-column-names",
+            "blog",
+            "-e",
+            "SELECT n FROM t ORDER BY n",
+        ])
         .output()
         .unwrap();
     server.stop(Duration::from_secs(60)).unwrap();

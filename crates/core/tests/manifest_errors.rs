@@ -453,7 +453,10 @@ fn a_bad_mariadb_name_user_or_dir_is_refused_where_it_is_written() {
         "dirs = [\"data/uploads\"]\nmariadb = { database = \"word-press\", user = \"root\", dir = \"data/uploads/db\" }",
     );
     let e = error_for(&text);
-    assert!(e.contains("lifeboat.toml:12:24: state.mariadb.database"), "{e}");
+    assert!(
+        e.contains("lifeboat.toml:12:24: state.mariadb.database"),
+        "{e}"
+    );
     assert!(e.contains("state.mariadb.database"), "{e}");
     assert!(e.contains("state.mariadb.user"), "{e}");
     assert!(e.contains("not `root`"), "{e}");

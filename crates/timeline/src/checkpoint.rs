@@ -219,8 +219,7 @@ fn store_mariadb_bases(
             }
         }
         writer.finish(vec![CONTENT_TAG.into()], None)?;
-        std::fs::remove_dir_all(&base.dir)
-            .map_err(crate::error::io_err("remove", &base.dir))?;
+        std::fs::remove_dir_all(&base.dir).map_err(crate::error::io_err("remove", &base.dir))?;
         out.push((
             MariaDbCheckpoint {
                 name: m.name.clone(),

@@ -521,14 +521,23 @@ async fn build(
                     )
                 })
                 .await
-                .map_err(|e| TimelineError::Invalid(format!("the MariaDB restore failed: {e}")))??,
+                .map_err(|e| {
+                    TimelineError::Invalid(format!("the MariaDB restore failed: {e}"))
+                })??,
             )
         }
         None => None,
     };
     std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
     sync_tree(staging)?;
-    Ok((databases, dirs, files, file_bytes, manifest, restored_mariadb))
+    Ok((
+        databases,
+        dirs,
+        files,
+        file_bytes,
+        manifest,
+        restored_mariadb,
+    ))
 }
 
 /// The MariaDB database: the checkpoint's base, then every transaction received at or
