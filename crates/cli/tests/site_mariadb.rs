@@ -525,3 +525,31 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
         .collect();
     assert_eq!(copied, restored, "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_rewind_whose_hook_fails_changes_nothing_and_stops_the_restored_server() {
+    let site = mariadb_site(
+        1,
+        &format!("{VAULT}\n[credentials]\nrotate = \"echo no >&2; exit 3\"\n"),
+    );
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=5 {
+        assert!(write_row(&lifeboat.proxy, n));
+    }
+    let before = lifeboat.status();
+    let out = lifeboat.cli(&["rewind", "--to", "latest", "--rotate-credentials", "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the live site is unchanged"), "{err}");
+    let after = lifeboat.status();
+    assert_eq!(after["state"], "site");
+    let dbs = after["databases"].as_array().unwrap();
+    assert_eq!(dbs.len(), 1, "only the live server runs: {after:#}");
+    assert_eq!(dbs[0]["pid"], database(&before)["pid"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
+    assert!(write_row(&lifeboat.proxy, 6));
+}
