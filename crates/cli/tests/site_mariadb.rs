@@ -475,6 +475,15 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
     );
     // The app writes on the restored database, and capture follows it.
     assert!(write_row(&proxy, 1_000_000));
+    // Capture follows the restored server from where its binlog starts (the restore point's
+    // GTID position, not 1): no gap, the new write durable.
+    let min_seq = restored.len() as u64 + 1;
+    lifeboat.wait_for_status("capture of the restored server", |s| {
+        let m = &s["capture"]["mariadb"];
+        m["connected"] == true
+            && s["capture"]["last_error"].is_null()
+            && gtid_seq(m["confirmed"].as_str().unwrap_or("")) > min_seq
+    });
 
     // Undo: the later rows are back, on the old state's server (restarted).
     let undone = ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
