@@ -567,12 +567,17 @@ fn restore_mariadb(
         None => staging.join(".lifeboat").join("mariadb").join("site"),
     };
     for dir in [&spec.config_dir, &options.run_dir] {
+        // Only the dir itself is private: a parent made here keeps the usual mode (the run
+        // dirs' parent, e.g. /run/lifeboat, must stay traversable for the site's user).
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err("create", dir))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(io_err("create", dir)(e)),
+        }
     }
     let target = match t {
         Some(t) => lifeboat_mariadb::RestoreTarget::Time(t),
