@@ -533,6 +533,16 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
         .map(|n| n.parse().unwrap())
         .collect();
     assert_eq!(copied, restored, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // After all that, the timeline still rewinds: a write on the site again, then to latest.
+    assert!(write_row(&proxy, 2_000_000));
+    let mut want = all_acked.clone();
+    want.push(2_000_000);
+    lifeboat.wait_for_status("capture of the last write", |s| {
+        s["capture"]["lag_ms"] == 0 && s["capture"]["last_error"].is_null()
+    });
+    ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    assert_eq!(rows(&proxy), want, "rewound to latest");
 }
 
 #[test]
