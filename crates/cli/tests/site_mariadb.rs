@@ -543,6 +543,18 @@ fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_d
     });
     ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
     assert_eq!(rows(&proxy), want, "rewound to latest");
+
+    // The restored copy is a site: `lifeboat up` on it serves the rows as of T (its admin
+    // login came with the copy; the app's user gets a new password at its first start).
+    drop(lifeboat);
+    std::fs::copy(app_script(), copy.join("app.py")).unwrap();
+    let again = Lifeboat::up(&copy);
+    again.wait_healthy(2);
+    assert_eq!(
+        rows(&again.proxy),
+        restored,
+        "the restored site serves the rows as of T"
+    );
 }
 
 #[test]
