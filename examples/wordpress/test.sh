@@ -6,13 +6,14 @@
 #   setup.sh installs (and a second run changes nothing that works); a post and a medium are
 #   made through the REST API with the application password (on one instance, seen on the
 #   other); the admin logs in (a cookie); the title is defaced; a .php is planted in uploads
-#   (refused, never run) and one is uploaded (refused); the rotate hook runs, with a new
-#   database password; the instances are stopped (SIGTERM to each group, as Lifeboat does) and
-#   started with it. The old cookie, application password, admin password and database password
+#   (refused, never run) and one is uploaded (refused); the database user gets a new password
+#   (as `lifeboat rewind --rotate-credentials` sets it) and the rotate hook runs with it; the
+#   instances are stopped (SIGTERM to each group, as Lifeboat does) and started with it. The old cookie, application password, admin password and database password
 #   no longer work; the new admin password and application password do; content is intact.
 #
 # Undoing the defacement and the planted file is the rewind's job: Lifeboat's integration test
-# (once [state] mariadb is in `lifeboat up`) runs these same steps around a `lifeboat rewind`.
+# (crates/cli/tests/site_wordpress.rs) runs these steps under `lifeboat up` around a
+# `lifeboat rewind --to T --rotate-credentials`.
 #
 # Needs the packages setup.sh installs (run it once as root). Runs as root (Apache's workers as
 # www-data) or as an ordinary user. Everything it starts is stopped at the end; KEEP=1 keeps the
