@@ -10,7 +10,10 @@
 #   - every application password is revoked, and the admin gets a new one;
 #   - new keys and salts in secrets/wp-salts: every old login cookie and nonce stops working
 #     even where a session survived;
-#   - with LIFEBOAT_MARIADB_NEW_PASSWORD (or _FILE) set, the database user's new password.
+#
+# The database user's password is rotated by Lifeboat itself: `rewind --rotate-credentials`
+# sets a new one on the restored copy's server before this runs, and this hook and the new
+# instances get it as LIFEBOAT_MARIADB_PASSWORD (the old one is refused from then on).
 #
 # It prints on stdout, shown to the owner once and never stored by lifeboat:
 #   rotated: LOGIN                      each administrator (lifeboat keeps these names)

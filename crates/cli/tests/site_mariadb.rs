@@ -231,15 +231,6 @@ fn a_killed_mariadbd_is_restarted_keeps_every_acknowledged_write_and_capture_has
     let m = &status["capture"]["mariadb"];
     assert!(m["reconnects"].as_u64().unwrap() >= 1, "{status:#}");
     assert!(status["capture"]["last_error"].is_null(), "{status:#}");
-    // Until restoring the database is wired in, a rewind says so and changes nothing.
-    let out = lifeboat.cli(&["rewind", "--to", "latest", "--yes"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not built yet") && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(lifeboat.status()["state"], "site");
 }
 
 #[test]
@@ -294,4 +285,302 @@ fn an_existing_database_is_imported_from_a_dump_and_the_app_serves_it() {
     assert_eq!(rows(&lifeboat.proxy), vec![1001, 1002, 1003]);
     assert!(write_row(&lifeboat.proxy, 1004));
     assert_eq!(rows(&lifeboat.proxy), vec![1001, 1002, 1003, 1004]);
+}
+
+/// `mariadb` logged in as the app's user with `password` over `socket`: the rows of `t`, or
+/// the client's error.
+fn rows_as_app(socket: &str, password: &str) -> Result<Vec<u64>, String> {
+    let out = std::process::Command::new("mariadb")
+        .args([
+            "--batch",
+            "--skip-column-names",
+            "--protocol=socket",
+            "-S",
+            socket,
+        ])
+        .args(["-u", "blogger", "blog", "-e", "SELECT n FROM t ORDER BY n"])
+        .env("MYSQL_PWD", password)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect())
+}
+
+fn rfc(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn ok_json(lifeboat: &Lifeboat, args: &[&str]) -> Value {
+    let out = lifeboat.cli(args);
+    assert!(
+        out.status.success(),
+        "lifeboat {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One write of the test's writer: the row, when it was sent and when its 200 came back.
+struct Sent {
+    n: u64,
+    sent: time::OffsetDateTime,
+    acked: Option<time::OffsetDateTime>,
+}
+
+#[test]
+fn rewind_to_t_under_load_has_exactly_the_rows_acknowledged_before_t_and_a_new_database_password() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let site = mariadb_site(2, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(2);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    let proxy = lifeboat.proxy.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let log = Arc::new(Mutex::new(Vec::<Sent>::new()));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, next, log, proxy) = (stop.clone(), next.clone(), log.clone(), proxy.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = next.fetch_add(1, Ordering::SeqCst) + 1;
+                    let sent = time::OffsetDateTime::now_utc();
+                    let ok = write_row(&proxy, n);
+                    let acked = ok.then(time::OffsetDateTime::now_utc);
+                    log.lock().unwrap().push(Sent { n, sent, acked });
+                }
+            })
+        })
+        .collect();
+    let acked_count = |log: &Mutex<Vec<Sent>>| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.acked.is_some())
+            .count()
+    };
+    wait_until("writes before T", || acked_count(&log) >= 40);
+    let t = time::OffsetDateTime::now_utc();
+    let before = acked_count(&log);
+    wait_until("writes after T", || acked_count(&log) >= before + 40);
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let all_acked: Vec<u64> = {
+        let mut v: Vec<u64> = log
+            .iter()
+            .filter(|s| s.acked.is_some())
+            .map(|s| s.n)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rows(&proxy), all_acked, "every acknowledged row is live");
+    let live_status = lifeboat.status();
+    let old_socket = database(&live_status)["socket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_password =
+        std::fs::read_to_string(site.path().join(".lifeboat/mariadb/site/app-password")).unwrap();
+    let old_password = old_password.trim().to_string();
+    // Everything up to now durable in the vault.
+    lifeboat.wait_for_status("capture of every write", |s| {
+        gtid_seq(s["capture"]["mariadb"]["confirmed"].as_str().unwrap_or(""))
+            >= all_acked.len() as u64
+    });
+
+    let started = Instant::now();
+    let report = ok_json(
+        &lifeboat,
+        &[
+            "rewind",
+            "--to",
+            &rfc(t),
+            "--rotate-credentials",
+            "--yes",
+            "--json",
+        ],
+    );
+    let took = started.elapsed();
+    let state = report["state"].as_str().unwrap().to_string();
+    assert_ne!(state, "site");
+    assert!(
+        report["credentials"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rotated: mariadb user blogger"),
+        "{report:#}"
+    );
+    // Exactly the rows acknowledged before T; none sent after it.
+    let restored = rows(&proxy);
+    let must: Vec<u64> = log
+        .iter()
+        .filter(|s| s.acked.is_some_and(|a| a < t))
+        .map(|s| s.n)
+        .collect();
+    let missing: Vec<_> = must.iter().filter(|n| !restored.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before T but not restored: {missing:?}"
+    );
+    let late: Vec<_> = log
+        .iter()
+        .filter(|s| s.sent > t && restored.contains(&s.n))
+        .map(|s| s.n)
+        .collect();
+    assert!(late.is_empty(), "sent after T but restored: {late:?}");
+    assert!(restored.len() < all_acked.len());
+    eprintln!(
+        "rewind of {} rows (of {}) with a new database password took {took:?}",
+        restored.len(),
+        all_acked.len()
+    );
+    // The restored server: its own socket; the old password fails, the new one works.
+    let status = lifeboat.status();
+    assert_eq!(status["state"], state.as_str());
+    let dbs = status["databases"].as_array().unwrap();
+    assert_eq!(
+        dbs.len(),
+        1,
+        "the old server stopped after the switch: {status:#}"
+    );
+    let socket = dbs[0]["socket"].as_str().unwrap().to_string();
+    assert_ne!(socket, old_socket);
+    let new_password = std::fs::read_to_string(
+        site.path()
+            .join(format!(".lifeboat/mariadb/{state}/app-password")),
+    )
+    .unwrap();
+    let new_password = new_password.trim().to_string();
+    assert_ne!(new_password, old_password);
+    let refused = rows_as_app(&socket, &old_password).unwrap_err();
+    assert!(refused.contains("Access denied"), "{refused}");
+    assert_eq!(rows_as_app(&socket, &new_password).unwrap(), restored);
+    assert!(
+        !everything_recorded(&lifeboat).contains(&new_password),
+        "the new database password leaked"
+    );
+    // The app writes on the restored database, and capture follows it.
+    assert!(write_row(&proxy, 1_000_000));
+    // Capture follows the restored server from where its binlog starts (the restore point's
+    // GTID position, not 1): no gap, the new write durable.
+    let min_seq = restored.len() as u64 + 1;
+    lifeboat.wait_for_status("capture of the restored server", |s| {
+        let m = &s["capture"]["mariadb"];
+        m["connected"] == true
+            && s["capture"]["last_error"].is_null()
+            && gtid_seq(m["confirmed"].as_str().unwrap_or("")) > min_seq
+    });
+
+    // Undo: the later rows are back, on the old state's server (restarted).
+    let undone = ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(undone["state"], "site");
+    assert_eq!(rows(&proxy), all_acked);
+
+    // restore-site into another dir: the database as of T.
+    let into = tempfile::tempdir().unwrap();
+    let copy = into.path().join("copy");
+    ok_json(
+        &lifeboat,
+        &[
+            "restore-site",
+            "--to",
+            &rfc(t),
+            "--into",
+            copy.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let run = tempfile::Builder::new()
+        .prefix("lbt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut spec =
+        lifeboat_mariadb::ServerSpec::new(&copy.join("mariadb"), run.path(), None).unwrap();
+    spec.config_dir = copy.join(".lifeboat/mariadb/site");
+    let admin = spec.admin_password().expect("the copy has its admin login");
+    spec.write_config(&admin).unwrap();
+    let server = spec
+        .start(Duration::from_secs(60))
+        .expect("the copy's server starts");
+    let out = std::process::Command::new("mariadb")
+        .arg(format!("--defaults-file={}", spec.config_path().display()))
+        .args([
+            "--batch",
+            "--skip-column-names",
+            "blog",
+            "-e",
+            "SELECT n FROM t ORDER BY n",
+        ])
+        .output()
+        .unwrap();
+    server.stop(Duration::from_secs(60)).unwrap();
+    let copied: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(copied, restored, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // After all that, the timeline still rewinds: a write on the site again, then to latest.
+    assert!(write_row(&proxy, 2_000_000));
+    let mut want = all_acked.clone();
+    want.push(2_000_000);
+    lifeboat.wait_for_status("capture of the last write", |s| {
+        s["capture"]["lag_ms"] == 0 && s["capture"]["last_error"].is_null()
+    });
+    ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    assert_eq!(rows(&proxy), want, "rewound to latest");
+
+    // The restored copy is a site: `lifeboat up` on it serves the rows as of T (its admin
+    // login came with the copy; the app's user gets a new password at its first start).
+    drop(lifeboat);
+    std::fs::copy(app_script(), copy.join("app.py")).unwrap();
+    let again = Lifeboat::up(&copy);
+    again.wait_healthy(2);
+    assert_eq!(
+        rows(&again.proxy),
+        restored,
+        "the restored site serves the rows as of T"
+    );
+}
+
+#[test]
+fn a_rewind_whose_hook_fails_changes_nothing_and_stops_the_restored_server() {
+    let site = mariadb_site(
+        1,
+        &format!("{VAULT}\n[credentials]\nrotate = \"echo no >&2; exit 3\"\n"),
+    );
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=5 {
+        assert!(write_row(&lifeboat.proxy, n));
+    }
+    let before = lifeboat.status();
+    let out = lifeboat.cli(&["rewind", "--to", "latest", "--rotate-credentials", "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the live site is unchanged"), "{err}");
+    let after = lifeboat.status();
+    assert_eq!(after["state"], "site");
+    let dbs = after["databases"].as_array().unwrap();
+    assert_eq!(dbs.len(), 1, "only the live server runs: {after:#}");
+    assert_eq!(dbs[0]["pid"], database(&before)["pid"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
+    assert!(write_row(&lifeboat.proxy, 6));
 }

@@ -356,6 +356,51 @@ impl SiteDatabase {
         Ok(spec)
     }
 
+    /// Stops the server of `state` (cleanly: SIGTERM, InnoDB flushes) if it runs.
+    pub(crate) async fn stop(&self, state: &str) {
+        self.running.lock().expect("servers lock").remove(state);
+        self.supervisor.stop(&Self::id(state)).await;
+    }
+
+    /// The app's database password of `state`, if its server ever ran.
+    pub(crate) fn app_password(&self, state: &str) -> Option<String> {
+        std::fs::read_to_string(password_file(&self.paths, state))
+            .ok()
+            .map(|p| p.trim().to_string())
+    }
+
+    /// How a rewind restores the database into the state named `state`: its config (and new
+    /// admin password) in that state's private dir, the app's user given `app_password`
+    /// (recorded for the state once the restore succeeded: [`Self::set_app_password`]).
+    pub(crate) fn restore_options(
+        &self,
+        state: &str,
+        app_password: &str,
+    ) -> lifeboat_timeline::MariaDbRestoreOptions {
+        let private = private_dir(&self.paths, state);
+        lifeboat_timeline::MariaDbRestoreOptions {
+            run_dir: run_dir(&private.with_extension("restore")),
+            config_dir: Some(private),
+            admin_password: new_password(),
+            app: Some((
+                self.spec.database.clone(),
+                self.spec.user.clone(),
+                app_password.to_string(),
+            )),
+        }
+    }
+
+    /// Records the app's password of `state` (what its processes get as
+    /// `LIFEBOAT_MARIADB_PASSWORD`).
+    pub(crate) fn set_app_password(&self, state: &str, password: &str) -> Result<(), ControlError> {
+        write_secret(&password_file(&self.paths, state), password)
+    }
+
+    /// Removes what Lifeboat keeps of the server of `state` (a rewind that was called off).
+    pub(crate) fn forget(&self, state: &str) {
+        let _ = std::fs::remove_dir_all(private_dir(&self.paths, state));
+    }
+
     /// Stops every server.
     pub(crate) async fn stop_all(&self) {
         self.running.lock().expect("servers lock").clear();

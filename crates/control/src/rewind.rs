@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use lifeboat_core::EventKind;
 use lifeboat_core::plan::{instance_id, parse_instance_id};
 use lifeboat_supervisor::InstanceState as SupState;
-use lifeboat_timeline::{RestoreTarget, TimelineError, restore_site};
+use lifeboat_timeline::{RestoreTarget, TimelineError, restore_site_with};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -140,16 +140,10 @@ pub(crate) async fn rewind(
             "this site has no [vault] section in lifeboat.toml, so nothing was captured to rewind to; add one (see crates/core/MANIFEST.md)".into(),
         ));
     };
-    if site.manifest.state.mariadb.is_some() {
-        // Its transactions are in the timeline, but a rewind that restored the files and
-        // not the database would serve a site cut in two: refused until restore does both.
-        return Err(ControlError::Refused(
-            "rewinding a site with a MariaDB database ([state] mariadb) is not built yet: its              transactions are captured into the timeline, but restoring them is not wired in;              nothing was changed"
-                .into(),
-        ));
-    }
     let rotate = match (&site.manifest.credentials.rotate, req.rotate_credentials) {
         (Some(cmd), true) => Some(cmd.clone()),
+        // A MariaDB site's database password is rotated by Lifeboat itself.
+        (None, true) if site.manifest.state.mariadb.is_some() => None,
         (None, true) => {
             return Err(ControlError::Refused(
                 "--rotate-credentials needs a hook: add `[credentials] rotate = \"./rotate-credentials.sh\"` to lifeboat.toml".into(),
@@ -184,10 +178,26 @@ pub(crate) async fn rewind(
     let states = site.paths.states();
     std::fs::create_dir_all(&states).map_err(ControlError::io("create", &states))?;
     let partial = states.join(format!(".partial-{name}"));
-    let restored = match restore_site(&capture.repo, target, &partial).await {
+    let database = site.database.get().cloned();
+    // The restored server's app login: the live one's password, or a new one when the
+    // credentials are rotated (the old one then fails on the restored copy).
+    let app_password = database.as_ref().map(|db| {
+        match (req.rotate_credentials, db.app_password(&site.live_state())) {
+            (false, Some(live)) => live,
+            _ => crate::mariadb::new_password(),
+        }
+    });
+    let options = match (&database, &app_password) {
+        (Some(db), Some(pw)) => db.restore_options(&name, pw),
+        _ => lifeboat_timeline::MariaDbRestoreOptions::fresh(),
+    };
+    let restored = match restore_site_with(&capture.repo, target, &partial, options).await {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&partial);
+            if let Some(db) = &database {
+                db.forget(&name);
+            }
             return Err(fail(site, timeline_refusal(e)));
         }
     };
@@ -196,11 +206,41 @@ pub(crate) async fn rewind(
         let _ = std::fs::remove_dir_all(&partial);
         return Err(fail(site, e));
     }
+    if let (Some(db), Some(pw)) = (&database, &app_password) {
+        if restored.mariadb.is_none() {
+            return Err(fail(
+                site,
+                ControlError::Rewind(format!(
+                    "the checkpoint restored holds no base of the MariaDB database (it was taken before Lifeboat stored them); choose a moment after the next checkpoint (`lifeboat timeline`); the restored copy is in {}",
+                    state_dir.display()
+                )),
+            ));
+        }
+        // The restored copy's server, on its own socket and port, before the hook (which may
+        // change what is in the database) and the staged instances.
+        let started = match db.set_app_password(&name, pw) {
+            Ok(()) => db.ensure_running(&name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            db.stop(&name).await;
+            return Err(fail(
+                site,
+                ControlError::Rewind(format!(
+                    "the restored copy's MariaDB server did not start: {e}; the live site is unchanged, the restored copy is in {}",
+                    state_dir.display()
+                )),
+            ));
+        }
+    }
 
     let credentials = match &rotate {
         Some(cmd) => match run_hook(site, cmd, &name, &state_dir).await {
             Ok(out) => Some(out),
             Err(e) => {
+                if let Some(db) = &database {
+                    db.stop(&name).await;
+                }
                 // What the hook printed may hold secrets: the owner sees it once in the
                 // answer, the stored event only says that it failed.
                 site.record(EventKind::RewindFailed {
@@ -227,10 +267,26 @@ pub(crate) async fn rewind(
             name: d.name.clone(),
             commits_applied: d.commits_applied,
         })
+        .chain(restored.mariadb.iter().map(|m| RewoundDatabase {
+            name: m.name.clone(),
+            commits_applied: m.transactions_replayed,
+        }))
         .collect();
     report.files = restored.files;
     report.file_bytes = restored.file_bytes;
-    report.credentials = credentials;
+    report.credentials = match (&database, req.rotate_credentials, credentials) {
+        // The new password itself is never shown: only the new instances get it.
+        (Some(db), true, hook) => Some(
+            std::iter::once(format!(
+                "rotated: mariadb user {} (new database password given to the new instances)",
+                db.spec.user
+            ))
+            .chain(hook)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        ),
+        (_, _, hook) => hook,
+    };
     report.took_ms = started.elapsed().as_millis() as u64;
     site.record(EventKind::RewindDone {
         to: rfc3339(restored.restored_time),
@@ -397,6 +453,17 @@ async fn switch_to(
 ) -> Result<RewindReport, ControlError> {
     // No scale change may start or stop instances while two sets run.
     let _reconcile = site.reconcile_lock.lock().await;
+    // The state's MariaDB server (a rewind started it; an undo restarts the old state's).
+    let database = site.database.get().cloned();
+    if let Some(db) = &database
+        && let Err(e) = db.ensure_running(state).await
+    {
+        db.stop(state).await;
+        return Err(ControlError::Rewind(format!(
+            "the MariaDB server of {} did not start: {e}; the live site is unchanged",
+            state_dir.display()
+        )));
+    }
     {
         // The site dir's databases are about to be mount points under the new instances.
         let site = site.clone();
@@ -424,7 +491,7 @@ async fn switch_to(
             if let Err(e) =
                 crate::daemon::start_instance_in(site, id.clone(), &process, state, true)
             {
-                abandon(site, &staged).await;
+                abandon(site, &staged, state).await;
                 return Err(ControlError::Rewind(format!(
                     "{id} could not be started on the restored copy: {e}; the live site is unchanged"
                 )));
@@ -437,7 +504,7 @@ async fn switch_to(
         Err(e) => Err(e),
     };
     if let Err(e) = checked {
-        abandon(site, &staged).await;
+        abandon(site, &staged, state).await;
         return Err(ControlError::Rewind(format!(
             "{e}; the live site is unchanged, the restored copy stays in {} for inspection",
             state_dir.display()
@@ -450,7 +517,7 @@ async fn switch_to(
     };
     // Durable before the switch: a crash right after comes back on the new state.
     if let Err(e) = site.set_states(record).await {
-        abandon(site, &staged).await;
+        abandon(site, &staged, state).await;
         return Err(e);
     }
     site.set_live_state(state);
@@ -472,6 +539,10 @@ async fn switch_to(
         capture.stop().await;
         capture.start(state);
     }
+    // The old state's server last: its instances are gone and capture has read its binlog.
+    if let Some(db) = &database {
+        db.stop(&previous).await;
+    }
     Ok(RewindReport {
         restored_time: None,
         state: state.to_string(),
@@ -489,7 +560,7 @@ async fn switch_to(
 
 /// Takes the staged instances out of the front door and stops them: the switch is off and
 /// the live site stays as it was.
-async fn abandon(site: &Site, staged: &[String]) {
+async fn abandon(site: &Site, staged: &[String], state: &str) {
     site.proxy
         .discard_staged()
         .within(site.longest_stop_timeout())
@@ -497,6 +568,10 @@ async fn abandon(site: &Site, staged: &[String]) {
     site.proxy.set_preview_token(None);
     for id in staged {
         site.supervisor.stop(id).await;
+    }
+    // The state is not live: its MariaDB server stops with its instances.
+    if let Some(db) = site.database.get() {
+        db.stop(state).await;
     }
 }
 

@@ -62,7 +62,10 @@ pub use error::{MariaDbError, Result};
 pub use gtid::{Gtid, GtidPos};
 pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
-pub use restore::{RestoreReport, RestoreTarget, check_all_tables, restore, select_transactions};
+pub use restore::{
+    AppLogin, RestoreReport, RestoreTarget, check_all_tables, restore, restore_with_app,
+    select_transactions,
+};
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;
 

@@ -162,6 +162,32 @@ pub fn restore(
     history: &[TransactionRecord],
     target: &RestoreTarget,
 ) -> Result<RestoreReport> {
+    restore_with_app(spec, admin_password, base, history, target, None)
+}
+
+/// The app's database login a restore sets (see [`restore_with_app`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AppLogin<'a> {
+    /// The app's database (created if the restore point predates it).
+    pub database: &'a str,
+    /// The app's user.
+    pub user: &'a str,
+    /// The password it gets.
+    pub password: &'a str,
+}
+
+/// [`restore`], and, once the restored server started cleanly and its tables passed
+/// `CHECK TABLE`, the app's user gets `app.password` (created, with its privileges, if the
+/// restore point predates it): a restored copy then needs no secret of the original, and a
+/// new password makes the old one fail on it.
+pub fn restore_with_app(
+    spec: &ServerSpec,
+    admin_password: &str,
+    base: &BaseBackup,
+    history: &[TransactionRecord],
+    target: &RestoreTarget,
+    app: Option<AppLogin<'_>>,
+) -> Result<RestoreReport> {
     let chosen = select_transactions(&base.info.gtid_pos, base.info.taken_at, history, target)?;
     // Everything is checked before anything is written.
     for r in &chosen {
@@ -175,7 +201,7 @@ pub fn restore(
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
     let gtid_pos = replay(spec, &base.info.gtid_pos, &chosen)?;
-    let tables_checked = start_cleanly_and_check(spec)?;
+    let tables_checked = start_cleanly_and_check(spec, app)?;
     Ok(RestoreReport {
         data_dir: spec.data_dir.clone(),
         gtid_pos,
@@ -346,13 +372,18 @@ const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "information_schema", "performance_s
 
 /// Starts the server on the restored files with its real config, checks every table of every
 /// database, and stops it cleanly.
-fn start_cleanly_and_check(spec: &ServerSpec) -> Result<Vec<String>> {
+fn start_cleanly_and_check(spec: &ServerSpec, app: Option<AppLogin<'_>>) -> Result<Vec<String>> {
     let mut check = spec.clone();
     check.port = None;
     let password = spec.admin_password()?;
     check.write_config(&password)?;
     let server = check.start(Duration::from_secs(60))?;
-    let checked = check_all_tables(&check, &spec.data_dir);
+    let checked = check_all_tables(&check, &spec.data_dir).and_then(|tables| {
+        if let Some(app) = app {
+            check.create_app_database(app.database, app.user, app.password)?;
+        }
+        Ok(tables)
+    });
     let stopped = server.stop(Duration::from_secs(120));
     spec.write_config(&password)?;
     let checked = checked?;

@@ -424,6 +424,38 @@ impl ServerSpec {
         Ok(())
     }
 
+    /// The GTID position at the start of the server's oldest binlog file (empty for a server
+    /// whose binlog began with its first transaction): where capture of a server it never
+    /// saw starts. A restored server's binlog starts at its base's position, not at 1.
+    pub fn binlog_start_pos(&self) -> Result<GtidPos> {
+        let mut conn = self.connect_admin()?;
+        let socket = self.socket();
+        let first: Option<(String, u64)> =
+            conn.query_first("SHOW BINARY LOGS")
+                .map_err(|source| MariaDbError::Query {
+                    socket: socket.clone(),
+                    doing: "list the binlog files".into(),
+                    source,
+                })?;
+        let Some((file, _)) = first else {
+            return Ok(GtidPos::new());
+        };
+        let text: Option<String> = conn
+            .exec_first("SELECT BINLOG_GTID_POS(?, 4)", (file.clone(),))
+            .map_err(|source| MariaDbError::Query {
+                socket: socket.clone(),
+                doing: format!("read the GTID position at the start of {file}"),
+                source,
+            })?;
+        text.unwrap_or_default()
+            .parse()
+            .map_err(|e: crate::gtid::BadGtid| MariaDbError::CorruptBinlog {
+                what: format!("the GTID position at the start of {file}"),
+                why: e.to_string(),
+                advice: "this server's GTID state is not what Lifeboat expects; check its error log",
+            })
+    }
+
     /// The server's current binlog GTID position.
     pub fn gtid_binlog_pos(&self) -> Result<GtidPos> {
         let mut conn = self.connect_admin()?;

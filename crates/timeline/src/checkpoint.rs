@@ -36,6 +36,19 @@ pub(crate) struct DbCheckpoint {
     pub base: BaseImageRecord,
 }
 
+/// A MariaDB database's base backup in a checkpoint: its files are in the snapshot under
+/// `name` (a prepared data dir plus `lifeboat-base.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MariaDbCheckpoint {
+    pub name: String,
+    /// The base holds exactly the transactions up to this GTID position.
+    pub gtid_pos: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
+    /// path inside the base -> blake3.
+    pub files: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DirCheckpoint {
     pub name: String,
@@ -57,6 +70,10 @@ pub(crate) struct CheckpointMeta {
     pub time: OffsetDateTime,
     pub databases: Vec<DbCheckpoint>,
     pub dirs: Vec<DirCheckpoint>,
+    /// MariaDB base backups (none in checkpoints of sites without one, or written before
+    /// they were taken).
+    #[serde(default)]
+    pub mariadb: Vec<MariaDbCheckpoint>,
     /// The manifest's name (relative to the site dir) and blake3.
     pub manifest: Option<(String, String)>,
     pub contents: ContentMap,
@@ -70,6 +87,10 @@ fn comps(s: &str) -> Vec<String> {
 /// snapshot of the state as of S. Blocking.
 pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
     shipper.checkpoint_attempt = Some(std::time::Instant::now());
+    // Before the segment S is cut: every transaction after a base's position is received
+    // after the base was taken, so it is in S or later, which a restore from this
+    // checkpoint replays.
+    let bases = store_mariadb_bases(shipper)?;
     for _attempt in 0..5 {
         for i in 0..shipper.dbs.len() {
             let db = &mut shipper.dbs[i];
@@ -103,7 +124,7 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
         shipper.shipping_checkpoint = false;
         let seq = shipped?;
         if fill_missing_contents(shipper, seq)? {
-            return write_snapshot(shipper, seq);
+            return write_snapshot(shipper, seq, &bases);
         }
         // A file changed while it was being read: the next rescan records it.
     }
@@ -148,7 +169,75 @@ fn fill_missing_contents(shipper: &mut Shipper, seq: u64) -> Result<bool> {
     Ok(all_match)
 }
 
-fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
+/// A base backup of each MariaDB database, its files stored (deduplicated: an unchanged
+/// page costs nothing) in a content snapshot; the local copy is removed.
+fn store_mariadb_bases(
+    shipper: &mut Shipper,
+) -> Result<Vec<(MariaDbCheckpoint, BTreeMap<String, Content>)>> {
+    let mut out = Vec::new();
+    for m in &shipper.mariadbs {
+        if m.base_dir.exists() {
+            std::fs::remove_dir_all(&m.base_dir)
+                .map_err(crate::error::io_err("remove the leftover", &m.base_dir))?;
+        }
+        let base = lifeboat_mariadb::take_base_backup(&m.spec, &m.base_dir)
+            .map_err(crate::shipper::mariadb_err(&m.name))?;
+        let mut files = BTreeMap::new();
+        for entry in walkdir::WalkDir::new(&base.dir).follow_links(false) {
+            let entry = entry.map_err(|e| {
+                TimelineError::Invalid(format!(
+                    "could not read the base backup in {}: {e}",
+                    base.dir.display()
+                ))
+            })?;
+            if entry.file_type().is_file() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(&base.dir)
+                    .expect("walked under it")
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(comps(&rel), entry.path().to_path_buf());
+            }
+        }
+        let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
+        let mut hashes = BTreeMap::new();
+        let mut contents = BTreeMap::new();
+        for (rel, path) in &files {
+            let rel = rel.join("/");
+            match writer.store_file(path, &format!("{}/{rel}", m.name))? {
+                Stored::Content { hash, content } => {
+                    hashes.insert(rel.clone(), hash);
+                    contents.insert(rel, content);
+                }
+                _ => {
+                    return Err(TimelineError::Invalid(format!(
+                        "{rel} of the base backup of {} vanished while it was stored",
+                        m.name
+                    )));
+                }
+            }
+        }
+        writer.finish(vec![CONTENT_TAG.into()], None)?;
+        std::fs::remove_dir_all(&base.dir).map_err(crate::error::io_err("remove", &base.dir))?;
+        out.push((
+            MariaDbCheckpoint {
+                name: m.name.clone(),
+                gtid_pos: base.info.gtid_pos.to_string(),
+                taken_at: base.info.taken_at,
+                files: hashes,
+            },
+            contents,
+        ));
+    }
+    Ok(out)
+}
+
+fn write_snapshot(
+    shipper: &mut Shipper,
+    seq: u64,
+    bases: &[(MariaDbCheckpoint, BTreeMap<String, Content>)],
+) -> Result<CheckpointInfo> {
     shipper.check_not_halted()?;
     let time = shipper.last_cut();
     let mut writer = ContentWriter::start(shipper.repo.clone(), shipper.handle.clone())?;
@@ -166,6 +255,11 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
             name: db.name.clone(),
             base,
         });
+    }
+    for (base, files) in bases {
+        for (rel, content) in files {
+            entries.insert(comps(&format!("{}/{rel}", base.name)), content.clone());
+        }
     }
     let mut dirs = Vec::new();
     for dir in &shipper.dirs {
@@ -207,6 +301,7 @@ fn write_snapshot(shipper: &mut Shipper, seq: u64) -> Result<CheckpointInfo> {
         time,
         databases,
         dirs,
+        mariadb: bases.iter().map(|(b, _)| b.clone()).collect(),
         manifest,
         contents,
     };

@@ -44,8 +44,9 @@ pub use replication::{
     StreamServerStatus, seed_capture_state,
 };
 pub use restore::{
-    RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase, RestoredDir, SegmentRange,
-    list_restore_points, restore_site,
+    MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,
+    RestoredDir, RestoredMariaDb, SegmentRange, list_restore_points, restore_site,
+    restore_site_with,
 };
 pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
 pub use store::CONTENT_TAG;

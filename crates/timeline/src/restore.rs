@@ -90,6 +90,56 @@ pub struct RestoreReport {
     pub file_bytes: u64,
     /// Whether the manifest was restored.
     pub manifest: bool,
+    /// The MariaDB database, when the site has one.
+    #[serde(default)]
+    pub mariadb: Option<RestoredMariaDb>,
+}
+
+/// The MariaDB database as restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredMariaDb {
+    /// Its data dir, relative to the site dir.
+    pub name: String,
+    /// The GTID position of the checkpoint's base backup.
+    pub base_gtid_pos: String,
+    /// The GTID position it holds now.
+    pub gtid_pos: String,
+    /// Transactions replayed on top of the base.
+    pub transactions_replayed: usize,
+    /// Tables that passed `CHECK TABLE`.
+    pub tables_checked: usize,
+}
+
+/// How a restore rebuilds the site's MariaDB database ([`restore_site_with`]).
+#[derive(Debug, Clone)]
+pub struct MariaDbRestoreOptions {
+    /// Where the restore's own server keeps its socket, pid and error log while it replays
+    /// and checks (a short path: a socket's is at most 107 bytes). Made if missing.
+    pub run_dir: PathBuf,
+    /// Where the restored server's config (with its new admin password, mode 0600) is
+    /// written. `None`: `.lifeboat/mariadb/site/` inside the restored copy, where `lifeboat
+    /// up` on it looks.
+    pub config_dir: Option<PathBuf>,
+    /// The restored server's admin password (never taken from the timeline).
+    pub admin_password: String,
+    /// The app's login to set on the restored server (database, user, password). `None`:
+    /// the users as they were at the restore point (`lifeboat up` on the copy gives the
+    /// app's user a new password at its first start).
+    pub app: Option<(String, String, String)>,
+}
+
+impl MariaDbRestoreOptions {
+    /// A new random admin password, a run dir in the system's temporary directory, the
+    /// config inside the restored copy, the users as they were.
+    pub fn fresh() -> MariaDbRestoreOptions {
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        MariaDbRestoreOptions {
+            run_dir: std::env::temp_dir().join(format!("lifeboat-restore-{id}")),
+            config_dir: None,
+            admin_password: hex::encode(rand::random::<[u8; 18]>()),
+            app: None,
+        }
+    }
 }
 
 /// A run of consecutive segments and the time they cover.
@@ -257,6 +307,8 @@ struct Cut {
     inline: BTreeMap<String, Vec<u8>>,
     /// The segments' records by source (database or data dir).
     by_source: BTreeMap<String, Vec<Record>>,
+    /// The segments' MariaDB transactions by source.
+    mariadb: BTreeMap<String, Vec<lifeboat_mariadb::TransactionRecord>>,
 }
 
 /// The checkpoint and segments that make the moment `target`. Reads only.
@@ -321,6 +373,7 @@ async fn find_cut(repo: &Repository, target: RestoreTarget) -> Result<Cut> {
         last_segment_seq: expected - 1,
         inline: BTreeMap::new(),
         by_source: BTreeMap::new(),
+        mariadb: BTreeMap::new(),
     };
     for seg in segments {
         cut.contents.extend(seg.contents);
@@ -328,15 +381,29 @@ async fn find_cut(repo: &Repository, target: RestoreTarget) -> Result<Cut> {
         for (name, records) in seg.sources {
             cut.by_source.entry(name).or_default().extend(records);
         }
+        for (name, records) in seg.mariadb {
+            cut.mariadb.entry(name).or_default().extend(records);
+        }
     }
     Ok(cut)
 }
 
-/// Restores the site as of `target` into `into`, which must not exist or be empty.
+/// Restores the site as of `target` into `into`, which must not exist or be empty. A MariaDB
+/// database is restored with [`MariaDbRestoreOptions::fresh`].
 pub async fn restore_site(
     repo: &Arc<Repository>,
     target: RestoreTarget,
     into: &Path,
+) -> Result<RestoreReport> {
+    restore_site_with(repo, target, into, MariaDbRestoreOptions::fresh()).await
+}
+
+/// [`restore_site`], with how the MariaDB database (if the site has one) is restored.
+pub async fn restore_site_with(
+    repo: &Arc<Repository>,
+    target: RestoreTarget,
+    into: &Path,
+    mariadb: MariaDbRestoreOptions,
 ) -> Result<RestoreReport> {
     if let Ok(mut entries) = std::fs::read_dir(into)
         && entries.next().is_some()
@@ -346,8 +413,8 @@ pub async fn restore_site(
     repo.reload_index().await?;
     let mut cut = find_cut(repo, target).await?;
     let (parent, staging) = make_staging(into)?;
-    let built = build(repo, &mut cut, &staging).await;
-    let (databases, dirs, files, file_bytes, manifest) = match built {
+    let built = build(repo, &mut cut, &staging, &mariadb).await;
+    let (databases, dirs, files, file_bytes, manifest, restored_mariadb) = match built {
         Ok(b) => b,
         Err(e) => {
             // Only this restore ever wrote under the staging directory (it made it).
@@ -369,6 +436,7 @@ pub async fn restore_site(
         files,
         file_bytes,
         manifest,
+        mariadb: restored_mariadb,
     })
 }
 
@@ -401,11 +469,23 @@ fn make_staging(into: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// Databases, data dirs, data-dir files (with their bytes) and whether the manifest was
 /// restored.
-type Built = (Vec<RestoredDatabase>, Vec<RestoredDir>, u64, u64, bool);
+type Built = (
+    Vec<RestoredDatabase>,
+    Vec<RestoredDir>,
+    u64,
+    u64,
+    bool,
+    Option<RestoredMariaDb>,
+);
 
 /// Builds the whole site in `staging`, fsynced: the checkpoint, each database replayed to t,
 /// each data dir as of t, the manifest.
-async fn build(repo: &Arc<Repository>, cut: &mut Cut, staging: &Path) -> Result<Built> {
+async fn build(
+    repo: &Arc<Repository>,
+    cut: &mut Cut,
+    staging: &Path,
+    mariadb: &MariaDbRestoreOptions,
+) -> Result<Built> {
     let scratch = staging.join(".lifeboat-restore-scratch");
     std::fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
     // The checkpoint in one go (the vault reads whole packs and verifies every chunk).
@@ -420,9 +500,114 @@ async fn build(repo: &Arc<Repository>, cut: &mut Cut, staging: &Path) -> Result<
     let databases = restore_databases(repo, cut, &checkpoint_dir, &scratch, staging).await?;
     let (dirs, files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
     let manifest = restore_manifest(cut, &checkpoint_dir, staging)?;
+    let restored_mariadb = match cut.meta.mariadb.first().cloned() {
+        Some(base) => {
+            let (cut_t, history) = (cut.t, cut.mariadb.remove(&base.name).unwrap_or_default());
+            let (checkpoint_dir, staging, options) = (
+                checkpoint_dir.clone(),
+                staging.to_path_buf(),
+                mariadb.clone(),
+            );
+            let latest = cut.restored_time != cut.t;
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    restore_mariadb(
+                        &base,
+                        history,
+                        if latest { None } else { Some(cut_t) },
+                        &checkpoint_dir,
+                        &staging,
+                        &options,
+                    )
+                })
+                .await
+                .map_err(|e| {
+                    TimelineError::Invalid(format!("the MariaDB restore failed: {e}"))
+                })??,
+            )
+        }
+        None => None,
+    };
     std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
     sync_tree(staging)?;
-    Ok((databases, dirs, files, file_bytes, manifest))
+    Ok((
+        databases,
+        dirs,
+        files,
+        file_bytes,
+        manifest,
+        restored_mariadb,
+    ))
+}
+
+/// The MariaDB database: the checkpoint's base, then every transaction received at or
+/// before `t` (all of them for `None`), replayed by a server of the restore's own, checked
+/// (`CHECK TABLE`), stopped.
+fn restore_mariadb(
+    base: &checkpoint::MariaDbCheckpoint,
+    history: Vec<lifeboat_mariadb::TransactionRecord>,
+    t: Option<OffsetDateTime>,
+    checkpoint_dir: &Path,
+    staging: &Path,
+    options: &MariaDbRestoreOptions,
+) -> Result<RestoredMariaDb> {
+    let err = |error| TimelineError::MariaDb {
+        what: base.name.clone(),
+        error: Box::new(error),
+    };
+    let base_dir = beneath(checkpoint_dir, &base.name, Parents::MustExist)?;
+    refuse_links(&base_dir, &base.name, checkpoint_dir)?;
+    let backup = lifeboat_mariadb::open_base_backup(&base_dir).map_err(err)?;
+    let history = lifeboat_mariadb::resolve_history(history).map_err(err)?;
+    let data_dir = beneath(staging, &base.name, Parents::Create)?;
+    let mut spec =
+        lifeboat_mariadb::ServerSpec::new(&data_dir, &options.run_dir, None).map_err(err)?;
+    spec.config_dir = match &options.config_dir {
+        Some(dir) => dir.clone(),
+        None => staging.join(".lifeboat").join("mariadb").join("site"),
+    };
+    for dir in [&spec.config_dir, &options.run_dir] {
+        // Only the dir itself is private: a parent made here keeps the usual mode (the run
+        // dirs' parent, e.g. /run/lifeboat, must stay traversable for the site's user).
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(io_err("create", dir)(e)),
+        }
+    }
+    let target = match t {
+        Some(t) => lifeboat_mariadb::RestoreTarget::Time(t),
+        None => lifeboat_mariadb::RestoreTarget::Latest,
+    };
+    let app = options
+        .app
+        .as_ref()
+        .map(|(database, user, password)| lifeboat_mariadb::AppLogin {
+            database,
+            user,
+            password,
+        });
+    let report = lifeboat_mariadb::restore_with_app(
+        &spec,
+        &options.admin_password,
+        &backup,
+        &history,
+        &target,
+        app,
+    );
+    let _ = std::fs::remove_dir_all(&options.run_dir);
+    let report = report.map_err(err)?;
+    Ok(RestoredMariaDb {
+        name: base.name.clone(),
+        base_gtid_pos: base.gtid_pos.clone(),
+        gtid_pos: report.gtid_pos.to_string(),
+        transactions_replayed: report.transactions_replayed,
+        tables_checked: report.tables_checked.len(),
+    })
 }
 
 /// Each database replayed from its base image to its last transaction seen at or before t,

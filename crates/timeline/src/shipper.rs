@@ -51,6 +51,10 @@ pub(crate) struct DirSource {
 /// A MariaDB database: its transactions from the binary log.
 pub(crate) struct MariaDbSource {
     pub name: String,
+    /// Its server (checkpoints take a base backup of it).
+    pub spec: lifeboat_mariadb::ServerSpec,
+    /// Where a checkpoint's base backup is made before it is stored (then removed).
+    pub base_dir: PathBuf,
     pub cap: lifeboat_mariadb::BinlogCapture,
     pub pending: Vec<lifeboat_mariadb::TransactionRecord>,
 }
@@ -246,16 +250,20 @@ impl Shipper {
             let source =
                 lifeboat_mariadb::CaptureSource::from_spec(spec).map_err(mariadb_err(&name))?;
             // Without a saved position, from the first transaction of the server's binlog
-            // (it is on from the server's first start, so that is the whole history).
+            // (it is on from the server's first start, so that is the whole history; a
+            // restored server's binlog starts at the position it was restored to).
+            let start = spec.binlog_start_pos().map_err(mariadb_err(&name))?;
             let cap = lifeboat_mariadb::BinlogCapture::open(
                 &state_dir.join("mariadb-0"),
                 source,
-                &lifeboat_mariadb::GtidPos::new(),
+                &start,
                 lifeboat_mariadb::CaptureOptions::default(),
             )
             .map_err(mariadb_err(&name))?;
             mariadbs.push(MariaDbSource {
                 name,
+                spec: spec.clone(),
+                base_dir: state_dir.join("mariadb-0-base"),
                 cap,
                 pending: Vec::new(),
             });

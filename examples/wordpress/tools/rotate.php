@@ -8,8 +8,7 @@
  * - every stored session of every user is destroyed (the session_tokens user meta), and every
  *   pending password-reset key is cleared;
  * - every application password of every user is revoked; the site's admin gets a new one;
- * - with LIFEBOAT_MARIADB_NEW_PASSWORD (or _FILE) set, the database user's password is changed
- *   to it (each account it logs in as changes its own: no admin rights needed).
+ * The database user's password is Lifeboat's to rotate (it did so before this runs).
  * The new salts (which make every old login cookie and nonce invalid) are written by the shell
  * script after this succeeded.
  *
@@ -19,7 +18,6 @@
  *   admin password: PASSWORD           its new password
  *   password for LOGIN: PASSWORD       every other administrator
  *   application password: PASSWORD    a new one for the site's admin
- *   rotated: database user USER        when the database password was changed
  */
 if (PHP_SAPI !== 'cli') {
     exit(1);
@@ -96,54 +94,7 @@ out('application password: ' . $created[0]);
 note(sprintf('%d administrator password(s) replaced, %d session(s) destroyed, %d application password(s) revoked',
     count($admins), $sessions, $app_passwords));
 
-// The database user's password. TODO(lifeboat): once `lifeboat rewind --rotate-credentials`
-// hands the hook a new database password (LIFEBOAT_MARIADB_NEW_PASSWORD or a file named by
-// LIFEBOAT_MARIADB_NEW_PASSWORD_FILE) and starts the new instances with it as
-// LIFEBOAT_MARIADB_PASSWORD, this sets it; if Lifeboat sets it itself (lifeboat-mariadb's
-// rotate_app_password) it passes neither and this does nothing.
-$new_db_password = getenv('LIFEBOAT_MARIADB_NEW_PASSWORD');
-if (($new_db_password === false || $new_db_password === '') && ($file = getenv('LIFEBOAT_MARIADB_NEW_PASSWORD_FILE'))) {
-    $new_db_password = @file_get_contents($file);
-    if ($new_db_password === false) {
-        note("cannot read LIFEBOAT_MARIADB_NEW_PASSWORD_FILE ($file)");
-        exit(1);
-    }
-    $new_db_password = rtrim($new_db_password, "\r\n");
-}
-if ($new_db_password !== false && $new_db_password !== '') {
-    // The user exists for the socket (localhost) and for 127.0.0.1: log in as each and let it
-    // change its own password (SET PASSWORD needs no privileges for one's own account).
-    $targets = array();
-    if ($socket = getenv('LIFEBOAT_MARIADB_SOCKET')) {
-        $targets[] = array('localhost', null, $socket);
-    }
-    if ($host = getenv('LIFEBOAT_MARIADB_HOST')) {
-        $targets[] = array($host, (int) (getenv('LIFEBOAT_MARIADB_PORT') ?: 3306), null);
-    }
-    mysqli_report(MYSQLI_REPORT_OFF);
-    $done = array();
-    foreach ($targets as $t) {
-        $where = $t[2] ?: "$t[0]:$t[1]";
-        $db = mysqli_init();
-        // With the old password; an account reached before (the server may take both ways in
-        // as the same account) already has the new one.
-        if (!@$db->real_connect($t[0], DB_USER, DB_PASSWORD, '', $t[1] ?: 0, $t[2])) {
-            $db = mysqli_init();
-            if (!@$db->real_connect($t[0], DB_USER, $new_db_password, '', $t[1] ?: 0, $t[2])) {
-                note('cannot log in to the database as ' . DB_USER . " through $where: " . mysqli_connect_error());
-                exit(1);
-            }
-        }
-        $account = $db->query('SELECT CURRENT_USER()')->fetch_row()[0];
-        if (!isset($done[$account])) {
-            if (!$db->query("SET PASSWORD = PASSWORD('" . $db->real_escape_string($new_db_password) . "')")) {
-                note("changing the database password of $account failed: " . $db->error);
-                exit(1);
-            }
-            note("database account $account (through $where) has its new password");
-            $done[$account] = true;
-        }
-        $db->close();
-    }
-    out('rotated: database user ' . DB_USER);
-}
+// The database user's password is not this hook's: `lifeboat rewind --rotate-credentials`
+// gives the app's user a new one on the restored copy's server before it runs this hook, and
+// runs the hook and the new instances with it as LIFEBOAT_MARIADB_PASSWORD (wp-config.php
+// reads it): this script already logged in with it above, and the old one is refused.
