@@ -437,6 +437,9 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
         meta_dir: site.paths.lifeboat_dir().join("replica"),
         options: ReplicaOptions {
             confirm: Some(confirm),
+            // Peers are on the site's network: retrying a connection every second at most
+            // costs nothing and keeps a failover's acknowledgements from waiting on a backoff.
+            reconnect_max: Duration::from_secs(1),
             ..ReplicaOptions::default()
         },
     }

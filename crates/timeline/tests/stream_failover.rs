@@ -105,3 +105,60 @@ async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a
     worker.stop(Duration::from_secs(30)).await.unwrap();
     drop(site);
 }
+
+/// A standby whose reconnect pause grew while its primary was dead connects to the new
+/// primary within a few short attempts, not after the grown pause: the pause starts over
+/// when the primary changes. (Before, a failover's sync writes waited up to 5 s for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_reaches_a_new_primary_at_once_after_a_long_backoff() {
+    let a = Primary::start(feed_options(7)).await;
+    let conn = a.site.db();
+    a.site.insert(&conn, 0..5);
+    let dirs = StandbyDirs::new(a.site.tmp.path(), "standby");
+    let options = lifeboat_timeline::ReplicaOptions {
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(30),
+        ..quick_replica_options()
+    };
+    let replica = start_replica(&a, &dirs, options).await;
+    wait_until("the standby to stream", Duration::from_secs(60), || {
+        matches!(
+            replica.status().state,
+            lifeboat_timeline::ReplicaState::Streaming { .. }
+        )
+    })
+    .await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    // Its primary is gone: nothing listens where it points, and the pause grows past 1.6 s.
+    replica.set_primary(Some(free()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The new primary is elected, and opens its stream a moment later.
+    let next = free();
+    replica.set_primary(Some(next));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind(next).await.unwrap();
+    let _server = StreamServer::start(listener, a.worker.feed().unwrap(), server_config()).unwrap();
+    let opened = std::time::Instant::now();
+    wait_until(
+        "the standby to stream from the new primary",
+        Duration::from_secs(30),
+        || {
+            matches!(
+                replica.status().state,
+                lifeboat_timeline::ReplicaState::Streaming { primary } if primary == next
+            )
+        },
+    )
+    .await;
+    assert!(
+        opened.elapsed() < Duration::from_millis(1500),
+        "connected {:?} after the new primary opened its stream",
+        opened.elapsed()
+    );
+    replica.stop().await.unwrap();
+}

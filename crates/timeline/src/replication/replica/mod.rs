@@ -422,12 +422,19 @@ async fn drive(shared: Arc<Shared>, applier: SharedApplier, repo: Arc<Repository
                 if streamed {
                     backoff = opts.reconnect_min;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = primary_rx.changed() => {}
+                let primary_changed = tokio::select! {
+                    _ = tokio::time::sleep(backoff) => false,
+                    _ = primary_rx.changed() => true,
                     _ = super::until_true(&mut stop_rx) => break,
-                }
-                backoff = (backoff * 2).min(opts.reconnect_max);
+                };
+                // A new primary (a failover) starts the backoff over: the pause grown while
+                // the old one was dead must not delay the first attempts at the new one,
+                // which opens its stream a moment after it is elected.
+                backoff = if primary_changed {
+                    opts.reconnect_min
+                } else {
+                    (backoff * 2).min(opts.reconnect_max)
+                };
             }
         }
     }
