@@ -421,39 +421,28 @@ fn list_local(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Re
 /// owner only (0600), and directories this creates are 0700: repositories and the spool hold
 /// key material and what the site stores.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().expect("object paths have a parent");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        path.file_name().unwrap().to_string_lossy(),
-        hex::encode(crate::crypto::random_bytes::<6>())
-    ));
-    let result = (|| {
-        // Exclusive: never write through something already at the temporary name.
-        let mut f = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_via_temp(path, bytes, |tmp, path| std::fs::rename(tmp, path))
 }
 
 /// [`write_durably`], failing with `AlreadyExists` when `path` exists (the durable
 /// temporary file is hard-linked into place, which never replaces a file).
 pub fn write_new_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, bytes, |tmp, path| {
+        std::fs::hard_link(tmp, path)?;
+        // The object is in place; a temporary name left behind is only clutter.
+        let _ = std::fs::remove_file(tmp);
+        Ok(())
+    })
+}
+
+/// Writes `bytes` to a fresh temporary file beside `path` (created exclusively: never
+/// written through something already at that name), fsyncs it, lets `place` put it at
+/// `path`, and fsyncs the directory. The temporary file is removed on failure.
+fn write_via_temp(
+    path: &Path,
+    bytes: &[u8],
+    place: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("object paths have a parent");
     std::fs::DirBuilder::new()
@@ -474,10 +463,12 @@ pub fn write_new_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::hard_link(&tmp, path)?;
+        place(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
-    let _ = std::fs::remove_file(&tmp);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     result
 }
 
