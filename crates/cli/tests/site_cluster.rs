@@ -183,6 +183,10 @@ durability = "{durability}"
         cluster
     }
 
+    fn scratch(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
     fn site(&self, i: usize) -> std::path::PathBuf {
         self.scratch.path().join(format!("node{}", i + 1))
     }
@@ -401,12 +405,21 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
             .status(primary)
             .is_some_and(|s| !s["instances"].as_array().unwrap().is_empty())
     });
+    // A client on the primary's own host keeps writing to it through the cut: in `async`
+    // mode the cut-off primary acknowledges writes no standby receives until it fences.
+    let mut inside = writer(&cluster, primary, primary, "inside");
+    let acked_inside = collect(&mut inside);
+    cluster.wait_or_explain("writes acknowledged before the cut", || {
+        acked_inside.lock().unwrap().len() >= 10
+    });
     cluster.lan.cut(primary);
     common::wait_until("the cut-off primary to fence itself", || {
         cluster.status(primary).is_some_and(|s| {
             s["role"]["role"] == "fenced" && s["instances"].as_array().unwrap().is_empty()
         })
     });
+    let _ = inside.kill();
+    let _ = inside.wait();
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term);
     cluster.lan.heal(primary);
@@ -415,6 +428,86 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
             s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
         })
     });
+
+    // What only the old primary had is a fork: listed by `lifeboat timeline` on every node
+    // (it is in the shared vault), restorable with `restore-site --fork`, never lost.
+    let old = format!("n{}", primary + 1);
+    let fork_name = std::cell::RefCell::new(String::new());
+    cluster.wait_or_explain("the old primary's fork listed on another node", || {
+        let out = common::cli(&cluster.site(others[0]), &["timeline", "--json"]);
+        let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let forks = report["restore_points"]["forks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match forks.iter().find(|f| f["node"] == old.as_str()) {
+            Some(f) => {
+                *fork_name.borrow_mut() = f["name"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    let fork_name = fork_name.into_inner();
+    let text = common::cli(&cluster.site(others[0]), &["timeline"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&fork_name),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let into = cluster.scratch().join("restored-fork");
+    let out = common::cli(
+        &cluster.site(others[1]),
+        &[
+            "restore-site",
+            "--fork",
+            &fork_name,
+            "--into",
+            into.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = rusqlite::Connection::open(into.join("data/guestbook.db")).unwrap();
+    let in_fork: std::collections::BTreeSet<String> = conn
+        .prepare("SELECT text FROM entries")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (code, body) = cluster
+        .request(others[1], next, "GET", "/api/entries", "")
+        .expect("the new primary answers");
+    assert_eq!(code, 200, "{body}");
+    let acked = acked_inside.lock().unwrap().clone();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")) && !in_fork.contains(*t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are neither on the new primary nor in the fork: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    let only_in_fork = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .count();
+    eprintln!(
+        "{only_in_fork} of {} writes acknowledged by the cut-off primary are only in its fork",
+        acked.len()
+    );
+    assert!(
+        only_in_fork > 0,
+        "the cut-off primary acknowledged no write of its own, so the fork was not shown to keep one"
+    );
 }
 
 /// A client on host `from` that POSTs entries `{tag}-N` to node `to`'s front door, one after

@@ -728,6 +728,8 @@ async fn follow_with_replica(
         if !config.meta_dir.join("replica.state").exists() {
             keep_aside_as_fork(site, node, term).await;
         }
+        // This one, and any set aside before a crash or while the vault was down.
+        spawn_store_forks(site);
         match Replica::start(config, capture.repository(), peer).await {
             Ok(r) => *replica = Some(r),
             Err(e) => {
@@ -746,7 +748,9 @@ async fn follow_with_replica(
 
 /// Moves the state this node holds (the declared databases with their logs, the data dirs)
 /// into `.lifeboat/states/fork-...`, so the replica starts from the vault and the primary's
-/// stream, and nothing this node had is lost: `lifeboat states` lists the fork.
+/// stream, and nothing this node had is lost: `lifeboat states` lists the fork here, and once
+/// it is stored in the vault (in the background) `lifeboat timeline` lists it everywhere and
+/// `lifeboat restore-site --fork` rebuilds it on any machine.
 async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
     let state_dir = site.paths.state_dir(&site.live_state());
     let mut paths = Vec::new();
@@ -773,9 +777,39 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
     if !has_data {
         return;
     }
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let name = format!("fork-{}-term{term}-{stamp}", node.info.node);
+    let now = time::OffsetDateTime::now_utc();
+    let name = format!(
+        "fork-{}-term{term}-{}",
+        node.info.node,
+        now.unix_timestamp()
+    );
     let fork = site.paths.states().join(&name);
+    let why = match node.registry.value().hands_over_to {
+        Some(to) => format!(
+            "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution",
+            node.info.node
+        ),
+        None => format!(
+            "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
+            node.info.node
+        ),
+    };
+    let mut description =
+        lifeboat_timeline::ForkDescription::new(&name, &node.info.node, term, now, &why);
+    description.databases = site
+        .manifest
+        .state
+        .sqlite
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    description.dirs = site
+        .manifest
+        .state
+        .dirs
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let moved = (|| -> std::io::Result<()> {
         for p in &present {
             let to = fork.join(p);
@@ -784,26 +818,100 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
             }
             std::fs::rename(state_dir.join(p), &to)?;
         }
-        Ok(())
+        // Written beside the data, so a fork moved aside just before a crash is still
+        // described (and stored) after the restart.
+        write_fork_description(&fork, &description)
     })();
     match moved {
-        Ok(()) => site.record(EventKind::StateForked {
-            state: name,
-            why: match node.registry.value().hands_over_to {
-                Some(to) => format!(
-                    "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution until dropped (`lifeboat states drop`)",
-                    node.info.node
-                ),
-                None => format!(
-                    "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
-                    node.info.node
-                ),
-            },
-        }),
+        Ok(()) => {
+            site.record(EventKind::StateForked {
+                state: name,
+                why: format!("{why}; it is being stored in the vault as a fork"),
+            });
+        }
         Err(e) => site.record(EventKind::CaptureError {
-            message: format!("could not keep this node's state aside in {}: {e}", fork.display()),
+            message: format!(
+                "could not keep this node's state aside in {}: {e}",
+                fork.display()
+            ),
         }),
     }
+}
+
+/// Where a fork's description is kept inside the state set aside.
+fn fork_description_path(fork: &std::path::Path) -> std::path::PathBuf {
+    fork.join(".lifeboat-timeline").join("fork.json")
+}
+
+fn write_fork_description(
+    fork: &std::path::Path,
+    description: &lifeboat_timeline::ForkDescription,
+) -> std::io::Result<()> {
+    let path = fork_description_path(fork);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let bytes = serde_json::to_vec_pretty(description).map_err(std::io::Error::other)?;
+    std::fs::write(&path, bytes)
+}
+
+/// Stores in the vault every fork this node set aside and has not stored yet (one moved
+/// aside just before a crash or while the vault was unreachable is stored on the next
+/// try), each announced with [`EventKind::ForkStored`]. One sweep at a time.
+fn spawn_store_forks(site: &Arc<Site>) {
+    let Some(capture) = site.capture.get() else {
+        return;
+    };
+    let repo = capture.repository();
+    let site = site.clone();
+    tokio::spawn(async move {
+        static SWEEPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = SWEEPING.lock().await;
+        let stored: std::collections::BTreeSet<String> = match lifeboat_timeline::list_forks(&repo)
+            .await
+        {
+            Ok(forks) => forks.into_iter().map(|f| f.description.name).collect(),
+            Err(e) => {
+                site.record(EventKind::CaptureError {
+                    message: format!("could not list the forks in the vault: {e}; this node's forks stay only in .lifeboat/states until the next try"),
+                });
+                return;
+            }
+        };
+        let Ok(entries) = std::fs::read_dir(site.paths.states()) else {
+            return;
+        };
+        let manifest = std::fs::read(site.paths.manifest()).ok();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(bytes) = std::fs::read(fork_description_path(&dir)) else {
+                continue;
+            };
+            let Ok(description) =
+                serde_json::from_slice::<lifeboat_timeline::ForkDescription>(&bytes)
+            else {
+                continue;
+            };
+            if stored.contains(&description.name) {
+                continue;
+            }
+            let manifest = manifest
+                .as_deref()
+                .map(|b| (lifeboat_core::MANIFEST_FILE, b));
+            match lifeboat_timeline::store_fork(&repo, &dir, &description, manifest).await {
+                Ok(info) => site.record(EventKind::ForkStored {
+                    fork: description.name,
+                    snapshot: info.snapshot,
+                }),
+                Err(e) => site.record(EventKind::CaptureError {
+                    message: format!(
+                        "could not store the fork {} in the vault: {e}; it stays in .lifeboat/states and is stored on the next try",
+                        description.name
+                    ),
+                }),
+            }
+        }
+    });
 }
 
 /// `lifeboat switchover --to NODE` on the primary: moves the primary role to `to` without

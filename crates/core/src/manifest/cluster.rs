@@ -213,4 +213,20 @@ mod tests {
             assert!(err.contains(key) && err.contains(fix), "{text}: {err}");
         }
     }
+
+    #[test]
+    fn a_mariadb_site_is_refused_on_several_nodes_with_what_to_do() {
+        let err = Manifest::parse(
+            "lifeboat.toml",
+            "[site]\nname = \"blog\"\n[processes.web]\ncommand = \"x\"\n\
+             [state]\nmariadb = { database = \"wordpress\" }\n\
+             [cluster]\netcd = [\"http://10.0.1.5:2379\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cluster") && err.contains("MariaDB") && err.contains("remove [cluster]"),
+            "{err}"
+        );
+    }
 }
