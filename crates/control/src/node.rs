@@ -393,6 +393,20 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
 
 /// What the standby's replica keeps: the live state (the site dir's own), as the manifest
 /// declares it.
+/// The key nodes authenticate and encrypt the stream with: derived from the site's vault
+/// key, which every node holds and the site's own processes never see.
+fn stream_key(site: &Site) -> lifeboat_timeline::StreamKey {
+    let seed = match site.capture.get() {
+        Some(capture) => capture
+            .repository()
+            .derive_key(lifeboat_timeline::StreamKey::CONTEXT),
+        // No vault: no replica or stream server runs (they need one); a random key lets no
+        // peer in.
+        None => rand::random(),
+    };
+    lifeboat_timeline::StreamKey::new(seed)
+}
+
 fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
     // Failsafe: while etcd has lost quorum, the primary keeps serving only as long as every
     // standby confirms it directly; this node confirms per `core::cluster::confirm_leader`.
@@ -435,6 +449,7 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
         databases: site.manifest.state.sqlite.clone(),
         data_dirs: site.manifest.state.dirs.clone(),
         meta_dir: site.paths.lifeboat_dir().join("replica"),
+        key: stream_key(site),
         options: ReplicaOptions {
             confirm: Some(confirm),
             // Peers are on the site's network: retrying a connection every second at most
@@ -685,6 +700,7 @@ async fn start_stream(
         site: site.manifest.site.clone(),
         node: node.info.node.clone(),
         zone: node.info.zone.clone(),
+        key: stream_key(site),
         options: Default::default(),
     };
     match StreamServer::start(listener, feed, config) {

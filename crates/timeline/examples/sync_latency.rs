@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_timeline::{
-    FeedOptions, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, SiteSources, StreamServer,
-    StreamServerConfig, TimelineWorker, WorkerOptions,
+    FeedOptions, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, SiteSources, StreamKey,
+    StreamServer, StreamServerConfig, TimelineWorker, WorkerOptions,
 };
 use lifeboat_vault::{KdfParams, OpenOptions, Repository};
 
@@ -73,6 +73,7 @@ async fn main() {
                 site: "bench".into(),
                 node: "a".into(),
                 zone: "z1".into(),
+                key: StreamKey::new(repo.derive_key(StreamKey::CONTEXT)),
                 options: ServerOptions::default(),
             },
         )
@@ -92,6 +93,7 @@ async fn main() {
             databases: vec!["app.db".into()],
             data_dirs: vec!["uploads".into()],
             meta_dir: tmp.path().join("standby/meta"),
+            key: StreamKey::new(standby_repo.derive_key(StreamKey::CONTEXT)),
             options: ReplicaOptions::default(),
         },
         standby_repo,

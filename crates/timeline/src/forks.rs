@@ -293,7 +293,7 @@ async fn find(repo: &Repository, name: &str) -> Result<Option<ForkInfo>> {
     let tag = format!("{FORK_NAME_TAG_PREFIX}{name}");
     for entry in repo.snapshots().await? {
         let tags = &entry.snapshot.tags;
-        if tags.iter().any(|t| t == FORK_TAG) && tags.iter().any(|t| *t == tag) {
+        if tags.iter().any(|t| t == FORK_TAG) && tags.contains(&tag) {
             repo.reload_index().await?;
             return Ok(Some(read_description(repo, &entry).await?));
         }

@@ -46,8 +46,8 @@ pub use lifeboat_vault::KeepPolicy;
 pub use replication::{
     AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
     Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus, ServerOptions,
-    SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamServer, StreamServerConfig,
-    StreamServerStatus, seed_capture_state,
+    SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamKey, StreamServer,
+    StreamServerConfig, StreamServerStatus, seed_capture_state,
 };
 pub use restore::{
     MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,

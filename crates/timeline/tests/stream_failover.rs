@@ -20,7 +20,7 @@ async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a
     let b_dirs = StandbyDirs::new(a.site.tmp.path(), "b");
     let c_dirs = StandbyDirs::new(a.site.tmp.path(), "c");
     let b = start_replica(&a, &b_dirs, quick_replica_options()).await;
-    let mut c_config = c_dirs.config(quick_replica_options());
+    let mut c_config = c_dirs.config(quick_replica_options(), &a.repo);
     c_config.node = "c".into();
     c_config.zone = "zone-c".into();
     let c = Replica::start(
@@ -53,7 +53,7 @@ async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a
 
     // b is promoted: stopped (its logs copied back), seeded, and a worker of term 8 starts
     // on its copy, then the app writes there.
-    let b_config = b_dirs.config(quick_replica_options());
+    let b_config = b_dirs.config(quick_replica_options(), &repo);
     let b_status = b.stop().await.unwrap();
     assert!(b_status.applied >= position);
     let capture_state = b_dirs.state.join(".lifeboat/timeline");
@@ -70,7 +70,8 @@ async fn a_promoted_standby_continues_and_the_other_standby_follows_it_without_a
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = StreamServer::start(listener, worker.feed().unwrap(), server_config()).unwrap();
+    let server =
+        StreamServer::start(listener, worker.feed().unwrap(), server_config(&repo)).unwrap();
     c.set_primary(Some(server.local_addr()));
 
     let app = rusqlite::Connection::open(b_dirs.db()).unwrap();
@@ -142,7 +143,8 @@ async fn a_standby_reaches_a_new_primary_at_once_after_a_long_backoff() {
     replica.set_primary(Some(next));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listener = tokio::net::TcpListener::bind(next).await.unwrap();
-    let _server = StreamServer::start(listener, a.worker.feed().unwrap(), server_config()).unwrap();
+    let _server =
+        StreamServer::start(listener, a.worker.feed().unwrap(), server_config(&a.repo)).unwrap();
     let opened = std::time::Instant::now();
     wait_until(
         "the standby to stream from the new primary",

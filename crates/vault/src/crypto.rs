@@ -183,6 +183,14 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 impl Keys {
+    /// A 32-byte key for another purpose, named by `context` (a fixed, unique string such as
+    /// "lifeboat 2026-12 stream psk"), derived from the repository's data key with blake3's
+    /// key derivation: whoever holds the repository's key gets the same one, and it reveals
+    /// nothing of the data key.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.data)
+    }
+
     /// Fresh random keys for a new repository.
     pub fn generate() -> Keys {
         Keys {

@@ -279,6 +279,12 @@ impl Repository {
         &self.config
     }
 
+    /// A key for another purpose derived from this repository's key (see
+    /// [`crate::crypto::Keys::derive`]): every holder of the vault key derives the same one.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        self.keys.derive(context)
+    }
+
     /// The key file that opened this repository, and whether it is weakly wrapped.
     pub fn key(&self) -> &KeyInfo {
         &self.key

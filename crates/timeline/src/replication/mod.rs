@@ -22,6 +22,8 @@ mod batch;
 pub mod error;
 pub(crate) mod feed;
 mod replica;
+#[doc(hidden)]
+pub mod sealed;
 mod server;
 pub(crate) mod stage;
 pub mod wire;
@@ -35,6 +37,7 @@ pub use replica::{
     ConfirmPolicy, Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus,
     seed_capture_state,
 };
+pub use sealed::{HandshakeError, StreamKey};
 pub use server::{
     AckedBy, ServerOptions, StandbyInfo, StandbyStatus, StreamServer, StreamServerConfig,
     StreamServerStatus,

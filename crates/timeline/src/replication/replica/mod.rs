@@ -126,6 +126,8 @@ pub struct ReplicaConfig {
     pub data_dirs: Vec<PathBuf>,
     /// Where the replica keeps its own state (`replica.state`); not inside a data dir.
     pub meta_dir: PathBuf,
+    /// The key the primary must prove it holds (derived from the site's vault key).
+    pub key: crate::replication::StreamKey,
     /// Behaviour.
     pub options: ReplicaOptions,
 }
