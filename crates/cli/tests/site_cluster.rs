@@ -567,7 +567,7 @@ fn collect_both(child: &mut std::process::Child) -> (Lines, Lines) {
 /// whole host dies; every write a client saw acknowledged (201) is on the new primary.
 #[test]
 fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_dies() {
-    let cluster = Cluster::start("sync");
+    let mut cluster = Cluster::start("sync");
     let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
     let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
     let (client, door) = (others[1], others[0]);
@@ -622,6 +622,23 @@ fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_die
         acked.len(),
         cluster.logs()
     );
+
+    // The old primary's host comes back: it rejoins as a standby of the new primary (its
+    // own copy kept aside as a fork), and the new primary keeps its term.
+    if let Some(mut node) = cluster.nodes[primary].take() {
+        let _ = node.wait();
+    }
+    let _ = cluster.etcd[primary].wait();
+    cluster.etcd[primary] = start_etcd(&cluster.lan, cluster.scratch(), primary);
+    cluster.start_node(primary);
+    cluster.wait_or_explain("the old primary to follow the new one", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["role"]["role"] == "standby"
+                && s["role"]["leader"] == format!("n{}", next + 1)
+                && s["replica"]["ready"] == true
+        })
+    });
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (next, next_term));
 }
 
 /// `durability = "sync"` under a partition, not a kill: the primary is cut off while clients
@@ -854,5 +871,92 @@ fn losing_etcd_quorum_does_not_take_the_site_down() {
         failed.lock().unwrap().is_empty(),
         "requests failed: {:?}",
         failed.lock().unwrap()
+    );
+}
+
+/// A standby's whole host dies while clients write (`sync`): the other standby, in another
+/// zone, acknowledges, so no request fails and the primary keeps its term. The host comes
+/// back (its etcd member and `lifeboat up` again): the node rejoins as a standby, catches up
+/// without losing anything, and can take over holding every acknowledged write.
+#[test]
+fn a_killed_standby_changes_nothing_and_rejoins_when_it_comes_back() {
+    let mut cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let (victim, survivor) = (others[0], others[1]);
+    cluster.wait_or_explain("both standbys streaming", || {
+        others.iter().all(|&i| {
+            cluster
+                .status(i)
+                .is_some_and(|s| s["replica"]["state"] == "streaming")
+        })
+    });
+    let mut child = writer(&cluster, survivor, primary, "standby-down");
+    let (acked, failed) = collect_both(&mut child);
+    cluster.wait_or_explain("writes acknowledged", || acked.lock().unwrap().len() >= 10);
+    assert!(cluster.lan.host(victim).kill_everything() >= 2);
+    let _ = cluster.etcd[victim].wait();
+    if let Some(mut node) = cluster.nodes[victim].take() {
+        let _ = node.wait();
+    }
+    let then = acked.lock().unwrap().len();
+    cluster.wait_or_explain("writes acknowledged with the standby dead", || {
+        acked.lock().unwrap().len() >= then + 30
+    });
+    assert_eq!(
+        cluster.wait_for_primary(&[primary, survivor]),
+        (primary, term)
+    );
+
+    // The host comes back.
+    cluster.etcd[victim] = start_etcd(&cluster.lan, cluster.scratch(), victim);
+    cluster.start_node(victim);
+    cluster.wait_or_explain("the restarted node to stream as a standby", || {
+        cluster.status(victim).is_some_and(|s| {
+            s["role"]["role"] == "standby"
+                && s["replica"]["state"] == "streaming"
+                && s["replica"]["ready"] == true
+        })
+    });
+    let then = acked.lock().unwrap().len();
+    cluster.wait_or_explain("writes acknowledged after it is back", || {
+        acked.lock().unwrap().len() >= then + 10
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "requests failed: {:?}\n{}",
+        failed.lock().unwrap(),
+        cluster.explain()
+    );
+    // What it holds is whole: it takes over and serves every acknowledged write.
+    let out = common::cli(
+        &cluster.site(primary),
+        &["switchover", "--to", &format!("n{}", victim + 1)],
+    );
+    assert!(
+        out.status.success(),
+        "switchover failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    let (next, _) = cluster.wait_for_primary(&[0, 1, 2]);
+    assert_eq!(next, victim);
+    let (code, body) = cluster
+        .request(survivor, next, "GET", "/api/entries", "")
+        .expect("the restarted node answers as the primary");
+    assert_eq!(code, 200, "{body}");
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are not on the restarted node: {lost:?}",
+        lost.len(),
+        acked.len()
     );
 }
