@@ -366,6 +366,29 @@ fn one_node_leads_and_the_others_forward_to_it() {
             .status(standby)
             .is_some_and(|s| s["nodes"].as_array().unwrap().len() == 3)
     });
+    // `async`: the primary says how far behind each standby is and what losing it now
+    // would lose; once the standbys caught up, nothing.
+    common::wait_until("the primary to report its loss window as empty", || {
+        cluster.status(primary).is_some_and(|s| {
+            let behind_known = s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["name"] != format!("n{}", primary + 1))
+                .all(|n| n["behind"]["connected"] == true);
+            behind_known
+                && s["loss_window"]["best_standby"].is_string()
+                && s["loss_window"]["changes"] == 0
+        })
+    });
+    let text = common::cli(&cluster.site(primary), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("BEHIND") && text.contains("durability async"),
+        "{text}"
+    );
+    // A standby reports no window of its own.
+    assert!(cluster.status(standby).unwrap()["loss_window"].is_null());
 }
 
 /// The primary's whole host dies (its etcd member too): another node takes over in a new

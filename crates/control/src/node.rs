@@ -143,6 +143,38 @@ pub struct NodeReport {
     pub healthy: bool,
     /// Why it is not healthy, when it is not.
     pub health: Option<String>,
+    /// How far behind this primary a standby is, as the primary sees it (only in the
+    /// primary's own `status`; `None` elsewhere and for the primary itself).
+    #[serde(default)]
+    pub behind: Option<Behind>,
+}
+
+/// How far a standby is behind the primary: what the primary captured that it has not
+/// acknowledged as applied and durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Behind {
+    /// Whether it is connected to the primary's stream now.
+    pub connected: bool,
+    /// Batches of commits and file changes not acknowledged.
+    pub changes: u64,
+    /// Their bytes (of those still in the primary's window).
+    pub bytes: u64,
+    /// Age of the oldest change not acknowledged (0 when caught up).
+    pub seconds: f64,
+}
+
+/// `durability = "async"`, on the primary: what losing this node now would lose, i.e. what no
+/// standby in another zone has acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossWindow {
+    /// The standby in another zone that holds the most (none: every change is at risk).
+    pub best_standby: Option<String>,
+    /// Changes it lacks.
+    pub changes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Age of the oldest of them.
+    pub seconds: f64,
 }
 
 /// This node's cluster machinery.
@@ -225,8 +257,51 @@ impl Node {
                 || self.failsafe.load(std::sync::atomic::Ordering::SeqCst))
     }
 
+    /// Every member as etcd last showed it; on the primary, with how far behind each
+    /// standby is.
     pub(crate) fn members(&self) -> Vec<NodeReport> {
-        self.members.lock().expect("members lock").clone()
+        let mut members = self.members.lock().expect("members lock").clone();
+        if let Some(stream) = self.stream() {
+            let standbys = stream.status().standbys;
+            for m in &mut members {
+                if let Some(s) = standbys.iter().find(|s| s.node == m.name) {
+                    m.behind = Some(Behind {
+                        connected: s.connected,
+                        changes: s.lag_batches,
+                        bytes: s.lag_bytes,
+                        seconds: s.lag_time.as_secs_f64(),
+                    });
+                }
+            }
+        }
+        members
+    }
+
+    /// `durability = "async"` on the primary: what no standby in another zone has yet.
+    pub(crate) fn loss_window(&self, durability: Durability) -> Option<LossWindow> {
+        if durability != Durability::Async || !matches!(self.role(), NodeRole::Primary { .. }) {
+            return None;
+        }
+        let status = self.stream()?.status();
+        let best = status
+            .standbys
+            .iter()
+            .filter(|s| s.connected && s.zone != self.info.zone)
+            .min_by_key(|s| (s.lag_batches, s.lag_time));
+        Some(match best {
+            Some(s) => LossWindow {
+                best_standby: Some(s.node.clone()),
+                changes: s.lag_batches,
+                bytes: s.lag_bytes,
+                seconds: s.lag_time.as_secs_f64(),
+            },
+            None => LossWindow {
+                best_standby: None,
+                changes: status.feed.window_batches as u64,
+                bytes: status.feed.window_bytes,
+                seconds: 0.0,
+            },
+        })
     }
 
     pub(crate) fn waiting(&self) -> Option<String> {
@@ -1229,6 +1304,7 @@ async fn refresh_members(node: &Node) {
                     Health::Healthy => None,
                     Health::Unhealthy(why) => Some(why.clone()),
                 },
+                behind: None,
             }
         })
         .collect();
