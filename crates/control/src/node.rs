@@ -199,11 +199,42 @@ pub(crate) struct Node {
     failsafe: std::sync::atomic::AtomicBool,
 }
 
+/// Reads the TLS files `[cluster]` names (relative to the site dir).
+fn etcd_tls(
+    site_dir: &std::path::Path,
+    spec: &lifeboat_core::manifest::EtcdTlsSpec,
+) -> Result<lifeboat_cluster::EtcdTls, ControlError> {
+    let read = |key: &str, path: &std::path::Path| {
+        let full = site_dir.join(path);
+        std::fs::read(&full).map_err(|e| {
+            ControlError::Refused(format!(
+                "could not read [cluster] {key} {}: {e}; put the file there (under .lifeboat/, where the site's processes cannot read it) or fix the path",
+                full.display()
+            ))
+        })
+    };
+    let ca_pem = spec.ca.as_deref().map(|p| read("etcd_ca", p)).transpose()?;
+    let identity_pem = match &spec.client {
+        Some((cert, key)) => {
+            let mut pem = read("etcd_cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("etcd_key", key)?);
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok(lifeboat_cluster::EtcdTls {
+        ca_pem,
+        identity_pem,
+    })
+}
+
 impl Node {
     /// Joins the cluster as a standby: keeps a lease, follows the leader key, registers this
     /// node. Nothing runs here until the node knows its role.
     pub(crate) async fn join(
         site_name: &str,
+        site_dir: &std::path::Path,
         spec: &ClusterSpec,
         options: &NodeOptions,
         front_door: SocketAddr,
@@ -211,7 +242,11 @@ impl Node {
         let refused = |what: &str, e: &dyn std::fmt::Display| {
             ControlError::Refused(format!("could not {what}: {e}"))
         };
-        let client = EtcdClient::new(EtcdConfig::new(spec.etcd.clone()))
+        let mut config = EtcdConfig::new(spec.etcd.clone());
+        if let Some(tls) = &spec.etcd_tls {
+            config.tls = Some(etcd_tls(site_dir, tls)?);
+        }
+        let client = EtcdClient::new(config)
             .map_err(|e| refused("use the etcd endpoints of [cluster] etcd", &e))?;
         let keys = ClusterKeys::for_site(site_name)
             .map_err(|e| refused("name this site's keys in etcd", &e))?;
@@ -343,6 +378,7 @@ pub(crate) async fn join_and_run(site: Arc<Site>, spec: ClusterSpec, options: No
     let node = loop {
         match Node::join(
             &site.manifest.site,
+            &site.paths.dir,
             &spec,
             &options,
             site.proxy.local_addr(),
