@@ -328,6 +328,18 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // LIFEBOAT_KEEP_FAILED=DIR keeps a failed test's sites, vault and logs for a look.
+        if std::thread::panicking()
+            && let Some(keep) = std::env::var_os("LIFEBOAT_KEEP_FAILED")
+        {
+            let to = std::path::Path::new(&keep).join(format!("cluster-{}", std::process::id()));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(self.scratch.path())
+                .arg(&to)
+                .status();
+            eprintln!("kept the cluster's files in {}", to.display());
+        }
     }
 }
 

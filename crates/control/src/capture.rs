@@ -171,6 +171,9 @@ impl Capture {
         };
         let mut options = self.options.clone();
         options.feed = term.map(lifeboat_timeline::FeedOptions::new);
+        // A primary of a cluster opens its stream once capture runs: it must not wait for a
+        // base image of the whole state to be stored (standbys, and so sync writes, would).
+        options.first_checkpoint_later = term.is_some();
         let (repo, options, record, slot) = (
             self.repo.clone(),
             options,

@@ -271,3 +271,50 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// `first_checkpoint_later` (a promoted standby's worker): `start` returns before the first
+/// checkpoint is stored, the loop stores it right after, before any segment of later writes,
+/// and a restore from it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_can_take_its_first_checkpoint_after_it_starts() {
+    let site = Site::new();
+    let repo = site.init_vault(2).await;
+    let conn = site.db();
+    site.insert(&conn, 0..10);
+    let options = lifeboat_timeline::WorkerOptions {
+        first_checkpoint_later: true,
+        ..fast_options()
+    };
+    let worker = TimelineWorker::start(site.sources(), options, repo.clone())
+        .await
+        .unwrap();
+    let returned = OffsetDateTime::now_utc();
+    site.insert(&conn, 10..20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let checkpoint = loop {
+        if let Some(c) = list_restore_points(&repo)
+            .await
+            .unwrap()
+            .checkpoints
+            .first()
+        {
+            break c.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        checkpoint.time > returned,
+        "the checkpoint ({}) was taken after start returned ({returned})",
+        checkpoint.time
+    );
+    worker.ship_now().await.unwrap();
+    let into = site.tmp.path().join("restored");
+    restore_site(&repo, lifeboat_timeline::RestoreTarget::Latest, &into)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_in(&into.join("data/app.db")),
+        (0..20).collect::<Vec<_>>()
+    );
+}

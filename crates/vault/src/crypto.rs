@@ -191,6 +191,18 @@ impl Keys {
         blake3::derive_key(context, &self.data)
     }
 
+    /// A public name of these keys (hex): equal for the same keys, and revealing nothing of
+    /// them. The repository's config records it.
+    pub fn fingerprint(&self) -> String {
+        let mut both = [0u8; 64];
+        both[..32].copy_from_slice(&self.data);
+        both[32..].copy_from_slice(&self.ids);
+        hex::encode(blake3::derive_key(
+            "lifeboat 2026-12-05 vault key fingerprint v1",
+            &both,
+        ))
+    }
+
     /// Fresh random keys for a new repository.
     pub fn generate() -> Keys {
         Keys {
