@@ -575,9 +575,17 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
 /// from there in the new term, the stream to the standbys opens, and instances start here.
 async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
     let live = site.live_state();
+    let mut history = None;
     if let Some(replica) = node.replica.lock().await.take() {
-        match replica.stop().await {
-            Ok(status) => tracing::info!("replica stopped at {:?} to take over", status.applied),
+        match replica.stop_keeping_history().await {
+            Ok((status, kept)) => {
+                tracing::info!(
+                    "replica stopped at {:?} to take over ({} batches kept for the other standbys)",
+                    status.applied,
+                    kept.len()
+                );
+                history = Some(kept);
+            }
             Err(e) => tracing::warn!("the replica did not stop cleanly: {e}"),
         }
         // Capture goes on from exactly where the copy ends, so standbys that followed the
@@ -593,7 +601,7 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
         }
     }
     if let Some(capture) = site.capture.get() {
-        capture.start_in_term(&live, Some(term));
+        capture.start_in_term(&live, Some(term), history);
     }
     {
         let site = site.clone();

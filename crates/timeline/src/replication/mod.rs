@@ -21,6 +21,7 @@
 mod batch;
 pub mod error;
 pub(crate) mod feed;
+mod history;
 mod replica;
 #[doc(hidden)]
 pub mod sealed;
@@ -30,6 +31,7 @@ pub mod wire;
 
 pub use error::StreamError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStatus};
+pub use history::ReplicaHistory;
 pub use lifeboat_core::cluster::{FailsafeRequest, Position, Term};
 #[doc(hidden)]
 pub use replica::{ApplyStep, FaultHook, inspect_replica_state};

@@ -466,6 +466,11 @@ async fn apply_loop(
         match result {
             Ok(Outcome::Applied(position)) => {
                 waiting_since = None;
+                shared
+                    .history
+                    .lock()
+                    .unwrap()
+                    .push(&batches, opts.history_bytes);
                 {
                     let a = applier.lock().unwrap();
                     let mut s = shared.status.lock().unwrap();
