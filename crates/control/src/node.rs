@@ -919,6 +919,7 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
         now.unix_timestamp()
     );
     let fork = site.paths.states().join(&name);
+    let planned = node.registry.value().hands_over_to.is_some();
     let why = match node.registry.value().hands_over_to {
         Some(to) => format!(
             "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution",
@@ -962,6 +963,7 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
             site.record(EventKind::StateForked {
                 state: name,
                 why: format!("{why}; it is being stored in the vault as a fork"),
+                planned,
             });
         }
         Err(e) => site.record(EventKind::CaptureError {

@@ -151,7 +151,14 @@ pub enum EventKind {
     NodeFailsafeEnded { node: String, term: u64 },
     /// A node kept a state of its own aside (as `state`, listed by `lifeboat states`) before
     /// following another primary: what it holds that the primary does not is not lost.
-    StateForked { state: String, why: String },
+    StateForked {
+        state: String,
+        why: String,
+        /// Kept after a switchover (the successor confirmed everything): a precaution, not
+        /// an alert.
+        #[serde(default)]
+        planned: bool,
+    },
     /// A state kept aside (`fork`) is stored in the vault as a snapshot: `lifeboat timeline`
     /// lists it on any machine and `lifeboat restore-site --fork` rebuilds it.
     ForkStored { fork: String, snapshot: String },
@@ -316,7 +323,9 @@ impl EventKind {
             EventKind::NodeFenced { node, term, why } => format!(
                 "{node} stopped writing (term {term}): {why}; its instances were killed and it rejoins as a standby"
             ),
-            EventKind::StateForked { state, why } => format!("state kept aside as {state}: {why}"),
+            EventKind::StateForked { state, why, .. } => {
+                format!("state kept aside as {state}: {why}")
+            }
             EventKind::ForkStored { fork, snapshot } => format!(
                 "fork {fork} stored in the vault (snapshot {}): `lifeboat restore-site --fork {fork} --into DIR` rebuilds it",
                 snapshot.get(..12).unwrap_or(snapshot)
@@ -362,7 +371,7 @@ impl EventKind {
                 | EventKind::InstanceOutOfMemory { .. }
                 | EventKind::NodePromoted { .. }
                 | EventKind::NodeFenced { .. }
-                | EventKind::StateForked { .. }
+                | EventKind::StateForked { planned: false, .. }
                 | EventKind::NodeFailsafe { .. }
                 | EventKind::RewindFailed { .. }
         )
@@ -395,5 +404,20 @@ mod tests {
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
         assert_eq!(back.what.describe(), "web-2 exited (signal 9, pid 42)");
+    }
+
+    #[test]
+    fn a_fork_kept_after_a_switchover_is_no_alert_and_older_records_still_read() {
+        let old: EventKind = serde_json::from_value(serde_json::json!({
+            "kind": "state-forked", "state": "fork-a-term3-1", "why": "a joined b"
+        }))
+        .unwrap();
+        assert!(old.is_alert(), "a fork after a failure is news");
+        let planned = EventKind::StateForked {
+            state: "fork-a-term4-2".into(),
+            why: "a handed over to b".into(),
+            planned: true,
+        };
+        assert!(!planned.is_alert(), "a switchover's precaution is not");
     }
 }
