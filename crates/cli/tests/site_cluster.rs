@@ -85,11 +85,34 @@ fn start_etcd(lan: &Lan, scratch: &std::path::Path, i: usize) -> std::process::C
         .append(true)
         .open(scratch.join(format!("etcd-{}.log", i + 1)))
         .unwrap();
-    host.command(etcd_binary())
+    // With certificates made (`make_tls`), clients speak TLS and must show one.
+    let tls = scratch.join("tls");
+    let scheme = if tls.exists() { "https" } else { "http" };
+    let mut command = host.command(etcd_binary());
+    if tls.exists() {
+        command
+            .arg(format!(
+                "--cert-file={}",
+                tls.join(format!("h{}.pem", i + 1)).display()
+            ))
+            .arg(format!(
+                "--key-file={}",
+                tls.join(format!("h{}-key.pem", i + 1)).display()
+            ))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                tls.join("ca.pem").display()
+            ))
+            .arg("--client-cert-auth");
+    }
+    command
         .arg(format!("--name=h{}", i + 1))
         .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--listen-client-urls=http://{}:2379", host.ip))
-        .arg(format!("--advertise-client-urls=http://{}:2379", host.ip))
+        .arg(format!("--listen-client-urls={scheme}://{}:2379", host.ip))
+        .arg(format!(
+            "--advertise-client-urls={scheme}://{}:2379",
+            host.ip
+        ))
         .arg(format!("--listen-peer-urls=http://{}:2380", host.ip))
         .arg(format!(
             "--initial-advertise-peer-urls=http://{}:2380",
@@ -107,6 +130,93 @@ fn start_etcd(lan: &Lan, scratch: &std::path::Path, i: usize) -> std::process::C
         .expect("start etcd")
 }
 
+/// A CA, a server certificate for each host's etcd (its IP) and one client certificate,
+/// made with `openssl` into `dir`.
+fn make_tls(dir: &std::path::Path, lan: &Lan) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (scripts/install-test-deps)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test etcd CA",
+    ]);
+    run(&ca);
+    let mut certs: Vec<(String, String)> = lan
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            (
+                format!("h{}", i + 1),
+                format!(
+                    "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth,clientAuth\n",
+                    h.ip
+                ),
+            )
+        })
+        .collect();
+    certs.push((
+        "client".into(),
+        "subjectAltName=DNS:lifeboat-node\nextendedKeyUsage=clientAuth\n".into(),
+    ));
+    for (name, ext) in certs {
+        let (key, csr, pem, extfile) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        let subj = format!("/CN={name}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&req);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ]);
+    }
+}
+
 /// A three-host cluster: an etcd member and a lifeboat node (the guestbook) per host, each
 /// in its own zone, each node with its own copy of the site dir, as on three machines.
 struct Cluster {
@@ -118,14 +228,29 @@ struct Cluster {
 
 impl Cluster {
     fn start(durability: &str) -> Cluster {
+        Cluster::start_with(durability, false)
+    }
+
+    /// With `tls`, etcd serves TLS and asks every client for a certificate of the test CA;
+    /// each node has the CA, a certificate and its key under `.lifeboat/etcd/`.
+    fn start_with(durability: &str, tls: bool) -> Cluster {
         let lan = Lan::new(3);
         let scratch = tempfile::tempdir().unwrap();
         common::open_to_the_site_user(scratch.path());
+        if tls {
+            make_tls(&scratch.path().join("tls"), &lan);
+        }
+        let scheme = if tls { "https" } else { "http" };
         let clients: Vec<String> = lan
             .hosts
             .iter()
-            .map(|h| format!("\"http://{}:2379\"", h.ip))
+            .map(|h| format!("\"{scheme}://{}:2379\"", h.ip))
             .collect();
+        let tls_settings = if tls {
+            "etcd_ca = \".lifeboat/etcd/ca.pem\"\netcd_cert = \".lifeboat/etcd/node.pem\"\netcd_key = \".lifeboat/etcd/node-key.pem\"\n"
+        } else {
+            ""
+        };
         let etcd = (0..lan.hosts.len())
             .map(|i| start_etcd(&lan, scratch.path(), i))
             .collect();
@@ -153,7 +278,7 @@ segment_interval = "250ms"
 [cluster]
 etcd = [{clients}]
 durability = "{durability}"
-"#,
+{tls_settings}"#,
             guestbook = common::guestbook_bin().display(),
             clients = clients.join(", "),
             vault = scratch.path().join("vault").display(),
@@ -162,6 +287,18 @@ durability = "{durability}"
             let site = scratch.path().join(format!("node{i}"));
             std::fs::create_dir_all(&site).unwrap();
             std::fs::write(site.join("lifeboat.toml"), &manifest).unwrap();
+            if tls {
+                let etcd = site.join(".lifeboat/etcd");
+                std::fs::create_dir_all(&etcd).unwrap();
+                let from = scratch.path().join("tls");
+                for (f, to) in [
+                    ("ca.pem", "ca.pem"),
+                    ("client.pem", "node.pem"),
+                    ("client-key.pem", "node-key.pem"),
+                ] {
+                    std::fs::copy(from.join(f), etcd.join(to)).unwrap();
+                }
+            }
         }
         let mut cluster = Cluster {
             lan,
@@ -993,5 +1130,47 @@ fn a_killed_standby_changes_nothing_and_rejoins_when_it_comes_back() {
         "{} of {} acknowledged writes are not on the restarted node: {lost:?}",
         lost.len(),
         acked.len()
+    );
+}
+
+/// etcd over TLS with client certificates (`https://` endpoints, `etcd_ca`, `etcd_cert`,
+/// `etcd_key` under `.lifeboat/`): the nodes elect a primary through it and serve writes.
+#[test]
+fn the_nodes_reach_etcd_over_tls_with_client_certificates() {
+    let cluster = Cluster::start_with("sync", true);
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    assert!(term > 0);
+    let standby = (primary + 1) % 3;
+    cluster.wait_or_explain("a write through a standby's front door", || {
+        cluster
+            .request(standby, standby, "POST", "/entries", "text=over-tls")
+            .is_some_and(|(code, _)| code == 201)
+    });
+    // etcd answers a client with the certificate and refuses one without: the TLS is real.
+    let tls = cluster.scratch().join("tls");
+    let health = |with_cert: bool| {
+        let mut curl = cluster.lan.host(standby).command("curl");
+        curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(tls.join("ca.pem"));
+        if with_cert {
+            curl.arg("--cert")
+                .arg(tls.join("client.pem"))
+                .arg("--key")
+                .arg(tls.join("client-key.pem"));
+        }
+        let out = curl
+            .arg(format!(
+                "https://{}:2379/health",
+                cluster.lan.host(primary).ip
+            ))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(health(true), "200");
+    assert_ne!(
+        health(false),
+        "200",
+        "etcd answered without a client certificate"
     );
 }
