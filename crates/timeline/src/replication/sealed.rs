@@ -114,7 +114,15 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
         let mut buf = vec![0u8; MAX_RECORD];
         let n = hs.write_message(&[], &mut buf).map_err(refused)?;
         send_handshake(stream, &buf[..n]).await?;
-        let reply = read_handshake(stream).await?;
+        let reply = match read_handshake(stream).await {
+            // The primary closes without a word when our first message does not authenticate.
+            Err(HandshakeError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(HandshakeError::Refused(
+                    "the primary closed the connection without answering".into(),
+                ));
+            }
+            other => other?,
+        };
         hs.read_message(&reply, &mut buf).map_err(refused)?;
         Ok(Arc::new(
             hs.into_stateless_transport_mode().map_err(refused)?,
