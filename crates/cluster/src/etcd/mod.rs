@@ -788,8 +788,21 @@ mod tests {
         );
         let e = check_endpoint("127.0.0.1:2379").unwrap_err().to_string();
         assert!(e.contains("write http://HOST:PORT"), "{e}");
-        let e = check_endpoint("https://etcd:2379").unwrap_err().to_string();
-        assert!(e.contains("TLS to etcd is not supported yet"), "{e}");
+        assert_eq!(
+            check_endpoint("https://etcd:2379/").unwrap(),
+            "https://etcd:2379"
+        );
+        let e = check_endpoint("ftp://etcd:2379").unwrap_err().to_string();
+        assert!(e.contains("not http or https"), "{e}");
+        // TLS settings with plain endpoints, and mixed schemes, are refused.
+        let mut config = EtcdConfig::new(["http://a:2379"]);
+        config.tls = Some(EtcdTls::default());
+        let e = EtcdClient::new(config).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        let e = EtcdClient::new(EtcdConfig::new(["http://a:2379", "https://b:2379"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same scheme"), "{e}");
         assert!(matches!(
             EtcdClient::new(EtcdConfig::new(Vec::<String>::new())),
             Err(EtcdError::NoEndpoints)
