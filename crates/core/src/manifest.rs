@@ -25,7 +25,9 @@ pub use cluster::{ClusterSpec, Durability};
 pub use isolation::IsolationSpec;
 pub use mariadb::{DEFAULT_MARIADB_DIR, MariaDbSpec};
 mod limits;
+mod simulate;
 pub use limits::{DEFAULT_PIDS, ResourceLimits, format_size, parse_size};
+pub use simulate::{LoginSpec, ProbeSpec, SimulateSpec, Targets, WeightedPath};
 
 /// The manifest's usual file name, next to the site.
 pub const MANIFEST_FILE: &str = "lifeboat.toml";
@@ -51,6 +53,8 @@ pub struct Manifest {
     pub isolation: IsolationSpec,
     /// Several nodes with their state in etcd (`[cluster]`); `None`: one machine.
     pub cluster: Option<ClusterSpec>,
+    /// What `lifeboat simulate` sends and checks (`[simulate]`); `None`: the defaults.
+    pub simulate: Option<SimulateSpec>,
 }
 
 /// One kind of program of the site, run `replicas` times, each with its own `$PORT`.
@@ -213,6 +217,7 @@ struct RawManifest {
     #[serde(default)]
     isolation: isolation::RawIsolation,
     cluster: Option<Spanned<cluster::RawCluster>>,
+    simulate: Option<simulate::RawSimulate>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +369,7 @@ impl Validator<'_> {
         let credentials = self.credentials(raw.credentials);
         let isolation = self.isolation(raw.isolation);
         let cluster = raw.cluster.map(|c| self.cluster(c));
+        let simulate = raw.simulate.map(|s| self.simulate(s));
         Manifest {
             site,
             processes,
@@ -374,6 +380,7 @@ impl Validator<'_> {
             credentials,
             isolation,
             cluster,
+            simulate,
         }
     }
 
