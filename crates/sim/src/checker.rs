@@ -46,8 +46,11 @@ pub fn phase_figures(
         let _ = hist.record((o.latency.as_micros() as u64).max(1));
         if !good(o, targets) {
             errors += 1;
+            // From the first failed request's send time to the end of the last one: how long
+            // visitors met trouble (a hung instance makes them wait, not fail at once).
+            let ended = o.intended + o.latency.min(targets.response_time);
             first_bad = Some(first_bad.map_or(o.intended, |f| f.min(o.intended)));
-            last_bad = Some(last_bad.map_or(o.intended, |l| l.max(o.intended)));
+            last_bad = Some(last_bad.map_or(ended, |l| l.max(ended)));
         }
     }
     let span = end.saturating_sub(start).as_secs_f64().max(0.001);

@@ -80,7 +80,8 @@ pub struct PhaseReport {
     pub max_ms: f64,
     /// Good answers per second.
     pub throughput_rps: f64,
-    /// From the first failed request to the last one, in seconds (0: none failed).
+    /// From the first failed request's send time to the end of the last one, in seconds
+    /// (0: none failed).
     pub outage_s: f64,
     /// Acknowledged writes of this run found missing by this phase's read-back.
     pub lost_acknowledged_writes: u64,

@@ -237,7 +237,7 @@ async fn run_phases(
             base_rate,
             login: login.clone(),
             slow_clients: if opts.quick { 100 } else { 300 },
-            attack_rate: (base_rate * 4.0).min(400.0),
+            attack_rate: (base_rate * 6.0).min(500.0),
         };
         let mut extra = Extra::default();
         let (injected, undone) = if kind == FaultKind::UsageSpike {
@@ -637,7 +637,13 @@ fn scorecard(
 ) -> Vec<ScoreLine> {
     let mut lines = Vec::new();
     // A lost acknowledged write is said first, whatever else happened.
-    lines.push(if lost > targets.lost_writes {
+    lines.push(if writes.sent == 0 {
+        ScoreLine {
+            passed: None,
+            text: "writes were not checked: the load sent no write probe".into(),
+            advice: Some("add [simulate] probe = { path = ..., body = \"...{id}...\", read_back = ... } so lost writes are counted".into()),
+        }
+    } else if lost > targets.lost_writes {
         ScoreLine {
             passed: Some(false),
             text: format!(
@@ -671,7 +677,8 @@ fn scorecard(
             "the site is slow or failing even without a fault: look at `lifeboat logs` of the sandbox (--keep) and the site's own performance".to_string()
         }),
     });
-    lines.push(ScoreLine {
+    let spiked = phases.iter().any(|p| p.kind == FaultKind::UsageSpike);
+    lines.extend(spiked.then(|| ScoreLine {
         passed: None,
         text: if capacity.1 {
             format!(
@@ -685,7 +692,7 @@ fn scorecard(
             )
         },
         advice: None,
-    });
+    }));
     for p in phases {
         lines.push(checker::fault_line(&p.report, p.kind, targets, facts));
         if p.kind == FaultKind::Corruption
