@@ -394,7 +394,7 @@ pub fn detection_line(f: &FaultReport, site: &SiteFacts) -> Option<ScoreLine> {
 
 fn humantime_short(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{:.0}s", d.as_secs_f64())

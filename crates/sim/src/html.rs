@@ -34,18 +34,18 @@ td,th{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;font-size:.9e
 /// The whole page.
 pub fn render(r: &Report) -> String {
     let mut h = String::new();
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>lifeboat simulate: {}</title>\
-         <style>{STYLE}</style></head><body>\n<h1>lifeboat simulate: {}</h1>\n",
+         <style>{STYLE}</style></head><body>\n<h1>lifeboat simulate: {}</h1>",
         escape(&r.site),
         escape(&r.site)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<p class=\"verdict {}\">{}</p>\n<p>Started {} &middot; {:.0} s{} &middot; the site as of {} &middot; \
          availability {:.2}% of {} requests &middot; capacity {}{:.0} requests/s &middot; \
-         {} acknowledged writes lost</p>\n",
+         {} acknowledged writes lost</p>",
         if r.passed { "pass" } else { "fail" },
         if r.passed {
             "Every target held."
@@ -122,9 +122,9 @@ pub fn render(r: &Report) -> String {
         "<h2>Faults</h2>\n<table><tr><th>fault</th><th>result</th><th>requests</th><th>availability</th>\
          <th>p50 / p99 ms</th><th>lost writes</th><th>what happened</th></tr>\n",
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<tr><td>baseline</td><td></td><td>{}</td><td>{:.2}%</td><td>{:.1} / {:.1}</td><td>{}</td><td></td></tr>\n",
+        "<tr><td>baseline</td><td></td><td>{}</td><td>{:.2}%</td><td>{:.1} / {:.1}</td><td>{}</td><td></td></tr>",
         r.baseline.requests,
         r.baseline.availability * 100.0,
         r.baseline.p50_ms,
@@ -151,10 +151,10 @@ pub fn render(r: &Report) -> String {
                 let _ = write!(what, "; {label} {v:.1} s");
             }
         }
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<tr><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td><td>{:.2}%</td><td>{:.1} / {:.1}</td>\
-             <td>{}</td><td>{what}</td></tr>\n",
+             <td>{}</td><td>{what}</td></tr>",
             escape(&f.title),
             f.figures.requests,
             f.figures.availability * 100.0,
@@ -165,9 +165,9 @@ pub fn render(r: &Report) -> String {
     }
     h.push_str("</table>\n<h2>What the sandbox's Lifeboat recorded</h2>\n<table>\n");
     for e in &r.events {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<tr><td>{:+.1} s</td><td{}>{}</td></tr>\n",
+            "<tr><td>{:+.1} s</td><td{}>{}</td></tr>",
             e.t_s,
             if e.alert { " class=\"alert\"" } else { "" },
             escape(&e.text)
@@ -193,16 +193,16 @@ fn plot(
     let x = |t: f64| PAD + (t / t_end) * (W - PAD - 10.0);
     let y = |v: f64| H - 20.0 - (v / v_max) * (H - 35.0);
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<h3>{}</h3>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">\n",
+        "<h3>{}</h3>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">",
         escape(title)
     );
     for (i, (from, to, name)) in windows.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             s,
             "<rect x=\"{:.1}\" y=\"10\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" opacity=\"0.35\"><title>{}</title></rect>\
-             <text x=\"{:.1}\" y=\"{}\" font-size=\"9\" fill=\"#555\">{}</text>\n",
+             <text x=\"{:.1}\" y=\"{}\" font-size=\"9\" fill=\"#555\">{}</text>",
             x(*from),
             (x(*to) - x(*from)).max(1.0),
             H - 30.0,
@@ -213,11 +213,11 @@ fn plot(
             escape(name)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<line x1=\"{PAD}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#999\"/>\
          <text x=\"2\" y=\"{2:.0}\" font-size=\"10\">{3:.0}</text><text x=\"2\" y=\"{0}\" font-size=\"10\">0</text>\
-         <text x=\"{1}\" y=\"{4}\" font-size=\"10\" text-anchor=\"end\">{5:.0} s</text>\n",
+         <text x=\"{1}\" y=\"{4}\" font-size=\"10\" text-anchor=\"end\">{5:.0} s</text>",
         H - 20.0,
         W - 10.0,
         y(v_max / 1.1) + 4.0,
@@ -230,9 +230,9 @@ fn plot(
             .zip(values)
             .map(|(t, v)| format!("{:.1},{:.1}", x(t + ts.bucket_s / 2.0), y(*v)))
             .collect();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n</svg>\n",
+        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n</svg>",
         points.join(" ")
     );
     s
