@@ -241,7 +241,7 @@ async fn run_phases(
         };
         let mut extra = Extra::default();
         let (injected, undone) = if kind == FaultKind::UsageSpike {
-            let f = faults::inject(kind, &mut ctx).await?;
+            let f = faults::inject(kind, &mut ctx).await?; // the spike only changes the rate
             let ramp = timing.spike.mul_f64(0.8);
             let ramp_start = recorder.now();
             while recorder.now() < ramp_start + ramp {
@@ -254,46 +254,69 @@ async fn run_phases(
             capacity = checker::capacity(&recorder.outcomes(), ramp_start, ramp_end, &targets);
             hold(progress, &recorder, timing.spike.saturating_sub(ramp)).await;
             ((ramp_start, String::new(), None), u)
+        } else if ctx.sandbox.lifeboat_pid().is_none() {
+            let why = "the sandbox's lifeboat is not running: an earlier fault left it down";
+            (
+                (recorder.now(), String::new(), Some(why.to_string())),
+                nothing_to_undo(),
+            )
         } else {
             hold(progress, &recorder, timing.lead).await;
             let before = if kind.rewinds() {
-                Some(restore_point(ctx.sandbox, &recorder).await?)
+                restore_point(ctx.sandbox, &recorder).await.map(Some)
             } else {
-                None
+                Ok(None)
             };
-            let f = faults::inject(kind, &mut ctx).await?;
-            let (at, evidence, skipped) = (f.at, f.evidence.clone(), f.skipped.clone());
-            if skipped.is_some() {
-                drop(f);
-                (
-                    (at, evidence, skipped),
-                    faults::Undone {
-                        ok: true,
-                        ..Default::default()
-                    },
-                )
-            } else {
-                if kind.rewinds() {
-                    let (t0, t_wall) = before.expect("a restore point before a rewind fault");
-                    extra = destroy_and_rewind(
-                        kind,
-                        &f,
-                        ctx.sandbox,
-                        &recorder,
-                        timing.hold,
-                        t_wall,
-                        &targets,
-                    )
-                    .await?;
-                    discarded.push(Discarded {
-                        from: t0,
-                        until: recorder.now(),
-                    });
-                } else if kind != FaultKind::KillLifeboat {
-                    hold(progress, &recorder, timing.hold).await;
+            // A fault that cannot be injected is reported as not run; the run goes on.
+            let injected = match before {
+                Ok(before) => faults::inject(kind, &mut ctx).await.map(|f| (f, before)),
+                Err(e) => Err(e),
+            };
+            match injected {
+                Err(e) => (
+                    (
+                        recorder.now(),
+                        String::new(),
+                        Some(format!("it could not be injected: {e}")),
+                    ),
+                    nothing_to_undo(),
+                ),
+                Ok((f, _)) if f.skipped.is_some() => (
+                    (f.at, f.evidence.clone(), f.skipped.clone()),
+                    nothing_to_undo(),
+                ),
+                Ok((f, before)) => {
+                    let (at, evidence) = (f.at, f.evidence.clone());
+                    if let (true, Some((t0, t_wall))) = (kind.rewinds(), before) {
+                        extra = destroy_and_rewind(
+                            kind,
+                            &f,
+                            ctx.sandbox,
+                            &recorder,
+                            timing.hold,
+                            t_wall,
+                        )
+                        .await
+                        .unwrap_or_else(|e| Extra {
+                            rewind_error: Some(format!("the rewind failed: {e}")),
+                            ..Extra::default()
+                        });
+                        discarded.push(Discarded {
+                            from: t0,
+                            until: recorder.now(),
+                        });
+                    } else if kind != FaultKind::KillLifeboat {
+                        hold(progress, &recorder, timing.hold).await;
+                    }
+                    // `f` undoes itself if this fails; the failure is the phase's result.
+                    let u = faults::undo(f, &mut ctx, targets.rto)
+                        .await
+                        .unwrap_or_else(|e| faults::Undone {
+                            evidence: format!("the undo failed: {e}"),
+                            ..Default::default()
+                        });
+                    ((at, evidence, None), u)
                 }
-                let u = faults::undo(f, &mut ctx, targets.rto).await?;
-                ((at, evidence, skipped), u)
             }
         };
         let undone_at = recorder.now();
@@ -443,6 +466,15 @@ async fn run_phases(
     })
 }
 
+/// A fault that was not injected left nothing to undo.
+fn nothing_to_undo() -> faults::Undone {
+    faults::Undone {
+        ok: true,
+        evidence: "nothing was injected".into(),
+        recovered_after: None,
+    }
+}
+
 /// Waits `d`, telling the progress display how the load goes every quarter second.
 async fn hold(progress: &dyn Progress, recorder: &Recorder, d: Duration) {
     let until = recorder.now() + d;
@@ -492,7 +524,6 @@ async fn destroy_and_rewind(
     recorder: &Recorder,
     watch: Duration,
     restore_to: OffsetDateTime,
-    _targets: &Targets,
 ) -> Result<Extra> {
     let mut extra = Extra::default();
     let client = sandbox.client()?;
