@@ -238,9 +238,11 @@ pub fn fault_line(
             f.title,
             f.rto_s.unwrap_or(0.0),
             f.rpo_s.unwrap_or(0.0),
-            match (kind, f.removed_by_rewind) {
-                (FaultKind::Virus, Some(true)) => ", the planted files are gone",
-                (FaultKind::Virus, _) => ", the planted files are STILL THERE",
+            match (kind, f.removed_by_rewind, f.upload_restored) {
+                (FaultKind::Virus, Some(true), _) => ", the planted files are gone",
+                (FaultKind::Virus, _, _) => ", the planted files are STILL THERE",
+                (_, _, Some(true)) => ", the truncated upload is back byte for byte",
+                (_, _, Some(false)) => ", the truncated upload was NOT restored",
                 _ => "",
             }
         ),
@@ -334,6 +336,11 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
         FaultKind::Virus if f.removed_by_rewind != Some(true) => {
             "the rewind did not remove the planted files: check that the data dir is in [state] dirs".into()
         }
+        FaultKind::Corruption if f.upload_restored == Some(false) => {
+            "the rewind did not give the truncated upload back: check that the data dir is in \
+             [state] dirs and that capture runs (`lifeboat status`)"
+                .into()
+        }
         FaultKind::Virus | FaultKind::Corruption => format!(
             "the rewind took {:.1} s (target {:.0} s): a smaller checkpoint_interval in [vault] \
              leaves less to replay",
@@ -358,6 +365,7 @@ pub fn fault_passed(f: &FaultReport, kind: FaultKind, targets: &Targets) -> bool
     let held = if kind.rewinds() {
         f.rto_s.is_some_and(|r| r <= rto)
             && (kind != FaultKind::Virus || f.removed_by_rewind == Some(true))
+            && f.upload_restored != Some(false)
     } else if kind.takes_all_down() {
         f.recovered_after_s.is_some_and(|r| r <= rto)
     } else {

@@ -317,9 +317,47 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
                 Err(e) => return Ok(f.skip(format!("could not damage {}: {e}", path.display()))),
             }
             f.files.push(path);
+            // The upload planted before the restore point, cut in half.
+            if let Some(dir) = ctx.sandbox.manifest.state.dirs.first() {
+                let upload = ctx
+                    .sandbox
+                    .live_state_dir()
+                    .await?
+                    .join(dir)
+                    .join(UPLOAD_NAME);
+                if let Ok(meta) = std::fs::metadata(&upload) {
+                    let half = meta.len() / 2;
+                    let cut = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&upload)
+                        .and_then(|file| file.set_len(half));
+                    if cut.is_ok() {
+                        f.evidence
+                            .push_str(&format!("; {} truncated to {half} bytes", upload.display()));
+                        f.files.push(upload);
+                    }
+                }
+            }
         }
     }
     Ok(f)
+}
+
+/// The file the simulator uploads before a corruption, to damage it and check that the
+/// rewind gives it back byte for byte.
+pub const UPLOAD_NAME: &str = "lbsim-upload.bin";
+
+/// Places an "upload" (64 KiB) in the first data dir of the live state; returns its bytes.
+pub async fn plant_upload(sandbox: &Sandbox) -> Result<Option<Vec<u8>>> {
+    let Some(dir) = sandbox.manifest.state.dirs.first() else {
+        return Ok(None);
+    };
+    let path = sandbox.live_state_dir().await?.join(dir).join(UPLOAD_NAME);
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &bytes).map_err(crate::error::SimError::io("upload a file to", &path))?;
+    Ok(Some(bytes))
 }
 
 /// The arrival rate of the spike at `progress` (0..=1) of its ramp: from the baseline up to

@@ -117,6 +117,9 @@ pub struct FaultReport {
     pub on_timeline: Option<bool>,
     /// Virus: the planted files were gone after the rewind.
     pub removed_by_rewind: Option<bool>,
+    /// Corruption: the upload truncated with the database was back byte for byte after the
+    /// rewind.
+    pub upload_restored: Option<bool>,
 }
 
 /// One line of the scorecard.

@@ -261,6 +261,13 @@ async fn run_phases(
                 nothing_to_undo(),
             )
         } else {
+            // Before a corruption, an upload to damage with the database (captured during
+            // the lead, so it is before the restore point).
+            let upload = if kind == FaultKind::Corruption {
+                faults::plant_upload(ctx.sandbox).await.ok().flatten()
+            } else {
+                None
+            };
             hold(progress, &recorder, timing.lead).await;
             let before = if kind.rewinds() {
                 restore_point(ctx.sandbox, &recorder).await.map(Some)
@@ -295,6 +302,7 @@ async fn run_phases(
                             &recorder,
                             timing.hold,
                             t_wall,
+                            upload.as_deref(),
                         )
                         .await
                         .unwrap_or_else(|e| Extra {
@@ -376,6 +384,7 @@ async fn run_phases(
             detected_by: extra.detected_by,
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
+            upload_restored: extra.upload_restored,
         };
         if extra.rewind_error.is_some() {
             report.undone = false;
@@ -512,6 +521,7 @@ struct Extra {
     detected_by: Option<String>,
     on_timeline: Option<bool>,
     removed_by_rewind: Option<bool>,
+    upload_restored: Option<bool>,
     rewind_error: Option<String>,
 }
 
@@ -524,6 +534,7 @@ async fn destroy_and_rewind(
     recorder: &Recorder,
     watch: Duration,
     restore_to: OffsetDateTime,
+    upload: Option<&[u8]>,
 ) -> Result<Extra> {
     let mut extra = Extra::default();
     let client = sandbox.client()?;
@@ -592,6 +603,14 @@ async fn destroy_and_rewind(
                     })
                     .count();
                 extra.removed_by_rewind = Some(left == 0);
+            }
+            if let (Some(bytes), Some(dir)) = (upload, sandbox.manifest.state.dirs.first()) {
+                let path = sandbox
+                    .live_state_dir()
+                    .await?
+                    .join(dir)
+                    .join(faults::UPLOAD_NAME);
+                extra.upload_restored = Some(std::fs::read(&path).is_ok_and(|b| b == bytes));
             }
         }
         Err(e) => extra.rewind_error = Some(format!("the rewind failed: {e}")),
