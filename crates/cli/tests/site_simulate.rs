@@ -244,7 +244,9 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
     assert_eq!(virus["on_timeline"], true);
     assert!(virus["rto_s"].as_f64().unwrap() > 0.0);
     assert!(virus["rpo_s"].as_f64().unwrap() >= 0.0);
-    assert!(fault(&r, "corruption")["rto_s"].as_f64().unwrap() > 0.0);
+    let corruption = fault(&r, "corruption");
+    assert!(corruption["rto_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(corruption["upload_restored"], true, "{corruption:#}");
     assert!(
         fault(&r, "kill-all-instances")["recovered_after_s"]
             .as_f64()
@@ -308,11 +310,9 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
         .unwrap();
     assert!(sent > 100, "{stuffing:#}");
     let corruption = fault(&r, "corruption");
+    let evidence = corruption["evidence"].as_str().unwrap();
     assert!(
-        corruption["evidence"]
-            .as_str()
-            .unwrap()
-            .contains("overwritten"),
+        evidence.contains("overwritten") && evidence.contains("truncated to 32768 bytes"),
         "{corruption:#}"
     );
 }
