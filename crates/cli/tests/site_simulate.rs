@@ -224,6 +224,7 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
             "kill-all-instances",
             "slow-clients",
             "credential-stuffing",
+            "vault-destination-down",
             "kill-lifeboat",
             "virus",
             "corruption"
@@ -309,6 +310,21 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
         .parse()
         .unwrap();
     assert!(sent > 100, "{stuffing:#}");
+    let down = fault(&r, "vault-destination-down");
+    assert!(
+        down["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("Lifeboat reports it unreachable"),
+        "{down:#}"
+    );
+    assert!(
+        down["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("caught up"),
+        "{down:#}"
+    );
     let corruption = fault(&r, "corruption");
     let evidence = corruption["evidence"].as_str().unwrap();
     assert!(

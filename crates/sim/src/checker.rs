@@ -252,6 +252,12 @@ pub fn fault_line(
             f.recovered_after_s.unwrap_or(f64::NAN),
             pct(f.figures.availability)
         ),
+        FaultKind::VaultDestinationDown => format!(
+            "{}: {} of requests answered in time; it was caught up {:.1} s after it went down",
+            f.title,
+            pct(f.figures.availability),
+            f.recovered_after_s.unwrap_or(f64::NAN)
+        ),
         _ if f.figures.errors == 0 => format!("{}: no request failed", f.title),
         _ => format!(
             "{}: {} of requests failed over {:.1} s",
@@ -323,6 +329,13 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
         FaultKind::SlowClients => "slow clients crowd out visitors: lower [proxy] body_timeout or \
                                    raise max_connections"
             .into(),
+        FaultKind::VaultDestinationDown if !f.undone => "the destination that was down did not \
+             catch up: look at `lifeboat vault status` and the capture errors in `lifeboat events`"
+            .into(),
+        FaultKind::VaultDestinationDown => format!(
+            "visitors felt the destination going down ({dropped} failed): capture should never \
+             hold up the site; report it as a bug with the sandbox's lifeboat.log (--keep)"
+        ),
         FaultKind::CredentialStuffing => format!(
             "the attack on the login path slowed the site for visitors ({dropped} failed): \
              rate-limit the login path, or make a failed login cheap"

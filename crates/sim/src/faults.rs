@@ -37,6 +37,8 @@ pub enum FaultKind {
     SlowClients,
     /// Thousands of wrong passwords on the login path.
     CredentialStuffing,
+    /// One of the sandbox's two vault destinations unreachable while the site writes, then back.
+    VaultDestinationDown,
     /// `kill -9` of the sandbox's Lifeboat, then started again.
     KillLifeboat,
     /// Files written into a data dir by something that should not (a "virus"); then a rewind
@@ -47,13 +49,14 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
         FaultKind::KillAllInstances,
         FaultKind::SlowClients,
         FaultKind::CredentialStuffing,
+        FaultKind::VaultDestinationDown,
         FaultKind::KillLifeboat,
         FaultKind::Virus,
         FaultKind::Corruption,
@@ -68,6 +71,7 @@ impl FaultKind {
             FaultKind::KillAllInstances => "kill-all-instances",
             FaultKind::SlowClients => "slow-clients",
             FaultKind::CredentialStuffing => "credential-stuffing",
+            FaultKind::VaultDestinationDown => "vault-destination-down",
             FaultKind::KillLifeboat => "kill-lifeboat",
             FaultKind::Virus => "virus",
             FaultKind::Corruption => "corruption",
@@ -83,6 +87,7 @@ impl FaultKind {
             FaultKind::KillAllInstances => "every instance killed at once",
             FaultKind::SlowClients => "a flood of slow clients",
             FaultKind::CredentialStuffing => "credential stuffing on the login path",
+            FaultKind::VaultDestinationDown => "a vault destination down during writes, then back",
             FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
             FaultKind::Virus => "a virus writes files into the uploads",
             FaultKind::Corruption => "database corruption (bytes flipped in a page)",
@@ -120,6 +125,8 @@ pub struct Injected {
     attack_load: Option<Load>,
     /// Files planted (virus) or damaged (corruption).
     pub files: Vec<PathBuf>,
+    /// A destination moved away (`from`, `to`) with a file in its place.
+    moved_destination: Option<(PathBuf, PathBuf)>,
 }
 
 impl Injected {
@@ -134,6 +141,7 @@ impl Injected {
             attack: None,
             attack_load: None,
             files: Vec::new(),
+            moved_destination: None,
         }
     }
 
@@ -153,6 +161,9 @@ impl Drop for Injected {
             set.abort_all();
         }
         drop(self.attack_load.take());
+        if let Some((dir, aside)) = self.moved_destination.take() {
+            let _ = bring_back(&dir, &aside);
+        }
     }
 }
 
@@ -270,6 +281,40 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
                 },
                 ctx.attack_rate,
             ));
+        }
+        FaultKind::VaultDestinationDown => {
+            let dir = ctx.sandbox.site.join(crate::sandbox::SECOND_DESTINATION);
+            let aside = dir.with_extension("down");
+            f.at = ctx.recorder.now();
+            // A file where the directory was: every write to it fails (not even root can
+            // create a path beneath a file), as a destination that is down would.
+            let taken = std::fs::rename(&dir, &aside)
+                .and_then(|()| std::fs::write(&dir, b"down: lifeboat simulate\n"));
+            if let Err(e) = taken {
+                let _ = bring_back(&dir, &aside);
+                return Ok(f.skip(format!("could not take {} down: {e}", dir.display())));
+            }
+            f.moved_destination = Some((dir.clone(), aside));
+            let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+                !d.reachable || d.objects_behind > 0
+            })
+            .await;
+            f.evidence = format!(
+                "{} replaced by a file; {}",
+                dir.display(),
+                match seen {
+                    Some(d) => format!(
+                        "Lifeboat reports it {}, {} objects behind",
+                        if d.reachable {
+                            "reachable"
+                        } else {
+                            "unreachable"
+                        },
+                        d.objects_behind
+                    ),
+                    None => "Lifeboat did not notice within 5 s".into(),
+                }
+            );
         }
         FaultKind::KillLifeboat => {
             f.at = ctx.recorder.now();
@@ -436,6 +481,29 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
             u.ok = true;
             u.evidence = format!("{attempts} wrong passwords sent, then the attack stopped");
         }
+        FaultKind::VaultDestinationDown => {
+            if let Some((dir, aside)) = f.moved_destination.take() {
+                if let Err(e) = bring_back(&dir, &aside) {
+                    u.evidence = format!("could not bring {} back: {e}", dir.display());
+                    return Ok(u);
+                }
+                let back = ctx.recorder.now();
+                let caught_up =
+                    destination_state(ctx.sandbox, rto, |d| d.reachable && d.objects_behind == 0)
+                        .await;
+                u.ok = caught_up.is_some();
+                u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
+                u.evidence = if u.ok {
+                    format!(
+                        "{} back; it caught up {:.1} s later",
+                        dir.display(),
+                        (ctx.recorder.now() - back).as_secs_f64()
+                    )
+                } else {
+                    format!("{} back, but not caught up within {rto:?}", dir.display())
+                };
+            }
+        }
         FaultKind::KillLifeboat => {
             // As systemd would: start it again at once.
             match ctx.sandbox.start_lifeboat().await {
@@ -455,6 +523,41 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         }
     }
     Ok(u)
+}
+
+/// Puts a destination taken down back where it was.
+fn bring_back(dir: &std::path::Path, aside: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_file() {
+        std::fs::remove_file(dir)?;
+    }
+    std::fs::rename(aside, dir)
+}
+
+/// Polls the sandbox's capture report until the second destination matches `cond`.
+async fn destination_state(
+    sandbox: &Sandbox,
+    within: Duration,
+    cond: impl Fn(&lifeboat_control::capture::DestinationReport) -> bool,
+) -> Option<lifeboat_control::capture::DestinationReport> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(status) = sandbox.status().await
+            && let Some(d) = status
+                .capture
+                .iter()
+                .flat_map(|c| &c.destinations)
+                .find(|d| {
+                    d.url
+                        .trim_end_matches('/')
+                        .ends_with(crate::sandbox::SECOND_DESTINATION)
+                })
+            && cond(d)
+        {
+            return Some(d.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Opens a connection and sends a request head one byte a second, until aborted.

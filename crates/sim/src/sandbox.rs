@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
 
+/// The sandbox's second vault destination (relative to its dir), the one taken down.
+pub const SECOND_DESTINATION: &str = ".lifeboat/vault-b";
+
 /// How long the sandbox's lifeboat may take to serve with every instance healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -505,7 +508,8 @@ fn move_state(restored: &Path, site: &Path, manifest: &Manifest) -> Result<()> {
 }
 
 /// The copy's manifest: the site's, with the front door on `port` of 127.0.0.1 and the vault
-/// in the sandbox's own `.lifeboat/vault` (never the site's destinations).
+/// in the sandbox's own `.lifeboat/vault` and `.lifeboat/vault-b` with a quorum of 1 (never
+/// the site's destinations).
 pub fn sandbox_manifest(text: &str, port: u16) -> Result<(toml::Table, Manifest)> {
     let mut raw: toml::Table = text
         .parse()
@@ -521,11 +525,12 @@ pub fn sandbox_manifest(text: &str, port: u16) -> Result<(toml::Table, Manifest)
         proxy.remove("trusted_proxies");
     }
     if let Some(vault) = raw.get_mut("vault").and_then(toml::Value::as_table_mut) {
+        // Two of its own, so that one can go down while the other keeps the quorum of 1.
         vault.insert(
             "destinations".into(),
-            toml::Value::Array(vec![".lifeboat/vault".into()]),
+            toml::Value::Array(vec![".lifeboat/vault".into(), SECOND_DESTINATION.into()]),
         );
-        vault.remove("quorum");
+        vault.insert("quorum".into(), 1.into());
     }
     raw.remove("cluster");
     let manifest = Manifest::parse(
