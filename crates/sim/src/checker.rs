@@ -260,10 +260,14 @@ pub fn fault_line(
         ),
         _ if f.figures.errors == 0 => format!("{}: no request failed", f.title),
         _ => format!(
-            "{}: {} of requests failed over {:.1} s",
+            "{}: {} of requests failed {}",
             f.title,
             pct(dropped),
-            f.figures.outage_s
+            if f.figures.outage_s < 0.1 {
+                "at once".to_string()
+            } else {
+                format!("over {:.1} s", f.figures.outage_s)
+            }
         ),
     };
     if lost > 0 {
@@ -312,19 +316,23 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
             f.figures.outage_s
         ),
         FaultKind::HangInstance if site.replicas < 2 => format!(
-            "with 1 replica, a hung instance stops the site for {:.1} s: set replicas = 2 in \
-             [processes.{p}] and give it a health check with a short timeout",
-            f.figures.outage_s
+            "with 1 replica, a hung instance stops the site ({dropped} of requests failed or \
+             waited past {:.1} s): set replicas = 2 in [processes.{p}] and give it a health \
+             check with a short timeout",
+            targets.response_time.as_secs_f64()
         ),
         FaultKind::HangInstance if !site.health_declared => format!(
-            "a hung instance kept getting requests for {:.1} s: add health = {{ path = \"/healthz\", \
-             interval = \"1s\", timeout = \"500ms\" }} in [processes.{p}]",
-            f.figures.outage_s
+            "a hung instance kept getting requests ({dropped} failed or waited past {:.1} s): add \
+             health = {{ path = \"/healthz\", interval = \"500ms\", timeout = \"500ms\" }} in \
+             [processes.{p}]",
+            targets.response_time.as_secs_f64()
         ),
         FaultKind::HangInstance => format!(
-            "a hung instance kept getting requests for {:.1} s: shorten the health check's interval \
-             and timeout of [processes.{p}] (path {})",
-            f.figures.outage_s, site.health_path
+            "requests already sent to a hung instance wait until it runs again ({dropped} failed \
+             or waited past {:.1} s): shorten the health check's interval and timeout of \
+             [processes.{p}] (path {}) so fewer are sent to it",
+            targets.response_time.as_secs_f64(),
+            site.health_path
         ),
         FaultKind::SlowClients => "slow clients crowd out visitors: lower [proxy] body_timeout or \
                                    raise max_connections"
