@@ -9,14 +9,14 @@ use lifeboat_core::manifest::ManifestError;
 /// Why a simulation could not run to its report.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("cannot {what} {}: {source}", path.display())]
+    #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(
         "this site has no [vault] in lifeboat.toml, so there is no copy to simulate on; add a \
@@ -48,16 +48,14 @@ pub enum SimError {
         detail: String,
         log: PathBuf,
     },
-    #[error("the sandbox's lifeboat refused a request: {0}")]
+    #[error("the sandbox's lifeboat did not do what was asked")]
     Control(#[from] ControlError),
-    #[error("could not start the sandbox's lifeboat ({}): {source}", bin.display())]
+    #[error("could not start the sandbox's lifeboat ({})", bin.display())]
     Spawn {
         bin: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Http(String),
 }
 
 impl SimError {
