@@ -15,8 +15,10 @@ pub mod faults;
 pub mod html;
 pub mod load;
 pub mod report;
+mod rewind_check;
 mod run;
 pub mod sandbox;
+mod scorecard;
 
 pub use error::SimError;
 pub use faults::FaultKind;

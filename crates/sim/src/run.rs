@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use lifeboat_control::api::EventsQuery;
-use lifeboat_control::rewind::RewindRequest;
-use lifeboat_control::timespec::TimeSpec;
-use lifeboat_core::manifest::{SimulateSpec, Targets};
+use lifeboat_core::manifest::SimulateSpec;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -18,7 +16,9 @@ use crate::error::Result;
 use crate::faults::{self, Ctx, FaultKind};
 use crate::load::{self, Http, Kind, Load, Recorder, RequestSpec, Scenario};
 use crate::report::*;
+use crate::rewind_check::{Extra, destroy_and_rewind, restore_point};
 use crate::sandbox::Sandbox;
+use crate::scorecard::{scorecard, writes_report};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -159,9 +159,9 @@ fn site_facts(sandbox: &Sandbox) -> SiteFacts {
     }
 }
 
-struct Phase {
-    kind: FaultKind,
-    report: FaultReport,
+pub(crate) struct Phase {
+    pub kind: FaultKind,
+    pub report: FaultReport,
 }
 
 async fn run_phases(
@@ -498,155 +498,6 @@ async fn hold(progress: &dyn Progress, recorder: &Recorder, d: Duration) {
     }
 }
 
-/// Before a destructive fault: everything captured so far is shipped, and the moment after
-/// that is the restore point. Returns when writes may start to be given up (run time) and
-/// the restore point (wall clock).
-async fn restore_point(
-    sandbox: &Sandbox,
-    recorder: &Recorder,
-) -> Result<(Duration, OffsetDateTime)> {
-    // Writes acknowledged before t0 were committed before it; `ship` returns once the vault
-    // holds everything committed until it was called, so they are all before the restore
-    // point. Writes acknowledged after t0 may be on either side of it.
-    let t0 = recorder.now();
-    sandbox.client()?.ship().await?;
-    Ok((t0, OffsetDateTime::now_utc()))
-}
-
-#[derive(Default)]
-struct Extra {
-    rpo_s: Option<f64>,
-    rto_s: Option<f64>,
-    detected_after_s: Option<f64>,
-    detected_by: Option<String>,
-    on_timeline: Option<bool>,
-    removed_by_rewind: Option<bool>,
-    upload_restored: Option<bool>,
-    rewind_error: Option<String>,
-}
-
-/// After a virus or a corruption: watch for it to be noticed for `watch`, then rewind the
-/// sandbox to the restore point taken just before and check what the rewind gave back.
-async fn destroy_and_rewind(
-    kind: FaultKind,
-    f: &faults::Injected,
-    sandbox: &mut Sandbox,
-    recorder: &Recorder,
-    watch: Duration,
-    restore_to: OffsetDateTime,
-    upload: Option<&[u8]>,
-) -> Result<Extra> {
-    let mut extra = Extra::default();
-    let client = sandbox.client()?;
-    let watch_until = recorder.now() + watch;
-    while recorder.now() < watch_until && extra.detected_by.is_none() {
-        if kind == FaultKind::Corruption {
-            let events = client
-                .events(&EventsQuery {
-                    after: None,
-                    last: Some(200),
-                    wait_ms: None,
-                })
-                .await
-                .unwrap_or_default();
-            if let Some(e) = events.iter().find(|e| {
-                e.at >= f.wall
-                    && matches!(
-                        e.what,
-                        lifeboat_core::events::EventKind::IntegrityFailed { .. }
-                    )
-            }) {
-                extra.detected_after_s = Some((e.at - f.wall).as_seconds_f64().max(0.0));
-                extra.detected_by = Some(format!("Lifeboat event: {}", e.what.describe()));
-            } else if let Some(o) = recorder
-                .outcomes()
-                .iter()
-                .filter(|o| o.intended >= f.at && o.kind != Kind::Attack && o.status >= 500)
-                .min_by_key(|o| o.intended)
-            {
-                extra.detected_after_s = Some((o.intended - f.at).as_secs_f64());
-                extra.detected_by = Some(format!("the site answered {}", o.status));
-            }
-        }
-        if kind == FaultKind::Virus && extra.on_timeline.is_none() {
-            // On the timeline: once shipped, the vault covers a moment after the planting.
-            let _ = client.ship().await;
-            if let Ok(tl) = client.timeline().await {
-                let covered = tl.restore_points.segments.iter().any(|s| s.to >= f.wall);
-                extra.on_timeline = Some(covered);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rewind_started = recorder.now();
-    let req = RewindRequest {
-        to: TimeSpec::At { time: restore_to },
-        rotate_credentials: false,
-    };
-    match client.rewind(&req).await {
-        Ok(r) => {
-            extra.rto_s = Some((recorder.now() - rewind_started).as_secs_f64());
-            let restored = r.restored_time.unwrap_or(restore_to);
-            extra.rpo_s = Some((f.wall - restored).as_seconds_f64().max(0.0));
-            if kind == FaultKind::Virus {
-                let dir = sandbox.live_state_dir().await?;
-                let names: Vec<_> = f.files.iter().filter_map(|p| p.file_name()).collect();
-                let left = names
-                    .iter()
-                    .filter(|n| {
-                        sandbox
-                            .manifest
-                            .state
-                            .dirs
-                            .iter()
-                            .any(|d| dir.join(d).join(n).exists())
-                    })
-                    .count();
-                extra.removed_by_rewind = Some(left == 0);
-            }
-            if let (Some(bytes), Some(dir)) = (upload, sandbox.manifest.state.dirs.first()) {
-                let path = sandbox
-                    .live_state_dir()
-                    .await?
-                    .join(dir)
-                    .join(faults::UPLOAD_NAME);
-                extra.upload_restored = Some(std::fs::read(&path).is_ok_and(|b| b == bytes));
-            }
-        }
-        Err(e) => extra.rewind_error = Some(format!("the rewind failed: {e}")),
-    }
-    Ok(extra)
-}
-
-fn writes_report(
-    outcomes: &[load::Outcome],
-    found: &BTreeSet<u64>,
-    discarded: &[Discarded],
-    lost: &BTreeSet<u64>,
-) -> WritesReport {
-    let writes: Vec<_> = outcomes.iter().filter(|o| o.kind == Kind::Write).collect();
-    let acked: Vec<_> = writes.iter().filter(|o| o.ok()).collect();
-    let in_discard = |o: &load::Outcome| {
-        discarded
-            .iter()
-            .any(|d| o.intended + o.latency > d.from && o.intended < d.until)
-    };
-    WritesReport {
-        sent: writes.len() as u64,
-        acknowledged: acked.len() as u64,
-        found: acked
-            .iter()
-            .filter(|o| o.probe.is_some_and(|p| found.contains(&p)))
-            .count() as u64,
-        discarded_by_rewind: acked
-            .iter()
-            .filter(|o| in_discard(o) && !o.probe.is_some_and(|p| found.contains(&p)))
-            .count() as u64,
-        indeterminate: writes.iter().filter(|o| !o.ok()).count() as u64,
-        lost_ids: lost.iter().copied().take(100).collect(),
-    }
-}
-
 async fn sandbox_events(
     sandbox: &Sandbox,
     recorder: &Recorder,
@@ -674,119 +525,4 @@ async fn sandbox_events(
             alert: e.what.is_alert(),
         })
         .collect()
-}
-
-fn scorecard(
-    baseline: &PhaseReport,
-    phases: &[Phase],
-    writes: &WritesReport,
-    capacity: (f64, bool),
-    targets: &Targets,
-    facts: &SiteFacts,
-    lost: u64,
-) -> Vec<ScoreLine> {
-    let mut lines = Vec::new();
-    // A lost acknowledged write is said first, whatever else happened.
-    lines.push(if writes.sent == 0 {
-        ScoreLine {
-            passed: None,
-            text: "writes were not checked: the load sent no write probe".into(),
-            advice: Some("add [simulate] probe = { path = ..., body = \"...{id}...\", read_back = ... } so lost writes are counted".into()),
-        }
-    } else if lost > targets.lost_writes {
-        ScoreLine {
-            passed: Some(false),
-            text: format!(
-                "{lost} of {} acknowledged writes were LOST (the site said they were saved; a later read did not find them)",
-                writes.acknowledged
-            ),
-            advice: Some("see which faults lost them below; a write must be committed before the site answers".into()),
-        }
-    } else {
-        ScoreLine {
-            passed: Some(true),
-            text: format!(
-                "no acknowledged write was lost ({} acknowledged, {} found, {} given up by rewinds on purpose)",
-                writes.acknowledged, writes.found, writes.discarded_by_rewind
-            ),
-            advice: None,
-        }
-    });
-    let base_ok = baseline.availability >= targets.availability;
-    let p99_ok = baseline.p99_ms <= targets.p99.as_secs_f64() * 1000.0;
-    lines.push(ScoreLine {
-        passed: Some(base_ok && p99_ok),
-        text: format!(
-            "normal load: {} of requests answered in time, p50 {:.1} ms, p99 {:.1} ms (target {:.0} ms)",
-            pct(baseline.availability),
-            baseline.p50_ms,
-            baseline.p99_ms,
-            targets.p99.as_secs_f64() * 1000.0
-        ),
-        advice: (!(base_ok && p99_ok)).then(|| {
-            "the site is slow or failing even without a fault: look at `lifeboat logs` of the sandbox (--keep) and the site's own performance".to_string()
-        }),
-    });
-    let spiked = phases.iter().any(|p| p.kind == FaultKind::UsageSpike);
-    lines.extend(spiked.then(|| ScoreLine {
-        passed: None,
-        text: if capacity.1 {
-            format!(
-                "capacity: at least {:.0} requests/s (the whole spike was served in time)",
-                capacity.0
-            )
-        } else {
-            format!(
-                "capacity: about {:.0} requests/s before latency or errors rose",
-                capacity.0
-            )
-        },
-        advice: None,
-    }));
-    for p in phases {
-        lines.push(checker::fault_line(&p.report, p.kind, targets, facts));
-        if p.kind == FaultKind::Corruption
-            && let Some(l) = checker::detection_line(&p.report, facts)
-        {
-            lines.push(l);
-        }
-        if p.kind == FaultKind::CredentialStuffing && p.report.skipped.is_none() {
-            lines.push(ScoreLine {
-                passed: None,
-                text: "Lifeboat does not record failed logins yet: the attack shows only as load"
-                    .into(),
-                advice: None,
-            });
-        }
-    }
-    // Failures first, then passes, then information; the lost-writes line stays on top when it failed.
-    let (first, rest) = lines.split_at(1);
-    let mut rest = rest.to_vec();
-    rest.sort_by_key(|l| match l.passed {
-        Some(false) => 0,
-        Some(true) => 1,
-        None => 2,
-    });
-    if first[0].passed == Some(false) {
-        std::iter::once(first[0].clone()).chain(rest).collect()
-    } else {
-        let mut all = rest;
-        let pos = all
-            .iter()
-            .position(|l| l.passed != Some(false))
-            .unwrap_or(all.len());
-        all.insert(pos, first[0].clone());
-        all
-    }
-}
-
-fn pct(x: f64) -> String {
-    let p = x * 100.0;
-    if p >= 99.995 {
-        "100%".into()
-    } else if p >= 99.0 {
-        format!("{p:.2}%")
-    } else {
-        format!("{p:.1}%")
-    }
 }
