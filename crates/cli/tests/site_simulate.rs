@@ -110,6 +110,18 @@ fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Every mount point at or beneath `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
 fn simulate(site: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(lifeboat_bin());
     cmd.arg("simulate").args(args).arg("-C").arg(site);
@@ -225,6 +237,7 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
             "slow-clients",
             "credential-stuffing",
             "vault-destination-down",
+            "disk-full",
             "kill-lifeboat",
             "virus",
             "corruption"
@@ -325,6 +338,22 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
             .contains("caught up"),
         "{down:#}"
     );
+    let full = fault(&r, "disk-full");
+    assert!(
+        full["evidence"]
+            .as_str()
+            .unwrap()
+            .ends_with("; 0 bytes left"),
+        "{full:#}"
+    );
+    assert_eq!(full["read_availability"], 1.0, "reads went on: {full:#}");
+    assert!(
+        full["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("a write was acknowledged"),
+        "{full:#}"
+    );
     let corruption = fault(&r, "corruption");
     let evidence = corruption["evidence"].as_str().unwrap();
     assert!(
@@ -343,6 +372,8 @@ fn nothing_of_the_sandbox_is_left_after_a_run() {
     );
     let left = processes_naming(&run.sandbox);
     assert!(left.is_empty(), "still running: {left:?}");
+    let mounted = mounts_under(&run.sandbox);
+    assert!(mounted.is_empty(), "still mounted: {mounted:?}");
 }
 
 #[test]
@@ -468,6 +499,10 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
         processes_naming(&sandbox).is_empty()
     });
     assert!(sandbox.exists(), "a kill -9 cannot remove the dir");
+    assert!(
+        !mounts_under(&sandbox).is_empty(),
+        "the state's small disk is still mounted after a kill -9"
+    );
     // The next run cleans up what it finds, then runs.
     let report_dir = tempfile::tempdir().unwrap();
     let out = simulate(
@@ -488,6 +523,7 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!sandbox.exists(), "and removed the sandbox");
+    assert!(mounts_under(&sandbox).is_empty(), "and what it had mounted");
 }
 
 #[test]
@@ -503,5 +539,6 @@ fn ctrl_c_stops_the_run_and_removes_the_sandbox_at_once() {
         "the sandbox's lifeboat is gone when simulate exits"
     );
     assert!(!sandbox.exists(), "the sandbox dir is removed");
+    assert!(mounts_under(&sandbox).is_empty(), "nothing stays mounted");
     assert!(processes_naming(&sandbox).is_empty());
 }

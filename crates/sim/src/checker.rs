@@ -252,6 +252,16 @@ pub fn fault_line(
             f.recovered_after_s.unwrap_or(f64::NAN),
             pct(f.figures.availability)
         ),
+        FaultKind::DiskFull => format!(
+            "{}: {} of reads answered in time, {} of all requests; {}",
+            f.title,
+            pct(f.read_availability.unwrap_or(0.0)),
+            pct(f.figures.availability),
+            match f.recovered_after_s {
+                Some(r) => format!("writing again {r:.1} s after it filled"),
+                None => "writes did not come back".into(),
+            }
+        ),
         FaultKind::VaultDestinationDown => format!(
             "{}: {} of requests answered in time; it was caught up {:.1} s after it went down",
             f.title,
@@ -337,6 +347,14 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
         FaultKind::SlowClients => "slow clients crowd out visitors: lower [proxy] body_timeout or \
                                    raise max_connections"
             .into(),
+        FaultKind::DiskFull if !f.undone => "the site did not take writes again once there was \
+             room: look at its log in the sandbox (--keep) and restart it after a full disk"
+            .into(),
+        FaultKind::DiskFull => format!(
+            "a full disk took reads down too ({} answered in time): keep the state on a disk \
+             with room to spare and an alert well before it fills",
+            pct(f.read_availability.unwrap_or(0.0))
+        ),
         FaultKind::VaultDestinationDown if !f.undone => "the destination that was down did not \
              catch up: look at `lifeboat vault status` and the capture errors in `lifeboat events`"
             .into(),
@@ -387,6 +405,9 @@ pub fn fault_passed(f: &FaultReport, kind: FaultKind, targets: &Targets) -> bool
         f.rto_s.is_some_and(|r| r <= rto)
             && (kind != FaultKind::Virus || f.removed_by_rewind == Some(true))
             && f.upload_restored != Some(false)
+    } else if kind == FaultKind::DiskFull {
+        // Writes may be refused while the disk is full; reads must go on.
+        f.read_availability.unwrap_or(0.0) >= targets.availability
     } else if kind.takes_all_down() {
         f.recovered_after_s.is_some_and(|r| r <= rto)
     } else {

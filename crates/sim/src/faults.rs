@@ -39,6 +39,8 @@ pub enum FaultKind {
     CredentialStuffing,
     /// One of the sandbox's two vault destinations unreachable while the site writes, then back.
     VaultDestinationDown,
+    /// The disk that holds the state full (a small filesystem of the sandbox's, filled).
+    DiskFull,
     /// `kill -9` of the sandbox's Lifeboat, then started again.
     KillLifeboat,
     /// Files written into a data dir by something that should not (a "virus"); then a rewind
@@ -49,7 +51,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
@@ -57,6 +59,7 @@ impl FaultKind {
         FaultKind::SlowClients,
         FaultKind::CredentialStuffing,
         FaultKind::VaultDestinationDown,
+        FaultKind::DiskFull,
         FaultKind::KillLifeboat,
         FaultKind::Virus,
         FaultKind::Corruption,
@@ -72,6 +75,7 @@ impl FaultKind {
             FaultKind::SlowClients => "slow-clients",
             FaultKind::CredentialStuffing => "credential-stuffing",
             FaultKind::VaultDestinationDown => "vault-destination-down",
+            FaultKind::DiskFull => "disk-full",
             FaultKind::KillLifeboat => "kill-lifeboat",
             FaultKind::Virus => "virus",
             FaultKind::Corruption => "corruption",
@@ -88,6 +92,7 @@ impl FaultKind {
             FaultKind::SlowClients => "a flood of slow clients",
             FaultKind::CredentialStuffing => "credential stuffing on the login path",
             FaultKind::VaultDestinationDown => "a vault destination down during writes, then back",
+            FaultKind::DiskFull => "the state's disk full",
             FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
             FaultKind::Virus => "a virus writes files into the uploads",
             FaultKind::Corruption => "database corruption (bytes flipped in a page)",
@@ -127,6 +132,8 @@ pub struct Injected {
     pub files: Vec<PathBuf>,
     /// A destination moved away (`from`, `to`) with a file in its place.
     moved_destination: Option<(PathBuf, PathBuf)>,
+    /// The filler file that fills the state's disk.
+    filler: Option<PathBuf>,
 }
 
 impl Injected {
@@ -142,6 +149,7 @@ impl Injected {
             attack_load: None,
             files: Vec::new(),
             moved_destination: None,
+            filler: None,
         }
     }
 
@@ -163,6 +171,9 @@ impl Drop for Injected {
         drop(self.attack_load.take());
         if let Some((dir, aside)) = self.moved_destination.take() {
             let _ = bring_back(&dir, &aside);
+        }
+        if let Some(filler) = self.filler.take() {
+            let _ = std::fs::remove_file(filler);
         }
     }
 }
@@ -315,6 +326,28 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
                     None => "Lifeboat did not notice within 5 s".into(),
                 }
             );
+        }
+        FaultKind::DiskFull => {
+            let dir = match &ctx.sandbox.state_disk {
+                Ok(dir) => dir.clone(),
+                Err(why) => return Ok(f.skip(why.clone())),
+            };
+            if ctx.sandbox.status().await?.state != lifeboat_control::SITE_STATE {
+                return Ok(f.skip("a rewind moved the live state off the small disk"));
+            }
+            f.at = ctx.recorder.now();
+            f.filler = Some(dir.join(crate::state_disk::FILLER));
+            let written = crate::state_disk::fill(&dir)
+                .map_err(crate::error::SimError::io("fill the disk of", &dir))?;
+            let free = crate::state_disk::free_bytes(&dir).unwrap_or(u64::MAX);
+            f.evidence = format!(
+                "{:.1} MiB written to fill the disk of {}; {free} bytes left",
+                written as f64 / 1048576.0,
+                dir.display()
+            );
+            if free > 64 * 1024 {
+                f.skipped = Some(format!("the disk of {} did not fill up", dir.display()));
+            }
         }
         FaultKind::KillLifeboat => {
             f.at = ctx.recorder.now();
@@ -501,6 +534,45 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
                     )
                 } else {
                     format!("{} back, but not caught up within {rto:?}", dir.display())
+                };
+            }
+        }
+        FaultKind::DiskFull => {
+            if let Some(filler) = f.filler.take() {
+                if let Err(e) = std::fs::remove_file(&filler) {
+                    u.evidence = format!("could not remove {}: {e}", filler.display());
+                    return Ok(u);
+                }
+                let back = ctx.recorder.now();
+                // Space is back; the site should take writes again (when the load writes).
+                let writes = ctx
+                    .recorder
+                    .outcomes()
+                    .iter()
+                    .any(|o| o.kind == Kind::Write);
+                let started = Instant::now();
+                let mut resumed = None;
+                while writes && resumed.is_none() && started.elapsed() < rto {
+                    resumed = ctx
+                        .recorder
+                        .outcomes()
+                        .iter()
+                        .filter(|o| o.kind == Kind::Write && o.ok() && o.intended >= back)
+                        .map(|o| o.intended + o.latency)
+                        .min();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                u.ok = !writes || resumed.is_some();
+                u.recovered_after = resumed.map(|r| r.saturating_sub(f.at));
+                u.evidence = match (writes, resumed) {
+                    (false, _) => "the filler removed (no write probe to see writes resume)".into(),
+                    (true, Some(r)) => format!(
+                        "the filler removed; a write was acknowledged {:.1} s later",
+                        r.saturating_sub(back).as_secs_f64()
+                    ),
+                    (true, None) => {
+                        format!("the filler removed, but no write succeeded within {rto:?}")
+                    }
                 };
             }
         }

@@ -19,6 +19,7 @@ mod rewind_check;
 mod run;
 pub mod sandbox;
 mod scorecard;
+pub mod state_disk;
 
 pub use error::SimError;
 pub use faults::FaultKind;

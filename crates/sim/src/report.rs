@@ -117,6 +117,8 @@ pub struct FaultReport {
     pub on_timeline: Option<bool>,
     /// Virus: the planted files were gone after the rewind.
     pub removed_by_rewind: Option<bool>,
+    /// Disk full: the share of reads answered in time (writes may be refused while it is full).
+    pub read_availability: Option<f64>,
     /// Corruption: the upload truncated with the database was back byte for byte after the
     /// rewind.
     pub upload_restored: Option<bool>,

@@ -385,6 +385,14 @@ async fn run_phases(
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
+            read_availability: (kind == FaultKind::DiskFull).then(|| {
+                let reads: Vec<_> = recorder
+                    .outcomes()
+                    .into_iter()
+                    .filter(|o| o.kind == Kind::Read)
+                    .collect();
+                checker::phase_figures(&reads, start, end, &targets).availability
+            }),
         };
         if extra.rewind_error.is_some() {
             report.undone = false;

@@ -29,6 +29,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::state_disk;
 
 /// The sandbox's second vault destination (relative to its dir), the one taken down.
 pub const SECOND_DESTINATION: &str = ".lifeboat/vault-b";
@@ -43,6 +44,9 @@ struct RunFile {
     simulate_pid: u32,
     /// Every `lifeboat up` started for the sandbox (a restart adds one).
     lifeboat_pids: Vec<u32>,
+    /// Filesystems mounted in the sandbox (the state's small disk), recorded before mounting.
+    #[serde(default)]
+    mounts: Vec<PathBuf>,
 }
 
 /// The sandbox of one site: where it is, and its running lifeboat.
@@ -61,6 +65,8 @@ pub struct Sandbox {
     pub raw_manifest: toml::Table,
     /// The moment restored, as `restore-site` reported it.
     pub restored_time: String,
+    /// The dir holding the state's databases, on a small disk of its own (as root), or why not.
+    pub state_disk: Result<PathBuf, String>,
     lifeboat_bin: PathBuf,
     lifeboat: Option<Child>,
     spawner: Spawner,
@@ -125,6 +131,11 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     while killed.iter().any(|&p| alive(p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Then what it had mounted (recorded in run.json, and anything else found beneath it).
+    for m in &run.mounts {
+        let _ = nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    state_disk::release_all_under(root);
     std::fs::remove_dir_all(root).map_err(SimError::io("remove the old sandbox", root))?;
     killed.sort_unstable();
     killed.dedup();
@@ -172,6 +183,7 @@ impl Sandbox {
             manifest: site_manifest.clone(),
             raw_manifest: toml::Table::new(),
             restored_time: String::new(),
+            state_disk: Err("not made yet".into()),
             lifeboat_bin: lifeboat_bin.to_path_buf(),
             lifeboat: None,
             spawner: Spawner::start(),
@@ -204,8 +216,43 @@ impl Sandbox {
         sandbox.raw_manifest = raw;
         run.lifeboat_pids.clear();
         sandbox.run = run;
+        sandbox.state_disk = sandbox.limit_state_disk();
         sandbox.start_lifeboat().await?;
         Ok(sandbox)
+    }
+
+    /// As root, puts the dir that holds the databases on a small disk of its own (for the
+    /// disk-full fault); otherwise says why not. Never fails the run.
+    fn limit_state_disk(&mut self) -> Result<PathBuf, String> {
+        if !state_disk::can_mount() {
+            return Err("needs root to mount a size-limited filesystem for the state".into());
+        }
+        let Some(parent) = self
+            .manifest
+            .state
+            .sqlite
+            .first()
+            .and_then(|db| db.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+        else {
+            return Err("the site's database is not in a dir of its own".into());
+        };
+        let dir = self.site.join(parent);
+        self.run.mounts.push(dir.clone());
+        if let Err(e) = write_run_file(&self.work, &self.run) {
+            return Err(e.to_string());
+        }
+        match state_disk::limit(&dir) {
+            Ok(_) => Ok(dir),
+            Err(e) => {
+                self.run.mounts.pop();
+                let _ = write_run_file(&self.work, &self.run);
+                Err(format!(
+                    "could not mount a small disk at {}: {e}",
+                    dir.display()
+                ))
+            }
+        }
     }
 
     /// Starts the sandbox's lifeboat and waits until every instance is healthy.
@@ -354,6 +401,12 @@ impl Sandbox {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+        if let Ok(dir) = &self.state_disk {
+            // With --keep the state is copied off the small disk, which goes either way.
+            let _ = state_disk::release(dir, self.keep);
+            self.run.mounts.clear();
+        }
+        state_disk::release_all_under(&self.root);
         if self.keep {
             // Nothing runs any more: the next simulation may remove it without asking.
             self.run.simulate_pid = 0;
