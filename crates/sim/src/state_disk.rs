@@ -71,6 +71,9 @@ pub fn release(dir: &Path, keep: bool) -> io::Result<()> {
     if keep {
         let kept = dir.with_extension("lbsim-kept");
         std::fs::create_dir_all(&kept)?;
+        let meta = std::fs::metadata(dir)?;
+        std::fs::set_permissions(&kept, meta.permissions())?;
+        std::os::unix::fs::chown(&kept, Some(meta.uid()), Some(meta.gid()))?;
         copy_tree(dir, &kept)?;
         umount2(dir, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
         std::fs::remove_dir(dir)?;
