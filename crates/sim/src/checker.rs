@@ -252,6 +252,10 @@ pub fn fault_line(
             f.recovered_after_s.unwrap_or(f64::NAN),
             pct(f.figures.availability)
         ),
+        FaultKind::DiskFull if f.figures.errors == 0 => format!(
+            "{}: no request failed, writes included (the database's files still had room)",
+            f.title
+        ),
         FaultKind::DiskFull => format!(
             "{}: {} of reads answered in time, {} of all requests; {}",
             f.title,
