@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use lifeboat_control::api::EventsQuery;
-use lifeboat_core::manifest::SimulateSpec;
+use lifeboat_core::manifest::{SimulateSpec, Targets};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -164,6 +165,48 @@ pub(crate) struct Phase {
     pub report: FaultReport,
 }
 
+/// What a run carries from phase to phase.
+struct Run<'a> {
+    progress: &'a dyn Progress,
+    targets: Targets,
+    timing: Timing,
+    quick: bool,
+    http: Http,
+    recorder: Arc<Recorder>,
+    load: Load,
+    base_rate: f64,
+    login: Option<RequestSpec>,
+    /// The probe's read-back path, when the load writes.
+    read_back: Option<String>,
+    /// Windows in which rewinds gave writes up on purpose.
+    discarded: Vec<Discarded>,
+    /// Probes found lost so far.
+    lost: BTreeSet<u64>,
+    /// What the spike found: (good answers/s, whether the site had more).
+    capacity: (f64, bool),
+}
+
+/// What happened to one fault in its phase, before the figures are computed.
+struct Happened {
+    at: Duration,
+    evidence: String,
+    skipped: Option<String>,
+    undone: faults::Undone,
+    extra: Extra,
+}
+
+impl Happened {
+    fn not_run(at: Duration, why: String) -> Happened {
+        Happened {
+            at,
+            evidence: String::new(),
+            skipped: Some(why),
+            undone: nothing_to_undo(),
+            extra: Extra::default(),
+        }
+    }
+}
+
 async fn run_phases(
     opts: &Options,
     progress: &dyn Progress,
@@ -171,197 +214,119 @@ async fn run_phases(
     started_at: OffsetDateTime,
 ) -> Result<Report> {
     let spec = sandbox.manifest.simulate.clone().unwrap_or_default();
-    let targets = spec.targets.clone();
     let facts = site_facts(sandbox);
-    let timing = Timing::new(opts.quick);
     let http = Http::new(sandbox.front_door);
     let recorder = Recorder::new();
     let base_rate = f64::from(spec.rate);
-    let scenario = visitor_scenario(&spec, &facts.health_path);
-    let load = Load::start(http.clone(), recorder.clone(), scenario, base_rate);
-    let login = spec.login.as_ref().map(|l| RequestSpec {
-        method: Method::POST,
-        path: l.path.clone(),
-        body: Some(l.body.clone()),
-        content_type: Some(l.content_type.clone()),
-        kind: Kind::Attack,
-        weight: 1,
-    });
+    let load = Load::start(
+        http.clone(),
+        recorder.clone(),
+        visitor_scenario(&spec, &facts.health_path),
+        base_rate,
+    );
+    let mut run = Run {
+        progress,
+        targets: spec.targets.clone(),
+        timing: Timing::new(opts.quick),
+        quick: opts.quick,
+        http,
+        recorder,
+        load,
+        base_rate,
+        login: spec.login.as_ref().map(|l| RequestSpec {
+            method: Method::POST,
+            path: l.path.clone(),
+            body: Some(l.body.clone()),
+            content_type: Some(l.content_type.clone()),
+            kind: Kind::Attack,
+            weight: 1,
+        }),
+        read_back: spec.probe.as_ref().map(|p| p.read_back.clone()),
+        discarded: Vec::new(),
+        lost: BTreeSet::new(),
+        capacity: (0.0, true),
+    };
     let kinds: Vec<FaultKind> = FaultKind::ALL
         .into_iter()
         .filter(|k| opts.only.is_empty() || opts.only.contains(k))
         .collect();
     let count = kinds.len() + 1;
+    let baseline = run.baseline(count).await;
+    let mut phases = Vec::new();
+    for (i, kind) in kinds.into_iter().enumerate() {
+        phases.push(run.phase(i + 2, count, kind, sandbox).await?);
+    }
+    progress.step("final read-back of every acknowledged write");
+    run.finish(sandbox, started_at, baseline, phases, &facts)
+        .await
+}
 
-    // Baseline.
-    progress.phase(1, count, "baseline", timing.baseline);
-    let b_start = recorder.now();
-    hold(progress, &recorder, timing.baseline).await;
-    let b_end = recorder.now();
-    let mut baseline = checker::phase_figures(&recorder.outcomes(), b_start, b_end, &targets);
-
-    let mut discarded: Vec<Discarded> = Vec::new();
-    let mut lost_so_far: BTreeSet<u64> = BTreeSet::new();
-    let read_back = spec.probe.as_ref().map(|p| p.read_back.clone());
-    if let Some(path) = &read_back {
-        // Only writes acknowledged before the read-back was sent must be in its answer.
-        let sent = recorder.now();
-        // A read-back that gets no answer checks nothing; the final one must answer.
-        let found = load::read_back_tokens(&http, path, &recorder.run_id)
-            .await
-            .ok();
-        let lost = found
-            .map(|found| {
-                checker::lost_writes(&recorder.outcomes(), &found, sent, &discarded, &lost_so_far)
-            })
-            .unwrap_or_default();
-        baseline.lost_acknowledged_writes = lost.len() as u64;
-        lost_so_far.extend(lost);
+impl Run<'_> {
+    /// The baseline: the load alone.
+    async fn baseline(&mut self, count: usize) -> PhaseReport {
+        self.progress
+            .phase(1, count, "baseline", self.timing.baseline);
+        let start = self.recorder.now();
+        self.hold(self.timing.baseline).await;
+        let end = self.recorder.now();
+        let mut figures =
+            checker::phase_figures(&self.recorder.outcomes(), start, end, &self.targets);
+        figures.lost_acknowledged_writes = self.newly_lost_writes().await;
+        figures
     }
 
-    let mut phases: Vec<Phase> = Vec::new();
-    let mut capacity = (0.0, true);
-    for (i, kind) in kinds.iter().copied().enumerate() {
+    /// One fault's phase: lead, inject, hold, undo, tail; then its figures and verdict.
+    async fn phase(
+        &mut self,
+        index: usize,
+        count: usize,
+        kind: FaultKind,
+        sandbox: &mut Sandbox,
+    ) -> Result<Phase> {
         let planned = if kind == FaultKind::UsageSpike {
-            timing.spike
+            self.timing.spike
         } else {
-            timing.lead + timing.hold + timing.tail
+            self.timing.lead + self.timing.hold + self.timing.tail
         };
-        progress.phase(i + 2, count, kind.name(), planned);
-        let start = recorder.now();
-        let mut ctx = Ctx {
-            sandbox: &mut *sandbox,
-            http: &http,
-            recorder: &recorder,
-            load: &load,
-            base_rate,
-            login: login.clone(),
-            slow_clients: if opts.quick { 100 } else { 300 },
-            attack_rate: (base_rate * 6.0).min(500.0),
-        };
-        let mut extra = Extra::default();
-        let (injected, undone) = if kind == FaultKind::UsageSpike {
-            let f = faults::inject(kind, &mut ctx).await?; // the spike only changes the rate
-            let ramp = timing.spike.mul_f64(0.8);
-            let ramp_start = recorder.now();
-            while recorder.now() < ramp_start + ramp {
-                let p = (recorder.now() - ramp_start).as_secs_f64() / ramp.as_secs_f64();
-                load.set_rate(faults::spike_rate(base_rate, p));
-                hold(progress, &recorder, Duration::from_millis(250)).await;
-            }
-            let ramp_end = recorder.now();
-            let u = faults::undo(f, &mut ctx, targets.rto).await?;
-            capacity = checker::capacity(&recorder.outcomes(), ramp_start, ramp_end, &targets);
-            hold(progress, &recorder, timing.spike.saturating_sub(ramp)).await;
-            ((ramp_start, String::new(), None), u)
-        } else if ctx.sandbox.lifeboat_pid().is_none() {
+        self.progress.phase(index, count, kind.name(), planned);
+        let start = self.recorder.now();
+        let happened = if kind == FaultKind::UsageSpike {
+            self.spike(sandbox).await?
+        } else if sandbox.lifeboat_pid().is_none() {
             let why = "the sandbox's lifeboat is not running: an earlier fault left it down";
-            (
-                (recorder.now(), String::new(), Some(why.to_string())),
-                nothing_to_undo(),
-            )
+            Happened::not_run(self.recorder.now(), why.into())
         } else {
-            // Before a corruption, an upload to damage with the database (captured during
-            // the lead, so it is before the restore point).
-            let upload = if kind == FaultKind::Corruption {
-                faults::plant_upload(ctx.sandbox).await.ok().flatten()
-            } else {
-                None
-            };
-            hold(progress, &recorder, timing.lead).await;
-            let before = if kind.rewinds() {
-                restore_point(ctx.sandbox, &recorder).await.map(Some)
-            } else {
-                Ok(None)
-            };
-            // A fault that cannot be injected is reported as not run; the run goes on.
-            let injected = match before {
-                Ok(before) => faults::inject(kind, &mut ctx).await.map(|f| (f, before)),
-                Err(e) => Err(e),
-            };
-            match injected {
-                Err(e) => (
-                    (
-                        recorder.now(),
-                        String::new(),
-                        Some(format!("it could not be injected: {e}")),
-                    ),
-                    nothing_to_undo(),
-                ),
-                Ok((f, _)) if f.skipped.is_some() => (
-                    (f.at, f.evidence.clone(), f.skipped.clone()),
-                    nothing_to_undo(),
-                ),
-                Ok((f, before)) => {
-                    let (at, evidence) = (f.at, f.evidence.clone());
-                    if let (true, Some((t0, t_wall))) = (kind.rewinds(), before) {
-                        extra = destroy_and_rewind(
-                            kind,
-                            &f,
-                            ctx.sandbox,
-                            &recorder,
-                            timing.hold,
-                            t_wall,
-                            upload.as_deref(),
-                        )
-                        .await
-                        .unwrap_or_else(|e| Extra {
-                            rewind_error: Some(format!("the rewind failed: {e}")),
-                            ..Extra::default()
-                        });
-                        discarded.push(Discarded {
-                            from: t0,
-                            until: recorder.now(),
-                        });
-                    } else if kind != FaultKind::KillLifeboat {
-                        hold(progress, &recorder, timing.hold).await;
-                    }
-                    // `f` undoes itself if this fails; the failure is the phase's result.
-                    let u = faults::undo(f, &mut ctx, targets.rto)
-                        .await
-                        .unwrap_or_else(|e| faults::Undone {
-                            evidence: format!("the undo failed: {e}"),
-                            ..Default::default()
-                        });
-                    ((at, evidence, None), u)
-                }
-            }
+            self.fault(kind, sandbox).await
         };
-        let undone_at = recorder.now();
+        let undone_at = self.recorder.now();
         // The tail: the site after the fault, until the planned end of the phase.
-        let planned_end = start + planned;
-        let rest =
-            planned_end
-                .saturating_sub(recorder.now())
-                .max(if kind == FaultKind::UsageSpike {
-                    Duration::ZERO
-                } else {
-                    timing.tail
-                });
-        hold(progress, &recorder, rest).await;
-        let end = recorder.now();
-        let mut figures = checker::phase_figures(&recorder.outcomes(), start, end, &targets);
-        if let Some(path) = &read_back {
-            let sent = recorder.now();
-            // A read-back that gets no answer checks nothing; the final one must answer.
-            let found = load::read_back_tokens(&http, path, &recorder.run_id)
-                .await
-                .ok();
-            let lost = found
-                .map(|found| {
-                    checker::lost_writes(
-                        &recorder.outcomes(),
-                        &found,
-                        sent,
-                        &discarded,
-                        &lost_so_far,
-                    )
-                })
-                .unwrap_or_default();
-            figures.lost_acknowledged_writes = lost.len() as u64;
-            lost_so_far.extend(lost);
-        }
-        let ((at, evidence, skipped), undone) = (injected, undone);
+        let tail = if kind == FaultKind::UsageSpike {
+            Duration::ZERO
+        } else {
+            self.timing.tail
+        };
+        self.hold((start + planned).saturating_sub(undone_at).max(tail))
+            .await;
+        let end = self.recorder.now();
+        let mut figures =
+            checker::phase_figures(&self.recorder.outcomes(), start, end, &self.targets);
+        figures.lost_acknowledged_writes = self.newly_lost_writes().await;
+        let read_availability = (kind == FaultKind::DiskFull).then(|| {
+            let reads: Vec<_> = self
+                .recorder
+                .outcomes()
+                .into_iter()
+                .filter(|o| o.kind == Kind::Read)
+                .collect();
+            checker::phase_figures(&reads, start, end, &self.targets).availability
+        });
+        let Happened {
+            at,
+            evidence,
+            skipped,
+            undone,
+            extra,
+        } = happened;
         let mut report = FaultReport {
             name: kind.name().into(),
             title: kind.title().into(),
@@ -369,11 +334,7 @@ async fn run_phases(
             skipped,
             injected_at_s: at.as_secs_f64(),
             undone_at_s: undone_at.as_secs_f64(),
-            evidence: if evidence.is_empty() {
-                format!("arrival rate ramped to {:.0}/s", base_rate * 10.0)
-            } else {
-                evidence
-            },
+            evidence,
             undone: undone.ok,
             undo_evidence: undone.evidence,
             figures,
@@ -385,102 +346,251 @@ async fn run_phases(
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
-            read_availability: (kind == FaultKind::DiskFull).then(|| {
-                let reads: Vec<_> = recorder
-                    .outcomes()
-                    .into_iter()
-                    .filter(|o| o.kind == Kind::Read)
-                    .collect();
-                checker::phase_figures(&reads, start, end, &targets).availability
-            }),
+            read_availability,
         };
-        if extra.rewind_error.is_some() {
+        if let Some(why) = extra.rewind_error {
             report.undone = false;
-            report.undo_evidence = extra.rewind_error.unwrap_or_default();
+            report.undo_evidence = why;
         }
-        report.passed = checker::fault_passed(&report, kind, &targets);
-        phases.push(Phase { kind, report });
+        report.passed = checker::fault_passed(&report, kind, &self.targets);
+        Ok(Phase { kind, report })
     }
-    progress.step("final read-back of every acknowledged write");
-    load.stop().await;
-    let outcomes = recorder.outcomes();
-    let mut writes = WritesReport::default();
-    let mut read_back_failed = None;
-    if let Some(path) = &read_back {
-        let sent = recorder.now();
-        let found = match load::read_back_tokens(&http, path, &recorder.run_id).await {
-            Ok(found) => found,
-            Err(why) => {
-                read_back_failed = Some(why);
-                BTreeSet::new()
+
+    /// The usage spike: the arrival rate ramps to ten times the baseline; the capacity is
+    /// where latency or errors began.
+    async fn spike(&mut self, sandbox: &mut Sandbox) -> Result<Happened> {
+        let mut ctx = self.ctx(sandbox);
+        let f = faults::inject(FaultKind::UsageSpike, &mut ctx).await?;
+        let ramp = self.timing.spike.mul_f64(0.8);
+        let ramp_start = self.recorder.now();
+        while self.recorder.now() < ramp_start + ramp {
+            let p = (self.recorder.now() - ramp_start).as_secs_f64() / ramp.as_secs_f64();
+            self.load.set_rate(faults::spike_rate(self.base_rate, p));
+            self.hold(Duration::from_millis(250)).await;
+        }
+        let ramp_end = self.recorder.now();
+        let mut ctx = self.ctx(sandbox);
+        let undone = faults::undo(f, &mut ctx, self.targets.rto).await?;
+        self.capacity = checker::capacity(
+            &self.recorder.outcomes(),
+            ramp_start,
+            ramp_end,
+            &self.targets,
+        );
+        self.hold(self.timing.spike.saturating_sub(ramp)).await;
+        Ok(Happened {
+            at: ramp_start,
+            evidence: format!("arrival rate ramped to {:.0}/s", self.base_rate * 10.0),
+            skipped: None,
+            undone,
+            extra: Extra::default(),
+        })
+    }
+
+    /// Any other fault. One that cannot be injected is reported as not run, one whose undo
+    /// or rewind fails as not undone; the run goes on either way.
+    async fn fault(&mut self, kind: FaultKind, sandbox: &mut Sandbox) -> Happened {
+        // Before a corruption, an upload to damage with the database (captured during the
+        // lead, so it is before the restore point).
+        let upload = if kind == FaultKind::Corruption {
+            faults::plant_upload(sandbox).await.ok().flatten()
+        } else {
+            None
+        };
+        self.hold(self.timing.lead).await;
+        let before = if kind.rewinds() {
+            match restore_point(sandbox, &self.recorder).await {
+                Ok(point) => Some(point),
+                Err(e) => {
+                    let why = format!("no restore point could be taken before it: {e}");
+                    return Happened::not_run(self.recorder.now(), why);
+                }
+            }
+        } else {
+            None
+        };
+        let f = match faults::inject(kind, &mut self.ctx(sandbox)).await {
+            Ok(f) => f,
+            Err(e) => {
+                let why = format!("it could not be injected: {e}");
+                return Happened::not_run(self.recorder.now(), why);
             }
         };
-        let lost = if read_back_failed.is_some() {
-            BTreeSet::new()
-        } else {
-            checker::lost_writes(&outcomes, &found, sent, &discarded, &lost_so_far)
-        };
-        if let Some(last) = phases.last_mut() {
-            last.report.figures.lost_acknowledged_writes += lost.len() as u64;
-            last.report.passed = checker::fault_passed(&last.report, last.kind, &targets);
+        if let Some(why) = f.skipped.clone() {
+            return Happened {
+                evidence: f.evidence.clone(),
+                ..Happened::not_run(f.at, why)
+            };
         }
-        lost_so_far.extend(lost);
-        writes = writes_report(&outcomes, &found, &discarded, &lost_so_far);
+        let (at, evidence) = (f.at, f.evidence.clone());
+        let mut extra = Extra::default();
+        if let Some((t0, restore_to)) = before {
+            let watch = self.timing.hold;
+            extra = destroy_and_rewind(
+                kind,
+                &f,
+                sandbox,
+                &self.recorder,
+                watch,
+                restore_to,
+                upload.as_deref(),
+            )
+            .await
+            .unwrap_or_else(|e| Extra {
+                rewind_error: Some(format!("the rewind failed: {e}")),
+                ..Extra::default()
+            });
+            self.discarded.push(Discarded {
+                from: t0,
+                until: self.recorder.now(),
+            });
+        } else if kind != FaultKind::KillLifeboat {
+            self.hold(self.timing.hold).await;
+        }
+        // `f` undoes itself if this fails; the failure is the phase's result.
+        let rto = self.targets.rto;
+        let undone = faults::undo(f, &mut self.ctx(sandbox), rto)
+            .await
+            .unwrap_or_else(|e| faults::Undone {
+                evidence: format!("the undo failed: {e}"),
+                ..Default::default()
+            });
+        Happened {
+            at,
+            evidence,
+            skipped: None,
+            undone,
+            extra,
+        }
     }
-    let events = sandbox_events(sandbox, &recorder, started_at).await;
-    let end = recorder.now();
-    let all = checker::phase_figures(&outcomes, Duration::ZERO, end, &targets);
-    let timeseries = checker::timeseries(
-        &outcomes,
-        end,
-        Duration::from_millis(if opts.quick { 250 } else { 500 }),
-        &targets,
-    );
-    let mut scorecard = scorecard(
-        &baseline,
-        &phases,
-        &writes,
-        capacity,
-        &targets,
-        &facts,
-        lost_so_far.len() as u64,
-    );
-    if let Some(why) = read_back_failed {
-        scorecard.insert(0, ScoreLine {
-            passed: Some(false),
-            text: format!("the writes could not be read back at the end ({why}), so lost writes were not counted"),
-            advice: Some("check that [simulate] probe.read_back answers 200 with every entry written".into()),
-        });
+
+    /// What a fault needs from the run.
+    fn ctx<'s>(&'s self, sandbox: &'s mut Sandbox) -> Ctx<'s> {
+        Ctx {
+            sandbox,
+            http: &self.http,
+            recorder: &self.recorder,
+            load: &self.load,
+            base_rate: self.base_rate,
+            login: self.login.clone(),
+            slow_clients: if self.quick { 100 } else { 300 },
+            attack_rate: (self.base_rate * 6.0).min(500.0),
+        }
     }
-    let passed = scorecard.iter().all(|l| l.passed != Some(false));
-    Ok(Report {
-        version: REPORT_VERSION,
-        site: sandbox.manifest.site.clone(),
-        passed,
-        started_at: started_at.format(&Rfc3339).unwrap_or_default(),
-        duration_s: (OffsetDateTime::now_utc() - started_at).as_seconds_f64(),
-        quick: opts.quick,
-        restored_time: sandbox.restored_time.clone(),
-        targets: TargetsReport {
-            availability: targets.availability,
-            response_time_ms: targets.response_time.as_secs_f64() * 1000.0,
-            p99_ms: targets.p99.as_secs_f64() * 1000.0,
-            lost_writes: targets.lost_writes,
-            rto_s: targets.rto.as_secs_f64(),
-        },
-        availability: all.availability,
-        requests: all.requests,
-        errors: all.errors,
-        lost_acknowledged_writes: lost_so_far.len() as u64,
-        writes,
-        capacity_rps: capacity.0,
-        capacity_is_lower_bound: capacity.1,
-        baseline,
-        faults: phases.into_iter().map(|p| p.report).collect(),
-        scorecard,
-        timeseries,
-        events,
-    })
+
+    /// The read-back after a phase: acknowledged writes it does not show, not counted before
+    /// and not given up by a rewind. A read-back that gets no answer checks nothing (the
+    /// final one must answer).
+    async fn newly_lost_writes(&mut self) -> u64 {
+        let Some(path) = &self.read_back else {
+            return 0;
+        };
+        // Only writes acknowledged before the read-back was sent must be in its answer.
+        let sent = self.recorder.now();
+        let Ok(found) = load::read_back_tokens(&self.http, path, &self.recorder.run_id).await
+        else {
+            return 0;
+        };
+        let outcomes = self.recorder.outcomes();
+        let lost = checker::lost_writes(&outcomes, &found, sent, &self.discarded, &self.lost);
+        self.lost.extend(&lost);
+        lost.len() as u64
+    }
+
+    /// Waits `d`, telling the progress display how the load goes.
+    async fn hold(&self, d: Duration) {
+        hold(self.progress, &self.recorder, d).await;
+    }
+
+    /// The final read-back, the events, the figures of the whole run, the scorecard.
+    async fn finish(
+        mut self,
+        sandbox: &Sandbox,
+        started_at: OffsetDateTime,
+        baseline: PhaseReport,
+        mut phases: Vec<Phase>,
+        facts: &SiteFacts,
+    ) -> Result<Report> {
+        self.load.stop().await;
+        let outcomes = self.recorder.outcomes();
+        let mut writes = WritesReport::default();
+        let mut read_back_failed = None;
+        if let Some(path) = &self.read_back {
+            let sent = self.recorder.now();
+            match load::read_back_tokens(&self.http, path, &self.recorder.run_id).await {
+                Ok(found) => {
+                    let lost =
+                        checker::lost_writes(&outcomes, &found, sent, &self.discarded, &self.lost);
+                    if let Some(last) = phases.last_mut() {
+                        last.report.figures.lost_acknowledged_writes += lost.len() as u64;
+                        last.report.passed =
+                            checker::fault_passed(&last.report, last.kind, &self.targets);
+                    }
+                    self.lost.extend(lost);
+                    writes = writes_report(&outcomes, &found, &self.discarded, &self.lost);
+                }
+                Err(why) => read_back_failed = Some(why),
+            }
+        }
+        let events = sandbox_events(sandbox, started_at).await;
+        let end = self.recorder.now();
+        let all = checker::phase_figures(&outcomes, Duration::ZERO, end, &self.targets);
+        let bucket = Duration::from_millis(if self.quick { 250 } else { 500 });
+        let timeseries = checker::timeseries(&outcomes, end, bucket, &self.targets);
+        let targets = &self.targets;
+        let lost = self.lost.len() as u64;
+        let mut scorecard = scorecard(
+            &baseline,
+            &phases,
+            &writes,
+            self.capacity,
+            targets,
+            facts,
+            lost,
+        );
+        if let Some(why) = read_back_failed {
+            scorecard.insert(0, ScoreLine {
+                passed: Some(false),
+                text: format!(
+                    "the writes could not be read back at the end ({why}), so lost writes were \
+                     not counted"
+                ),
+                advice: Some(
+                    "check that [simulate] probe.read_back answers 200 with every entry written"
+                        .into(),
+                ),
+            });
+        }
+        let passed = scorecard.iter().all(|l| l.passed != Some(false));
+        Ok(Report {
+            version: REPORT_VERSION,
+            site: sandbox.manifest.site.clone(),
+            passed,
+            started_at: started_at.format(&Rfc3339).unwrap_or_default(),
+            duration_s: (OffsetDateTime::now_utc() - started_at).as_seconds_f64(),
+            quick: self.quick,
+            restored_time: sandbox.restored_time.clone(),
+            targets: TargetsReport {
+                availability: targets.availability,
+                response_time_ms: targets.response_time.as_secs_f64() * 1000.0,
+                p99_ms: targets.p99.as_secs_f64() * 1000.0,
+                lost_writes: targets.lost_writes,
+                rto_s: targets.rto.as_secs_f64(),
+            },
+            availability: all.availability,
+            requests: all.requests,
+            errors: all.errors,
+            lost_acknowledged_writes: lost,
+            writes,
+            capacity_rps: self.capacity.0,
+            capacity_is_lower_bound: self.capacity.1,
+            baseline,
+            faults: phases.into_iter().map(|p| p.report).collect(),
+            scorecard,
+            timeseries,
+            events,
+        })
+    }
 }
 
 /// A fault that was not injected left nothing to undo.
@@ -506,11 +616,8 @@ async fn hold(progress: &dyn Progress, recorder: &Recorder, d: Duration) {
     }
 }
 
-async fn sandbox_events(
-    sandbox: &Sandbox,
-    recorder: &Recorder,
-    started_at: OffsetDateTime,
-) -> Vec<EventLine> {
+/// What the sandbox's Lifeboat recorded, for the report.
+async fn sandbox_events(sandbox: &Sandbox, started_at: OffsetDateTime) -> Vec<EventLine> {
     let Ok(client) = sandbox.client() else {
         return Vec::new();
     };
@@ -522,7 +629,6 @@ async fn sandbox_events(
         })
         .await
         .unwrap_or_default();
-    let _ = recorder;
     events
         .into_iter()
         .map(|e| EventLine {
