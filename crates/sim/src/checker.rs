@@ -482,7 +482,8 @@ mod tests {
         let f = phase_figures(&outcomes, Duration::ZERO, Duration::from_secs(2), &t);
         assert_eq!((f.requests, f.errors), (4, 2));
         assert_eq!(f.availability, 0.5);
-        assert!((f.outage_s - 1.0).abs() < 1e-9);
+        // From the slow one's send (0.1 s) to when it counted as failed (0.1 + 2 s).
+        assert!((f.outage_s - 2.0).abs() < 1e-9, "{}", f.outage_s);
     }
 
     #[test]
