@@ -11,9 +11,11 @@
 
 pub mod checker;
 pub mod error;
+mod fault_tools;
 pub mod faults;
 pub mod html;
 pub mod load;
+mod procs;
 pub mod report;
 mod rewind_check;
 mod run;

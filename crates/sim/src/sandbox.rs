@@ -17,7 +17,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lifeboat_control::api::StatusReport;
@@ -29,6 +28,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+pub(crate) use crate::procs::alive;
+use crate::procs::{Spawner, cmdline, cwd_under, processes_under};
 use crate::state_disk;
 
 /// The sandbox's second vault destination (relative to its dir), the one taken down.
@@ -600,68 +601,4 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map(|a| a.port())
         .map_err(SimError::io("find a free port on", "127.0.0.1"))
-}
-
-pub(crate) fn alive(pid: u32) -> bool {
-    // A zombie is dead for our purposes: it runs nothing.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn cmdline(pid: u32) -> Option<String> {
-    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&bytes).replace('\0', " "))
-}
-
-fn cwd_under(pid: u32, root: &Path) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root))
-}
-
-/// Every process whose command line or working dir is inside `root`.
-fn processes_under(root: &Path) -> Vec<u32> {
-    let root_text = root.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != std::process::id())
-        .filter(|&pid| cmdline(pid).is_some_and(|c| c.contains(&root_text)) || cwd_under(pid, root))
-        .collect()
-}
-
-/// One long-lived thread that starts the sandbox's lifeboat: the parent-death signal fires
-/// when the thread that forked the child ends, so it must not be a runtime's worker thread,
-/// which may end whenever it idles.
-struct Spawner {
-    tx: mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>,
-}
-
-impl Spawner {
-    fn start() -> Spawner {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
-        std::thread::Builder::new()
-            .name("sandbox-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("a thread can be started");
-        Spawner { tx }
-    }
-
-    fn spawn(&self, cmd: Command) -> std::io::Result<Child> {
-        let (reply, answer) = mpsc::channel();
-        self.tx
-            .send((cmd, reply))
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-        answer
-            .recv()
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
-    }
 }
