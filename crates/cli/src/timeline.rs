@@ -125,6 +125,10 @@ pub struct RestoreSiteArgs {
     /// The moment: 2026-11-27T10:15:00Z, "10 minutes ago", before-event:ID, or latest.
     #[arg(long, value_name = "WHEN", default_value = "latest")]
     pub to: String,
+    /// Restore a fork instead: the state a node kept aside when it joined another primary
+    /// (its own writes the timeline does not continue), as `lifeboat timeline` names it.
+    #[arg(long, value_name = "NAME", conflicts_with = "to")]
+    pub fork: Option<String>,
     /// The directory to restore into (must not exist or be empty).
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
@@ -282,6 +286,22 @@ fn print_timeline(r: &TimelineReport) {
     for c in &points.checkpoints {
         let short = c.snapshot.get(..12).unwrap_or(&c.snapshot);
         println!("  {}  {short}  segment {}", rfc3339(c.time), c.seq);
+    }
+    if !points.forks.is_empty() {
+        println!(
+            "forks (states nodes kept aside; `lifeboat restore-site --fork NAME --into DIR`):"
+        );
+        for f in &points.forks {
+            let d = &f.description;
+            println!(
+                "  {}  {}  node {}, term {}: {}",
+                d.name,
+                rfc3339(d.kept_at),
+                d.node,
+                d.term,
+                d.why
+            );
+        }
     }
     println!("events (rewind to just before one with --to before-event:ID):");
     for e in &r.events {
@@ -473,7 +493,6 @@ async fn restore_site(
     args: RestoreSiteArgs,
     global: &Global,
 ) -> anyhow::Result<ExitCode> {
-    let spec = parse_time_spec(&args.to, OffsetDateTime::now_utc()).map_err(anyhow::Error::msg)?;
     if let Ok(mut entries) = std::fs::read_dir(&args.into)
         && entries.next().is_some()
     {
@@ -481,6 +500,13 @@ async fn restore_site(
             "{} is not empty; restore-site writes only into a new or empty directory, so nothing was changed",
             args.into.display()
         );
+    }
+    let spec = parse_time_spec(&args.to, OffsetDateTime::now_utc()).map_err(anyhow::Error::msg)?;
+    let repo = Arc::new(open_site_vault(dir, &args).await?);
+    if let Some(name) = &args.fork {
+        let report = lifeboat_timeline::restore_fork(&repo, name, &args.into).await?;
+        print_fork_restore(&report, &args.into, global.json);
+        return Ok(ExitCode::SUCCESS);
     }
     let target = match spec {
         TimeSpec::Latest => RestoreTarget::Latest,
@@ -495,7 +521,17 @@ async fn restore_site(
             RestoreTarget::Time(event.at - time::Duration::nanoseconds(1))
         }
     };
-    let repo = match &args.repo {
+    let report = lifeboat_timeline::restore_site(&repo, target, &args.into).await?;
+    print_restore(&report, &args.into, global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The vault `restore-site` reads: `--repo` with a password, or the site's own.
+async fn open_site_vault(
+    dir: &Path,
+    args: &RestoreSiteArgs,
+) -> anyhow::Result<lifeboat_vault::Repository> {
+    Ok(match &args.repo {
         Some(url) => {
             let password = crate::vault::read_password(args.password_file.as_ref(), false)?;
             lifeboat_vault::Repository::open(
@@ -518,11 +554,30 @@ async fn restore_site(
             }
             lifeboat_control::vault_key::open_existing(&SitePaths::new(dir), &spec).await?
         }
-    };
-    let repo = Arc::new(repo);
-    let report = lifeboat_timeline::restore_site(&repo, target, &args.into).await?;
-    print_restore(&report, &args.into, global.json);
-    Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_fork_restore(r: &lifeboat_timeline::ForkRestoreReport, into: &Path, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r).expect("report serializes")
+        );
+        return;
+    }
+    let d = &r.fork.description;
+    println!(
+        "restored fork {} (the state {} kept aside at {}, term {}) into {}",
+        d.name,
+        d.node,
+        rfc3339(d.kept_at),
+        d.term,
+        into.display()
+    );
+    for db in &r.databases {
+        println!("  {db}: integrity ok");
+    }
+    println!("  {} files ({} bytes)", r.files, r.file_bytes);
 }
 
 fn print_restore(r: &RestoreReport, into: &Path, json: bool) {

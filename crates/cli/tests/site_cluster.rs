@@ -183,6 +183,10 @@ durability = "{durability}"
         cluster
     }
 
+    fn scratch(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
     fn site(&self, i: usize) -> std::path::PathBuf {
         self.scratch.path().join(format!("node{}", i + 1))
     }
@@ -324,6 +328,18 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // LIFEBOAT_KEEP_FAILED=DIR keeps a failed test's sites, vault and logs for a look.
+        if std::thread::panicking()
+            && let Some(keep) = std::env::var_os("LIFEBOAT_KEEP_FAILED")
+        {
+            let to = std::path::Path::new(&keep).join(format!("cluster-{}", std::process::id()));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(self.scratch.path())
+                .arg(&to)
+                .status();
+            eprintln!("kept the cluster's files in {}", to.display());
+        }
     }
 }
 
@@ -362,6 +378,29 @@ fn one_node_leads_and_the_others_forward_to_it() {
             .status(standby)
             .is_some_and(|s| s["nodes"].as_array().unwrap().len() == 3)
     });
+    // `async`: the primary says how far behind each standby is and what losing it now
+    // would lose; once the standbys caught up, nothing.
+    common::wait_until("the primary to report its loss window as empty", || {
+        cluster.status(primary).is_some_and(|s| {
+            let behind_known = s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["name"] != format!("n{}", primary + 1))
+                .all(|n| n["behind"]["connected"] == true);
+            behind_known
+                && s["loss_window"]["best_standby"].is_string()
+                && s["loss_window"]["changes"] == 0
+        })
+    });
+    let text = common::cli(&cluster.site(primary), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("BEHIND") && text.contains("durability async"),
+        "{text}"
+    );
+    // A standby reports no window of its own.
+    assert!(cluster.status(standby).unwrap()["loss_window"].is_null());
 }
 
 /// The primary's whole host dies (its etcd member too): another node takes over in a new
@@ -401,12 +440,21 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
             .status(primary)
             .is_some_and(|s| !s["instances"].as_array().unwrap().is_empty())
     });
+    // A client on the primary's own host keeps writing to it through the cut: in `async`
+    // mode the cut-off primary acknowledges writes no standby receives until it fences.
+    let mut inside = writer(&cluster, primary, primary, "inside");
+    let acked_inside = collect(&mut inside);
+    cluster.wait_or_explain("writes acknowledged before the cut", || {
+        acked_inside.lock().unwrap().len() >= 10
+    });
     cluster.lan.cut(primary);
     common::wait_until("the cut-off primary to fence itself", || {
         cluster.status(primary).is_some_and(|s| {
             s["role"]["role"] == "fenced" && s["instances"].as_array().unwrap().is_empty()
         })
     });
+    let _ = inside.kill();
+    let _ = inside.wait();
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term);
     cluster.lan.heal(primary);
@@ -415,6 +463,86 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
             s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
         })
     });
+
+    // What only the old primary had is a fork: listed by `lifeboat timeline` on every node
+    // (it is in the shared vault), restorable with `restore-site --fork`, never lost.
+    let old = format!("n{}", primary + 1);
+    let fork_name = std::cell::RefCell::new(String::new());
+    cluster.wait_or_explain("the old primary's fork listed on another node", || {
+        let out = common::cli(&cluster.site(others[0]), &["timeline", "--json"]);
+        let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let forks = report["restore_points"]["forks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match forks.iter().find(|f| f["node"] == old.as_str()) {
+            Some(f) => {
+                *fork_name.borrow_mut() = f["name"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    let fork_name = fork_name.into_inner();
+    let text = common::cli(&cluster.site(others[0]), &["timeline"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&fork_name),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let into = cluster.scratch().join("restored-fork");
+    let out = common::cli(
+        &cluster.site(others[1]),
+        &[
+            "restore-site",
+            "--fork",
+            &fork_name,
+            "--into",
+            into.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = rusqlite::Connection::open(into.join("data/guestbook.db")).unwrap();
+    let in_fork: std::collections::BTreeSet<String> = conn
+        .prepare("SELECT text FROM entries")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (code, body) = cluster
+        .request(others[1], next, "GET", "/api/entries", "")
+        .expect("the new primary answers");
+    assert_eq!(code, 200, "{body}");
+    let acked = acked_inside.lock().unwrap().clone();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")) && !in_fork.contains(*t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are neither on the new primary nor in the fork: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    let only_in_fork = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .count();
+    eprintln!(
+        "{only_in_fork} of {} writes acknowledged by the cut-off primary are only in its fork",
+        acked.len()
+    );
+    assert!(
+        only_in_fork > 0,
+        "the cut-off primary acknowledged no write of its own, so the fork was not shown to keep one"
+    );
 }
 
 /// A client on host `from` that POSTs entries `{tag}-N` to node `to`'s front door, one after
@@ -474,7 +602,7 @@ fn collect_both(child: &mut std::process::Child) -> (Lines, Lines) {
 /// whole host dies; every write a client saw acknowledged (201) is on the new primary.
 #[test]
 fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_dies() {
-    let cluster = Cluster::start("sync");
+    let mut cluster = Cluster::start("sync");
     let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
     let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
     let (client, door) = (others[1], others[0]);
@@ -529,6 +657,23 @@ fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_die
         acked.len(),
         cluster.logs()
     );
+
+    // The old primary's host comes back: it rejoins as a standby of the new primary (its
+    // own copy kept aside as a fork), and the new primary keeps its term.
+    if let Some(mut node) = cluster.nodes[primary].take() {
+        let _ = node.wait();
+    }
+    let _ = cluster.etcd[primary].wait();
+    cluster.etcd[primary] = start_etcd(&cluster.lan, cluster.scratch(), primary);
+    cluster.start_node(primary);
+    cluster.wait_or_explain("the old primary to follow the new one", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["role"]["role"] == "standby"
+                && s["role"]["leader"] == format!("n{}", next + 1)
+                && s["replica"]["ready"] == true
+        })
+    });
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (next, next_term));
 }
 
 /// `durability = "sync"` under a partition, not a kill: the primary is cut off while clients
@@ -761,5 +906,92 @@ fn losing_etcd_quorum_does_not_take_the_site_down() {
         failed.lock().unwrap().is_empty(),
         "requests failed: {:?}",
         failed.lock().unwrap()
+    );
+}
+
+/// A standby's whole host dies while clients write (`sync`): the other standby, in another
+/// zone, acknowledges, so no request fails and the primary keeps its term. The host comes
+/// back (its etcd member and `lifeboat up` again): the node rejoins as a standby, catches up
+/// without losing anything, and can take over holding every acknowledged write.
+#[test]
+fn a_killed_standby_changes_nothing_and_rejoins_when_it_comes_back() {
+    let mut cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let (victim, survivor) = (others[0], others[1]);
+    cluster.wait_or_explain("both standbys streaming", || {
+        others.iter().all(|&i| {
+            cluster
+                .status(i)
+                .is_some_and(|s| s["replica"]["state"] == "streaming")
+        })
+    });
+    let mut child = writer(&cluster, survivor, primary, "standby-down");
+    let (acked, failed) = collect_both(&mut child);
+    cluster.wait_or_explain("writes acknowledged", || acked.lock().unwrap().len() >= 10);
+    assert!(cluster.lan.host(victim).kill_everything() >= 2);
+    let _ = cluster.etcd[victim].wait();
+    if let Some(mut node) = cluster.nodes[victim].take() {
+        let _ = node.wait();
+    }
+    let then = acked.lock().unwrap().len();
+    cluster.wait_or_explain("writes acknowledged with the standby dead", || {
+        acked.lock().unwrap().len() >= then + 30
+    });
+    assert_eq!(
+        cluster.wait_for_primary(&[primary, survivor]),
+        (primary, term)
+    );
+
+    // The host comes back.
+    cluster.etcd[victim] = start_etcd(&cluster.lan, cluster.scratch(), victim);
+    cluster.start_node(victim);
+    cluster.wait_or_explain("the restarted node to stream as a standby", || {
+        cluster.status(victim).is_some_and(|s| {
+            s["role"]["role"] == "standby"
+                && s["replica"]["state"] == "streaming"
+                && s["replica"]["ready"] == true
+        })
+    });
+    let then = acked.lock().unwrap().len();
+    cluster.wait_or_explain("writes acknowledged after it is back", || {
+        acked.lock().unwrap().len() >= then + 10
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "requests failed: {:?}\n{}",
+        failed.lock().unwrap(),
+        cluster.explain()
+    );
+    // What it holds is whole: it takes over and serves every acknowledged write.
+    let out = common::cli(
+        &cluster.site(primary),
+        &["switchover", "--to", &format!("n{}", victim + 1)],
+    );
+    assert!(
+        out.status.success(),
+        "switchover failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    let (next, _) = cluster.wait_for_primary(&[0, 1, 2]);
+    assert_eq!(next, victim);
+    let (code, body) = cluster
+        .request(survivor, next, "GET", "/api/entries", "")
+        .expect("the restarted node answers as the primary");
+    assert_eq!(code, 200, "{body}");
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !body.contains(&format!("\"{t}\"")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are not on the restarted node: {lost:?}",
+        lost.len(),
+        acked.len()
     );
 }

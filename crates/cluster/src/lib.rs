@@ -29,7 +29,7 @@ pub use election::{
     CampaignOutcome, Election, ElectionError, ElectionStatus, Leader, LossReason, LostLeadership,
     Role,
 };
-pub use etcd::{EtcdClient, EtcdConfig, EtcdError, LeaseId};
+pub use etcd::{EtcdClient, EtcdConfig, EtcdError, EtcdTls, LeaseId};
 pub use failover::{FailoverStep, campaign_if_chosen};
 pub use keys::{ClusterKeys, MemberRole, MemberValue, NodeAddresses, NodeInfo};
 pub use lease::{LeaseKeeper, LeaseState, LeaseStatus};

@@ -205,3 +205,205 @@ async fn a_watch_ends_with_an_error_when_its_member_goes_away() {
         .unwrap_err();
     assert!(matches!(e, EtcdError::WatchEnded { .. }), "{e}");
 }
+
+/// Certificates made with `openssl`: a CA, etcd's server certificate for 127.0.0.1, and a
+/// client certificate; each written as PEM into `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test etcd CA",
+    ]);
+    run(&ca);
+    for (name, usage, san) in [
+        (
+            "server",
+            "serverAuth,clientAuth",
+            "subjectAltName=IP:127.0.0.1",
+        ),
+        ("client", "clientAuth", "subjectAltName=DNS:node-a"),
+        ("other", "clientAuth", "subjectAltName=DNS:intruder"),
+    ] {
+        let (key, csr, pem, ext) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let subj = format!("/CN={name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&req);
+        std::fs::write(dir.join(&ext), format!("{san}\nextendedKeyUsage={usage}\n")).unwrap();
+        // The intruder's certificate is signed by a CA of its own.
+        let (ca, ca_key) = if name == "other" {
+            let mut own = vec!["req", "-x509"];
+            own.extend(ec);
+            own.extend([
+                "-keyout",
+                "other-ca-key.pem",
+                "-out",
+                "other-ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=other CA",
+            ]);
+            run(&own);
+            ("other-ca.pem", "other-ca-key.pem")
+        } else {
+            ("ca.pem", "ca-key.pem")
+        };
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+/// etcd serving TLS and asking for client certificates (`--client-cert-auth`): a client with
+/// the CA and its certificate reads and writes; one without a certificate, with a certificate
+/// of another CA, or without the CA (the system's roots do not know it) is refused, each
+/// with an error that names TLS.
+#[tokio::test]
+async fn tls_with_client_certificates_admits_only_the_holder_of_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let log = std::fs::File::create(d.join("etcd.log")).unwrap();
+    let mut etcd = std::process::Command::new(common::etcd_binary())
+        .arg(format!("--data-dir={}", d.join("data").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .arg(format!("--cert-file={}", d.join("server.pem").display()))
+        .arg(format!("--key-file={}", d.join("server-key.pem").display()))
+        .arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
+        .arg("--client-cert-auth")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let identity = |name: &str| {
+        let mut pem = read(&format!("{name}.pem"));
+        pem.extend(read(&format!("{name}-key.pem")));
+        pem
+    };
+    let client_with = |ca: Option<Vec<u8>>, identity: Option<Vec<u8>>| {
+        let mut config = EtcdConfig::new([url.clone()]);
+        config.request_timeout = Duration::from_secs(2);
+        config.connect_timeout = Duration::from_secs(1);
+        config.tls = Some(lifeboat_cluster::EtcdTls {
+            ca_pem: ca,
+            identity_pem: identity,
+        });
+        EtcdClient::new(config).unwrap()
+    };
+    let good = client_with(Some(read("ca.pem")), Some(identity("client")));
+    let key = format!("{}/tls", prefix("tls")).into_bytes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match good.put(&key, b"over tls", None).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!(
+                "{e}\n{}",
+                std::fs::read_to_string(d.join("etcd.log")).unwrap_or_default()
+            ),
+        }
+    }
+    assert_eq!(good.get(&key).await.unwrap().kvs[0].value, b"over tls");
+
+    for (who, client) in [
+        (
+            "no client certificate",
+            client_with(Some(read("ca.pem")), None),
+        ),
+        (
+            "a certificate of another CA",
+            client_with(Some(read("ca.pem")), Some(identity("other"))),
+        ),
+        (
+            "no CA (the system's roots)",
+            client_with(None, Some(identity("client"))),
+        ),
+    ] {
+        let err = client.get(&key).await.unwrap_err().to_string();
+        eprintln!("{who}: {err}");
+        assert!(
+            err.to_lowercase().contains("certificate")
+                || err.to_lowercase().contains("tls")
+                || err.to_lowercase().contains("handshake"),
+            "{who}: {err}"
+        );
+    }
+    // A CA file that is not PEM is said so before anything is sent.
+    let mut config = EtcdConfig::new([url.clone()]);
+    config.tls = Some(lifeboat_cluster::EtcdTls {
+        ca_pem: Some(b"not a certificate".to_vec()),
+        identity_pem: None,
+    });
+    let err = EtcdClient::new(config).unwrap_err().to_string();
+    assert!(err.contains("etcd_ca"), "{err}");
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}

@@ -65,6 +65,9 @@ pub struct StatusReport {
     /// The site's MariaDB servers (`[state] mariadb`), one per state that runs one.
     #[serde(default)]
     pub databases: Vec<crate::mariadb::DatabaseReport>,
+    /// `durability = "async"`, on the primary: what losing this node now would lose.
+    #[serde(default)]
+    pub loss_window: Option<crate::node::LossWindow>,
 }
 
 /// What `lifeboat timeline` shows.

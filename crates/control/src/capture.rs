@@ -149,12 +149,17 @@ impl Capture {
     /// Starts capturing the state named `state` in the background: waits until its
     /// databases exist, then starts the worker, retrying (with an event) while it fails.
     pub(crate) fn start(&self, state: &str) {
-        self.start_in_term(state, None);
+        self.start_in_term(state, None, None);
     }
 
     /// [`Capture::start`], for the primary of a cluster in `term`: the worker also feeds
     /// the stream of changes to the standbys, every record tagged with the term.
-    pub(crate) fn start_in_term(&self, state: &str, term: Option<u64>) {
+    pub(crate) fn start_in_term(
+        &self,
+        state: &str,
+        term: Option<u64>,
+        history: Option<lifeboat_timeline::ReplicaHistory>,
+    ) {
         let state_dir = self.paths.state_dir(state);
         // The worker names sources relative to the state dir and stores the manifest that is
         // live with every checkpoint: give a restored copy the site's manifest.
@@ -170,7 +175,15 @@ impl Capture {
                 .and_then(|db| Some((db.spec.dir.clone(), db.running(state)?))),
         };
         let mut options = self.options.clone();
-        options.feed = term.map(lifeboat_timeline::FeedOptions::new);
+        options.feed = term.map(|term| lifeboat_timeline::FeedOptions {
+            // What this node applied last as a standby: the other standbys get what they
+            // lack of it from here instead of restoring from the vault.
+            history: history.map(Arc::new),
+            ..lifeboat_timeline::FeedOptions::new(term)
+        });
+        // A primary of a cluster opens its stream once capture runs: it must not wait for a
+        // base image of the whole state to be stored (standbys, and so sync writes, would).
+        options.first_checkpoint_later = term.is_some();
         let (repo, options, record, slot) = (
             self.repo.clone(),
             options,

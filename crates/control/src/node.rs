@@ -143,6 +143,38 @@ pub struct NodeReport {
     pub healthy: bool,
     /// Why it is not healthy, when it is not.
     pub health: Option<String>,
+    /// How far behind this primary a standby is, as the primary sees it (only in the
+    /// primary's own `status`; `None` elsewhere and for the primary itself).
+    #[serde(default)]
+    pub behind: Option<Behind>,
+}
+
+/// How far a standby is behind the primary: what the primary captured that it has not
+/// acknowledged as applied and durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Behind {
+    /// Whether it is connected to the primary's stream now.
+    pub connected: bool,
+    /// Batches of commits and file changes not acknowledged.
+    pub changes: u64,
+    /// Their bytes (of those still in the primary's window).
+    pub bytes: u64,
+    /// Age of the oldest change not acknowledged (0 when caught up).
+    pub seconds: f64,
+}
+
+/// `durability = "async"`, on the primary: what losing this node now would lose, i.e. what no
+/// standby in another zone has acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossWindow {
+    /// The standby in another zone that holds the most (none: every change is at risk).
+    pub best_standby: Option<String>,
+    /// Changes it lacks.
+    pub changes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Age of the oldest of them.
+    pub seconds: f64,
 }
 
 /// This node's cluster machinery.
@@ -167,11 +199,42 @@ pub(crate) struct Node {
     failsafe: std::sync::atomic::AtomicBool,
 }
 
+/// Reads the TLS files `[cluster]` names (relative to the site dir).
+fn etcd_tls(
+    site_dir: &std::path::Path,
+    spec: &lifeboat_core::manifest::EtcdTlsSpec,
+) -> Result<lifeboat_cluster::EtcdTls, ControlError> {
+    let read = |key: &str, path: &std::path::Path| {
+        let full = site_dir.join(path);
+        std::fs::read(&full).map_err(|e| {
+            ControlError::Refused(format!(
+                "could not read [cluster] {key} {}: {e}; put the file there (under .lifeboat/, where the site's processes cannot read it) or fix the path",
+                full.display()
+            ))
+        })
+    };
+    let ca_pem = spec.ca.as_deref().map(|p| read("etcd_ca", p)).transpose()?;
+    let identity_pem = match &spec.client {
+        Some((cert, key)) => {
+            let mut pem = read("etcd_cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("etcd_key", key)?);
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok(lifeboat_cluster::EtcdTls {
+        ca_pem,
+        identity_pem,
+    })
+}
+
 impl Node {
     /// Joins the cluster as a standby: keeps a lease, follows the leader key, registers this
     /// node. Nothing runs here until the node knows its role.
     pub(crate) async fn join(
         site_name: &str,
+        site_dir: &std::path::Path,
         spec: &ClusterSpec,
         options: &NodeOptions,
         front_door: SocketAddr,
@@ -179,7 +242,11 @@ impl Node {
         let refused = |what: &str, e: &dyn std::fmt::Display| {
             ControlError::Refused(format!("could not {what}: {e}"))
         };
-        let client = EtcdClient::new(EtcdConfig::new(spec.etcd.clone()))
+        let mut config = EtcdConfig::new(spec.etcd.clone());
+        if let Some(tls) = &spec.etcd_tls {
+            config.tls = Some(etcd_tls(site_dir, tls)?);
+        }
+        let client = EtcdClient::new(config)
             .map_err(|e| refused("use the etcd endpoints of [cluster] etcd", &e))?;
         let keys = ClusterKeys::for_site(site_name)
             .map_err(|e| refused("name this site's keys in etcd", &e))?;
@@ -225,8 +292,51 @@ impl Node {
                 || self.failsafe.load(std::sync::atomic::Ordering::SeqCst))
     }
 
+    /// Every member as etcd last showed it; on the primary, with how far behind each
+    /// standby is.
     pub(crate) fn members(&self) -> Vec<NodeReport> {
-        self.members.lock().expect("members lock").clone()
+        let mut members = self.members.lock().expect("members lock").clone();
+        if let Some(stream) = self.stream() {
+            let standbys = stream.status().standbys;
+            for m in &mut members {
+                if let Some(s) = standbys.iter().find(|s| s.node == m.name) {
+                    m.behind = Some(Behind {
+                        connected: s.connected,
+                        changes: s.lag_batches,
+                        bytes: s.lag_bytes,
+                        seconds: s.lag_time.as_secs_f64(),
+                    });
+                }
+            }
+        }
+        members
+    }
+
+    /// `durability = "async"` on the primary: what no standby in another zone has yet.
+    pub(crate) fn loss_window(&self, durability: Durability) -> Option<LossWindow> {
+        if durability != Durability::Async || !matches!(self.role(), NodeRole::Primary { .. }) {
+            return None;
+        }
+        let status = self.stream()?.status();
+        let best = status
+            .standbys
+            .iter()
+            .filter(|s| s.connected && s.zone != self.info.zone)
+            .min_by_key(|s| (s.lag_batches, s.lag_time));
+        Some(match best {
+            Some(s) => LossWindow {
+                best_standby: Some(s.node.clone()),
+                changes: s.lag_batches,
+                bytes: s.lag_bytes,
+                seconds: s.lag_time.as_secs_f64(),
+            },
+            None => LossWindow {
+                best_standby: None,
+                changes: status.feed.window_batches as u64,
+                bytes: status.feed.window_bytes,
+                seconds: 0.0,
+            },
+        })
     }
 
     pub(crate) fn waiting(&self) -> Option<String> {
@@ -268,6 +378,7 @@ pub(crate) async fn join_and_run(site: Arc<Site>, spec: ClusterSpec, options: No
     let node = loop {
         match Node::join(
             &site.manifest.site,
+            &site.paths.dir,
             &spec,
             &options,
             site.proxy.local_addr(),
@@ -393,6 +504,20 @@ pub(crate) async fn run(site: Arc<Site>, node: Arc<Node>) {
 
 /// What the standby's replica keeps: the live state (the site dir's own), as the manifest
 /// declares it.
+/// The key nodes authenticate and encrypt the stream with: derived from the site's vault
+/// key, which every node holds and the site's own processes never see.
+fn stream_key(site: &Site) -> lifeboat_timeline::StreamKey {
+    let seed = match site.capture.get() {
+        Some(capture) => capture
+            .repository()
+            .derive_key(lifeboat_timeline::StreamKey::CONTEXT),
+        // No vault: no replica or stream server runs (they need one); a random key lets no
+        // peer in.
+        None => rand::random(),
+    };
+    lifeboat_timeline::StreamKey::new(seed)
+}
+
 fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
     // Failsafe: while etcd has lost quorum, the primary keeps serving only as long as every
     // standby confirms it directly; this node confirms per `core::cluster::confirm_leader`.
@@ -435,6 +560,7 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
         databases: site.manifest.state.sqlite.clone(),
         data_dirs: site.manifest.state.dirs.clone(),
         meta_dir: site.paths.lifeboat_dir().join("replica"),
+        key: stream_key(site),
         options: ReplicaOptions {
             confirm: Some(confirm),
             // Peers are on the site's network: retrying a connection every second at most
@@ -449,9 +575,17 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
 /// from there in the new term, the stream to the standbys opens, and instances start here.
 async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
     let live = site.live_state();
+    let mut history = None;
     if let Some(replica) = node.replica.lock().await.take() {
-        match replica.stop().await {
-            Ok(status) => tracing::info!("replica stopped at {:?} to take over", status.applied),
+        match replica.stop_keeping_history().await {
+            Ok((status, kept)) => {
+                tracing::info!(
+                    "replica stopped at {:?} to take over ({} batches kept for the other standbys)",
+                    status.applied,
+                    kept.len()
+                );
+                history = Some(kept);
+            }
             Err(e) => tracing::warn!("the replica did not stop cleanly: {e}"),
         }
         // Capture goes on from exactly where the copy ends, so standbys that followed the
@@ -467,7 +601,7 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
         }
     }
     if let Some(capture) = site.capture.get() {
-        capture.start_in_term(&live, Some(term));
+        capture.start_in_term(&live, Some(term), history);
     }
     {
         let site = site.clone();
@@ -685,6 +819,7 @@ async fn start_stream(
         site: site.manifest.site.clone(),
         node: node.info.node.clone(),
         zone: node.info.zone.clone(),
+        key: stream_key(site),
         options: Default::default(),
     };
     match StreamServer::start(listener, feed, config) {
@@ -728,6 +863,8 @@ async fn follow_with_replica(
         if !config.meta_dir.join("replica.state").exists() {
             keep_aside_as_fork(site, node, term).await;
         }
+        // This one, and any set aside before a crash or while the vault was down.
+        spawn_store_forks(site);
         match Replica::start(config, capture.repository(), peer).await {
             Ok(r) => *replica = Some(r),
             Err(e) => {
@@ -746,7 +883,9 @@ async fn follow_with_replica(
 
 /// Moves the state this node holds (the declared databases with their logs, the data dirs)
 /// into `.lifeboat/states/fork-...`, so the replica starts from the vault and the primary's
-/// stream, and nothing this node had is lost: `lifeboat states` lists the fork.
+/// stream, and nothing this node had is lost: `lifeboat states` lists the fork here, and once
+/// it is stored in the vault (in the background) `lifeboat timeline` lists it everywhere and
+/// `lifeboat restore-site --fork` rebuilds it on any machine.
 async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
     let state_dir = site.paths.state_dir(&site.live_state());
     let mut paths = Vec::new();
@@ -773,9 +912,39 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
     if !has_data {
         return;
     }
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let name = format!("fork-{}-term{term}-{stamp}", node.info.node);
+    let now = time::OffsetDateTime::now_utc();
+    let name = format!(
+        "fork-{}-term{term}-{}",
+        node.info.node,
+        now.unix_timestamp()
+    );
     let fork = site.paths.states().join(&name);
+    let why = match node.registry.value().hands_over_to {
+        Some(to) => format!(
+            "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution",
+            node.info.node
+        ),
+        None => format!(
+            "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
+            node.info.node
+        ),
+    };
+    let mut description =
+        lifeboat_timeline::ForkDescription::new(&name, &node.info.node, term, now, &why);
+    description.databases = site
+        .manifest
+        .state
+        .sqlite
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    description.dirs = site
+        .manifest
+        .state
+        .dirs
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let moved = (|| -> std::io::Result<()> {
         for p in &present {
             let to = fork.join(p);
@@ -784,26 +953,100 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
             }
             std::fs::rename(state_dir.join(p), &to)?;
         }
-        Ok(())
+        // Written beside the data, so a fork moved aside just before a crash is still
+        // described (and stored) after the restart.
+        write_fork_description(&fork, &description)
     })();
     match moved {
-        Ok(()) => site.record(EventKind::StateForked {
-            state: name,
-            why: match node.registry.value().hands_over_to {
-                Some(to) => format!(
-                    "{} handed over to {to}, which confirmed everything it held; its copy is kept as a precaution until dropped (`lifeboat states drop`)",
-                    node.info.node
-                ),
-                None => format!(
-                    "{} had a state of its own when it joined as a standby (term {term}); what the primary does not have is kept here",
-                    node.info.node
-                ),
-            },
-        }),
+        Ok(()) => {
+            site.record(EventKind::StateForked {
+                state: name,
+                why: format!("{why}; it is being stored in the vault as a fork"),
+            });
+        }
         Err(e) => site.record(EventKind::CaptureError {
-            message: format!("could not keep this node's state aside in {}: {e}", fork.display()),
+            message: format!(
+                "could not keep this node's state aside in {}: {e}",
+                fork.display()
+            ),
         }),
     }
+}
+
+/// Where a fork's description is kept inside the state set aside.
+fn fork_description_path(fork: &std::path::Path) -> std::path::PathBuf {
+    fork.join(".lifeboat-timeline").join("fork.json")
+}
+
+fn write_fork_description(
+    fork: &std::path::Path,
+    description: &lifeboat_timeline::ForkDescription,
+) -> std::io::Result<()> {
+    let path = fork_description_path(fork);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let bytes = serde_json::to_vec_pretty(description).map_err(std::io::Error::other)?;
+    std::fs::write(&path, bytes)
+}
+
+/// Stores in the vault every fork this node set aside and has not stored yet (one moved
+/// aside just before a crash or while the vault was unreachable is stored on the next
+/// try), each announced with [`EventKind::ForkStored`]. One sweep at a time.
+fn spawn_store_forks(site: &Arc<Site>) {
+    let Some(capture) = site.capture.get() else {
+        return;
+    };
+    let repo = capture.repository();
+    let site = site.clone();
+    tokio::spawn(async move {
+        static SWEEPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = SWEEPING.lock().await;
+        let stored: std::collections::BTreeSet<String> = match lifeboat_timeline::list_forks(&repo)
+            .await
+        {
+            Ok(forks) => forks.into_iter().map(|f| f.description.name).collect(),
+            Err(e) => {
+                site.record(EventKind::CaptureError {
+                    message: format!("could not list the forks in the vault: {e}; this node's forks stay only in .lifeboat/states until the next try"),
+                });
+                return;
+            }
+        };
+        let Ok(entries) = std::fs::read_dir(site.paths.states()) else {
+            return;
+        };
+        let manifest = std::fs::read(site.paths.manifest()).ok();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(bytes) = std::fs::read(fork_description_path(&dir)) else {
+                continue;
+            };
+            let Ok(description) =
+                serde_json::from_slice::<lifeboat_timeline::ForkDescription>(&bytes)
+            else {
+                continue;
+            };
+            if stored.contains(&description.name) {
+                continue;
+            }
+            let manifest = manifest
+                .as_deref()
+                .map(|b| (lifeboat_core::MANIFEST_FILE, b));
+            match lifeboat_timeline::store_fork(&repo, &dir, &description, manifest).await {
+                Ok(info) => site.record(EventKind::ForkStored {
+                    fork: description.name,
+                    snapshot: info.snapshot,
+                }),
+                Err(e) => site.record(EventKind::CaptureError {
+                    message: format!(
+                        "could not store the fork {} in the vault: {e}; it stays in .lifeboat/states and is stored on the next try",
+                        description.name
+                    ),
+                }),
+            }
+        }
+    });
 }
 
 /// `lifeboat switchover --to NODE` on the primary: moves the primary role to `to` without
@@ -1105,6 +1348,7 @@ async fn refresh_members(node: &Node) {
                     Health::Healthy => None,
                     Health::Unhealthy(why) => Some(why.clone()),
                 },
+                behind: None,
             }
         })
         .collect();

@@ -408,6 +408,10 @@ impl Site {
             election: self.node.get().and_then(|n| n.waiting()),
             replica: self.node.get().and_then(|n| n.replica_report()),
             databases: self.database.get().map(|d| d.report()).unwrap_or_default(),
+            loss_window: match (self.node.get(), self.manifest.cluster.as_ref()) {
+                (Some(n), Some(spec)) => n.loss_window(spec.durability),
+                _ => None,
+            },
         }
     }
 

@@ -152,6 +152,9 @@ pub enum EventKind {
     /// A node kept a state of its own aside (as `state`, listed by `lifeboat states`) before
     /// following another primary: what it holds that the primary does not is not lost.
     StateForked { state: String, why: String },
+    /// A state kept aside (`fork`) is stored in the vault as a snapshot: `lifeboat timeline`
+    /// lists it on any machine and `lifeboat restore-site --fork` rebuilds it.
+    ForkStored { fork: String, snapshot: String },
     /// The kernel killed processes of an instance for want of memory: its `memory` limit
     /// (`limit_bytes`), or the machine's when it has none.
     InstanceOutOfMemory {
@@ -314,6 +317,10 @@ impl EventKind {
                 "{node} stopped writing (term {term}): {why}; its instances were killed and it rejoins as a standby"
             ),
             EventKind::StateForked { state, why } => format!("state kept aside as {state}: {why}"),
+            EventKind::ForkStored { fork, snapshot } => format!(
+                "fork {fork} stored in the vault (snapshot {}): `lifeboat restore-site --fork {fork} --into DIR` rebuilds it",
+                snapshot.get(..12).unwrap_or(snapshot)
+            ),
             EventKind::NodeFailsafe { node, term, why } => {
                 format!("{node} serves on in failsafe mode (term {term}): {why}")
             }

@@ -2,16 +2,19 @@
 //! standby's acknowledgement of it (barrier, then `wait_acked`), on loopback, with a real
 //! worker, stream server and replica (its own copy, fsyncs included) on this machine.
 //!
-//! Usage: `cargo run -p lifeboat-timeline --example sync_latency -- [commits] [writers]`.
-//! Each of `writers` tasks commits one row at a time and waits for its acknowledgement;
-//! concurrent barriers share polls. Prints p50/p90/p99/max of commit→ack.
+//! Usage: `cargo run -p lifeboat-timeline --example sync_latency -- [commits] [writers]
+//! [ballast_mib]`. Each of `writers` tasks commits one row at a time and waits for its
+//! acknowledgement; concurrent barriers share polls. Prints p50/p90/p99/max of commit→ack.
+//! With `ballast_mib`, the database first gets that much data, and a checkpoint is taken
+//! while the writers run: its duration shows in the max (a checkpoint holds capture, and with
+//! it the barriers, until it is stored).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_timeline::{
-    FeedOptions, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, SiteSources, StreamServer,
-    StreamServerConfig, TimelineWorker, WorkerOptions,
+    FeedOptions, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, SiteSources, StreamKey,
+    StreamServer, StreamServerConfig, TimelineWorker, WorkerOptions,
 };
 use lifeboat_vault::{KdfParams, OpenOptions, Repository};
 
@@ -23,6 +26,7 @@ async fn main() {
         .collect();
     let commits = args.first().copied().unwrap_or(2000);
     let writers = args.get(1).copied().unwrap_or(1).max(1);
+    let ballast_mib = args.get(2).copied().unwrap_or(0);
     let tmp = tempfile::tempdir().unwrap();
     let site = tmp.path().join("site");
     std::fs::create_dir_all(site.join("uploads")).unwrap();
@@ -32,6 +36,22 @@ async fn main() {
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.execute_batch("CREATE TABLE entries (id INTEGER PRIMARY KEY, body TEXT);")
         .unwrap();
+    if ballast_mib > 0 {
+        conn.execute_batch("CREATE TABLE ballast (id INTEGER PRIMARY KEY, data BLOB);")
+            .unwrap();
+        for i in 0..ballast_mib {
+            // Incompressible and unique, as real data would be.
+            let mut data = vec![0u8; 1 << 20];
+            rand::fill(&mut data[..]);
+            conn.execute(
+                "INSERT INTO ballast (id, data) VALUES (?1, ?2)",
+                rusqlite::params![i as i64, data],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+    }
     drop(conn);
     let dest = tmp.path().join("vault").to_string_lossy().into_owned();
     let opts = |spool: &str| OpenOptions {
@@ -73,6 +93,7 @@ async fn main() {
                 site: "bench".into(),
                 node: "a".into(),
                 zone: "z1".into(),
+                key: StreamKey::new(repo.derive_key(StreamKey::CONTEXT)),
                 options: ServerOptions::default(),
             },
         )
@@ -92,6 +113,7 @@ async fn main() {
             databases: vec!["app.db".into()],
             data_dirs: vec!["uploads".into()],
             meta_dir: tmp.path().join("standby/meta"),
+            key: StreamKey::new(standby_repo.derive_key(StreamKey::CONTEXT)),
             options: ReplicaOptions::default(),
         },
         standby_repo,
@@ -107,6 +129,15 @@ async fn main() {
         .unwrap();
 
     let started = Instant::now();
+    let checkpoint = (ballast_mib > 0).then(|| {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let t = Instant::now();
+            worker.checkpoint_now().await.unwrap();
+            t.elapsed()
+        })
+    });
     let per_writer = commits / writers;
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -148,6 +179,12 @@ async fn main() {
         at(0.99),
         samples[samples.len() - 1],
     );
+    if let Some(c) = checkpoint {
+        println!(
+            "a checkpoint of the {ballast_mib} MiB database, taken while the writers ran, took {:.2?}",
+            c.await.unwrap()
+        );
+    }
     let status = replica.stop().await.unwrap();
     println!(
         "standby: {} batches applied ({} bytes), {} restore(s)",

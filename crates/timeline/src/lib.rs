@@ -2,7 +2,8 @@
 //! committed SQLite transaction and every data-dir file change continuously and ships them
 //! into the vault as sequence-numbered segments, with periodic checkpoints (full cuts);
 //! [`restore_site`] rebuilds the site as of any moment; [`list_restore_points`] says which
-//! moments exist; [`compact`] merges old segments into bundles and [`apply_retention`]
+//! moments exist; [`store_fork`] keeps a node's diverged state in the vault and
+//! [`restore_fork`] brings it back; [`compact`] merges old segments into bundles and [`apply_retention`]
 //! drops what the vault's keep rules no longer keep. Layout: `docs/timeline-format.md`.
 //!
 //! Capture never takes a database's write lock (`lifeboat-capture` holds only read
@@ -23,6 +24,7 @@
 mod checkpoint;
 mod compact;
 mod error;
+mod forks;
 mod lock;
 pub mod replication;
 mod restore;
@@ -36,12 +38,16 @@ mod worker;
 pub use checkpoint::{CHECKPOINT_TAG, SEQ_TAG_PREFIX};
 pub use compact::{CompactOptions, CompactReport, RetentionReport, apply_retention, compact};
 pub use error::{Result, TimelineError};
+pub use forks::{
+    FORK_NAME_TAG_PREFIX, FORK_TAG, ForkDescription, ForkInfo, ForkRestoreReport, list_forks,
+    restore_fork, store_fork,
+};
 pub use lifeboat_vault::KeepPolicy;
 pub use replication::{
     AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
-    Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus, ServerOptions,
-    SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamServer, StreamServerConfig,
-    StreamServerStatus, seed_capture_state,
+    Replica, ReplicaConfig, ReplicaHistory, ReplicaOptions, ReplicaState, ReplicaStatus,
+    ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamKey,
+    StreamServer, StreamServerConfig, StreamServerStatus, seed_capture_state,
 };
 pub use restore::{
     MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,

@@ -165,6 +165,10 @@ pub struct RestorePoints {
     /// Segments, in runs without gaps, oldest first: any time inside a run after the
     /// first checkpoint is restorable.
     pub segments: Vec<SegmentRange>,
+    /// States nodes kept aside because the timeline did not continue them (a former
+    /// primary's own writes), oldest first: each restorable with `restore-site --fork`.
+    #[serde(default)]
+    pub forks: Vec<crate::forks::ForkInfo>,
 }
 
 /// Lists checkpoints and the time ranges segments cover (for `lifeboat timeline`).
@@ -195,6 +199,7 @@ pub async fn list_restore_points(repo: &Repository) -> Result<RestorePoints> {
     Ok(RestorePoints {
         checkpoints,
         segments,
+        forks: crate::forks::list_forks(repo).await?,
     })
 }
 
@@ -286,7 +291,7 @@ fn refuse_links(dir: &Path, checkpoint: &str, checkpoint_dir: &Path) -> Result<(
     Ok(())
 }
 
-fn sync_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", path))
@@ -441,7 +446,7 @@ pub async fn restore_site_with(
 }
 
 /// A new, empty staging directory beside `into`, and their parent.
-fn make_staging(into: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn make_staging(into: &Path) -> Result<(PathBuf, PathBuf)> {
     let name = into
         .file_name()
         .ok_or_else(|| TimelineError::Invalid(format!("{} has no file name", into.display())))?
@@ -792,7 +797,7 @@ fn write_new_file(out: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Fsyncs every directory under `root` (files were fsynced as they were written).
-fn sync_tree(root: &Path) -> Result<()> {
+pub(crate) fn sync_tree(root: &Path) -> Result<()> {
     for entry in std::fs::read_dir(root).map_err(io_err("list", root))? {
         let entry = entry.map_err(io_err("list", root))?;
         if entry

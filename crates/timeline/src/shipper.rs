@@ -275,6 +275,7 @@ impl Shipper {
             for dir in &dirs {
                 feed.add_source(&dir.name, dir.cap.manifest().last_seq);
             }
+            feed.seed_history();
         }
         let handle2 = handle.clone();
         // Compaction may have moved old segments into bundles: continue after the highest

@@ -58,6 +58,10 @@ pub struct WorkerOptions {
     /// Stream every batch capture reads to standbys ([`crate::ChangeFeed`]), with this
     /// primary's term; `None` (the default) on a site of one node.
     pub feed: Option<crate::replication::FeedOptions>,
+    /// Take the first checkpoint in the background loop instead of before
+    /// [`crate::TimelineWorker::start`] returns: a promoted standby opens its stream (and
+    /// answers barriers) at once instead of after storing a base image of the whole state.
+    pub first_checkpoint_later: bool,
 }
 
 impl Default for WorkerOptions {
@@ -74,6 +78,7 @@ impl Default for WorkerOptions {
             compact_interval: Duration::from_secs(10 * 60),
             compact_older_than: Duration::from_secs(60 * 60),
             feed: None,
+            first_checkpoint_later: false,
         }
     }
 }

@@ -158,7 +158,8 @@ async fn serve_barriers(shipper: Arc<Mutex<Shipper>>, feed: Arc<FeedInner>) {
 impl TimelineWorker {
     /// Opens every capture, takes a first checkpoint (so the timeline starts with a full
     /// cut; while destinations refuse it, the background loop retries it and the status
-    /// carries the error), and starts shipping in the background.
+    /// carries the error; with [`WorkerOptions::first_checkpoint_later`] the loop takes it
+    /// first thing), and starts shipping in the background.
     pub async fn start(
         sources: SiteSources,
         options: WorkerOptions,
@@ -176,7 +177,12 @@ impl TimelineWorker {
         let feed = options.feed.clone().map(FeedInner::new).transpose()?;
         let feed_for_shipper = feed.clone();
         let shipper = tokio::task::spawn_blocking(move || -> Result<Shipper> {
+            let later = options.first_checkpoint_later;
             let mut s = Shipper::open(&sources, options, repo, handle, st, ev, feed_for_shipper)?;
+            // The loop's first pass takes it (`checkpoint_needed` is set), before any shipping.
+            if later {
+                return Ok(s);
+            }
             // A failure here (destinations down) is retried by the loop; capture runs.
             if let Err(e) = checkpoint::take(&mut s) {
                 let message = format!("the first checkpoint failed, retrying: {e}");

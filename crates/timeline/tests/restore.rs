@@ -159,3 +159,162 @@ async fn impossible_targets_fail_clearly_and_create_nothing() {
         .await
         .unwrap();
 }
+
+/// A node's state kept aside as a fork (a database with commits only in its WAL, uploads, the
+/// manifest) is stored once, listed with the restore points, and restored whole into a new
+/// directory as one checked database file; a wrong name or a non-empty target changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_is_stored_listed_and_restored_whole() {
+    use lifeboat_timeline::{ForkDescription, restore_fork, store_fork};
+    let site = Site::new();
+    let repo = site.init_vault(2).await;
+    let conn = site.db();
+    conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    site.insert(&conn, 0..25);
+    site.upload("photos/cat.jpg", b"only the old primary has this");
+    // What the node moves aside: the database with its WAL (where the commits still are),
+    // the data dir. The app's connection stays open, as it would at a fence.
+    let kept = site.tmp.path().join("states/fork-n1-term4-1");
+    std::fs::create_dir_all(kept.join("data")).unwrap();
+    for side in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            site.site.join(format!("data/app.db{side}")),
+            kept.join(format!("data/app.db{side}")),
+        )
+        .unwrap();
+    }
+    assert!(
+        std::fs::metadata(kept.join("data/app.db-wal"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    copy_tree(&site.site.join("uploads"), &kept.join("uploads"));
+    let mut description = ForkDescription::new(
+        "fork-n1-term4-1",
+        "n1",
+        4,
+        OffsetDateTime::now_utc(),
+        "n1 joined n2 as a standby",
+    );
+    description.databases = vec!["data/app.db".into()];
+    description.dirs = vec!["uploads".into()];
+    let manifest: &[u8] = b"name = \"guestbook\"\n";
+    let stored = store_fork(
+        &repo,
+        &kept,
+        &description,
+        Some(("lifeboat.toml", manifest)),
+    )
+    .await
+    .unwrap();
+    let again = store_fork(
+        &repo,
+        &kept,
+        &description,
+        Some(("lifeboat.toml", manifest)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stored.snapshot, again.snapshot,
+        "a second store adds nothing"
+    );
+    assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+
+    let points = list_restore_points(&repo).await.unwrap();
+    assert_eq!(points.forks, vec![stored.clone()]);
+    assert!(points.checkpoints.is_empty(), "a fork is not a checkpoint");
+
+    let into = site.tmp.path().join("restored");
+    let report = restore_fork(&repo, "fork-n1-term4-1", &into).await.unwrap();
+    assert_eq!(report.fork, stored);
+    assert_eq!(
+        ids_in(&into.join("data/app.db")),
+        (0..25).collect::<Vec<_>>()
+    );
+    assert!(
+        std::fs::metadata(into.join("data/app.db-wal")).map_or(true, |m| m.len() == 0),
+        "the WAL is folded into the database"
+    );
+    assert_eq!(
+        std::fs::read(into.join("uploads/photos/cat.jpg")).unwrap(),
+        b"only the old primary has this"
+    );
+    assert_eq!(std::fs::read(into.join("lifeboat.toml")).unwrap(), manifest);
+    assert!(!into.join(".lifeboat-timeline").exists());
+
+    let err = restore_fork(&repo, "fork-n9", &site.tmp.path().join("other"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fork-n9") && err.contains("fork-n1-term4-1"),
+        "{err}"
+    );
+    assert!(!site.tmp.path().join("other").exists());
+    let err = restore_fork(&repo, "fork-n1-term4-1", &into)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TimelineError::NotEmpty(_)), "{err}");
+    assert_eq!(ids_in(&into.join("data/app.db")).len(), 25);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `first_checkpoint_later` (a promoted standby's worker): `start` returns before the first
+/// checkpoint is stored, the loop stores it right after, before any segment of later writes,
+/// and a restore from it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_can_take_its_first_checkpoint_after_it_starts() {
+    let site = Site::new();
+    let repo = site.init_vault(2).await;
+    let conn = site.db();
+    site.insert(&conn, 0..10);
+    let options = lifeboat_timeline::WorkerOptions {
+        first_checkpoint_later: true,
+        ..fast_options()
+    };
+    let worker = TimelineWorker::start(site.sources(), options, repo.clone())
+        .await
+        .unwrap();
+    let returned = OffsetDateTime::now_utc();
+    site.insert(&conn, 10..20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let checkpoint = loop {
+        if let Some(c) = list_restore_points(&repo)
+            .await
+            .unwrap()
+            .checkpoints
+            .first()
+        {
+            break c.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        checkpoint.time > returned,
+        "the checkpoint ({}) was taken after start returned ({returned})",
+        checkpoint.time
+    );
+    worker.ship_now().await.unwrap();
+    let into = site.tmp.path().join("restored");
+    restore_site(&repo, lifeboat_timeline::RestoreTarget::Latest, &into)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_in(&into.join("data/app.db")),
+        (0..20).collect::<Vec<_>>()
+    );
+}

@@ -7,10 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::stream::*;
-use lifeboat_timeline::replication::wire::{
-    BatchPart, Frame, Message, RefusalCode, Welcome, read_frame, write_frame,
-};
-use lifeboat_timeline::{Position, ReplicaState, StreamError};
+use lifeboat_timeline::replication::sealed::{SealedReader, SealedWriter, initiate, respond};
+use lifeboat_timeline::replication::wire::{BatchPart, Frame, Message, RefusalCode, Welcome};
+use lifeboat_timeline::{Position, ReplicaState, StreamError, StreamKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,7 +22,7 @@ async fn a_standby_that_saw_a_newer_term_refuses_an_older_primary_which_stops() 
     let dirs = StandbyDirs::new(p.site.tmp.path(), "standby");
     let repo = p.site.open_vault(&p.site.dest_a, "standby-spool").await;
     let replica =
-        lifeboat_timeline::Replica::start(dirs.config(quick_replica_options()), repo, None)
+        lifeboat_timeline::Replica::start(dirs.config(quick_replica_options(), &repo), repo, None)
             .await
             .unwrap();
     wait_until("the first restore", Duration::from_secs(60), || {
@@ -77,14 +76,31 @@ async fn a_stale_primary_that_welcomes_a_standby_is_refused_and_nothing_is_appli
     let dirs = StandbyDirs::new(p.site.tmp.path(), "standby");
     let replica = start_replica(&p, &dirs, quick_replica_options()).await;
     p.sync(Duration::from_secs(60)).await;
+    // The primary credits what a standby's hello says it holds, so the sync can return
+    // before the standby has read the welcome that carries the term.
+    wait_until(
+        "the standby to know term 9",
+        Duration::from_secs(10),
+        || replica.status().highest_term == 9,
+    )
+    .await;
     let before = replica.status();
-    assert_eq!(before.highest_term, 9);
 
     let stale = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stale_addr = stale.local_addr().unwrap();
+    // An old primary of the same site holds the vault key.
+    let key = stream_key(&p.repo);
     let fake = tokio::spawn(async move {
         let (mut s, _) = stale.accept().await.unwrap();
-        let hello = read_frame(&mut s).await.unwrap().unwrap();
+        let transport = respond(&mut s, &key, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (rd, wr) = s.into_split();
+        let (mut rd, mut s) = (
+            SealedReader::new(rd, transport.clone()),
+            SealedWriter::new(wr, transport),
+        );
+        let hello = rd.read_frame().await.unwrap().unwrap();
         assert_eq!(hello.term, 9, "the hello carries the highest term seen");
         for message in [
             Message::Welcome(Welcome {
@@ -101,10 +117,10 @@ async fn a_stale_primary_that_welcomes_a_standby_is_refused_and_nothing_is_appli
                 data: b"evil".to_vec(),
             }),
         ] {
-            let _ = write_frame(&mut s, &Frame { term: 7, message }).await;
+            let _ = s.write_frame(&Frame { term: 7, message }).await;
         }
         let _ = s.flush().await;
-        read_frame(&mut s).await
+        rd.read_frame().await
     });
     replica.set_primary(Some(stale_addr));
     let answer = tokio::time::timeout(Duration::from_secs(30), fake)
@@ -134,17 +150,26 @@ async fn a_stale_primary_that_welcomes_a_standby_is_refused_and_nothing_is_appli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_with_a_bad_length_or_bad_bytes_are_refused_without_a_panic() {
     let p = Primary::start(feed_options(7)).await;
+    let key = stream_key(&p.repo);
+    let within = Duration::from_secs(10);
 
-    // To the primary: a hello announcing 4 GiB.
+    // To the primary, from a peer holding the key: a hello announcing 4 GiB.
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    let transport = initiate(&mut s, &key, within).await.unwrap();
+    let (rd, wr) = s.into_split();
+    let (mut rd, mut wr) = (
+        SealedReader::new(rd, transport.clone()),
+        SealedWriter::new(wr, transport),
+    );
     let mut header = Vec::new();
     header.extend_from_slice(b"LBSF");
     header.push(1);
     header.push(1); // hello
     header.extend_from_slice(&7u64.to_be_bytes());
     header.extend_from_slice(&u32::MAX.to_be_bytes());
-    s.write_all(&header).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
+    wr.write_bytes(&header).await.unwrap();
+    wr.flush().await.unwrap();
+    let answer = tokio::time::timeout(within, rd.read_frame())
         .await
         .unwrap()
         .unwrap()
@@ -156,15 +181,30 @@ async fn frames_with_a_bad_length_or_bad_bytes_are_refused_without_a_panic() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.unwrap();
-    // Bytes that are not a frame at all.
+    assert!(rd.read_frame().await.unwrap().is_none(), "then it closes");
+    // Bytes that are not the stream at all, from a peer without the key: the connection
+    // closes and not one byte of the site comes back.
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let answer = read_frame(&mut s).await.unwrap().unwrap();
-    assert!(matches!(answer.message, Message::Refuse(_)));
+    let mut answer = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut answer))
+        .await
+        .expect("the primary closes at once")
+    {
+        Ok(_) => {}
+        // It closed with our bytes unread.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(answer.is_empty(), "{answer:?}");
+    // A peer with another key fails the handshake.
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    let err = initiate(&mut s, &StreamKey::new([9; 32]), within)
+        .await
+        .unwrap_err();
+    eprintln!("a wrong key: {err}");
 
     // The primary still serves a real standby.
     let dirs = StandbyDirs::new(p.site.tmp.path(), "standby");
@@ -172,16 +212,29 @@ async fn frames_with_a_bad_length_or_bad_bytes_are_refused_without_a_panic() {
     p.site.insert(&p.site.db(), 0..3);
     p.sync(Duration::from_secs(60)).await;
 
-    // To the standby: a "primary" answering hello with garbage, then with a frame whose
-    // batch part claims more than it carries.
+    // To the standby: a "primary" without the key; then one with it answering hello with
+    // garbage, then with a frame whose batch part claims more than it carries.
     let liar = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let liar_addr = liar.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        for round in 0..2 {
+        for round in 0..3 {
             let (mut s, _) = liar.accept().await.unwrap();
-            let _ = read_frame(&mut s).await;
             if round == 0 {
                 let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+                continue;
+            }
+            let transport = respond(&mut s, &key, within).await.unwrap();
+            let (rd, wr) = s.into_split();
+            let (mut rd, mut wr) = (
+                SealedReader::new(rd, transport.clone()),
+                SealedWriter::new(wr, transport),
+            );
+            let _ = rd.read_frame().await;
+            if round == 1 {
+                let _ = wr.write_bytes(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
             } else {
                 let mut bytes = Frame {
                     term: 7,
@@ -196,37 +249,27 @@ async fn frames_with_a_bad_length_or_bad_bytes_are_refused_without_a_panic() {
                 bytes.extend_from_slice(b"LBSF\x01\x05");
                 bytes.extend_from_slice(&7u64.to_be_bytes());
                 bytes.extend_from_slice(&(u32::MAX - 3).to_be_bytes());
-                let _ = s.write_all(&bytes).await;
+                let _ = wr.write_bytes(&bytes).await;
             }
-            let _ = s.flush().await;
-            let mut sink = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+            let _ = wr.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_frame()).await;
         }
     });
     let applied = replica.status().applied;
     replica.set_primary(Some(liar_addr));
-    wait_until(
-        "the garbage to be reported",
-        Duration::from_secs(20),
-        || {
+    for (what, words) in [
+        ("the keyless primary to be reported", "vault key"),
+        ("the garbage to be reported", "not a lifeboat stream frame"),
+        ("the bad length to be reported", "over the limit"),
+    ] {
+        wait_until(what, Duration::from_secs(20), || {
             replica
                 .status()
                 .last_error
-                .is_some_and(|e| e.contains("not a lifeboat stream frame"))
-        },
-    )
-    .await;
-    wait_until(
-        "the bad length to be reported",
-        Duration::from_secs(20),
-        || {
-            replica
-                .status()
-                .last_error
-                .is_some_and(|e| e.contains("over the limit"))
-        },
-    )
-    .await;
+                .is_some_and(|e| e.contains(words))
+        })
+        .await;
+    }
     server.await.unwrap();
     assert_eq!(replica.status().applied, applied);
     // Back to the real primary: it streams again.

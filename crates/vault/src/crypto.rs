@@ -183,6 +183,26 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 impl Keys {
+    /// A 32-byte key for another purpose, named by `context` (a fixed, unique string such as
+    /// "lifeboat 2026-12 stream psk"), derived from the repository's data key with blake3's
+    /// key derivation: whoever holds the repository's key gets the same one, and it reveals
+    /// nothing of the data key.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.data)
+    }
+
+    /// A public name of these keys (hex): equal for the same keys, and revealing nothing of
+    /// them. The repository's config records it.
+    pub fn fingerprint(&self) -> String {
+        let mut both = [0u8; 64];
+        both[..32].copy_from_slice(&self.data);
+        both[32..].copy_from_slice(&self.ids);
+        hex::encode(blake3::derive_key(
+            "lifeboat 2026-12-05 vault key fingerprint v1",
+            &both,
+        ))
+    }
+
     /// Fresh random keys for a new repository.
     pub fn generate() -> Keys {
         Keys {

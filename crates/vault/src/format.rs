@@ -25,6 +25,14 @@ pub struct Config {
     pub quorum: usize,
     pub chunker: ChunkerParams,
     pub created: String,
+    /// Which keys this repository's data is sealed with ([`crate::crypto::Keys::fingerprint`]):
+    /// `open` uses only a key file holding them. Two `init`s racing for one destination each
+    /// write a key file before one of them wins the config; without this, a third process
+    /// opening in between could take the loser's key and seal what it writes with keys
+    /// nobody else has. Absent in repositories made before it was added (then the first key
+    /// file the password opens is used, as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
 }
 
 /// FastCDC (2020) sizes in bytes.

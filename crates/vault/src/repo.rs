@@ -180,8 +180,13 @@ impl Repository {
             quorum: quorum.unwrap_or(urls.len()).clamp(1, urls.len()),
             chunker: ChunkerParams::default(),
             created: now_rfc3339(),
+            key_fingerprint: None,
         };
         let keys = Keys::generate();
+        let config = Config {
+            key_fingerprint: Some(keys.fingerprint()),
+            ..config
+        };
         let kdf = opts.kdf.unwrap_or_else(KdfParams::strong);
         let keyfile = keys.wrap(password, kdf, now_rfc3339())?;
         let keybytes = serde_json::to_vec_pretty(&keyfile).expect("serializes");
@@ -259,7 +264,14 @@ impl Repository {
             urls.insert(0, url.clone());
         }
         let dests = Destinations::open(&urls, &url, config.quorum, opts, &config.id)?;
-        let (keys, key) = unlock(&backend, &dests, &url, password).await?;
+        let (keys, key) = unlock(
+            &backend,
+            &dests,
+            &url,
+            password,
+            config.key_fingerprint.as_deref(),
+        )
+        .await?;
         let repo = Repository {
             location: url,
             config,
@@ -277,6 +289,12 @@ impl Repository {
     /// The repository's config (destinations, quorum, chunker).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// A key for another purpose derived from this repository's key (see
+    /// [`crate::crypto::Keys::derive`]): every holder of the vault key derives the same one.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        self.keys.derive(context)
     }
 
     /// The key file that opened this repository, and whether it is weakly wrapped.
@@ -525,6 +543,7 @@ async fn unlock(
     dests: &Destinations,
     url: &str,
     password: &[u8],
+    fingerprint: Option<&str>,
 ) -> Result<(Keys, KeyInfo)> {
     let mut keyfiles = backend.list("keys").await.map_err(|e| Error::Destination {
         location: url.to_string(),
@@ -545,14 +564,27 @@ async fn unlock(
         });
     }
     let mut damaged = None;
+    let mut foreign = None;
     for kf in keyfiles {
         match open_key_file(dests, &kf.key, password).await {
+            // A key file of an init that lost the race for the config (it is being taken
+            // away): its keys are not this repository's.
+            Ok(Some((keys, _))) if fingerprint.is_some_and(|f| f != keys.fingerprint()) => {
+                foreign.get_or_insert(kf.key);
+            }
             Ok(Some(found)) => return Ok(found),
             Ok(None) => {}
             Err(detail) => {
                 damaged.get_or_insert((kf.key, detail));
             }
         }
+    }
+    if let (None, Some(key)) = (&damaged, foreign) {
+        return Err(Error::DamagedKey {
+            location: url.to_string(),
+            key,
+            detail: "the password opens only a key that is not the one this repository's config names (left by an init that lost a race to create the repository); the repository's own key file is missing: restore keys/ from another destination or a copy".into(),
+        });
     }
     match damaged {
         // The damaged file may be the one this password opens.

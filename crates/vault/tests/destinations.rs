@@ -318,3 +318,78 @@ async fn racing_inits_leave_one_repository_with_one_key() {
     let report = again.verify(&VerifyOptions::default()).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// The key file an init that lost the race leaves for a moment (it takes it away once it
+/// sees the config is not its own) opens with the same password. A process opening the
+/// repository in that moment must still take the repository's own key: before, it took the
+/// first key file the password opened, and could seal everything it wrote with keys nobody
+/// else had (seen as "index ... fails authentication" on the other nodes of a cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_inits_leftover_key_is_never_used() {
+    let t = tempfile::tempdir().unwrap();
+    let shared = t.path().join("shared");
+    let local = shared.to_string_lossy().into_owned();
+    let o = opts(&t.path().join("spool"));
+    let repo = Arc::new(
+        Repository::init(&[&local], None, PASSWORD, &o)
+            .await
+            .unwrap(),
+    );
+    let own = std::fs::read_dir(shared.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    // Another init with the same password, elsewhere: its key file is what a loser leaves.
+    // Keep making one until its name sorts before the repository's own (listings are in
+    // name order), so the old code would have taken it.
+    let mut leftover = None;
+    for i in 0..40 {
+        let other = t.path().join(format!("other-{i}"));
+        let other_url = other.to_string_lossy().into_owned();
+        Repository::init(&[&other_url], None, PASSWORD, &o)
+            .await
+            .unwrap();
+        let name = std::fs::read_dir(other.join("keys"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name();
+        if name < own {
+            std::fs::copy(
+                other.join("keys").join(&name),
+                shared.join("keys").join(&name),
+            )
+            .unwrap();
+            leftover = Some(name);
+            break;
+        }
+    }
+    let leftover = leftover.expect("a key name sorting first within 40 tries");
+    let src = t.path().join("site");
+    make_tree(&src, 100_000);
+    repo.backup(&[&src], &BackupOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let opened = Repository::open(&local, PASSWORD, &o).await.unwrap();
+    assert_eq!(
+        opened.key().key,
+        format!("keys/{}", own.to_string_lossy()),
+        "the repository's own key, not the leftover"
+    );
+    let report = opened.verify(&VerifyOptions::default()).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // With its own key gone, the leftover alone is refused, and said why.
+    std::fs::remove_file(shared.join("keys").join(&own)).unwrap();
+    let err = Repository::open(&local, PASSWORD, &o)
+        .await
+        .err()
+        .expect("a leftover key opens nothing")
+        .to_string();
+    assert!(
+        err.contains(&leftover.to_string_lossy().to_string()) && err.contains("config names"),
+        "{err}"
+    );
+}

@@ -81,6 +81,7 @@ pub(super) fn status(report: &StatusReport, json: bool) {
                     "TERM",
                     "APPLIED",
                     "FRONT DOOR",
+                    "BEHIND",
                     "HEALTH",
                 ]
                 .map(String::from)
@@ -94,10 +95,33 @@ pub(super) fn status(report: &StatusReport, json: bool) {
                     n.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                     format!("{}/{}", n.applied.0, n.applied.1),
                     n.front_door.clone(),
+                    match &n.behind {
+                        None => "-".into(),
+                        Some(b) if !b.connected => "not connected".into(),
+                        Some(b) if b.changes == 0 => "0".into(),
+                        Some(b) => format!(
+                            "{} changes, {} bytes, {:.1}s",
+                            b.changes, b.bytes, b.seconds
+                        ),
+                    },
                     n.health.clone().unwrap_or_else(|| "ok".into()),
                 ]);
             }
             print_table(&rows);
+        }
+        if let Some(w) = &report.loss_window {
+            match &w.best_standby {
+                Some(best) if w.changes == 0 => println!(
+                    "durability async: {best} (another zone) holds everything; losing this node now loses nothing acknowledged"
+                ),
+                Some(best) => println!(
+                    "durability async: losing this node now loses {} changes ({} bytes, the oldest {:.1}s old) that {best} (another zone) does not have yet",
+                    w.changes, w.bytes, w.seconds
+                ),
+                None => println!(
+                    "durability async: no standby in another zone is connected; losing this node now loses every change since the last segment in the vault"
+                ),
+            }
         }
     }
     if report.state != lifeboat_control::SITE_STATE && !report.state.is_empty() {

@@ -82,13 +82,16 @@ pub enum EtcdError {
     NoEndpoints,
 
     #[error(
-        "{url:?} is not an etcd client URL ({reason}); write http://HOST:PORT (etcd's client \
-         port, 2379 by default)"
+        "{url:?} is not an etcd client URL ({reason}); write http://HOST:PORT or \
+         https://HOST:PORT (etcd's client port, 2379 by default)"
     )]
     BadEndpoint { url: String, reason: String },
 
     #[error("could not build the HTTP client for etcd: {0}")]
     Client(#[source] reqwest::Error),
+
+    #[error("TLS to etcd: {0}; check [cluster] etcd_ca, etcd_cert and etcd_key")]
+    BadTls(String),
 
     #[error(
         "could not {op}: no etcd endpoint answered ({}); check that etcd runs, that a majority \

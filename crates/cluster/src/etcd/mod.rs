@@ -35,13 +35,36 @@ impl std::fmt::Display for LeaseId {
 /// Where etcd is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
-    /// Client URLs of etcd's members, `http://HOST:PORT`.
+    /// Client URLs of etcd's members, `http://HOST:PORT` or `https://HOST:PORT`.
     pub endpoints: Vec<String>,
     /// The longest one attempt at one endpoint may take, connection included. Short: a member
     /// that does not answer within it is treated as down and the next one is tried.
     pub request_timeout: Duration,
     /// The longest a TCP connection may take to open.
     pub connect_timeout: Duration,
+    /// TLS settings for `https://` endpoints (`None`: the system's roots, no client
+    /// certificate).
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: whom to trust, and who this client is.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM of the CA (or CAs) that signed etcd's server certificates; with it, only these are
+    /// trusted (not the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of this client's certificate followed by its private key, for etcd's
+    /// `--client-cert-auth`.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity_pem.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 impl EtcdConfig {
@@ -53,6 +76,7 @@ impl EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             request_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(200),
+            tls: None,
         }
     }
 }
@@ -285,14 +309,55 @@ impl EtcdClient {
         for url in &config.endpoints {
             endpoints.push(check_endpoint(url)?);
         }
-        let http = reqwest::Client::builder()
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https > 0 && https < endpoints.len() {
+            return Err(EtcdError::BadEndpoint {
+                url: endpoints.join(", "),
+                reason: "some endpoints are https:// and some http://; give every member with the same scheme".into(),
+            });
+        }
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             // etcd is reached directly; an HTTP proxy from the environment must not sit between
             // a lease and its renewals.
             .no_proxy()
-            .build()
-            .map_err(EtcdError::Client)?;
+            .https_only(https > 0);
+        if let Some(tls) = &config.tls {
+            if https == 0 {
+                return Err(EtcdError::BadEndpoint {
+                    url: endpoints.join(", "),
+                    reason: "TLS settings are given but the endpoints are http://; write them as https://".into(),
+                });
+            }
+            builder = builder.use_rustls_tls();
+            if let Some(ca) = &tls.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| {
+                    EtcdError::BadTls(format!("the etcd CA is not a PEM certificate: {e}"))
+                })?;
+                if certs.is_empty() {
+                    return Err(EtcdError::BadTls(
+                        "the etcd CA file holds no PEM certificate".into(),
+                    ));
+                }
+                builder = builder.tls_built_in_root_certs(false);
+                for c in certs {
+                    builder = builder.add_root_certificate(c);
+                }
+            }
+            if let Some(identity) = &tls.identity_pem {
+                let identity = reqwest::Identity::from_pem(identity).map_err(|e| {
+                    EtcdError::BadTls(format!(
+                        "the client certificate and key are not a PEM certificate followed by its PEM private key: {e}"
+                    ))
+                })?;
+                builder = builder.identity(identity);
+            }
+        }
+        let http = builder.build().map_err(EtcdError::Client)?;
         Ok(EtcdClient {
             inner: Arc::new(Inner {
                 http,
@@ -692,13 +757,8 @@ fn check_endpoint(url: &str) -> Result<String, EtcdError> {
     };
     let parsed = reqwest::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "TLS to etcd is not supported yet: reach etcd over plain HTTP on a private network",
-            ));
-        }
-        other => return Err(bad(&format!("the scheme {other} is not http"))),
+        "http" | "https" => {}
+        other => return Err(bad(&format!("the scheme {other} is not http or https"))),
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));

@@ -4,6 +4,7 @@
 //! The manifest is the same on every node, so what differs per node (its name, zone and
 //! address) comes from `lifeboat up --node NAME --zone ZONE --advertise IP`, never from here.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -40,6 +41,20 @@ pub struct ClusterSpec {
     /// The TCP port each node listens on for the other nodes (the stream of changes,
     /// confirmations), on its advertised address (`peer_port`, default 7440).
     pub peer_port: u16,
+    /// TLS to etcd (`https://` endpoints): the CA that signed etcd's certificate
+    /// (`etcd_ca`; the system's roots when absent) and this node's client certificate and key
+    /// (`etcd_cert`, `etcd_key`, for etcd's `--client-cert-auth`). Paths as written (relative
+    /// to the site dir; resolving is the daemon's job).
+    pub etcd_tls: Option<EtcdTlsSpec>,
+}
+
+/// Files for TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsSpec {
+    /// PEM of the CA that signed etcd's server certificates.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate and PEM private key of this node, when etcd asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
@@ -55,6 +70,9 @@ pub(super) struct RawCluster {
     lease_ttl: Option<Spanned<String>>,
     sync_timeout: Option<Spanned<String>>,
     peer_port: Option<Spanned<i64>>,
+    etcd_ca: Option<Spanned<String>>,
+    etcd_cert: Option<Spanned<String>>,
+    etcd_key: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -149,13 +167,66 @@ impl Validator<'_> {
                 }
             },
         };
+        let etcd_tls = self.etcd_tls(span, &etcd, raw.etcd_ca, raw.etcd_cert, raw.etcd_key);
         ClusterSpec {
             etcd,
             durability,
             lease_ttl,
             sync_timeout,
             peer_port,
+            etcd_tls,
         }
+    }
+
+    fn etcd_tls(
+        &mut self,
+        span: std::ops::Range<usize>,
+        etcd: &[String],
+        ca: Option<Spanned<String>>,
+        cert: Option<Spanned<String>>,
+        key: Option<Spanned<String>>,
+    ) -> Option<EtcdTlsSpec> {
+        let https = etcd.iter().filter(|u| u.starts_with("https://")).count();
+        if https > 0 && https < etcd.len() {
+            self.problem(
+                Some(span.clone()),
+                "cluster.etcd",
+                "some etcd endpoints are https:// and some http://".into(),
+                "give every member's URL with the same scheme (https:// when etcd serves TLS)"
+                    .into(),
+            );
+        }
+        let client = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                Some((PathBuf::from(c.into_inner()), PathBuf::from(k.into_inner())))
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                self.problem(
+                    Some(one.span()),
+                    "cluster.etcd_cert",
+                    "etcd_cert and etcd_key go together, and only one is given".into(),
+                    "give both: etcd_cert = \".lifeboat/etcd/node.pem\" and etcd_key = \".lifeboat/etcd/node-key.pem\"".into(),
+                );
+                None
+            }
+        };
+        let ca = ca.map(|c| PathBuf::from(c.into_inner()));
+        if ca.is_none() && client.is_none() {
+            return (https > 0).then_some(EtcdTlsSpec {
+                ca: None,
+                client: None,
+            });
+        }
+        if https == 0 {
+            self.problem(
+                Some(span),
+                "cluster.etcd_ca",
+                "etcd_ca, etcd_cert or etcd_key is set, but the etcd URLs are http://, so no TLS is used".into(),
+                "write the etcd URLs as https://HOST:2379, or remove the TLS settings".into(),
+            );
+        }
+        Some(EtcdTlsSpec { ca, client })
     }
 }
 
@@ -212,5 +283,76 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key) && err.contains(fix), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_to_etcd_takes_a_ca_and_a_client_certificate_with_https_endpoints() {
+        let m = parse(
+            "etcd = [\"https://a:2379\", \"https://b:2379\"]\netcd_ca = \".lifeboat/etcd/ca.pem\"\n\
+             etcd_cert = \".lifeboat/etcd/n.pem\"\netcd_key = \".lifeboat/etcd/n-key.pem\"\n",
+        )
+        .unwrap();
+        let tls = m.cluster.unwrap().etcd_tls.unwrap();
+        assert_eq!(tls.ca, Some(PathBuf::from(".lifeboat/etcd/ca.pem")));
+        assert_eq!(
+            tls.client,
+            Some((
+                ".lifeboat/etcd/n.pem".into(),
+                ".lifeboat/etcd/n-key.pem".into()
+            ))
+        );
+        // https with the system's roots and no client certificate.
+        let m = parse("etcd = [\"https://a:2379\"]\n").unwrap();
+        assert_eq!(
+            m.cluster.unwrap().etcd_tls,
+            Some(EtcdTlsSpec {
+                ca: None,
+                client: None
+            })
+        );
+        assert_eq!(
+            parse("etcd = [\"http://a:2379\"]\n")
+                .unwrap()
+                .cluster
+                .unwrap()
+                .etcd_tls,
+            None
+        );
+        for (text, key, fix) in [
+            (
+                "etcd = [\"https://a:2379\"]\netcd_cert = \"n.pem\"\n",
+                "cluster.etcd_cert",
+                "give both",
+            ),
+            (
+                "etcd = [\"http://a:2379\"]\netcd_ca = \"ca.pem\"\n",
+                "cluster.etcd_ca",
+                "https://HOST:2379",
+            ),
+            (
+                "etcd = [\"http://a:2379\", \"https://b:2379\"]\n",
+                "cluster.etcd",
+                "same scheme",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key) && err.contains(fix), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_mariadb_site_is_refused_on_several_nodes_with_what_to_do() {
+        let err = Manifest::parse(
+            "lifeboat.toml",
+            "[site]\nname = \"blog\"\n[processes.web]\ncommand = \"x\"\n\
+             [state]\nmariadb = { database = \"wordpress\" }\n\
+             [cluster]\netcd = [\"http://10.0.1.5:2379\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cluster") && err.contains("MariaDB") && err.contains("remove [cluster]"),
+            "{err}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lifeboat_timeline::replication::{ApplyStep, FaultHook};
-use lifeboat_timeline::{Replica, ReplicaConfig, ReplicaOptions};
+use lifeboat_timeline::{Replica, ReplicaConfig, ReplicaOptions, StreamKey};
 use lifeboat_vault::{OpenOptions, Repository};
 
 type Failure = Box<dyn std::error::Error>;
@@ -92,6 +92,7 @@ async fn main() -> Result<(), Failure> {
         databases: dbs,
         data_dirs: dirs,
         meta_dir: meta.ok_or("--meta")?,
+        key: StreamKey::new(repo.derive_key(StreamKey::CONTEXT)),
         options: ReplicaOptions {
             reconnect_max: Duration::from_millis(500),
             fault,

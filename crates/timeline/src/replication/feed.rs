@@ -39,6 +39,10 @@ pub struct FeedOptions {
     /// A batch larger than this is not streamed: the window starts over after it, and
     /// standbys that need it resync from the vault.
     pub max_batch_bytes: u64,
+    /// A promoted standby's last applied batches ([`crate::Replica::stop_keeping_history`]):
+    /// the window starts with them, so a standby that lacks some of them is sent them
+    /// instead of restoring from the vault.
+    pub history: Option<std::sync::Arc<super::ReplicaHistory>>,
 }
 
 impl FeedOptions {
@@ -49,6 +53,7 @@ impl FeedOptions {
             window_batches: 100_000,
             window_bytes: 128 << 20,
             max_batch_bytes: 256 << 20,
+            history: None,
         }
     }
 }
@@ -225,6 +230,43 @@ impl FeedInner {
                 },
             },
         );
+    }
+
+    /// Publishes [`FeedOptions::history`] first, once every source is added, when it ends
+    /// exactly where each source's capture starts (else nothing: the history is not what
+    /// this capture continues). Every source it holds records of then counts as streamable
+    /// from its first record there. Returns how many batches were published.
+    pub(crate) fn seed_history(&self) -> usize {
+        let Some(history) = self.options.history.clone() else {
+            return 0;
+        };
+        if history.is_empty() {
+            return 0;
+        }
+        let (last, first) = (history.last_seqs(), history.first_seqs());
+        {
+            let s = self.state.lock().unwrap();
+            let continues = last
+                .iter()
+                .all(|(name, seq)| s.sources.get(name).is_some_and(|src| src.base_seq == *seq));
+            if !continues || s.next_seq != self.first_seq {
+                return 0;
+            }
+        }
+        for b in &history.batches {
+            self.publish(b.sources.clone(), b.contents.clone(), None);
+        }
+        let mut s = self.state.lock().unwrap();
+        if s.window.len() != history.len() {
+            // A batch did not fit in the window: keep what publishing decided.
+            return 0;
+        }
+        for (name, seq) in first {
+            if let Some(src) = s.sources.get_mut(&name) {
+                src.base_seq = src.base_seq.min(seq.saturating_sub(1));
+            }
+        }
+        history.len()
     }
 
     /// The position covering everything published so far.

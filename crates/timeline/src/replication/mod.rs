@@ -21,13 +21,17 @@
 mod batch;
 pub mod error;
 pub(crate) mod feed;
+mod history;
 mod replica;
+#[doc(hidden)]
+pub mod sealed;
 mod server;
 pub(crate) mod stage;
 pub mod wire;
 
 pub use error::StreamError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStatus};
+pub use history::ReplicaHistory;
 pub use lifeboat_core::cluster::{FailsafeRequest, Position, Term};
 #[doc(hidden)]
 pub use replica::{ApplyStep, FaultHook, inspect_replica_state};
@@ -35,6 +39,7 @@ pub use replica::{
     ConfirmPolicy, Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus,
     seed_capture_state,
 };
+pub use sealed::{HandshakeError, StreamKey};
 pub use server::{
     AckedBy, ServerOptions, StandbyInfo, StandbyStatus, StreamServer, StreamServerConfig,
     StreamServerStatus,

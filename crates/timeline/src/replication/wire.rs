@@ -485,6 +485,10 @@ pub enum ReadError {
     /// The bytes were not a valid frame.
     #[error("{0}")]
     Frame(#[from] FrameError),
+    /// A sealed record did not open (`sealed`): altered, replayed, or from a peer without
+    /// the site's vault key.
+    #[error("{0}")]
+    Sealed(String),
 }
 
 /// Reads one frame. `Ok(None)` when the peer closed the connection between frames.

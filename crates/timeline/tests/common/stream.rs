@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_timeline::{
-    FeedOptions, Position, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, StreamServer,
-    StreamServerConfig, TimelineWorker, WorkerOptions,
+    FeedOptions, Position, Replica, ReplicaConfig, ReplicaOptions, ServerOptions, StreamKey,
+    StreamServer, StreamServerConfig, TimelineWorker, WorkerOptions,
 };
 use lifeboat_vault::Repository;
 
@@ -32,11 +32,17 @@ pub fn feed_options(term: u64) -> WorkerOptions {
     }
 }
 
-pub fn server_config() -> StreamServerConfig {
+/// The stream key every node of the test site derives from its vault key.
+pub fn stream_key(repo: &Repository) -> StreamKey {
+    StreamKey::new(repo.derive_key(StreamKey::CONTEXT))
+}
+
+pub fn server_config(repo: &Repository) -> StreamServerConfig {
     StreamServerConfig {
         site: "guestbook".into(),
         node: "primary".into(),
         zone: "zone-a".into(),
+        key: stream_key(repo),
         options: ServerOptions {
             heartbeat_interval: Duration::from_millis(200),
             standby_timeout: Duration::from_secs(3),
@@ -54,7 +60,7 @@ impl Primary {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server =
-            StreamServer::start(listener, worker.feed().unwrap(), server_config()).unwrap();
+            StreamServer::start(listener, worker.feed().unwrap(), server_config(&repo)).unwrap();
         Primary {
             site,
             repo,
@@ -106,8 +112,10 @@ impl StandbyDirs {
         }
     }
 
-    pub fn config(&self, options: ReplicaOptions) -> ReplicaConfig {
+    /// A replica's config; `repo` is the site's vault (the stream key comes from its key).
+    pub fn config(&self, options: ReplicaOptions, repo: &Repository) -> ReplicaConfig {
         ReplicaConfig {
+            key: stream_key(repo),
             site: "guestbook".into(),
             node: "standby".into(),
             zone: "zone-b".into(),
@@ -139,7 +147,7 @@ pub fn quick_replica_options() -> ReplicaOptions {
 /// A standby in this process, opening the vault on its own.
 pub async fn start_replica(p: &Primary, dirs: &StandbyDirs, options: ReplicaOptions) -> Replica {
     let repo = p.site.open_vault(&p.site.dest_a, "standby-spool").await;
-    Replica::start(dirs.config(options), repo, Some(p.addr()))
+    Replica::start(dirs.config(options, &repo), repo, Some(p.addr()))
         .await
         .unwrap()
 }

@@ -8,23 +8,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lifeboat_core::cluster::{FailsafeRequest, Term};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
+
+use crate::replication::sealed::{SealedReader, SealedWriter, initiate};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::super::batch::{self, DecodedBatch};
 use super::super::error::StreamError;
 use super::super::wire::{
-    BatchAssembler, Confirmation, Frame, Hello, Message, Refusal, RefusalCode, read_frame,
-    write_frame,
+    BatchAssembler, Confirmation, Frame, Hello, Message, Refusal, RefusalCode,
 };
 use super::apply::Outcome;
 use super::{Ended, ReplicaState, Shared, SharedApplier, blocking};
 
-type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+type Reader = SealedReader<BufReader<tokio::net::tcp::OwnedReadHalf>>;
+type Writer = SealedWriter<BufWriter<tokio::net::tcp::OwnedWriteHalf>>;
 
 async fn send(w: &mut Writer, frame: Frame) -> std::io::Result<()> {
-    write_frame(w, &frame).await?;
+    w.write_frame(&frame).await?;
     w.flush().await
 }
 
@@ -47,9 +49,14 @@ pub(super) async fn follow(
         Err(_) => return retry(format!("connecting to the primary at {peer} timed out")),
     };
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let transport = match initiate(&mut stream, &cfg.key, opts.connect_timeout).await {
+        Ok(t) => t,
+        Err(e) => return retry(format!("the stream handshake with {peer} failed: {e}")),
+    };
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(1 << 16, rd);
-    let mut wr = BufWriter::new(wr);
+    let mut rd = SealedReader::new(BufReader::with_capacity(1 << 16, rd), transport.clone());
+    let mut wr = SealedWriter::new(BufWriter::new(wr), transport);
 
     // The term this standby must not go below, made durable first.
     let known = shared.known_term.load(Ordering::SeqCst);
@@ -83,7 +90,7 @@ pub(super) async fn follow(
     {
         return retry(format!("could not send hello to {peer}: {e}"));
     }
-    let first = match tokio::time::timeout(opts.primary_timeout, read_frame(&mut rd)).await {
+    let first = match tokio::time::timeout(opts.primary_timeout, rd.read_frame()).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return retry(format!("{peer} closed the connection")),
         Ok(Err(e)) => return retry(format!("reading from {peer} failed: {e}")),
@@ -164,7 +171,7 @@ enum ApplyEnd {
 async fn stream_batches(
     shared: &Arc<Shared>,
     applier: &SharedApplier,
-    mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut rd: Reader,
     wr: Writer,
     addr: SocketAddr,
     conn_term: u64,
@@ -211,7 +218,7 @@ async fn stream_batches(
     let mut stop_rx = shared.stop.subscribe();
     let ended = loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(opts.primary_timeout, read_frame(&mut rd)) => f,
+            f = tokio::time::timeout(opts.primary_timeout, rd.read_frame()) => f,
             end = end_rx.recv() => break match end {
                 Some(ApplyEnd::Resync(r)) => Ended::Resync(r),
                 Some(ApplyEnd::Failed(why)) => Ended::Retry { why, streamed: true },
@@ -372,7 +379,7 @@ async fn stream_batches(
 
 async fn write_loop(mut wr: Writer, mut rx: mpsc::Receiver<Frame>) {
     while let Some(frame) = rx.recv().await {
-        if write_frame(&mut wr, &frame).await.is_err() {
+        if wr.write_frame(&frame).await.is_err() {
             return;
         }
         // Send at once unless more is queued (acks are what a held response waits for).
@@ -459,6 +466,11 @@ async fn apply_loop(
         match result {
             Ok(Outcome::Applied(position)) => {
                 waiting_since = None;
+                shared
+                    .history
+                    .lock()
+                    .unwrap()
+                    .push(&batches, opts.history_bytes);
                 {
                     let a = applier.lock().unwrap();
                     let mut s = shared.status.lock().unwrap();

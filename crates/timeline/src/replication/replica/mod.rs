@@ -75,6 +75,10 @@ pub struct ReplicaOptions {
     pub intent_wait: Duration,
     /// Whether to confirm a primary's heartbeats (failsafe mode).
     pub confirm: Option<ConfirmPolicy>,
+    /// How many bytes of the batches applied last to keep, so that after a promotion the
+    /// new primary can send other standbys what they lack instead of a restore
+    /// ([`Replica::stop_keeping_history`]).
+    pub history_bytes: u64,
     /// Called at each step of applying a group (tests only).
     #[doc(hidden)]
     pub fault: Option<FaultHook>,
@@ -93,6 +97,7 @@ impl Default for ReplicaOptions {
             resync_retry_max: Duration::from_secs(30),
             intent_wait: Duration::from_secs(30),
             confirm: None,
+            history_bytes: 64 << 20,
             fault: None,
         }
     }
@@ -126,6 +131,8 @@ pub struct ReplicaConfig {
     pub data_dirs: Vec<PathBuf>,
     /// Where the replica keeps its own state (`replica.state`); not inside a data dir.
     pub meta_dir: PathBuf,
+    /// The key the primary must prove it holds (derived from the site's vault key).
+    pub key: crate::replication::StreamKey,
     /// Behaviour.
     pub options: ReplicaOptions,
 }
@@ -200,6 +207,8 @@ struct Shared {
     known_term: AtomicU64,
     primary: watch::Sender<Option<SocketAddr>>,
     stop: watch::Sender<bool>,
+    /// The batches applied last (none since a restore).
+    history: Mutex<super::ReplicaHistory>,
 }
 
 impl Shared {
@@ -300,6 +309,7 @@ impl Replica {
             known_term: AtomicU64::new(0),
             primary: watch::channel(primary).0,
             stop: watch::channel(false).0,
+            history: Mutex::new(super::ReplicaHistory::default()),
         });
         let task = tokio::spawn(drive(shared.clone(), Arc::new(Mutex::new(applier)), repo));
         Ok(Replica {
@@ -331,15 +341,28 @@ impl Replica {
     /// Stops following: the group being applied is finished (never cut), the connection
     /// closed, and every database log copied back into its file, so the copy is plain
     /// database files and data dirs the app can run on. Returns the final status.
-    pub async fn stop(mut self) -> Result<ReplicaStatus, StreamError> {
+    pub async fn stop(self) -> Result<ReplicaStatus, StreamError> {
+        self.stop_keeping_history().await.map(|(status, _)| status)
+    }
+
+    /// [`stop`](Self::stop), and the batches applied last, ending exactly where the copy
+    /// ends (empty when they do not): a promoted standby's feed starts with them
+    /// ([`crate::replication::FeedOptions::history`]).
+    pub async fn stop_keeping_history(
+        mut self,
+    ) -> Result<(ReplicaStatus, super::ReplicaHistory), StreamError> {
         self.shared.stop.send_replace(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
         let status = self.status();
+        let history = std::mem::take(&mut *self.shared.history.lock().unwrap());
         match status.last_error.clone() {
             Some(e) if status.state != ReplicaState::Stopped => Err(StreamError::Invalid(e)),
-            _ => Ok(status),
+            _ => {
+                let history = history.ending_at(&status.sources);
+                Ok((status, history))
+            }
         }
     }
 }
@@ -461,6 +484,8 @@ async fn restore(
     reason: &str,
 ) -> Result<(), StreamError> {
     let cfg = &shared.config;
+    // What was applied before is no longer what the copy continues from.
+    shared.history.lock().unwrap().clear();
     {
         let mut s = shared.status.lock().unwrap();
         s.resyncs += 1;

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
+
+use crate::replication::sealed::{SealedReader, SealedWriter, respond};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -15,7 +17,7 @@ use super::super::Position;
 use super::super::feed::{Next, StartPlan};
 use super::super::wire::{
     Confirmation, Frame, Heartbeat, Hello, Message, Refusal, RefusalCode, Resync, Welcome,
-    batch_parts, read_frame, write_frame,
+    batch_parts,
 };
 use super::{Shared, Standby, StandbyInfo};
 
@@ -37,11 +39,11 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-type Reader = BufReader<OwnedReadHalf>;
-type Writer = BufWriter<OwnedWriteHalf>;
+type Reader = SealedReader<BufReader<OwnedReadHalf>>;
+type Writer = SealedWriter<BufWriter<OwnedWriteHalf>>;
 
 async fn send(w: &mut Writer, term: u64, message: Message) -> std::io::Result<()> {
-    write_frame(w, &Frame { term, message }).await?;
+    w.write_frame(&Frame { term, message }).await?;
     w.flush().await
 }
 
@@ -53,13 +55,18 @@ async fn refuse(w: &mut Writer, term: u64, code: RefusalCode, reason: String) {
 /// confirmations in, until either side stops.
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let within = shared.config.options.hello_timeout;
+    // A peer without the site's vault key learns nothing and is told nothing: the
+    // connection just closes.
+    let Ok(transport) = respond(&mut stream, &shared.config.key, within).await else {
+        return;
+    };
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    let mut wr = BufWriter::with_capacity(1 << 16, wr);
+    let mut rd = SealedReader::new(BufReader::new(rd), transport.clone());
+    let mut wr = SealedWriter::new(BufWriter::with_capacity(1 << 16, wr), transport);
     let term = shared.term;
-    let hello = match tokio::time::timeout(shared.config.options.hello_timeout, read_frame(&mut rd))
-        .await
-    {
+    let hello = match tokio::time::timeout(within, rd.read_frame()).await {
         Ok(Ok(Some(frame))) => frame,
         // Silence, a close or bytes that are not a frame: nothing to answer.
         Ok(Err(e)) => {
@@ -233,7 +240,7 @@ async fn read_from_standby(
 ) {
     let timeout = shared.config.options.standby_timeout;
     let why = loop {
-        let frame = match tokio::time::timeout(timeout, read_frame(&mut rd)).await {
+        let frame = match tokio::time::timeout(timeout, rd.read_frame()).await {
             Err(_) => break format!("silent for {timeout:?}"),
             Ok(Ok(None)) => break "the standby closed the connection".to_string(),
             Ok(Err(e)) => break e.to_string(),
@@ -326,7 +333,7 @@ async fn send_to_standby(
         };
         let sending = async {
             if let Some(m) = message {
-                write_frame(wr, &Frame { term, message: m }).await?;
+                wr.write_frame(&Frame { term, message: m }).await?;
             }
             let batches = match shared.feed.next_after(cursor, 64) {
                 Next::Gone => {
@@ -346,7 +353,7 @@ async fn send_to_standby(
                         term,
                         message: Message::BatchPart(part),
                     };
-                    write_frame(wr, &frame).await?;
+                    wr.write_frame(&frame).await?;
                 }
                 cursor = b.position.seq;
             }

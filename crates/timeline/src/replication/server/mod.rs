@@ -58,6 +58,8 @@ pub struct StreamServerConfig {
     pub node: String,
     /// This node's zone.
     pub zone: String,
+    /// The key standbys must prove they hold (derived from the site's vault key).
+    pub key: crate::replication::StreamKey,
     /// Timings.
     pub options: ServerOptions,
 }
