@@ -602,3 +602,32 @@ fn free_port() -> Result<u16> {
         .map(|a| a.port())
         .map_err(SimError::io("find a free port on", "127.0.0.1"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_never_uses_the_sites_front_door_or_vault_destinations() {
+        let site = r#"
+[site]
+name = "shop"
+[processes.web]
+command = "./run"
+[proxy]
+listen = "0.0.0.0:80"
+trusted_proxies = ["10.0.0.5"]
+[vault]
+destinations = ["/mnt/backup/shop", "s3://bucket/shop"]
+quorum = 2
+"#;
+        let (raw, manifest) = sandbox_manifest(site, 41234).unwrap();
+        assert_eq!(manifest.proxy.listen, "127.0.0.1:41234".parse().unwrap());
+        assert!(manifest.proxy.trusted_proxies.is_empty());
+        let vault = manifest.vault.unwrap();
+        assert_eq!(vault.destinations, [".lifeboat/vault", SECOND_DESTINATION]);
+        assert_eq!(vault.quorum, Some(1));
+        assert!(!toml::to_string(&raw).unwrap().contains("/mnt/backup"));
+        assert!(!toml::to_string(&raw).unwrap().contains("s3://"));
+    }
+}
