@@ -191,8 +191,10 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
         "a healthy guestbook with 3 replicas passes; stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&run.out.stderr)
     );
+    // The promise: 60 s on this 2-core machine (45 s measured with the other tests of this
+    // file running beside it).
     assert!(
-        run.took < Duration::from_secs(90),
+        run.took < Duration::from_secs(60),
         "--quick took {:?}",
         run.took
     );
