@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod simulate;
 mod site;
 mod timeline;
 mod vault;
@@ -47,6 +48,10 @@ pub enum Command {
     Timeline(timeline::TimelineCommand),
     #[command(flatten)]
     Vault(vault::VaultCommand),
+    /// Copy the whole site from its vault into a sandbox, break it on purpose (load spikes,
+    /// killed processes, attacks, corruption) one fault at a time, and score how it held.
+    /// Never touches the live site. Exit code 0 only when every target held.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Site(cmd) => site::run(cmd, &global),
         Command::Timeline(cmd) => timeline::run(cmd, &global),
         Command::Vault(cmd) => vault::run(cmd, &global),
+        Command::Simulate(args) => simulate::run(args, &global),
     };
     match result {
         Ok(code) => code,

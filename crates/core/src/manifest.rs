@@ -25,7 +25,9 @@ pub use cluster::{ClusterSpec, Durability, EtcdTlsSpec};
 pub use isolation::IsolationSpec;
 pub use mariadb::{DEFAULT_MARIADB_DIR, MariaDbSpec};
 mod limits;
+mod simulate;
 pub use limits::{DEFAULT_PIDS, ResourceLimits, format_size, parse_size};
+pub use simulate::{LoginSpec, ProbeSpec, SimulateSpec, Targets, WeightedPath};
 
 /// The manifest's usual file name, next to the site.
 pub const MANIFEST_FILE: &str = "lifeboat.toml";
@@ -51,6 +53,8 @@ pub struct Manifest {
     pub isolation: IsolationSpec,
     /// Several nodes with their state in etcd (`[cluster]`); `None`: one machine.
     pub cluster: Option<ClusterSpec>,
+    /// What `lifeboat simulate` sends and checks (`[simulate]`); `None`: the defaults.
+    pub simulate: Option<SimulateSpec>,
 }
 
 /// One kind of program of the site, run `replicas` times, each with its own `$PORT`.
@@ -213,6 +217,7 @@ struct RawManifest {
     #[serde(default)]
     isolation: isolation::RawIsolation,
     cluster: Option<Spanned<cluster::RawCluster>>,
+    simulate: Option<simulate::RawSimulate>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +378,7 @@ impl Validator<'_> {
                 "remove [cluster] and run the site on one machine (its vault keeps it restorable anywhere with `lifeboat restore-site`), or keep the site's data in SQLite".into(),
             );
         }
+        let simulate = raw.simulate.map(|s| self.simulate(s));
         Manifest {
             site,
             processes,
@@ -383,6 +389,7 @@ impl Validator<'_> {
             credentials,
             isolation,
             cluster,
+            simulate,
         }
     }
 

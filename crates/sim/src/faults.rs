@@ -1,0 +1,583 @@
+//! The fault catalogue: how each fault is injected into the sandbox, the evidence that it
+//! really happened, and how it is undone.
+//!
+//! Every injected fault is held by an [`Injected`] whose `Drop` undoes what can be undone at
+//! once (a stopped instance gets SIGCONT, an attack's tasks are aborted), so an early exit
+//! (an error, Ctrl-C, a panic) leaves no fault behind; what lives in the sandbox's files goes
+//! with the sandbox. Nothing here touches anything outside the sandbox, and all traffic goes
+//! to its front door on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::task::JoinSet;
+
+use crate::error::Result;
+pub use crate::fault_tools::{UPLOAD_NAME, plant_upload};
+use crate::fault_tools::{
+    bring_back, destination_state, flip_bytes, join, proc_state, slow_client, wait_for,
+};
+use crate::load::{Http, Kind, Load, Recorder, RequestSpec, Scenario};
+use crate::sandbox::{Sandbox, alive, healthy_instances};
+
+/// The faults the simulator knows, in the order a run injects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// The arrival rate ramps up to ten times the baseline.
+    UsageSpike,
+    /// `kill -9` of one instance.
+    KillInstance,
+    /// SIGSTOP of one instance (hung, not dead), SIGCONT when undone.
+    HangInstance,
+    /// `kill -9` of every instance at once.
+    KillAllInstances,
+    /// Many clients that open connections and send their request a byte at a time.
+    SlowClients,
+    /// Thousands of wrong passwords on the login path.
+    CredentialStuffing,
+    /// One of the sandbox's two vault destinations unreachable while the site writes, then back.
+    VaultDestinationDown,
+    /// The disk that holds the state full (a small filesystem of the sandbox's, filled).
+    DiskFull,
+    /// `kill -9` of the sandbox's Lifeboat, then started again.
+    KillLifeboat,
+    /// Files written into a data dir by something that should not (a "virus"); then a rewind
+    /// to just before.
+    Virus,
+    /// Bytes flipped in a database page; then a rewind to just before.
+    Corruption,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::UsageSpike,
+        FaultKind::KillInstance,
+        FaultKind::HangInstance,
+        FaultKind::KillAllInstances,
+        FaultKind::SlowClients,
+        FaultKind::CredentialStuffing,
+        FaultKind::VaultDestinationDown,
+        FaultKind::DiskFull,
+        FaultKind::KillLifeboat,
+        FaultKind::Virus,
+        FaultKind::Corruption,
+    ];
+
+    /// The name in the report and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::UsageSpike => "usage-spike",
+            FaultKind::KillInstance => "kill-instance",
+            FaultKind::HangInstance => "hang-instance",
+            FaultKind::KillAllInstances => "kill-all-instances",
+            FaultKind::SlowClients => "slow-clients",
+            FaultKind::CredentialStuffing => "credential-stuffing",
+            FaultKind::VaultDestinationDown => "vault-destination-down",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::KillLifeboat => "kill-lifeboat",
+            FaultKind::Virus => "virus",
+            FaultKind::Corruption => "corruption",
+        }
+    }
+
+    /// What it does, in a site owner's words.
+    pub fn title(self) -> &'static str {
+        match self {
+            FaultKind::UsageSpike => "usage spike (up to 10x the visitors)",
+            FaultKind::KillInstance => "one instance killed (kill -9)",
+            FaultKind::HangInstance => "one instance hung (SIGSTOP)",
+            FaultKind::KillAllInstances => "every instance killed at once",
+            FaultKind::SlowClients => "a flood of slow clients",
+            FaultKind::CredentialStuffing => "credential stuffing on the login path",
+            FaultKind::VaultDestinationDown => "a vault destination down during writes, then back",
+            FaultKind::DiskFull => "the state's disk full",
+            FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
+            FaultKind::Virus => "a virus writes files into the uploads",
+            FaultKind::Corruption => "database corruption (bytes flipped in a page)",
+        }
+    }
+
+    /// Whether the site is rewound after it (the fault destroys or plants data).
+    pub fn rewinds(self) -> bool {
+        matches!(self, FaultKind::Virus | FaultKind::Corruption)
+    }
+
+    /// Whether it takes the whole site down, so it is judged by its recovery time rather
+    /// than by the share of requests answered.
+    pub fn takes_all_down(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillAllInstances | FaultKind::KillLifeboat | FaultKind::Corruption
+        )
+    }
+}
+
+/// A fault as it was injected: the evidence, and what undoing it takes.
+pub struct Injected {
+    pub kind: FaultKind,
+    /// What shows it really happened (pids killed, files written, answers seen).
+    pub evidence: String,
+    /// Set when the fault could not be injected: why.
+    pub skipped: Option<String>,
+    /// When, since the run started.
+    pub at: Duration,
+    /// Wall-clock time of the injection (for events and rewinds).
+    pub wall: time::OffsetDateTime,
+    stopped_group: Option<i32>,
+    attack: Option<JoinSet<()>>,
+    attack_load: Option<Load>,
+    /// Files planted (virus) or damaged (corruption).
+    pub files: Vec<PathBuf>,
+    /// A destination moved away (`from`, `to`) with a file in its place.
+    moved_destination: Option<(PathBuf, PathBuf)>,
+    /// The filler file that fills the state's disk.
+    filler: Option<PathBuf>,
+}
+
+impl Injected {
+    fn new(kind: FaultKind, recorder: &Recorder) -> Injected {
+        Injected {
+            kind,
+            evidence: String::new(),
+            skipped: None,
+            at: recorder.now(),
+            wall: time::OffsetDateTime::now_utc(),
+            stopped_group: None,
+            attack: None,
+            attack_load: None,
+            files: Vec::new(),
+            moved_destination: None,
+            filler: None,
+        }
+    }
+
+    fn skip(mut self, why: impl Into<String>) -> Injected {
+        self.skipped = Some(why.into());
+        self
+    }
+}
+
+impl Drop for Injected {
+    /// Undoes at once what must never outlive the run.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.stopped_group.take() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
+        }
+        if let Some(mut set) = self.attack.take() {
+            set.abort_all();
+        }
+        drop(self.attack_load.take());
+        if let Some((dir, aside)) = self.moved_destination.take() {
+            let _ = bring_back(&dir, &aside);
+        }
+        if let Some(filler) = self.filler.take() {
+            let _ = std::fs::remove_file(filler);
+        }
+    }
+}
+
+/// What the fault needs from the run.
+pub struct Ctx<'a> {
+    pub sandbox: &'a mut Sandbox,
+    pub http: &'a Http,
+    pub recorder: &'a Arc<Recorder>,
+    /// The visitors' load (the spike changes its rate).
+    pub load: &'a Load,
+    pub base_rate: f64,
+    pub login: Option<RequestSpec>,
+    /// How many slow clients / how fast the stuffing goes.
+    pub slow_clients: usize,
+    pub attack_rate: f64,
+}
+
+/// Injects `kind`. A fault that cannot be injected here comes back with `skipped` set.
+pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
+    let mut f = Injected::new(kind, ctx.recorder);
+    match kind {
+        FaultKind::UsageSpike => {
+            // The ramp itself is driven by the phase (`spike_rate`); here it only starts.
+            f.evidence = format!("arrival rate ramps from {:.0}/s", ctx.base_rate);
+        }
+        FaultKind::KillInstance | FaultKind::KillAllInstances => {
+            let status = ctx.sandbox.status().await?;
+            let pids: Vec<u32> = healthy_instances(&status)
+                .iter()
+                .filter_map(|i| i.pid)
+                .take(if kind == FaultKind::KillInstance {
+                    1
+                } else {
+                    usize::MAX
+                })
+                .collect();
+            if pids.is_empty() {
+                return Ok(f.skip("no instance was running"));
+            }
+            f.at = ctx.recorder.now();
+            for &pid in &pids {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let dead = wait_for(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))).await;
+            f.evidence = format!(
+                "SIGKILL sent to pid {}; {}",
+                join(&pids),
+                if dead {
+                    "dead"
+                } else {
+                    "still alive after 5 s"
+                }
+            );
+            if !dead {
+                f.skipped = Some(format!("pid {} did not die", join(&pids)));
+            }
+        }
+        FaultKind::HangInstance => {
+            let status = ctx.sandbox.status().await?;
+            let Some(pid) = healthy_instances(&status).iter().find_map(|i| i.pid) else {
+                return Ok(f.skip("no instance was running"));
+            };
+            f.at = ctx.recorder.now();
+            // The instance leads its own process group: stop all of it (workers too).
+            if let Err(e) = killpg(Pid::from_raw(pid as i32), Signal::SIGSTOP) {
+                return Ok(f.skip(format!("SIGSTOP to process group {pid} failed: {e}")));
+            }
+            f.stopped_group = Some(pid as i32);
+            let stopped = wait_for(Duration::from_secs(2), || proc_state(pid) == Some('T')).await;
+            f.evidence = format!(
+                "SIGSTOP sent to process group {pid}; its state is {}",
+                proc_state(pid).map_or("gone".into(), |c| c.to_string())
+            );
+            if !stopped {
+                f.skipped = Some(format!("process {pid} did not stop"));
+            }
+        }
+        FaultKind::SlowClients => {
+            let mut set = JoinSet::new();
+            let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(ctx.slow_clients.max(1));
+            for _ in 0..ctx.slow_clients {
+                set.spawn(slow_client(ctx.sandbox.front_door, opened_tx.clone()));
+            }
+            drop(opened_tx);
+            let mut opened = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while opened < ctx.slow_clients {
+                match tokio::time::timeout_at(deadline, opened_rx.recv()).await {
+                    Ok(Some(())) => opened += 1,
+                    _ => break,
+                }
+            }
+            f.at = ctx.recorder.now();
+            f.evidence = format!(
+                "{opened} of {} connections open, each sending its request one byte a second",
+                ctx.slow_clients
+            );
+            f.attack = Some(set);
+        }
+        FaultKind::CredentialStuffing => {
+            let Some(login) = ctx.login.clone() else {
+                return Ok(f.skip(
+                    "no login path: add [simulate] login = { path = \"/login\" } to attack it",
+                ));
+            };
+            f.evidence = format!(
+                "POST {} with random passwords at {:.0}/s",
+                login.path, ctx.attack_rate
+            );
+            f.attack_load = Some(Load::start(
+                ctx.http.clone(),
+                ctx.recorder.clone(),
+                Scenario {
+                    requests: vec![login],
+                },
+                ctx.attack_rate,
+            ));
+        }
+        FaultKind::VaultDestinationDown => {
+            let dir = ctx.sandbox.site.join(crate::sandbox::SECOND_DESTINATION);
+            let aside = dir.with_extension("down");
+            f.at = ctx.recorder.now();
+            // A file where the directory was: every write to it fails (not even root can
+            // create a path beneath a file), as a destination that is down would.
+            let taken = std::fs::rename(&dir, &aside)
+                .and_then(|()| std::fs::write(&dir, b"down: lifeboat simulate\n"));
+            if let Err(e) = taken {
+                let _ = bring_back(&dir, &aside);
+                return Ok(f.skip(format!("could not take {} down: {e}", dir.display())));
+            }
+            f.moved_destination = Some((dir.clone(), aside));
+            let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+                !d.reachable || d.objects_behind > 0
+            })
+            .await;
+            f.evidence = format!(
+                "{} replaced by a file; {}",
+                dir.display(),
+                match seen {
+                    Some(d) => format!(
+                        "Lifeboat reports it {}, {} objects behind",
+                        if d.reachable {
+                            "reachable"
+                        } else {
+                            "unreachable"
+                        },
+                        d.objects_behind
+                    ),
+                    None => "Lifeboat did not notice within 5 s".into(),
+                }
+            );
+        }
+        FaultKind::DiskFull => {
+            let dir = match &ctx.sandbox.state_disk {
+                Ok(dir) => dir.clone(),
+                Err(why) => return Ok(f.skip(why.clone())),
+            };
+            if ctx.sandbox.status().await?.state != lifeboat_control::SITE_STATE {
+                return Ok(f.skip("a rewind moved the live state off the small disk"));
+            }
+            f.at = ctx.recorder.now();
+            f.filler = Some(dir.join(crate::state_disk::FILLER));
+            let written = crate::state_disk::fill(&dir)
+                .map_err(crate::error::SimError::io("fill the disk of", &dir))?;
+            let free = crate::state_disk::free_bytes(&dir).unwrap_or(u64::MAX);
+            f.evidence = format!(
+                "{:.1} MiB written to fill the disk of {}; {free} bytes left",
+                written as f64 / 1048576.0,
+                dir.display()
+            );
+            if free > 64 * 1024 {
+                f.skipped = Some(format!("the disk of {} did not fill up", dir.display()));
+            }
+        }
+        FaultKind::KillLifeboat => {
+            f.at = ctx.recorder.now();
+            let Some(pid) = ctx.sandbox.kill_lifeboat() else {
+                return Ok(f.skip("the sandbox's lifeboat was not running"));
+            };
+            let refused = tokio::net::TcpStream::connect(ctx.sandbox.front_door)
+                .await
+                .is_err();
+            f.evidence = format!(
+                "SIGKILL sent to lifeboat pid {pid}; {}",
+                if refused {
+                    "its front door refuses connections"
+                } else {
+                    "its front door still accepts connections"
+                }
+            );
+        }
+        FaultKind::Virus => {
+            let dirs = &ctx.sandbox.manifest.state.dirs;
+            let Some(dir) = dirs.first().cloned() else {
+                return Ok(f.skip("the site has no data dir ([state] dirs) to infect"));
+            };
+            let dir = ctx.sandbox.live_state_dir().await?.join(dir);
+            f.at = ctx.recorder.now();
+            f.wall = time::OffsetDateTime::now_utc();
+            for n in 0..20 {
+                let path = dir.join(format!("lbsim-virus-{n:02}.php"));
+                let body = format!("<?php /* planted by lifeboat simulate, file {n} */ ?>\n");
+                std::fs::write(&path, body.repeat(64))
+                    .map_err(crate::error::SimError::io("plant a file at", &path))?;
+                f.files.push(path);
+            }
+            f.evidence = format!("{} files written into {}", f.files.len(), dir.display());
+        }
+        FaultKind::Corruption => {
+            let Some(db) = ctx.sandbox.manifest.state.sqlite.first().cloned() else {
+                return Ok(f.skip("the site has no SQLite database ([state] sqlite) to corrupt"));
+            };
+            let path = ctx.sandbox.live_state_dir().await?.join(db);
+            f.at = ctx.recorder.now();
+            f.wall = time::OffsetDateTime::now_utc();
+            match flip_bytes(&path) {
+                Ok(what) => f.evidence = what,
+                Err(e) => return Ok(f.skip(format!("could not damage {}: {e}", path.display()))),
+            }
+            f.files.push(path);
+            // The upload planted before the restore point, cut in half.
+            if let Some(dir) = ctx.sandbox.manifest.state.dirs.first() {
+                let upload = ctx
+                    .sandbox
+                    .live_state_dir()
+                    .await?
+                    .join(dir)
+                    .join(UPLOAD_NAME);
+                if let Ok(meta) = std::fs::metadata(&upload) {
+                    let half = meta.len() / 2;
+                    let cut = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&upload)
+                        .and_then(|file| file.set_len(half));
+                    if cut.is_ok() {
+                        f.evidence
+                            .push_str(&format!("; {} truncated to {half} bytes", upload.display()));
+                        f.files.push(upload);
+                    }
+                }
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// The arrival rate of the spike at `progress` (0..=1) of its ramp: from the baseline up to
+/// ten times it.
+pub fn spike_rate(base: f64, progress: f64) -> f64 {
+    base * (1.0 + 9.0 * progress.clamp(0.0, 1.0))
+}
+
+/// What undoing a fault showed.
+#[derive(Debug, Default)]
+pub struct Undone {
+    pub evidence: String,
+    /// The undo did what it should (the process runs again, the attack stopped, the lifeboat
+    /// serves).
+    pub ok: bool,
+    /// For a fault that took the site down: how long from the injection until it served again.
+    pub recovered_after: Option<Duration>,
+}
+
+/// Undoes `f` (a rewind for the virus and corruption is the phase's business).
+pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<Undone> {
+    let mut u = Undone::default();
+    match f.kind {
+        FaultKind::UsageSpike => {
+            ctx.load.set_rate(ctx.base_rate);
+            u.ok = true;
+            u.evidence = format!("arrival rate back to {:.0}/s", ctx.base_rate);
+        }
+        FaultKind::KillInstance | FaultKind::KillAllInstances => {
+            // Lifeboat restarts them itself; the undo is to see that it did.
+            match ctx.sandbox.wait_serving(rto).await {
+                Ok(_) => {
+                    u.ok = true;
+                    u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
+                    u.evidence = "Lifeboat restarted the killed instances".into();
+                }
+                Err(e) => u.evidence = format!("not back within {rto:?}: {e}"),
+            }
+        }
+        FaultKind::HangInstance => {
+            if let Some(pgid) = f.stopped_group.take() {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
+                let running = wait_for(Duration::from_secs(2), || {
+                    proc_state(pgid as u32).is_none_or(|s| s != 'T')
+                })
+                .await;
+                u.ok = running;
+                u.evidence = format!(
+                    "SIGCONT sent to process group {pgid}; {}",
+                    if running {
+                        "it runs again"
+                    } else {
+                        "it is still stopped"
+                    }
+                );
+            }
+        }
+        FaultKind::SlowClients => {
+            if let Some(mut set) = f.attack.take() {
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+            }
+            u.ok = true;
+            u.evidence = "every slow connection closed".into();
+        }
+        FaultKind::CredentialStuffing => {
+            if let Some(load) = f.attack_load.take() {
+                load.stop().await;
+            }
+            let attempts = ctx
+                .recorder
+                .outcomes()
+                .iter()
+                .filter(|o| o.kind == Kind::Attack && o.intended >= f.at)
+                .count();
+            u.ok = true;
+            u.evidence = format!("{attempts} wrong passwords sent, then the attack stopped");
+        }
+        FaultKind::VaultDestinationDown => {
+            if let Some((dir, aside)) = f.moved_destination.take() {
+                if let Err(e) = bring_back(&dir, &aside) {
+                    u.evidence = format!("could not bring {} back: {e}", dir.display());
+                    return Ok(u);
+                }
+                let back = ctx.recorder.now();
+                let caught_up =
+                    destination_state(ctx.sandbox, rto, |d| d.reachable && d.objects_behind == 0)
+                        .await;
+                u.ok = caught_up.is_some();
+                u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
+                u.evidence = if u.ok {
+                    format!(
+                        "{} back; it caught up {:.1} s later",
+                        dir.display(),
+                        (ctx.recorder.now() - back).as_secs_f64()
+                    )
+                } else {
+                    format!("{} back, but not caught up within {rto:?}", dir.display())
+                };
+            }
+        }
+        FaultKind::DiskFull => {
+            if let Some(filler) = f.filler.take() {
+                if let Err(e) = std::fs::remove_file(&filler) {
+                    u.evidence = format!("could not remove {}: {e}", filler.display());
+                    return Ok(u);
+                }
+                let back = ctx.recorder.now();
+                // Space is back; the site should take writes again (when the load writes).
+                let writes = ctx
+                    .recorder
+                    .outcomes()
+                    .iter()
+                    .any(|o| o.kind == Kind::Write);
+                let started = Instant::now();
+                let mut resumed = None;
+                while writes && resumed.is_none() && started.elapsed() < rto {
+                    resumed = ctx
+                        .recorder
+                        .outcomes()
+                        .iter()
+                        .filter(|o| o.kind == Kind::Write && o.ok() && o.intended >= back)
+                        .map(|o| o.intended + o.latency)
+                        .min();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                u.ok = !writes || resumed.is_some();
+                u.recovered_after = resumed.map(|r| r.saturating_sub(f.at));
+                u.evidence = match (writes, resumed) {
+                    (false, _) => "the filler removed (no write probe to see writes resume)".into(),
+                    (true, Some(r)) => format!(
+                        "the filler removed; a write was acknowledged {:.1} s later",
+                        r.saturating_sub(back).as_secs_f64()
+                    ),
+                    (true, None) => {
+                        format!("the filler removed, but no write succeeded within {rto:?}")
+                    }
+                };
+            }
+        }
+        FaultKind::KillLifeboat => {
+            // As systemd would: start it again at once.
+            match ctx.sandbox.start_lifeboat().await {
+                Ok(()) => {
+                    u.ok = true;
+                    u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
+                    u.evidence = format!(
+                        "lifeboat started again (pid {}) and serves",
+                        ctx.sandbox.lifeboat_pid().unwrap_or(0)
+                    );
+                }
+                Err(e) => u.evidence = format!("lifeboat did not come back: {e}"),
+            }
+        }
+        FaultKind::Virus | FaultKind::Corruption => {
+            u.ok = true;
+        }
+    }
+    Ok(u)
+}
