@@ -334,6 +334,13 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
         .parse()
         .unwrap();
     assert!(sent > 100, "{stuffing:#}");
+    // Lifeboat recorded the attack (its front door counts the 401s per visitor).
+    assert!(
+        stuffing["detected_by"]
+            .as_str()
+            .is_some_and(|by| by.contains("refused as unauthorized")),
+        "{stuffing:#}"
+    );
     let down = fault(&r, "vault-destination-down");
     assert!(
         down["evidence"]

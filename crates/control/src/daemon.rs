@@ -445,6 +445,12 @@ fn proxy_config(manifest: &Manifest) -> ProxyConfig {
                 prefix_len: range.prefix_len,
             })
             .collect(),
+        auth_failure_alert: (proxy.auth_failure_alert > 0).then(|| {
+            lifeboat_proxy::AuthFailureAlert {
+                failures: proxy.auth_failure_alert,
+                ..Default::default()
+            }
+        }),
     };
     if let Some(h) = health {
         config.health = HealthCheckConfig {
@@ -687,6 +693,17 @@ async fn forward_proxy_events(
             ProxyEvent::Ejected { id, reason } => EventKind::InstanceEjected {
                 instance: id,
                 reason,
+            },
+            ProxyEvent::AuthFailures {
+                client,
+                failures,
+                within,
+                path,
+            } => EventKind::AuthFailures {
+                client: client.to_string(),
+                failures,
+                seconds: within.as_secs_f64(),
+                path,
             },
         };
         site.record(what);

@@ -159,6 +159,14 @@ pub enum EventKind {
         #[serde(default)]
         planned: bool,
     },
+    /// One visitor had many requests refused as unauthorized (401/403) in a short time:
+    /// password guessing or stolen cookies tried one after another.
+    AuthFailures {
+        client: String,
+        failures: u32,
+        seconds: f64,
+        path: String,
+    },
     /// A state kept aside (`fork`) is stored in the vault as a snapshot: `lifeboat timeline`
     /// lists it on any machine and `lifeboat restore-site --fork` rebuilds it.
     ForkStored { fork: String, snapshot: String },
@@ -326,6 +334,14 @@ impl EventKind {
             EventKind::StateForked { state, why, .. } => {
                 format!("state kept aside as {state}: {why}")
             }
+            EventKind::AuthFailures {
+                client,
+                failures,
+                seconds,
+                path,
+            } => format!(
+                "{failures} requests from {client} refused as unauthorized within {seconds:.0} s (the last to {path}): someone guessing passwords? If one got in, `lifeboat rewind --to before-event:ID --rotate-credentials`"
+            ),
             EventKind::ForkStored { fork, snapshot } => format!(
                 "fork {fork} stored in the vault (snapshot {}): `lifeboat restore-site --fork {fork} --into DIR` rebuilds it",
                 snapshot.get(..12).unwrap_or(snapshot)
@@ -372,6 +388,7 @@ impl EventKind {
                 | EventKind::NodePromoted { .. }
                 | EventKind::NodeFenced { .. }
                 | EventKind::StateForked { planned: false, .. }
+                | EventKind::AuthFailures { .. }
                 | EventKind::NodeFailsafe { .. }
                 | EventKind::RewindFailed { .. }
         )

@@ -159,6 +159,9 @@ pub struct ProxySpec {
     /// Clients whose `X-Forwarded-For/-Proto/-Host` are believed (`trusted_proxies`): a TLS
     /// terminator or load balancer in front of the front door. Empty: nobody's.
     pub trusted_proxies: Vec<IpRange>,
+    /// Requests refused as unauthorized (401/403) from one visitor within a minute that make
+    /// an `AuthFailures` event (`auth_failure_alert`, default 20; 0: never).
+    pub auth_failure_alert: u32,
 }
 
 /// A block of addresses written `IP` or `IP/PREFIX` (CIDR): `10.0.0.0/8`, `2001:db8::/32`; a
@@ -192,6 +195,8 @@ const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(600);
 const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// nginx's `send_timeout` and `client_body_timeout` default to 60s too.
 const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Refused requests (401/403) from one visitor within a minute that make an event.
+pub const DEFAULT_AUTH_FAILURE_ALERT: u32 = 20;
 /// About twice this many file descriptors are needed; a common hard limit is 1048576 or more,
 /// and the front door lowers the cap itself (with a warning) when the hard limit is smaller.
 const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
@@ -272,6 +277,7 @@ struct RawProxy {
     max_connections: Option<Spanned<i64>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    auth_failure_alert: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1000,6 +1006,23 @@ impl Validator<'_> {
                 }
             })
             .collect();
+        let auth_failure_alert = match raw.auth_failure_alert {
+            None => DEFAULT_AUTH_FAILURE_ALERT,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.problem(
+                        Some(n.span()),
+                        "proxy.auth_failure_alert",
+                        format!("{} is not a number of requests", n.get_ref()),
+                        format!(
+                            "write auth_failure_alert = {DEFAULT_AUTH_FAILURE_ALERT} (refused requests from one visitor within a minute that make an event), or 0 for never"
+                        ),
+                    );
+                    DEFAULT_AUTH_FAILURE_ALERT
+                }
+            },
+        };
         ProxySpec {
             listen,
             listen_location,
@@ -1008,6 +1031,7 @@ impl Validator<'_> {
             body_timeout,
             max_connections,
             trusted_proxies,
+            auth_failure_alert,
         }
     }
 

@@ -62,6 +62,18 @@ pub enum ProxyEvent {
         /// Why, in words.
         reason: String,
     },
+    /// One visitor address had this many requests refused as unauthorized (401/403) within
+    /// `within` (password guessing?); at most once per address per cooldown.
+    AuthFailures {
+        /// The visitor's address (from X-Forwarded-For only behind a trusted proxy).
+        client: std::net::IpAddr,
+        /// Refused requests counted.
+        failures: u32,
+        /// Over how long.
+        within: std::time::Duration,
+        /// The path of the last one.
+        path: String,
+    },
 }
 
 #[derive(Debug)]
@@ -259,6 +271,11 @@ impl Registry {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
         self.events.subscribe()
+    }
+
+    /// Where events go (for watchers outside the registry).
+    pub(crate) fn events(&self) -> &broadcast::Sender<ProxyEvent> {
+        &self.events
     }
 
     /// The lane of a new request: the staged instances when it `wants_preview` and at least one

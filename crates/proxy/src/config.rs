@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     /// passed on (the client address appended to `X-Forwarded-For`); anyone else's are replaced.
     /// Empty by default: nobody is trusted.
     pub trusted_proxies: Vec<IpRange>,
+    /// When requests refused as unauthorized (401/403) from one visitor make a
+    /// [`crate::ProxyEvent::AuthFailures`] (password guessing); `None`: never.
+    pub auth_failure_alert: Option<crate::AuthFailureAlert>,
 }
 
 impl Default for ProxyConfig {
@@ -38,6 +41,7 @@ impl Default for ProxyConfig {
             retry_after: Duration::from_secs(30),
             max_connections: 4096,
             trusted_proxies: Vec::new(),
+            auth_failure_alert: Some(crate::AuthFailureAlert::default()),
         }
     }
 }

@@ -93,6 +93,8 @@ pub(crate) async fn handle(
             .is_some_and(|token| carries_token(request.headers(), token))
     });
 
+    // Who the visitor is, for the password-guessing watch (read before the headers change).
+    let visitor = visitor_ip(request.headers(), client.ip, client.trusted);
     let upgrade = found.hop_by_hop && wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -133,6 +135,7 @@ pub(crate) async fn handle(
         },
     };
     let method = parts.method.clone();
+    let uri = parts.uri.clone();
     let facts = Replay {
         method: &method,
         has_idempotency_key: has_key,
@@ -178,6 +181,12 @@ pub(crate) async fn handle(
             .await;
         let failure = match sent {
             Ok(Ok(response)) => {
+                shared.auth_watch.observe(
+                    visitor,
+                    response.status(),
+                    uri.path(),
+                    shared.registry.events(),
+                );
                 if crate::write_gate::may_write(&method)
                     && let Some(gate) = shared.write_gate.load_full()
                     && let Err(why) = gate.hold().await

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth_watch;
 mod backend;
 mod body;
 mod client_io;
@@ -28,6 +29,7 @@ mod retry;
 mod server;
 mod write_gate;
 
+pub use auth_watch::AuthFailureAlert;
 pub use backend::{BackendStatus, ProxyEvent};
 pub use body::ProxyBody;
 pub use config::{HealthCheckConfig, IpRange, Maintenance, ProxyConfig, Timeouts};

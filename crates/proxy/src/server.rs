@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) workers: Box<[WorkerLoad]>,
     /// What open client connections must do, told through [`Shared::signal`].
     signals: ConnectionSignals,
+    /// Counts visitors' refused requests (password guessing).
+    pub(crate) auth_watch: crate::auth_watch::AuthWatch,
 }
 
 /// What the owner tells every open client connection: finish and close (shutdown), close now
@@ -268,7 +270,9 @@ impl Proxy {
         let parked_idle = crate::pool::parked_idle(config.timeouts.idle);
         let max_connections = limits::fit_connections(config.max_connections);
         let busy_response = limits::busy_response(config.retry_after);
+        let auth_watch = crate::auth_watch::AuthWatch::new(config.auth_failure_alert);
         let shared = Arc::new(Shared {
+            auth_watch,
             config,
             registry: Registry::new(),
             maintenance: ArcSwapOption::empty(),

@@ -150,3 +150,82 @@ async fn forwarded_headers_from_anyone_else_are_replaced() {
         ]
     );
 }
+
+/// Password guessing through the front door: a visitor whose requests the site refuses as
+/// unauthorized (401) again and again is told once, as an event naming the address, the
+/// count and the path; a visitor who fails a few times, and answers that are not refusals,
+/// make none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_refused_again_and_again_is_reported_once() {
+    let instance = Upstream::start(
+        "web-1",
+        handler(|request| async move {
+            if request.uri().path() == "/login" {
+                text(StatusCode::UNAUTHORIZED, "wrong password")
+            } else {
+                text(StatusCode::OK, "hello")
+            }
+        }),
+    )
+    .await;
+    let mut config = test_config();
+    config.auth_failure_alert = Some(lifeboat_proxy::AuthFailureAlert {
+        failures: 10,
+        ..Default::default()
+    });
+    let proxy = proxy_for(&[&instance], config).await;
+    let mut events = proxy.subscribe();
+    let client = client();
+    let login = |password: &str| {
+        Request::post(format!("http://{}/login", proxy.local_addr()))
+            .body(full(format!("password={password}")))
+            .unwrap()
+    };
+    for _ in 0..9 {
+        let (status, _, _) = send(&client, login("x")).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = get(&client, &proxy, "/").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    let nothing = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        loop {
+            if let Ok(lifeboat_proxy::ProxyEvent::AuthFailures { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(nothing.is_err(), "nine refusals are not reported");
+    for _ in 0..50 {
+        send(&client, login("y")).await.unwrap();
+    }
+    let reported = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut seen = Vec::new();
+        while let Ok(e) = events.recv().await {
+            if let lifeboat_proxy::ProxyEvent::AuthFailures {
+                client,
+                failures,
+                path,
+                ..
+            } = e
+            {
+                seen.push((client, failures, path));
+                // A moment for a second report, which must not come.
+                if let Ok(Ok(lifeboat_proxy::ProxyEvent::AuthFailures { .. })) =
+                    tokio::time::timeout(std::time::Duration::from_millis(300), events.recv()).await
+                {
+                    seen.push(seen[0].clone());
+                }
+                return seen;
+            }
+        }
+        seen
+    })
+    .await
+    .expect("the guessing is reported");
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    let (ip, failures, path) = &reported[0];
+    assert_eq!(ip.to_string(), "127.0.0.1");
+    assert_eq!(*failures, 10);
+    assert_eq!(path, "/login");
+}

@@ -438,6 +438,8 @@ pub struct Undone {
     pub ok: bool,
     /// For a fault that took the site down: how long from the injection until it served again.
     pub recovered_after: Option<Duration>,
+    /// An attack Lifeboat noticed: how long after the injection, and the event that says so.
+    pub detected: Option<(Duration, String)>,
 }
 
 /// Undoes `f` (a rewind for the virus and corruption is the phase's business).
@@ -498,6 +500,7 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
                 .count();
             u.ok = true;
             u.evidence = format!("{attempts} wrong passwords sent, then the attack stopped");
+            u.detected = auth_failures_recorded(ctx.sandbox, f.wall).await;
         }
         FaultKind::VaultDestinationDown => {
             if let Some((dir, aside)) = f.moved_destination.take() {
@@ -580,4 +583,38 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         }
     }
     Ok(u)
+}
+
+/// Whether the sandbox's Lifeboat recorded the password guessing (an `AuthFailures` event
+/// after `since`), looking for up to two seconds: when, and the event in words.
+async fn auth_failures_recorded(
+    sandbox: &Sandbox,
+    since: time::OffsetDateTime,
+) -> Option<(Duration, String)> {
+    let client = sandbox.client().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let events = client
+            .events(&lifeboat_control::api::EventsQuery {
+                after: None,
+                last: Some(200),
+                wait_ms: None,
+            })
+            .await
+            .unwrap_or_default();
+        if let Some(e) = events.iter().find(|e| {
+            e.at >= since
+                && matches!(
+                    e.what,
+                    lifeboat_core::events::EventKind::AuthFailures { .. }
+                )
+        }) {
+            let after = (e.at - since).max(time::Duration::ZERO);
+            return Some((after.unsigned_abs(), e.what.describe()));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

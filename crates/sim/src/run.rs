@@ -341,8 +341,13 @@ impl Run<'_> {
             recovered_after_s: undone.recovered_after.map(|d| d.as_secs_f64()),
             rpo_s: extra.rpo_s,
             rto_s: extra.rto_s,
-            detected_after_s: extra.detected_after_s,
-            detected_by: extra.detected_by,
+            detected_after_s: extra.detected_after_s.or(undone
+                .detected
+                .as_ref()
+                .map(|(after, _)| after.as_secs_f64())),
+            detected_by: extra.detected_by.or(undone
+                .detected
+                .map(|(_, by)| format!("Lifeboat event: {by}"))),
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
@@ -599,6 +604,7 @@ fn nothing_to_undo() -> faults::Undone {
         ok: true,
         evidence: "nothing was injected".into(),
         recovered_after: None,
+        detected: None,
     }
 }
 

@@ -115,11 +115,20 @@ pub(crate) fn scorecard(
             lines.push(l);
         }
         if p.kind == FaultKind::CredentialStuffing && p.report.skipped.is_none() {
-            lines.push(ScoreLine {
-                passed: None,
-                text: "Lifeboat does not record failed logins yet: the attack shows only as load"
-                    .into(),
-                advice: None,
+            lines.push(match (&p.report.detected_by, p.report.detected_after_s) {
+                (Some(by), Some(after)) => ScoreLine {
+                    passed: None,
+                    text: format!("the password guessing was recorded after {after:.1} s ({by})"),
+                    advice: None,
+                },
+                _ => ScoreLine {
+                    passed: None,
+                    text: "the password guessing was not recorded".into(),
+                    advice: Some(
+                        "Lifeboat counts answers 401 and 403 per visitor ([proxy]                          auth_failure_alert): a login page that answers a wrong password with                          200 is not seen; answer it 401"
+                            .into(),
+                    ),
+                },
             });
         }
     }

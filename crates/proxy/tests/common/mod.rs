@@ -242,6 +242,7 @@ pub fn test_config() -> ProxyConfig {
         retry_after: Duration::from_secs(30),
         max_connections: 4096,
         trusted_proxies: Vec::new(),
+        auth_failure_alert: Some(lifeboat_proxy::AuthFailureAlert::default()),
     }
 }
 
