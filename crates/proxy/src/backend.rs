@@ -104,6 +104,9 @@ pub(crate) struct Backend {
     /// stay on one thread.
     pools: Box<[Pool]>,
     stop_checks: watch::Sender<bool>,
+    /// Woken when the instance is found unhealthy or ejected: a request waiting on it that
+    /// may safely be sent again goes to another instance instead of waiting for a hung one.
+    pub(crate) went_down: Notify,
 }
 
 impl Backend {
@@ -129,6 +132,7 @@ impl Backend {
             drained: Notify::new(),
             pools: (0..workers.max(1)).map(|_| Pool::default()).collect(),
             stop_checks: watch::channel(false).0,
+            went_down: Notify::new(),
         })
     }
 
@@ -428,6 +432,7 @@ impl Registry {
         if let Some(event) = event {
             if matches!(event, ProxyEvent::HealthChanged { healthy: false, .. }) {
                 backend.forget_connections();
+                backend.went_down.notify_waiters();
             }
             self.publish(&all);
             let _ = self.events.send(event);
@@ -450,6 +455,7 @@ impl Registry {
             verdict.tracker.eject(&reason);
         }
         backend.forget_connections();
+        backend.went_down.notify_waiters();
         self.publish(&all);
         let _ = self.events.send(ProxyEvent::Ejected {
             id: backend.id.clone(),

@@ -174,11 +174,31 @@ pub(crate) async fn handle(
             }
         };
         let Some(request) = pending.take() else { break };
+        // Registered before the request goes: a verdict that comes while it waits wakes it.
+        let went_down = backend.went_down.notified();
+        let may_move = replay.is_some() && !retried_after_send;
         let response = pin!(sender.try_send_request(request));
-        let sent = client
-            .activity
-            .within_timeouts(&shared.clock, response)
-            .await;
+        let sent = tokio::select! {
+            biased;
+            sent = client.activity.within_timeouts(&shared.clock, response) => Some(sent),
+            _ = went_down, if may_move => None,
+        };
+        let Some(sent) = sent else {
+            // The request waiting on a hung instance is dropped (and its connection with it),
+            // and sent once to another instance.
+            backend.forget_connections();
+            last_error = Some(format!("instance {} stopped answering", backend.id));
+            let (head, body) = replay.as_ref().expect("may_move needs a copy");
+            debug_assert!(may_retry(
+                Failure::InstanceWentDown,
+                facts,
+                retried_after_send
+            ));
+            retried_after_send = true;
+            pending = body.copy().map(|body| rebuild(head, body));
+            tried.push(backend);
+            continue;
+        };
         let failure = match sent {
             Ok(Ok(response)) => {
                 shared.auth_watch.observe(
@@ -240,6 +260,7 @@ pub(crate) async fn handle(
                 let why = format!("instance {} did not answer in time", backend.id);
                 return Ok(error_response(StatusCode::GATEWAY_TIMEOUT, Some(&why)));
             }
+            Failure::InstanceWentDown => unreachable!("handled where the request waits"),
         }
         // A reused connection may simply have been closed by the instance while parked; the
         // instance then gets another chance on a fresh connection (a dead one fails to connect

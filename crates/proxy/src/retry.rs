@@ -30,6 +30,8 @@ pub(crate) enum Failure {
     SentNoResponse,
     /// The response headers did not arrive within the configured timeout.
     HeadersTimedOut,
+    /// While the request waited, health checks found the instance hung (or it was ejected).
+    InstanceWentDown,
 }
 
 /// What the front door does with a request body before sending it.
@@ -110,6 +112,9 @@ pub(crate) fn may_retry(failure: Failure, request: Replay<'_>, retried_after_sen
         // The instance may still be working on it; a second copy would double the load that
         // made it slow. The client gets a 504 and decides.
         Failure::HeadersTimedOut => false,
+        // Hung, not slow: the copy it holds will not be answered while it is stopped, and a
+        // request that may be sent twice is answered by another instance now.
+        Failure::InstanceWentDown => request.is_possible() && !retried_after_send,
     }
 }
 
@@ -152,6 +157,23 @@ mod tests {
         let get = plain(&Method::GET, true);
         assert!(may_retry(Failure::SentNoResponse, get, false));
         assert!(!may_retry(Failure::SentNoResponse, get, true));
+    }
+
+    #[test]
+    fn a_request_on_a_hung_instance_moves_once_and_only_when_it_may_be_sent_twice() {
+        let get = plain(&Method::GET, true);
+        assert!(may_retry(Failure::InstanceWentDown, get, false));
+        assert!(!may_retry(Failure::InstanceWentDown, get, true));
+        assert!(!may_retry(
+            Failure::InstanceWentDown,
+            plain(&Method::POST, true),
+            false
+        ));
+        assert!(may_retry(
+            Failure::InstanceWentDown,
+            keyed(&Method::POST, true),
+            false
+        ));
     }
 
     #[test]

@@ -461,3 +461,92 @@ async fn held_requests_wait_and_go_to_where_the_owner_routed_them() {
     }
     assert_eq!(old.hits(), 0, "nothing reached the old primary");
 }
+
+/// An instance that hangs (stopped, not dead: its connections stay open and say nothing):
+/// the GETs already sent to it are answered by another instance as soon as health checks
+/// find it hung, instead of waiting for it to run again; a POST sent to it is not sent
+/// twice, it waits for its own instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_hung_instance_move_when_it_is_found_hung_and_only_if_safe() {
+    let hung = Arc::new(AtomicBool::new(false));
+    let resumed = Arc::new(Notify::new());
+    let stalls = |name: &'static str| {
+        let (hung, resumed) = (hung.clone(), resumed.clone());
+        handler(move |_| {
+            let (hung, resumed) = (hung.clone(), resumed.clone());
+            async move {
+                if name == "web-1" && hung.load(Ordering::SeqCst) {
+                    resumed.notified().await;
+                }
+                text(StatusCode::OK, name)
+            }
+        })
+    };
+    let a = Upstream::start_with_health(
+        "web-1",
+        "127.0.0.1:0".parse().unwrap(),
+        Some(stalls("web-1")),
+        stalls("web-1"),
+    )
+    .await;
+    let b = Upstream::start("web-2", stalls("web-2")).await;
+    let mut config = test_config();
+    config.health.interval = Duration::from_millis(100);
+    config.health.timeout = Duration::from_millis(300);
+    let proxy = proxy_for(&[&a, &b], config).await;
+    hung.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut gets = Vec::new();
+    for _ in 0..6 {
+        let proxy = proxy.clone();
+        gets.push(tokio::spawn(async move {
+            get(&client(), &proxy, "/page").await
+        }));
+    }
+    let post = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let client = client();
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("http://{}/entries", proxy.local_addr()))
+                    .body(full("text=once"))
+                    .unwrap();
+                answers.push(send(&client, request).await.map(|(s, _, body)| (s, body)));
+            }
+            answers
+        })
+    };
+    for g in gets {
+        let (status, body) = g.await.unwrap().unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "web-2"));
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the GETs waited {waited:?} for the hung instance"
+    );
+    // One of the two POSTs went to web-1 (round-robin) and waits there; the other is done.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !post.is_finished(),
+        "a POST sent to the hung instance was not sent again"
+    );
+    hung.store(false, Ordering::SeqCst);
+    resumed.notify_waiters();
+    let answers = tokio::time::timeout(Duration::from_secs(10), post)
+        .await
+        .expect("the POST is answered once its instance runs again")
+        .unwrap();
+    let served_by: Vec<String> = answers
+        .into_iter()
+        .map(|a| {
+            let (status, body) = a.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            body
+        })
+        .collect();
+    assert!(served_by.contains(&"web-1".to_string()), "{served_by:?}");
+}
