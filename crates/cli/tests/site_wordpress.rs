@@ -140,8 +140,27 @@ fn rfc(t: time::OffsetDateTime) -> String {
         .unwrap()
 }
 
-#[test]
-fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
+/// A WordPress installed under a running `lifeboat up`, both instances healthy.
+struct WordPress {
+    lifeboat: Lifeboat,
+    /// The front door, without a trailing `/`.
+    front: String,
+    /// `admin:APPLICATION-PASSWORD`, for the REST API.
+    admin: String,
+    // Last: the site dir outlives lifeboat.
+    dir: tempfile::TempDir,
+}
+
+impl WordPress {
+    fn site(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// examples/wordpress under `lifeboat up`, installed by `setup.sh` (admin `admin` with
+/// `admin_password`, title "Lifeboat Blog") once Lifeboat's MariaDB runs and capture stored
+/// its first checkpoint.
+fn installed_wordpress(admin_password: &str) -> WordPress {
     let dir = wordpress_site();
     let site = dir.path();
     let lifeboat = Lifeboat::up(site);
@@ -153,7 +172,6 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
     });
 
     // WordPress installed into Lifeboat's database (through `lifeboat exec`).
-    let admin_password = "Lifeboat-admin-0123456789";
     let out = Command::new(site.join("setup.sh"))
         .env("LIFEBOAT", common::lifeboat_bin())
         .env("WP_ADMIN_USER", "admin")
@@ -171,8 +189,20 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
     let app_password = line(&printed, "application password")
         .expect("an application password")
         .to_string();
-    let admin = format!("admin:{app_password}");
     lifeboat.wait_healthy(2);
+    WordPress {
+        lifeboat,
+        front,
+        admin: format!("admin:{app_password}"),
+        dir,
+    }
+}
+
+#[test]
+fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
+    let admin_password = "Lifeboat-admin-0123456789";
+    let wp = installed_wordpress(admin_password);
+    let (site, lifeboat, front, admin) = (wp.site(), &wp.lifeboat, &wp.front, &wp.admin);
 
     // Content through the REST API.
     let mut posts = Vec::new();
@@ -351,4 +381,242 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
         .output()
         .unwrap();
     assert!(!refused.status.success(), "the old database password");
+}
+
+/// One request of the WordPress load: what was asked and what came back.
+struct Answer {
+    what: String,
+    /// The HTTP status, or the transport error.
+    result: Result<u16, String>,
+    body: String,
+}
+
+/// Clients reading WordPress (the home page, the posts through the REST API) and writing
+/// posts through the REST API with the application password, each write with an
+/// `Idempotency-Key` (so the front door may send it again when its instance died before
+/// answering). Every post's title is `load C-N`.
+struct WordPressLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+}
+
+impl WordPressLoad {
+    fn start(front: &str, admin: &str, clients: usize) -> WordPressLoad {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (user, password) = admin.split_once(':').unwrap();
+        let run = std::process::id();
+        let tasks = (0..clients)
+            .map(|c| {
+                let (stop, done, front) = (stop.clone(), done.clone(), front.to_string());
+                let (user, password) = (user.to_string(), password.to_string());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(std::time::Duration::from_secs(60))
+                        .build()
+                        .unwrap();
+                    let mut answers = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let (what, req) = match n % 3 {
+                            0 => {
+                                let title = format!("load {c}-{n}");
+                                (
+                                    format!("POST {title}"),
+                                    http.post(format!("{front}/wp-json/wp/v2/posts"))
+                                        .basic_auth(&user, Some(&password))
+                                        .header("Idempotency-Key", format!("{run}-{c}-{n}"))
+                                        .json(&serde_json::json!({
+                                            "title": title,
+                                            "content": "Written under load.",
+                                            "status": "publish",
+                                        })),
+                                )
+                            }
+                            1 => (
+                                "GET /wp-json/wp/v2/posts".to_string(),
+                                http.get(format!("{front}/wp-json/wp/v2/posts?per_page=3")),
+                            ),
+                            _ => ("GET /".to_string(), http.get(format!("{front}/"))),
+                        };
+                        let (result, body) = match req.send().await {
+                            Ok(resp) => {
+                                let status = resp.status().as_u16();
+                                match resp.text().await {
+                                    Ok(body) => (Ok(status), body),
+                                    Err(e) => {
+                                        (Err(format!("reading the body: {e}")), String::new())
+                                    }
+                                }
+                            }
+                            Err(e) => (Err(format!("{e:?}")), String::new()),
+                        };
+                        answers.push(Answer { what, result, body });
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        WordPressLoad { stop, done, tasks }
+    }
+
+    /// Waits until `more` further requests were answered (or failed).
+    async fn wait_for_requests(&self, more: usize) {
+        use std::sync::atomic::Ordering;
+        let target = self.done.load(Ordering::SeqCst) + more;
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        while self.done.load(Ordering::SeqCst) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load made no progress"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for task in self.tasks {
+            answers.extend(task.await.expect("load task"));
+        }
+        answers
+    }
+}
+
+/// The pids of the children of `pid` (an Apache master's workers).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// `sql` run by the app's user on the live database; the rows, tab-separated.
+fn app_query(wp: &WordPress, sql: &str) -> String {
+    let status = wp.lifeboat.status();
+    let socket = status["databases"][0]["socket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = status["state"].as_str().unwrap().to_string();
+    let password = std::fs::read_to_string(
+        wp.site()
+            .join(format!(".lifeboat/mariadb/{state}/app-password")),
+    )
+    .unwrap();
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "--batch",
+            "--skip-column-names",
+            "--socket",
+            &socket,
+            "-uwordpress",
+            "wordpress",
+            "-e",
+            sql,
+        ])
+        .env("MYSQL_PWD", password.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kill_9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_php_instance_or_its_workers_under_load_fails_no_request() {
+    use tokio::task::block_in_place;
+    let wp = block_in_place(|| installed_wordpress("Lifeboat-admin-0123456789"));
+    let lifeboat = &wp.lifeboat;
+    let status = lifeboat.status();
+    let pid_of = |s: &Value, id: &str| {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .and_then(|i| i["pid"].as_u64())
+            .unwrap() as u32
+    };
+    let master = pid_of(&status, "web-2");
+
+    let load = WordPressLoad::start(&wp.front, &wp.admin, 4);
+    load.wait_for_requests(30).await;
+    // The Apache master of web-2: its workers are answering some of the load.
+    kill_9(master);
+    block_in_place(|| {
+        lifeboat.wait_for_status("web-2 back and healthy with a new master", |s| {
+            s["instances"].as_array().unwrap().iter().any(|i| {
+                i["id"] == "web-2"
+                    && i["state"] == "healthy"
+                    && i["pid"].as_u64().is_some_and(|p| p as u32 != master)
+            })
+        })
+    });
+    load.wait_for_requests(30).await;
+    // Every worker of web-1 (its master forks new ones), in the middle of answering.
+    let master1 = pid_of(&lifeboat.status(), "web-1");
+    let workers = children(master1);
+    assert!(!workers.is_empty(), "web-1 has no workers");
+    for w in &workers {
+        kill_9(*w);
+    }
+    load.wait_for_requests(30).await;
+    let answers = load.stop().await;
+    let failed: Vec<String> = answers
+        .iter()
+        .filter(|a| !matches!(a.result, Ok(200..=299)))
+        .map(|a| {
+            let body: String = a.body.chars().take(300).collect();
+            format!("{}: {:?} {body}", a.what, a.result)
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:#?}\nlifeboat's output:\n{}",
+        failed.len(),
+        answers.len(),
+        failed.iter().take(5).collect::<Vec<_>>(),
+        lifeboat.output()
+    );
+    // Every acknowledged post is stored, once.
+    let written: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.what.strip_prefix("POST "))
+        .collect();
+    let stored = block_in_place(|| {
+        app_query(
+            &wp,
+            "SELECT post_title FROM wp_posts WHERE post_type = 'post' AND post_title LIKE 'load %'",
+        )
+    });
+    let mut stored: Vec<&str> = stored.lines().collect();
+    stored.sort_unstable();
+    let mut want = written.clone();
+    want.sort_unstable();
+    assert_eq!(stored, want, "the acknowledged posts, each stored once");
+    eprintln!(
+        "{} requests ({} posts) across a kill of web-2's master and of web-1's {} workers: none failed",
+        answers.len(),
+        written.len(),
+        workers.len()
+    );
 }
