@@ -57,7 +57,12 @@ remove_action('wp_https_detection', 'wp_update_https_detection_errors');
  * - a second attempt while the first is still running waits for it (the row is locked), then
  *   gets the first one's answer, status, body and headers, without doing anything again;
  * - the same key with another request (method, route, query or body) is refused with a 422;
- * - an answer of 500 or more is rolled back with the rest, so a retry can do the work.
+ * - an answer of 500 or more is rolled back with the rest, so a retry can do the work;
+ * - while the transaction is open, wpdb must not reconnect: after the database server died
+ *   (a kill -9, a restart) it would run the rest of the request, COMMIT included, on a new
+ *   connection in autocommit mode, and answer 201 for writes the crash rolled back. The
+ *   request fails instead (wpdb's "Error establishing a database connection", a 500), and a
+ *   retry with the same key starts over or gets the first answer if the commit made it.
  *
  * Files written by the request (a medium's upload) are not part of the transaction: a worker
  * killed after writing one leaves an unattached file in uploads, and the retry writes another.
@@ -70,6 +75,28 @@ final class Lifeboat_Idempotency
 
     /** @var string|null the key's hash while this request's transaction is open */
     private static $open = null;
+
+    /** @var int|null wpdb's reconnect_retries, put back when the transaction ends */
+    private static $retries = null;
+
+    /** No reconnection while the transaction is open (see above). */
+    private static function hold_connection()
+    {
+        global $wpdb;
+        if (self::$retries === null) {
+            self::$retries = $wpdb->reconnect_retries;
+            $wpdb->reconnect_retries = 0;
+        }
+    }
+
+    private static function release_connection()
+    {
+        global $wpdb;
+        if (self::$retries !== null) {
+            $wpdb->reconnect_retries = self::$retries;
+            self::$retries = null;
+        }
+    }
 
     public static function table()
     {
@@ -132,6 +159,7 @@ final class Lifeboat_Idempotency
     {
         global $wpdb;
         for ($attempt = 0; $attempt < 2; $attempt++) {
+            self::hold_connection();
             $wpdb->query('START TRANSACTION');
             // Waits while another attempt with the same key holds it uncommitted.
             $inserted = $wpdb->query($wpdb->prepare(
@@ -144,6 +172,7 @@ final class Lifeboat_Idempotency
             }
             $missing = $inserted === false && stripos($wpdb->last_error, "doesn't exist") !== false;
             $wpdb->query('ROLLBACK');
+            self::release_connection();
             if ($inserted === 0) {
                 return false;
             }
@@ -185,6 +214,7 @@ final class Lifeboat_Idempotency
         $status = $response->get_status();
         if ($status >= 500) {
             $wpdb->query('ROLLBACK');
+            self::release_connection();
             return $response;
         }
         $stored = $wpdb->update(
@@ -196,10 +226,17 @@ final class Lifeboat_Idempotency
             ),
             array('key_hash' => $hash)
         );
-        if ($stored !== 1 || $wpdb->query('COMMIT') === false) {
+        if ($stored !== 1) {
             $wpdb->query('ROLLBACK');
+            self::release_connection();
             return new WP_Error('lifeboat_idempotency', 'The answer could not be stored with its Idempotency-Key; nothing was done, send the request again.', array('status' => 503));
         }
+        if ($wpdb->query('COMMIT') === false) {
+            // Whether it committed is unknown: a retry with the same key finds out.
+            self::release_connection();
+            return new WP_Error('lifeboat_idempotency', 'The database did not confirm the commit; send the request again with the same Idempotency-Key.', array('status' => 503));
+        }
+        self::release_connection();
         if (mt_rand(1, 100) === 1) {
             $wpdb->query($wpdb->prepare(
                 'DELETE FROM ' . self::table() . ' WHERE created_at < UTC_TIMESTAMP() - INTERVAL %d SECOND',
