@@ -312,8 +312,6 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
         start = end;
     }
     let got = fast.gtid_binlog_pos()?;
-    server.stop(Duration::from_secs(120))?;
-    spec.write_config(&password)?;
     if got != expected {
         return Err(MariaDbError::CannotRestore {
             target: expected.to_string(),
@@ -322,6 +320,31 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
             ),
         });
     }
+    // The replayed transactions are in the tables now; the restored server's binlog starts
+    // after them, at the restore point. Left in it, they would be captured a second time by
+    // the restored state's capture (which starts where the binlog starts), and a later restore
+    // reading both captures would find each of them twice.
+    if !chosen.is_empty() {
+        let mut conn = fast.connect_admin()?;
+        for (sql, doing) in [
+            (
+                "RESET MASTER".to_string(),
+                "start the binlog at the restore point",
+            ),
+            (
+                format!("SET GLOBAL gtid_binlog_state = '{got}'"),
+                "set the binlog GTID state to the restore point",
+            ),
+        ] {
+            conn.query_drop(sql).map_err(|source| MariaDbError::Query {
+                socket: fast.socket(),
+                doing: doing.to_string(),
+                source,
+            })?;
+        }
+    }
+    server.stop(Duration::from_secs(120))?;
+    spec.write_config(&password)?;
     Ok(got)
 }
 
