@@ -173,7 +173,14 @@ impl Lifeboat {
         }
         let status: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
         let mut seen = self.seen_pids.lock().unwrap();
-        for i in status["instances"].as_array().into_iter().flatten() {
+        // And the site's MariaDB servers: run as the site's user, they lose the parent-death
+        // signal that takes instances down with a killed lifeboat, and would outlive the test.
+        for i in status["instances"]
+            .as_array()
+            .into_iter()
+            .chain(status["databases"].as_array())
+            .flatten()
+        {
             if let Some(pid) = i["pid"].as_u64() {
                 seen.insert(pid as u32);
             }
