@@ -211,7 +211,7 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
             &format!("{front}/wp-json/wp/v2/posts"),
             &[
                 "-u",
-                &admin,
+                admin,
                 "-H",
                 "Content-Type: application/json",
                 "-d",
@@ -229,7 +229,7 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
         &format!("{front}/wp-json/wp/v2/media"),
         &[
             "-u",
-            &admin,
+            admin,
             "-H",
             "Content-Type: image/png",
             "-H",
@@ -246,14 +246,14 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
         .1
         .to_string();
     // Everything so far durable in the vault (capture of the database and of uploads).
-    wait_shipped(&lifeboat, time::OffsetDateTime::now_utc());
+    wait_shipped(lifeboat, time::OffsetDateTime::now_utc());
     let t = time::OffsetDateTime::now_utc();
 
     // The attack.
     for id in &posts[..2] {
         let (code, body) = curl(
             &format!("{front}/wp-json/wp/v2/posts/{id}?force=true"),
-            &["-u", &admin, "-X", "DELETE"],
+            &["-u", admin, "-X", "DELETE"],
         );
         assert_eq!(code, 200, "delete {id}: {body}");
     }
@@ -262,7 +262,7 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
         &format!("{front}/wp-json/wp/v2/users"),
         &[
             "-u",
-            &admin,
+            admin,
             "-H",
             "Content-Type: application/json",
             "-d",
@@ -276,7 +276,7 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
         &format!("{front}/wp-json/wp/v2/settings"),
         &[
             "-u",
-            &admin,
+            admin,
             "-H",
             "Content-Type: application/json",
             "-d",
@@ -288,11 +288,11 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
     std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
     std::fs::write(&planted, "<?php echo 'PLANTED';\n").unwrap();
     let rogue_jar = site.join("rogue.jar");
-    assert!(login(&front, &rogue_jar, "rogue", rogue_password));
-    assert_eq!(dashboard(&front, &rogue_jar), 200, "the attacker is in");
+    assert!(login(front, &rogue_jar, "rogue", rogue_password));
+    assert_eq!(dashboard(front, &rogue_jar), 200, "the attacker is in");
     let old_db_password =
         std::fs::read_to_string(site.join(".lifeboat/mariadb/site/app-password")).unwrap();
-    wait_shipped(&lifeboat, time::OffsetDateTime::now_utc());
+    wait_shipped(lifeboat, time::OffsetDateTime::now_utc());
 
     // The rewind.
     let started = std::time::Instant::now();
@@ -348,23 +348,23 @@ fn rewind_with_new_credentials_undoes_an_attack_on_wordpress() {
     assert_eq!(json(&body).as_array().map(Vec::len), Some(0), "{body}");
     // Nothing the attacker held opens anything; the new admin password does.
     assert!(!login(
-        &front,
+        front,
         &site.join("rogue2.jar"),
         "rogue",
         rogue_password
     ));
-    assert_eq!(dashboard(&front, &rogue_jar), 302, "the old cookie");
-    let (code, _) = curl(&format!("{front}/wp-json/wp/v2/users/me"), &["-u", &admin]);
+    assert_eq!(dashboard(front, &rogue_jar), 302, "the old cookie");
+    let (code, _) = curl(&format!("{front}/wp-json/wp/v2/users/me"), &["-u", admin]);
     assert_eq!(code, 401, "the old application password");
     assert!(!login(
-        &front,
+        front,
         &site.join("old.jar"),
         "admin",
         admin_password
     ));
     let new_jar = site.join("new.jar");
-    assert!(login(&front, &new_jar, "admin", new_admin_password));
-    assert_eq!(dashboard(&front, &new_jar), 200);
+    assert!(login(front, &new_jar, "admin", new_admin_password));
+    assert_eq!(dashboard(front, &new_jar), 200);
     // The database password changed: the old one is refused by the restored server.
     let status = lifeboat.status();
     let socket = status["databases"][0]["socket"].as_str().unwrap();
