@@ -584,3 +584,48 @@ fn a_rewind_whose_hook_fails_changes_nothing_and_stops_the_restored_server() {
     assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
     assert!(write_row(&lifeboat.proxy, 6));
 }
+
+#[test]
+fn a_rewound_site_is_checkpointed_and_rewinds_again_with_its_new_rows() {
+    let site = mariadb_site(1, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=5 {
+        assert!(write_row(&lifeboat.proxy, n));
+    }
+    lifeboat.wait_for_status("capture of every write", |s| {
+        gtid_seq(s["capture"]["mariadb"]["confirmed"].as_str().unwrap_or("")) >= 5
+    });
+    let first = ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    let rewound_at = time::OffsetDateTime::now_utc();
+    assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
+
+    // The restored state's capture starts with a base of the restored server: of its own data
+    // dir, although that server sees it at the site's own path in its mount namespace.
+    let status = lifeboat.wait_for_status("a checkpoint of the rewound state", |s| {
+        s["state"] == first["state"]
+            && s["capture"]["last_checkpoint"]["time"]
+                .as_str()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|t| t > rewound_at)
+            || !s["capture"]["last_error"].is_null()
+    });
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+
+    for n in 6..=8 {
+        assert!(write_row(&lifeboat.proxy, n));
+    }
+    lifeboat.wait_for_status("capture of the new rows", |s| {
+        s["capture"]["lag_ms"] == 0
+            && gtid_seq(s["capture"]["mariadb"]["confirmed"].as_str().unwrap_or("")) >= 8
+    });
+    let second = ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    assert_ne!(second["state"], first["state"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=8).collect::<Vec<_>>());
+}

@@ -571,6 +571,8 @@ pub(crate) fn start_instance_in(
         sandbox: view.sandbox(),
         env: view.env,
         limits: resource_limits(&spec.limits),
+        // The manifest accepts only names of STOP_SIGNALS, which nix knows.
+        stop_signal: spec.stop_signal.parse().ok(),
     });
     if spec.http {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -794,5 +796,15 @@ trusted_proxies = ["10.0.0.0/8"]
             "{err}"
         );
         assert!(err.ends_with("nothing was started"), "{err}");
+    }
+
+    #[test]
+    fn every_stop_signal_the_manifest_accepts_is_a_signal_the_supervisor_can_send() {
+        for name in lifeboat_core::manifest::STOP_SIGNALS {
+            assert!(
+                name.parse::<nix::sys::signal::Signal>().is_ok(),
+                "{name} would silently become SIGTERM"
+            );
+        }
     }
 }

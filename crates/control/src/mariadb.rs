@@ -329,6 +329,8 @@ impl SiteDatabase {
             env: Vec::new(),
             sandbox,
             limits: ResourceLimits::default(),
+            // mariadbd stops cleanly (and at once) on SIGTERM.
+            stop_signal: None,
         });
         let waiting = spec.clone();
         if let Err(e) = blocking(move || waiting.wait_ready(READY_TIMEOUT)).await? {

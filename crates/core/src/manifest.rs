@@ -68,14 +68,24 @@ pub struct ProcessSpec {
     pub health: HealthSpec,
     /// Extra environment variables for every instance.
     pub env: BTreeMap<String, String>,
-    /// How long a stopping instance gets between SIGTERM and SIGKILL.
+    /// How long a stopping instance gets between its stop signal and SIGKILL.
     pub stop_timeout: Duration,
+    /// The signal that asks the instance's processes to finish and exit (`SIGTERM` unless
+    /// `stop_signal` says otherwise, e.g. Apache's graceful `SIGWINCH`), one of
+    /// [`STOP_SIGNALS`].
+    pub stop_signal: String,
     /// Whether instances serve HTTP behind the front door (`http = false` for workers: they
     /// are supervised but get no traffic and no health checks).
     pub http: bool,
     /// What one instance may use of the machine (`memory`, `cpu`, `pids`).
     pub limits: ResourceLimits,
 }
+
+/// The signals `stop_signal` may name: those a server treats as "finish and exit" (SIGKILL and
+/// SIGSTOP cannot be handled, so they are not among them).
+pub const STOP_SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+];
 
 /// The active health check of a process.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +250,7 @@ struct RawProcess {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_timeout: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
     http: Option<bool>,
     memory: Option<Spanned<String>>,
     cpu: Option<Spanned<limits::RawNumber>>,
@@ -475,6 +486,7 @@ impl Validator<'_> {
             raw.stop_timeout,
             Duration::from_secs(10),
         );
+        let stop_signal = self.stop_signal(&key, raw.stop_signal);
         let limits = self.limits(
             &key,
             limits::RawLimits {
@@ -489,6 +501,7 @@ impl Validator<'_> {
             health,
             env: raw.env,
             stop_timeout,
+            stop_signal,
             http: raw.http.unwrap_or(true),
             limits,
         }
@@ -571,6 +584,32 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// `stop_signal`, as `SIGNAME` (`"WINCH"` and `"sigwinch"` are accepted too).
+    fn stop_signal(&mut self, process_key: &str, raw: Option<Spanned<String>>) -> String {
+        let Some(raw) = raw else {
+            return "SIGTERM".to_string();
+        };
+        let upper = raw.get_ref().trim().to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        if STOP_SIGNALS.contains(&name.as_str()) {
+            return name;
+        }
+        self.problem(
+            Some(raw.span()),
+            &format!("{process_key}.stop_signal"),
+            format!("{:?} is not a signal a process can be asked to stop with", raw.get_ref()),
+            format!(
+                "write one of {} (e.g. stop_signal = \"SIGWINCH\" for Apache's graceful stop), or leave it out for SIGTERM",
+                STOP_SIGNALS.join(", ")
+            ),
+        );
+        "SIGTERM".to_string()
     }
 
     fn duration(&mut self, key: &str, raw: Option<Spanned<String>>, default: Duration) -> Duration {

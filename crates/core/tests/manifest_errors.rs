@@ -470,3 +470,23 @@ fn a_bad_mariadb_name_user_or_dir_is_refused_where_it_is_written() {
     assert!(e.contains("has no name"), "{e}");
     assert!(e.contains("inside .lifeboat"), "{e}");
 }
+
+#[test]
+fn a_stop_signal_is_read_with_or_without_sig_and_defaults_to_sigterm() {
+    let m = Manifest::parse("lifeboat.toml", GOOD).unwrap();
+    assert_eq!(m.processes["web"].stop_signal, "SIGTERM");
+    for written in ["SIGWINCH", "WINCH", "sigwinch"] {
+        let text = GOOD.replace(
+            "replicas = 3",
+            &format!("replicas = 3\nstop_signal = \"{written}\""),
+        );
+        let m = Manifest::parse("lifeboat.toml", &text).unwrap();
+        assert_eq!(m.processes["web"].stop_signal, "SIGWINCH", "{written}");
+    }
+}
+
+#[test]
+fn a_stop_signal_that_cannot_ask_a_process_to_finish_is_refused() {
+    let text = GOOD.replace("replicas = 3", "replicas = 3\nstop_signal = \"SIGKILL\"");
+    insta::assert_snapshot!(error_for(&text));
+}

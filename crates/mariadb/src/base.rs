@@ -80,7 +80,29 @@ pub fn take_base_backup(spec: &ServerSpec, dest: &Path) -> Result<BaseBackup> {
             })?
             .unwrap_or_default()
     };
-    let mut backup = tools::command(&spec.binaries.backup);
+    // mariadb-backup copies the files of the data dir the server reports (`datadir` of SHOW
+    // VARIABLES), whatever --datadir says. A server that sees its data dir at another path (a
+    // restored state shown at the site's own path in the server's mount namespace) would get
+    // the files at that path here copied: another state's, or a failed backup when their redo
+    // log does not match. So the backup runs in a mount namespace of its own in which the data
+    // dir is mounted where the server sees it (only Lifeboat as root runs a server that way).
+    let mut backup = match spec
+        .server_data_dir
+        .as_ref()
+        .filter(|p| **p != spec.data_dir)
+    {
+        Some(shown_at) => {
+            let mut c = tools::command(Path::new("unshare"));
+            c.args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+                .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(&spec.data_dir)
+                .arg(shown_at)
+                .arg(&spec.binaries.backup);
+            c
+        }
+        None => tools::command(&spec.binaries.backup),
+    };
     backup
         .arg(spec.client_defaults())
         .arg("--backup")

@@ -64,7 +64,7 @@ pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
 pub use restore::{
     AppLogin, RestoreReport, RestoreTarget, check_all_tables, restore, restore_with_app,
-    select_transactions,
+    restore_with_app_moving_base, select_transactions,
 };
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;

@@ -188,13 +188,63 @@ pub fn restore_with_app(
     target: &RestoreTarget,
     app: Option<AppLogin<'_>>,
 ) -> Result<RestoreReport> {
+    restore_base_and_replay(
+        spec,
+        admin_password,
+        base,
+        history,
+        target,
+        app,
+        BaseFiles::Copy,
+    )
+}
+
+/// Like [`restore_with_app`], but the base's files are moved into the data dir, not copied:
+/// for a base that was itself restored into a scratch dir deleted afterwards (it saves
+/// writing the whole database a second time). The base is unusable afterwards. Across file
+/// systems the files are copied.
+pub fn restore_with_app_moving_base(
+    spec: &ServerSpec,
+    admin_password: &str,
+    base: &BaseBackup,
+    history: &[TransactionRecord],
+    target: &RestoreTarget,
+    app: Option<AppLogin<'_>>,
+) -> Result<RestoreReport> {
+    restore_base_and_replay(
+        spec,
+        admin_password,
+        base,
+        history,
+        target,
+        app,
+        BaseFiles::Move,
+    )
+}
+
+/// What a restore does with the base's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaseFiles {
+    Copy,
+    Move,
+}
+
+fn restore_base_and_replay(
+    spec: &ServerSpec,
+    admin_password: &str,
+    base: &BaseBackup,
+    history: &[TransactionRecord],
+    target: &RestoreTarget,
+    app: Option<AppLogin<'_>>,
+    files: BaseFiles,
+) -> Result<RestoreReport> {
     let chosen = select_transactions(&base.info.gtid_pos, base.info.taken_at, history, target)?;
     // Everything is checked before anything is written.
     for r in &chosen {
         r.verify()?;
     }
     crate::base::open_base_backup(&base.dir)?;
-    copy_base_into(&base.dir, &spec.data_dir)?;
+    copy_base_into(&base.dir, &spec.data_dir, files)?;
     if let Some(user) = &spec.os_user {
         crate::server::chown_to(&spec.data_dir, user)?;
     }
@@ -213,7 +263,7 @@ pub fn restore_with_app(
 
 /// Copies a base backup's files into an empty data directory (Lifeboat's own files and
 /// mariadb-backup's bookkeeping are left out).
-fn copy_base_into(base: &Path, data_dir: &Path) -> Result<()> {
+fn copy_base_into(base: &Path, data_dir: &Path, files: BaseFiles) -> Result<()> {
     if let Ok(mut rd) = std::fs::read_dir(data_dir)
         && rd.next().is_some()
     {
@@ -221,10 +271,10 @@ fn copy_base_into(base: &Path, data_dir: &Path) -> Result<()> {
             path: data_dir.to_path_buf(),
         });
     }
-    copy_tree(base, data_dir, true)
+    copy_tree(base, data_dir, true, files)
 }
 
-fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<()> {
+fn copy_tree(from: &Path, to: &Path, top: bool, files: BaseFiles) -> Result<()> {
     std::fs::create_dir_all(to).map_err(io_err(to, "create"))?;
     for entry in std::fs::read_dir(from).map_err(io_err(from, "read"))? {
         let entry = entry.map_err(io_err(from, "read"))?;
@@ -242,9 +292,12 @@ fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<()> {
         let dst = to.join(&name);
         let ft = entry.file_type().map_err(io_err(&src, "stat"))?;
         if ft.is_dir() {
-            copy_tree(&src, &dst, false)?;
+            copy_tree(&src, &dst, false, files)?;
         } else if ft.is_file() {
-            std::fs::copy(&src, &dst).map_err(io_err(&dst, "copy to"))?;
+            // A rename that fails (another file system) falls back to a copy.
+            if files == BaseFiles::Copy || std::fs::rename(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).map_err(io_err(&dst, "copy to"))?;
+            }
         }
     }
     Ok(())
@@ -312,8 +365,6 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
         start = end;
     }
     let got = fast.gtid_binlog_pos()?;
-    server.stop(Duration::from_secs(120))?;
-    spec.write_config(&password)?;
     if got != expected {
         return Err(MariaDbError::CannotRestore {
             target: expected.to_string(),
@@ -322,6 +373,31 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
             ),
         });
     }
+    // The replayed transactions are in the tables now; the restored server's binlog starts
+    // after them, at the restore point. Left in it, they would be captured a second time by
+    // the restored state's capture (which starts where the binlog starts), and a later restore
+    // reading both captures would find each of them twice.
+    if !chosen.is_empty() {
+        let mut conn = fast.connect_admin()?;
+        for (sql, doing) in [
+            (
+                "RESET MASTER".to_string(),
+                "start the binlog at the restore point",
+            ),
+            (
+                format!("SET GLOBAL gtid_binlog_state = '{got}'"),
+                "set the binlog GTID state to the restore point",
+            ),
+        ] {
+            conn.query_drop(sql).map_err(|source| MariaDbError::Query {
+                socket: fast.socket(),
+                doing: doing.to_string(),
+                source,
+            })?;
+        }
+    }
+    server.stop(Duration::from_secs(120))?;
+    spec.write_config(&password)?;
     Ok(got)
 }
 

@@ -88,12 +88,14 @@ pub(crate) enum GroupStop {
     Unknown(String),
 }
 
-/// Stops every process of `group`: SIGTERM (calling `on_term` with how many run, just
-/// before), up to `timeout` for all of them to exit, then SIGKILL (calling `on_kill` with how
-/// many are left, just before). Returns once the group is empty, or [`AFTER_SIGKILL`] after the
-/// SIGKILL. The leader must not be reaped before this returns.
+/// Stops every process of `group`: `signal` (SIGTERM, or the process's own stop signal;
+/// calling `on_term` with how many run, just before), up to `timeout` for all of them to exit,
+/// then SIGKILL (calling `on_kill` with how many are left, just before). Returns once the group
+/// is empty, or [`AFTER_SIGKILL`] after the SIGKILL. The leader must not be reaped before this
+/// returns.
 pub(crate) async fn stop_group(
     group: &impl Members,
+    signal: Signal,
     timeout: Duration,
     on_term: impl FnOnce(usize),
     on_kill: impl FnOnce(usize),
@@ -103,14 +105,14 @@ pub(crate) async fn stop_group(
         Ok(running) => on_term(running),
         Err(err) => {
             on_term(0);
-            group.signal(Signal::SIGTERM);
+            group.signal(signal);
             tokio::time::sleep(timeout).await;
             on_kill(0);
             group.signal(Signal::SIGKILL);
             return GroupStop::Unknown(err.to_string());
         }
     }
-    group.signal(Signal::SIGTERM);
+    group.signal(signal);
     if within(timeout, until_empty(group)).await {
         return GroupStop::Finished;
     }
@@ -192,6 +194,7 @@ mod tests {
         let mut terminated_with = None;
         let outcome = stop_group(
             &group,
+            Signal::SIGTERM,
             TIMEOUT,
             |running| terminated_with = Some(running),
             |_| panic!("no SIGKILL"),
@@ -213,6 +216,7 @@ mod tests {
         let mut killed_with_left = None;
         let outcome = stop_group(
             &group,
+            Signal::SIGTERM,
             TIMEOUT,
             |_| {},
             |left| killed_with_left = Some(left),
@@ -243,6 +247,7 @@ mod tests {
         };
         let outcome = stop_group(
             &group,
+            Signal::SIGTERM,
             TIMEOUT,
             |_| panic!("no SIGTERM"),
             |_| panic!("no SIGKILL"),

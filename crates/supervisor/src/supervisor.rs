@@ -425,7 +425,7 @@ async fn supervise(
                     logs::note(log, &format!("pid {pid} exited ({})", describe(exit)));
                 }
                 if let Some(leader) = leader {
-                    stop_rest_of_group(&inner, pid, leader, log.as_ref()).await;
+                    stop_rest_of_group(&inner, &spec, pid, leader, log.as_ref()).await;
                 }
                 leave_cgroup(&inner, &spec, cgroup.take(), log.as_ref()).await;
                 inner.update(&spec.id, |e| e.leftover_group = None);
@@ -677,35 +677,43 @@ async fn run_once(
             },
         },
         _ = stop_requested(stop) => {
-            stop_gracefully(inner, pid, &mut exit, log).await;
+            stop_gracefully(inner, spec, pid, &mut exit, log).await;
             RunOutcome::Stopped
         }
     }
 }
 
-/// SIGTERM to the group, then SIGKILL if any of its processes is still running after the stop
-/// timeout. Returns once every process of the group is gone and the leader is reaped.
+/// The instance's stop signal (SIGTERM unless its spec names another).
+fn stop_signal_of(spec: &InstanceSpec) -> Signal {
+    spec.stop_signal.unwrap_or(Signal::SIGTERM)
+}
+
+/// The stop signal to the group, then SIGKILL if any of its processes is still running after
+/// the stop timeout. Returns once every process of the group is gone and the leader is reaped.
 async fn stop_gracefully(
     inner: &Inner,
+    spec: &InstanceSpec,
     pid: u32,
     exit: &mut tokio::sync::oneshot::Receiver<ExitedLeader>,
     log: &SharedLog,
 ) {
     let timeout = inner.config.stop_timeout;
+    let signal = stop_signal_of(spec);
     // The leader is not reaped before it comes out of `exit` (the waiter thread keeps its
     // zombie), so the group id is still this instance's for the whole stop.
     let outcome = group::stop_group(
         &ProcessGroup { pgid: pid },
+        signal,
         timeout,
-        |_| logs::note(log, &format!("stopping pid {pid} (SIGTERM)")),
+        |_| logs::note(log, &format!("stopping pid {pid} ({})", signal.as_str())),
         |left| {
             logs::note(
                 log,
                 &format!(
-                    "{} of pid {pid}'s group did not exit within {} of SIGTERM; sending \
-                     SIGKILL",
+                    "{} of pid {pid}'s group did not exit within {} of {}; sending SIGKILL",
                     processes(left),
-                    humanize(timeout)
+                    humanize(timeout),
+                    signal.as_str()
                 ),
             )
         },
@@ -717,12 +725,13 @@ async fn stop_gracefully(
     }
 }
 
-/// After the leader of a run exited on its own: lets the rest of its group finish (SIGTERM,
-/// the stop timeout, then SIGKILL) and only then reaps the leader. Killing them at once would
-/// cut the responses a pre-forking server's workers are writing, and a new run could not bind
-/// the port while they hold the listening socket.
+/// After the leader of a run exited on its own: lets the rest of its group finish (the stop
+/// signal, the stop timeout, then SIGKILL) and only then reaps the leader. Killing them at once
+/// would cut the responses a pre-forking server's workers are writing, and a new run could not
+/// bind the port while they hold the listening socket.
 async fn stop_rest_of_group(
     inner: &Inner,
+    spec: &InstanceSpec,
     pid: u32,
     leader: ExitedLeader,
     log: Option<&SharedLog>,
@@ -734,23 +743,27 @@ async fn stop_rest_of_group(
     };
     if let Some(group) = leader.group() {
         let timeout = inner.config.stop_timeout;
+        let signal = stop_signal_of(spec);
         let started = Instant::now();
         let outcome = group::stop_group(
             &group,
+            signal,
             timeout,
             |running| {
                 note(&format!(
-                    "{} of pid {pid}'s group still running; SIGTERM, up to {} to finish \
-                     before the restart",
+                    "{} of pid {pid}'s group still running; {}, up to {} to finish before the \
+                     restart",
                     processes(running),
+                    signal.as_str(),
                     humanize(timeout)
                 ))
             },
             |left| {
                 note(&format!(
-                    "{} of pid {pid}'s group did not exit within {} of SIGTERM; sending SIGKILL",
+                    "{} of pid {pid}'s group did not exit within {} of {}; sending SIGKILL",
                     processes(left),
-                    humanize(timeout)
+                    humanize(timeout),
+                    signal.as_str()
                 ))
             },
         )

@@ -17,7 +17,7 @@ pub struct SupervisorConfig {
     pub site_dir: PathBuf,
     /// Per-instance log files go here; the run file goes to `../run/instances.json` next to it.
     pub log_dir: PathBuf,
-    /// How long an instance may take to exit after SIGTERM before it gets SIGKILL.
+    /// How long an instance may take to exit after its stop signal before it gets SIGKILL.
     pub stop_timeout: Duration,
     /// A log file is rotated once it would grow past this many bytes.
     pub log_max_bytes: u64,
@@ -63,6 +63,10 @@ pub struct InstanceSpec {
     /// What the instance may use of the machine, enforced with a cgroup of its own where the
     /// machine allows (see [`InstanceStatus::limits_not_enforced`]).
     pub limits: ResourceLimits,
+    /// The signal that asks its processes to finish and exit, on a stop and when its leader
+    /// died; `None`: SIGTERM. (Apache prefork's workers die on SIGTERM in the middle of a
+    /// response and finish it on SIGWINCH.)
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 }
 
 /// What one instance, all its processes together, may use. `None`: no limit.

@@ -596,7 +596,9 @@ fn restore_mariadb(
             user,
             password,
         });
-    let report = lifeboat_mariadb::restore_with_app(
+    // The base was restored into the scratch dir, which is deleted afterwards: its files are
+    // moved into the data dir, not written a second time.
+    let report = lifeboat_mariadb::restore_with_app_moving_base(
         &spec,
         &options.admin_password,
         &backup,

@@ -173,7 +173,14 @@ impl Lifeboat {
         }
         let status: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
         let mut seen = self.seen_pids.lock().unwrap();
-        for i in status["instances"].as_array().into_iter().flatten() {
+        // And the site's MariaDB servers: run as the site's user, they lose the parent-death
+        // signal that takes instances down with a killed lifeboat, and would outlive the test.
+        for i in status["instances"]
+            .as_array()
+            .into_iter()
+            .chain(status["databases"].as_array())
+            .flatten()
+        {
             if let Some(pid) = i["pid"].as_u64() {
                 seen.insert(pid as u32);
             }
@@ -290,7 +297,30 @@ impl Drop for Lifeboat {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
+        // Every MariaDB server of this site, also one started after the last status (a
+        // rewound state's): run as the site's user, mariadbd loses the parent-death signal.
+        for pid in site_mariadb_servers(&self.site) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
+}
+
+/// The pids of the `mariadbd` processes whose config lies in `site`'s `.lifeboat/mariadb/`.
+fn site_mariadb_servers(site: &Path) -> Vec<u32> {
+    let needle = format!("--defaults-file={}/.lifeboat/mariadb/", site.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(needle.as_bytes()))
+            })
+        })
+        .collect()
 }
 
 /// Runs `lifeboat ARGS -C SITE` and returns what it printed.

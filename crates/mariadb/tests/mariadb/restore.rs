@@ -345,5 +345,8 @@ fn a_restore_of_everything_captured_is_identical_to_the_source() {
         .query("SELECT User FROM mysql.user WHERE User = 'reader'")
         .unwrap();
     assert_eq!(users, vec!["reader".to_string()]);
+    // Its binlog starts at the restore point: capturing the restored server begins after the
+    // replayed transactions, not with a second copy of them.
+    assert_eq!(spec.binlog_start_pos().unwrap(), report.gtid_pos);
     server.stop(Duration::from_secs(60)).unwrap();
 }
