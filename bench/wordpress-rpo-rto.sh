@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # WordPress on MariaDB under Lifeboat: the recovery point and the recovery time.
 #
-# RPO: `crates/mariadb/examples/rpo.rs` (the measure of the SQLite `rpo` example, for MariaDB):
+# RPO: `crates/mariadb/examples/mariadb_rpo.rs` (the measure of the SQLite `rpo` example, for MariaDB):
 # a managed mariadbd takes RATE single-row commits/s for SECONDS, a timeline worker captures its
 # binlog and ships to two local destinations (quorum 2); from each commit's acknowledgement to the
 # segment holding it being durable on both, matched by GTID. RUNS runs, each printed.
@@ -31,9 +31,9 @@ SEGMENT_MS=${SEGMENT_MS:-500}
 ONLY=${ONLY:-}
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p lifeboat
-cargo build --release -q -p lifeboat-mariadb --example rpo
+cargo build --release -q -p lifeboat-mariadb --example mariadb_rpo
 L=$(realpath "$target/release/lifeboat")
-RPO=$target/release/examples/rpo
+RPO=$target/release/examples/mariadb_rpo
 
 if [ "$ONLY" != rto ]; then
     echo "== RPO: $RATE commits/s for $SECONDS_RPO s, segment_interval $SEGMENT_MS ms, $RUNS runs"

@@ -4,7 +4,7 @@
 //! destinations (quorum 2); the delay from each commit's acknowledgement to the segment holding
 //! its transaction being durable on both, matched by GTID.
 //!
-//! Usage: `cargo run --release -p lifeboat-mariadb --example rpo -- [commits/s] [seconds]
+//! Usage: `cargo run --release -p lifeboat-mariadb --example mariadb_rpo -- [commits/s] [seconds]
 //! [segment_interval ms]` (defaults 200, 20, 500). Needs MariaDB (`scripts/install-test-deps`).
 
 use std::collections::HashMap;
