@@ -368,11 +368,17 @@ pub(crate) async fn list(repo: &Repository) -> Result<Vec<(SnapshotEntry, Checkp
     Ok(out)
 }
 
-/// Reads a checkpoint's description from its snapshot.
-pub(crate) async fn read_meta(repo: &Repository, entry: &SnapshotEntry) -> Result<CheckpointMeta> {
-    let damaged = |why: &str| TimelineError::Damaged {
-        what: format!("checkpoint {}", entry.id.to_hex()),
-        why: why.to_string(),
+/// The bytes of `.lifeboat-timeline/<file>` in a snapshot's tree (checkpoints, forks);
+/// `what` names the snapshot in errors.
+pub(crate) async fn read_meta_file(
+    repo: &Repository,
+    entry: &SnapshotEntry,
+    file: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let damaged = |why: String| TimelineError::Damaged {
+        what: format!("{what} {}", entry.id.to_hex()),
+        why,
     };
     let root = repo.read_tree(&entry.snapshot.tree).await?;
     let dir = root
@@ -380,17 +386,27 @@ pub(crate) async fn read_meta(repo: &Repository, entry: &SnapshotEntry) -> Resul
         .iter()
         .find(|n| n.name == META_DIR && n.kind == NodeKind::Dir)
         .and_then(|n| n.subtree)
-        .ok_or_else(|| damaged("it has no .lifeboat-timeline directory"))?;
+        .ok_or_else(|| damaged("it has no .lifeboat-timeline directory".into()))?;
     let tree = repo.read_tree(&dir).await?;
-    let file = tree
+    let node = tree
         .nodes
         .iter()
-        .find(|n| n.name == META_FILE)
-        .ok_or_else(|| damaged("it has no checkpoint.json"))?;
+        .find(|n| n.name == file)
+        .ok_or_else(|| damaged(format!("it has no {file}")))?;
     let mut bytes = Vec::new();
-    for id in &file.content {
+    for id in &node.content {
         bytes.extend(repo.read_blob(id).await?);
     }
+    Ok(bytes)
+}
+
+/// Reads a checkpoint's description from its snapshot.
+pub(crate) async fn read_meta(repo: &Repository, entry: &SnapshotEntry) -> Result<CheckpointMeta> {
+    let damaged = |why: &str| TimelineError::Damaged {
+        what: format!("checkpoint {}", entry.id.to_hex()),
+        why: why.to_string(),
+    };
+    let bytes = read_meta_file(repo, entry, META_FILE, "checkpoint").await?;
     let meta: CheckpointMeta = serde_json::from_slice(&bytes)
         .map_err(|e| damaged(&format!("bad checkpoint.json: {e}")))?;
     if meta.version != META_VERSION {

@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_vault::format::NodeKind;
 use lifeboat_vault::{BackupOptions, NoProgress, Repository, RestoreOptions, SnapshotEntry};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -306,23 +305,7 @@ async fn read_description(repo: &Repository, entry: &SnapshotEntry) -> Result<Fo
         what: format!("fork snapshot {}", entry.id.to_hex()),
         why: why.to_string(),
     };
-    let root = repo.read_tree(&entry.snapshot.tree).await?;
-    let dir = root
-        .nodes
-        .iter()
-        .find(|n| n.name == META_DIR && n.kind == NodeKind::Dir)
-        .and_then(|n| n.subtree)
-        .ok_or_else(|| damaged("it has no .lifeboat-timeline directory"))?;
-    let tree = repo.read_tree(&dir).await?;
-    let file = tree
-        .nodes
-        .iter()
-        .find(|n| n.name == FORK_FILE)
-        .ok_or_else(|| damaged("it has no fork.json"))?;
-    let mut bytes = Vec::new();
-    for id in &file.content {
-        bytes.extend(repo.read_blob(id).await?);
-    }
+    let bytes = crate::checkpoint::read_meta_file(repo, entry, FORK_FILE, "fork snapshot").await?;
     let description: ForkDescription =
         serde_json::from_slice(&bytes).map_err(|e| damaged(&format!("bad fork.json: {e}")))?;
     if description.version != FORK_VERSION {
