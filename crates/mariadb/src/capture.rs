@@ -182,6 +182,8 @@ pub struct BinlogCapture {
     reader: Reader,
     /// A fatal problem: reported on every poll until `restart_from_base`.
     stuck: Option<MariaDbError>,
+    /// A connection for reading the server's position ([`BinlogCapture::catch_up`]).
+    position_conn: Option<mysql::Conn>,
 }
 
 impl std::fmt::Debug for BinlogCapture {
@@ -263,6 +265,7 @@ impl BinlogCapture {
             unconfirmed: VecDeque::new(),
             reader,
             stuck: None,
+            position_conn: None,
         })
     }
 
@@ -321,6 +324,49 @@ impl BinlogCapture {
                 }
             }
         }
+    }
+
+    /// Hands out every transaction the server has committed by the time of the call (its
+    /// `@@gtid_binlog_pos` then), waiting up to `timeout` for the stream to deliver them:
+    /// what a `durability = "sync"` barrier needs, since the stream may lag the commit.
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<Vec<TransactionRecord>> {
+        let target = self.server_position()?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let covered = target.iter().all(|g| self.handed_out.contains(g));
+            if covered {
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(MariaDbError::CaptureBehind {
+                    target: target.to_string(),
+                    have: self.handed_out.to_string(),
+                    waited_ms: timeout.as_millis(),
+                });
+            }
+            out.extend(self.poll_wait(left.min(Duration::from_millis(50)))?);
+        }
+    }
+
+    /// The server's `@@gtid_binlog_pos`, over a connection kept for the purpose.
+    fn server_position(&mut self) -> Result<GtidPos> {
+        if self.position_conn.is_none() {
+            self.position_conn = Some(crate::server::connect_socket(
+                &self.source.socket,
+                &self.source.user,
+                &self.source.password,
+                Some(Duration::from_secs(5)),
+            )?);
+        }
+        let conn = self.position_conn.as_mut().expect("just set");
+        let pos = crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos");
+        if pos.is_err() {
+            // Reconnect next time (the server may have restarted).
+            self.position_conn = None;
+        }
+        pos
     }
 
     fn reader_gone(&mut self, why: &str) -> MariaDbError {

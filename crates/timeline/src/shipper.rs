@@ -154,6 +154,9 @@ pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineEr
     }
 }
 
+/// How long a barrier waits for a MariaDB capture to receive what its server committed.
+const BARRIER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn mariadb_err(
     what: &str,
 ) -> impl FnOnce(lifeboat_mariadb::MariaDbError) -> TimelineError + '_ {
@@ -339,6 +342,28 @@ impl Shipper {
         }
     }
 
+    /// A barrier's poll: like [`Shipper::poll`], but each MariaDB capture first waits until
+    /// its stream has delivered everything the server committed by now (the binlog stream
+    /// may lag a commit; SQLite's log and the files are read directly).
+    pub(crate) fn poll_for_barrier(&mut self) -> Result<()> {
+        let started = OffsetDateTime::now_utc();
+        for i in 0..self.mariadbs.len() {
+            let m = &mut self.mariadbs[i];
+            let records = m
+                .cap
+                .catch_up(BARRIER_CATCH_UP)
+                .map_err(mariadb_err(&m.name))?;
+            if !records.is_empty() {
+                if let Some(feed) = &mut self.feed {
+                    feed.stage_mariadb(&m.name, &records);
+                }
+                m.pending.extend(records);
+                self.note_pending(started);
+            }
+        }
+        self.poll()
+    }
+
     /// Reads what every capture has seen since the last poll into the pending batch.
     pub(crate) fn poll(&mut self) -> Result<()> {
         let started = OffsetDateTime::now_utc();
@@ -366,6 +391,9 @@ impl Shipper {
             let m = &mut self.mariadbs[i];
             let records = m.cap.poll().map_err(mariadb_err(&m.name))?;
             if !records.is_empty() {
+                if let Some(feed) = &mut self.feed {
+                    feed.stage_mariadb(&m.name, &records);
+                }
                 m.pending.extend(records);
                 self.note_pending(started);
             }

@@ -23,6 +23,7 @@ use crate::error::{Result, TimelineError};
 pub(crate) struct FeedStage {
     pub feed: Arc<FeedInner>,
     records: BTreeMap<String, Vec<Record>>,
+    mariadb: super::batch::MariaDbRecords,
     contents: BTreeMap<String, Vec<u8>>,
     bytes: u64,
     too_large: Option<String>,
@@ -54,6 +55,7 @@ impl FeedStage {
         FeedStage {
             feed,
             records: BTreeMap::new(),
+            mariadb: BTreeMap::new(),
             contents: BTreeMap::new(),
             bytes: 0,
             too_large: None,
@@ -154,16 +156,32 @@ impl FeedStage {
         }
     }
 
+    /// Stages what a MariaDB capture handed out (each transaction's events travel whole).
+    pub(crate) fn stage_mariadb(
+        &mut self,
+        name: &str,
+        records: &[lifeboat_mariadb::TransactionRecord],
+    ) {
+        for r in records {
+            self.bytes += r.events.len() as u64;
+        }
+        self.mariadb
+            .entry(name.to_string())
+            .or_default()
+            .extend(records.iter().cloned());
+    }
+
     /// Publishes what is staged as one batch.
     pub(crate) fn publish(&mut self) {
-        if self.records.is_empty() {
+        if self.records.is_empty() && self.mariadb.is_empty() {
             return;
         }
         let records = std::mem::take(&mut self.records);
+        let mariadb = std::mem::take(&mut self.mariadb);
         let contents = std::mem::take(&mut self.contents);
         let too_large = self.too_large.take();
         self.bytes = 0;
-        self.feed.publish(records, contents, too_large);
+        self.feed.publish(records, mariadb, contents, too_large);
     }
 }
 
