@@ -561,6 +561,7 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
         data_dirs: site.manifest.state.dirs.clone(),
         meta_dir: site.paths.lifeboat_dir().join("replica"),
         key: stream_key(site),
+        mariadb: replica_mariadb(site),
         options: ReplicaOptions {
             confirm: Some(confirm),
             // Peers are on the site's network: retrying a connection every second at most
@@ -569,6 +570,44 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
             ..ReplicaOptions::default()
         },
     }
+}
+
+/// The site's MariaDB database in a standby's copy: received transactions are applied by a
+/// server on the live state's data dir with this node's own config (a restore from the
+/// vault writes its admin password there), and the app's user gets this node's password.
+fn replica_mariadb(site: &Site) -> Option<lifeboat_timeline::ReplicaMariaDb> {
+    let db = site.database.get()?;
+    let live = site.live_state();
+    let spec = match db.server_spec(&live, None) {
+        // Like a restore's, the server that applies the journal runs as Lifeboat's user; the
+        // data dir is given to the site's user when the node promotes (`ensure_running`).
+        Ok(mut s) => {
+            s.os_user = None;
+            s.server_data_dir = None;
+            s
+        }
+        Err(e) => {
+            tracing::warn!("the standby cannot lay out its MariaDB copy: {e}");
+            return None;
+        }
+    };
+    let password = match db.app_password(&live) {
+        Some(p) => p,
+        None => {
+            let p = crate::mariadb::new_password();
+            if let Err(e) = db.set_app_password(&live, &p) {
+                tracing::warn!("could not keep the app's MariaDB password: {e}");
+                return None;
+            }
+            p
+        }
+    };
+    Some(lifeboat_timeline::ReplicaMariaDb {
+        name: db.spec.dir.to_string_lossy().into_owned(),
+        spec,
+        restore: db.restore_options(&live, &password),
+        fold_bytes: 64 << 20,
+    })
 }
 
 /// This node leads in `term`: its replica (if any) stops where it is and capture continues
@@ -599,6 +638,15 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
         {
             tracing::warn!("capture starts afresh (the standbys restore from the vault): {e}");
         }
+    }
+    // The database serves here from now on: on the copy the replica left (every
+    // transaction it received applied), or a new one on a site's first start.
+    if let Some(db) = site.database.get()
+        && let Err(e) = db.ensure_running(&live).await
+    {
+        site.record(EventKind::CaptureError {
+            message: format!("the MariaDB server of the promoted node did not start: {e}"),
+        });
     }
     if let Some(capture) = site.capture.get() {
         capture.start_in_term(&live, Some(term), history);
@@ -751,6 +799,10 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
     if let Some(capture) = site.capture.get() {
         capture.abandon().await;
     }
+    // The replica takes the copy over (or sets it aside as a fork): no server may hold it.
+    if let Some(db) = site.database.get() {
+        db.stop(&site.live_state()).await;
+    }
     node.registry.update(|v| v.role = MemberRole::Joining);
     site.record(EventKind::NodeFenced {
         node: node.info.node.clone(),
@@ -897,6 +949,10 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
         }
     }
     paths.extend(site.manifest.state.dirs.iter().cloned());
+    if let Some(m) = &site.manifest.state.mariadb {
+        // Its server was stopped when this node was fenced (or never started here).
+        paths.push(m.dir.clone());
+    }
     let present: Vec<_> = paths
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(state_dir.join(p)).is_ok())
@@ -944,6 +1000,7 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
         .state
         .dirs
         .iter()
+        .chain(site.manifest.state.mariadb.iter().map(|m| &m.dir))
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let moved = (|| -> std::io::Result<()> {

@@ -223,7 +223,10 @@ pub fn load_position(state_dir: &Path) -> Result<Option<SavedPosition>> {
     Ok(Some(pos))
 }
 
-fn save_position(state_dir: &Path, pos: &SavedPosition) -> Result<()> {
+/// Saves capture's position durably (a promoted standby seeds it: capture continues after
+/// the last transaction its copy holds).
+pub fn save_position(state_dir: &Path, pos: &SavedPosition) -> Result<()> {
+    std::fs::create_dir_all(state_dir).map_err(io_err(state_dir, "create"))?;
     let bytes = serde_json::to_vec_pretty(pos).expect("position is plain data");
     crate::durable::write_atomically(&position_path(state_dir), &bytes)
 }
@@ -361,7 +364,8 @@ impl BinlogCapture {
             )?);
         }
         let conn = self.position_conn.as_mut().expect("just set");
-        let pos = crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos");
+        let pos =
+            crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos");
         if pos.is_err() {
             // Reconnect next time (the server may have restarted).
             self.position_conn = None;

@@ -47,6 +47,12 @@ pub(crate) struct MariaDbCheckpoint {
     pub taken_at: OffsetDateTime,
     /// path inside the base -> blake3.
     pub files: BTreeMap<String, String>,
+    /// Capture's last seq handed out when the base was started, and its session: every
+    /// transaction up to it is in the base (0 in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +186,7 @@ fn store_mariadb_bases(
             std::fs::remove_dir_all(&m.base_dir)
                 .map_err(crate::error::io_err("remove the leftover", &m.base_dir))?;
         }
+        let handed_out = m.cap.status();
         let base = lifeboat_mariadb::take_base_backup(&m.spec, &m.base_dir)
             .map_err(crate::shipper::mariadb_err(&m.name))?;
         let mut files = BTreeMap::new();
@@ -226,6 +233,8 @@ fn store_mariadb_bases(
                 gtid_pos: base.info.gtid_pos.to_string(),
                 taken_at: base.info.taken_at,
                 files: hashes,
+                last_seq: handed_out.last_seq,
+                epoch: handed_out.epoch,
             },
             contents,
         ));

@@ -45,9 +45,9 @@ pub use forks::{
 pub use lifeboat_vault::KeepPolicy;
 pub use replication::{
     AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
-    Replica, ReplicaConfig, ReplicaHistory, ReplicaOptions, ReplicaState, ReplicaStatus,
-    ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamKey,
-    StreamServer, StreamServerConfig, StreamServerStatus, seed_capture_state,
+    Replica, ReplicaConfig, ReplicaHistory, ReplicaMariaDb, ReplicaOptions, ReplicaState,
+    ReplicaStatus, ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError,
+    StreamKey, StreamServer, StreamServerConfig, StreamServerStatus, seed_capture_state,
 };
 pub use restore::{
     MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,

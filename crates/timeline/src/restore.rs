@@ -108,6 +108,13 @@ pub struct RestoredMariaDb {
     pub transactions_replayed: usize,
     /// Tables that passed `CHECK TABLE`.
     pub tables_checked: usize,
+    /// The capture seq of the last transaction it holds, and that record's capture session:
+    /// where a stream to a standby holding this copy continues.
+    #[serde(default)]
+    pub capture_seq: u64,
+    /// The capture session of that record.
+    #[serde(default)]
+    pub capture_epoch: u64,
 }
 
 /// How a restore rebuilds the site's MariaDB database ([`restore_site_with`]).
@@ -564,6 +571,15 @@ fn restore_mariadb(
     refuse_links(&base_dir, &base.name, checkpoint_dir)?;
     let backup = lifeboat_mariadb::open_base_backup(&base_dir).map_err(err)?;
     let history = lifeboat_mariadb::resolve_history(history).map_err(err)?;
+    // Where capture's sequence stands once the copy holds what it holds (computed after the
+    // restore, from its position): the last record it holds, else the base's.
+    let position_after = |pos: &lifeboat_mariadb::GtidPos| {
+        history
+            .iter()
+            .rev()
+            .find(|r| pos.contains(r.gtid))
+            .map_or((base.epoch, base.last_seq), |r| (r.epoch, r.seq))
+    };
     let data_dir = beneath(staging, &base.name, Parents::Create)?;
     let mut spec =
         lifeboat_mariadb::ServerSpec::new(&data_dir, &options.run_dir, None).map_err(err)?;
@@ -608,12 +624,15 @@ fn restore_mariadb(
     );
     let _ = std::fs::remove_dir_all(&options.run_dir);
     let report = report.map_err(err)?;
+    let (capture_epoch, capture_seq) = position_after(&report.gtid_pos);
     Ok(RestoredMariaDb {
         name: base.name.clone(),
         base_gtid_pos: base.gtid_pos.clone(),
         gtid_pos: report.gtid_pos.to_string(),
         transactions_replayed: report.transactions_replayed,
         tables_checked: report.tables_checked.len(),
+        capture_seq,
+        capture_epoch,
     })
 }
 

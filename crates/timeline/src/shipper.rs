@@ -191,6 +191,7 @@ impl Shipper {
                 &state_dir,
                 sources.databases.len(),
                 sources.data_dirs.len(),
+                sources.mariadb.is_some(),
                 epoch_floor(feed.term),
             )?;
         }
@@ -277,6 +278,10 @@ impl Shipper {
             }
             for dir in &dirs {
                 feed.add_source(&dir.name, dir.cap.manifest().last_seq);
+            }
+            for m in &mariadbs {
+                // Nothing is handed out yet: the last seq is the one confirmed durable.
+                feed.add_source(&m.name, m.cap.status().last_seq);
             }
             feed.seed_history();
         }

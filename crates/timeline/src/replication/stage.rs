@@ -202,7 +202,13 @@ pub(crate) fn epoch_floor(term: u64) -> u64 {
 /// Raises the session numbers saved in the capture state dir to at least `floor - 1`
 /// before the captures open (each opens its session as the saved number plus one). Only
 /// the number changes: positions and manifests stay, so capture continues as it would.
-pub(crate) fn raise_epochs(state_dir: &Path, dbs: usize, dirs: usize, floor: u64) -> Result<()> {
+pub(crate) fn raise_epochs(
+    state_dir: &Path,
+    dbs: usize,
+    dirs: usize,
+    mariadb: bool,
+    floor: u64,
+) -> Result<()> {
     let at_least = floor.saturating_sub(1);
     let capture_err = |what: String| {
         move |error| TimelineError::Capture {
@@ -247,6 +253,24 @@ pub(crate) fn raise_epochs(state_dir: &Path, dbs: usize, dirs: usize, floor: u64
         manifest
             .save(&path)
             .map_err(capture_err(format!("data dir {i}")))?;
+    }
+    if mariadb {
+        // Without a saved position capture starts at the server's first binlog position,
+        // which only the server knows; that first session keeps its small number.
+        let dir = state_dir.join("mariadb-0");
+        let err = |error| TimelineError::MariaDb {
+            what: "the MariaDB capture state".into(),
+            error: Box::new(error),
+        };
+        if let Some(saved) = lifeboat_mariadb::load_position(&dir).map_err(err)?
+            && saved.epoch < at_least
+        {
+            let raised = lifeboat_mariadb::SavedPosition {
+                epoch: at_least,
+                ..saved
+            };
+            lifeboat_mariadb::save_position(&dir, &raised).map_err(err)?;
+        }
     }
     Ok(())
 }

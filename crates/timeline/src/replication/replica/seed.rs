@@ -68,6 +68,32 @@ pub fn seed_capture_state(
         };
         position::save(&dir.join("position.json"), &saved).map_err(capture_err(name))?;
     }
+    if let Some(m) = &config.mariadb {
+        // The journal was applied when the replica stopped: the data dir holds exactly the
+        // transactions up to the source's seq, at this position.
+        let src = file.sources.get(&m.name).copied().unwrap_or_default();
+        let pending = super::journal::read(&super::journal::dir(&config.meta_dir), src.seq)?;
+        if !pending.is_empty() {
+            return Err(StreamError::Invalid(format!(
+                "{} received MariaDB transactions are not applied to the copy yet; stop the replica (it applies them) before seeding capture",
+                pending.len()
+            )));
+        }
+        let gtid_pos = super::journal::copy_position(&config.meta_dir)?;
+        let saved = lifeboat_mariadb::SavedPosition {
+            version: lifeboat_mariadb::POSITION_FORMAT_VERSION,
+            epoch: src.epoch,
+            seq: src.seq,
+            gtid_pos,
+        };
+        lifeboat_mariadb::save_position(&capture_state_dir.join("mariadb-0"), &saved).map_err(
+            |e| StreamError::Io {
+                action: "write the capture state of",
+                path: m.name.clone().into(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        )?;
+    }
     for (i, d) in config.data_dirs.iter().enumerate() {
         let name = rel_name(d);
         let src = file.sources.get(&name).copied().unwrap_or_default();
