@@ -1253,13 +1253,34 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
     cluster.wait_or_explain("20 rows acknowledged before the kill", || {
         acked.lock().unwrap().len() >= 20
     });
+    let restores = |i: usize| cluster.status(i).map(|s| s["replica"]["resyncs"].clone());
+    let restores_before: Vec<_> = others.iter().map(|&i| restores(i)).collect();
+    let killed_at = Instant::now();
     assert!(cluster.lan.host(primary).kill_everything() >= 2);
     let before = acked.lock().unwrap().len();
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term);
     cluster.wait_or_explain("rows acknowledged by the new primary", || {
+        acked.lock().unwrap().len() > before + 1
+    });
+    eprintln!("writes healed {:?} after the kill", killed_at.elapsed());
+    cluster.wait_or_explain("more rows acknowledged by the new primary", || {
         acked.lock().unwrap().len() >= before + 10
     });
+    // The other standby follows the new primary from its stream: no restore from the vault.
+    let other = others.iter().position(|&i| i != next).unwrap();
+    cluster.wait_or_explain("the other standby to stream from the new primary", || {
+        cluster.status(others[other]).is_some_and(|s| {
+            s["replica"]["state"] == "streaming"
+                && s["role"]["leader"] == format!("n{}", next + 1)
+        })
+    });
+    assert_eq!(
+        restores(others[other]),
+        restores_before[other],
+        "the other standby restored from the vault\n{}",
+        cluster.explain()
+    );
     let _ = child.kill();
     let _ = child.wait();
     let acked = acked.lock().unwrap().clone();
