@@ -311,7 +311,14 @@ segment_interval = "250ms"
 [cluster]
 etcd = [{clients}]
 durability = "{durability}"
-{tls_settings}"#,
+{tls_settings}{cluster_extra}"#,
+            // A small journal: standbys apply what they received several times under the
+            // test's writes, in the background.
+            cluster_extra = if app == Site::MariaDb {
+                "standby_journal = \"4KiB\"\n"
+            } else {
+                ""
+            },
             clients = clients.join(", "),
             vault = scratch.path().join("vault").display(),
         );
@@ -1250,8 +1257,24 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
         .spawn()
         .expect("start the writer");
     let acked = collect(&mut child);
+    let applied_at = |i: usize| {
+        std::fs::read_to_string(cluster.site(i).join(".lifeboat/replica/mariadb-position"))
+            .unwrap_or_default()
+    };
+    let restored_at: Vec<String> = others.iter().map(|&i| applied_at(i)).collect();
     cluster.wait_or_explain("20 rows acknowledged before the kill", || {
         acked.lock().unwrap().len() >= 20
+    });
+    // Past 4 KiB of received transactions a standby applies them to its copy (and the
+    // test goes on writing while it does).
+    cluster.wait_or_explain("the standbys to apply their journal to their copy", || {
+        others
+            .iter()
+            .zip(&restored_at)
+            .all(|(&i, at)| applied_at(i) != *at)
+    });
+    cluster.wait_or_explain("20 more rows acknowledged", || {
+        acked.lock().unwrap().len() >= 40
     });
     let restores = |i: usize| cluster.status(i).map(|s| s["replica"]["resyncs"].clone());
     let restores_before: Vec<_> = others.iter().map(|&i| restores(i)).collect();
@@ -1271,8 +1294,7 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
     let other = others.iter().position(|&i| i != next).unwrap();
     cluster.wait_or_explain("the other standby to stream from the new primary", || {
         cluster.status(others[other]).is_some_and(|s| {
-            s["replica"]["state"] == "streaming"
-                && s["role"]["leader"] == format!("n{}", next + 1)
+            s["replica"]["state"] == "streaming" && s["role"]["leader"] == format!("n{}", next + 1)
         })
     });
     assert_eq!(

@@ -606,7 +606,13 @@ fn replica_mariadb(site: &Site) -> Option<lifeboat_timeline::ReplicaMariaDb> {
         name: db.spec.dir.to_string_lossy().into_owned(),
         spec,
         restore: db.restore_options(&live, &password),
-        fold_bytes: 64 << 20,
+        fold_bytes: site
+            .manifest
+            .cluster
+            .as_ref()
+            .map_or(lifeboat_core::manifest::DEFAULT_STANDBY_JOURNAL, |c| {
+                c.standby_journal
+            }),
     })
 }
 

@@ -21,7 +21,7 @@ pub use crate::manifest_error::{ManifestError, Problem};
 mod cluster;
 mod isolation;
 mod mariadb;
-pub use cluster::{ClusterSpec, Durability, EtcdTlsSpec};
+pub use cluster::{ClusterSpec, DEFAULT_STANDBY_JOURNAL, Durability, EtcdTlsSpec};
 pub use isolation::IsolationSpec;
 pub use mariadb::{DEFAULT_MARIADB_DIR, MariaDbSpec};
 mod limits;

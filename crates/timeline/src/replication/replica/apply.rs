@@ -250,6 +250,9 @@ pub(crate) struct Applier {
     dbs: BTreeMap<String, DbCopy>,
     dirs: BTreeSet<String>,
     pub mariadb: Option<MariaDbCopy>,
+    /// A fold of the MariaDB journal running in the background (started when the journal
+    /// passed its size), so acknowledgements do not wait for it.
+    folding: Option<std::thread::JoinHandle<Result<usize, StreamError>>>,
     pub wal_checkpoint_bytes: u64,
     pub fault: Option<FaultHook>,
 }
@@ -273,6 +276,7 @@ impl Applier {
             dbs: BTreeMap::new(),
             dirs: dirs.iter().cloned().collect(),
             mariadb,
+            folding: None,
             wal_checkpoint_bytes: 32 << 20,
             fault: None,
         };
@@ -533,16 +537,48 @@ impl Applier {
                 self.checkpoint_db(&name)?;
             }
         }
-        if let Some(m) = &self.mariadb
-            && super::journal::bytes(&m.journal) > m.fold_bytes
-        {
-            self.fold_journal()?;
-        }
+        self.fold_in_background_if_large()?;
         Ok(Outcome::Applied(last))
     }
 
-    /// Applies the MariaDB journal to the copy's data dir (see `journal.rs`).
+    /// Starts folding the MariaDB journal in the background once it passed its size (one
+    /// fold at a time); reports the error of one that finished.
+    fn fold_in_background_if_large(&mut self) -> Result<(), StreamError> {
+        if self.folding.as_ref().is_some_and(|f| f.is_finished()) {
+            self.wait_for_fold()?;
+        }
+        let Some(m) = &self.mariadb else {
+            return Ok(());
+        };
+        if self.folding.is_some() || super::journal::bytes(&m.journal) <= m.fold_bytes {
+            return Ok(());
+        }
+        let held = self.file.sources.get(&m.name).map_or(0, |p| p.seq);
+        let (spec, meta) = (m.spec.clone(), self.meta_dir.clone());
+        self.folding = Some(
+            std::thread::Builder::new()
+                .name("mariadb-fold".into())
+                .spawn(move || super::journal::fold(&spec, &meta, held))
+                .map_err(|e| StreamError::Invalid(format!("could not start a fold: {e}")))?,
+        );
+        Ok(())
+    }
+
+    /// Waits for a background fold to end; its error, if it failed (the journal is kept).
+    pub(crate) fn wait_for_fold(&mut self) -> Result<(), StreamError> {
+        match self.folding.take() {
+            Some(f) => f
+                .join()
+                .unwrap_or_else(|_| Err(StreamError::Invalid("the fold thread panicked".into())))
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the whole MariaDB journal to the copy's data dir (see `journal.rs`), after
+    /// any fold in the background.
     pub(crate) fn fold_journal(&mut self) -> Result<usize, StreamError> {
+        self.wait_for_fold()?;
         let Some(m) = &self.mariadb else {
             return Ok(0);
         };
@@ -575,8 +611,10 @@ impl Applier {
         Ok(())
     }
 
-    /// Forgets the databases (before a restore replaces them).
+    /// Forgets the databases (before a restore replaces them); a fold in the background
+    /// ends first (its server holds the data dir).
     pub(crate) fn close_copy(&mut self) {
+        let _ = self.wait_for_fold();
         self.dbs.clear();
     }
 

@@ -159,15 +159,32 @@ pub(crate) fn copy_position(meta_dir: &Path) -> Result<GtidPos, StreamError> {
 }
 
 /// Applies the journal up to `held_seq` to the data dir of `spec` (its server must not be
-/// running), records the position reached in `meta_dir` and removes the journal. Returns
-/// how many transactions the journal held.
+/// running), records the position reached in `meta_dir` and removes the files it applied.
+/// Returns how many transactions they held. Only files wholly at or before `held_seq` are
+/// read and removed, so groups appended meanwhile (a fold in the background) stay.
 pub(crate) fn fold(
     spec: &ServerSpec,
     meta_dir: &Path,
     held_seq: u64,
 ) -> Result<usize, StreamError> {
     let dir = &self::dir(meta_dir);
-    let records = read(dir, held_seq)?;
+    let mut records: Vec<TransactionRecord> = Vec::new();
+    let taken: Vec<(u64, u64, PathBuf)> = files(dir)?
+        .into_iter()
+        .filter(|(_, last, _)| *last <= held_seq)
+        .collect();
+    for (_, _, path) in &taken {
+        let bytes = std::fs::read(path).map_err(StreamError::io("read", path))?;
+        let decoded = lifeboat_mariadb::decode_batch(&bytes).map_err(|e| StreamError::BadState {
+            path: path.clone(),
+            why: format!("a journaled group does not decode ({e}); the standby restores its copy from the vault"),
+        })?;
+        for r in decoded {
+            if records.last().is_none_or(|l| r.seq > l.seq) {
+                records.push(r);
+            }
+        }
+    }
     if records.is_empty() {
         return Ok(0);
     }
@@ -179,10 +196,8 @@ pub(crate) fn fold(
         ))
     })?;
     save_copy_position(meta_dir, &pos)?;
-    for (_, last, path) in files(dir)? {
-        if last <= held_seq {
-            std::fs::remove_file(&path).map_err(StreamError::io("remove", &path))?;
-        }
+    for (_, _, path) in &taken {
+        std::fs::remove_file(path).map_err(StreamError::io("remove", path))?;
     }
     sync_dir(dir)?;
     Ok(records.len())

@@ -519,11 +519,12 @@ async fn restore(
         s.ready = false;
     }
     // The copy's files are replaced: nothing of it may stay open here.
-    let (mut file, databases, dirs) = {
-        let mut a = applier.lock().unwrap();
+    // (On a blocking thread: a fold running in the background is waited for.)
+    let (mut file, databases, dirs) = blocking(applier, |a| {
         a.close_copy();
-        (a.file.clone(), a.database_names().to_vec(), a.dir_names())
-    };
+        Ok((a.file.clone(), a.database_names().to_vec(), a.dir_names()))
+    })
+    .await?;
     let result = resync::resync(
         repo,
         &cfg.state_dir,
