@@ -30,7 +30,8 @@ use lifeboat_core::EventKind;
 use lifeboat_core::cluster::{Candidate, FailsafeDecision, Health, Position};
 use lifeboat_core::manifest::{ClusterSpec, Durability};
 use lifeboat_timeline::{
-    Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig, seed_capture_state,
+    Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig,
+    apply_mariadb_journal, seed_capture_state,
 };
 use serde::{Deserialize, Serialize};
 
@@ -621,7 +622,9 @@ fn replica_mariadb(site: &Site) -> Option<lifeboat_timeline::ReplicaMariaDb> {
 async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
     let live = site.live_state();
     let mut history = None;
-    if let Some(replica) = node.replica.lock().await.take() {
+    let replica = node.replica.lock().await.take();
+    let had_replica = replica.is_some();
+    if let Some(replica) = replica {
         match replica.stop_keeping_history().await {
             Ok((status, kept)) => {
                 tracing::info!(
@@ -633,26 +636,41 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
             }
             Err(e) => tracing::warn!("the replica did not stop cleanly: {e}"),
         }
-        // Capture goes on from exactly where the copy ends, so standbys that followed the
-        // old primary follow this one without a restore.
+    }
+    // The database serves here from now on: on the copy the replica left, or a new one on
+    // a site's first start.
+    let server = match site.database.get() {
+        Some(db) => match db.ensure_running(&live).await {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                site.record(EventKind::CaptureError {
+                    message: format!("the MariaDB server of the promoted node did not start: {e}"),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    if had_replica {
+        // The transactions the copy received and did not apply yet go in through that
+        // server; then capture goes on from exactly where the copy ends, so standbys that
+        // followed the old primary follow this one without a restore.
         let config = replica_config(site, node);
         let capture_dir = site.paths.capture(&live);
-        if let Err(e) =
-            tokio::task::spawn_blocking(move || seed_capture_state(&config, &capture_dir))
-                .await
-                .unwrap_or_else(|e| Err(lifeboat_timeline::StreamError::Invalid(e.to_string())))
-        {
+        let seeded = tokio::task::spawn_blocking(move || {
+            if let Some(spec) = &server {
+                let n = apply_mariadb_journal(&config, spec)?;
+                if n > 0 {
+                    tracing::info!("{n} received MariaDB transactions applied to take over");
+                }
+            }
+            seed_capture_state(&config, &capture_dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(lifeboat_timeline::StreamError::Invalid(e.to_string())));
+        if let Err(e) = seeded {
             tracing::warn!("capture starts afresh (the standbys restore from the vault): {e}");
         }
-    }
-    // The database serves here from now on: on the copy the replica left (every
-    // transaction it received applied), or a new one on a site's first start.
-    if let Some(db) = site.database.get()
-        && let Err(e) = db.ensure_running(&live).await
-    {
-        site.record(EventKind::CaptureError {
-            message: format!("the MariaDB server of the promoted node did not start: {e}"),
-        });
     }
     if let Some(capture) = site.capture.get() {
         capture.start_in_term(&live, Some(term), history);

@@ -66,8 +66,8 @@ pub use gtid::{Gtid, GtidPos};
 pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
 pub use restore::{
-    AppLogin, RestoreReport, RestoreTarget, apply_transactions, check_all_tables, restore,
-    restore_with_app, restore_with_app_moving_base, select_transactions,
+    AppLogin, RestoreReport, RestoreTarget, apply_on_running, apply_transactions, check_all_tables,
+    restore, restore_with_app, restore_with_app_moving_base, select_transactions,
 };
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;

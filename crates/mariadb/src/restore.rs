@@ -419,7 +419,9 @@ pub fn apply_transactions(spec: &ServerSpec, records: &[TransactionRecord]) -> R
     Ok(pos)
 }
 
-fn apply_on_running(spec: &ServerSpec, records: &[TransactionRecord]) -> Result<GtidPos> {
+/// [`apply_transactions`] on a server of `spec` that is running (its admin connects over
+/// the socket); it stays running.
+pub fn apply_on_running(spec: &ServerSpec, records: &[TransactionRecord]) -> Result<GtidPos> {
     let start = spec.gtid_binlog_pos()?;
     let mut expected = start.clone();
     let mut chosen = Vec::new();

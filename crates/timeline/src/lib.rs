@@ -47,7 +47,8 @@ pub use replication::{
     AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
     Replica, ReplicaConfig, ReplicaHistory, ReplicaMariaDb, ReplicaOptions, ReplicaState,
     ReplicaStatus, ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError,
-    StreamKey, StreamServer, StreamServerConfig, StreamServerStatus, seed_capture_state,
+    StreamKey, StreamServer, StreamServerConfig, StreamServerStatus, apply_mariadb_journal,
+    seed_capture_state,
 };
 pub use restore::{
     MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,

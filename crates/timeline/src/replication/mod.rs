@@ -37,7 +37,7 @@ pub use lifeboat_core::cluster::{FailsafeRequest, Position, Term};
 pub use replica::{ApplyStep, FaultHook, inspect_replica_state};
 pub use replica::{
     ConfirmPolicy, Replica, ReplicaConfig, ReplicaMariaDb, ReplicaOptions, ReplicaState,
-    ReplicaStatus, seed_capture_state,
+    ReplicaStatus, apply_mariadb_journal, seed_capture_state,
 };
 pub use sealed::{HandshakeError, StreamKey};
 pub use server::{

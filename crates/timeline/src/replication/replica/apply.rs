@@ -575,20 +575,6 @@ impl Applier {
         }
     }
 
-    /// Applies the whole MariaDB journal to the copy's data dir (see `journal.rs`), after
-    /// any fold in the background.
-    pub(crate) fn fold_journal(&mut self) -> Result<usize, StreamError> {
-        self.wait_for_fold()?;
-        let Some(m) = &self.mariadb else {
-            return Ok(0);
-        };
-        if !self.file.ready {
-            return Ok(0);
-        }
-        let held = self.file.sources.get(&m.name).map_or(0, |p| p.seq);
-        super::journal::fold(&m.spec, &self.meta_dir, held)
-    }
-
     fn checkpoint_db(&mut self, name: &str) -> Result<(), StreamError> {
         let Some(db) = self.dbs.get_mut(name) else {
             return Ok(());
@@ -598,16 +584,18 @@ impl Applier {
         Ok(())
     }
 
-    /// Copies every log back into its database file and applies the MariaDB journal (the
-    /// copy is then plain database files and a data dir a server opens as it is).
+    /// Copies every log back into its database file (the copy is then plain database files)
+    /// and lets a fold of the MariaDB journal in the background finish (what remains in the
+    /// journal is applied by the next fold, or by the server of a promotion:
+    /// [`super::apply_mariadb_journal`]).
     pub(crate) fn checkpoint_all(&mut self) -> Result<(), StreamError> {
+        self.wait_for_fold()?;
         if !self.file.ready {
             return Ok(());
         }
         for name in self.database_names.clone() {
             self.checkpoint_db(&name)?;
         }
-        self.fold_journal()?;
         Ok(())
     }
 

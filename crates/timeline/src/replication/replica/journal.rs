@@ -158,6 +158,16 @@ pub(crate) fn copy_position(meta_dir: &Path) -> Result<GtidPos, StreamError> {
     })
 }
 
+/// Applies the journal up to `held_seq` through the running server of `spec` (a promoted
+/// standby's, just started on the copy), records the position and removes the journal.
+pub(crate) fn apply_running(
+    spec: &ServerSpec,
+    meta_dir: &Path,
+    held_seq: u64,
+) -> Result<usize, StreamError> {
+    fold_with(spec, meta_dir, held_seq, lifeboat_mariadb::apply_on_running)
+}
+
 /// Applies the journal up to `held_seq` to the data dir of `spec` (its server must not be
 /// running), records the position reached in `meta_dir` and removes the files it applied.
 /// Returns how many transactions they held. Only files wholly at or before `held_seq` are
@@ -166,6 +176,20 @@ pub(crate) fn fold(
     spec: &ServerSpec,
     meta_dir: &Path,
     held_seq: u64,
+) -> Result<usize, StreamError> {
+    fold_with(
+        spec,
+        meta_dir,
+        held_seq,
+        lifeboat_mariadb::apply_transactions,
+    )
+}
+
+fn fold_with(
+    spec: &ServerSpec,
+    meta_dir: &Path,
+    held_seq: u64,
+    apply: fn(&ServerSpec, &[TransactionRecord]) -> lifeboat_mariadb::Result<GtidPos>,
 ) -> Result<usize, StreamError> {
     let dir = &self::dir(meta_dir);
     let mut records: Vec<TransactionRecord> = Vec::new();
@@ -188,7 +212,7 @@ pub(crate) fn fold(
     if records.is_empty() {
         return Ok(0);
     }
-    let pos = lifeboat_mariadb::apply_transactions(spec, &records).map_err(|e| {
+    let pos = apply(spec, &records).map_err(|e| {
         StreamError::Invalid(format!(
             "applying {} received MariaDB transactions to the copy in {} failed: {e}",
             records.len(),

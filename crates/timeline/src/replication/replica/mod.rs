@@ -42,7 +42,7 @@ use super::wire::SourcePosition;
 use apply::Applier;
 #[doc(hidden)]
 pub use apply::{ApplyStep, FaultHook};
-pub use seed::seed_capture_state;
+pub use seed::{apply_mariadb_journal, seed_capture_state};
 use state::ReplicaFile;
 #[doc(hidden)]
 pub use state::inspect as inspect_replica_state;

@@ -18,6 +18,27 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsec)
 }
 
+/// After [`super::Replica::stop`], on a promoted standby of a MariaDB site: applies the
+/// transactions still in the journal through the node's server, just started on the copy
+/// (`spec`), so that its capture can be seeded ([`seed_capture_state`]) and the site served.
+/// Returns how many were applied.
+pub fn apply_mariadb_journal(
+    config: &ReplicaConfig,
+    spec: &lifeboat_mariadb::ServerSpec,
+) -> Result<usize, StreamError> {
+    let Some(m) = &config.mariadb else {
+        return Ok(0);
+    };
+    let file = ReplicaFile::load(&config.meta_dir)?.ok_or_else(|| {
+        StreamError::Invalid(format!(
+            "{} has no replica state; nothing to apply",
+            config.meta_dir.display()
+        ))
+    })?;
+    let held = file.sources.get(&m.name).map_or(0, |p| p.seq);
+    super::journal::apply_running(spec, &config.meta_dir, held)
+}
+
 /// Writes the capture state (`db-<i>/position.json`, `dir-<i>.json`, in the order of
 /// `config.databases` and `config.data_dirs`, which must be the worker's) into
 /// `capture_state_dir`, replacing what is there, so that a worker started on the copy
@@ -75,7 +96,7 @@ pub fn seed_capture_state(
         let pending = super::journal::read(&super::journal::dir(&config.meta_dir), src.seq)?;
         if !pending.is_empty() {
             return Err(StreamError::Invalid(format!(
-                "{} received MariaDB transactions are not applied to the copy yet; stop the replica (it applies them) before seeding capture",
+                "{} received MariaDB transactions are not applied to the copy yet; apply them (apply_mariadb_journal) before seeding capture",
                 pending.len()
             )));
         }
