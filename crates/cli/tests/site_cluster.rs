@@ -1342,4 +1342,33 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
         })
     });
     assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (next, next_term));
+
+    // A switchover hands the role back: the old primary's copy (from the vault and the
+    // stream) serves every row.
+    cluster.wait_or_explain("the old primary to stream from the new one", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["replica"]["state"] == "streaming")
+    });
+    let out = common::cli(
+        &cluster.site(next),
+        &["switchover", "--to", &format!("n{}", primary + 1)],
+    );
+    assert!(
+        out.status.success(),
+        "switchover: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]).0, primary);
+    let (code, body) = cluster
+        .request(client, primary, "GET", "/rows", "")
+        .expect("the primary answers");
+    assert_eq!(code, 200, "{body}");
+    let held: std::collections::BTreeSet<&str> = body.trim().split(',').collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !held.contains(n.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "lost after the switchover: {lost:?}");
 }

@@ -1258,6 +1258,11 @@ async fn hand_over(
     site.proxy.set_write_gate(None);
     // The vault gets what is pending from this term before the next one begins.
     capture.stop().await;
+    // The database's last transactions are at `to`: the server stops before this node's
+    // copy is kept aside and a replica takes the data dir.
+    if let Some(db) = site.database.get() {
+        db.stop(&site.live_state()).await;
+    }
     let taken = node.stream.lock().expect("stream lock").take();
     if let Some(taken) = taken {
         taken.shutdown().await;
