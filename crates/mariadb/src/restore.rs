@@ -66,6 +66,8 @@ pub struct RestoreReport {
     pub last: Option<Gtid>,
     /// Tables checked with `CHECK TABLE` (`db.table`).
     pub tables_checked: Vec<String>,
+    /// How long each step took, in order (milliseconds): where a restore's time goes.
+    pub phases_ms: Vec<(&'static str, u64)>,
 }
 
 /// Chooses the transactions to replay on `base_pos`: those of `history` (resolved, in seq
@@ -243,21 +245,32 @@ fn restore_base_and_replay(
     for r in &chosen {
         r.verify()?;
     }
+    let mut phases = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, u64)>| {
+        phases.push((name, clock.elapsed().as_millis() as u64));
+        clock = std::time::Instant::now();
+    };
     crate::base::open_base_backup(&base.dir)?;
     copy_base_into(&base.dir, &spec.data_dir, files)?;
     if let Some(user) = &spec.os_user {
         crate::server::chown_to(&spec.data_dir, user)?;
     }
+    lap("base", &mut phases);
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
+    lap("admin password", &mut phases);
     let gtid_pos = replay(spec, &base.info.gtid_pos, &chosen)?;
+    lap("replay", &mut phases);
     let tables_checked = start_cleanly_and_check(spec, app)?;
+    lap("check", &mut phases);
     Ok(RestoreReport {
         data_dir: spec.data_dir.clone(),
         gtid_pos,
         transactions_replayed: chosen.len(),
         last: chosen.last().map(|r| r.gtid),
         tables_checked,
+        phases_ms: phases,
     })
 }
 

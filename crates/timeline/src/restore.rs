@@ -93,6 +93,9 @@ pub struct RestoreReport {
     /// The MariaDB database, when the site has one.
     #[serde(default)]
     pub mariadb: Option<RestoredMariaDb>,
+    /// How long each step took, in order (milliseconds): where a restore's time goes.
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
 }
 
 /// The MariaDB database as restored.
@@ -108,6 +111,9 @@ pub struct RestoredMariaDb {
     pub transactions_replayed: usize,
     /// Tables that passed `CHECK TABLE`.
     pub tables_checked: usize,
+    /// How long each step of its restore took (milliseconds).
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
     /// The capture seq of the last transaction it holds, and that record's capture session:
     /// where a stream to a standby holding this copy continues.
     #[serde(default)]
@@ -422,10 +428,12 @@ pub async fn restore_site_with(
     {
         return Err(TimelineError::NotEmpty(into.to_path_buf()));
     }
+    let started = std::time::Instant::now();
     repo.reload_index().await?;
     let mut cut = find_cut(repo, target).await?;
     let (parent, staging) = make_staging(into)?;
-    let built = build(repo, &mut cut, &staging, &mariadb).await;
+    let mut phases = vec![("find".to_string(), started.elapsed().as_millis() as u64)];
+    let built = build(repo, &mut cut, &staging, &mariadb, &mut phases).await;
     let (databases, dirs, files, file_bytes, manifest, restored_mariadb) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -449,6 +457,7 @@ pub async fn restore_site_with(
         file_bytes,
         manifest,
         mariadb: restored_mariadb,
+        phases_ms: phases,
     })
 }
 
@@ -497,7 +506,15 @@ async fn build(
     cut: &mut Cut,
     staging: &Path,
     mariadb: &MariaDbRestoreOptions,
+    phases: &mut Vec<(String, u64)>,
 ) -> Result<Built> {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &str, phases: &mut Vec<(String, u64)>, reset_only: bool| {
+        if !reset_only {
+            phases.push((name.to_string(), clock.elapsed().as_millis() as u64));
+        }
+        clock = std::time::Instant::now();
+    };
     let scratch = staging.join(".lifeboat-restore-scratch");
     std::fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
     // The checkpoint in one go (the vault reads whole packs and verifies every chunk).
@@ -509,9 +526,12 @@ async fn build(
         Arc::new(NoProgress),
     )
     .await?;
+    lap("vault", phases, false);
     let databases = restore_databases(repo, cut, &checkpoint_dir, &scratch, staging).await?;
+    lap("databases", phases, false);
     let (dirs, files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
     let manifest = restore_manifest(cut, &checkpoint_dir, staging)?;
+    lap("data dirs", phases, false);
     let restored_mariadb = match cut.meta.mariadb.first().cloned() {
         Some(base) => {
             let (cut_t, history) = (cut.t, cut.mariadb.remove(&base.name).unwrap_or_default());
@@ -540,8 +560,17 @@ async fn build(
         }
         None => None,
     };
+    if let Some(m) = &restored_mariadb {
+        phases.extend(
+            m.phases_ms
+                .iter()
+                .map(|(name, ms)| (format!("mariadb {name}"), *ms)),
+        );
+        lap("", phases, true);
+    }
     std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
     sync_tree(staging)?;
+    lap("sync", phases, false);
     Ok((
         databases,
         dirs,
@@ -631,6 +660,11 @@ fn restore_mariadb(
         gtid_pos: report.gtid_pos.to_string(),
         transactions_replayed: report.transactions_replayed,
         tables_checked: report.tables_checked.len(),
+        phases_ms: report
+            .phases_ms
+            .iter()
+            .map(|(n, ms)| (n.to_string(), *ms))
+            .collect(),
         capture_seq,
         capture_epoch,
     })
