@@ -267,10 +267,16 @@ pub fn fault_line(
             }
         ),
         FaultKind::VaultDestinationDown => format!(
-            "{}: {} of requests answered in time; it was caught up {:.1} s after it went down",
+            "{} ({}): {} of requests answered in time; once back it caught up on {} objects in \
+             {:.1} s",
             f.title,
+            match f.destination.as_deref() {
+                Some("s3") => "the sandbox's S3 server killed",
+                _ => "a local folder",
+            },
             pct(f.figures.availability),
-            f.recovered_after_s.unwrap_or(f64::NAN)
+            f.vault_backlog_objects.unwrap_or(0),
+            f.vault_catch_up_s.unwrap_or(f64::NAN)
         ),
         _ if f.figures.errors == 0 => format!("{}: no request failed", f.title),
         _ => format!(

@@ -21,7 +21,7 @@ use crate::fault_tools::{
     bring_back, destination_state, flip_bytes, join, proc_state, slow_client, wait_for,
 };
 use crate::load::{Http, Kind, Load, Recorder, RequestSpec, Scenario};
-use crate::sandbox::{Sandbox, alive, healthy_instances};
+use crate::sandbox::{Sandbox, SecondDestination, alive, healthy_instances};
 
 /// The faults the simulator knows, in the order a run injects them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -134,6 +134,9 @@ pub struct Injected {
     pub files: Vec<PathBuf>,
     /// A destination moved away (`from`, `to`) with a file in its place.
     moved_destination: Option<(PathBuf, PathBuf)>,
+    /// The sandbox's S3 server was killed (the undo starts it again; if the run ends first,
+    /// the sandbox's teardown has nothing left to stop).
+    s3_killed: bool,
     /// The filler file that fills the state's disk.
     filler: Option<PathBuf>,
 }
@@ -151,6 +154,7 @@ impl Injected {
             attack_load: None,
             files: Vec::new(),
             moved_destination: None,
+            s3_killed: false,
             filler: None,
         }
     }
@@ -258,7 +262,11 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             let mut set = JoinSet::new();
             let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(ctx.slow_clients.max(1));
             for _ in 0..ctx.slow_clients {
-                set.spawn(slow_client(ctx.sandbox.front_door, opened_tx.clone()));
+                set.spawn(slow_client(
+                    ctx.sandbox.dialer.clone(),
+                    ctx.sandbox.front_door,
+                    opened_tx.clone(),
+                ));
             }
             drop(opened_tx);
             let mut opened = 0;
@@ -296,38 +304,11 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             ));
         }
         FaultKind::VaultDestinationDown => {
-            let dir = ctx.sandbox.site.join(crate::sandbox::SECOND_DESTINATION);
-            let aside = dir.with_extension("down");
-            f.at = ctx.recorder.now();
-            // A file where the directory was: every write to it fails (not even root can
-            // create a path beneath a file), as a destination that is down would.
-            let taken = std::fs::rename(&dir, &aside)
-                .and_then(|()| std::fs::write(&dir, b"down: lifeboat simulate\n"));
-            if let Err(e) = taken {
-                let _ = bring_back(&dir, &aside);
-                return Ok(f.skip(format!("could not take {} down: {e}", dir.display())));
+            if matches!(ctx.sandbox.second, SecondDestination::S3(_)) {
+                s3_down(&mut f, ctx).await;
+            } else {
+                folder_down(&mut f, ctx).await;
             }
-            f.moved_destination = Some((dir.clone(), aside));
-            let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
-                !d.reachable || d.objects_behind > 0
-            })
-            .await;
-            f.evidence = format!(
-                "{} replaced by a file; {}",
-                dir.display(),
-                match seen {
-                    Some(d) => format!(
-                        "Lifeboat reports it {}, {} objects behind",
-                        if d.reachable {
-                            "reachable"
-                        } else {
-                            "unreachable"
-                        },
-                        d.objects_behind
-                    ),
-                    None => "Lifeboat did not notice within 5 s".into(),
-                }
-            );
         }
         FaultKind::DiskFull => {
             let dir = match &ctx.sandbox.state_disk {
@@ -356,7 +337,10 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             let Some(pid) = ctx.sandbox.kill_lifeboat() else {
                 return Ok(f.skip("the sandbox's lifeboat was not running"));
             };
-            let refused = tokio::net::TcpStream::connect(ctx.sandbox.front_door)
+            let refused = ctx
+                .sandbox
+                .dialer
+                .connect(ctx.sandbox.front_door)
                 .await
                 .is_err();
             f.evidence = format!(
@@ -423,6 +407,83 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
     Ok(f)
 }
 
+/// Kills the sandbox's S3 server while the site writes.
+async fn s3_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
+    let SecondDestination::S3(s3) = &ctx.sandbox.second else {
+        return;
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s3.port));
+    f.at = ctx.recorder.now();
+    let Some(pid) = ctx.sandbox.kill_s3_server() else {
+        f.skipped = Some("the sandbox's S3 server was not running".into());
+        return;
+    };
+    f.s3_killed = true;
+    let refused = ctx.sandbox.dialer.connect(addr).await.is_err();
+    let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+        !d.reachable && d.objects_behind > 0
+    })
+    .await;
+    f.evidence = format!(
+        "the sandbox's S3 server (s3s-fs, pid {pid}, {addr}) killed with SIGKILL; its port {}; {}",
+        if refused {
+            "refuses connections"
+        } else {
+            "still accepts connections"
+        },
+        seen_by_lifeboat(seen)
+    );
+    if !refused {
+        f.skipped = Some(format!("{addr} still accepted connections after the kill"));
+    }
+}
+
+/// Replaces the local second destination by a file (no S3 server in the sandbox).
+async fn folder_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
+    let SecondDestination::Folder { why_not_s3 } = &ctx.sandbox.second else {
+        return;
+    };
+    let why_not_s3 = why_not_s3.clone();
+    let dir = ctx.sandbox.site.join(crate::sandbox::SECOND_DESTINATION);
+    let aside = dir.with_extension("down");
+    f.at = ctx.recorder.now();
+    // A file where the directory was: every write to it fails (not even root can create a
+    // path beneath a file), as a destination that is down would.
+    let taken = std::fs::rename(&dir, &aside)
+        .and_then(|()| std::fs::write(&dir, b"down: lifeboat simulate\n"));
+    if let Err(e) = taken {
+        let _ = bring_back(&dir, &aside);
+        f.skipped = Some(format!("could not take {} down: {e}", dir.display()));
+        return;
+    }
+    f.moved_destination = Some((dir.clone(), aside));
+    let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+        !d.reachable || d.objects_behind > 0
+    })
+    .await;
+    f.evidence = format!(
+        "no S3 server in the sandbox ({why_not_s3}), so a local folder stood in: {} replaced \
+         by a file; {}",
+        dir.display(),
+        seen_by_lifeboat(seen)
+    );
+}
+
+fn seen_by_lifeboat(seen: Option<lifeboat_control::capture::DestinationReport>) -> String {
+    match seen {
+        Some(d) => format!(
+            "Lifeboat reports it {}, {} objects behind",
+            if d.reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            },
+            d.objects_behind
+        ),
+        None => "Lifeboat did not notice within 5 s".into(),
+    }
+}
+
 /// The arrival rate of the spike at `progress` (0..=1) of its ramp: from the baseline up to
 /// ten times it.
 pub fn spike_rate(base: f64, progress: f64) -> f64 {
@@ -440,6 +501,18 @@ pub struct Undone {
     pub recovered_after: Option<Duration>,
     /// An attack Lifeboat noticed: how long after the injection, and the event that says so.
     pub detected: Option<(Duration, String)>,
+    /// A vault destination back after it was down: what it had to catch up on, and how long.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// A vault destination's catching up once it is back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchUp {
+    /// Objects (and their bytes) it was behind when it came back, as Lifeboat reported.
+    pub backlog_objects: u64,
+    pub backlog_bytes: u64,
+    /// From the moment it was back until nothing was behind (none: not within the RTO).
+    pub after: Option<Duration>,
 }
 
 /// Undoes `f` (a rewind for the virus and corruption is the phase's business).
@@ -503,26 +576,16 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
             u.detected = auth_failures_recorded(ctx.sandbox, f.wall).await;
         }
         FaultKind::VaultDestinationDown => {
-            if let Some((dir, aside)) = f.moved_destination.take() {
+            if f.s3_killed {
+                f.s3_killed = false;
+                s3_back(&f, ctx, rto, &mut u).await;
+            } else if let Some((dir, aside)) = f.moved_destination.take() {
                 if let Err(e) = bring_back(&dir, &aside) {
                     u.evidence = format!("could not bring {} back: {e}", dir.display());
                     return Ok(u);
                 }
-                let back = ctx.recorder.now();
-                let caught_up =
-                    destination_state(ctx.sandbox, rto, |d| d.reachable && d.objects_behind == 0)
-                        .await;
-                u.ok = caught_up.is_some();
-                u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
-                u.evidence = if u.ok {
-                    format!(
-                        "{} back; it caught up {:.1} s later",
-                        dir.display(),
-                        (ctx.recorder.now() - back).as_secs_f64()
-                    )
-                } else {
-                    format!("{} back, but not caught up within {rto:?}", dir.display())
-                };
+                let what = format!("{} back", dir.display());
+                catch_up(&f, ctx, rto, &mut u, what).await;
             }
         }
         FaultKind::DiskFull => {
@@ -583,6 +646,57 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         }
     }
     Ok(u)
+}
+
+/// Starts the sandbox's S3 server again on its port and data, and waits for the vault to
+/// catch up there.
+async fn s3_back(f: &Injected, ctx: &mut Ctx<'_>, rto: Duration, u: &mut Undone) {
+    match ctx.sandbox.restart_s3_server().await {
+        Ok(pid) => {
+            let port = match &ctx.sandbox.second {
+                SecondDestination::S3(s3) => s3.port,
+                SecondDestination::Folder { .. } => 0,
+            };
+            let what =
+                format!("s3s-fs started again (pid {pid}) on 127.0.0.1:{port} with the same data");
+            catch_up(f, ctx, rto, u, what).await;
+        }
+        Err(e) => u.evidence = format!("the sandbox's S3 server did not start again: {e}"),
+    }
+}
+
+/// The destination is back (`what` says how): how much it was behind, and how long the vault
+/// took to ship that backlog (no object behind any more).
+async fn catch_up(f: &Injected, ctx: &mut Ctx<'_>, rto: Duration, u: &mut Undone, what: String) {
+    let back = ctx.recorder.now();
+    let backlog = destination_state(ctx.sandbox, Duration::from_secs(1), |_| true).await;
+    let caught_up = destination_state(ctx.sandbox, rto, |d| {
+        d.reachable && d.objects_behind == 0 && d.bytes_behind == 0
+    })
+    .await;
+    let after = caught_up
+        .is_some()
+        .then(|| ctx.recorder.now().saturating_sub(back));
+    u.ok = caught_up.is_some();
+    u.recovered_after = after.map(|a| (back + a).saturating_sub(f.at));
+    u.catch_up = Some(CatchUp {
+        backlog_objects: backlog.as_ref().map_or(0, |d| d.objects_behind),
+        backlog_bytes: backlog.as_ref().map_or(0, |d| d.bytes_behind),
+        after,
+    });
+    let backlog = backlog.map_or("its backlog unknown".into(), |d| {
+        format!(
+            "{} objects ({} bytes) behind",
+            d.objects_behind, d.bytes_behind
+        )
+    });
+    u.evidence = match after {
+        Some(a) => format!(
+            "{what}; {backlog} when it came back; caught up {:.1} s later",
+            a.as_secs_f64()
+        ),
+        None => format!("{what}; {backlog} when it came back; not caught up within {rto:?}"),
+    };
 }
 
 /// Whether the sandbox's Lifeboat recorded the password guessing (an `AuthFailures` event

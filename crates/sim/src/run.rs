@@ -215,7 +215,7 @@ async fn run_phases(
 ) -> Result<Report> {
     let spec = sandbox.manifest.simulate.clone().unwrap_or_default();
     let facts = site_facts(sandbox);
-    let http = Http::new(sandbox.front_door);
+    let http = Http::new(sandbox.front_door, sandbox.dialer.clone());
     let recorder = Recorder::new();
     let base_rate = f64::from(spec.rate);
     let load = Load::start(
@@ -327,6 +327,9 @@ impl Run<'_> {
             undone,
             extra,
         } = happened;
+        let catch_up = undone.catch_up;
+        let destination = (kind == FaultKind::VaultDestinationDown && skipped.is_none())
+            .then(|| sandbox.second_destination_kind().to_string());
         let mut report = FaultReport {
             name: kind.name().into(),
             title: kind.title().into(),
@@ -352,6 +355,10 @@ impl Run<'_> {
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
             read_availability,
+            destination,
+            vault_backlog_objects: catch_up.map(|c| c.backlog_objects),
+            vault_backlog_bytes: catch_up.map(|c| c.backlog_bytes),
+            vault_catch_up_s: catch_up.and_then(|c| c.after).map(|d| d.as_secs_f64()),
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;
@@ -566,6 +573,8 @@ impl Run<'_> {
                 ),
             });
         }
+        let sandbox_report = sandbox.report();
+        scorecard.extend(sandbox_notes(&sandbox_report, &phases));
         let passed = scorecard.iter().all(|l| l.passed != Some(false));
         Ok(Report {
             version: REPORT_VERSION,
@@ -589,6 +598,7 @@ impl Run<'_> {
             writes,
             capacity_rps: self.capacity.0,
             capacity_is_lower_bound: self.capacity.1,
+            sandbox: sandbox_report,
             baseline,
             faults: phases.into_iter().map(|p| p.report).collect(),
             scorecard,
@@ -598,6 +608,42 @@ impl Run<'_> {
     }
 }
 
+/// Notes on what the sandbox could not do here (cut the network, run an S3 server).
+fn sandbox_notes(sandbox: &SandboxReport, phases: &[Phase]) -> Vec<ScoreLine> {
+    let mut notes = Vec::new();
+    if !sandbox.network_isolated {
+        notes.push(ScoreLine {
+            passed: None,
+            text: format!(
+                "the copy's code could reach other machines and the host's services ({})",
+                sandbox.network
+            ),
+            advice: Some(
+                "run `lifeboat simulate` as root: the copy then runs in a network namespace of \
+                 its own with only loopback"
+                    .into(),
+            ),
+        });
+    }
+    let destination_down = phases
+        .iter()
+        .any(|p| p.kind == FaultKind::VaultDestinationDown && p.report.skipped.is_none());
+    if let (true, Some(why)) = (destination_down, &sandbox.why_not_s3) {
+        notes.push(ScoreLine {
+            passed: None,
+            text: format!(
+                "the vault destination taken down was a local folder, not an S3 server ({why})"
+            ),
+            advice: Some(format!(
+                "install s3s-fs (scripts/install-test-deps, or set {}) so the simulator takes \
+                 a real S3 server down",
+                crate::s3_server::BINARY_ENV
+            )),
+        });
+    }
+    notes
+}
+
 /// A fault that was not injected left nothing to undo.
 fn nothing_to_undo() -> faults::Undone {
     faults::Undone {
@@ -605,6 +651,7 @@ fn nothing_to_undo() -> faults::Undone {
         evidence: "nothing was injected".into(),
         recovered_after: None,
         detected: None,
+        catch_up: None,
     }
 }
 
