@@ -183,3 +183,50 @@ impl tower_service::Service<http::Uri> for Dialer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Made, used and deleted on its own: from inside, a listener on the host's 127.0.0.1 is
+    /// out of reach while one inside answers; the host's own dialer reaches the host's.
+    #[tokio::test]
+    async fn the_sandboxs_network_reaches_its_own_loopback_and_nothing_outside() {
+        let name = format!("lbsim-test-{}", std::process::id());
+        if !nix::unistd::Uid::effective().is_root() {
+            let why = Netns::create(&name).unwrap_err();
+            assert!(why.contains("needs root"), "{why}");
+            return;
+        }
+        let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host_addr = host.local_addr().unwrap();
+        assert!(
+            Dialer::default().connect(host_addr).await.is_ok(),
+            "the host's own dialer reaches the host"
+        );
+        let ns = Netns::create(&name).unwrap();
+        assert!(ns.path().exists());
+        let dialer = Dialer::inside(&ns.path()).unwrap();
+        assert!(dialer.isolated());
+        assert!(
+            dialer.connect(host_addr).await.is_err(),
+            "the host's 127.0.0.1 is out of reach from inside"
+        );
+        // A listener made inside (by a thread that entered the namespace) answers.
+        let (tx, rx) = mpsc::channel();
+        let path = ns.path();
+        std::thread::spawn(move || {
+            enter(&path).unwrap();
+            let inside = std::net::TcpListener::bind(host_addr).unwrap();
+            tx.send(()).unwrap();
+            let _ = inside.accept();
+        });
+        rx.recv().unwrap();
+        assert!(
+            dialer.connect(host_addr).await.is_ok(),
+            "its own loopback answers"
+        );
+        drop(ns);
+        assert!(!Path::new(NETNS_DIR).join(&name).exists(), "deleted");
+    }
+}

@@ -816,4 +816,15 @@ quorum = 2
         assert!(!toml::to_string(&raw).unwrap().contains("/mnt/backup"));
         assert!(!toml::to_string(&raw).unwrap().contains("s3://"));
     }
+
+    #[test]
+    fn the_copys_second_destination_may_be_its_own_s3_server() {
+        let site = "[site]\nname = \"shop\"\n[processes.web]\ncommand = \"./run\"\n\
+                    [vault]\ndestinations = [\"s3://bucket/shop\"]\n";
+        let url = "s3://lbsim/site?endpoint=http://127.0.0.1:41235&region=us-east-1";
+        let (_, manifest) = sandbox_manifest(site, 41234, url).unwrap();
+        let vault = manifest.vault.unwrap();
+        assert_eq!(vault.destinations, [".lifeboat/vault", url]);
+        assert_eq!(vault.quorum, Some(1));
+    }
 }
