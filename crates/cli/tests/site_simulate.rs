@@ -268,6 +268,7 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
             "credential-stuffing",
             "vault-destination-down",
             "disk-full",
+            "slow-disk",
             "kill-lifeboat",
             "virus",
             "corruption"
@@ -275,8 +276,8 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
     );
     let root = nix::unistd::Uid::effective().is_root();
     for f in r["faults"].as_array().unwrap() {
-        if f["name"] == "disk-full" && !root {
-            // It needs root to mount the state's small disk, and says so.
+        if (f["name"] == "disk-full" || f["name"] == "slow-disk") && !root {
+            // They need root to mount the state's small disk, and say so.
             assert!(
                 f["skipped"].as_str().unwrap().contains("needs root"),
                 "{f:#}"
@@ -850,4 +851,85 @@ fn the_sandbox_sends_no_traffic_outside_itself() {
         "no connection came from the sandbox: {text}"
     );
     assert!(!netns_exists(pid), "its network namespace was deleted");
+}
+
+/// The blkio cgroup the slow-disk fault of the simulation `pid` makes (beside this process's).
+fn slow_disk_cgroup(pid: u32) -> PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = own
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "blkio")
+                .then(|| path.trim_start_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    Path::new("/sys/fs/cgroup/blkio")
+        .join(rel)
+        .join(format!("lbsim-{pid}"))
+}
+
+/// As root the state's small disk is a loop device; the fault throttles it for the sandbox's
+/// processes (an fsync'd write takes many times longer), and setting it back makes it fast
+/// again and removes the cgroup.
+#[test]
+fn the_states_disk_made_slow_is_throttled_for_its_phase_and_set_back() {
+    let site = captured_site(1, true, SIMULATE);
+    let report_dir = tempfile::tempdir().unwrap();
+    let (pid, out) = simulate_output(
+        site.path(),
+        &[
+            "--quick",
+            "--only",
+            "slow-disk",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let r = report_in(report_dir.path(), &out);
+    let slow = fault(&r, "slow-disk");
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            slow["skipped"].as_str().unwrap().contains("needs root"),
+            "{slow:#}"
+        );
+        return;
+    }
+    assert_eq!(slow["skipped"], Value::Null, "{slow:#}");
+    let evidence = slow["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("throttled to 20 writes and 50 reads a second"),
+        "{slow:#}"
+    );
+    let before = slow["fsync_ms_before"].as_f64().unwrap();
+    let during = slow["fsync_ms_during"].as_f64().unwrap();
+    let after = slow["fsync_ms_after"].as_f64().unwrap();
+    assert!(
+        during > 5.0 * before && during >= 5.0,
+        "the disk was slow: {before} ms before, {during} ms during: {slow:#}"
+    );
+    assert!(after < during / 2.0, "and fast again: {after} ms after");
+    assert_eq!(slow["undone"], true, "{slow:#}");
+    assert!(
+        slow["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("limits lifted"),
+        "{slow:#}"
+    );
+    assert!(slow["requests"].as_u64().unwrap() > 0);
+    assert_eq!(r["lost_acknowledged_writes"], 0);
+    assert!(
+        !slow_disk_cgroup(pid).exists(),
+        "the cgroup {} was removed",
+        slow_disk_cgroup(pid).display()
+    );
+    assert!(
+        mounts_under(&sandbox_of(site.path())).is_empty(),
+        "nothing stays mounted"
+    );
 }

@@ -22,6 +22,7 @@ use crate::fault_tools::{
 };
 use crate::load::{Http, Kind, Load, Recorder, RequestSpec, Scenario};
 use crate::sandbox::{Sandbox, SecondDestination, alive, healthy_instances};
+use crate::slow_disk::Throttle;
 
 /// The faults the simulator knows, in the order a run injects them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,6 +44,9 @@ pub enum FaultKind {
     VaultDestinationDown,
     /// The disk that holds the state full (a small filesystem of the sandbox's, filled).
     DiskFull,
+    /// The disk that holds the state slow (its block device throttled to a few operations a
+    /// second for the sandbox's processes).
+    SlowDisk,
     /// `kill -9` of the sandbox's Lifeboat, then started again.
     KillLifeboat,
     /// Files written into a data dir by something that should not (a "virus"); then a rewind
@@ -53,7 +57,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
@@ -62,6 +66,7 @@ impl FaultKind {
         FaultKind::CredentialStuffing,
         FaultKind::VaultDestinationDown,
         FaultKind::DiskFull,
+        FaultKind::SlowDisk,
         FaultKind::KillLifeboat,
         FaultKind::Virus,
         FaultKind::Corruption,
@@ -78,6 +83,7 @@ impl FaultKind {
             FaultKind::CredentialStuffing => "credential-stuffing",
             FaultKind::VaultDestinationDown => "vault-destination-down",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::SlowDisk => "slow-disk",
             FaultKind::KillLifeboat => "kill-lifeboat",
             FaultKind::Virus => "virus",
             FaultKind::Corruption => "corruption",
@@ -95,6 +101,7 @@ impl FaultKind {
             FaultKind::CredentialStuffing => "credential stuffing on the login path",
             FaultKind::VaultDestinationDown => "a vault destination down during writes, then back",
             FaultKind::DiskFull => "the state's disk full",
+            FaultKind::SlowDisk => "the state's disk slow (20 writes/s)",
             FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
             FaultKind::Virus => "a virus writes files into the uploads",
             FaultKind::Corruption => "database corruption (bytes flipped in a page)",
@@ -139,6 +146,9 @@ pub struct Injected {
     s3_killed: bool,
     /// The filler file that fills the state's disk.
     filler: Option<PathBuf>,
+    /// The state's disk throttled, the dir the probe writes in, and the fsync times before
+    /// and during.
+    throttle: Option<(Throttle, PathBuf, FsyncTimes)>,
 }
 
 impl Injected {
@@ -156,6 +166,7 @@ impl Injected {
             moved_destination: None,
             s3_killed: false,
             filler: None,
+            throttle: None,
         }
     }
 
@@ -181,6 +192,8 @@ impl Drop for Injected {
         if let Some(filler) = self.filler.take() {
             let _ = std::fs::remove_file(filler);
         }
+        // Its own Drop lifts the limits and moves the processes back.
+        drop(self.throttle.take());
     }
 }
 
@@ -332,6 +345,7 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
                 f.skipped = Some(format!("the disk of {} did not fill up", dir.display()));
             }
         }
+        FaultKind::SlowDisk => slow_down(&mut f, ctx).await?,
         FaultKind::KillLifeboat => {
             f.at = ctx.recorder.now();
             let Some(pid) = ctx.sandbox.kill_lifeboat() else {
@@ -405,6 +419,85 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
         }
     }
     Ok(f)
+}
+
+/// Throttles the state's disk for every process of the sandbox.
+async fn slow_down(f: &mut Injected, ctx: &mut Ctx<'_>) -> Result<()> {
+    let dir = match &ctx.sandbox.state_disk {
+        Ok(dir) => dir.clone(),
+        Err(why) => {
+            f.skipped = Some(why.clone());
+            return Ok(());
+        }
+    };
+    if ctx.sandbox.status().await?.state != lifeboat_control::SITE_STATE {
+        f.skipped = Some("a rewind moved the live state off the small disk".into());
+        return Ok(());
+    }
+    let Some(device) = crate::state_disk::block_device(&dir) else {
+        f.skipped = Some(
+            "the state's small disk is a tmpfs (no loop device could be set up), which has no \
+             device to slow"
+                .into(),
+        );
+        return Ok(());
+    };
+    let cgroup = match crate::slow_disk::cgroup_for(std::process::id()) {
+        Ok(c) => c,
+        Err(why) => {
+            f.skipped = Some(why);
+            return Ok(());
+        }
+    };
+    ctx.sandbox.record_cgroup(&cgroup)?;
+    let before = fsync_time(&dir, None).await;
+    let pids = ctx.sandbox.processes();
+    f.at = ctx.recorder.now();
+    let throttle = match Throttle::start(&cgroup, device, &pids) {
+        Ok(t) => t,
+        Err(why) => {
+            f.skipped = Some(why);
+            return Ok(());
+        }
+    };
+    let during = fsync_time(&dir, Some(&cgroup)).await;
+    let (major, minor) = device;
+    f.evidence = format!(
+        "the state's disk (device {major}:{minor} under {}) throttled to {} writes and {} reads a \
+         second for the sandbox's {} processes (blkio cgroup {}); an fsync'd 4 KiB write took \
+         {} (before: {})",
+        dir.display(),
+        crate::slow_disk::WRITE_IOPS,
+        crate::slow_disk::READ_IOPS,
+        throttle.pids.len(),
+        cgroup.display(),
+        ms(during.as_ref()),
+        ms(before.as_ref()),
+    );
+    let times = FsyncTimes {
+        before: before.ok(),
+        during: during.ok(),
+        after: None,
+    };
+    f.throttle = Some((throttle, dir, times));
+    Ok(())
+}
+
+async fn fsync_time(
+    dir: &std::path::Path,
+    cgroup: Option<&std::path::Path>,
+) -> Result<Duration, String> {
+    let (dir, cgroup) = (dir.to_path_buf(), cgroup.map(std::path::Path::to_path_buf));
+    tokio::task::spawn_blocking(move || crate::slow_disk::fsync_time(&dir, cgroup.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn ms(d: Result<&Duration, &String>) -> String {
+    match d {
+        Ok(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+        Err(e) => format!("not measured ({e})"),
+    }
 }
 
 /// Kills the sandbox's S3 server while the site writes.
@@ -503,6 +596,16 @@ pub struct Undone {
     pub detected: Option<(Duration, String)>,
     /// A vault destination back after it was down: what it had to catch up on, and how long.
     pub catch_up: Option<CatchUp>,
+    /// The slow disk: fsync times before, during and after.
+    pub fsync: Option<FsyncTimes>,
+}
+
+/// How long an fsync'd 4 KiB write on the state's disk took (the slow-disk fault).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsyncTimes {
+    pub before: Option<Duration>,
+    pub during: Option<Duration>,
+    pub after: Option<Duration>,
 }
 
 /// A vault destination's catching up once it is back.
@@ -625,6 +728,25 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
                         format!("the filler removed, but no write succeeded within {rto:?}")
                     }
                 };
+            }
+        }
+        FaultKind::SlowDisk => {
+            if let Some((mut throttle, dir, mut times)) = f.throttle.take() {
+                let pids = throttle.pids.len();
+                match throttle.undo() {
+                    Ok(()) => {
+                        let after = fsync_time(&dir, None).await;
+                        u.ok = true;
+                        u.evidence = format!(
+                            "limits lifted, {pids} processes moved back, the cgroup removed; an \
+                             fsync'd 4 KiB write takes {} again",
+                            ms(after.as_ref())
+                        );
+                        times.after = after.ok();
+                    }
+                    Err(e) => u.evidence = format!("the slow disk was not undone: {e}"),
+                }
+                u.fsync = Some(times);
             }
         }
         FaultKind::KillLifeboat => {

@@ -23,6 +23,7 @@ mod run;
 pub mod s3_server;
 pub mod sandbox;
 mod scorecard;
+pub mod slow_disk;
 pub mod state_disk;
 
 pub use error::SimError;

@@ -146,6 +146,11 @@ pub struct FaultReport {
     pub vault_backlog_bytes: Option<u64>,
     /// Vault destination down: from the moment it was back until nothing was behind.
     pub vault_catch_up_s: Option<f64>,
+    /// Slow disk: the median time of an fsync'd 4 KiB write on the state's disk before the
+    /// fault, while it was slow, and after it was undone.
+    pub fsync_ms_before: Option<f64>,
+    pub fsync_ms_during: Option<f64>,
+    pub fsync_ms_after: Option<f64>,
 }
 
 /// One line of the scorecard.

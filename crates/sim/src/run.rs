@@ -328,6 +328,13 @@ impl Run<'_> {
             extra,
         } = happened;
         let catch_up = undone.catch_up;
+        let fsync = undone.fsync;
+        let fsync_ms = |pick: fn(&faults::FsyncTimes) -> Option<Duration>| {
+            fsync
+                .as_ref()
+                .and_then(pick)
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
         let destination = (kind == FaultKind::VaultDestinationDown && skipped.is_none())
             .then(|| sandbox.second_destination_kind().to_string());
         let mut report = FaultReport {
@@ -359,6 +366,9 @@ impl Run<'_> {
             vault_backlog_objects: catch_up.map(|c| c.backlog_objects),
             vault_backlog_bytes: catch_up.map(|c| c.backlog_bytes),
             vault_catch_up_s: catch_up.and_then(|c| c.after).map(|d| d.as_secs_f64()),
+            fsync_ms_before: fsync_ms(|t| t.before),
+            fsync_ms_during: fsync_ms(|t| t.during),
+            fsync_ms_after: fsync_ms(|t| t.after),
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;
@@ -652,6 +662,7 @@ fn nothing_to_undo() -> faults::Undone {
         recovered_after: None,
         detected: None,
         catch_up: None,
+        fsync: None,
     }
 }
 

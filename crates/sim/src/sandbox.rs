@@ -39,7 +39,7 @@ use crate::netns::{self, Dialer, Netns};
 pub(crate) use crate::procs::alive;
 use crate::procs::{Spawner, cmdline, cwd_under, processes_under};
 use crate::s3_server::{self, S3Server};
-use crate::state_disk;
+use crate::{slow_disk, state_disk};
 
 /// The sandbox's second vault destination when there is no S3 server (relative to its dir),
 /// the one taken down.
@@ -75,6 +75,9 @@ struct RunFile {
     /// Every `s3s-fs` started for the sandbox (a restart adds one).
     #[serde(default)]
     s3_pids: Vec<u32>,
+    /// cgroups made for the slow-disk fault, recorded before they are made.
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
 }
 
 /// The sandbox of one site: where it is, and its running lifeboat.
@@ -169,6 +172,9 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     }
     if let Some(name) = &run.netns {
         netns::delete(name);
+    }
+    for cgroup in &run.cgroups {
+        let _ = slow_disk::remove(cgroup);
     }
     // Then what it had mounted (recorded in run.json, and anything else found beneath it).
     for m in &run.mounts {
@@ -390,6 +396,24 @@ impl Sandbox {
         }
     }
 
+    /// Records a cgroup the slow-disk fault is about to make, so a killed run's is removed.
+    pub fn record_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        if !self.run.cgroups.iter().any(|c| c == cgroup) {
+            self.run.cgroups.push(cgroup.to_path_buf());
+            write_run_file(&self.work, &self.run)?;
+        }
+        Ok(())
+    }
+
+    /// Every process of the sandbox now: its lifeboat and what runs inside it.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.lifeboat_pid().into_iter().collect();
+        pids.extend(processes_under(&self.root));
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// Whether `url` (as Lifeboat reports it) is the vault's second destination.
     pub fn is_second_destination(&self, url: &str) -> bool {
         match &self.second {
@@ -421,7 +445,7 @@ impl Sandbox {
         if let Err(e) = write_run_file(&self.work, &self.run) {
             return Err(e.to_string());
         }
-        match state_disk::limit(&dir) {
+        match state_disk::limit(&dir, &state_disk::image_in(&self.work)) {
             Ok(_) => Ok(dir),
             Err(e) => {
                 self.run.mounts.pop();
@@ -588,12 +612,16 @@ impl Sandbox {
         // Nothing runs in it any more.
         drop(self.netns.take());
         self.run.netns = None;
+        for cgroup in std::mem::take(&mut self.run.cgroups) {
+            let _ = slow_disk::remove(&cgroup);
+        }
         if let Ok(dir) = &self.state_disk {
             // With --keep the state is copied off the small disk, which goes either way.
             let _ = state_disk::release(dir, self.keep);
             self.run.mounts.clear();
         }
         state_disk::release_all_under(&self.root);
+        let _ = std::fs::remove_file(state_disk::image_in(&self.work));
         if self.keep {
             // Nothing runs any more: the next simulation may remove it without asking.
             self.run.simulate_pid = 0;
