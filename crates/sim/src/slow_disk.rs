@@ -40,7 +40,8 @@ fn own_blkio_dir() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let rel = own
         .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+        // "ID:CONTROLLERS:PATH"
+        .filter_map(|l| l.split_once(':')?.1.split_once(':'))
         .find(|(controllers, _)| controllers.split(',').any(|c| c == "blkio"))
         .map(|(_, path)| path.trim_start_matches('/').to_string())
         .unwrap_or_default();
