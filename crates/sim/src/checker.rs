@@ -276,14 +276,20 @@ pub fn fault_line(
             ms_or_unknown(f.fsync_ms_before)
         ),
         FaultKind::VaultDestinationDown => format!(
-            "{} ({}): {} of requests answered in time; once back it caught up on {} objects in \
-             {:.1} s",
+            "{} ({}): {} of requests answered in time; {}; once back it caught up on {} objects \
+             in {:.1} s",
             f.title,
             match f.destination.as_deref() {
                 Some("s3") => "the sandbox's S3 server killed",
                 _ => "a local folder",
             },
             pct(f.figures.availability),
+            match f.detected_after_s {
+                Some(after) => format!("Lifeboat reported it down after {after:.1} s"),
+                None => "Lifeboat did not report it down while it was (its S3 client kept \
+                         retrying)"
+                    .into(),
+            },
             f.vault_backlog_objects.unwrap_or(0),
             f.vault_catch_up_s.unwrap_or(f64::NAN)
         ),

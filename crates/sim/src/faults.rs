@@ -144,6 +144,8 @@ pub struct Injected {
     /// The sandbox's S3 server was killed (the undo starts it again; if the run ends first,
     /// the sandbox's teardown has nothing left to stop).
     s3_killed: bool,
+    /// A destination taken down: when Lifeboat reported it down, and what it said.
+    noticed: Option<(Duration, String)>,
     /// The filler file that fills the state's disk.
     filler: Option<PathBuf>,
     /// The state's disk throttled, the dir the probe writes in, and the fsync times before
@@ -165,6 +167,7 @@ impl Injected {
             files: Vec::new(),
             moved_destination: None,
             s3_killed: false,
+            noticed: None,
             filler: None,
             throttle: None,
         }
@@ -209,6 +212,8 @@ pub struct Ctx<'a> {
     /// How many slow clients / how fast the stuffing goes.
     pub slow_clients: usize,
     pub attack_rate: f64,
+    /// How long a destination taken down waits for Lifeboat to report it down.
+    pub notice_within: Duration,
 }
 
 /// Injects `kind`. A fault that cannot be injected here comes back with `skipped` set.
@@ -513,10 +518,21 @@ async fn s3_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
     };
     f.s3_killed = true;
     let refused = ctx.sandbox.dialer.connect(addr).await.is_err();
-    let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+    // Lifeboat's S3 client retries a failed write (with backoff) before it gives up and
+    // reports the destination down, so this may take a while, or longer than we wait.
+    let seen = destination_state(ctx.sandbox, ctx.notice_within, |d| {
         !d.reachable && d.objects_behind > 0
     })
     .await;
+    if let Some(d) = &seen {
+        f.noticed = Some((
+            ctx.recorder.now().saturating_sub(f.at),
+            format!(
+                "Lifeboat's status: unreachable, {} objects behind",
+                d.objects_behind
+            ),
+        ));
+    }
     f.evidence = format!(
         "the sandbox's S3 server (s3s-fs, pid {pid}, {addr}) killed with SIGKILL; its port {}; {}",
         if refused {
@@ -524,7 +540,14 @@ async fn s3_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
         } else {
             "still accepts connections"
         },
-        seen_by_lifeboat(seen)
+        match seen {
+            Some(_) => seen_by_lifeboat(seen),
+            None => format!(
+                "Lifeboat did not report it down within {:.0} s (its S3 client was still \
+                 retrying the write)",
+                ctx.notice_within.as_secs_f64()
+            ),
+        }
     );
     if !refused {
         f.skipped = Some(format!("{addr} still accepted connections after the kill"));
@@ -550,10 +573,24 @@ async fn folder_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
         return;
     }
     f.moved_destination = Some((dir.clone(), aside));
-    let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
+    let seen = destination_state(ctx.sandbox, ctx.notice_within, |d| {
         !d.reachable || d.objects_behind > 0
     })
     .await;
+    if let Some(d) = &seen {
+        f.noticed = Some((
+            ctx.recorder.now().saturating_sub(f.at),
+            format!(
+                "Lifeboat's status: {}, {} objects behind",
+                if d.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                d.objects_behind
+            ),
+        ));
+    }
     f.evidence = format!(
         "no S3 server in the sandbox ({why_not_s3}), so a local folder stood in: {} replaced \
          by a file; {}",
@@ -573,7 +610,7 @@ fn seen_by_lifeboat(seen: Option<lifeboat_control::capture::DestinationReport>) 
             },
             d.objects_behind
         ),
-        None => "Lifeboat did not notice within 5 s".into(),
+        None => "Lifeboat did not notice".into(),
     }
 }
 
@@ -679,6 +716,7 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
             u.detected = auth_failures_recorded(ctx.sandbox, f.wall).await;
         }
         FaultKind::VaultDestinationDown => {
+            u.detected = f.noticed.take();
             if f.s3_killed {
                 f.s3_killed = false;
                 s3_back(&f, ctx, rto, &mut u).await;
@@ -846,7 +884,10 @@ async fn auth_failures_recorded(
                 )
         }) {
             let after = (e.at - since).max(time::Duration::ZERO);
-            return Some((after.unsigned_abs(), e.what.describe()));
+            return Some((
+                after.unsigned_abs(),
+                format!("Lifeboat event: {}", e.what.describe()),
+            ));
         }
         if Instant::now() >= deadline {
             return None;

@@ -355,9 +355,7 @@ impl Run<'_> {
                 .detected
                 .as_ref()
                 .map(|(after, _)| after.as_secs_f64())),
-            detected_by: extra.detected_by.or(undone
-                .detected
-                .map(|(_, by)| format!("Lifeboat event: {by}"))),
+            detected_by: extra.detected_by.or(undone.detected.map(|(_, by)| by)),
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
@@ -467,7 +465,10 @@ impl Run<'_> {
                 until: self.recorder.now(),
             });
         } else if kind != FaultKind::KillLifeboat {
-            self.hold(self.timing.hold).await;
+            // The fault is in place for the hold, counted from its injection (waiting for
+            // Lifeboat to notice it is part of it).
+            let held = self.recorder.now().saturating_sub(at);
+            self.hold(self.timing.hold.saturating_sub(held)).await;
         }
         // `f` undoes itself if this fails; the failure is the phase's result.
         let rto = self.targets.rto;
@@ -497,6 +498,7 @@ impl Run<'_> {
             login: self.login.clone(),
             slow_clients: if self.quick { 100 } else { 300 },
             attack_rate: (self.base_rate * 6.0).min(500.0),
+            notice_within: Duration::from_secs(if self.quick { 3 } else { 20 }),
         }
     }
 
