@@ -28,6 +28,18 @@ targets = { availability = 0.9, p99 = "1s", rto = "30s" }
 
 /// A guestbook site with a vault, run once so its state is captured, then stopped.
 fn captured_site(replicas: u32, health: bool, simulate: &str) -> SiteDir {
+    captured_site_running(&guestbook_command(), &[], replicas, health, simulate)
+}
+
+/// [`captured_site`] whose instances run `command`, with `files` (name, executable text)
+/// written into the site dir first.
+fn captured_site_running(
+    command: &str,
+    files: &[(&str, &str)],
+    replicas: u32,
+    health: bool,
+    simulate: &str,
+) -> SiteDir {
     let health = if health {
         "health = { path = \"/healthz\", interval = \"200ms\", timeout = \"500ms\" }"
     } else {
@@ -54,8 +66,14 @@ listen = "127.0.0.1:0"
 destinations = [".lifeboat/vault"]
 segment_interval = "200ms"
 {simulate}"#,
-        guestbook_command()
+        command
     ));
+    for (name, text) in files {
+        use std::os::unix::fs::PermissionsExt;
+        let path = site.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let mut lifeboat = Lifeboat::up(site.path());
     lifeboat.wait_healthy(replicas as usize);
     for n in 0..5 {
@@ -250,6 +268,7 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
             "credential-stuffing",
             "vault-destination-down",
             "disk-full",
+            "slow-disk",
             "kill-lifeboat",
             "virus",
             "corruption"
@@ -257,8 +276,8 @@ fn a_quick_run_on_the_guestbook_holds_every_target_and_reports_it_field_by_field
     );
     let root = nix::unistd::Uid::effective().is_root();
     for f in r["faults"].as_array().unwrap() {
-        if f["name"] == "disk-full" && !root {
-            // It needs root to mount the state's small disk, and says so.
+        if (f["name"] == "disk-full" || f["name"] == "slow-disk") && !root {
+            // They need root to mount the state's small disk, and say so.
             assert!(
                 f["skipped"].as_str().unwrap().contains("needs root"),
                 "{f:#}"
@@ -352,10 +371,7 @@ fn each_fault_really_happened_and_was_undone_as_lifeboat_itself_recorded() {
     );
     let down = fault(&r, "vault-destination-down");
     assert!(
-        down["evidence"]
-            .as_str()
-            .unwrap()
-            .contains("Lifeboat reports it unreachable"),
+        down["evidence"].as_str().unwrap().contains("s3s-fs, pid"),
         "{down:#}"
     );
     assert!(
@@ -521,7 +537,8 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
     let site = captured_site(1, true, "");
     let sandbox = sandbox_of(site.path());
     let (mut child, lifeboat) = start_and_wait_for_sandbox(site.path());
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let killed = child.id();
+    kill(Pid::from_raw(killed as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     wait_until("the sandbox's lifeboat to die with simulate", || {
         !alive(lifeboat)
@@ -534,6 +551,10 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
         assert!(
             !mounts_under(&sandbox).is_empty(),
             "the state's small disk is still mounted after a kill -9"
+        );
+        assert!(
+            netns_exists(killed),
+            "the sandbox's network namespace is left after a kill -9"
         );
     }
     // The next run cleans up what it finds, then runs.
@@ -557,6 +578,10 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
     );
     assert!(!sandbox.exists(), "and removed the sandbox");
     assert!(mounts_under(&sandbox).is_empty(), "and what it had mounted");
+    assert!(
+        !netns_exists(killed),
+        "and the network namespace it had made"
+    );
 }
 
 #[test]
@@ -574,4 +599,343 @@ fn ctrl_c_stops_the_run_and_removes_the_sandbox_at_once() {
     assert!(!sandbox.exists(), "the sandbox dir is removed");
     assert!(mounts_under(&sandbox).is_empty(), "nothing stays mounted");
     assert!(processes_naming(&sandbox).is_empty());
+    assert!(
+        !netns_exists(child.id()),
+        "its network namespace is deleted"
+    );
+}
+
+/// `simulate ARGS` with its stdout/stderr; also its pid (its network namespace is named after it).
+fn simulate_output(site: &Path, args: &[&str], env: &[(&str, &str)]) -> (u32, Output) {
+    let child = simulate(site, args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
+fn report_in(dir: &Path, out: &Output) -> Value {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} missing ({e}); simulate said:\n{}\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(&text).unwrap()
+}
+
+fn netns_exists(simulate_pid: u32) -> bool {
+    Path::new(&format!("/run/netns/lbsim-{simulate_pid}")).exists()
+}
+
+/// The vault's second destination is the sandbox's own S3 server; the fault kills it while
+/// the probes write and starts it again: no acknowledged write is lost, and the vault ships
+/// its backlog there once it is back.
+#[test]
+fn the_sandboxs_s3_server_killed_during_writes_loses_no_write_and_the_vault_catches_up() {
+    let site = captured_site(1, true, SIMULATE);
+    let report_dir = tempfile::tempdir().unwrap();
+    let (_, out) = simulate_output(
+        site.path(),
+        &[
+            "--quick",
+            "--only",
+            "vault-destination-down",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let r = report_in(report_dir.path(), &out);
+    assert!(out.status.success(), "{:#}", r["scorecard"]);
+    assert_eq!(
+        r["sandbox"]["second_destination"], "s3",
+        "s3s-fs is installed by scripts/install-test-deps: {:#}",
+        r["sandbox"]
+    );
+    let down = fault(&r, "vault-destination-down");
+    assert_eq!(down["skipped"], Value::Null, "{down:#}");
+    assert_eq!(down["destination"], "s3", "{down:#}");
+    let evidence = down["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("s3s-fs, pid") && evidence.contains("its port refuses connections"),
+        "{down:#}"
+    );
+    // Lifeboat's S3 client retries a failed write with random backoff before it reports the
+    // destination down: within the quick run's 3 s it may not have. When it has, the writes of
+    // the meantime were behind, and the vault shipped them once the server was back.
+    if let Some(after) = down["detected_after_s"].as_f64() {
+        assert!(
+            evidence.contains("Lifeboat reports it unreachable")
+                && down["vault_backlog_objects"].as_u64().unwrap() > 0,
+            "reported down after {after} s: {down:#}"
+        );
+    } else {
+        assert!(
+            evidence.contains("did not report it down within 3 s"),
+            "{down:#}"
+        );
+    }
+    let undo = down["undo_evidence"].as_str().unwrap();
+    assert!(
+        undo.contains("s3s-fs started again") && undo.contains("caught up"),
+        "{down:#}"
+    );
+    assert_eq!(down["undone"], true, "{down:#}");
+    assert_eq!(down["passed"], true, "{down:#}");
+    let catch_up = down["vault_catch_up_s"].as_f64().unwrap();
+    assert!((0.0..30.0).contains(&catch_up), "{down:#}");
+    assert_eq!(down["lost_acknowledged_writes"], 0, "{down:#}");
+    assert_eq!(r["lost_acknowledged_writes"], 0);
+    assert!(r["writes"]["acknowledged"].as_u64().unwrap() > 5);
+    let sandbox = sandbox_of(site.path());
+    assert!(
+        processes_naming(&sandbox).is_empty(),
+        "s3s-fs stopped with the sandbox"
+    );
+}
+
+/// Without s3s-fs the fault falls back to a local folder, and says so.
+#[test]
+fn without_s3s_fs_a_local_folder_is_taken_down_and_the_report_says_so() {
+    let site = captured_site(1, true, SIMULATE);
+    let report_dir = tempfile::tempdir().unwrap();
+    let (_, out) = simulate_output(
+        site.path(),
+        &[
+            "--quick",
+            "--only",
+            "vault-destination-down",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+        &[("LIFEBOAT_S3S_FS", "/nonexistent/s3s-fs")],
+    );
+    let r = report_in(report_dir.path(), &out);
+    assert!(out.status.success(), "{:#}", r["scorecard"]);
+    assert_eq!(r["sandbox"]["second_destination"], "local-folder");
+    let down = fault(&r, "vault-destination-down");
+    assert_eq!(down["destination"], "local-folder", "{down:#}");
+    assert!(
+        down["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("no S3 server in the sandbox (s3s-fs was not found"),
+        "{down:#}"
+    );
+    assert!(
+        down["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("caught up"),
+        "{down:#}"
+    );
+    let note = r["scorecard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["text"]
+                .as_str()
+                .unwrap()
+                .contains("a local folder, not an S3 server")
+        })
+        .unwrap_or_else(|| panic!("a note on the fallback: {:#}", r["scorecard"]));
+    assert!(note["advice"].as_str().unwrap().contains("install s3s-fs"));
+}
+
+/// The host's first IPv4 address that is not loopback, if it has one.
+fn host_address() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .next()
+}
+
+/// As root the sandbox runs in a network namespace with only loopback: an instance that tries
+/// to reach a listener on the host (on 127.0.0.1 and on the host's own address) fails, while
+/// the simulation's load reaches the front door. The same instance, run by the real site on
+/// the host, does reach it (so the test can tell).
+#[test]
+fn the_sandbox_sends_no_traffic_outside_itself() {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let reached = reached.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                reached.lock().unwrap().push(conn.peer_addr().ok());
+            }
+        });
+    }
+    let notes_dir = tempfile::tempdir().unwrap();
+    open_to_the_site_user(notes_dir.path());
+    let notes = notes_dir.path().join("outbound.log");
+    std::fs::write(&notes, "").unwrap();
+    std::fs::set_permissions(&notes, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mut addresses = vec!["127.0.0.1".to_string()];
+    addresses.extend(host_address());
+    // Before it serves, each instance tries every address and notes what happened.
+    let script = format!(
+        "#!/bin/bash\nfor addr in {addrs}; do\n  if timeout 3 bash -c \"exec 3<>/dev/tcp/$addr/{port}\" 2>/dev/null; then r=reached; else r=blocked; fi\n  echo \"$PWD $addr $r\" >> {notes}\ndone\nexec {guestbook} \"$@\"\n",
+        addrs = addresses.join(" "),
+        notes = notes.display(),
+        guestbook = guestbook_command()
+    );
+    let site = captured_site_running(
+        "./outbound.sh",
+        &[("outbound.sh", &script)],
+        1,
+        true,
+        SIMULATE,
+    );
+    let on_host = reached.lock().unwrap().len();
+    assert!(
+        on_host >= addresses.len(),
+        "run on the host, the instance reached the listener ({on_host} connections): {}",
+        std::fs::read_to_string(&notes).unwrap()
+    );
+    let report_dir = tempfile::tempdir().unwrap();
+    let (pid, out) = simulate_output(
+        site.path(),
+        &[
+            "--quick",
+            "--only",
+            "kill-instance",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let r = report_in(report_dir.path(), &out);
+    if !nix::unistd::Uid::effective().is_root() {
+        assert_eq!(r["sandbox"]["network_isolated"], false);
+        assert!(
+            r["sandbox"]["network"]
+                .as_str()
+                .unwrap()
+                .contains("needs root"),
+            "{:#}",
+            r["sandbox"]
+        );
+        return;
+    }
+    assert_eq!(r["sandbox"]["network_isolated"], true, "{:#}", r["sandbox"]);
+    assert!(out.status.success(), "{:#}", r["scorecard"]);
+    assert!(
+        r["requests"].as_u64().unwrap() > 100,
+        "the load got through"
+    );
+    assert!(r["availability"].as_f64().unwrap() >= 0.9);
+    let text = std::fs::read_to_string(&notes).unwrap();
+    let in_sandbox: Vec<&str> = text.lines().filter(|l| l.contains(".simulate")).collect();
+    // The instance started with the sandbox, and the one Lifeboat restarted after the kill.
+    assert!(
+        in_sandbox.len() >= 2 * addresses.len(),
+        "the sandbox's instances tried: {text}"
+    );
+    assert!(
+        in_sandbox.iter().all(|l| l.ends_with(" blocked")),
+        "the sandbox reached outside: {text}"
+    );
+    assert_eq!(
+        reached.lock().unwrap().len(),
+        on_host,
+        "no connection came from the sandbox: {text}"
+    );
+    assert!(!netns_exists(pid), "its network namespace was deleted");
+}
+
+/// The blkio cgroup the slow-disk fault of the simulation `pid` makes (beside this process's).
+fn slow_disk_cgroup(pid: u32) -> PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = own
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "blkio")
+                .then(|| path.trim_start_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    Path::new("/sys/fs/cgroup/blkio")
+        .join(rel)
+        .join(format!("lbsim-{pid}"))
+}
+
+/// As root the state's small disk is a loop device; the fault throttles it for the sandbox's
+/// processes (an fsync'd write takes many times longer), and setting it back makes it fast
+/// again and removes the cgroup.
+#[test]
+fn the_states_disk_made_slow_is_throttled_for_its_phase_and_set_back() {
+    let site = captured_site(1, true, SIMULATE);
+    let report_dir = tempfile::tempdir().unwrap();
+    let (pid, out) = simulate_output(
+        site.path(),
+        &[
+            "--quick",
+            "--only",
+            "slow-disk",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let r = report_in(report_dir.path(), &out);
+    let slow = fault(&r, "slow-disk");
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            slow["skipped"].as_str().unwrap().contains("needs root"),
+            "{slow:#}"
+        );
+        return;
+    }
+    assert_eq!(slow["skipped"], Value::Null, "{slow:#}");
+    let evidence = slow["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("throttled to 20 writes and 50 reads a second"),
+        "{slow:#}"
+    );
+    let before = slow["fsync_ms_before"].as_f64().unwrap();
+    let during = slow["fsync_ms_during"].as_f64().unwrap();
+    let after = slow["fsync_ms_after"].as_f64().unwrap();
+    assert!(
+        during > 5.0 * before && during >= 5.0,
+        "the disk was slow: {before} ms before, {during} ms during: {slow:#}"
+    );
+    assert!(after < during / 2.0, "and fast again: {after} ms after");
+    assert_eq!(slow["undone"], true, "{slow:#}");
+    assert!(
+        slow["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("limits lifted"),
+        "{slow:#}"
+    );
+    assert!(slow["requests"].as_u64().unwrap() > 0);
+    assert_eq!(r["lost_acknowledged_writes"], 0);
+    assert!(
+        !slow_disk_cgroup(pid).exists(),
+        "the cgroup {} was removed",
+        slow_disk_cgroup(pid).display()
+    );
+    assert!(
+        mounts_under(&sandbox_of(site.path())).is_empty(),
+        "nothing stays mounted"
+    );
 }

@@ -266,11 +266,32 @@ pub fn fault_line(
                 None => "writes did not come back".into(),
             }
         ),
-        FaultKind::VaultDestinationDown => format!(
-            "{}: {} of requests answered in time; it was caught up {:.1} s after it went down",
+        FaultKind::SlowDisk => format!(
+            "{}: {} of requests answered in time, p99 {:.0} ms; an fsync'd write took {} \
+             instead of {}",
             f.title,
             pct(f.figures.availability),
-            f.recovered_after_s.unwrap_or(f64::NAN)
+            f.figures.p99_ms,
+            ms_or_unknown(f.fsync_ms_during),
+            ms_or_unknown(f.fsync_ms_before)
+        ),
+        FaultKind::VaultDestinationDown => format!(
+            "{} ({}): {} of requests answered in time; {}; once back it caught up on {} objects \
+             in {:.1} s",
+            f.title,
+            match f.destination.as_deref() {
+                Some("s3") => "the sandbox's S3 server killed",
+                _ => "a local folder",
+            },
+            pct(f.figures.availability),
+            match f.detected_after_s {
+                Some(after) => format!("Lifeboat reported it down after {after:.1} s"),
+                None => "Lifeboat did not report it down while it was (its S3 client kept \
+                         retrying)"
+                    .into(),
+            },
+            f.vault_backlog_objects.unwrap_or(0),
+            f.vault_catch_up_s.unwrap_or(f64::NAN)
         ),
         _ if f.figures.errors == 0 => format!("{}: no request failed", f.title),
         _ => format!(
@@ -359,6 +380,13 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
              with room to spare and an alert well before it fills",
             pct(f.read_availability.unwrap_or(0.0))
         ),
+        FaultKind::SlowDisk => format!(
+            "a slow disk under the state slowed the site ({dropped} of requests failed or took \
+             longer than {:.1} s, p99 {:.0} ms): keep the state on a disk with low write \
+             latency (a local SSD, not a busy network disk), and watch its latency",
+            targets.response_time.as_secs_f64(),
+            f.figures.p99_ms
+        ),
         FaultKind::VaultDestinationDown if !f.undone => "the destination that was down did not \
              catch up: look at `lifeboat vault status` and the capture errors in `lifeboat events`"
             .into(),
@@ -444,6 +472,10 @@ pub fn detection_line(f: &FaultReport, site: &SiteFacts) -> Option<ScoreLine> {
             }),
         },
     })
+}
+
+fn ms_or_unknown(ms: Option<f64>) -> String {
+    ms.map_or("an unknown time".into(), |ms| format!("{ms:.1} ms"))
 }
 
 fn humantime_short(d: Duration) -> String {

@@ -48,11 +48,7 @@ pub(crate) async fn destination_state(
                 .capture
                 .iter()
                 .flat_map(|c| &c.destinations)
-                .find(|d| {
-                    d.url
-                        .trim_end_matches('/')
-                        .ends_with(crate::sandbox::SECOND_DESTINATION)
-                })
+                .find(|d| sandbox.is_second_destination(&d.url))
             && cond(d)
         {
             return Some(d.clone());
@@ -63,8 +59,12 @@ pub(crate) async fn destination_state(
 }
 
 /// Opens a connection and sends a request head one byte a second, until aborted.
-pub(crate) async fn slow_client(addr: std::net::SocketAddr, opened: tokio::sync::mpsc::Sender<()>) {
-    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+pub(crate) async fn slow_client(
+    dialer: crate::netns::Dialer,
+    addr: std::net::SocketAddr,
+    opened: tokio::sync::mpsc::Sender<()>,
+) {
+    let Ok(mut conn) = dialer.connect(addr).await else {
         return;
     };
     let _ = opened.send(()).await;

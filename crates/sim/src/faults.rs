@@ -17,11 +17,13 @@ use tokio::task::JoinSet;
 
 use crate::error::Result;
 pub use crate::fault_tools::{UPLOAD_NAME, plant_upload};
-use crate::fault_tools::{
-    bring_back, destination_state, flip_bytes, join, proc_state, slow_client, wait_for,
-};
+use crate::fault_tools::{bring_back, flip_bytes, join, proc_state, slow_client, wait_for};
 use crate::load::{Http, Kind, Load, Recorder, RequestSpec, Scenario};
-use crate::sandbox::{Sandbox, alive, healthy_instances};
+use crate::sandbox::{Sandbox, SecondDestination, alive, healthy_instances};
+use crate::slow_disk::Throttle;
+
+mod storage;
+pub use storage::{CatchUp, FsyncTimes};
 
 /// The faults the simulator knows, in the order a run injects them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,6 +45,9 @@ pub enum FaultKind {
     VaultDestinationDown,
     /// The disk that holds the state full (a small filesystem of the sandbox's, filled).
     DiskFull,
+    /// The disk that holds the state slow (its block device throttled to a few operations a
+    /// second for the sandbox's processes).
+    SlowDisk,
     /// `kill -9` of the sandbox's Lifeboat, then started again.
     KillLifeboat,
     /// Files written into a data dir by something that should not (a "virus"); then a rewind
@@ -53,7 +58,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
@@ -62,6 +67,7 @@ impl FaultKind {
         FaultKind::CredentialStuffing,
         FaultKind::VaultDestinationDown,
         FaultKind::DiskFull,
+        FaultKind::SlowDisk,
         FaultKind::KillLifeboat,
         FaultKind::Virus,
         FaultKind::Corruption,
@@ -78,6 +84,7 @@ impl FaultKind {
             FaultKind::CredentialStuffing => "credential-stuffing",
             FaultKind::VaultDestinationDown => "vault-destination-down",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::SlowDisk => "slow-disk",
             FaultKind::KillLifeboat => "kill-lifeboat",
             FaultKind::Virus => "virus",
             FaultKind::Corruption => "corruption",
@@ -95,6 +102,7 @@ impl FaultKind {
             FaultKind::CredentialStuffing => "credential stuffing on the login path",
             FaultKind::VaultDestinationDown => "a vault destination down during writes, then back",
             FaultKind::DiskFull => "the state's disk full",
+            FaultKind::SlowDisk => "the state's disk slow (20 writes/s)",
             FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
             FaultKind::Virus => "a virus writes files into the uploads",
             FaultKind::Corruption => "database corruption (bytes flipped in a page)",
@@ -134,8 +142,16 @@ pub struct Injected {
     pub files: Vec<PathBuf>,
     /// A destination moved away (`from`, `to`) with a file in its place.
     moved_destination: Option<(PathBuf, PathBuf)>,
+    /// The sandbox's S3 server was killed (the undo starts it again; if the run ends first,
+    /// the sandbox's teardown has nothing left to stop).
+    s3_killed: bool,
+    /// A destination taken down: when Lifeboat reported it down, and what it said.
+    noticed: Option<(Duration, String)>,
     /// The filler file that fills the state's disk.
     filler: Option<PathBuf>,
+    /// The state's disk throttled, the dir the probe writes in, and the fsync times before
+    /// and during.
+    throttle: Option<(Throttle, PathBuf, FsyncTimes)>,
 }
 
 impl Injected {
@@ -151,7 +167,10 @@ impl Injected {
             attack_load: None,
             files: Vec::new(),
             moved_destination: None,
+            s3_killed: false,
+            noticed: None,
             filler: None,
+            throttle: None,
         }
     }
 
@@ -177,6 +196,8 @@ impl Drop for Injected {
         if let Some(filler) = self.filler.take() {
             let _ = std::fs::remove_file(filler);
         }
+        // Its own Drop lifts the limits and moves the processes back.
+        drop(self.throttle.take());
     }
 }
 
@@ -192,6 +213,8 @@ pub struct Ctx<'a> {
     /// How many slow clients / how fast the stuffing goes.
     pub slow_clients: usize,
     pub attack_rate: f64,
+    /// How long a destination taken down waits for Lifeboat to report it down.
+    pub notice_within: Duration,
 }
 
 /// Injects `kind`. A fault that cannot be injected here comes back with `skipped` set.
@@ -258,7 +281,11 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             let mut set = JoinSet::new();
             let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(ctx.slow_clients.max(1));
             for _ in 0..ctx.slow_clients {
-                set.spawn(slow_client(ctx.sandbox.front_door, opened_tx.clone()));
+                set.spawn(slow_client(
+                    ctx.sandbox.dialer.clone(),
+                    ctx.sandbox.front_door,
+                    opened_tx.clone(),
+                ));
             }
             drop(opened_tx);
             let mut opened = 0;
@@ -296,38 +323,11 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             ));
         }
         FaultKind::VaultDestinationDown => {
-            let dir = ctx.sandbox.site.join(crate::sandbox::SECOND_DESTINATION);
-            let aside = dir.with_extension("down");
-            f.at = ctx.recorder.now();
-            // A file where the directory was: every write to it fails (not even root can
-            // create a path beneath a file), as a destination that is down would.
-            let taken = std::fs::rename(&dir, &aside)
-                .and_then(|()| std::fs::write(&dir, b"down: lifeboat simulate\n"));
-            if let Err(e) = taken {
-                let _ = bring_back(&dir, &aside);
-                return Ok(f.skip(format!("could not take {} down: {e}", dir.display())));
+            if matches!(ctx.sandbox.second, SecondDestination::S3(_)) {
+                storage::s3_down(&mut f, ctx).await;
+            } else {
+                storage::folder_down(&mut f, ctx).await;
             }
-            f.moved_destination = Some((dir.clone(), aside));
-            let seen = destination_state(ctx.sandbox, Duration::from_secs(5), |d| {
-                !d.reachable || d.objects_behind > 0
-            })
-            .await;
-            f.evidence = format!(
-                "{} replaced by a file; {}",
-                dir.display(),
-                match seen {
-                    Some(d) => format!(
-                        "Lifeboat reports it {}, {} objects behind",
-                        if d.reachable {
-                            "reachable"
-                        } else {
-                            "unreachable"
-                        },
-                        d.objects_behind
-                    ),
-                    None => "Lifeboat did not notice within 5 s".into(),
-                }
-            );
         }
         FaultKind::DiskFull => {
             let dir = match &ctx.sandbox.state_disk {
@@ -351,12 +351,16 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
                 f.skipped = Some(format!("the disk of {} did not fill up", dir.display()));
             }
         }
+        FaultKind::SlowDisk => storage::slow_down(&mut f, ctx).await?,
         FaultKind::KillLifeboat => {
             f.at = ctx.recorder.now();
             let Some(pid) = ctx.sandbox.kill_lifeboat() else {
                 return Ok(f.skip("the sandbox's lifeboat was not running"));
             };
-            let refused = tokio::net::TcpStream::connect(ctx.sandbox.front_door)
+            let refused = ctx
+                .sandbox
+                .dialer
+                .connect(ctx.sandbox.front_door)
                 .await
                 .is_err();
             f.evidence = format!(
@@ -440,6 +444,10 @@ pub struct Undone {
     pub recovered_after: Option<Duration>,
     /// An attack Lifeboat noticed: how long after the injection, and the event that says so.
     pub detected: Option<(Duration, String)>,
+    /// A vault destination back after it was down: what it had to catch up on, and how long.
+    pub catch_up: Option<CatchUp>,
+    /// The slow disk: fsync times before, during and after.
+    pub fsync: Option<FsyncTimes>,
 }
 
 /// Undoes `f` (a rewind for the virus and corruption is the phase's business).
@@ -503,26 +511,17 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
             u.detected = auth_failures_recorded(ctx.sandbox, f.wall).await;
         }
         FaultKind::VaultDestinationDown => {
-            if let Some((dir, aside)) = f.moved_destination.take() {
+            u.detected = f.noticed.take();
+            if f.s3_killed {
+                f.s3_killed = false;
+                storage::s3_back(&f, ctx, rto, &mut u).await;
+            } else if let Some((dir, aside)) = f.moved_destination.take() {
                 if let Err(e) = bring_back(&dir, &aside) {
                     u.evidence = format!("could not bring {} back: {e}", dir.display());
                     return Ok(u);
                 }
-                let back = ctx.recorder.now();
-                let caught_up =
-                    destination_state(ctx.sandbox, rto, |d| d.reachable && d.objects_behind == 0)
-                        .await;
-                u.ok = caught_up.is_some();
-                u.recovered_after = Some(ctx.recorder.now().saturating_sub(f.at));
-                u.evidence = if u.ok {
-                    format!(
-                        "{} back; it caught up {:.1} s later",
-                        dir.display(),
-                        (ctx.recorder.now() - back).as_secs_f64()
-                    )
-                } else {
-                    format!("{} back, but not caught up within {rto:?}", dir.display())
-                };
+                let what = format!("{} back", dir.display());
+                storage::catch_up(&f, ctx, rto, &mut u, what).await;
             }
         }
         FaultKind::DiskFull => {
@@ -564,6 +563,7 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
                 };
             }
         }
+        FaultKind::SlowDisk => storage::speed_up(&mut f, &mut u).await,
         FaultKind::KillLifeboat => {
             // As systemd would: start it again at once.
             match ctx.sandbox.start_lifeboat().await {
@@ -610,7 +610,10 @@ async fn auth_failures_recorded(
                 )
         }) {
             let after = (e.at - since).max(time::Duration::ZERO);
-            return Some((after.unsigned_abs(), e.what.describe()));
+            return Some((
+                after.unsigned_abs(),
+                format!("Lifeboat event: {}", e.what.describe()),
+            ));
         }
         if Instant::now() >= deadline {
             return None;

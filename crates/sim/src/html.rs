@@ -66,6 +66,16 @@ pub fn render(r: &Report) -> String {
         r.capacity_rps,
         r.lost_acknowledged_writes
     );
+    let _ = writeln!(
+        h,
+        "<p>The sandbox: {} &middot; its vault's second destination: {}</p>",
+        escape(&r.sandbox.network),
+        if r.sandbox.second_destination == "s3" {
+            "its own S3 server (s3s-fs)"
+        } else {
+            "a local folder"
+        }
+    );
     h.push_str("<h2>Scorecard</h2>\n<table>\n");
     for l in &r.scorecard {
         let (class, word) = match l.passed {

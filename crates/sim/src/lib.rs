@@ -15,12 +15,15 @@ mod fault_tools;
 pub mod faults;
 pub mod html;
 pub mod load;
+pub mod netns;
 mod procs;
 pub mod report;
 mod rewind_check;
 mod run;
+pub mod s3_server;
 pub mod sandbox;
 mod scorecard;
+pub mod slow_disk;
 pub mod state_disk;
 
 pub use error::SimError;

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use tokio::task::JoinHandle;
+
+use crate::netns::Dialer;
 
 /// How long one request may take before it counts as unanswered.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,18 +145,16 @@ impl Recorder {
 /// An HTTP/1.1 client with a connection pool, for one front door.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Dialer, Full<Bytes>>,
     base: String,
 }
 
 impl Http {
-    pub fn new(front_door: SocketAddr) -> Http {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// A client whose connections `dialer` opens (in the sandbox's network).
+    pub fn new(front_door: SocketAddr, dialer: Dialer) -> Http {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
-            .build(connector);
+            .build(dialer);
         Http {
             client,
             base: format!("http://{front_door}"),

@@ -1,7 +1,7 @@
 //! The processes of a sandbox: which are its own (by command line or working dir, read from
 //! `/proc`), whether one still runs, and the thread that starts its lifeboat.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
 
@@ -37,21 +37,34 @@ pub(crate) fn processes_under(root: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// One long-lived thread that starts the sandbox's lifeboat: the parent-death signal fires
+/// One long-lived thread that starts the sandbox's processes: the parent-death signal fires
 /// when the thread that forked the child ends, so it must not be a runtime's worker thread,
-/// which may end whenever it idles.
+/// which may end whenever it idles. Once it has entered the sandbox's network namespace,
+/// everything it starts is in that namespace.
 pub(crate) struct Spawner {
-    tx: mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>,
+    tx: mpsc::Sender<Job>,
+}
+
+enum Job {
+    Spawn(Command, mpsc::Sender<std::io::Result<Child>>),
+    EnterNetns(PathBuf, mpsc::Sender<std::io::Result<()>>),
 }
 
 impl Spawner {
     pub(crate) fn start() -> Spawner {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sandbox-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                for job in rx {
+                    match job {
+                        Job::Spawn(mut cmd, reply) => {
+                            let _ = reply.send(cmd.spawn());
+                        }
+                        Job::EnterNetns(path, reply) => {
+                            let _ = reply.send(crate::netns::enter(&path));
+                        }
+                    }
                 }
             })
             .expect("a thread can be started");
@@ -61,7 +74,19 @@ impl Spawner {
     pub(crate) fn spawn(&self, cmd: Command) -> std::io::Result<Child> {
         let (reply, answer) = mpsc::channel();
         self.tx
-            .send((cmd, reply))
+            .send(Job::Spawn(cmd, reply))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        answer
+            .recv()
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+
+    /// Moves the spawner's thread into the network namespace at `path`: every process it
+    /// starts from then on is in it.
+    pub(crate) fn enter_netns(&self, path: &Path) -> std::io::Result<()> {
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .send(Job::EnterNetns(path.to_path_buf(), reply))
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         answer
             .recv()

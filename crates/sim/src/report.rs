@@ -33,6 +33,8 @@ pub struct Report {
     pub capacity_rps: f64,
     /// The site kept up with the whole spike: the real capacity is higher.
     pub capacity_is_lower_bound: bool,
+    /// How the sandbox was set up: what it could reach, and its vault's destinations.
+    pub sandbox: SandboxReport,
     pub baseline: PhaseReport,
     pub faults: Vec<FaultReport>,
     /// The scorecard, worst first.
@@ -40,6 +42,20 @@ pub struct Report {
     pub timeseries: TimeSeries,
     /// What the sandbox's Lifeboat recorded (`lifeboat events`).
     pub events: Vec<EventLine>,
+}
+
+/// How the sandbox was set up.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SandboxReport {
+    /// The sandbox ran in a network namespace with only loopback: it could reach nothing
+    /// outside itself.
+    pub network_isolated: bool,
+    /// The namespace's name, or why outbound traffic was not cut off.
+    pub network: String,
+    /// The vault's second destination (the one taken down): `s3` or `local-folder`.
+    pub second_destination: String,
+    /// Why it is a local folder (null when it is the sandbox's S3 server).
+    pub why_not_s3: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +138,19 @@ pub struct FaultReport {
     /// Corruption: the upload truncated with the database was back byte for byte after the
     /// rewind.
     pub upload_restored: Option<bool>,
+    /// Vault destination down: what was taken down, `s3` (the sandbox's S3 server) or
+    /// `local-folder` (no S3 server: a folder stood in).
+    pub destination: Option<String>,
+    /// Vault destination down: objects (and bytes) the destination was behind when it came back.
+    pub vault_backlog_objects: Option<u64>,
+    pub vault_backlog_bytes: Option<u64>,
+    /// Vault destination down: from the moment it was back until nothing was behind.
+    pub vault_catch_up_s: Option<f64>,
+    /// Slow disk: the median time of an fsync'd 4 KiB write on the state's disk before the
+    /// fault, while it was slow, and after it was undone.
+    pub fsync_ms_before: Option<f64>,
+    pub fsync_ms_during: Option<f64>,
+    pub fsync_ms_after: Option<f64>,
 }
 
 /// One line of the scorecard.

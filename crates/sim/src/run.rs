@@ -215,7 +215,7 @@ async fn run_phases(
 ) -> Result<Report> {
     let spec = sandbox.manifest.simulate.clone().unwrap_or_default();
     let facts = site_facts(sandbox);
-    let http = Http::new(sandbox.front_door);
+    let http = Http::new(sandbox.front_door, sandbox.dialer.clone());
     let recorder = Recorder::new();
     let base_rate = f64::from(spec.rate);
     let load = Load::start(
@@ -327,6 +327,16 @@ impl Run<'_> {
             undone,
             extra,
         } = happened;
+        let catch_up = undone.catch_up;
+        let fsync = undone.fsync;
+        let fsync_ms = |pick: fn(&faults::FsyncTimes) -> Option<Duration>| {
+            fsync
+                .as_ref()
+                .and_then(pick)
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        let destination = (kind == FaultKind::VaultDestinationDown && skipped.is_none())
+            .then(|| sandbox.second_destination_kind().to_string());
         let mut report = FaultReport {
             name: kind.name().into(),
             title: kind.title().into(),
@@ -345,13 +355,18 @@ impl Run<'_> {
                 .detected
                 .as_ref()
                 .map(|(after, _)| after.as_secs_f64())),
-            detected_by: extra.detected_by.or(undone
-                .detected
-                .map(|(_, by)| format!("Lifeboat event: {by}"))),
+            detected_by: extra.detected_by.or(undone.detected.map(|(_, by)| by)),
             on_timeline: extra.on_timeline,
             removed_by_rewind: extra.removed_by_rewind,
             upload_restored: extra.upload_restored,
             read_availability,
+            destination,
+            vault_backlog_objects: catch_up.map(|c| c.backlog_objects),
+            vault_backlog_bytes: catch_up.map(|c| c.backlog_bytes),
+            vault_catch_up_s: catch_up.and_then(|c| c.after).map(|d| d.as_secs_f64()),
+            fsync_ms_before: fsync_ms(|t| t.before),
+            fsync_ms_during: fsync_ms(|t| t.during),
+            fsync_ms_after: fsync_ms(|t| t.after),
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;
@@ -450,7 +465,10 @@ impl Run<'_> {
                 until: self.recorder.now(),
             });
         } else if kind != FaultKind::KillLifeboat {
-            self.hold(self.timing.hold).await;
+            // The fault is in place for the hold, counted from its injection (waiting for
+            // Lifeboat to notice it is part of it).
+            let held = self.recorder.now().saturating_sub(at);
+            self.hold(self.timing.hold.saturating_sub(held)).await;
         }
         // `f` undoes itself if this fails; the failure is the phase's result.
         let rto = self.targets.rto;
@@ -480,6 +498,7 @@ impl Run<'_> {
             login: self.login.clone(),
             slow_clients: if self.quick { 100 } else { 300 },
             attack_rate: (self.base_rate * 6.0).min(500.0),
+            notice_within: Duration::from_secs(if self.quick { 3 } else { 20 }),
         }
     }
 
@@ -566,6 +585,8 @@ impl Run<'_> {
                 ),
             });
         }
+        let sandbox_report = sandbox.report();
+        scorecard.extend(sandbox_notes(&sandbox_report, &phases));
         let passed = scorecard.iter().all(|l| l.passed != Some(false));
         Ok(Report {
             version: REPORT_VERSION,
@@ -589,6 +610,7 @@ impl Run<'_> {
             writes,
             capacity_rps: self.capacity.0,
             capacity_is_lower_bound: self.capacity.1,
+            sandbox: sandbox_report,
             baseline,
             faults: phases.into_iter().map(|p| p.report).collect(),
             scorecard,
@@ -598,6 +620,42 @@ impl Run<'_> {
     }
 }
 
+/// Notes on what the sandbox could not do here (cut the network, run an S3 server).
+fn sandbox_notes(sandbox: &SandboxReport, phases: &[Phase]) -> Vec<ScoreLine> {
+    let mut notes = Vec::new();
+    if !sandbox.network_isolated {
+        notes.push(ScoreLine {
+            passed: None,
+            text: format!(
+                "the copy's code could reach other machines and the host's services ({})",
+                sandbox.network
+            ),
+            advice: Some(
+                "run `lifeboat simulate` as root: the copy then runs in a network namespace of \
+                 its own with only loopback"
+                    .into(),
+            ),
+        });
+    }
+    let destination_down = phases
+        .iter()
+        .any(|p| p.kind == FaultKind::VaultDestinationDown && p.report.skipped.is_none());
+    if let (true, Some(why)) = (destination_down, &sandbox.why_not_s3) {
+        notes.push(ScoreLine {
+            passed: None,
+            text: format!(
+                "the vault destination taken down was a local folder, not an S3 server ({why})"
+            ),
+            advice: Some(format!(
+                "install s3s-fs (scripts/install-test-deps, or set {}) so the simulator takes \
+                 a real S3 server down",
+                crate::s3_server::BINARY_ENV
+            )),
+        });
+    }
+    notes
+}
+
 /// A fault that was not injected left nothing to undo.
 fn nothing_to_undo() -> faults::Undone {
     faults::Undone {
@@ -605,6 +663,8 @@ fn nothing_to_undo() -> faults::Undone {
         evidence: "nothing was injected".into(),
         recovered_after: None,
         detected: None,
+        catch_up: None,
+        fsync: None,
     }
 }
 

@@ -6,10 +6,17 @@
 //! port on 127.0.0.1 and whose vault is its own `.lifeboat/vault`, never the site's
 //! destinations. The simulator's own files are in its `.lifeboat/simulate/` (hidden from the
 //! site's processes like the rest of `.lifeboat`): `run.json` names the processes this
-//! simulation started, `lifeboat.log` is the sandbox lifeboat's output.
+//! simulation started (and its network namespace), `lifeboat.log` is the sandbox lifeboat's
+//! output. The vault's second destination is the sandbox's own S3 server (`s3s-fs`, data in
+//! `.lifeboat/s3`), or a local folder when `s3s-fs` is not installed.
+//!
+//! As root the sandbox has a network namespace of its own with nothing but loopback
+//! (`netns.rs`): its lifeboat, its instances and its S3 server start in it, and the
+//! simulator's traffic reaches the front door from inside it, so the copy cannot reach
+//! anything outside (a mail server, an API, the live site's database).
 //!
 //! Never touches the live site: it only reads the site dir (to copy the code) and runs
-//! `lifeboat restore-site` on it, which reads the vault. Whatever happens, nothing of the
+//! `lifeboat restore-site` on it, which reads the vault (outside the sandbox's network). Whatever happens, nothing of the
 //! sandbox stays running: its lifeboat is started through the instance shim (it dies with
 //! the simulation, and its instances with it), `Drop` kills what is left, and the next
 //! simulation cleans up after a `kill -9` using `run.json`.
@@ -28,12 +35,28 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::netns::{self, Dialer, Netns};
 pub(crate) use crate::procs::alive;
 use crate::procs::{Spawner, cmdline, cwd_under, processes_under};
-use crate::state_disk;
+use crate::s3_server::{self, S3Server};
+use crate::{slow_disk, state_disk};
 
-/// The sandbox's second vault destination (relative to its dir), the one taken down.
+mod reach;
+
+/// The sandbox's second vault destination when there is no S3 server (relative to its dir),
+/// the one taken down.
 pub const SECOND_DESTINATION: &str = ".lifeboat/vault-b";
+
+/// Where the sandbox's S3 server keeps its data (relative to its dir).
+const S3_DATA: &str = ".lifeboat/s3";
+
+/// The sandbox vault's second destination: the one the vault-destination-down fault takes down.
+pub enum SecondDestination {
+    /// The sandbox's own `s3s-fs`.
+    S3(S3Server),
+    /// A local folder ([`SECOND_DESTINATION`]): `s3s-fs` was not found; why.
+    Folder { why_not_s3: String },
+}
 
 /// How long the sandbox's lifeboat may take to serve with every instance healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -48,6 +71,15 @@ struct RunFile {
     /// Filesystems mounted in the sandbox (the state's small disk), recorded before mounting.
     #[serde(default)]
     mounts: Vec<PathBuf>,
+    /// The sandbox's network namespace, recorded before it is made.
+    #[serde(default)]
+    netns: Option<String>,
+    /// Every `s3s-fs` started for the sandbox (a restart adds one).
+    #[serde(default)]
+    s3_pids: Vec<u32>,
+    /// cgroups made for the slow-disk fault, recorded before they are made.
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
 }
 
 /// The sandbox of one site: where it is, and its running lifeboat.
@@ -68,6 +100,13 @@ pub struct Sandbox {
     pub restored_time: String,
     /// The dir holding the state's databases, on a small disk of its own (as root), or why not.
     pub state_disk: Result<PathBuf, String>,
+    /// The name of the sandbox's network namespace (only loopback), or why it has none.
+    pub network: Result<String, String>,
+    /// Opens the simulator's connections to the sandbox, in its network namespace.
+    pub dialer: Dialer,
+    /// The vault's second destination, the one taken down.
+    pub second: SecondDestination,
+    netns: Option<Netns>,
     lifeboat_bin: PathBuf,
     lifeboat: Option<Child>,
     spawner: Spawner,
@@ -120,6 +159,7 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     for pid in run
         .lifeboat_pids
         .iter()
+        .chain(&run.s3_pids)
         .copied()
         .chain(processes_under(root))
     {
@@ -131,6 +171,12 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while killed.iter().any(|&p| alive(p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(name) = &run.netns {
+        netns::delete(name);
+    }
+    for cgroup in &run.cgroups {
+        let _ = slow_disk::remove(cgroup);
     }
     // Then what it had mounted (recorded in run.json, and anything else found beneath it).
     for m in &run.mounts {
@@ -168,7 +214,7 @@ impl Sandbox {
             root.join(LIFEBOAT_DIR),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         );
-        let mut run = RunFile {
+        let run = RunFile {
             simulate_pid: std::process::id(),
             ..RunFile::default()
         };
@@ -185,6 +231,12 @@ impl Sandbox {
             raw_manifest: toml::Table::new(),
             restored_time: String::new(),
             state_disk: Err("not made yet".into()),
+            network: Err("not made yet".into()),
+            dialer: Dialer::default(),
+            second: SecondDestination::Folder {
+                why_not_s3: "not made yet".into(),
+            },
+            netns: None,
             lifeboat_bin: lifeboat_bin.to_path_buf(),
             lifeboat: None,
             spawner: Spawner::start(),
@@ -202,8 +254,16 @@ impl Sandbox {
                 site_dir.join(MANIFEST_FILE),
             ))?;
         let _ = std::fs::remove_dir_all(&restored);
+        // From here on nothing reads the real vault: the sandbox gets its own network.
+        sandbox.run = run;
+        sandbox.network = sandbox.isolate_network();
+        sandbox.second = sandbox.start_s3_server().await;
+        let second_url = match &sandbox.second {
+            SecondDestination::S3(s3) => s3.url("site"),
+            SecondDestination::Folder { .. } => SECOND_DESTINATION.to_string(),
+        };
         let port = free_port()?;
-        let (raw, manifest) = sandbox_manifest(&text, port)?;
+        let (raw, manifest) = sandbox_manifest(&text, port, &second_url)?;
         std::fs::write(
             site.join(MANIFEST_FILE),
             toml::to_string(&raw).unwrap_or_default(),
@@ -215,8 +275,6 @@ impl Sandbox {
         sandbox.front_door = SocketAddr::from(([127, 0, 0, 1], port));
         sandbox.manifest = manifest;
         sandbox.raw_manifest = raw;
-        run.lifeboat_pids.clear();
-        sandbox.run = run;
         sandbox.state_disk = sandbox.limit_state_disk();
         sandbox.start_lifeboat().await?;
         Ok(sandbox)
@@ -243,7 +301,7 @@ impl Sandbox {
         if let Err(e) = write_run_file(&self.work, &self.run) {
             return Err(e.to_string());
         }
-        match state_disk::limit(&dir) {
+        match state_disk::limit(&dir, &state_disk::image_in(&self.work)) {
             Ok(_) => Ok(dir),
             Err(e) => {
                 self.run.mounts.pop();
@@ -276,6 +334,10 @@ impl Sandbox {
             .arg(&self.site)
             .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
             .env_remove("LIFEBOAT_NODE")
+            // Only the sandbox's own S3 server is reached, with the sandbox's keys.
+            .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
+            .env_remove("AWS_SESSION_TOKEN")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -402,12 +464,20 @@ impl Sandbox {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+        self.kill_s3_server();
+        // Nothing runs in it any more.
+        drop(self.netns.take());
+        self.run.netns = None;
+        for cgroup in std::mem::take(&mut self.run.cgroups) {
+            let _ = slow_disk::remove(&cgroup);
+        }
         if let Ok(dir) = &self.state_disk {
             // With --keep the state is copied off the small disk, which goes either way.
             let _ = state_disk::release(dir, self.keep);
             self.run.mounts.clear();
         }
         state_disk::release_all_under(&self.root);
+        let _ = std::fs::remove_file(state_disk::image_in(&self.work));
         if self.keep {
             // Nothing runs any more: the next simulation may remove it without asking.
             self.run.simulate_pid = 0;
@@ -562,9 +632,9 @@ fn move_state(restored: &Path, site: &Path, manifest: &Manifest) -> Result<()> {
 }
 
 /// The copy's manifest: the site's, with the front door on `port` of 127.0.0.1 and the vault
-/// in the sandbox's own `.lifeboat/vault` and `.lifeboat/vault-b` with a quorum of 1 (never
-/// the site's destinations).
-pub fn sandbox_manifest(text: &str, port: u16) -> Result<(toml::Table, Manifest)> {
+/// in the sandbox's own `.lifeboat/vault` and `second` (its S3 server, or
+/// `.lifeboat/vault-b`) with a quorum of 1 (never the site's destinations).
+pub fn sandbox_manifest(text: &str, port: u16, second: &str) -> Result<(toml::Table, Manifest)> {
     let mut raw: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| SimError::Restore {
@@ -582,7 +652,7 @@ pub fn sandbox_manifest(text: &str, port: u16) -> Result<(toml::Table, Manifest)
         // Two of its own, so that one can go down while the other keeps the quorum of 1.
         vault.insert(
             "destinations".into(),
-            toml::Value::Array(vec![".lifeboat/vault".into(), SECOND_DESTINATION.into()]),
+            toml::Value::Array(vec![".lifeboat/vault".into(), second.into()]),
         );
         vault.insert("quorum".into(), 1.into());
     }
@@ -621,7 +691,7 @@ trusted_proxies = ["10.0.0.5"]
 destinations = ["/mnt/backup/shop", "s3://bucket/shop"]
 quorum = 2
 "#;
-        let (raw, manifest) = sandbox_manifest(site, 41234).unwrap();
+        let (raw, manifest) = sandbox_manifest(site, 41234, SECOND_DESTINATION).unwrap();
         assert_eq!(manifest.proxy.listen, "127.0.0.1:41234".parse().unwrap());
         assert!(manifest.proxy.trusted_proxies.is_empty());
         let vault = manifest.vault.unwrap();
@@ -629,5 +699,16 @@ quorum = 2
         assert_eq!(vault.quorum, Some(1));
         assert!(!toml::to_string(&raw).unwrap().contains("/mnt/backup"));
         assert!(!toml::to_string(&raw).unwrap().contains("s3://"));
+    }
+
+    #[test]
+    fn the_copys_second_destination_may_be_its_own_s3_server() {
+        let site = "[site]\nname = \"shop\"\n[processes.web]\ncommand = \"./run\"\n\
+                    [vault]\ndestinations = [\"s3://bucket/shop\"]\n";
+        let url = "s3://lbsim/site?endpoint=http://127.0.0.1:41235&region=us-east-1";
+        let (_, manifest) = sandbox_manifest(site, 41234, url).unwrap();
+        let vault = manifest.vault.unwrap();
+        assert_eq!(vault.destinations, [".lifeboat/vault", url]);
+        assert_eq!(vault.quorum, Some(1));
     }
 }

@@ -1,14 +1,16 @@
-//! A small disk of its own for the sandbox's state, so the disk-full fault can fill it without
-//! touching the machine's disks: as root, the dir that holds the databases (e.g. `data/`) is
-//! moved onto a tmpfs of a fixed size (what the state uses now plus a margin) before the
-//! sandbox's lifeboat starts.
+//! A small disk of its own for the sandbox's state, so the disk-full fault can fill it and the
+//! slow-disk fault can slow it without touching the machine's disks: as root, the dir that
+//! holds the databases (e.g. `data/`) is moved onto a filesystem of a fixed size (what the
+//! state uses now plus a margin) before the sandbox's lifeboat starts: ext4 on a loop device
+//! whose image is in the sandbox (a block device, which the slow-disk fault can throttle), or
+//! a tmpfs where loop devices are not available.
 //!
 //! Every mount made here is recorded in the sandbox's `run.json` first and undone when the
 //! sandbox is torn down; the next simulation undoes what a killed one left (`mounts_under`).
 //! Never mounts anything outside the sandbox.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -24,9 +26,10 @@ pub fn can_mount() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// Moves the contents of `dir` onto a tmpfs mounted at `dir`, sized to what they use plus
-/// [`MARGIN`]. Returns the size. On failure nothing stays mounted and `dir` is as it was.
-pub fn limit(dir: &Path) -> io::Result<u64> {
+/// Moves the contents of `dir` onto a filesystem mounted at `dir`, sized to what they use plus
+/// [`MARGIN`]: ext4 on a loop device over `image` (made here), else a tmpfs. Returns the size.
+/// On failure nothing stays mounted and `dir` is as it was.
+pub fn limit(dir: &Path, image: &Path) -> io::Result<u64> {
     let used: u64 = walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(Result::ok)
@@ -40,14 +43,18 @@ pub fn limit(dir: &Path) -> io::Result<u64> {
     std::fs::rename(dir, &aside)?;
     let made = (|| {
         std::fs::create_dir(dir)?;
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(format!("size={size},mode={:o}", meta.permissions().mode() & 0o7777).as_str()),
-        )
-        .map_err(io::Error::from)?;
+        if mount_loop(dir, image, size).is_err() {
+            let _ = std::fs::remove_file(image);
+            mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(format!("size={size}").as_str()),
+            )
+            .map_err(io::Error::from)?;
+        }
+        std::fs::set_permissions(dir, meta.permissions())?;
         std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))?;
         copy_tree(&aside, dir)
     })();
@@ -65,7 +72,50 @@ pub fn limit(dir: &Path) -> io::Result<u64> {
     }
 }
 
-/// Undoes [`limit`]: unmounts the tmpfs at `dir`; with `keep`, its contents are first copied
+/// Mounts a new ext4 of `size` bytes (plus room for its own metadata) at `dir`, on a loop
+/// device over `image`. The loop device goes away with the mount (`mount -o loop` sets it to
+/// clear itself), so unmounting is all the undo there is.
+fn mount_loop(dir: &Path, image: &Path, size: u64) -> io::Result<()> {
+    // ext4's journal and tables take about 5 MiB of a disk this small.
+    let file = std::fs::File::create(image)?;
+    file.set_len(size + 8 * 1024 * 1024)?;
+    drop(file);
+    run(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(image))?;
+    run(std::process::Command::new("mount")
+        .args(["-o", "loop,nosuid,nodev"])
+        .arg(image)
+        .arg(dir))?;
+    // Not part of the site's state.
+    let _ = std::fs::remove_dir(dir.join("lost+found"));
+    Ok(())
+}
+
+fn run(cmd: &mut std::process::Command) -> io::Result<()> {
+    let out = cmd.stdin(std::process::Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The block device (major, minor) the filesystem of `dir` is on; `None` for a filesystem
+/// without one (a tmpfs).
+pub fn block_device(dir: &Path) -> Option<(u64, u64)> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    Path::new(&format!("/sys/dev/block/{major}:{minor}"))
+        .exists()
+        .then_some((major, minor))
+}
+
+/// Undoes [`limit`]: unmounts the filesystem at `dir`; with `keep`, its contents are first copied
 /// to a plain dir that takes its place (for `--keep`).
 pub fn release(dir: &Path, keep: bool) -> io::Result<()> {
     if keep {
@@ -81,6 +131,11 @@ pub fn release(dir: &Path, keep: bool) -> io::Result<()> {
     } else {
         umount2(dir, MntFlags::MNT_DETACH).map_err(io::Error::from)
     }
+}
+
+/// The loop image of the state's disk, in the simulator's own dir of the sandbox.
+pub fn image_in(work: &Path) -> PathBuf {
+    work.join("state-disk.img")
 }
 
 /// Every mount point at or beneath `root` (from `/proc/self/mountinfo`), deepest first.
