@@ -260,10 +260,8 @@ fn restore_base_and_replay(
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
     lap("admin password", &mut phases);
-    let gtid_pos = replay(spec, &base.info.gtid_pos, &chosen)?;
-    lap("replay", &mut phases);
-    let tables_checked = start_cleanly_and_check(spec, app)?;
-    lap("check", &mut phases);
+    let (gtid_pos, tables_checked) = replay_and_check(spec, &base.info.gtid_pos, &chosen, app)?;
+    lap("replay and check", &mut phases);
     Ok(RestoreReport {
         data_dir: spec.data_dir.clone(),
         gtid_pos,
@@ -317,9 +315,16 @@ fn copy_tree(from: &Path, to: &Path, top: bool, files: BaseFiles) -> Result<()> 
 }
 
 /// Replays `chosen` on a server started on the data dir (binlog on, so the restored server's
-/// GTID state continues from the last one replayed); returns its final `gtid_binlog_pos`,
-/// checked against the expected one.
-fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) -> Result<GtidPos> {
+/// GTID state continues from the last one replayed), checks the position reached against the
+/// expected one, then, in the same server's life, runs `CHECK TABLE` on every table and sets
+/// the app's login (kept out of the binlog). Returns the position and the tables checked. One
+/// start and one clean stop: a rewind waits for each.
+fn replay_and_check(
+    spec: &ServerSpec,
+    base_pos: &GtidPos,
+    chosen: &[&TransactionRecord],
+    app: Option<AppLogin<'_>>,
+) -> Result<(GtidPos, Vec<String>)> {
     // Replay is not the live site: per-commit fsyncs are not needed (a crash during a
     // restore means restoring again); the clean shutdown below makes everything durable.
     let mut fast = spec.clone();
@@ -409,9 +414,17 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
             })?;
         }
     }
-    server.stop(Duration::from_secs(120))?;
+    let checked = check_all_tables(&fast, &spec.data_dir).and_then(|tables| {
+        if let Some(app) = app {
+            fast.create_app_database_unlogged(app.database, app.user, app.password)?;
+        }
+        Ok(tables)
+    });
+    let stopped = server.stop(Duration::from_secs(120));
     spec.write_config(&password)?;
-    Ok(got)
+    let checked = checked?;
+    stopped?;
+    Ok((got, checked))
 }
 
 /// Applies `records` (in seq order, one capture's) to the server of `spec`, which must not
@@ -535,27 +548,6 @@ fn pipe_binlog_into_server(spec: &ServerSpec, file: &Path) -> Result<()> {
 }
 
 const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "information_schema", "performance_schema", "sys"];
-
-/// Starts the server on the restored files with its real config, checks every table of every
-/// database, and stops it cleanly.
-fn start_cleanly_and_check(spec: &ServerSpec, app: Option<AppLogin<'_>>) -> Result<Vec<String>> {
-    let mut check = spec.clone();
-    check.port = None;
-    let password = spec.admin_password()?;
-    check.write_config(&password)?;
-    let server = check.start(Duration::from_secs(60))?;
-    let checked = check_all_tables(&check, &spec.data_dir).and_then(|tables| {
-        if let Some(app) = app {
-            check.create_app_database_unlogged(app.database, app.user, app.password)?;
-        }
-        Ok(tables)
-    });
-    let stopped = server.stop(Duration::from_secs(120));
-    spec.write_config(&password)?;
-    let checked = checked?;
-    stopped?;
-    Ok(checked)
-}
 
 /// Runs `CHECK TABLE` on every base table of every user database of a running server;
 /// returns the tables checked, or the first one that failed.
