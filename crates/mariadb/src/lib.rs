@@ -12,6 +12,7 @@
 //! - [`restore`](mod@restore): a base plus captured transactions up to a time or a GTID, into a new data
 //!   dir that is started and checked;
 //! - [`import`]: a dump file or a running server into a managed server;
+//! - [`purge`]: removing the binlog files a durable base and capture no longer need;
 //! - [`binlog`], [`gtid`]: the parts of the binlog format and of GTIDs the rest needs.
 //!
 //! The crate never prints and never reads the terminal; it never ships anything itself.
@@ -51,6 +52,7 @@ mod durable;
 pub mod error;
 pub mod gtid;
 pub mod import;
+pub mod purge;
 pub mod record;
 pub mod restore;
 pub mod server;
@@ -61,6 +63,7 @@ pub use capture::{BinlogCapture, CaptureOptions, CaptureSource, CaptureStatus, S
 pub use error::{MariaDbError, Result};
 pub use gtid::{Gtid, GtidPos};
 pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
+pub use purge::{BinlogFile, PurgeReport, binlog_files, purge_binlogs_before, rotate_binlog};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
 pub use restore::{
     AppLogin, RestoreReport, RestoreTarget, check_all_tables, restore, restore_with_app,
