@@ -11,7 +11,8 @@
 //! transaction it received: nothing is received twice in one session either.
 //!
 //! Every transaction's GTID must follow the previous one of its domain by exactly one; a
-//! jump is reported as [`MariaDbError::GtidGap`] and capture hands out nothing more until
+//! jump is reported as [`MariaDbError::GtidGap`] (a step back, after `RESET MASTER`, as
+//! [`MariaDbError::GtidWentBack`]) and capture hands out nothing more until
 //! [`BinlogCapture::restart_from_base`]. It never skips silently.
 //!
 //! Capture never prints and never ships anything itself.
@@ -542,11 +543,6 @@ fn stream_once(
         if let Err(e) = check_follows(pos, t.gtid) {
             return Err(StreamEnd::Fatal(e));
         }
-        if pos.contains(t.gtid) {
-            // Already received (cannot happen when resuming by GTID; kept as a guard so a
-            // transaction is never handed out twice in one session).
-            continue;
-        }
         pos.advance(t.gtid);
         received_any = true;
         let f = format
@@ -573,10 +569,21 @@ fn stream_once(
 
 /// A transaction must be the next one of its domain (the domain's first is seq 1 when the
 /// position does not know the domain).
+///
+/// A GTID the position already contains is an error too, never skipped: resuming by GTID,
+/// the server sends only what follows the position, so it means the server's sequence went
+/// back (`RESET MASTER`), and what it sends now is new history under old numbers.
 fn check_follows(pos: &GtidPos, gtid: Gtid) -> Result<()> {
     let expected = pos.get(gtid.domain).map_or(1, |g| g.seq + 1);
-    if gtid.seq == expected || pos.contains(gtid) {
+    if gtid.seq == expected {
         return Ok(());
+    }
+    if let Some(last) = pos.get(gtid.domain).filter(|_| pos.contains(gtid)) {
+        return Err(MariaDbError::GtidWentBack {
+            domain: gtid.domain,
+            after: last.to_string(),
+            got: gtid,
+        });
     }
     Err(MariaDbError::GtidGap {
         domain: gtid.domain,
@@ -599,6 +606,10 @@ mod tests {
         assert!(matches!(
             check_follows(&pos, "0-1-8".parse().unwrap()),
             Err(MariaDbError::GtidGap { .. })
+        ));
+        assert!(matches!(
+            check_follows(&pos, "0-1-1".parse().unwrap()),
+            Err(MariaDbError::GtidWentBack { .. })
         ));
         assert!(check_follows(&pos, "1-1-1".parse().unwrap()).is_ok());
         assert!(check_follows(&pos, "1-1-2".parse().unwrap()).is_err());

@@ -190,6 +190,19 @@ pub enum MariaDbError {
         /// The GTID that came instead of the next one.
         got: Gtid,
     },
+    /// A transaction's GTID is one capture already has: the server's GTID sequence started
+    /// over (its binlog was reset, e.g. `RESET MASTER`, or the server was replaced).
+    #[error(
+        "the GTID sequence of domain {domain} went back: after {after} came {got} (the server's binary log was reset, e.g. by RESET MASTER, or the server was replaced); the transactions since the reset are not in the capture. Take a new base backup and continue capture from it"
+    )]
+    GtidWentBack {
+        /// The replication domain.
+        domain: u32,
+        /// The last GTID seen in that domain.
+        after: String,
+        /// The GTID that came instead of the next one.
+        got: Gtid,
+    },
     /// The binary log (a stream, a file or a stored record) is damaged.
     #[error("the binary log {what} is damaged ({why}); {advice}")]
     CorruptBinlog {
@@ -267,11 +280,29 @@ pub(crate) fn io_err(
 }
 
 impl MariaDbError {
+    /// Whether capture cannot continue from where it is and must start again from a new
+    /// base backup ([`crate::BinlogCapture::restart_from_base`]): a GTID gap, binlogs the
+    /// server no longer has, or a damaged binlog.
+    pub fn needs_new_base(&self) -> bool {
+        matches!(
+            self,
+            MariaDbError::GtidGap { .. }
+                | MariaDbError::GtidWentBack { .. }
+                | MariaDbError::BinlogPurged { .. }
+                | MariaDbError::CorruptBinlog { .. }
+        )
+    }
+
     /// The same error again, for a problem reported on every call until it is dealt with
     /// (variants holding an OS or driver error are repeated by their text).
     pub(crate) fn repeat(&self) -> MariaDbError {
         match self {
             MariaDbError::GtidGap { domain, after, got } => MariaDbError::GtidGap {
+                domain: *domain,
+                after: after.clone(),
+                got: *got,
+            },
+            MariaDbError::GtidWentBack { domain, after, got } => MariaDbError::GtidWentBack {
                 domain: *domain,
                 after: after.clone(),
                 got: *got,
