@@ -278,7 +278,15 @@ pub(super) fn exec(dir: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
-    let (sandbox, command) = lifeboat_supervisor::shim::Sandbox::from_args(&args.args)?;
+    // With an empty sandbox the supervisor passes `__instance -- CMD...`, and clap takes that
+    // `--` for its own end of options and drops it: CMD would then be read as sandbox
+    // options. So the arguments are read as the supervisor passed them.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip_while(|a| a != "__instance")
+        .skip(1)
+        .collect();
+    let args = if raw.is_empty() { args.args } else { raw };
+    let (sandbox, command) = lifeboat_supervisor::shim::Sandbox::from_args(&args)?;
     let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
     Err(anyhow::anyhow!("could not start the instance: {err}"))
 }
