@@ -895,3 +895,81 @@ fn capture_purged_by_hand_under_writes_continues_from_a_new_base_and_says_what_i
     assert!(lost.is_empty(), "acknowledged but not restored: {lost:?}");
     assert!(restored.contains(&row));
 }
+
+/// The uid a process runs as.
+fn uid_of(pid: u64) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .expect("the process runs")
+        .uid()
+}
+
+#[test]
+fn a_mariadb_site_run_by_an_ordinary_user_serves_captures_and_rewinds() {
+    let Some(user) = common::OsUser::ensure("lifeboat-tester") else {
+        eprintln!(
+            "skipped: this test creates an ordinary user to run lifeboat as, which needs root (running as uid {})",
+            nix::unistd::geteuid()
+        );
+        return;
+    };
+    let site = mariadb_site(1, VAULT);
+    user.give(site.path());
+    let lifeboat = Lifeboat::up_as(&user, site.path());
+    lifeboat.wait_healthy(1);
+    let status = lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null() || !s["capture"]["last_error"].is_null()
+    });
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    let pid = database(&status)["pid"].as_u64().expect("mariadbd runs");
+    assert_eq!(
+        uid_of(pid),
+        user.uid,
+        "mariadbd runs as the user of lifeboat"
+    );
+    // Its run dir (socket) is in the user's own TMPDIR.
+    let socket = database(&status)["socket"].as_str().unwrap().to_string();
+    assert!(
+        Path::new(&socket).starts_with(user.tmpdir()),
+        "{socket} is not in {}",
+        user.tmpdir().display()
+    );
+    for n in 1..=5 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+    let t = time::OffsetDateTime::now_utc();
+    for n in 6..=8 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+
+    let report = ok_json(
+        &lifeboat,
+        &[
+            "rewind",
+            "--to",
+            &rfc(t),
+            "--rotate-credentials",
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
+    let status = lifeboat.status();
+    assert_eq!(status["state"], report["state"]);
+    let pid = database(&status)["pid"]
+        .as_u64()
+        .expect("the restored mariadbd runs");
+    assert_eq!(uid_of(pid), user.uid);
+    // Capture follows the restored server, as that user too.
+    assert!(write_row(&lifeboat.proxy, 100));
+    let status = lifeboat.wait_for_status("capture of the restored server", |s| {
+        let m = &s["capture"]["mariadb"];
+        (m["connected"] == true && gtid_seq(m["confirmed"].as_str().unwrap_or("")) >= 6)
+            || !s["capture"]["last_error"].is_null()
+    });
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=8).collect::<Vec<_>>());
+}
