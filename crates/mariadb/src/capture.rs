@@ -183,6 +183,23 @@ pub struct BinlogCapture {
     reader: Reader,
     /// A fatal problem: reported on every poll until `restart_from_base`.
     stuck: Option<MariaDbError>,
+    /// Looks at the server's own position now and then (see [`BinlogCapture::watch_server`]).
+    watch: Watch,
+}
+
+/// What [`BinlogCapture::watch_server`] keeps between looks.
+struct Watch {
+    conn: Option<mysql::Conn>,
+    next_look: Instant,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            conn: None,
+            next_look: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for BinlogCapture {
@@ -264,6 +281,7 @@ impl BinlogCapture {
             unconfirmed: VecDeque::new(),
             reader,
             stuck: None,
+            watch: Watch::new(),
         })
     }
 
@@ -285,7 +303,14 @@ impl BinlogCapture {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.reader.rx.recv_timeout(left) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => return Ok(out),
+                    Err(RecvTimeoutError::Timeout) => {
+                        // Nothing waiting: the moment to compare with the server's position.
+                        if let Err(e) = self.watch_server() {
+                            self.stuck = Some(e.repeat());
+                            return Err(e);
+                        }
+                        return Ok(out);
+                    }
                     Err(RecvTimeoutError::Disconnected) => {
                         return Err(self.reader_gone("the reader thread ended"));
                     }
@@ -322,6 +347,52 @@ impl BinlogCapture {
                 }
             }
         }
+    }
+
+    /// About once a heartbeat, compares what capture handed out with the server's own
+    /// `gtid_binlog_pos` over a connection of its own: a domain behind capture's position
+    /// means the server's sequence went back (`RESET MASTER` while the stream read the first
+    /// binlog file: the stream then waits on the removed file and says nothing). That is an
+    /// error that needs a new base. A server that cannot be reached is left to the reader,
+    /// which reports it.
+    ///
+    /// Its limit: when, before the next look, the reset server writes more transactions
+    /// than capture had, their GTIDs are those capture expects next and the stream may read
+    /// them on as if nothing happened. A stream past the first file is ended by the server
+    /// instead (`BinlogPurged`), and Lifeboat rotates the binlog at every checkpoint, so a
+    /// site's capture is past the first file after its first checkpoint.
+    fn watch_server(&mut self) -> Result<()> {
+        if Instant::now() < self.watch.next_look {
+            return Ok(());
+        }
+        self.watch.next_look = Instant::now() + self.opts.heartbeat;
+        let Ok(server) = self.server_position() else {
+            self.watch.conn = None;
+            return Ok(());
+        };
+        for g in self.handed_out.iter() {
+            if server.get(g.domain).is_none_or(|s| s.seq < g.seq) {
+                return Err(MariaDbError::GtidWentBack {
+                    domain: g.domain,
+                    after: g.to_string(),
+                    now: format!("is at binlog position '{server}'"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn server_position(&mut self) -> Result<GtidPos> {
+        if self.watch.conn.is_none() {
+            self.watch.conn = Some(connect_socket(
+                &self.source.socket,
+                &self.source.user,
+                &self.source.password,
+                Some(Duration::from_secs(5)),
+            )?);
+        }
+        let conn = self.watch.conn.as_mut().expect("set above");
+        crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos")
     }
 
     fn reader_gone(&mut self, why: &str) -> MariaDbError {
@@ -368,6 +439,7 @@ impl BinlogCapture {
         self.unconfirmed.clear();
         self.handed_out = base_pos.clone();
         self.stuck = None;
+        self.watch = Watch::new();
         self.reader = Reader::start(self.source.clone(), base_pos.clone(), self.opts.clone());
         Ok(())
     }
@@ -582,7 +654,7 @@ fn check_follows(pos: &GtidPos, gtid: Gtid) -> Result<()> {
         return Err(MariaDbError::GtidWentBack {
             domain: gtid.domain,
             after: last.to_string(),
-            got: gtid,
+            now: format!("sends {gtid}"),
         });
     }
     Err(MariaDbError::GtidGap {

@@ -190,18 +190,18 @@ pub enum MariaDbError {
         /// The GTID that came instead of the next one.
         got: Gtid,
     },
-    /// A transaction's GTID is one capture already has: the server's GTID sequence started
-    /// over (its binlog was reset, e.g. `RESET MASTER`, or the server was replaced).
+    /// The server's GTID sequence went back behind what capture has: its binlog was reset
+    /// (e.g. `RESET MASTER`) or the server was replaced.
     #[error(
-        "the GTID sequence of domain {domain} went back: after {after} came {got} (the server's binary log was reset, e.g. by RESET MASTER, or the server was replaced); the transactions since the reset are not in the capture. Take a new base backup and continue capture from it"
+        "the GTID sequence of domain {domain} went back: capture has {after}, and the server now {now} (its binary log was reset, e.g. by RESET MASTER, or the server was replaced); the transactions since the reset are not in the capture. Take a new base backup and continue capture from it"
     )]
     GtidWentBack {
         /// The replication domain.
         domain: u32,
-        /// The last GTID seen in that domain.
+        /// The last GTID capture has in that domain.
         after: String,
-        /// The GTID that came instead of the next one.
-        got: Gtid,
+        /// What the server does now (`sends 0-1-1`, `is at binlog position 0-1-3`).
+        now: String,
     },
     /// The binary log (a stream, a file or a stored record) is damaged.
     #[error("the binary log {what} is damaged ({why}); {advice}")]
@@ -302,10 +302,10 @@ impl MariaDbError {
                 after: after.clone(),
                 got: *got,
             },
-            MariaDbError::GtidWentBack { domain, after, got } => MariaDbError::GtidWentBack {
+            MariaDbError::GtidWentBack { domain, after, now } => MariaDbError::GtidWentBack {
                 domain: *domain,
                 after: after.clone(),
-                got: *got,
+                now: now.clone(),
             },
             MariaDbError::BinlogPurged {
                 position,
