@@ -479,7 +479,19 @@ fn print_rewind(r: &RewindReport, json: bool) {
             println!("  {line}");
         }
     }
-    println!("took {:.1} s", r.took_ms as f64 / 1000.0);
+    println!(
+        "serving the restored copy {:.1} s after the command; took {:.1} s in all",
+        r.serving_ms as f64 / 1000.0,
+        r.took_ms as f64 / 1000.0
+    );
+    if !r.phases_ms.is_empty() {
+        let phases: Vec<String> = r
+            .phases_ms
+            .iter()
+            .map(|(name, ms)| format!("{name} {:.1} s", *ms as f64 / 1000.0))
+            .collect();
+        println!("  {}", phases.join(", "));
+    }
 }
 
 /// The events of the site, from the daemon or (while it is down) its store.

@@ -216,3 +216,20 @@ page = "down.html"
     });
     assert_eq!((code, page.as_str()), (503, "<h1>Our own page</h1>"));
 }
+
+/// The instance shim runs a command given without any sandbox option (the supervisor then
+/// passes `__instance -- sh -c ...`, whose `--` the argument parser takes for its own): the
+/// site's MariaDB server is started this way when no cgroup or user applies.
+#[test]
+fn the_instance_shim_runs_a_command_without_sandbox_options() {
+    let out = std::process::Command::new(common::lifeboat_bin())
+        .args(["__instance", "--", "sh", "-c", "echo ran-$((40 + 2))"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran-42");
+}

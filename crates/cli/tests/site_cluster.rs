@@ -219,6 +219,15 @@ fn make_tls(dir: &std::path::Path, lan: &Lan) {
 
 /// A three-host cluster: an etcd member and a lifeboat node (the guestbook) per host, each
 /// in its own zone, each node with its own copy of the site dir, as on three machines.
+/// The site a test cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// The guestbook: SQLite and uploads.
+    Guestbook,
+    /// `fixtures/mariadb_app.py`: a MariaDB database Lifeboat runs, and uploads.
+    MariaDb,
+}
+
 struct Cluster {
     lan: Lan,
     scratch: tempfile::TempDir,
@@ -231,9 +240,13 @@ impl Cluster {
         Cluster::start_with(durability, false)
     }
 
+    fn start_with(durability: &str, tls: bool) -> Cluster {
+        Cluster::start_site(durability, tls, Site::Guestbook)
+    }
+
     /// With `tls`, etcd serves TLS and asks every client for a certificate of the test CA;
     /// each node has the CA, a certificate and its key under `.lifeboat/etcd/`.
-    fn start_with(durability: &str, tls: bool) -> Cluster {
+    fn start_site(durability: &str, tls: bool, app: Site) -> Cluster {
         let lan = Lan::new(3);
         let scratch = tempfile::tempdir().unwrap();
         common::open_to_the_site_user(scratch.path());
@@ -254,8 +267,9 @@ impl Cluster {
         let etcd = (0..lan.hosts.len())
             .map(|i| start_etcd(&lan, scratch.path(), i))
             .collect();
-        let manifest = format!(
-            r#"[site]
+        let site_part = match app {
+            Site::Guestbook => format!(
+                r#"[site]
 name = "guestbook"
 
 [processes.web]
@@ -267,7 +281,26 @@ health = {{ path = "/healthz", interval = "200ms", timeout = "1s" }}
 [state]
 sqlite = ["data/guestbook.db"]
 dirs = ["data/uploads"]
+"#,
+                guestbook = common::guestbook_bin().display(),
+            ),
+            Site::MariaDb => r#"[site]
+name = "blog"
 
+[processes.web]
+command = "python3 app.py"
+replicas = 2
+stop_timeout = "10s"
+health = { path = "/healthz", interval = "200ms", timeout = "5s" }
+
+[state]
+mariadb = { database = "blog", user = "blogger" }
+dirs = ["uploads"]
+"#
+            .to_string(),
+        };
+        let manifest = format!(
+            r#"{site_part}
 [proxy]
 listen = "0.0.0.0:8080"
 
@@ -278,8 +311,14 @@ segment_interval = "250ms"
 [cluster]
 etcd = [{clients}]
 durability = "{durability}"
-{tls_settings}"#,
-            guestbook = common::guestbook_bin().display(),
+{tls_settings}{cluster_extra}"#,
+            // A small journal: standbys apply what they received several times under the
+            // test's writes, in the background.
+            cluster_extra = if app == Site::MariaDb {
+                "standby_journal = \"4KiB\"\n"
+            } else {
+                ""
+            },
             clients = clients.join(", "),
             vault = scratch.path().join("vault").display(),
         );
@@ -287,6 +326,11 @@ durability = "{durability}"
             let site = scratch.path().join(format!("node{i}"));
             std::fs::create_dir_all(&site).unwrap();
             std::fs::write(site.join("lifeboat.toml"), &manifest).unwrap();
+            if app == Site::MariaDb {
+                let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/mariadb_app.py");
+                std::fs::copy(script, site.join("app.py")).unwrap();
+            }
             if tls {
                 let etcd = site.join(".lifeboat/etcd");
                 std::fs::create_dir_all(&etcd).unwrap();
@@ -1173,4 +1217,158 @@ fn the_nodes_reach_etcd_over_tls_with_client_certificates() {
         "200",
         "etcd answered without a client certificate"
     );
+}
+
+/// A site whose state is a MariaDB database, `durability = "sync"`: the standbys keep a copy
+/// of the database fed by the stream; rows are written through a standby's front door while
+/// the primary's whole host dies; a standby takes over with its copy (no restore) and every
+/// row a client saw acknowledged is there. The old primary's host comes back and follows.
+#[test]
+fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
+    let mut cluster = Cluster::start_site("sync", false, Site::MariaDb);
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    cluster.wait_or_explain("both standbys to hold a copy of the database", || {
+        others.iter().all(|&i| {
+            cluster.status(i).is_some_and(|s| {
+                s["replica"]["ready"] == true && s["replica"]["state"] == "streaming"
+            })
+        })
+    });
+    let (client, door) = (others[1], others[0]);
+    let url = format!("http://{}:8080/rows", cluster.lan.host(door).ip);
+    let script = format!(
+        "import urllib.request,sys,time\n\
+         n = 0\n\
+         while True:\n\
+         \x20 n += 1\n\
+         \x20 try:\n\
+         \x20   r = urllib.request.urlopen(urllib.request.Request('{url}/%d' % n, data=b'', method='POST'), timeout=15)\n\
+         \x20   if r.status == 200: print('acked', n, flush=True)\n\
+         \x20 except Exception as e:\n\
+         \x20   print('failed', n, e, flush=True); time.sleep(0.05)\n"
+    );
+    let mut child = cluster
+        .lan
+        .host(client)
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    let acked = collect(&mut child);
+    let applied_at = |i: usize| {
+        std::fs::read_to_string(cluster.site(i).join(".lifeboat/replica/mariadb-position"))
+            .unwrap_or_default()
+    };
+    let restored_at: Vec<String> = others.iter().map(|&i| applied_at(i)).collect();
+    cluster.wait_or_explain("20 rows acknowledged before the kill", || {
+        acked.lock().unwrap().len() >= 20
+    });
+    // Past 4 KiB of received transactions a standby applies them to its copy (and the
+    // test goes on writing while it does).
+    cluster.wait_or_explain("the standbys to apply their journal to their copy", || {
+        others
+            .iter()
+            .zip(&restored_at)
+            .all(|(&i, at)| applied_at(i) != *at)
+    });
+    cluster.wait_or_explain("20 more rows acknowledged", || {
+        acked.lock().unwrap().len() >= 40
+    });
+    let restores = |i: usize| cluster.status(i).map(|s| s["replica"]["resyncs"].clone());
+    let restores_before: Vec<_> = others.iter().map(|&i| restores(i)).collect();
+    let killed_at = Instant::now();
+    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    let before = acked.lock().unwrap().len();
+    let (next, next_term) = cluster.wait_for_primary(&others);
+    assert!(next_term > term);
+    cluster.wait_or_explain("rows acknowledged by the new primary", || {
+        acked.lock().unwrap().len() > before + 1
+    });
+    eprintln!("writes healed {:?} after the kill", killed_at.elapsed());
+    cluster.wait_or_explain("more rows acknowledged by the new primary", || {
+        acked.lock().unwrap().len() >= before + 10
+    });
+    // The other standby follows the new primary from its stream: no restore from the vault.
+    let other = others.iter().position(|&i| i != next).unwrap();
+    cluster.wait_or_explain("the other standby to stream from the new primary", || {
+        cluster.status(others[other]).is_some_and(|s| {
+            s["replica"]["state"] == "streaming" && s["role"]["leader"] == format!("n{}", next + 1)
+        })
+    });
+    assert_eq!(
+        restores(others[other]),
+        restores_before[other],
+        "the other standby restored from the vault\n{}",
+        cluster.explain()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let acked = acked.lock().unwrap().clone();
+    let (code, body) = cluster
+        .request(client, next, "GET", "/rows", "")
+        .expect("the new primary answers");
+    assert_eq!(code, 200, "{body}");
+    let held: std::collections::BTreeSet<&str> = body.trim().split(',').collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !held.contains(n.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged rows lost: {lost:?}\n{}",
+        lost.len(),
+        acked.len(),
+        cluster.explain()
+    );
+    // Taken over from the copy, not restored from the vault.
+    let status = cluster.status(next).unwrap();
+    assert_eq!(status["role"]["role"], "primary", "{status}");
+
+    // The old primary's host comes back: it follows the new primary, its own database kept
+    // aside as a fork, and the other standby follows too, with the rows written since.
+    if let Some(mut node) = cluster.nodes[primary].take() {
+        let _ = node.wait();
+    }
+    let _ = cluster.etcd[primary].wait();
+    cluster.etcd[primary] = start_etcd(&cluster.lan, cluster.scratch(), primary);
+    cluster.start_node(primary);
+    cluster.wait_or_explain("the old primary to follow the new one", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["role"]["role"] == "standby"
+                && s["role"]["leader"] == format!("n{}", next + 1)
+                && s["replica"]["ready"] == true
+        })
+    });
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (next, next_term));
+
+    // A switchover hands the role back: the old primary's copy (from the vault and the
+    // stream) serves every row.
+    cluster.wait_or_explain("the old primary to stream from the new one", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["replica"]["state"] == "streaming")
+    });
+    let out = common::cli(
+        &cluster.site(next),
+        &["switchover", "--to", &format!("n{}", primary + 1)],
+    );
+    assert!(
+        out.status.success(),
+        "switchover: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]).0, primary);
+    let (code, body) = cluster
+        .request(client, primary, "GET", "/rows", "")
+        .expect("the primary answers");
+    assert_eq!(code, 200, "{body}");
+    let held: std::collections::BTreeSet<&str> = body.trim().split(',').collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !held.contains(n.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "lost after the switchover: {lost:?}");
 }

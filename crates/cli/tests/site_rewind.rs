@@ -474,6 +474,28 @@ async fn rewind_brings_back_exactly_the_moment_before_the_attack_with_new_creden
         .trim()
         .to_string();
     assert_eq!(report["previous"], "site");
+    // The report says when the copy began serving and where the time went.
+    let serving = report["serving_ms"].as_u64().unwrap();
+    assert!(
+        serving > 0 && serving <= report["took_ms"].as_u64().unwrap(),
+        "{report}"
+    );
+    let phases: Vec<&str> = report["phases_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    for phase in [
+        "ship",
+        "restore vault",
+        "restore databases",
+        "credentials hook",
+        "staged instances healthy, switch",
+        "old state stopped",
+    ] {
+        assert!(phases.contains(&phase), "{phase} missing: {phases:?}");
+    }
     let outcomes = readers.stop().await;
     common::assert_no_failures_or_show_log(&outcomes, &lifeboat.output());
 

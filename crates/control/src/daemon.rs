@@ -141,13 +141,12 @@ pub async fn start_site(dir: &Path, options: UpOptions) -> Result<RunningSite, C
     if let Some(db) =
         crate::mariadb::SiteDatabase::new(&site.paths, &site.manifest, &site.launcher)?
     {
-        if site.manifest.cluster.is_some() {
-            return Err(ControlError::Refused(
-                "[state] mariadb on several nodes ([cluster]) is not built yet: run the site on one machine".into(),
-            ));
-        }
         let _ = site.database.set(db.clone());
-        db.ensure_running(&live).await?;
+        // In a cluster the server runs on the primary only (the node starts it when it
+        // promotes); a standby's copy is changed by its replica alone.
+        if site.manifest.cluster.is_none() {
+            db.ensure_running(&live).await?;
+        }
     }
     let mut vault_key_created = None;
     if let Some(vault) = vault {

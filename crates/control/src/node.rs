@@ -30,7 +30,8 @@ use lifeboat_core::EventKind;
 use lifeboat_core::cluster::{Candidate, FailsafeDecision, Health, Position};
 use lifeboat_core::manifest::{ClusterSpec, Durability};
 use lifeboat_timeline::{
-    Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig, seed_capture_state,
+    Replica, ReplicaConfig, ReplicaOptions, StreamServer, StreamServerConfig,
+    apply_mariadb_journal, seed_capture_state,
 };
 use serde::{Deserialize, Serialize};
 
@@ -561,6 +562,7 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
         data_dirs: site.manifest.state.dirs.clone(),
         meta_dir: site.paths.lifeboat_dir().join("replica"),
         key: stream_key(site),
+        mariadb: replica_mariadb(site),
         options: ReplicaOptions {
             confirm: Some(confirm),
             // Peers are on the site's network: retrying a connection every second at most
@@ -571,12 +573,58 @@ fn replica_config(site: &Site, node: &Arc<Node>) -> ReplicaConfig {
     }
 }
 
+/// The site's MariaDB database in a standby's copy: received transactions are applied by a
+/// server on the live state's data dir with this node's own config (a restore from the
+/// vault writes its admin password there), and the app's user gets this node's password.
+fn replica_mariadb(site: &Site) -> Option<lifeboat_timeline::ReplicaMariaDb> {
+    let db = site.database.get()?;
+    let live = site.live_state();
+    let spec = match db.server_spec(&live, None) {
+        // Like a restore's, the server that applies the journal runs as Lifeboat's user; the
+        // data dir is given to the site's user when the node promotes (`ensure_running`).
+        Ok(mut s) => {
+            s.os_user = None;
+            s.server_data_dir = None;
+            s
+        }
+        Err(e) => {
+            tracing::warn!("the standby cannot lay out its MariaDB copy: {e}");
+            return None;
+        }
+    };
+    let password = match db.app_password(&live) {
+        Some(p) => p,
+        None => {
+            let p = crate::mariadb::new_password();
+            if let Err(e) = db.set_app_password(&live, &p) {
+                tracing::warn!("could not keep the app's MariaDB password: {e}");
+                return None;
+            }
+            p
+        }
+    };
+    Some(lifeboat_timeline::ReplicaMariaDb {
+        name: db.spec.dir.to_string_lossy().into_owned(),
+        spec,
+        restore: db.restore_options(&live, &password),
+        fold_bytes: site
+            .manifest
+            .cluster
+            .as_ref()
+            .map_or(lifeboat_core::manifest::DEFAULT_STANDBY_JOURNAL, |c| {
+                c.standby_journal
+            }),
+    })
+}
+
 /// This node leads in `term`: its replica (if any) stops where it is and capture continues
 /// from there in the new term, the stream to the standbys opens, and instances start here.
 async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
     let live = site.live_state();
     let mut history = None;
-    if let Some(replica) = node.replica.lock().await.take() {
+    let replica = node.replica.lock().await.take();
+    let had_replica = replica.is_some();
+    if let Some(replica) = replica {
         match replica.stop_keeping_history().await {
             Ok((status, kept)) => {
                 tracing::info!(
@@ -588,15 +636,39 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
             }
             Err(e) => tracing::warn!("the replica did not stop cleanly: {e}"),
         }
-        // Capture goes on from exactly where the copy ends, so standbys that followed the
-        // old primary follow this one without a restore.
+    }
+    // The database serves here from now on: on the copy the replica left, or a new one on
+    // a site's first start.
+    let server = match site.database.get() {
+        Some(db) => match db.ensure_running(&live).await {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                site.record(EventKind::CaptureError {
+                    message: format!("the MariaDB server of the promoted node did not start: {e}"),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    if had_replica {
+        // The transactions the copy received and did not apply yet go in through that
+        // server; then capture goes on from exactly where the copy ends, so standbys that
+        // followed the old primary follow this one without a restore.
         let config = replica_config(site, node);
         let capture_dir = site.paths.capture(&live);
-        if let Err(e) =
-            tokio::task::spawn_blocking(move || seed_capture_state(&config, &capture_dir))
-                .await
-                .unwrap_or_else(|e| Err(lifeboat_timeline::StreamError::Invalid(e.to_string())))
-        {
+        let seeded = tokio::task::spawn_blocking(move || {
+            if let Some(spec) = &server {
+                let n = apply_mariadb_journal(&config, spec)?;
+                if n > 0 {
+                    tracing::info!("{n} received MariaDB transactions applied to take over");
+                }
+            }
+            seed_capture_state(&config, &capture_dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(lifeboat_timeline::StreamError::Invalid(e.to_string())));
+        if let Err(e) = seeded {
             tracing::warn!("capture starts afresh (the standbys restore from the vault): {e}");
         }
     }
@@ -751,6 +823,10 @@ async fn fence(site: &Arc<Site>, node: &Node, term: u64, why: &str) {
     if let Some(capture) = site.capture.get() {
         capture.abandon().await;
     }
+    // The replica takes the copy over (or sets it aside as a fork): no server may hold it.
+    if let Some(db) = site.database.get() {
+        db.stop(&site.live_state()).await;
+    }
     node.registry.update(|v| v.role = MemberRole::Joining);
     site.record(EventKind::NodeFenced {
         node: node.info.node.clone(),
@@ -897,6 +973,10 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
         }
     }
     paths.extend(site.manifest.state.dirs.iter().cloned());
+    if let Some(m) = &site.manifest.state.mariadb {
+        // Its server was stopped when this node was fenced (or never started here).
+        paths.push(m.dir.clone());
+    }
     let present: Vec<_> = paths
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(state_dir.join(p)).is_ok())
@@ -944,6 +1024,7 @@ async fn keep_aside_as_fork(site: &Arc<Site>, node: &Node, term: u64) {
         .state
         .dirs
         .iter()
+        .chain(site.manifest.state.mariadb.iter().map(|m| &m.dir))
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let moved = (|| -> std::io::Result<()> {
@@ -1177,6 +1258,11 @@ async fn hand_over(
     site.proxy.set_write_gate(None);
     // The vault gets what is pending from this term before the next one begins.
     capture.stop().await;
+    // The database's last transactions are at `to`: the server stops before this node's
+    // copy is kept aside and a replica takes the data dir.
+    if let Some(db) = site.database.get() {
+        db.stop(&site.live_state()).await;
+    }
     let taken = node.stream.lock().expect("stream lock").take();
     if let Some(taken) = taken {
         taken.shutdown().await;

@@ -73,6 +73,16 @@ pub struct RewindReport {
     /// The instances now serving.
     pub instances: Vec<String>,
     pub took_ms: u64,
+    /// Where the time went, step by step (milliseconds, in order).
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
+    /// From the command to the front door serving the restored copy (milliseconds): the
+    /// recovery time. The old state's instances, capture and server are stopped after it.
+    #[serde(default)]
+    pub serving_ms: u64,
+    /// When the front door switched (to compute `serving_ms`).
+    #[serde(skip)]
+    pub switched_at: Option<Instant>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -159,10 +169,17 @@ pub(crate) async fn rewind(
         RestoreTarget::Time(t) => rfc3339(t),
         RestoreTarget::Latest => "latest".into(),
     };
+    let mut phases: Vec<(String, u64)> = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &str, phases: &mut Vec<(String, u64)>| {
+        phases.push((name.to_string(), clock.elapsed().as_millis() as u64));
+        clock = Instant::now();
+    };
     // Everything captured so far must be in the vault before it is read.
     if let Err(e) = capture.ship_now().await {
         tracing::warn!("rewind: {e}");
     }
+    lap("ship", &mut phases);
     site.record(EventKind::RewindStarted {
         to: to_text.clone(),
     });
@@ -201,6 +218,14 @@ pub(crate) async fn rewind(
             return Err(fail(site, timeline_refusal(e)));
         }
     };
+    lap("restore", &mut phases);
+    phases.pop();
+    phases.extend(
+        restored
+            .phases_ms
+            .iter()
+            .map(|(n, ms)| (format!("restore {n}"), *ms)),
+    );
     let state_dir = states.join(&name);
     if let Err(e) = finish_restore(&partial, &state_dir) {
         let _ = std::fs::remove_dir_all(&partial);
@@ -234,6 +259,7 @@ pub(crate) async fn rewind(
         }
     }
 
+    lap("database start", &mut phases);
     let credentials = match &rotate {
         Some(cmd) => match run_hook(site, cmd, &name, &state_dir).await {
             Ok(out) => Some(out),
@@ -256,9 +282,19 @@ pub(crate) async fn rewind(
         None => None,
     };
 
+    if rotate.is_some() {
+        lap("credentials hook", &mut phases);
+    }
     let mut report = switch_to(site, &name, &state_dir)
         .await
         .map_err(|e| fail(site, e))?;
+    lap("", &mut phases);
+    phases.pop();
+    phases.append(&mut report.phases_ms);
+    report.phases_ms = phases;
+    if let Some(at) = report.switched_at {
+        report.serving_ms = at.duration_since(started).as_millis() as u64;
+    }
     report.restored_time = Some(restored.restored_time);
     report.databases = restored
         .databases
@@ -451,6 +487,7 @@ async fn switch_to(
     state: &str,
     state_dir: &Path,
 ) -> Result<RewindReport, ControlError> {
+    let began = Instant::now();
     // No scale change may start or stop instances while two sets run.
     let _reconcile = site.reconcile_lock.lock().await;
     // The state's MariaDB server (a rewind started it; an undo restarts the old state's).
@@ -522,6 +559,7 @@ async fn switch_to(
     }
     site.set_live_state(state);
     let drained = site.proxy.promote_staged();
+    let switched_at = Instant::now();
     let capture = site.capture.get().cloned();
     // The old instances' requests get the stop timeout to finish, not for ever.
     drained.within(site.longest_stop_timeout()).await;
@@ -544,6 +582,18 @@ async fn switch_to(
         db.stop(&previous).await;
     }
     Ok(RewindReport {
+        phases_ms: vec![
+            (
+                "staged instances healthy, switch".to_string(),
+                switched_at.duration_since(began).as_millis() as u64,
+            ),
+            (
+                "old state stopped".to_string(),
+                switched_at.elapsed().as_millis() as u64,
+            ),
+        ],
+        serving_ms: switched_at.duration_since(began).as_millis() as u64,
+        switched_at: Some(switched_at),
         restored_time: None,
         state: state.to_string(),
         state_dir: state_dir.display().to_string(),

@@ -21,7 +21,7 @@ pub use crate::manifest_error::{ManifestError, Problem};
 mod cluster;
 mod isolation;
 mod mariadb;
-pub use cluster::{ClusterSpec, Durability, EtcdTlsSpec};
+pub use cluster::{ClusterSpec, DEFAULT_STANDBY_JOURNAL, Durability, EtcdTlsSpec};
 pub use isolation::IsolationSpec;
 pub use mariadb::{DEFAULT_MARIADB_DIR, MariaDbSpec};
 mod limits;
@@ -385,16 +385,7 @@ impl Validator<'_> {
         let vault = raw.vault.map(|v| self.vault(v, &state));
         let credentials = self.credentials(raw.credentials);
         let isolation = self.isolation(raw.isolation);
-        let cluster_span = raw.cluster.as_ref().map(|c| c.span());
         let cluster = raw.cluster.map(|c| self.cluster(c));
-        if cluster.is_some() && state.mariadb.is_some() {
-            self.problem(
-                cluster_span,
-                "cluster",
-                "a site whose state is a MariaDB database cannot run on several nodes yet: standbys follow SQLite databases and data dirs only, so a failover would lose the database".into(),
-                "remove [cluster] and run the site on one machine (its vault keeps it restorable anywhere with `lifeboat restore-site`), or keep the site's data in SQLite".into(),
-            );
-        }
         let simulate = raw.simulate.map(|s| self.simulate(s));
         Manifest {
             site,

@@ -183,23 +183,13 @@ pub struct BinlogCapture {
     reader: Reader,
     /// A fatal problem: reported on every poll until `restart_from_base`.
     stuck: Option<MariaDbError>,
-    /// Looks at the server's own position now and then (see [`BinlogCapture::watch_server`]).
-    watch: Watch,
-}
-
-/// What [`BinlogCapture::watch_server`] keeps between looks.
-struct Watch {
-    conn: Option<mysql::Conn>,
+    /// A connection for reading the server's position ([`BinlogCapture::catch_up`],
+    /// [`BinlogCapture::watch_server`]).
+    position_conn: Option<mysql::Conn>,
+    /// When [`BinlogCapture::watch_server`] looks next.
     next_look: Instant,
-}
-
-impl Watch {
-    fn new() -> Watch {
-        Watch {
-            conn: None,
-            next_look: Instant::now(),
-        }
-    }
+    /// Records a failed [`BinlogCapture::catch_up`] had taken: the next poll returns them.
+    held_back: Vec<TransactionRecord>,
 }
 
 impl std::fmt::Debug for BinlogCapture {
@@ -239,7 +229,10 @@ pub fn load_position(state_dir: &Path) -> Result<Option<SavedPosition>> {
     Ok(Some(pos))
 }
 
-fn save_position(state_dir: &Path, pos: &SavedPosition) -> Result<()> {
+/// Saves capture's position durably (a promoted standby seeds it: capture continues after
+/// the last transaction its copy holds).
+pub fn save_position(state_dir: &Path, pos: &SavedPosition) -> Result<()> {
+    std::fs::create_dir_all(state_dir).map_err(io_err(state_dir, "create"))?;
     let bytes = serde_json::to_vec_pretty(pos).expect("position is plain data");
     crate::durable::write_atomically(&position_path(state_dir), &bytes)
 }
@@ -281,7 +274,9 @@ impl BinlogCapture {
             unconfirmed: VecDeque::new(),
             reader,
             stuck: None,
-            watch: Watch::new(),
+            position_conn: None,
+            next_look: Instant::now(),
+            held_back: Vec::new(),
         })
     }
 
@@ -293,6 +288,9 @@ impl BinlogCapture {
     /// Like [`BinlogCapture::poll`], but waits up to `max_wait` for at least one
     /// transaction.
     pub fn poll_wait(&mut self, max_wait: Duration) -> Result<Vec<TransactionRecord>> {
+        if !self.held_back.is_empty() {
+            return Ok(std::mem::take(&mut self.held_back));
+        }
         if let Some(e) = &self.stuck {
             return Err(e.repeat());
         }
@@ -362,12 +360,11 @@ impl BinlogCapture {
     /// instead (`BinlogPurged`), and Lifeboat rotates the binlog at every checkpoint, so a
     /// site's capture is past the first file after its first checkpoint.
     fn watch_server(&mut self) -> Result<()> {
-        if Instant::now() < self.watch.next_look {
+        if Instant::now() < self.next_look {
             return Ok(());
         }
-        self.watch.next_look = Instant::now() + self.opts.heartbeat;
+        self.next_look = Instant::now() + self.opts.heartbeat;
         let Ok(server) = self.server_position() else {
-            self.watch.conn = None;
             return Ok(());
         };
         for g in self.handed_out.iter() {
@@ -382,17 +379,58 @@ impl BinlogCapture {
         Ok(())
     }
 
+    /// Hands out every transaction the server has committed by the time of the call (its
+    /// `@@gtid_binlog_pos` then), waiting up to `timeout` for the stream to deliver them:
+    /// what a `durability = "sync"` barrier needs, since the stream may lag the commit.
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<Vec<TransactionRecord>> {
+        let target = self.server_position()?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let covered = target.iter().all(|g| self.handed_out.contains(g));
+            if covered {
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = if left.is_zero() {
+                Err(MariaDbError::CaptureBehind {
+                    target: target.to_string(),
+                    have: self.handed_out.to_string(),
+                    waited_ms: timeout.as_millis(),
+                })
+            } else {
+                self.poll_wait(left.min(Duration::from_millis(50)))
+            };
+            match got {
+                Ok(records) => out.extend(records),
+                Err(e) => {
+                    // Handed out (numbered) already: the next poll hands them out again
+                    // rather than losing them with the error.
+                    self.held_back = out;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The server's `@@gtid_binlog_pos`, over a connection kept for the purpose.
     fn server_position(&mut self) -> Result<GtidPos> {
-        if self.watch.conn.is_none() {
-            self.watch.conn = Some(connect_socket(
+        if self.position_conn.is_none() {
+            self.position_conn = Some(crate::server::connect_socket(
                 &self.source.socket,
                 &self.source.user,
                 &self.source.password,
                 Some(Duration::from_secs(5)),
             )?);
         }
-        let conn = self.watch.conn.as_mut().expect("set above");
-        crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos")
+        let conn = self.position_conn.as_mut().expect("just set");
+        let pos =
+            crate::server::query_gtid_pos(conn, &self.source.socket, "@@GLOBAL.gtid_binlog_pos");
+        if pos.is_err() {
+            // Reconnect next time (the server may have restarted).
+            self.position_conn = None;
+        }
+        pos
     }
 
     fn reader_gone(&mut self, why: &str) -> MariaDbError {
@@ -439,7 +477,8 @@ impl BinlogCapture {
         self.unconfirmed.clear();
         self.handed_out = base_pos.clone();
         self.stuck = None;
-        self.watch = Watch::new();
+        self.held_back.clear();
+        self.next_look = Instant::now();
         self.reader = Reader::start(self.source.clone(), base_pos.clone(), self.opts.clone());
         Ok(())
     }

@@ -264,6 +264,18 @@ pub enum MariaDbError {
         "the MariaDB capture reader stopped unexpectedly ({0}); this is a bug in lifeboat, please report it; reopen the capture to continue"
     )]
     ReaderGone(String),
+    /// The binlog stream did not deliver what the server had committed in time.
+    #[error(
+        "the binlog stream did not deliver the server's position {target} within {waited_ms} ms (capture has {have}); the server or this machine is overloaded, or the stream reconnects: it is retried on the next write"
+    )]
+    CaptureBehind {
+        /// The server's position.
+        target: String,
+        /// Capture's.
+        have: String,
+        /// How long capture waited.
+        waited_ms: u128,
+    },
 }
 
 /// Maps an I/O error with what was done and where.

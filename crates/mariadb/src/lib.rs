@@ -59,15 +59,18 @@ pub mod server;
 pub mod tools;
 
 pub use base::{BaseBackup, BaseInfo, open_base_backup, take_base_backup};
-pub use capture::{BinlogCapture, CaptureOptions, CaptureSource, CaptureStatus, SavedPosition};
+pub use capture::{
+    BinlogCapture, CaptureOptions, CaptureSource, CaptureStatus, POSITION_FORMAT_VERSION,
+    SavedPosition, load_position, save_position,
+};
 pub use error::{MariaDbError, Result};
 pub use gtid::{Gtid, GtidPos};
 pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
 pub use purge::{BinlogFile, PurgeReport, binlog_files, purge_binlogs_before, rotate_binlog};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
 pub use restore::{
-    AppLogin, RestoreReport, RestoreTarget, check_all_tables, restore, restore_with_app,
-    restore_with_app_moving_base, select_transactions,
+    AppLogin, RestoreReport, RestoreTarget, apply_on_running, apply_transactions, check_all_tables,
+    restore, restore_with_app, restore_with_app_moving_base, select_transactions,
 };
 pub use server::{Server, ServerCommand, ServerSpec};
 pub use tools::Binaries;

@@ -66,6 +66,8 @@ pub struct RestoreReport {
     pub last: Option<Gtid>,
     /// Tables checked with `CHECK TABLE` (`db.table`).
     pub tables_checked: Vec<String>,
+    /// How long each step took, in order (milliseconds): where a restore's time goes.
+    pub phases_ms: Vec<(&'static str, u64)>,
 }
 
 /// Chooses the transactions to replay on `base_pos`: those of `history` (resolved, in seq
@@ -243,21 +245,32 @@ fn restore_base_and_replay(
     for r in &chosen {
         r.verify()?;
     }
+    let mut phases = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, u64)>| {
+        phases.push((name, clock.elapsed().as_millis() as u64));
+        clock = std::time::Instant::now();
+    };
     crate::base::open_base_backup(&base.dir)?;
     copy_base_into(&base.dir, &spec.data_dir, files)?;
     if let Some(user) = &spec.os_user {
         crate::server::chown_to(&spec.data_dir, user)?;
     }
+    lap("base", &mut phases);
     spec.write_config(admin_password)?;
     set_root_password(spec, admin_password)?;
+    lap("admin password", &mut phases);
     let gtid_pos = replay(spec, &base.info.gtid_pos, &chosen)?;
+    lap("replay", &mut phases);
     let tables_checked = start_cleanly_and_check(spec, app)?;
+    lap("check", &mut phases);
     Ok(RestoreReport {
         data_dir: spec.data_dir.clone(),
         gtid_pos,
         transactions_replayed: chosen.len(),
         last: chosen.last().map(|r| r.gtid),
         tables_checked,
+        phases_ms: phases,
     })
 }
 
@@ -401,6 +414,83 @@ fn replay(spec: &ServerSpec, base_pos: &GtidPos, chosen: &[&TransactionRecord]) 
     Ok(got)
 }
 
+/// Applies `records` (in seq order, one capture's) to the server of `spec`, which must not
+/// be running: starts it with its own config (durable settings: a kill -9 loses nothing it
+/// confirmed), skips what its binlog position already holds (so applying the same records
+/// again after a crash changes nothing), replays the rest, checks the position reached and
+/// stops it cleanly. What a warm standby does with the transactions it received. Returns the
+/// server's position.
+pub fn apply_transactions(spec: &ServerSpec, records: &[TransactionRecord]) -> Result<GtidPos> {
+    // The config names the data dir: a copy restored elsewhere and moved here must be
+    // started where it is now.
+    spec.write_config(&spec.admin_password()?)?;
+    let server = spec.start(Duration::from_secs(120))?;
+    let applied = apply_on_running(spec, records);
+    let stopped = server.stop(Duration::from_secs(120));
+    let pos = applied?;
+    stopped?;
+    Ok(pos)
+}
+
+/// [`apply_transactions`] on a server of `spec` that is running (its admin connects over
+/// the socket); it stays running.
+pub fn apply_on_running(spec: &ServerSpec, records: &[TransactionRecord]) -> Result<GtidPos> {
+    let start = spec.gtid_binlog_pos()?;
+    let mut expected = start.clone();
+    let mut chosen = Vec::new();
+    for r in records {
+        if expected.contains(r.gtid) {
+            continue;
+        }
+        let next = expected.get(r.gtid.domain).map_or(1, |g| g.seq + 1);
+        if r.gtid.seq != next {
+            return Err(MariaDbError::CannotRestore {
+                target: r.gtid.to_string(),
+                why: format!(
+                    "the server holds {expected} and the next transaction received is {}: transactions are missing",
+                    r.gtid
+                ),
+            });
+        }
+        expected.advance(r.gtid);
+        chosen.push(r);
+    }
+    let mut at = 0;
+    while at < chosen.len() {
+        let format = &chosen[at].format;
+        let end = chosen[at..]
+            .iter()
+            .position(|r| r.format != *format)
+            .map_or(chosen.len(), |p| at + p);
+        let file = spec.run_dir.join("apply.binlog");
+        {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&file).map_err(io_err(&file, "create"))?,
+            );
+            write_binlog_file(
+                &mut f,
+                format,
+                chosen[at..end].iter().map(|r| r.events.as_slice()),
+            )?;
+            f.flush().map_err(io_err(&file, "write"))?;
+        }
+        let piped = pipe_binlog_into_server(spec, &file);
+        let _ = std::fs::remove_file(&file);
+        piped?;
+        at = end;
+    }
+    let got = spec.gtid_binlog_pos()?;
+    if got != expected {
+        return Err(MariaDbError::CannotRestore {
+            target: expected.to_string(),
+            why: format!(
+                "after applying the received transactions the server holds {got}, not {expected}; this is a bug in lifeboat, please report it"
+            ),
+        });
+    }
+    Ok(got)
+}
+
 /// `mariadb-binlog FILE | mariadb`: the binlog's events as SQL, executed by the admin.
 fn pipe_binlog_into_server(spec: &ServerSpec, file: &Path) -> Result<()> {
     let mut dump = tools::command(&spec.binaries.binlog);
@@ -456,7 +546,7 @@ fn start_cleanly_and_check(spec: &ServerSpec, app: Option<AppLogin<'_>>) -> Resu
     let server = check.start(Duration::from_secs(60))?;
     let checked = check_all_tables(&check, &spec.data_dir).and_then(|tables| {
         if let Some(app) = app {
-            check.create_app_database(app.database, app.user, app.password)?;
+            check.create_app_database_unlogged(app.database, app.user, app.password)?;
         }
         Ok(tables)
     });

@@ -374,6 +374,29 @@ impl ServerSpec {
     /// the socket (`localhost`) and 127.0.0.1, with every privilege on that database only.
     /// Safe to run again (the password is then set anew).
     pub fn create_app_database(&self, database: &str, user: &str, password: &str) -> Result<()> {
+        self.create_app_database_with(database, user, password, true)
+    }
+
+    /// [`ServerSpec::create_app_database`] kept out of the binary log: its statements take
+    /// no GTID, so the server's position stays exactly where a restore left it (a standby's
+    /// copy must hold the primary's transaction N under GTID N, and nothing of its own), and
+    /// the password never reaches a captured transaction.
+    pub fn create_app_database_unlogged(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<()> {
+        self.create_app_database_with(database, user, password, false)
+    }
+
+    fn create_app_database_with(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+        logged: bool,
+    ) -> Result<()> {
         check_name(database, "database")?;
         check_name(user, "user")?;
         let mut conn = self.connect_admin()?;
@@ -385,6 +408,13 @@ impl ServerSpec {
                 source,
             })
         };
+        if !logged {
+            run(
+                &mut conn,
+                "SET SESSION sql_log_bin = 0".into(),
+                "keep the app's login out of the binary log".into(),
+            )?;
+        }
         run(
             &mut conn,
             format!("CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"),

@@ -114,6 +114,7 @@ async fn main() {
             data_dirs: vec!["uploads".into()],
             meta_dir: tmp.path().join("standby/meta"),
             key: StreamKey::new(standby_repo.derive_key(StreamKey::CONTEXT)),
+            mariadb: None,
             options: ReplicaOptions::default(),
         },
         standby_repo,

@@ -51,6 +51,12 @@ pub(crate) struct MariaDbCheckpoint {
     /// this base are not in the timeline (none in checkpoints without a gap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<GapRecord>,
+    /// Capture's last seq handed out when the base was started, and its session: every
+    /// transaction up to it is in the base (0 in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// A gap in MariaDB capture, ended by the checkpoint that records it.
@@ -203,6 +209,7 @@ fn store_mariadb_bases(
             std::fs::remove_dir_all(&m.base_dir)
                 .map_err(crate::error::io_err("remove the leftover", &m.base_dir))?;
         }
+        let handed_out = m.cap.status();
         let base = lifeboat_mariadb::take_base_backup(&m.spec, &m.base_dir)
             .map_err(crate::shipper::mariadb_err(&m.name))?;
         m.last_base = Some(base.info.gtid_pos.clone());
@@ -255,6 +262,8 @@ fn store_mariadb_bases(
                     last_captured: g.last_captured.clone(),
                     why: g.why.clone(),
                 }),
+                last_seq: handed_out.last_seq,
+                epoch: handed_out.epoch,
             },
             contents,
         ));

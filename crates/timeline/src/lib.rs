@@ -46,9 +46,10 @@ pub use forks::{
 pub use lifeboat_vault::KeepPolicy;
 pub use replication::{
     AckedBy, ChangeFeed, ConfirmPolicy, FailsafeRequest, FeedOptions, FeedStatus, Position,
-    Replica, ReplicaConfig, ReplicaHistory, ReplicaOptions, ReplicaState, ReplicaStatus,
-    ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError, StreamKey,
-    StreamServer, StreamServerConfig, StreamServerStatus, seed_capture_state,
+    Replica, ReplicaConfig, ReplicaHistory, ReplicaMariaDb, ReplicaOptions, ReplicaState,
+    ReplicaStatus, ServerOptions, SourcePosition, StandbyInfo, StandbyStatus, StreamError,
+    StreamKey, StreamServer, StreamServerConfig, StreamServerStatus, apply_mariadb_journal,
+    seed_capture_state,
 };
 pub use restore::{
     CaptureGapSpan, MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget,

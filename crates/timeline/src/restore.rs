@@ -93,6 +93,9 @@ pub struct RestoreReport {
     /// The MariaDB database, when the site has one.
     #[serde(default)]
     pub mariadb: Option<RestoredMariaDb>,
+    /// How long each step took, in order (milliseconds): where a restore's time goes.
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
 }
 
 /// The MariaDB database as restored.
@@ -108,6 +111,16 @@ pub struct RestoredMariaDb {
     pub transactions_replayed: usize,
     /// Tables that passed `CHECK TABLE`.
     pub tables_checked: usize,
+    /// How long each step of its restore took (milliseconds).
+    #[serde(default)]
+    pub phases_ms: Vec<(String, u64)>,
+    /// The capture seq of the last transaction it holds, and that record's capture session:
+    /// where a stream to a standby holding this copy continues.
+    #[serde(default)]
+    pub capture_seq: u64,
+    /// The capture session of that record.
+    #[serde(default)]
+    pub capture_epoch: u64,
 }
 
 /// How a restore rebuilds the site's MariaDB database ([`restore_site_with`]).
@@ -441,10 +454,12 @@ pub async fn restore_site_with(
     {
         return Err(TimelineError::NotEmpty(into.to_path_buf()));
     }
+    let started = std::time::Instant::now();
     repo.reload_index().await?;
     let mut cut = find_cut(repo, target).await?;
     let (parent, staging) = make_staging(into)?;
-    let built = build(repo, &mut cut, &staging, &mariadb).await;
+    let mut phases = vec![("find".to_string(), started.elapsed().as_millis() as u64)];
+    let built = build(repo, &mut cut, &staging, &mariadb, &mut phases).await;
     let (databases, dirs, files, file_bytes, manifest, restored_mariadb) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -468,6 +483,7 @@ pub async fn restore_site_with(
         file_bytes,
         manifest,
         mariadb: restored_mariadb,
+        phases_ms: phases,
     })
 }
 
@@ -516,7 +532,15 @@ async fn build(
     cut: &mut Cut,
     staging: &Path,
     mariadb: &MariaDbRestoreOptions,
+    phases: &mut Vec<(String, u64)>,
 ) -> Result<Built> {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &str, phases: &mut Vec<(String, u64)>, reset_only: bool| {
+        if !reset_only {
+            phases.push((name.to_string(), clock.elapsed().as_millis() as u64));
+        }
+        clock = std::time::Instant::now();
+    };
     let scratch = staging.join(".lifeboat-restore-scratch");
     std::fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
     // The checkpoint in one go (the vault reads whole packs and verifies every chunk).
@@ -528,9 +552,12 @@ async fn build(
         Arc::new(NoProgress),
     )
     .await?;
+    lap("vault", phases, false);
     let databases = restore_databases(repo, cut, &checkpoint_dir, &scratch, staging).await?;
+    lap("databases", phases, false);
     let (dirs, files, file_bytes) = restore_data_dirs(repo, cut, &checkpoint_dir, staging).await?;
     let manifest = restore_manifest(cut, &checkpoint_dir, staging)?;
+    lap("data dirs", phases, false);
     let restored_mariadb = match cut.meta.mariadb.first().cloned() {
         Some(base) => {
             let (cut_t, history) = (cut.t, cut.mariadb.remove(&base.name).unwrap_or_default());
@@ -559,8 +586,17 @@ async fn build(
         }
         None => None,
     };
+    if let Some(m) = &restored_mariadb {
+        phases.extend(
+            m.phases_ms
+                .iter()
+                .map(|(name, ms)| (format!("mariadb {name}"), *ms)),
+        );
+        lap("", phases, true);
+    }
     std::fs::remove_dir_all(&scratch).map_err(io_err("remove", &scratch))?;
     sync_tree(staging)?;
+    lap("sync", phases, false);
     Ok((
         databases,
         dirs,
@@ -590,6 +626,15 @@ fn restore_mariadb(
     refuse_links(&base_dir, &base.name, checkpoint_dir)?;
     let backup = lifeboat_mariadb::open_base_backup(&base_dir).map_err(err)?;
     let history = lifeboat_mariadb::resolve_history(history).map_err(err)?;
+    // Where capture's sequence stands once the copy holds what it holds (computed after the
+    // restore, from its position): the last record it holds, else the base's.
+    let position_after = |pos: &lifeboat_mariadb::GtidPos| {
+        history
+            .iter()
+            .rev()
+            .find(|r| pos.contains(r.gtid))
+            .map_or((base.epoch, base.last_seq), |r| (r.epoch, r.seq))
+    };
     let data_dir = beneath(staging, &base.name, Parents::Create)?;
     let mut spec =
         lifeboat_mariadb::ServerSpec::new(&data_dir, &options.run_dir, None).map_err(err)?;
@@ -634,12 +679,20 @@ fn restore_mariadb(
     );
     let _ = std::fs::remove_dir_all(&options.run_dir);
     let report = report.map_err(err)?;
+    let (capture_epoch, capture_seq) = position_after(&report.gtid_pos);
     Ok(RestoredMariaDb {
         name: base.name.clone(),
         base_gtid_pos: base.gtid_pos.clone(),
         gtid_pos: report.gtid_pos.to_string(),
         transactions_replayed: report.transactions_replayed,
         tables_checked: report.tables_checked.len(),
+        phases_ms: report
+            .phases_ms
+            .iter()
+            .map(|(n, ms)| (n.to_string(), *ms))
+            .collect(),
+        capture_seq,
+        capture_epoch,
     })
 }
 

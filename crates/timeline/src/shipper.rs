@@ -163,6 +163,9 @@ pub(crate) fn capture_err(what: &str) -> impl FnOnce(CaptureError) -> TimelineEr
     }
 }
 
+/// How long a barrier waits for a MariaDB capture to receive what its server committed.
+const BARRIER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn mariadb_err(
     what: &str,
 ) -> impl FnOnce(lifeboat_mariadb::MariaDbError) -> TimelineError + '_ {
@@ -197,6 +200,7 @@ impl Shipper {
                 &state_dir,
                 sources.databases.len(),
                 sources.data_dirs.len(),
+                sources.mariadb.is_some(),
                 epoch_floor(feed.term),
             )?;
         }
@@ -288,6 +292,10 @@ impl Shipper {
             for dir in &dirs {
                 feed.add_source(&dir.name, dir.cap.manifest().last_seq);
             }
+            for m in &mariadbs {
+                // Nothing is handed out yet: the last seq is the one confirmed durable.
+                feed.add_source(&m.name, m.cap.status().last_seq);
+            }
             feed.seed_history();
         }
         let handle2 = handle.clone();
@@ -352,6 +360,37 @@ impl Shipper {
         }
     }
 
+    /// A barrier's poll: like [`Shipper::poll`], but each MariaDB capture first waits until
+    /// its stream has delivered everything the server committed by now (the binlog stream
+    /// may lag a commit; SQLite's log and the files are read directly).
+    pub(crate) fn poll_for_barrier(&mut self) -> Result<()> {
+        let started = OffsetDateTime::now_utc();
+        let mut gap = None;
+        for i in 0..self.mariadbs.len() {
+            let m = &mut self.mariadbs[i];
+            let records = match m.cap.catch_up(BARRIER_CATCH_UP) {
+                Ok(records) => records,
+                // The poll below hands out what came before it and takes a new base; the
+                // barrier cannot say the server's position was captured.
+                Err(e) if e.needs_new_base() => {
+                    gap = Some(mariadb_err(&m.name)(e));
+                    continue;
+                }
+                Err(e) => return Err(mariadb_err(&m.name)(e)),
+            };
+            if let Some(last) = records.last() {
+                m.last_received = last.received_at;
+                if let Some(feed) = &mut self.feed {
+                    feed.stage_mariadb(&m.name, &records);
+                }
+                m.pending.extend(records);
+                self.note_pending(started);
+            }
+        }
+        self.poll()?;
+        gap.map_or(Ok(()), Err)
+    }
+
     /// Reads what every capture has seen since the last poll into the pending batch.
     pub(crate) fn poll(&mut self) -> Result<()> {
         let started = OffsetDateTime::now_utc();
@@ -381,6 +420,9 @@ impl Shipper {
                 Ok(records) => {
                     if let Some(last) = records.last() {
                         m.last_received = last.received_at;
+                        if let Some(feed) = &mut self.feed {
+                            feed.stage_mariadb(&m.name, &records);
+                        }
                         m.pending.extend(records);
                         self.note_pending(started);
                     }

@@ -141,7 +141,7 @@ async fn serve_barriers(shipper: Arc<Mutex<Shipper>>, feed: Arc<FeedInner>) {
             continue;
         }
         let result = blocking(&shipper, |s| {
-            s.poll()?;
+            s.poll_for_barrier()?;
             Ok(s.feed
                 .as_ref()
                 .map(|f| f.feed.last_position())

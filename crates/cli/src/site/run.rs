@@ -278,14 +278,16 @@ pub(super) fn exec(dir: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn instance(args: InstanceArgs) -> anyhow::Result<ExitCode> {
-    // With an empty sandbox the supervisor passes `__instance -- CMD...`, and clap takes that
-    // `--` for its own end of options and drops it: CMD would then be read as sandbox
-    // options. So the arguments are read as the supervisor passed them.
-    let raw: Vec<std::ffi::OsString> = std::env::args_os()
-        .skip_while(|a| a != "__instance")
-        .skip(1)
-        .collect();
-    let args = if raw.is_empty() { args.args } else { raw };
+    // With no sandbox options the command line is `__instance -- sh -c ...`, and clap takes
+    // that `--` for its own: every sandbox option starts with `--`, so a first argument that
+    // does not is the command.
+    let mut args = args.args;
+    if args
+        .first()
+        .is_some_and(|a| !a.to_string_lossy().starts_with("--"))
+    {
+        args.insert(0, "--".into());
+    }
     let (sandbox, command) = lifeboat_supervisor::shim::Sandbox::from_args(&args)?;
     let err = lifeboat_supervisor::shim::exec_instance(&sandbox, command);
     Err(anyhow::anyhow!("could not start the instance: {err}"))

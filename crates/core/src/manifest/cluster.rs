@@ -46,6 +46,10 @@ pub struct ClusterSpec {
     /// (`etcd_cert`, `etcd_key`, for etcd's `--client-cert-auth`). Paths as written (relative
     /// to the site dir; resolving is the daemon's job).
     pub etcd_tls: Option<EtcdTlsSpec>,
+    /// A MariaDB site: how many bytes of the primary's transactions a standby keeps in its
+    /// journal before it applies them to its copy (`standby_journal`, default 64MiB). More
+    /// means fewer server starts on the standby and more to apply when it takes over.
+    pub standby_journal: u64,
 }
 
 /// Files for TLS to etcd.
@@ -60,6 +64,8 @@ pub struct EtcdTlsSpec {
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PEER_PORT: u16 = 7440;
+/// How many bytes of received MariaDB transactions a standby journals before it applies them.
+pub const DEFAULT_STANDBY_JOURNAL: u64 = 64 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +79,7 @@ pub(super) struct RawCluster {
     etcd_ca: Option<Spanned<String>>,
     etcd_cert: Option<Spanned<String>>,
     etcd_key: Option<Spanned<String>>,
+    standby_journal: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -168,6 +175,22 @@ impl Validator<'_> {
             },
         };
         let etcd_tls = self.etcd_tls(span, &etcd, raw.etcd_ca, raw.etcd_cert, raw.etcd_key);
+        let standby_journal = match raw.standby_journal {
+            None => DEFAULT_STANDBY_JOURNAL,
+            Some(j) => match super::parse_size(j.get_ref()) {
+                Ok(n) => n,
+                Err(why) => {
+                    self.problem(
+                        Some(j.span()),
+                        "cluster.standby_journal",
+                        format!("{:?} is not a size: {why}", j.get_ref()),
+                        "write a size with a unit, e.g. standby_journal = \"64MiB\" (the default)"
+                            .into(),
+                    );
+                    DEFAULT_STANDBY_JOURNAL
+                }
+            },
+        };
         ClusterSpec {
             etcd,
             durability,
@@ -175,6 +198,7 @@ impl Validator<'_> {
             sync_timeout,
             peer_port,
             etcd_tls,
+            standby_journal,
         }
     }
 
@@ -341,18 +365,14 @@ mod tests {
     }
 
     #[test]
-    fn a_mariadb_site_is_refused_on_several_nodes_with_what_to_do() {
-        let err = Manifest::parse(
+    fn a_mariadb_site_may_run_on_several_nodes() {
+        let m = Manifest::parse(
             "lifeboat.toml",
             "[site]\nname = \"blog\"\n[processes.web]\ncommand = \"x\"\n\
              [state]\nmariadb = { database = \"wordpress\" }\n\
              [cluster]\netcd = [\"http://10.0.1.5:2379\"]\n",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("cluster") && err.contains("MariaDB") && err.contains("remove [cluster]"),
-            "{err}"
-        );
+        .unwrap();
+        assert!(m.cluster.is_some() && m.state.mariadb.is_some());
     }
 }

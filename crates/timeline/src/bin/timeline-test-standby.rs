@@ -93,6 +93,7 @@ async fn main() -> Result<(), Failure> {
         data_dirs: dirs,
         meta_dir: meta.ok_or("--meta")?,
         key: StreamKey::new(repo.derive_key(StreamKey::CONTEXT)),
+        mariadb: None,
         options: ReplicaOptions {
             reconnect_max: Duration::from_millis(500),
             fault,

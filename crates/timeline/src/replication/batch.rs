@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use lifeboat_capture::Record;
 use lifeboat_capture::record::Sequenced;
+use lifeboat_mariadb::TransactionRecord;
 use time::OffsetDateTime;
 
 use super::Position;
@@ -26,21 +27,34 @@ pub(crate) struct SourceSpan {
     pub last_epoch: u64,
 }
 
-/// The spans of every source of a batch.
-pub(crate) fn spans(sources: &BTreeMap<String, Vec<Record>>) -> BTreeMap<String, SourceSpan> {
+/// MariaDB transactions by source (the server's data dir name).
+pub(crate) type MariaDbRecords = BTreeMap<String, Vec<TransactionRecord>>;
+
+/// The span of one source's records, given as (seq, epoch) pairs.
+fn span(records: impl Iterator<Item = (u64, u64)> + Clone) -> Option<SourceSpan> {
+    let (last_seq, last_epoch) = records.clone().max()?;
+    Some(SourceSpan {
+        last_seq,
+        max_epoch: records.map(|(_, e)| e).max().unwrap_or(0),
+        last_epoch,
+    })
+}
+
+/// The spans of every source of a batch (capture's and MariaDB's).
+pub(crate) fn spans(
+    sources: &BTreeMap<String, Vec<Record>>,
+    mariadb: &MariaDbRecords,
+) -> BTreeMap<String, SourceSpan> {
     let mut out = BTreeMap::new();
     for (name, records) in sources {
-        let Some(last) = records.iter().max_by_key(|r| (r.seq(), r.epoch())) else {
-            continue;
-        };
-        out.insert(
-            name.clone(),
-            SourceSpan {
-                last_seq: last.seq(),
-                max_epoch: records.iter().map(Sequenced::epoch).max().unwrap_or(0),
-                last_epoch: last.epoch(),
-            },
-        );
+        if let Some(s) = span(records.iter().map(|r| (r.seq(), r.epoch()))) {
+            out.insert(name.clone(), s);
+        }
+    }
+    for (name, records) in mariadb {
+        if let Some(s) = span(records.iter().map(|r| (r.seq, r.epoch))) {
+            out.insert(name.clone(), s);
+        }
     }
     out
 }
@@ -51,6 +65,7 @@ pub(crate) fn encode(
     after: OffsetDateTime,
     cut_at: OffsetDateTime,
     sources: BTreeMap<String, Vec<Record>>,
+    mariadb: MariaDbRecords,
     contents: BTreeMap<String, Vec<u8>>,
 ) -> Vec<u8> {
     TimelineSegment {
@@ -60,7 +75,7 @@ pub(crate) fn encode(
         contents: ContentMap::new(),
         sources,
         inline: contents,
-        mariadb: BTreeMap::new(),
+        mariadb,
         checkpoint: false,
     }
     .encode()
@@ -72,6 +87,8 @@ pub(crate) struct DecodedBatch {
     pub position: Position,
     /// Records by source, in capture order.
     pub sources: BTreeMap<String, Vec<Record>>,
+    /// MariaDB transactions by source, in capture order.
+    pub mariadb: MariaDbRecords,
     /// File contents and base images by blake3 (already checked against it).
     pub contents: BTreeMap<String, Vec<u8>>,
     /// Encoded size.
@@ -97,6 +114,7 @@ pub(crate) fn decode(
     Ok(DecodedBatch {
         position,
         sources: seg.sources,
+        mariadb: seg.mariadb,
         contents: seg.inline,
         bytes: bytes.len() as u64,
     })

@@ -254,7 +254,12 @@ impl FeedInner {
             }
         }
         for b in &history.batches {
-            self.publish(b.sources.clone(), b.contents.clone(), None);
+            self.publish(
+                b.sources.clone(),
+                b.mariadb.clone(),
+                b.contents.clone(),
+                None,
+            );
         }
         let mut s = self.state.lock().unwrap();
         if s.window.len() != history.len() {
@@ -282,13 +287,14 @@ impl FeedInner {
     pub(crate) fn publish(
         &self,
         sources: BTreeMap<String, Vec<Record>>,
+        mariadb: batch::MariaDbRecords,
         contents: BTreeMap<String, Vec<u8>>,
         too_large: Option<String>,
     ) {
-        if sources.is_empty() {
+        if sources.is_empty() && mariadb.is_empty() {
             return;
         }
-        let spans = batch::spans(&sources);
+        let spans = batch::spans(&sources, &mariadb);
         let (seq, after) = {
             let s = self.state.lock().unwrap();
             (s.next_seq, s.last_publish)
@@ -297,7 +303,7 @@ impl FeedInner {
         // Encoded outside the lock (a batch can be large); only this thread publishes.
         let bytes = match too_large {
             Some(_) => None,
-            None => Some(batch::encode(seq, after, now, sources, contents)),
+            None => Some(batch::encode(seq, after, now, sources, mariadb, contents)),
         };
         let bytes = bytes.filter(|b| b.len() as u64 <= self.options.max_batch_bytes);
         let mut s = self.state.lock().unwrap();

@@ -26,6 +26,7 @@ pub struct ReplicaHistory {
 #[derive(Clone)]
 pub(crate) struct HistoryBatch {
     pub sources: BTreeMap<String, Vec<Record>>,
+    pub mariadb: super::batch::MariaDbRecords,
     pub contents: BTreeMap<String, Vec<u8>>,
     pub bytes: u64,
 }
@@ -61,6 +62,7 @@ impl ReplicaHistory {
             self.bytes += b.bytes;
             self.batches.push_back(HistoryBatch {
                 sources: b.sources.clone(),
+                mariadb: b.mariadb.clone(),
                 contents: b.contents.clone(),
                 bytes: b.bytes,
             });
@@ -88,6 +90,12 @@ impl ReplicaHistory {
                     *e = (*e).max(last);
                 }
             }
+            for (name, records) in &b.mariadb {
+                if let Some(last) = records.iter().map(|r| r.seq).max() {
+                    let e = out.entry(name.clone()).or_insert(0);
+                    *e = (*e).max(last);
+                }
+            }
         }
         out
     }
@@ -98,6 +106,12 @@ impl ReplicaHistory {
         for b in &self.batches {
             for (name, records) in &b.sources {
                 if let Some(first) = records.iter().map(Sequenced::seq).min() {
+                    let e = out.entry(name.clone()).or_insert(u64::MAX);
+                    *e = (*e).min(first);
+                }
+            }
+            for (name, records) in &b.mariadb {
+                if let Some(first) = records.iter().map(|r| r.seq).min() {
                     let e = out.entry(name.clone()).or_insert(u64::MAX);
                     *e = (*e).min(first);
                 }

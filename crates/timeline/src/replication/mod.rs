@@ -36,8 +36,8 @@ pub use lifeboat_core::cluster::{FailsafeRequest, Position, Term};
 #[doc(hidden)]
 pub use replica::{ApplyStep, FaultHook, inspect_replica_state};
 pub use replica::{
-    ConfirmPolicy, Replica, ReplicaConfig, ReplicaOptions, ReplicaState, ReplicaStatus,
-    seed_capture_state,
+    ConfirmPolicy, Replica, ReplicaConfig, ReplicaMariaDb, ReplicaOptions, ReplicaState,
+    ReplicaStatus, apply_mariadb_journal, seed_capture_state,
 };
 pub use sealed::{HandshakeError, StreamKey};
 pub use server::{

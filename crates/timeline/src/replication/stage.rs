@@ -23,6 +23,7 @@ use crate::error::{Result, TimelineError};
 pub(crate) struct FeedStage {
     pub feed: Arc<FeedInner>,
     records: BTreeMap<String, Vec<Record>>,
+    mariadb: super::batch::MariaDbRecords,
     contents: BTreeMap<String, Vec<u8>>,
     bytes: u64,
     too_large: Option<String>,
@@ -54,6 +55,7 @@ impl FeedStage {
         FeedStage {
             feed,
             records: BTreeMap::new(),
+            mariadb: BTreeMap::new(),
             contents: BTreeMap::new(),
             bytes: 0,
             too_large: None,
@@ -154,16 +156,32 @@ impl FeedStage {
         }
     }
 
+    /// Stages what a MariaDB capture handed out (each transaction's events travel whole).
+    pub(crate) fn stage_mariadb(
+        &mut self,
+        name: &str,
+        records: &[lifeboat_mariadb::TransactionRecord],
+    ) {
+        for r in records {
+            self.bytes += r.events.len() as u64;
+        }
+        self.mariadb
+            .entry(name.to_string())
+            .or_default()
+            .extend(records.iter().cloned());
+    }
+
     /// Publishes what is staged as one batch.
     pub(crate) fn publish(&mut self) {
-        if self.records.is_empty() {
+        if self.records.is_empty() && self.mariadb.is_empty() {
             return;
         }
         let records = std::mem::take(&mut self.records);
+        let mariadb = std::mem::take(&mut self.mariadb);
         let contents = std::mem::take(&mut self.contents);
         let too_large = self.too_large.take();
         self.bytes = 0;
-        self.feed.publish(records, contents, too_large);
+        self.feed.publish(records, mariadb, contents, too_large);
     }
 }
 
@@ -184,7 +202,13 @@ pub(crate) fn epoch_floor(term: u64) -> u64 {
 /// Raises the session numbers saved in the capture state dir to at least `floor - 1`
 /// before the captures open (each opens its session as the saved number plus one). Only
 /// the number changes: positions and manifests stay, so capture continues as it would.
-pub(crate) fn raise_epochs(state_dir: &Path, dbs: usize, dirs: usize, floor: u64) -> Result<()> {
+pub(crate) fn raise_epochs(
+    state_dir: &Path,
+    dbs: usize,
+    dirs: usize,
+    mariadb: bool,
+    floor: u64,
+) -> Result<()> {
     let at_least = floor.saturating_sub(1);
     let capture_err = |what: String| {
         move |error| TimelineError::Capture {
@@ -229,6 +253,24 @@ pub(crate) fn raise_epochs(state_dir: &Path, dbs: usize, dirs: usize, floor: u64
         manifest
             .save(&path)
             .map_err(capture_err(format!("data dir {i}")))?;
+    }
+    if mariadb {
+        // Without a saved position capture starts at the server's first binlog position,
+        // which only the server knows; that first session keeps its small number.
+        let dir = state_dir.join("mariadb-0");
+        let err = |error| TimelineError::MariaDb {
+            what: "the MariaDB capture state".into(),
+            error: Box::new(error),
+        };
+        if let Some(saved) = lifeboat_mariadb::load_position(&dir).map_err(err)?
+            && saved.epoch < at_least
+        {
+            let raised = lifeboat_mariadb::SavedPosition {
+                epoch: at_least,
+                ..saved
+            };
+            lifeboat_mariadb::save_position(&dir, &raised).map_err(err)?;
+        }
     }
     Ok(())
 }

@@ -116,6 +116,7 @@ impl StandbyDirs {
     pub fn config(&self, options: ReplicaOptions, repo: &Repository) -> ReplicaConfig {
         ReplicaConfig {
             key: stream_key(repo),
+            mariadb: None,
             site: "guestbook".into(),
             node: "standby".into(),
             zone: "zone-b".into(),

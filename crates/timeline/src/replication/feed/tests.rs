@@ -47,7 +47,7 @@ fn publish(f: &FeedInner, db: &[(u64, u64)], dir: &[(u64, u64)]) {
             dir.iter().map(|&(e, s)| deleted(e, s)).collect(),
         );
     }
-    f.publish(sources, BTreeMap::new(), None);
+    f.publish(sources, BTreeMap::new(), BTreeMap::new(), None);
 }
 
 fn held(db: (u64, u64), dir: (u64, u64)) -> BTreeMap<String, SourcePosition> {

@@ -114,6 +114,42 @@ pub(crate) fn decide(held: SourcePosition, rec: &Record, is_db: bool) -> Decisio
     })
 }
 
+/// [`decide`] for a MariaDB transaction, named like a record by (capture epoch, seq).
+pub(crate) fn decide_transaction(held: SourcePosition, e: u64, s: u64) -> Decision {
+    if s <= held.seq && e <= held.epoch {
+        return Decision::Skip;
+    }
+    if s == held.seq + 1 && e >= held.epoch {
+        return Decision::Apply;
+    }
+    Decision::Resync(if s <= held.seq {
+        format!(
+            "capture session {e} hands out transaction {s} again, which this copy holds from session {}: the primary's capture restarted and its history may differ",
+            held.epoch
+        )
+    } else if s == held.seq + 1 {
+        format!(
+            "transaction {s} comes from capture session {e}, older than session {} this copy follows",
+            held.epoch
+        )
+    } else {
+        format!(
+            "transactions {} to {} are missing before {s}",
+            held.seq + 1,
+            s - 1
+        )
+    })
+}
+
+/// The copy's MariaDB database: its data dir is changed only by folding the journal.
+pub(crate) struct MariaDbCopy {
+    pub name: String,
+    pub spec: lifeboat_mariadb::ServerSpec,
+    pub journal: PathBuf,
+    /// Fold when the journal grows past this.
+    pub fold_bytes: u64,
+}
+
 /// Pages to write, ascending: (page number, bytes).
 type Pages<'a> = Vec<(u32, Cow<'a, [u8]>)>;
 
@@ -182,6 +218,8 @@ struct Plan<'a> {
     sources: BTreeMap<String, SourcePosition>,
     dbs: BTreeMap<String, DbTxn<'a>>,
     files: Vec<(&'a str, &'a str, FileOp<'a>)>,
+    /// MariaDB transactions to journal.
+    journal: Vec<lifeboat_mariadb::TransactionRecord>,
     last: Position,
 }
 
@@ -211,6 +249,10 @@ pub(crate) struct Applier {
     database_names: Vec<String>,
     dbs: BTreeMap<String, DbCopy>,
     dirs: BTreeSet<String>,
+    pub mariadb: Option<MariaDbCopy>,
+    /// A fold of the MariaDB journal running in the background (started when the journal
+    /// passed its size), so acknowledgements do not wait for it.
+    folding: Option<std::thread::JoinHandle<Result<usize, StreamError>>>,
     pub wal_checkpoint_bytes: u64,
     pub fault: Option<FaultHook>,
 }
@@ -224,6 +266,7 @@ impl Applier {
         file: ReplicaFile,
         databases: &[String],
         dirs: &[String],
+        mariadb: Option<MariaDbCopy>,
     ) -> Result<Applier, StreamError> {
         let mut a = Applier {
             state_dir: state_dir.to_path_buf(),
@@ -232,14 +275,20 @@ impl Applier {
             database_names: databases.to_vec(),
             dbs: BTreeMap::new(),
             dirs: dirs.iter().cloned().collect(),
+            mariadb,
+            folding: None,
             wal_checkpoint_bytes: 32 << 20,
             fault: None,
         };
         // A copy whose database is gone (a state dir wiped by hand) is no copy: restore it.
         if a.file.ready
-            && a.database_names
+            && (a
+                .database_names
                 .iter()
                 .any(|n| !a.state_dir.join(n).is_file())
+                || a.mariadb
+                    .as_ref()
+                    .is_some_and(|m| !a.state_dir.join(&m.name).is_dir()))
         {
             a.file.ready = false;
         }
@@ -272,6 +321,10 @@ impl Applier {
         for dir in &self.dirs {
             files::remove_partials(&self.state_dir.join(dir))?;
         }
+        if let Some(m) = &self.mariadb {
+            let held = self.file.sources.get(&m.name).map_or(0, |p| p.seq);
+            super::journal::drop_beyond(&m.journal, held)?;
+        }
         Ok(())
     }
 
@@ -295,9 +348,35 @@ impl Applier {
             sources: self.file.sources.clone(),
             dbs: BTreeMap::new(),
             files: Vec::new(),
+            journal: Vec::new(),
             last: batches.last().map_or(self.file.applied, |b| b.position),
         };
         for b in batches {
+            for (name, records) in &b.mariadb {
+                if self.mariadb.as_ref().is_none_or(|m| &m.name != name) {
+                    return Err(format!(
+                        "batch {} names the MariaDB database {name}, which this standby does not hold",
+                        b.position
+                    ));
+                }
+                for r in records {
+                    let held = plan.sources.get(name).copied().unwrap_or_default();
+                    match decide_transaction(held, r.epoch, r.seq) {
+                        Decision::Skip => continue,
+                        Decision::Resync(why) => return Err(format!("{name}: {why}")),
+                        Decision::Apply => {}
+                    }
+                    plan.sources.insert(
+                        name.clone(),
+                        SourcePosition {
+                            epoch: r.epoch,
+                            seq: r.seq,
+                            term: b.position.term,
+                        },
+                    );
+                    plan.journal.push(r.clone());
+                }
+            }
             for (name, records) in &b.sources {
                 let db = self.dbs.get(name);
                 if db.is_none() && !self.dirs.contains(name) {
@@ -438,6 +517,9 @@ impl Applier {
             }
         }
         files::sync_dirs(&touched)?;
+        if let Some(m) = &self.mariadb {
+            super::journal::append(&m.journal, &plan.journal)?;
+        }
         self.fault(ApplyStep::FilesWritten);
         // Everything the group changed is durable: now it counts as applied.
         self.file.applied = last;
@@ -455,7 +537,42 @@ impl Applier {
                 self.checkpoint_db(&name)?;
             }
         }
+        self.fold_in_background_if_large()?;
         Ok(Outcome::Applied(last))
+    }
+
+    /// Starts folding the MariaDB journal in the background once it passed its size (one
+    /// fold at a time); reports the error of one that finished.
+    fn fold_in_background_if_large(&mut self) -> Result<(), StreamError> {
+        if self.folding.as_ref().is_some_and(|f| f.is_finished()) {
+            self.wait_for_fold()?;
+        }
+        let Some(m) = &self.mariadb else {
+            return Ok(());
+        };
+        if self.folding.is_some() || super::journal::bytes(&m.journal) <= m.fold_bytes {
+            return Ok(());
+        }
+        let held = self.file.sources.get(&m.name).map_or(0, |p| p.seq);
+        let (spec, meta) = (m.spec.clone(), self.meta_dir.clone());
+        self.folding = Some(
+            std::thread::Builder::new()
+                .name("mariadb-fold".into())
+                .spawn(move || super::journal::fold(&spec, &meta, held))
+                .map_err(|e| StreamError::Invalid(format!("could not start a fold: {e}")))?,
+        );
+        Ok(())
+    }
+
+    /// Waits for a background fold to end; its error, if it failed (the journal is kept).
+    pub(crate) fn wait_for_fold(&mut self) -> Result<(), StreamError> {
+        match self.folding.take() {
+            Some(f) => f
+                .join()
+                .unwrap_or_else(|_| Err(StreamError::Invalid("the fold thread panicked".into())))
+                .map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     fn checkpoint_db(&mut self, name: &str) -> Result<(), StreamError> {
@@ -467,8 +584,12 @@ impl Applier {
         Ok(())
     }
 
-    /// Copies every log back into its database file (the copy is then plain database files).
+    /// Copies every log back into its database file (the copy is then plain database files)
+    /// and lets a fold of the MariaDB journal in the background finish (what remains in the
+    /// journal is applied by the next fold, or by the server of a promotion:
+    /// [`super::apply_mariadb_journal`]).
     pub(crate) fn checkpoint_all(&mut self) -> Result<(), StreamError> {
+        self.wait_for_fold()?;
         if !self.file.ready {
             return Ok(());
         }
@@ -478,8 +599,10 @@ impl Applier {
         Ok(())
     }
 
-    /// Forgets the databases (before a restore replaces them).
+    /// Forgets the databases (before a restore replaces them); a fold in the background
+    /// ends first (its server holds the data dir).
     pub(crate) fn close_copy(&mut self) {
+        let _ = self.wait_for_fold();
         self.dbs.clear();
     }
 

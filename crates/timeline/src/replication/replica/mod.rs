@@ -18,6 +18,7 @@
 mod apply;
 mod connection;
 mod files;
+mod journal;
 mod resync;
 mod seed;
 mod state;
@@ -41,7 +42,7 @@ use super::wire::SourcePosition;
 use apply::Applier;
 #[doc(hidden)]
 pub use apply::{ApplyStep, FaultHook};
-pub use seed::seed_capture_state;
+pub use seed::{apply_mariadb_journal, seed_capture_state};
 use state::ReplicaFile;
 #[doc(hidden)]
 pub use state::inspect as inspect_replica_state;
@@ -133,8 +134,27 @@ pub struct ReplicaConfig {
     pub meta_dir: PathBuf,
     /// The key the primary must prove it holds (derived from the site's vault key).
     pub key: crate::replication::StreamKey,
+    /// The site's MariaDB database, when it has one.
+    pub mariadb: Option<ReplicaMariaDb>,
     /// Behaviour.
     pub options: ReplicaOptions,
+}
+
+/// A MariaDB database in the copy (`[state] mariadb`). No server runs on it while the
+/// replica does: received transactions are journaled durably and applied to the data dir in
+/// runs (`journal.rs`), when the journal grows past `fold_bytes` and when the replica stops.
+#[derive(Debug, Clone)]
+pub struct ReplicaMariaDb {
+    /// The source's name: its data dir, relative to the state dir.
+    pub name: String,
+    /// A server on the copy's data dir, as the replica starts it to apply the journal: its
+    /// config dir is where a restore from the vault writes the admin password it sets.
+    pub spec: lifeboat_mariadb::ServerSpec,
+    /// How a restore from the vault rebuilds the database (its `config_dir` should be
+    /// `spec`'s).
+    pub restore: crate::restore::MariaDbRestoreOptions,
+    /// Journal size past which it is applied at once.
+    pub fold_bytes: u64,
 }
 
 /// What the replica is doing.
@@ -256,7 +276,7 @@ impl Replica {
         repo: Arc<Repository>,
         primary: Option<SocketAddr>,
     ) -> Result<Replica, StreamError> {
-        if config.databases.is_empty() && config.data_dirs.is_empty() {
+        if config.databases.is_empty() && config.data_dirs.is_empty() && config.mariadb.is_none() {
             return Err(StreamError::Invalid(
                 "a replica needs at least one database or data dir".into(),
             ));
@@ -269,6 +289,12 @@ impl Replica {
             config.site.clone(),
         );
         let (dbs2, dirs2) = (databases.clone(), dirs.clone());
+        let mariadb_copy = config.mariadb.as_ref().map(|m| apply::MariaDbCopy {
+            name: m.name.clone(),
+            spec: m.spec.clone(),
+            journal: journal::dir(&config.meta_dir),
+            fold_bytes: m.fold_bytes,
+        });
         let applier = tokio::task::spawn_blocking(move || -> Result<Applier, StreamError> {
             std::fs::create_dir_all(&meta).map_err(StreamError::io("create", &meta))?;
             let file = ReplicaFile::load(&meta)?.unwrap_or_else(|| ReplicaFile::empty(&site));
@@ -279,7 +305,7 @@ impl Replica {
                     file.site
                 )));
             }
-            Applier::open(&state_dir, &meta, file, &dbs2, &dirs2)
+            Applier::open(&state_dir, &meta, file, &dbs2, &dirs2, mariadb_copy)
         })
         .await
         .map_err(|_| StreamError::Stopped)??;
@@ -493,11 +519,12 @@ async fn restore(
         s.ready = false;
     }
     // The copy's files are replaced: nothing of it may stay open here.
-    let (mut file, databases, dirs) = {
-        let mut a = applier.lock().unwrap();
+    // (On a blocking thread: a fold running in the background is waited for.)
+    let (mut file, databases, dirs) = blocking(applier, |a| {
         a.close_copy();
-        (a.file.clone(), a.database_names().to_vec(), a.dir_names())
-    };
+        Ok((a.file.clone(), a.database_names().to_vec(), a.dir_names()))
+    })
+    .await?;
     let result = resync::resync(
         repo,
         &cfg.state_dir,
@@ -505,6 +532,7 @@ async fn restore(
         &mut file,
         &databases,
         &dirs,
+        cfg.mariadb.as_ref(),
     )
     .await;
     let ready = file.ready;

@@ -25,7 +25,7 @@ use super::super::Position;
 use super::super::error::StreamError;
 use super::super::wire::SourcePosition;
 use super::state::ReplicaFile;
-use crate::restore::{RestoreTarget, restore_site};
+use crate::restore::{RestoreTarget, restore_site, restore_site_with};
 
 /// The scratch directory a restore builds in, inside the state dir.
 pub(crate) const RESTORE_DIR: &str = ".lifeboat-replica-restore";
@@ -55,16 +55,52 @@ pub(crate) async fn resync(
     file: &mut ReplicaFile,
     databases: &[String],
     dirs: &[String],
+    mariadb: Option<&super::ReplicaMariaDb>,
 ) -> Result<(), StreamError> {
     file.ready = false;
     file.applying = None;
     file.save(meta_dir)?;
+    // What was received for the old copy means nothing for the restored one.
+    super::journal::clear(&super::journal::dir(meta_dir))?;
     std::fs::create_dir_all(state_dir).map_err(StreamError::io("create", state_dir))?;
     let scratch = state_dir.join(RESTORE_DIR);
     remove_if_present(&scratch)?;
     std::fs::create_dir(&scratch).map_err(StreamError::io("create", &scratch))?;
     let into = scratch.join("site");
-    let report = restore_site(repo, RestoreTarget::Latest, &into).await?;
+    let mut sources_mariadb = None;
+    let report = match mariadb {
+        Some(m) => restore_site_with(repo, RestoreTarget::Latest, &into, m.restore.clone()).await?,
+        None => restore_site(repo, RestoreTarget::Latest, &into).await?,
+    };
+    let mut moved_dirs = dirs.to_vec();
+    if let Some(m) = mariadb {
+        let restored = report
+            .mariadb
+            .as_ref()
+            .filter(|r| r.name == m.name)
+            .ok_or_else(|| StreamError::ResyncNeeded {
+                reason: format!(
+                    "the vault's latest checkpoint has no MariaDB database {}; wait for the primary's next checkpoint",
+                    m.name
+                ),
+            })?;
+        let pos = restored.gtid_pos.parse().map_err(|e| {
+            StreamError::Invalid(format!(
+                "the restore reported the GTID position {:?}: {e}",
+                restored.gtid_pos
+            ))
+        })?;
+        super::journal::save_copy_position(meta_dir, &pos)?;
+        sources_mariadb = Some((
+            m.name.clone(),
+            SourcePosition {
+                epoch: restored.capture_epoch,
+                seq: restored.capture_seq,
+                term: 0,
+            },
+        ));
+        moved_dirs.push(m.name.clone());
+    }
     let mut sources = BTreeMap::new();
     for name in databases {
         let db = report
@@ -104,11 +140,12 @@ pub(crate) async fn resync(
             },
         );
     }
+    sources.extend(sources_mariadb);
     let (state, into2, databases2, dirs2) = (
         state_dir.to_path_buf(),
         into.clone(),
         databases.to_vec(),
-        dirs.to_vec(),
+        moved_dirs,
     );
     tokio::task::spawn_blocking(move || swap_in(&state, &into2, &databases2, &dirs2))
         .await

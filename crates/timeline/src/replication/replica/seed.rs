@@ -18,6 +18,27 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsec)
 }
 
+/// After [`super::Replica::stop`], on a promoted standby of a MariaDB site: applies the
+/// transactions still in the journal through the node's server, just started on the copy
+/// (`spec`), so that its capture can be seeded ([`seed_capture_state`]) and the site served.
+/// Returns how many were applied.
+pub fn apply_mariadb_journal(
+    config: &ReplicaConfig,
+    spec: &lifeboat_mariadb::ServerSpec,
+) -> Result<usize, StreamError> {
+    let Some(m) = &config.mariadb else {
+        return Ok(0);
+    };
+    let file = ReplicaFile::load(&config.meta_dir)?.ok_or_else(|| {
+        StreamError::Invalid(format!(
+            "{} has no replica state; nothing to apply",
+            config.meta_dir.display()
+        ))
+    })?;
+    let held = file.sources.get(&m.name).map_or(0, |p| p.seq);
+    super::journal::apply_running(spec, &config.meta_dir, held)
+}
+
 /// Writes the capture state (`db-<i>/position.json`, `dir-<i>.json`, in the order of
 /// `config.databases` and `config.data_dirs`, which must be the worker's) into
 /// `capture_state_dir`, replacing what is there, so that a worker started on the copy
@@ -67,6 +88,32 @@ pub fn seed_capture_state(
             db_pages: (len / u64::from(page_size)) as u32,
         };
         position::save(&dir.join("position.json"), &saved).map_err(capture_err(name))?;
+    }
+    if let Some(m) = &config.mariadb {
+        // The journal was applied when the replica stopped: the data dir holds exactly the
+        // transactions up to the source's seq, at this position.
+        let src = file.sources.get(&m.name).copied().unwrap_or_default();
+        let pending = super::journal::read(&super::journal::dir(&config.meta_dir), src.seq)?;
+        if !pending.is_empty() {
+            return Err(StreamError::Invalid(format!(
+                "{} received MariaDB transactions are not applied to the copy yet; apply them (apply_mariadb_journal) before seeding capture",
+                pending.len()
+            )));
+        }
+        let gtid_pos = super::journal::copy_position(&config.meta_dir)?;
+        let saved = lifeboat_mariadb::SavedPosition {
+            version: lifeboat_mariadb::POSITION_FORMAT_VERSION,
+            epoch: src.epoch,
+            seq: src.seq,
+            gtid_pos,
+        };
+        lifeboat_mariadb::save_position(&capture_state_dir.join("mariadb-0"), &saved).map_err(
+            |e| StreamError::Io {
+                action: "write the capture state of",
+                path: m.name.clone().into(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        )?;
     }
     for (i, d) in config.data_dirs.iter().enumerate() {
         let name = rel_name(d);

@@ -143,7 +143,7 @@ impl Pair {
         file.ready = true;
         file.sources
             .insert("app.db".into(), held(self.epoch, self.last_seq));
-        Applier::open(&self.state, &self.meta, file, &["app.db".into()], &[]).unwrap()
+        Applier::open(&self.state, &self.meta, file, &["app.db".into()], &[], None).unwrap()
     }
 
     /// Commits `n` transactions (one grows the table a lot, one deletes most of it) and
@@ -174,6 +174,7 @@ impl Pair {
             .confirm_durable(records.last().unwrap().seq())
             .unwrap();
         DecodedBatch {
+            mariadb: BTreeMap::new(),
             position: Position { term: 7, seq },
             sources: BTreeMap::from([("app.db".to_string(), records)]),
             contents: BTreeMap::new(),
@@ -215,7 +216,15 @@ fn a_group_applied_twice_or_after_a_crash_gives_the_primarys_database() {
         sources: a.file.sources.clone(),
     });
     drop(a);
-    let mut a = Applier::open(&pair.state, &pair.meta, crashed, &["app.db".into()], &[]).unwrap();
+    let mut a = Applier::open(
+        &pair.state,
+        &pair.meta,
+        crashed,
+        &["app.db".into()],
+        &[],
+        None,
+    )
+    .unwrap();
     assert_eq!(a.apply(std::slice::from_ref(&b1)).unwrap(), Outcome::Wait);
     assert_eq!(
         a.apply(&[b1, b2, b3]).unwrap(),
