@@ -766,6 +766,13 @@ fn binlog_files_a_durable_checkpoint_covers_are_purged_and_a_rewind_before_it_st
         m["oldest_binlog"].as_str(),
         kept.first().map(String::as_str)
     );
+    eprintln!(
+        "{} binlog files purged after T, {} kept ({:?}), {} rows written meanwhile",
+        m["binlog_files_purged"],
+        kept.len(),
+        kept,
+        after_t.len()
+    );
     // The server itself knows only the files kept.
     let listed: Vec<String> = admin_sql(site.path(), "SHOW BINARY LOGS")
         .lines()
@@ -839,6 +846,7 @@ fn capture_purged_by_hand_under_writes_continues_from_a_new_base_and_says_what_i
     let resumed = lifeboat.wait_for_event("capture resumed", |e| {
         e["kind"] == "mariadb-capture-resumed"
     });
+    assert_eq!(resumed["last_captured"], gap["last_captured"]);
     let until = time::OffsetDateTime::parse(
         resumed["unrestorable_until"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
@@ -850,6 +858,19 @@ fn capture_purged_by_hand_under_writes_continues_from_a_new_base_and_says_what_i
     )
     .unwrap();
     assert!(from <= purged_at + time::Duration::seconds(5) && from < until);
+    let at = |e: &Value| {
+        time::OffsetDateTime::parse(
+            e["at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    eprintln!(
+        "gap found {:?} after the purge; capture resumed from a new base {:?} later; no rewind reaches {:?}",
+        at(&gap) - purged_at,
+        at(&resumed) - at(&gap),
+        until - from
+    );
     // Capture goes on: writes after the new base are captured.
     let at_resume = writer.count();
     wait_until("writes after the new base", || {

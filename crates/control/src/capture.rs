@@ -610,11 +610,13 @@ fn kind_of(event: TimelineEvent) -> Option<EventKind> {
         }),
         TimelineEvent::MariaDbCaptureResumed {
             database,
+            last_captured,
             base_gtid,
             unrestorable_from,
             unrestorable_until,
         } => Some(EventKind::MariaDbCaptureResumed {
             database,
+            last_captured,
             base_gtid,
             unrestorable_from: rfc3339(unrestorable_from),
             unrestorable_until: rfc3339(unrestorable_until),

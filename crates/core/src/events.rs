@@ -88,6 +88,8 @@ pub enum EventKind {
     #[serde(rename = "mariadb-capture-resumed")]
     MariaDbCaptureResumed {
         database: String,
+        #[serde(default)]
+        last_captured: String,
         base_gtid: String,
         unrestorable_from: String,
         unrestorable_until: String,
@@ -281,11 +283,12 @@ impl EventKind {
             ),
             EventKind::MariaDbCaptureResumed {
                 database,
+                last_captured,
                 base_gtid,
                 unrestorable_from,
                 unrestorable_until,
             } => format!(
-                "MariaDB capture of {database} continues from a new base at GTID {base_gtid}; no rewind to a moment from {unrestorable_from} to {unrestorable_until} is possible (its transactions could not be captured)"
+                "MariaDB capture of {database} continues from a new base at GTID {base_gtid}; the transactions after GTID {last_captured} up to it are in that base but were not captured one by one, so no rewind to a moment from {unrestorable_from} to {unrestorable_until} is possible"
             ),
             EventKind::IntegrityFailed { database, detail } => format!(
                 "{database} fails its integrity check ({detail}); `lifeboat rewind --to before-event:ID` gives a clean copy"

@@ -105,6 +105,7 @@ pub(crate) fn after_checkpoint(shipper: &mut Shipper, info: &CheckpointInfo) -> 
         tracing::warn!(database = %name, base = %base, "MariaDB capture continues from a new base");
         shipper.emit(TimelineEvent::MariaDbCaptureResumed {
             database: name,
+            last_captured: gap.last_captured,
             base_gtid: base.to_string(),
             unrestorable_from: gap.since,
             unrestorable_until: info.time,

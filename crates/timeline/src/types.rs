@@ -181,6 +181,9 @@ pub enum TimelineEvent {
     MariaDbCaptureResumed {
         /// The database.
         database: String,
+        /// The last GTID position captured before the gap: the transactions after it up to
+        /// `base_gtid` are in the new base but were not captured one by one.
+        last_captured: String,
         /// The GTID position of the new base, where capture continues.
         base_gtid: String,
         /// The last moment capture had received everything up to.
