@@ -994,3 +994,49 @@ fn a_mariadb_site_run_by_an_ordinary_user_serves_captures_and_rewinds() {
     ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
     assert_eq!(rows(&lifeboat.proxy), (1..=8).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_binlog_reset_by_hand_under_writes_is_a_gap_and_rewinds_on_both_sides_of_it_are_exact() {
+    let site = mariadb_site(1, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=10 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+    let before = time::OffsetDateTime::now_utc();
+    // Under writes, the binlog is reset: the server numbers transactions from 1 again.
+    let writer = Writer::start(&lifeboat.proxy, 11);
+    wait_until("writes before the reset", || writer.count() >= 10);
+    admin_sql(site.path(), "RESET MASTER");
+    lifeboat.wait_for_event("the capture gap", |e| e["kind"] == "mariadb-capture-gap");
+    let resumed = lifeboat.wait_for_event("capture resumed", |e| {
+        e["kind"] == "mariadb-capture-resumed"
+    });
+    let at_resume = writer.count();
+    wait_until("writes after the new base", || {
+        writer.count() >= at_resume + 20
+    });
+    let acked = writer.stop();
+    wait_captured(&lifeboat);
+    let live = rows(&lifeboat.proxy);
+    let lost: Vec<_> = acked.iter().filter(|n| !live.contains(n)).collect();
+    assert!(lost.is_empty(), "acknowledged but not live: {lost:?}");
+    let status = lifeboat.status();
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    assert!(!resumed["base_gtid"].as_str().unwrap_or("").is_empty());
+
+    // After the new base: exactly the live rows (the new history, numbered from 1 again, is
+    // never mixed with the old one's numbers).
+    ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), live);
+    // Before the reset: exactly the rows of then.
+    ok_json(
+        &lifeboat,
+        &["rewind", "--to", &rfc(before), "--yes", "--json"],
+    );
+    assert_eq!(rows(&lifeboat.proxy), (1..=10).collect::<Vec<_>>());
+}
