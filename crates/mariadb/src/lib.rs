@@ -31,10 +31,12 @@
 //!    [`BinlogCapture::confirm_durable`] with the last seq.
 //! 3. Every checkpoint: a new base ([`take_base_backup`]); the vault deduplicates it against
 //!    the previous one (an unchanged 100 MiB database adds ~20 KiB).
-//! 4. [`MariaDbError::GtidGap`], [`MariaDbError::BinlogPurged`] or
-//!    [`MariaDbError::CorruptBinlog`] from `poll`: a site event, a base at once, then
-//!    [`BinlogCapture::restart_from_base`] with its position.
-//! 5. Rewind: [`resolve_history`] of the records read from the segments, the newest base at or
+//! 4. An error from `poll` for which [`MariaDbError::needs_new_base`] holds (a GTID gap or
+//!    step back, binlogs purged or reset, a damaged binlog): a site event, a base at once,
+//!    then [`BinlogCapture::restart_from_base`] with its position.
+//! 5. After each checkpoint is durable: [`rotate_binlog`], then [`purge_binlogs_before`] the
+//!    position both its base and capture's confirmed position cover ([`GtidPos::common`]).
+//! 6. Rewind: [`resolve_history`] of the records read from the segments, the newest base at or
 //!    before the target, [`restore()`] into the new state's data dir, then the supervisor runs
 //!    [`ServerSpec::command`] on it; [`ServerSpec::rotate_app_password`] for
 //!    `--rotate-credentials`.
