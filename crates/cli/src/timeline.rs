@@ -282,6 +282,13 @@ fn print_timeline(r: &TimelineReport) {
             );
         }
     }
+    for g in &points.gaps {
+        println!(
+            "  NOT restorable from {} to {}: MariaDB capture lost transactions there (see the events)",
+            rfc3339(g.from),
+            rfc3339(g.until)
+        );
+    }
     println!("checkpoints:");
     for c in &points.checkpoints {
         let short = c.snapshot.get(..12).unwrap_or(&c.snapshot);

@@ -629,3 +629,414 @@ fn a_rewound_site_is_checkpointed_and_rewinds_again_with_its_new_rows() {
     assert_ne!(second["state"], first["state"]);
     assert_eq!(rows(&lifeboat.proxy), (1..=8).collect::<Vec<_>>());
 }
+
+/// `sql` run as the site's MariaDB admin (the login in the config Lifeboat keeps in
+/// `.lifeboat/mariadb/site/`): its output, one row a line.
+fn admin_sql(site: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("mariadb")
+        .arg(format!(
+            "--defaults-file={}",
+            site.join(".lifeboat/mariadb/site/my.cnf").display()
+        ))
+        .args(["--batch", "--skip-column-names", "-e", sql])
+        .output()
+        .expect("run mariadb");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The binlog files in the live server's data dir, oldest first.
+fn binlog_files_on_disk(site: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(site.join("mariadb"))
+        .expect("the data dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("binlog.")
+                .is_some_and(|s| s.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes rows from `first` on, one after the other, until stopped: the rows acknowledged.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(proxy: &str, first: u64) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, acked, proxy) = (stop.clone(), acked.clone(), proxy.to_string());
+            std::thread::spawn(move || {
+                let mut n = first;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if write_row(&proxy, n) {
+                        acked.lock().unwrap().push(n);
+                    }
+                    n += 1;
+                }
+            })
+        };
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Waits until capture has every transaction the live server wrote durable in the vault.
+fn wait_captured(lifeboat: &Lifeboat) -> Value {
+    let site = lifeboat.site.clone();
+    let live = gtid_seq(&admin_sql(&site, "SELECT @@GLOBAL.gtid_binlog_pos"));
+    lifeboat.wait_for_status("capture of every write", |s| {
+        let m = &s["capture"]["mariadb"];
+        s["capture"]["lag_ms"] == 0
+            && m["connected"] == true
+            && gtid_seq(m["confirmed"].as_str().unwrap_or("")) >= live
+    })
+}
+
+const VAULT_FREQUENT_CHECKPOINTS: &str = r#"
+[vault]
+destinations = [".lifeboat/vault"]
+segment_interval = "250ms"
+checkpoint_interval = "1s"
+"#;
+
+#[test]
+fn binlog_files_a_durable_checkpoint_covers_are_purged_and_a_rewind_before_it_stays_exact() {
+    let site = mariadb_site(1, VAULT_FREQUENT_CHECKPOINTS);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=10 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+    let t = time::OffsetDateTime::now_utc();
+    let files_at_t = binlog_files_on_disk(site.path());
+    assert!(!files_at_t.is_empty());
+    // Writes go on (a checkpoint is taken only when something changed) until checkpoints
+    // after T have covered every file the server had at T.
+    let writer = Writer::start(&lifeboat.proxy, 11);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = binlog_files_on_disk(site.path());
+        if files_at_t.iter().all(|f| !now.contains(f)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binlog files of T are still there: {now:?} (at T: {files_at_t:?}); status: {:#}",
+            lifeboat.status()["capture"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_t = writer.stop();
+    assert!(!after_t.is_empty());
+    let status = wait_captured(&lifeboat);
+    let m = &status["capture"]["mariadb"];
+    assert!(m["binlog_files_purged"].as_u64() >= Some(1), "{status:#}");
+    assert!(m["binlog_purge_error"].is_null(), "{status:#}");
+    let kept = binlog_files_on_disk(site.path());
+    assert_eq!(
+        m["oldest_binlog"].as_str(),
+        kept.first().map(String::as_str)
+    );
+    eprintln!(
+        "{} binlog files purged after T, {} kept ({:?}), {} rows written meanwhile",
+        m["binlog_files_purged"],
+        kept.len(),
+        kept,
+        after_t.len()
+    );
+    // The server itself knows only the files kept.
+    let listed: Vec<String> = admin_sql(site.path(), "SHOW BINARY LOGS")
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, kept);
+    // The site still serves everything.
+    let mut all: Vec<u64> = (1..=10).chain(after_t.iter().copied()).collect();
+    all.sort();
+    assert_eq!(rows(&lifeboat.proxy), all);
+
+    // A rewind to T, before the checkpoints that purged those files, reads only the vault.
+    ok_json(&lifeboat, &["rewind", "--to", &rfc(t), "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=10).collect::<Vec<_>>());
+    // And back to latest: every row.
+    ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), all);
+}
+
+/// Purges the live server's binlog under capture's feet: capture's stream is cut, a row is
+/// written and the file holding it purged before capture is back (its reconnection waits at
+/// least 50 ms), so the server no longer has what capture asks for. Returns the row written.
+fn purge_binlog_while_capture_reconnects(site: &Path, row: u64) -> bool {
+    let dump = admin_sql(
+        site,
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+    );
+    let Some(id) = dump.lines().next().map(str::trim).filter(|l| !l.is_empty()) else {
+        return false;
+    };
+    let before = binlog_files_on_disk(site);
+    admin_sql(
+        site,
+        &format!(
+            "KILL CONNECTION {id}; INSERT INTO blog.t VALUES ({row}); FLUSH BINARY LOGS; \
+             PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;"
+        ),
+    );
+    // Done when the file that held the row is gone (a dump thread still reading it keeps it).
+    let after = binlog_files_on_disk(site);
+    before.last().is_some_and(|f| !after.contains(f))
+}
+
+#[test]
+fn capture_purged_by_hand_under_writes_continues_from_a_new_base_and_says_what_is_lost() {
+    let site = mariadb_site(1, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    let writer = Writer::start(&lifeboat.proxy, 1);
+    wait_until("writes before the purge", || writer.count() >= 20);
+    let purged_at = time::OffsetDateTime::now_utc();
+    let deadline = Instant::now() + DEADLINE;
+    let mut row = 900_000;
+    while !purge_binlog_while_capture_reconnects(site.path(), row) {
+        assert!(Instant::now() < deadline, "could not purge under capture");
+        row += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Loud: the gap, then capture on from a new base.
+    let gap = lifeboat.wait_for_event("the capture gap", |e| e["kind"] == "mariadb-capture-gap");
+    assert!(
+        gap["why"]
+            .as_str()
+            .unwrap()
+            .contains("no longer holds the binary logs"),
+        "{gap:#}"
+    );
+    let resumed = lifeboat.wait_for_event("capture resumed", |e| {
+        e["kind"] == "mariadb-capture-resumed"
+    });
+    assert_eq!(resumed["last_captured"], gap["last_captured"]);
+    let until = time::OffsetDateTime::parse(
+        resumed["unrestorable_until"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let from = time::OffsetDateTime::parse(
+        resumed["unrestorable_from"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(from <= purged_at + time::Duration::seconds(5) && from < until);
+    let at = |e: &Value| {
+        time::OffsetDateTime::parse(
+            e["at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    eprintln!(
+        "gap found {:?} after the purge; capture resumed from a new base {:?} later; no rewind reaches {:?}",
+        at(&gap) - purged_at,
+        at(&resumed) - at(&gap),
+        until - from
+    );
+    // Capture goes on: writes after the new base are captured.
+    let at_resume = writer.count();
+    wait_until("writes after the new base", || {
+        writer.count() >= at_resume + 20
+    });
+    let acked = writer.stop();
+    wait_captured(&lifeboat);
+    let t = time::OffsetDateTime::now_utc();
+    let status = lifeboat.status();
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+
+    // `lifeboat timeline` shows the span no rewind reaches, and a rewind into it is refused.
+    let timeline = ok_json(&lifeboat, &["timeline", "--json"]);
+    let gaps = timeline["restore_points"]["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{timeline:#}");
+    assert!(
+        timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "mariadb-capture-resumed"),
+        "{timeline:#}"
+    );
+    let text = lifeboat.cli(&["timeline"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("NOT restorable from"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let inside = from + (until - from) / 2;
+    let refused = lifeboat.cli(&["rewind", "--to", &rfc(inside), "--yes"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("MariaDB capture lost transactions"), "{err}");
+
+    // A rewind to after the new base is exact: every row acknowledged, and those written by
+    // hand (in the new base although their binlog was purged before capture read it).
+    let live = rows(&lifeboat.proxy);
+    ok_json(&lifeboat, &["rewind", "--to", &rfc(t), "--yes", "--json"]);
+    let restored = rows(&lifeboat.proxy);
+    assert_eq!(restored, live);
+    let lost: Vec<_> = acked.iter().filter(|n| !restored.contains(n)).collect();
+    assert!(lost.is_empty(), "acknowledged but not restored: {lost:?}");
+    assert!(restored.contains(&row));
+}
+
+/// The uid a process runs as.
+fn uid_of(pid: u64) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .expect("the process runs")
+        .uid()
+}
+
+#[test]
+fn a_mariadb_site_run_by_an_ordinary_user_serves_captures_and_rewinds() {
+    let Some(user) = common::OsUser::ensure("lifeboat-tester") else {
+        eprintln!(
+            "skipped: this test creates an ordinary user to run lifeboat as, which needs root (running as uid {})",
+            nix::unistd::geteuid()
+        );
+        return;
+    };
+    let site = mariadb_site(1, VAULT);
+    user.give(site.path());
+    let lifeboat = Lifeboat::up_as(&user, site.path());
+    lifeboat.wait_healthy(1);
+    let status = lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null() || !s["capture"]["last_error"].is_null()
+    });
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    let pid = database(&status)["pid"].as_u64().expect("mariadbd runs");
+    assert_eq!(
+        uid_of(pid),
+        user.uid,
+        "mariadbd runs as the user of lifeboat"
+    );
+    // Its run dir (socket) is in the user's own TMPDIR.
+    let socket = database(&status)["socket"].as_str().unwrap().to_string();
+    assert!(
+        Path::new(&socket).starts_with(user.tmpdir()),
+        "{socket} is not in {}",
+        user.tmpdir().display()
+    );
+    for n in 1..=5 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+    let t = time::OffsetDateTime::now_utc();
+    for n in 6..=8 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+
+    let report = ok_json(
+        &lifeboat,
+        &[
+            "rewind",
+            "--to",
+            &rfc(t),
+            "--rotate-credentials",
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_eq!(rows(&lifeboat.proxy), (1..=5).collect::<Vec<_>>());
+    let status = lifeboat.status();
+    assert_eq!(status["state"], report["state"]);
+    let pid = database(&status)["pid"]
+        .as_u64()
+        .expect("the restored mariadbd runs");
+    assert_eq!(uid_of(pid), user.uid);
+    // Capture follows the restored server, as that user too.
+    assert!(write_row(&lifeboat.proxy, 100));
+    let status = lifeboat.wait_for_status("capture of the restored server", |s| {
+        let m = &s["capture"]["mariadb"];
+        (m["connected"] == true && gtid_seq(m["confirmed"].as_str().unwrap_or("")) >= 6)
+            || !s["capture"]["last_error"].is_null()
+    });
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    ok_json(&lifeboat, &["rewind", "--undo", "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), (1..=8).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_binlog_reset_by_hand_under_writes_is_a_gap_and_rewinds_on_both_sides_of_it_are_exact() {
+    let site = mariadb_site(1, VAULT);
+    let lifeboat = Lifeboat::up(site.path());
+    lifeboat.wait_healthy(1);
+    lifeboat.wait_for_status("a first checkpoint (with a MariaDB base)", |s| {
+        !s["capture"]["last_checkpoint"].is_null()
+    });
+    for n in 1..=10 {
+        assert!(write_row(&lifeboat.proxy, n), "write {n}");
+    }
+    wait_captured(&lifeboat);
+    let before = time::OffsetDateTime::now_utc();
+    // Under writes, the binlog is reset: the server numbers transactions from 1 again.
+    let writer = Writer::start(&lifeboat.proxy, 11);
+    wait_until("writes before the reset", || writer.count() >= 10);
+    admin_sql(site.path(), "RESET MASTER");
+    lifeboat.wait_for_event("the capture gap", |e| e["kind"] == "mariadb-capture-gap");
+    let resumed = lifeboat.wait_for_event("capture resumed", |e| {
+        e["kind"] == "mariadb-capture-resumed"
+    });
+    let at_resume = writer.count();
+    wait_until("writes after the new base", || {
+        writer.count() >= at_resume + 20
+    });
+    let acked = writer.stop();
+    wait_captured(&lifeboat);
+    let live = rows(&lifeboat.proxy);
+    let lost: Vec<_> = acked.iter().filter(|n| !live.contains(n)).collect();
+    assert!(lost.is_empty(), "acknowledged but not live: {lost:?}");
+    let status = lifeboat.status();
+    assert!(status["capture"]["last_error"].is_null(), "{status:#}");
+    assert!(!resumed["base_gtid"].as_str().unwrap_or("").is_empty());
+
+    // After the new base: exactly the live rows (the new history, numbered from 1 again, is
+    // never mixed with the old one's numbers).
+    ok_json(&lifeboat, &["rewind", "--to", "latest", "--yes", "--json"]);
+    assert_eq!(rows(&lifeboat.proxy), live);
+    // Before the reset: exactly the rows of then.
+    ok_json(
+        &lifeboat,
+        &["rewind", "--to", &rfc(before), "--yes", "--json"],
+    );
+    assert_eq!(rows(&lifeboat.proxy), (1..=10).collect::<Vec<_>>());
+}

@@ -58,6 +58,16 @@ pub struct MariaDbCaptureReport {
     pub confirmed: String,
     /// The last problem with the stream.
     pub last_problem: Option<String>,
+    /// The oldest binlog file the server keeps (older ones were purged once a durable
+    /// checkpoint covered them).
+    #[serde(default)]
+    pub oldest_binlog: Option<String>,
+    /// Binlog files purged since capture started.
+    #[serde(default)]
+    pub binlog_files_purged: u64,
+    /// Why the last purge of covered binlog files failed, if it did.
+    #[serde(default)]
+    pub binlog_purge_error: Option<String>,
 }
 
 /// The last checkpoint in [`CaptureReport`].
@@ -453,6 +463,9 @@ impl Capture {
                 reconnects: m.reconnects,
                 confirmed: m.confirmed,
                 last_problem: m.last_problem,
+                oldest_binlog: m.oldest_binlog,
+                binlog_files_purged: m.binlog_files_purged,
+                binlog_purge_error: m.binlog_purge_error,
             }),
         }
     }
@@ -586,9 +599,36 @@ fn kind_of(event: TimelineEvent) -> Option<EventKind> {
             snapshot: info.snapshot,
             segment: info.seq,
         }),
+        TimelineEvent::MariaDbCaptureGap {
+            database,
+            last_captured,
+            why,
+        } => Some(EventKind::MariaDbCaptureGap {
+            database,
+            last_captured,
+            why,
+        }),
+        TimelineEvent::MariaDbCaptureResumed {
+            database,
+            last_captured,
+            base_gtid,
+            unrestorable_from,
+            unrestorable_until,
+        } => Some(EventKind::MariaDbCaptureResumed {
+            database,
+            last_captured,
+            base_gtid,
+            unrestorable_from: rfc3339(unrestorable_from),
+            unrestorable_until: rfc3339(unrestorable_until),
+        }),
         TimelineEvent::Error { message } => Some(EventKind::CaptureError { message }),
         TimelineEvent::SegmentShipped { .. } => None,
     }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Turns the worker's events into site events: first those it had before anyone listened

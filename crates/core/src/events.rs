@@ -74,6 +74,26 @@ pub enum EventKind {
     CheckpointTaken { snapshot: String, segment: u64 },
     /// Capture of a database could not prove it missed nothing and took a fresh image.
     ContinuityLost { database: String, why: String },
+    /// MariaDB capture cannot continue from where it was (a GTID gap, binlogs purged by
+    /// hand, `RESET MASTER`, a damaged binlog): the transactions after `last_captured` are
+    /// not in the timeline. A new base is taken at once.
+    #[serde(rename = "mariadb-capture-gap")]
+    MariaDbCaptureGap {
+        database: String,
+        last_captured: String,
+        why: String,
+    },
+    /// MariaDB capture continues from a new base after a gap: no rewind to a moment from
+    /// `unrestorable_from` to `unrestorable_until` is possible.
+    #[serde(rename = "mariadb-capture-resumed")]
+    MariaDbCaptureResumed {
+        database: String,
+        #[serde(default)]
+        last_captured: String,
+        base_gtid: String,
+        unrestorable_from: String,
+        unrestorable_until: String,
+    },
     /// A live database failed `PRAGMA quick_check`: rewind to before this event for a clean
     /// copy.
     IntegrityFailed { database: String, detail: String },
@@ -254,6 +274,22 @@ impl EventKind {
             EventKind::ContinuityLost { database, why } => {
                 format!("capture of {database} lost continuity ({why}); took a fresh image")
             }
+            EventKind::MariaDbCaptureGap {
+                database,
+                last_captured,
+                why,
+            } => format!(
+                "MariaDB capture of {database} cannot continue after GTID {last_captured}: {why}; the transactions after it are not in the timeline, a new base is being taken"
+            ),
+            EventKind::MariaDbCaptureResumed {
+                database,
+                last_captured,
+                base_gtid,
+                unrestorable_from,
+                unrestorable_until,
+            } => format!(
+                "MariaDB capture of {database} continues from a new base at GTID {base_gtid}; the transactions after GTID {last_captured} up to it are in that base but were not captured one by one, so no rewind to a moment from {unrestorable_from} to {unrestorable_until} is possible"
+            ),
             EventKind::IntegrityFailed { database, detail } => format!(
                 "{database} fails its integrity check ({detail}); `lifeboat rewind --to before-event:ID` gives a clean copy"
             ),
@@ -375,6 +411,8 @@ impl EventKind {
             self,
             EventKind::CaptureError { .. }
                 | EventKind::ContinuityLost { .. }
+                | EventKind::MariaDbCaptureGap { .. }
+                | EventKind::MariaDbCaptureResumed { .. }
                 | EventKind::IntegrityFailed { .. }
                 | EventKind::InstanceCrashLooping { .. }
                 | EventKind::InstanceStartFailed { .. }

@@ -11,7 +11,8 @@
 //! transaction it received: nothing is received twice in one session either.
 //!
 //! Every transaction's GTID must follow the previous one of its domain by exactly one; a
-//! jump is reported as [`MariaDbError::GtidGap`] and capture hands out nothing more until
+//! jump is reported as [`MariaDbError::GtidGap`] (a step back, after `RESET MASTER`, as
+//! [`MariaDbError::GtidWentBack`]) and capture hands out nothing more until
 //! [`BinlogCapture::restart_from_base`]. It never skips silently.
 //!
 //! Capture never prints and never ships anything itself.
@@ -182,8 +183,13 @@ pub struct BinlogCapture {
     reader: Reader,
     /// A fatal problem: reported on every poll until `restart_from_base`.
     stuck: Option<MariaDbError>,
-    /// A connection for reading the server's position ([`BinlogCapture::catch_up`]).
+    /// A connection for reading the server's position ([`BinlogCapture::catch_up`],
+    /// [`BinlogCapture::watch_server`]).
     position_conn: Option<mysql::Conn>,
+    /// When [`BinlogCapture::watch_server`] looks next.
+    next_look: Instant,
+    /// Records a failed [`BinlogCapture::catch_up`] had taken: the next poll returns them.
+    held_back: Vec<TransactionRecord>,
 }
 
 impl std::fmt::Debug for BinlogCapture {
@@ -269,6 +275,8 @@ impl BinlogCapture {
             reader,
             stuck: None,
             position_conn: None,
+            next_look: Instant::now(),
+            held_back: Vec::new(),
         })
     }
 
@@ -280,6 +288,9 @@ impl BinlogCapture {
     /// Like [`BinlogCapture::poll`], but waits up to `max_wait` for at least one
     /// transaction.
     pub fn poll_wait(&mut self, max_wait: Duration) -> Result<Vec<TransactionRecord>> {
+        if !self.held_back.is_empty() {
+            return Ok(std::mem::take(&mut self.held_back));
+        }
         if let Some(e) = &self.stuck {
             return Err(e.repeat());
         }
@@ -290,7 +301,14 @@ impl BinlogCapture {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.reader.rx.recv_timeout(left) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => return Ok(out),
+                    Err(RecvTimeoutError::Timeout) => {
+                        // Nothing waiting: the moment to compare with the server's position.
+                        if let Err(e) = self.watch_server() {
+                            self.stuck = Some(e.repeat());
+                            return Err(e);
+                        }
+                        return Ok(out);
+                    }
                     Err(RecvTimeoutError::Disconnected) => {
                         return Err(self.reader_gone("the reader thread ended"));
                     }
@@ -329,6 +347,38 @@ impl BinlogCapture {
         }
     }
 
+    /// About once a heartbeat, compares what capture handed out with the server's own
+    /// `gtid_binlog_pos` over a connection of its own: a domain behind capture's position
+    /// means the server's sequence went back (`RESET MASTER` while the stream read the first
+    /// binlog file: the stream then waits on the removed file and says nothing). That is an
+    /// error that needs a new base. A server that cannot be reached is left to the reader,
+    /// which reports it.
+    ///
+    /// Its limit: when, before the next look, the reset server writes more transactions
+    /// than capture had, their GTIDs are those capture expects next and the stream may read
+    /// them on as if nothing happened. A stream past the first file is ended by the server
+    /// instead (`BinlogPurged`), and Lifeboat rotates the binlog at every checkpoint, so a
+    /// site's capture is past the first file after its first checkpoint.
+    fn watch_server(&mut self) -> Result<()> {
+        if Instant::now() < self.next_look {
+            return Ok(());
+        }
+        self.next_look = Instant::now() + self.opts.heartbeat;
+        let Ok(server) = self.server_position() else {
+            return Ok(());
+        };
+        for g in self.handed_out.iter() {
+            if server.get(g.domain).is_none_or(|s| s.seq < g.seq) {
+                return Err(MariaDbError::GtidWentBack {
+                    domain: g.domain,
+                    after: g.to_string(),
+                    now: format!("is at binlog position '{server}'"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Hands out every transaction the server has committed by the time of the call (its
     /// `@@gtid_binlog_pos` then), waiting up to `timeout` for the stream to deliver them:
     /// what a `durability = "sync"` barrier needs, since the stream may lag the commit.
@@ -342,14 +392,24 @@ impl BinlogCapture {
                 return Ok(out);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(MariaDbError::CaptureBehind {
+            let got = if left.is_zero() {
+                Err(MariaDbError::CaptureBehind {
                     target: target.to_string(),
                     have: self.handed_out.to_string(),
                     waited_ms: timeout.as_millis(),
-                });
+                })
+            } else {
+                self.poll_wait(left.min(Duration::from_millis(50)))
+            };
+            match got {
+                Ok(records) => out.extend(records),
+                Err(e) => {
+                    // Handed out (numbered) already: the next poll hands them out again
+                    // rather than losing them with the error.
+                    self.held_back = out;
+                    return Err(e);
+                }
             }
-            out.extend(self.poll_wait(left.min(Duration::from_millis(50)))?);
         }
     }
 
@@ -417,6 +477,8 @@ impl BinlogCapture {
         self.unconfirmed.clear();
         self.handed_out = base_pos.clone();
         self.stuck = None;
+        self.held_back.clear();
+        self.next_look = Instant::now();
         self.reader = Reader::start(self.source.clone(), base_pos.clone(), self.opts.clone());
         Ok(())
     }
@@ -592,11 +654,6 @@ fn stream_once(
         if let Err(e) = check_follows(pos, t.gtid) {
             return Err(StreamEnd::Fatal(e));
         }
-        if pos.contains(t.gtid) {
-            // Already received (cannot happen when resuming by GTID; kept as a guard so a
-            // transaction is never handed out twice in one session).
-            continue;
-        }
         pos.advance(t.gtid);
         received_any = true;
         let f = format
@@ -623,10 +680,21 @@ fn stream_once(
 
 /// A transaction must be the next one of its domain (the domain's first is seq 1 when the
 /// position does not know the domain).
+///
+/// A GTID the position already contains is an error too, never skipped: resuming by GTID,
+/// the server sends only what follows the position, so it means the server's sequence went
+/// back (`RESET MASTER`), and what it sends now is new history under old numbers.
 fn check_follows(pos: &GtidPos, gtid: Gtid) -> Result<()> {
     let expected = pos.get(gtid.domain).map_or(1, |g| g.seq + 1);
-    if gtid.seq == expected || pos.contains(gtid) {
+    if gtid.seq == expected {
         return Ok(());
+    }
+    if let Some(last) = pos.get(gtid.domain).filter(|_| pos.contains(gtid)) {
+        return Err(MariaDbError::GtidWentBack {
+            domain: gtid.domain,
+            after: last.to_string(),
+            now: format!("sends {gtid}"),
+        });
     }
     Err(MariaDbError::GtidGap {
         domain: gtid.domain,
@@ -649,6 +717,10 @@ mod tests {
         assert!(matches!(
             check_follows(&pos, "0-1-8".parse().unwrap()),
             Err(MariaDbError::GtidGap { .. })
+        ));
+        assert!(matches!(
+            check_follows(&pos, "0-1-1".parse().unwrap()),
+            Err(MariaDbError::GtidWentBack { .. })
         ));
         assert!(check_follows(&pos, "1-1-1".parse().unwrap()).is_ok());
         assert!(check_follows(&pos, "1-1-2".parse().unwrap()).is_err());

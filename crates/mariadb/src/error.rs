@@ -190,6 +190,19 @@ pub enum MariaDbError {
         /// The GTID that came instead of the next one.
         got: Gtid,
     },
+    /// The server's GTID sequence went back behind what capture has: its binlog was reset
+    /// (e.g. `RESET MASTER`) or the server was replaced.
+    #[error(
+        "the GTID sequence of domain {domain} went back: capture has {after}, and the server now {now} (its binary log was reset, e.g. by RESET MASTER, or the server was replaced); the transactions since the reset are not in the capture. Take a new base backup and continue capture from it"
+    )]
+    GtidWentBack {
+        /// The replication domain.
+        domain: u32,
+        /// The last GTID capture has in that domain.
+        after: String,
+        /// What the server does now (`sends 0-1-1`, `is at binlog position 0-1-3`).
+        now: String,
+    },
     /// The binary log (a stream, a file or a stored record) is damaged.
     #[error("the binary log {what} is damaged ({why}); {advice}")]
     CorruptBinlog {
@@ -279,6 +292,19 @@ pub(crate) fn io_err(
 }
 
 impl MariaDbError {
+    /// Whether capture cannot continue from where it is and must start again from a new
+    /// base backup ([`crate::BinlogCapture::restart_from_base`]): a GTID gap, binlogs the
+    /// server no longer has, or a damaged binlog.
+    pub fn needs_new_base(&self) -> bool {
+        matches!(
+            self,
+            MariaDbError::GtidGap { .. }
+                | MariaDbError::GtidWentBack { .. }
+                | MariaDbError::BinlogPurged { .. }
+                | MariaDbError::CorruptBinlog { .. }
+        )
+    }
+
     /// The same error again, for a problem reported on every call until it is dealt with
     /// (variants holding an OS or driver error are repeated by their text).
     pub(crate) fn repeat(&self) -> MariaDbError {
@@ -287,6 +313,11 @@ impl MariaDbError {
                 domain: *domain,
                 after: after.clone(),
                 got: *got,
+            },
+            MariaDbError::GtidWentBack { domain, after, now } => MariaDbError::GtidWentBack {
+                domain: *domain,
+                after: after.clone(),
+                now: now.clone(),
             },
             MariaDbError::BinlogPurged {
                 position,

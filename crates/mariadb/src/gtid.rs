@@ -78,6 +78,20 @@ impl GtidPos {
         self.0.get(&gtid.domain).is_some_and(|g| g.seq >= gtid.seq)
     }
 
+    /// The position both `self` and `other` contain: per domain the lower of the two, and
+    /// no domain that only one of them knows.
+    pub fn common(&self, other: &GtidPos) -> GtidPos {
+        GtidPos(
+            self.0
+                .iter()
+                .filter_map(|(d, a)| {
+                    let b = other.0.get(d)?;
+                    Some((*d, if a.seq <= b.seq { *a } else { *b }))
+                })
+                .collect(),
+        )
+    }
+
     /// Whether this position holds nothing.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -144,5 +158,13 @@ mod tests {
         assert!("0-1".parse::<Gtid>().is_err());
         assert!("0-1-2,0-1-3".parse::<GtidPos>().is_err());
         assert!("".parse::<GtidPos>().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_common_position_is_the_lower_of_each_shared_domain() {
+        let a: GtidPos = "0-1-42,1-2-7".parse().unwrap();
+        let b: GtidPos = "0-1-40,2-1-3".parse().unwrap();
+        assert_eq!(a.common(&b).to_string(), "0-1-40");
+        assert_eq!(b.common(&a).to_string(), "0-1-40");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`restore`](mod@restore): a base plus captured transactions up to a time or a GTID, into a new data
 //!   dir that is started and checked;
 //! - [`import`]: a dump file or a running server into a managed server;
+//! - [`purge`]: removing the binlog files a durable base and capture no longer need;
 //! - [`binlog`], [`gtid`]: the parts of the binlog format and of GTIDs the rest needs.
 //!
 //! The crate never prints and never reads the terminal; it never ships anything itself.
@@ -30,10 +31,12 @@
 //!    [`BinlogCapture::confirm_durable`] with the last seq.
 //! 3. Every checkpoint: a new base ([`take_base_backup`]); the vault deduplicates it against
 //!    the previous one (an unchanged 100 MiB database adds ~20 KiB).
-//! 4. [`MariaDbError::GtidGap`], [`MariaDbError::BinlogPurged`] or
-//!    [`MariaDbError::CorruptBinlog`] from `poll`: a site event, a base at once, then
-//!    [`BinlogCapture::restart_from_base`] with its position.
-//! 5. Rewind: [`resolve_history`] of the records read from the segments, the newest base at or
+//! 4. An error from `poll` for which [`MariaDbError::needs_new_base`] holds (a GTID gap or
+//!    step back, binlogs purged or reset, a damaged binlog): a site event, a base at once,
+//!    then [`BinlogCapture::restart_from_base`] with its position.
+//! 5. After each checkpoint is durable: [`rotate_binlog`], then [`purge_binlogs_before`] the
+//!    position both its base and capture's confirmed position cover ([`GtidPos::common`]).
+//! 6. Rewind: [`resolve_history`] of the records read from the segments, the newest base at or
 //!    before the target, [`restore()`] into the new state's data dir, then the supervisor runs
 //!    [`ServerSpec::command`] on it; [`ServerSpec::rotate_app_password`] for
 //!    `--rotate-credentials`.
@@ -51,6 +54,7 @@ mod durable;
 pub mod error;
 pub mod gtid;
 pub mod import;
+pub mod purge;
 pub mod record;
 pub mod restore;
 pub mod server;
@@ -64,6 +68,7 @@ pub use capture::{
 pub use error::{MariaDbError, Result};
 pub use gtid::{Gtid, GtidPos};
 pub use import::{ImportReport, RemoteSource, import_dump, import_from_server};
+pub use purge::{BinlogFile, PurgeReport, binlog_files, purge_binlogs_before, rotate_binlog};
 pub use record::{TransactionRecord, decode_batch, encode_batch, resolve_history};
 pub use restore::{
     AppLogin, RestoreReport, RestoreTarget, apply_on_running, apply_transactions, check_all_tables,

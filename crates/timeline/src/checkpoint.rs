@@ -47,6 +47,10 @@ pub(crate) struct MariaDbCheckpoint {
     pub taken_at: OffsetDateTime,
     /// path inside the base -> blake3.
     pub files: BTreeMap<String, String>,
+    /// Capture had stopped at a gap before this base: the transactions between the gap and
+    /// this base are not in the timeline (none in checkpoints without a gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<GapRecord>,
     /// Capture's last seq handed out when the base was started, and its session: every
     /// transaction up to it is in the base (0 in checkpoints written before it was recorded).
     #[serde(default)]
@@ -54,6 +58,23 @@ pub(crate) struct MariaDbCheckpoint {
     #[serde(default)]
     pub epoch: u64,
 }
+
+/// A gap in MariaDB capture, ended by the checkpoint that records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GapRecord {
+    /// Capture had received everything up to about then; no restore is possible from
+    /// here to the checkpoint's time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// The last GTID position captured before the gap.
+    pub last_captured: String,
+    /// What capture found.
+    pub why: String,
+}
+
+/// Tag of a checkpoint that ends a gap in capture: `timeline-gap-since:<RFC 3339>`, the
+/// moment from which until the checkpoint no restore is possible.
+pub const GAP_TAG_PREFIX: &str = "timeline-gap-since:";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DirCheckpoint {
@@ -130,7 +151,9 @@ pub(crate) fn take(shipper: &mut Shipper) -> Result<CheckpointInfo> {
         shipper.shipping_checkpoint = false;
         let seq = shipped?;
         if fill_missing_contents(shipper, seq)? {
-            return write_snapshot(shipper, seq, &bases);
+            let info = write_snapshot(shipper, seq, &bases)?;
+            crate::mariadb_upkeep::after_checkpoint(shipper, &info)?;
+            return Ok(info);
         }
         // A file changed while it was being read: the next rescan records it.
     }
@@ -181,7 +204,7 @@ fn store_mariadb_bases(
     shipper: &mut Shipper,
 ) -> Result<Vec<(MariaDbCheckpoint, BTreeMap<String, Content>)>> {
     let mut out = Vec::new();
-    for m in &shipper.mariadbs {
+    for m in &mut shipper.mariadbs {
         if m.base_dir.exists() {
             std::fs::remove_dir_all(&m.base_dir)
                 .map_err(crate::error::io_err("remove the leftover", &m.base_dir))?;
@@ -189,6 +212,7 @@ fn store_mariadb_bases(
         let handed_out = m.cap.status();
         let base = lifeboat_mariadb::take_base_backup(&m.spec, &m.base_dir)
             .map_err(crate::shipper::mariadb_err(&m.name))?;
+        m.last_base = Some(base.info.gtid_pos.clone());
         let mut files = BTreeMap::new();
         for entry in walkdir::WalkDir::new(&base.dir).follow_links(false) {
             let entry = entry.map_err(|e| {
@@ -233,6 +257,11 @@ fn store_mariadb_bases(
                 gtid_pos: base.info.gtid_pos.to_string(),
                 taken_at: base.info.taken_at,
                 files: hashes,
+                gap: m.gap.as_ref().map(|g| GapRecord {
+                    since: g.since,
+                    last_captured: g.last_captured.clone(),
+                    why: g.why.clone(),
+                }),
                 last_seq: handed_out.last_seq,
                 epoch: handed_out.epoch,
             },
@@ -329,10 +358,19 @@ fn write_snapshot(
             None => writer.add_stored(&joined, &entries[name])?,
         }
     }
-    let entry = writer.finish(
-        vec![CHECKPOINT_TAG.into(), format!("{SEQ_TAG_PREFIX}{seq}")],
-        Some(time.format(&Rfc3339).expect("formats")),
-    )?;
+    let mut tags = vec![CHECKPOINT_TAG.into(), format!("{SEQ_TAG_PREFIX}{seq}")];
+    if let Some(since) = bases
+        .iter()
+        .filter_map(|(b, _)| b.gap.as_ref())
+        .map(|g| g.since)
+        .min()
+    {
+        tags.push(format!(
+            "{GAP_TAG_PREFIX}{}",
+            since.format(&Rfc3339).expect("formats")
+        ));
+    }
+    let entry = writer.finish(tags, Some(time.format(&Rfc3339).expect("formats")))?;
     let info = CheckpointInfo {
         snapshot: entry.id.to_hex(),
         seq,
@@ -375,6 +413,23 @@ pub(crate) async fn list(repo: &Repository) -> Result<Vec<(SnapshotEntry, Checkp
     }
     out.sort_by_key(|(_, i)| (i.time, i.seq));
     Ok(out)
+}
+
+/// The spans no restore can reach, from the tags of the checkpoints that end them (`list`'s
+/// order: oldest first).
+pub(crate) fn gaps(checkpoints: &[(SnapshotEntry, CheckpointInfo)]) -> Vec<crate::CaptureGapSpan> {
+    checkpoints
+        .iter()
+        .filter_map(|(entry, info)| {
+            let since = entry.snapshot.tags.iter().find_map(|t| {
+                OffsetDateTime::parse(t.strip_prefix(GAP_TAG_PREFIX)?, &Rfc3339).ok()
+            })?;
+            Some(crate::CaptureGapSpan {
+                from: since.min(info.time),
+                until: info.time,
+            })
+        })
+        .collect()
 }
 
 /// The bytes of `.lifeboat-timeline/<file>` in a snapshot's tree (checkpoints, forks);

@@ -67,6 +67,19 @@ pub enum TimelineError {
         /// What it is the content of.
         what: String,
     },
+    /// The target lies in a span whose MariaDB transactions capture could not get (a gap, or
+    /// binlogs the server no longer had).
+    #[error(
+        "{target} lies in a span the timeline does not hold: MariaDB capture lost transactions from {from} until a new base was stored at {until}; choose a time before {from} or at or after {until} (see `lifeboat timeline`)"
+    )]
+    InCaptureGap {
+        /// The requested time.
+        target: OffsetDateTime,
+        /// Start of the span.
+        from: OffsetDateTime,
+        /// The checkpoint that ends it.
+        until: OffsetDateTime,
+    },
     /// The vault holds no checkpoint of this site yet.
     #[error(
         "the vault holds no timeline checkpoint yet; start the site with capture (`lifeboat up`) and try again once it has run"

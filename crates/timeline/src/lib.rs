@@ -26,6 +26,7 @@ mod compact;
 mod error;
 mod forks;
 mod lock;
+mod mariadb_upkeep;
 pub mod replication;
 mod restore;
 mod segment;
@@ -35,7 +36,7 @@ mod stream;
 mod types;
 mod worker;
 
-pub use checkpoint::{CHECKPOINT_TAG, SEQ_TAG_PREFIX};
+pub use checkpoint::{CHECKPOINT_TAG, GAP_TAG_PREFIX, SEQ_TAG_PREFIX};
 pub use compact::{CompactOptions, CompactReport, RetentionReport, apply_retention, compact};
 pub use error::{Result, TimelineError};
 pub use forks::{
@@ -51,9 +52,9 @@ pub use replication::{
     seed_capture_state,
 };
 pub use restore::{
-    MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget, RestoredDatabase,
-    RestoredDir, RestoredMariaDb, SegmentRange, list_restore_points, restore_site,
-    restore_site_with,
+    CaptureGapSpan, MariaDbRestoreOptions, RestorePoints, RestoreReport, RestoreTarget,
+    RestoredDatabase, RestoredDir, RestoredMariaDb, SegmentRange, list_restore_points,
+    restore_site, restore_site_with,
 };
 pub use segment::{Content, ContentMap, STREAM, TimelineSegment};
 pub use store::CONTENT_TAG;

@@ -182,15 +182,28 @@ pub struct RestorePoints {
     /// primary's own writes), oldest first: each restorable with `restore-site --fork`.
     #[serde(default)]
     pub forks: Vec<crate::forks::ForkInfo>,
+    /// Spans no restore can reach: MariaDB capture lost transactions there (a GTID gap,
+    /// binlogs purged by hand, `RESET MASTER`) until a new base was stored. Oldest first.
+    #[serde(default)]
+    pub gaps: Vec<CaptureGapSpan>,
+}
+
+/// A span of time no restore can reach ([`RestorePoints::gaps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureGapSpan {
+    /// Capture had everything up to about then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// The checkpoint whose base capture continued from: restorable again from here.
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
 }
 
 /// Lists checkpoints and the time ranges segments cover (for `lifeboat timeline`).
 pub async fn list_restore_points(repo: &Repository) -> Result<RestorePoints> {
-    let checkpoints = checkpoint::list(repo)
-        .await?
-        .into_iter()
-        .map(|(_, i)| i)
-        .collect();
+    let listed = checkpoint::list(repo).await?;
+    let gaps = checkpoint::gaps(&listed);
+    let checkpoints = listed.into_iter().map(|(_, i)| i).collect();
     let mut segments: Vec<SegmentRange> = Vec::new();
     let listing = stream::listing(repo).await?;
     stream::read_from(repo, &listing, 0, |seg| {
@@ -212,6 +225,7 @@ pub async fn list_restore_points(repo: &Repository) -> Result<RestorePoints> {
     Ok(RestorePoints {
         checkpoints,
         segments,
+        gaps,
         forks: crate::forks::list_forks(repo).await?,
     })
 }
@@ -349,6 +363,18 @@ async fn find_cut(repo: &Repository, target: RestoreTarget) -> Result<Cut> {
             first: checkpoints[0].1.time,
         });
     };
+    // A later checkpoint that ends a gap in capture which began at or before t: the segments
+    // up to t lack transactions, so the state at t cannot be rebuilt.
+    if let Some(gap) = checkpoint::gaps(&checkpoints)
+        .into_iter()
+        .find(|g| g.from <= t && t < g.until)
+    {
+        return Err(TimelineError::InCaptureGap {
+            target: t,
+            from: gap.from,
+            until: gap.until,
+        });
+    }
     let meta = checkpoint::read_meta(repo, entry).await?;
     // The segments from the checkpoint's on that hold anything seen at or before t.
     let mut segments = Vec::new();

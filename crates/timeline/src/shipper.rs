@@ -57,6 +57,15 @@ pub(crate) struct MariaDbSource {
     pub base_dir: PathBuf,
     pub cap: lifeboat_mariadb::BinlogCapture,
     pub pending: Vec<lifeboat_mariadb::TransactionRecord>,
+    /// When capture last received a transaction (or opened): everything committed up to
+    /// then is in the timeline.
+    pub last_received: OffsetDateTime,
+    /// A problem capture cannot continue past, until a new base is stored.
+    pub gap: Option<crate::mariadb_upkeep::CaptureGap>,
+    /// The GTID position of the last base stored in a checkpoint.
+    pub last_base: Option<lifeboat_mariadb::GtidPos>,
+    /// What purging covered binlog files did so far.
+    pub purge: crate::mariadb_upkeep::PurgeState,
 }
 
 /// A segment that could not be stored yet, with what to confirm once it is.
@@ -270,6 +279,10 @@ impl Shipper {
                 base_dir: state_dir.join("mariadb-0-base"),
                 cap,
                 pending: Vec::new(),
+                last_received: OffsetDateTime::now_utc(),
+                gap: None,
+                last_base: None,
+                purge: Default::default(),
             });
         }
         if let Some(feed) = &feed {
@@ -352,13 +365,21 @@ impl Shipper {
     /// may lag a commit; SQLite's log and the files are read directly).
     pub(crate) fn poll_for_barrier(&mut self) -> Result<()> {
         let started = OffsetDateTime::now_utc();
+        let mut gap = None;
         for i in 0..self.mariadbs.len() {
             let m = &mut self.mariadbs[i];
-            let records = m
-                .cap
-                .catch_up(BARRIER_CATCH_UP)
-                .map_err(mariadb_err(&m.name))?;
-            if !records.is_empty() {
+            let records = match m.cap.catch_up(BARRIER_CATCH_UP) {
+                Ok(records) => records,
+                // The poll below hands out what came before it and takes a new base; the
+                // barrier cannot say the server's position was captured.
+                Err(e) if e.needs_new_base() => {
+                    gap = Some(mariadb_err(&m.name)(e));
+                    continue;
+                }
+                Err(e) => return Err(mariadb_err(&m.name)(e)),
+            };
+            if let Some(last) = records.last() {
+                m.last_received = last.received_at;
                 if let Some(feed) = &mut self.feed {
                     feed.stage_mariadb(&m.name, &records);
                 }
@@ -366,7 +387,8 @@ impl Shipper {
                 self.note_pending(started);
             }
         }
-        self.poll()
+        self.poll()?;
+        gap.map_or(Ok(()), Err)
     }
 
     /// Reads what every capture has seen since the last poll into the pending batch.
@@ -394,13 +416,23 @@ impl Shipper {
         }
         for i in 0..self.mariadbs.len() {
             let m = &mut self.mariadbs[i];
-            let records = m.cap.poll().map_err(mariadb_err(&m.name))?;
-            if !records.is_empty() {
-                if let Some(feed) = &mut self.feed {
-                    feed.stage_mariadb(&m.name, &records);
+            match m.cap.poll() {
+                Ok(records) => {
+                    if let Some(last) = records.last() {
+                        m.last_received = last.received_at;
+                        if let Some(feed) = &mut self.feed {
+                            feed.stage_mariadb(&m.name, &records);
+                        }
+                        m.pending.extend(records);
+                        self.note_pending(started);
+                    }
                 }
-                m.pending.extend(records);
-                self.note_pending(started);
+                // Capture cannot go on from where it is: a new base at once, and on from it.
+                Err(e) if e.needs_new_base() => {
+                    self.note_mariadb_status();
+                    crate::mariadb_upkeep::recover(self, i, e)?;
+                }
+                Err(e) => return Err(mariadb_err(&m.name)(e)),
             }
         }
         self.note_mariadb_status();
@@ -409,7 +441,7 @@ impl Shipper {
         Ok(())
     }
 
-    fn note_mariadb_status(&self) {
+    pub(crate) fn note_mariadb_status(&self) {
         let Some(m) = self.mariadbs.first() else {
             return;
         };
@@ -419,6 +451,9 @@ impl Shipper {
             reconnects: c.reconnects,
             confirmed: c.confirmed.to_string(),
             last_problem: c.last_problem,
+            oldest_binlog: m.purge.oldest_kept.clone(),
+            binlog_files_purged: m.purge.files_purged,
+            binlog_purge_error: m.purge.last_error.clone(),
         });
     }
 

@@ -134,6 +134,13 @@ pub struct MariaDbCaptureStatus {
     pub confirmed: String,
     /// The last problem with the stream, if any.
     pub last_problem: Option<String>,
+    /// The oldest binlog file the server keeps, once a checkpoint purged the older ones.
+    pub oldest_binlog: Option<String>,
+    /// Binlog files purged since the worker started (covered by a durable base).
+    pub binlog_files_purged: u64,
+    /// Why the last purge of covered binlog files failed, if it did (the server keeps
+    /// them; the next checkpoint tries again).
+    pub binlog_purge_error: Option<String>,
 }
 
 /// How many events [`TimelineStatus::recent_events`] keeps.
@@ -155,6 +162,34 @@ pub enum TimelineEvent {
     SegmentShipped {
         /// Its seq.
         seq: u64,
+    },
+    /// MariaDB capture cannot continue from where it was (a GTID gap, binlogs purged by
+    /// hand, `RESET MASTER`, a damaged binlog): transactions after `last_captured` are not
+    /// in the timeline. The worker takes a new base at once and continues from it
+    /// ([`TimelineEvent::MariaDbCaptureResumed`]).
+    MariaDbCaptureGap {
+        /// The database (its data dir, relative to the site dir).
+        database: String,
+        /// The last GTID position captured before the problem.
+        last_captured: String,
+        /// What capture found.
+        why: String,
+    },
+    /// MariaDB capture continues from a new base after a [`TimelineEvent::MariaDbCaptureGap`]:
+    /// no rewind to a moment from `unrestorable_from` to `unrestorable_until` is possible
+    /// (the transactions of that span are not in the timeline).
+    MariaDbCaptureResumed {
+        /// The database.
+        database: String,
+        /// The last GTID position captured before the gap: the transactions after it up to
+        /// `base_gtid` are in the new base but were not captured one by one.
+        last_captured: String,
+        /// The GTID position of the new base, where capture continues.
+        base_gtid: String,
+        /// The last moment capture had received everything up to.
+        unrestorable_from: OffsetDateTime,
+        /// The new base's checkpoint: rewinds from here on are exact again.
+        unrestorable_until: OffsetDateTime,
     },
     /// Something failed; the worker retries.
     Error {

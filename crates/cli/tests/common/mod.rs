@@ -98,6 +98,8 @@ pub struct Lifeboat {
     pub site: PathBuf,
     pub proxy: String,
     seen_pids: Mutex<BTreeSet<u32>>,
+    /// The ordinary user lifeboat and its CLI run as ([`Lifeboat::up_as`]); `None`: ours.
+    user: Option<OsUser>,
 }
 
 impl Lifeboat {
@@ -147,6 +149,7 @@ impl Lifeboat {
             site,
             proxy: String::new(),
             seen_pids: Mutex::new(BTreeSet::new()),
+            user: None,
         };
         let status = lifeboat.wait_for_status("the control API to answer", |_| true);
         lifeboat.proxy = status["proxy"]
@@ -160,9 +163,48 @@ impl Lifeboat {
         self.child.as_ref().expect("lifeboat runs").id()
     }
 
-    /// Runs `lifeboat ARGS -C SITE`.
+    /// Runs `lifeboat ARGS -C SITE` (as the user lifeboat runs as).
     pub fn cli(&self, args: &[&str]) -> Output {
-        cli(&self.site, args)
+        match &self.user {
+            None => cli(&self.site, args),
+            Some(user) => user
+                .command(&lifeboat_bin())
+                .args(args)
+                .arg("-C")
+                .arg(&self.site)
+                .output()
+                .expect("run lifeboat"),
+        }
+    }
+
+    /// Starts `lifeboat up SITE --listen 127.0.0.1:0` as the ordinary `user` (its own HOME
+    /// and TMPDIR), and waits until its API answers. The CLI calls run as that user too.
+    pub fn up_as(user: &OsUser, site: &Path) -> Lifeboat {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site.join("lifeboat-up.log"))
+            .expect("log file");
+        user.give(&site.join("lifeboat-up.log"));
+        let mut cmd = user.command(&lifeboat_bin());
+        cmd.arg("up").arg(site).args(["--listen", "127.0.0.1:0"]);
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("start lifeboat");
+        let mut lifeboat = Lifeboat {
+            child: Some(child),
+            site: site.to_path_buf(),
+            proxy: String::new(),
+            seen_pids: Mutex::new(BTreeSet::new()),
+            user: Some(user.clone()),
+        };
+        let status = lifeboat.wait_for_status("the control API to answer", |_| true);
+        lifeboat.proxy = status["proxy"]
+            .as_str()
+            .expect("status has a proxy address")
+            .to_string();
+        lifeboat
     }
 
     /// `lifeboat status --json`, or None while the API does not answer.
@@ -559,6 +601,7 @@ impl Lifeboat {
             site: site_dir,
             proxy: String::new(),
             seen_pids: Mutex::new(BTreeSet::new()),
+            user: None,
         };
         let deadline = Instant::now() + DEADLINE;
         let status = loop {
@@ -604,4 +647,85 @@ pub fn cli_from(cwd: &Path, args: &[&str]) -> Output {
 pub fn open_to_the_site_user(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+}
+
+/// An ordinary (not root) user of this machine that tests run lifeboat as, created when
+/// missing (which needs root), with a home of its own that holds its TMPDIR.
+#[derive(Debug, Clone)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl OsUser {
+    /// The user `name`, created (`useradd --create-home`) when it does not exist. `None`
+    /// when the tests do not run as root (creating users and switching to them needs it).
+    pub fn ensure(name: &str) -> Option<OsUser> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return None;
+        }
+        if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+            let out = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/sh", "--user-group", name])
+                .output()
+                .expect("run useradd");
+            // Another test may have created it meanwhile.
+            assert!(
+                out.status.success() || nix::unistd::User::from_name(name).ok().flatten().is_some(),
+                "useradd {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let user = nix::unistd::User::from_name(name)
+            .expect("read the user database")
+            .expect("the user exists");
+        let home = user.dir.clone();
+        std::fs::create_dir_all(&home).expect("create the home");
+        let os = OsUser {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home,
+        };
+        os.give(&os.home);
+        std::fs::create_dir_all(os.tmpdir()).expect("create its TMPDIR");
+        os.give(&os.tmpdir());
+        Some(os)
+    }
+
+    /// Its own temporary dir (`TMPDIR` of the processes run as it).
+    pub fn tmpdir(&self) -> PathBuf {
+        self.home.join("tmp")
+    }
+
+    /// `program` run as this user (`setpriv`: the same process, so a kill of it is a kill of
+    /// the program), with its HOME, USER and TMPDIR and nothing of ours but PATH.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            .env("TMPDIR", self.tmpdir());
+        cmd
+    }
+
+    /// Gives `path` (and everything under it) to this user.
+    pub fn give(&self, path: &Path) {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .output()
+            .expect("run chown");
+        assert!(out.status.success(), "chown {}", path.display());
+    }
 }

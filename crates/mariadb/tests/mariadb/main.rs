@@ -8,5 +8,6 @@ mod base;
 mod capture;
 mod errors;
 mod import;
+mod purge;
 mod restore;
 mod server;
