@@ -14,6 +14,7 @@ pub mod error;
 mod fault_tools;
 pub mod faults;
 pub mod html;
+pub mod lan;
 pub mod load;
 pub mod netns;
 mod procs;
