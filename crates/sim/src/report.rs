@@ -64,6 +64,9 @@ pub struct SandboxReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterReport {
     pub nodes: Vec<NodeLine>,
+    /// The LAN's bridge, and the services host (the S3 server and the simulator's clients).
+    pub bridge: String,
+    pub services_host: String,
     /// "the live site's nodes and zones", or the default and why.
     pub topology: String,
     /// `sync` or `async`, as the site's manifest says.
@@ -75,7 +78,8 @@ pub struct ClusterReport {
 pub struct NodeLine {
     pub name: String,
     pub zone: String,
-    /// Its host's address on the sandbox's LAN.
+    /// Its host (a network namespace) and the host's address on the sandbox's LAN.
+    pub host: String,
     pub address: String,
     /// Whether an etcd member runs on its host.
     pub etcd_member: bool,

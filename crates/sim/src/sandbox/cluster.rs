@@ -597,10 +597,18 @@ impl Sandbox {
                 .map(|n| crate::report::NodeLine {
                     name: n.name.clone(),
                     zone: n.zone.clone(),
+                    host: c.lan.host(n.host).name.clone(),
                     address: c.lan.host(n.host).ip.to_string(),
                     etcd_member: c.members.iter().any(|m| m.host == n.host),
                 })
                 .collect(),
+            bridge: c.lan.bridge.clone(),
+            services_host: c
+                .lan
+                .hosts
+                .last()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
             topology: match &c.defaulted {
                 None => "the live site's nodes and zones".into(),
                 Some(why) => format!("three nodes in three zones, the default ({why})"),
