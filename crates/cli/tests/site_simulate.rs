@@ -1113,3 +1113,90 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     let stem = bridge.trim_end_matches("br");
     assert!(net_names(stem).is_empty(), "left: {:?}", net_names(stem));
 }
+
+/// `simulate` started on `site`, once run.json names `nodes` lifeboats that run; the child
+/// and run.json.
+fn start_and_wait_for_nodes(site: &Path, nodes: usize) -> (std::process::Child, Value) {
+    let mut child = simulate(site, &["--quick", "--report", "/dev/null/none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_file = sandbox_of(site).join(".lifeboat/simulate/run.json");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let run = std::fs::read(&run_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if let Some(run) = run {
+            let running = run["lifeboat_pids"].as_array().map_or(0, |p| {
+                p.iter()
+                    .filter(|p| alive(p.as_u64().unwrap() as u32))
+                    .count()
+            });
+            if running >= nodes {
+                return (child, run);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster sandbox never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "simulate ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A kill -9 of `simulate` while its cluster copy runs: every node, etcd member and the S3
+/// server die with it; the LAN stays until the next run, which removes it and its node dirs;
+/// a Ctrl-C of that run removes everything at once.
+#[test]
+fn a_cluster_copy_dies_with_simulate_and_leaves_no_host_behind() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site();
+    let sandbox = sandbox_of(site.path());
+    let (mut child, run) = start_and_wait_for_nodes(site.path(), 3);
+    let stem = run["lan"]["bridge"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("br")
+        .to_string();
+    assert_eq!(run["etcd_pids"].as_array().unwrap().len(), 3, "{run:#}");
+    assert_eq!(run["node_dirs"].as_array().unwrap().len(), 2, "{run:#}");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    wait_until("every process of the cluster copy to end", || {
+        processes_naming(&sandbox).is_empty()
+    });
+    assert!(
+        !net_names(&stem).is_empty(),
+        "a kill -9 cannot remove the LAN"
+    );
+    // The next run cleans up first; a Ctrl-C then removes its own at once.
+    let (mut child, run) = start_and_wait_for_nodes(site.path(), 3);
+    assert!(
+        net_names(&stem).is_empty(),
+        "the old LAN is gone: {:?}",
+        net_names(&stem)
+    );
+    let stem = run["lan"]["bridge"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("br")
+        .to_string();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        processes_naming(&sandbox).is_empty(),
+        "{:?}",
+        processes_naming(&sandbox)
+    );
+    assert!(net_names(&stem).is_empty(), "left: {:?}", net_names(&stem));
+    assert!(!sandbox.exists());
+    for dir in run["node_dirs"].as_array().unwrap() {
+        assert!(!Path::new(dir.as_str().unwrap()).exists(), "{dir} left");
+    }
+}

@@ -188,14 +188,18 @@ impl Drop for Lan {
     }
 }
 
-/// Kills what runs in the LAN's hosts, deletes them and the bridge (what exists of them).
+/// Kills what runs in the LAN's hosts, deletes them, their cables and the bridge (what
+/// exists of them). A cable is deleted by name: a namespace a thread is still in outlives its
+/// name, and its cable with it.
 pub fn remove(names: &LanNames) {
     for host in &names.hosts {
-        if !host.netns_path().exists() {
-            continue;
+        if host.netns_path().exists() {
+            host.kill_everything();
+            let _ = run(&["netns", "del", &host.name]);
         }
-        host.kill_everything();
-        let _ = run(&["netns", "del", &host.name]);
+        if !host.cable.is_empty() && Path::new("/sys/class/net").join(&host.cable).exists() {
+            let _ = run(&["link", "del", &host.cable]);
+        }
     }
     if Path::new("/sys/class/net").join(&names.bridge).exists() {
         let _ = run(&["link", "del", &names.bridge]);
@@ -204,8 +208,12 @@ pub fn remove(names: &LanNames) {
 
 /// Whether anything of the LAN still exists (a namespace or the bridge).
 pub fn exists(names: &LanNames) -> bool {
-    Path::new("/sys/class/net").join(&names.bridge).exists()
-        || names.hosts.iter().any(|h| h.netns_path().exists())
+    let net = Path::new("/sys/class/net");
+    net.join(&names.bridge).exists()
+        || names
+            .hosts
+            .iter()
+            .any(|h| h.netns_path().exists() || net.join(&h.cable).exists())
 }
 
 /// Removes the test LANs of test binaries that are gone.
@@ -238,7 +246,7 @@ fn clean_stale_test_lans() {
                 .map(|n| Host {
                     name: n.clone(),
                     ip: Ipv4Addr::UNSPECIFIED,
-                    cable: String::new(),
+                    cable: format!("{stem}v{}", &n[prefix.len()..]),
                 })
                 .collect();
             remove(&LanNames {
