@@ -620,4 +620,105 @@ mod tests {
         assert!(!lower_bound);
         assert!((cap - 100.0).abs() < 1.0, "{cap}");
     }
+
+    fn cluster_facts(durability: &str) -> SiteFacts {
+        SiteFacts {
+            process: "web".into(),
+            replicas: 2,
+            health_declared: true,
+            health_path: "/healthz".into(),
+            integrity_check_interval: None,
+            durability: Some(durability.into()),
+            lease_ttl: Some(Duration::from_secs(2)),
+        }
+    }
+
+    fn takeover(kind: FaultKind) -> FaultReport {
+        FaultReport {
+            name: kind.name().into(),
+            title: kind.title().into(),
+            undone: true,
+            recovered_after_s: Some(2.5),
+            node: Some("n1".into()),
+            zone: Some("z1".into()),
+            new_primary: Some("n2".into()),
+            rejoined_as_standby: Some(true),
+            rejoined_after_s: Some(0.8),
+            figures: PhaseReport {
+                availability: 0.5,
+                ..PhaseReport::default()
+            },
+            ..FaultReport::default()
+        }
+    }
+
+    #[test]
+    fn a_takeover_is_judged_by_its_time_and_the_old_primary_following_again() {
+        let t = Targets::default();
+        let facts = cluster_facts("sync");
+        for kind in [
+            FaultKind::NodeLoss,
+            FaultKind::Partition,
+            FaultKind::ZoneLoss,
+        ] {
+            let mut f = takeover(kind);
+            // Half the phase's requests failed: a takeover is judged by its time.
+            assert!(fault_passed(&f, kind, &t), "{kind:?}");
+            f.passed = true;
+            let line = fault_line(&f, kind, &t, &facts);
+            assert!(line.text.contains("n2 served after 2.5 s"), "{}", line.text);
+            assert!(line.text.contains("followed as a standby"), "{}", line.text);
+            f.recovered_after_s = Some(t.rto.as_secs_f64() + 1.0);
+            f.passed = fault_passed(&f, kind, &t);
+            assert!(!f.passed);
+            let advice = fault_line(&f, kind, &t, &facts).advice.unwrap();
+            assert!(advice.contains("lease_ttl"), "{advice}");
+            // Back, it must follow again.
+            let mut f = takeover(kind);
+            f.undone = false;
+            f.rejoined_as_standby = Some(false);
+            f.undo_evidence = "n1 started again; not following as a standby within 30s".into();
+            assert!(!fault_passed(&f, kind, &t));
+            let line = fault_line(&f, kind, &t, &facts);
+            assert!(line.text.contains("did NOT follow"), "{}", line.text);
+            assert!(line.advice.unwrap().contains("did not come back"));
+        }
+    }
+
+    #[test]
+    fn writes_lost_on_an_async_cluster_get_the_advice_to_make_it_sync() {
+        let t = Targets::default();
+        let mut f = takeover(FaultKind::NodeLoss);
+        f.figures.lost_acknowledged_writes = 3;
+        assert!(!fault_passed(&f, FaultKind::NodeLoss, &t));
+        let line = fault_line(&f, FaultKind::NodeLoss, &t, &cluster_facts("async"));
+        assert!(
+            line.text.contains("3 acknowledged writes LOST"),
+            "{}",
+            line.text
+        );
+        assert!(line.advice.unwrap().contains("durability = \"sync\""));
+    }
+
+    #[test]
+    fn losing_an_etcd_member_passes_only_when_the_same_primary_leads_on() {
+        let t = Targets::default();
+        let kind = FaultKind::EtcdMemberLoss;
+        let mut f = FaultReport {
+            undone: true,
+            primary_unchanged: Some(true),
+            figures: PhaseReport {
+                availability: 1.0,
+                ..PhaseReport::default()
+            },
+            ..FaultReport::default()
+        };
+        assert!(fault_passed(&f, kind, &t));
+        f.primary_unchanged = Some(false);
+        f.passed = fault_passed(&f, kind, &t);
+        assert!(!f.passed);
+        let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
+        assert!(line.text.contains("the primary CHANGED"), "{}", line.text);
+        assert!(line.advice.unwrap().contains("three or five members"));
+    }
 }

@@ -131,7 +131,7 @@ pub struct PhaseReport {
 }
 
 /// One fault's phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FaultReport {
     pub name: String,
     pub title: String,

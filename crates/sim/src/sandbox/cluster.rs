@@ -622,3 +622,56 @@ impl Sandbox {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_of_the_copy_uses_the_sandboxs_etcd_and_vault_never_the_sites() {
+        let site = r#"
+[site]
+name = "shop"
+[processes.web]
+command = "./run"
+[proxy]
+listen = "0.0.0.0:80"
+[vault]
+destinations = ["s3://bucket/shop"]
+quorum = 1
+[cluster]
+etcd = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+durability = "sync"
+lease_ttl = "3s"
+etcd_ca = "/etc/etcd/ca.pem"
+etcd_cert = "node.pem"
+etcd_key = "node-key.pem"
+"#;
+        let etcd = ["http://10.9.9.1:2379".to_string()];
+        let vault = Path::new("/srv/.shop.simulate/.lifeboat/vault");
+        let (raw, m) = cluster_manifest(site, vault, "s3://lbsim/site?x", &etcd).unwrap();
+        let c = m.cluster.unwrap();
+        assert_eq!(c.etcd, etcd);
+        assert!(c.etcd_tls.is_none(), "the sandbox's etcd is plain http");
+        assert_eq!(
+            c.lease_ttl,
+            Duration::from_secs(3),
+            "the site's settings stay"
+        );
+        assert_eq!(m.proxy.listen, "0.0.0.0:8080".parse().unwrap());
+        let v = m.vault.unwrap();
+        assert_eq!(
+            v.destinations,
+            ["/srv/.shop.simulate/.lifeboat/vault", "s3://lbsim/site?x"]
+        );
+        let text = toml::to_string(&raw).unwrap();
+        assert!(!text.contains("10.0.0.1") && !text.contains("s3://bucket"));
+    }
+
+    #[test]
+    fn the_first_node_is_the_sandbox_and_the_others_are_beside_it() {
+        let root = Path::new("/srv/.shop.simulate");
+        assert_eq!(node_dir(root, 0), root);
+        assert_eq!(node_dir(root, 2), Path::new("/srv/.shop.simulate.n3"));
+    }
+}
