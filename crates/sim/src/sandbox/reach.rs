@@ -121,6 +121,7 @@ impl Sandbox {
         crate::report::SandboxReport {
             network_isolated: self.network.is_ok(),
             network: match &self.network {
+                Ok(lan) if self.cluster.is_some() => lan.clone(),
                 Ok(name) => format!("network namespace {name} with only loopback"),
                 Err(why) => format!("outbound traffic not cut off: {why}"),
             },
