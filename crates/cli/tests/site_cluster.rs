@@ -1370,3 +1370,65 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
         .collect();
     assert!(lost.is_empty(), "lost after the switchover: {lost:?}");
 }
+
+/// `lifeboat simulate` on a node of a running cluster: the copy gets the live cluster's nodes
+/// and zones (from the node's own status), runs on a LAN of its own, and the live cluster is
+/// left alone: the same primary leads, in the same term, and the sandbox is gone after.
+#[test]
+fn simulate_copies_a_running_cluster_with_its_nodes_and_zones_and_leaves_it_alone() {
+    let cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let other = (primary + 1) % 3;
+    for n in 0..3 {
+        let answer = cluster.request(
+            other,
+            primary,
+            "POST",
+            "/entries",
+            &format!("text=live+{n}"),
+        );
+        assert_eq!(answer.map(|a| a.0), Some(201), "{}", cluster.explain());
+    }
+    cluster.wait_or_explain("a segment shipped to the vault", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["capture"]["last_segment_seq"].as_u64().is_some())
+    });
+    let report = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::lifeboat_bin())
+        .arg("simulate")
+        .args(["--quick", "--only", "etcd-member-loss", "--report"])
+        .arg(report.path())
+        .arg("-C")
+        .arg(cluster.site(primary))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.path().join("report.json")).unwrap()).unwrap();
+    let copy = &r["sandbox"]["cluster"];
+    assert_eq!(
+        copy["topology"], "the live site's nodes and zones",
+        "{said}"
+    );
+    let nodes: Vec<(&str, &str)> = copy["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["zone"].as_str().unwrap()))
+        .collect();
+    assert_eq!(nodes, [("n1", "z1"), ("n2", "z2"), ("n3", "z3")]);
+    assert_eq!(r["faults"][0]["name"], "etcd-member-loss");
+    assert_eq!(r["faults"][0]["primary_unchanged"], true, "{said}");
+    // The live cluster did not notice.
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (primary, term));
+    let sandbox = cluster
+        .scratch()
+        .join(format!(".node{}.simulate", primary + 1));
+    assert!(!sandbox.exists(), "{} left", sandbox.display());
+}
