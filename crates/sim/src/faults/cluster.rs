@@ -65,6 +65,15 @@ pub fn not_applicable(kind: FaultKind, sandbox: &Sandbox) -> Option<String> {
              each need the rewind)"
                 .into(),
         ),
+        FaultKind::NodeLoss | FaultKind::Partition | FaultKind::ZoneLoss
+            if sandbox.cluster.as_ref().is_some_and(|c| c.nodes.len() < 2) =>
+        {
+            Some(
+                "the cluster has one node: losing it is losing the site; add a node in another \
+                 zone"
+                    .into(),
+            )
+        }
         FaultKind::ZoneLoss => {
             let c = sandbox.cluster.as_ref()?;
             let mut zones: Vec<&str> = c.nodes.iter().map(|n| n.zone.as_str()).collect();
@@ -88,7 +97,9 @@ pub async fn inject(
     rto: Duration,
 ) -> Option<String> {
     sandbox.follow_primary().await;
-    let c = sandbox.cluster.as_ref()?;
+    let Some(c) = sandbox.cluster.as_ref() else {
+        return Some("the site runs on one node".into());
+    };
     let Some((p, term)) = c.serving_primary().await else {
         return Some("no node led and served when it was to be injected".into());
     };

@@ -140,14 +140,6 @@ impl ClusterSandbox {
         self.members.iter().map(|m| m.host).collect()
     }
 
-    /// Whether node `i`'s lifeboat runs.
-    pub fn node_running(&mut self, i: usize) -> bool {
-        self.nodes[i]
-            .child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// The pid of node `i`'s lifeboat.
     pub fn node_pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].child.as_ref().map(Child::id)
