@@ -246,7 +246,13 @@ pub async fn undo(f: &mut Injected, sandbox: &mut Sandbox, rto: Duration, u: &mu
             .wait_until(rto, || c.etcd_healthy(&dialer, h))
             .await
             .is_some();
-        let now = c.serving_primary().await;
+        // Who leads once it is back (a status slow to answer is asked again).
+        let deadline = std::time::Instant::now() + rto;
+        let mut now = c.serving_primary().await;
+        while now.is_none() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = c.serving_primary().await;
+        }
         let unchanged = now == Some((hit.old_primary, hit.old_term));
         cu.primary_unchanged = Some(unchanged);
         u.ok = back;
@@ -256,7 +262,10 @@ pub async fn undo(f: &mut Injected, sandbox: &mut Sandbox, rto: Duration, u: &mu
             if unchanged {
                 format!("node {} still leads in term {}", cu.node, hit.old_term)
             } else {
-                format!("the primary changed to {now:?} (index, term)")
+                match now {
+                    Some((i, t)) => format!("node {} leads now, in term {t}", c.nodes[i].name),
+                    None => "no node leads and serves".into(),
+                }
             }
         );
         u.cluster = Some(cu);

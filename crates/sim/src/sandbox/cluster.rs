@@ -145,10 +145,10 @@ impl ClusterSandbox {
         self.nodes[i].child.as_ref().map(Child::id)
     }
 
-    /// Node `i`'s status, when it answers within a second.
+    /// Node `i`'s status, when it answers within two seconds.
     pub async fn status(&self, i: usize) -> Option<StatusReport> {
         let client = ControlClient::for_site(&self.nodes[i].dir).ok()?;
-        tokio::time::timeout(Duration::from_secs(1), client.status())
+        tokio::time::timeout(Duration::from_secs(2), client.status())
             .await
             .ok()?
             .ok()
