@@ -49,7 +49,8 @@ pub enum Command {
     #[command(flatten)]
     Vault(vault::VaultCommand),
     /// Copy the whole site from its vault into a sandbox, break it on purpose (load spikes,
-    /// killed processes, attacks, corruption) one fault at a time, and score how it held.
+    /// killed processes, attacks, corruption; on a cluster also lost machines, zones, network
+    /// and etcd members) one fault at a time, and score how it held.
     /// Never touches the live site. Exit code 0 only when every target held.
     Simulate(simulate::SimulateArgs),
 }

@@ -18,15 +18,15 @@ pub struct SimulateArgs {
     /// The moment of the site to copy: 2026-11-27T10:15:00Z, "10 minutes ago", or latest.
     #[arg(long, value_name = "WHEN", default_value = "latest")]
     pub at: String,
-    /// Short phases (under a minute in all), for CI.
+    /// Short phases (under a minute in all; a site on three nodes about 70 s), for CI.
     #[arg(long)]
     pub quick: bool,
     /// Write report.json and report.html into DIR (default: a new
     /// lifeboat-simulate-SITE-TIME dir in the current one).
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
-    /// Keep the sandbox (beside the site dir, `.NAME.simulate/`) for inspection; the next
-    /// simulation removes it.
+    /// Keep the sandbox (beside the site dir, `.NAME.simulate/`, and on a cluster its other
+    /// nodes' `.NAME.simulate.nK/`) for inspection; the next simulation removes it.
     #[arg(long)]
     pub keep: bool,
     /// Only these faults, e.g. `--only kill-instance,virus` (the baseline always runs).

@@ -1,13 +1,11 @@
-//! Several nodes: virtual hosts in network namespaces on one machine (`common/hosts.rs`),
-//! one etcd member and one lifeboat node per host. Needs root.
+//! Several nodes: virtual hosts in network namespaces on one machine (`lifeboat_sim::lan`,
+//! the simulator's own), one etcd member and one lifeboat node per host. Needs root.
 
 mod common;
-#[path = "common/hosts.rs"]
-mod hosts;
 
 use std::time::{Duration, Instant};
 
-use hosts::Lan;
+use lifeboat_sim::lan::Lan;
 
 /// `GET http://ADDR/` from host `from`, with a short timeout: true when it answered.
 fn reaches(lan: &Lan, from: usize, addr: &str) -> bool {
@@ -25,7 +23,7 @@ fn reaches(lan: &Lan, from: usize, addr: &str) -> bool {
 
 #[test]
 fn virtual_hosts_reach_each_other_until_one_is_cut_off_or_dies() {
-    let lan = Lan::new(2);
+    let lan = Lan::new(2).expect("make the virtual hosts");
     let server_addr = format!("{}:8000", lan.host(0).ip);
     let mut server = lan
         .host(0)
@@ -46,13 +44,13 @@ fn virtual_hosts_reach_each_other_until_one_is_cut_off_or_dies() {
         assert!(Instant::now() < deadline, "host 2 never reached host 1");
         std::thread::sleep(Duration::from_millis(100));
     }
-    lan.cut(0);
+    lan.cut(0).expect("cut or heal a host");
     assert!(!reaches(&lan, 1, &server_addr), "a cut host is unreachable");
-    lan.heal(0);
+    lan.heal(0).expect("cut or heal a host");
     common::wait_until("host 1 to be reachable again", || {
         reaches(&lan, 1, &server_addr)
     });
-    assert!(lan.host(0).kill_everything() >= 1);
+    assert!(!lan.host(0).kill_everything().is_empty());
     let _ = server.wait();
     assert!(lan.host(0).pids().is_empty(), "nothing runs on a dead host");
 }
@@ -247,7 +245,7 @@ impl Cluster {
     /// With `tls`, etcd serves TLS and asks every client for a certificate of the test CA;
     /// each node has the CA, a certificate and its key under `.lifeboat/etcd/`.
     fn start_site(durability: &str, tls: bool, app: Site) -> Cluster {
-        let lan = Lan::new(3);
+        let lan = Lan::new(3).expect("make the virtual hosts");
         let scratch = tempfile::tempdir().unwrap();
         common::open_to_the_site_user(scratch.path());
         if tls {
@@ -597,7 +595,7 @@ fn when_the_primarys_host_dies_another_node_takes_over() {
             .is_some_and(|(code, _)| code == 200)
     });
     let killed_at = Instant::now();
-    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    assert!(cluster.lan.host(primary).kill_everything().len() >= 2);
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term, "a new term: {term} -> {next_term}");
     common::wait_until("the new primary to serve", || {
@@ -628,7 +626,7 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
     cluster.wait_or_explain("writes acknowledged before the cut", || {
         acked_inside.lock().unwrap().len() >= 10
     });
-    cluster.lan.cut(primary);
+    cluster.lan.cut(primary).expect("cut or heal a host");
     common::wait_until("the cut-off primary to fence itself", || {
         cluster.status(primary).is_some_and(|s| {
             s["role"]["role"] == "fenced" && s["instances"].as_array().unwrap().is_empty()
@@ -638,7 +636,7 @@ fn a_primary_cut_off_fences_itself_and_follows_after_the_cut_heals() {
     let _ = inside.wait();
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term);
-    cluster.lan.heal(primary);
+    cluster.lan.heal(primary).expect("cut or heal a host");
     common::wait_until("the old primary to follow the new one", || {
         cluster.status(primary).is_some_and(|s| {
             s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
@@ -793,7 +791,7 @@ fn with_sync_durability_no_acknowledged_write_is_lost_when_the_primarys_host_die
         acked.lock().unwrap().len() >= 20
     });
     let killed_at = Instant::now();
-    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    assert!(cluster.lan.host(primary).kill_everything().len() >= 2);
     let before = acked.lock().unwrap().len();
     // The one write in flight at the kill may still be answered (it was done before it):
     // healed is when the write after it is acknowledged.
@@ -873,13 +871,13 @@ fn a_cut_off_primary_acknowledges_no_write_the_new_primary_lacks() {
     cluster.wait_or_explain("writes acknowledged on both sides before the cut", || {
         acked_inside.lock().unwrap().len() >= 10 && acked_outside.lock().unwrap().len() >= 10
     });
-    cluster.lan.cut(primary);
+    cluster.lan.cut(primary).expect("cut or heal a host");
     let (next, _) = cluster.wait_for_primary(&others);
     let outside_then = acked_outside.lock().unwrap().len();
     cluster.wait_or_explain("writes acknowledged by the new primary", || {
         acked_outside.lock().unwrap().len() >= outside_then + 10
     });
-    cluster.lan.heal(primary);
+    cluster.lan.heal(primary).expect("cut or heal a host");
     cluster.wait_or_explain("the old primary to follow the new one", || {
         cluster.status(primary).is_some_and(|s| {
             s["role"]["role"] == "standby" && s["role"]["leader"] == format!("n{}", next + 1)
@@ -1110,7 +1108,7 @@ fn a_killed_standby_changes_nothing_and_rejoins_when_it_comes_back() {
     let mut child = writer(&cluster, survivor, primary, "standby-down");
     let (acked, failed) = collect_both(&mut child);
     cluster.wait_or_explain("writes acknowledged", || acked.lock().unwrap().len() >= 10);
-    assert!(cluster.lan.host(victim).kill_everything() >= 2);
+    assert!(cluster.lan.host(victim).kill_everything().len() >= 2);
     let _ = cluster.etcd[victim].wait();
     if let Some(mut node) = cluster.nodes[victim].take() {
         let _ = node.wait();
@@ -1279,7 +1277,7 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
     let restores = |i: usize| cluster.status(i).map(|s| s["replica"]["resyncs"].clone());
     let restores_before: Vec<_> = others.iter().map(|&i| restores(i)).collect();
     let killed_at = Instant::now();
-    assert!(cluster.lan.host(primary).kill_everything() >= 2);
+    assert!(cluster.lan.host(primary).kill_everything().len() >= 2);
     let before = acked.lock().unwrap().len();
     let (next, next_term) = cluster.wait_for_primary(&others);
     assert!(next_term > term);
@@ -1371,4 +1369,66 @@ fn a_mariadb_site_fails_over_with_every_acknowledged_row() {
         .filter(|n| !held.contains(n.as_str()))
         .collect();
     assert!(lost.is_empty(), "lost after the switchover: {lost:?}");
+}
+
+/// `lifeboat simulate` on a node of a running cluster: the copy gets the live cluster's nodes
+/// and zones (from the node's own status), runs on a LAN of its own, and the live cluster is
+/// left alone: the same primary leads, in the same term, and the sandbox is gone after.
+#[test]
+fn simulate_copies_a_running_cluster_with_its_nodes_and_zones_and_leaves_it_alone() {
+    let cluster = Cluster::start("sync");
+    let (primary, term) = cluster.wait_for_primary(&[0, 1, 2]);
+    let other = (primary + 1) % 3;
+    for n in 0..3 {
+        let answer = cluster.request(
+            other,
+            primary,
+            "POST",
+            "/entries",
+            &format!("text=live+{n}"),
+        );
+        assert_eq!(answer.map(|a| a.0), Some(201), "{}", cluster.explain());
+    }
+    cluster.wait_or_explain("a segment shipped to the vault", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["capture"]["last_segment_seq"].as_u64().is_some())
+    });
+    let report = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::lifeboat_bin())
+        .arg("simulate")
+        .args(["--quick", "--only", "kill-instance", "--report"])
+        .arg(report.path())
+        .arg("-C")
+        .arg(cluster.site(primary))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.path().join("report.json")).unwrap()).unwrap();
+    let copy = &r["sandbox"]["cluster"];
+    assert_eq!(
+        copy["topology"], "the live site's nodes and zones",
+        "{said}"
+    );
+    let nodes: Vec<(&str, &str)> = copy["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["zone"].as_str().unwrap()))
+        .collect();
+    assert_eq!(nodes, [("n1", "z1"), ("n2", "z2"), ("n3", "z3")]);
+    assert_eq!(r["faults"][0]["name"], "kill-instance");
+    assert_eq!(r["faults"][0]["skipped"], serde_json::Value::Null, "{said}");
+    // The live cluster did not notice.
+    assert_eq!(cluster.wait_for_primary(&[0, 1, 2]), (primary, term));
+    let sandbox = cluster
+        .scratch()
+        .join(format!(".node{}.simulate", primary + 1));
+    assert!(!sandbox.exists(), "{} left", sandbox.display());
 }

@@ -939,3 +939,274 @@ fn the_states_disk_made_slow_is_throttled_for_its_phase_and_set_back() {
         "nothing stays mounted"
     );
 }
+
+/// The guestbook captured on one node, whose manifest then says it runs on several
+/// (`[cluster]`, `durability = "sync"`, an etcd nobody runs): the live site does not run, so
+/// the copy gets the default three nodes in three zones.
+fn captured_cluster_site() -> SiteDir {
+    let site = captured_site(2, true, SIMULATE);
+    let path = site.path().join("lifeboat.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[cluster]\netcd = [\"http://192.0.2.1:2379\"]\ndurability = \"sync\"\n");
+    std::fs::write(&path, text).unwrap();
+    site
+}
+
+/// Network namespaces and links (bridges, cables) whose name starts with `prefix`.
+fn net_names(prefix: &str) -> Vec<String> {
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.extend(
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string()),
+    );
+    names.retain(|n| n.starts_with(prefix));
+    names
+}
+
+/// A site on three nodes: the copy runs on three virtual hosts (the default, as the live
+/// site does not run) with an etcd of its own; the primary's machine dies, is cut off, loses
+/// its zone and an etcd member, one phase each, under sync writes. No acknowledged write is
+/// lost, the takeover is timed, the old primary follows as a standby once back, a fault that
+/// makes no sense on a cluster says why it was not run, and nothing of the LAN is left.
+#[test]
+fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site();
+    let report_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // Every fault: those of one node first, on the primary, then the cluster's.
+    let out = simulate(
+        site.path(),
+        &["--quick", "--report", report_dir.path().to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let took = started.elapsed();
+    let r = report_in(report_dir.path(), &out);
+    let said = format!(
+        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "the cluster run took {took:?}; it said:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    if let Ok(keep) = std::env::var("LIFEBOAT_KEEP_REPORT") {
+        let _ = std::fs::copy(report_dir.path().join("report.json"), keep);
+    }
+    assert!(out.status.success(), "a sync cluster holds; {said}");
+    assert_eq!(r["passed"], true);
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+
+    let cluster = &r["sandbox"]["cluster"];
+    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{said}");
+    let zones: Vec<&str> = nodes.iter().map(|n| n["zone"].as_str().unwrap()).collect();
+    assert_eq!(zones, ["z1", "z2", "z3"]);
+    assert!(nodes.iter().all(|n| n["etcd_member"] == true));
+    assert!(
+        cluster["topology"].as_str().unwrap().contains("default"),
+        "{said}"
+    );
+    assert_eq!(cluster["durability"], "sync");
+    assert_eq!(r["sandbox"]["network_isolated"], true);
+
+    // Sync durability: nothing acknowledged is lost, whatever died.
+    assert_eq!(r["lost_acknowledged_writes"], 0, "{said}");
+    assert!(r["writes"]["acknowledged"].as_u64().unwrap() > 20, "{said}");
+    assert_eq!(r["writes"]["found"], r["writes"]["acknowledged"], "{said}");
+
+    for name in ["node-loss", "partition", "zone-loss"] {
+        let f = fault(&r, name);
+        assert_eq!(f["skipped"], Value::Null, "{name}: {said}");
+        assert_eq!(f["passed"], true, "{name}: {said}");
+        assert_eq!(f["undone"], true, "{name}: {said}");
+        assert_eq!(f["lost_acknowledged_writes"], 0, "{name}");
+        let took = f["recovered_after_s"].as_f64().unwrap();
+        assert!(took > 0.0 && took <= 30.0, "{name}: {took}");
+        let old = f["node"].as_str().unwrap();
+        let new = f["new_primary"].as_str().unwrap();
+        assert_ne!(old, new, "{name}: another node took over");
+        assert_eq!(f["rejoined_as_standby"], true, "{name}");
+        assert!(f["rejoined_after_s"].as_f64().unwrap() >= 0.0);
+        assert!(f["zone"].as_str().unwrap().starts_with('z'));
+    }
+    assert!(
+        fault(&r, "node-loss")["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL to every process of the host")
+    );
+    let partition = fault(&r, "partition");
+    assert!(
+        partition["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("unplugged")
+    );
+    assert_eq!(partition["old_primary_fenced"], true, "{said}");
+    assert!(
+        partition["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("plugged back in")
+    );
+    let etcd = fault(&r, "etcd-member-loss");
+    assert_eq!(etcd["passed"], true, "{said}");
+    assert_eq!(etcd["primary_unchanged"], true);
+    assert!(etcd["availability"].as_f64().unwrap() >= 0.9);
+    assert!(etcd["undo_evidence"].as_str().unwrap().contains("healthy"));
+    // The faults of one node run on the primary; those that make no sense here say why.
+    for name in [
+        "usage-spike",
+        "kill-instance",
+        "hang-instance",
+        "kill-all-instances",
+        "slow-clients",
+        "credential-stuffing",
+        "vault-destination-down",
+    ] {
+        assert_eq!(fault(&r, name)["skipped"], Value::Null, "{name}: {said}");
+        assert_eq!(fault(&r, name)["passed"], true, "{name}: {said}");
+    }
+    for (name, why) in [
+        ("disk-full", "cluster"),
+        ("slow-disk", "cluster"),
+        ("kill-lifeboat", "node-loss"),
+        ("virus", "rewind"),
+        ("corruption", "rewind"),
+    ] {
+        let skipped = fault(&r, name)["skipped"].as_str().unwrap_or_default();
+        assert!(skipped.contains(why), "{name}: {skipped}; {said}");
+    }
+    assert_eq!(r["faults"].as_array().unwrap().len(), 16);
+    // The scorecard says who took over.
+    let lines = r["scorecard"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l["text"]
+            .as_str()
+            .unwrap()
+            .contains("followed as a standby")),
+        "{said}"
+    );
+
+    // Nothing is left: processes, dirs, hosts, the bridge.
+    let sandbox = sandbox_of(site.path());
+    assert!(
+        processes_naming(&sandbox).is_empty(),
+        "{:?}",
+        processes_naming(&sandbox)
+    );
+    assert!(!sandbox.exists());
+    for k in 2..=3 {
+        let dir = sandbox.with_file_name(format!(
+            "{}.n{k}",
+            sandbox.file_name().unwrap().to_string_lossy()
+        ));
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+    let bridge = cluster["bridge"].as_str().unwrap();
+    let stem = bridge.trim_end_matches("br");
+    assert!(net_names(stem).is_empty(), "left: {:?}", net_names(stem));
+}
+
+/// `simulate` started on `site`, once run.json names `nodes` lifeboats that run; the child
+/// and run.json.
+fn start_and_wait_for_nodes(site: &Path, nodes: usize) -> (std::process::Child, Value) {
+    let mut child = simulate(site, &["--quick", "--report", "/dev/null/none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_file = sandbox_of(site).join(".lifeboat/simulate/run.json");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let run = std::fs::read(&run_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if let Some(run) = run {
+            let running = run["lifeboat_pids"].as_array().map_or(0, |p| {
+                p.iter()
+                    .filter(|p| alive(p.as_u64().unwrap() as u32))
+                    .count()
+            });
+            if running >= nodes {
+                return (child, run);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster sandbox never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "simulate ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A kill -9 of `simulate` while its cluster copy runs: every node, etcd member and the S3
+/// server die with it; the LAN stays until the next run, which removes it and its node dirs;
+/// a Ctrl-C of that run removes everything at once.
+#[test]
+fn a_cluster_copy_dies_with_simulate_and_leaves_no_host_behind() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site();
+    let sandbox = sandbox_of(site.path());
+    let (mut child, run) = start_and_wait_for_nodes(site.path(), 3);
+    let stem = run["lan"]["bridge"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("br")
+        .to_string();
+    assert_eq!(run["etcd_pids"].as_array().unwrap().len(), 3, "{run:#}");
+    assert_eq!(run["node_dirs"].as_array().unwrap().len(), 2, "{run:#}");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    wait_until("every process of the cluster copy to end", || {
+        processes_naming(&sandbox).is_empty()
+    });
+    assert!(
+        !net_names(&stem).is_empty(),
+        "a kill -9 cannot remove the LAN"
+    );
+    // The next run cleans up first; a Ctrl-C then removes its own at once.
+    let (mut child, run) = start_and_wait_for_nodes(site.path(), 3);
+    assert!(
+        net_names(&stem).is_empty(),
+        "the old LAN is gone: {:?}",
+        net_names(&stem)
+    );
+    let stem = run["lan"]["bridge"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("br")
+        .to_string();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        processes_naming(&sandbox).is_empty(),
+        "{:?}",
+        processes_naming(&sandbox)
+    );
+    assert!(net_names(&stem).is_empty(), "left: {:?}", net_names(&stem));
+    assert!(!sandbox.exists());
+    for dir in run["node_dirs"].as_array().unwrap() {
+        assert!(!Path::new(dir.as_str().unwrap()).exists(), "{dir} left");
+    }
+}

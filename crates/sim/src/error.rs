@@ -24,10 +24,16 @@ pub enum SimError {
     )]
     NoVault,
     #[error(
-        "the simulator does not copy sites with [cluster] yet (virtual hosts are not built); \
-         run it on a copy of the manifest without [cluster]"
+        "a site with [cluster] is copied onto virtual hosts, which could not be made ({why}); \
+         run `lifeboat simulate` as root on a machine with iproute2"
     )]
-    Cluster,
+    Cluster { why: String },
+    #[error(
+        "a site with [cluster] is copied with an etcd of its own, and etcd was not found \
+         ($LIFEBOAT_ETCD, PATH, .tools/bin, /usr/bin/etcd); install it (Debian's etcd-server, \
+         or scripts/install-test-deps)"
+    )]
+    NoEtcd,
     #[error(
         "could not restore the site from its vault into the sandbox ({detail}); `lifeboat \
          restore-site --into /tmp/check` shows the same restore, and `lifeboat timeline` what \

@@ -22,7 +22,9 @@ use crate::load::{Http, Kind, Load, Recorder, RequestSpec, Scenario};
 use crate::sandbox::{Sandbox, SecondDestination, alive, healthy_instances};
 use crate::slow_disk::Throttle;
 
+pub mod cluster;
 mod storage;
+pub use cluster::not_applicable;
 pub use storage::{CatchUp, FsyncTimes};
 
 /// The faults the simulator knows, in the order a run injects them.
@@ -55,10 +57,19 @@ pub enum FaultKind {
     Virus,
     /// Bytes flipped in a database page; then a rewind to just before.
     Corruption,
+    /// A cluster: `kill -9` of everything on the primary's host (its etcd member too); then
+    /// the host comes back and its node must follow as a standby.
+    NodeLoss,
+    /// A cluster: the primary's host cut off the LAN, then plugged back in.
+    Partition,
+    /// A cluster: one etcd member killed, then started again (nothing should change).
+    EtcdMemberLoss,
+    /// A cluster: every host of the primary's zone killed, then back.
+    ZoneLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
@@ -71,6 +82,10 @@ impl FaultKind {
         FaultKind::KillLifeboat,
         FaultKind::Virus,
         FaultKind::Corruption,
+        FaultKind::EtcdMemberLoss,
+        FaultKind::NodeLoss,
+        FaultKind::Partition,
+        FaultKind::ZoneLoss,
     ];
 
     /// The name in the report and on the command line.
@@ -88,6 +103,10 @@ impl FaultKind {
             FaultKind::KillLifeboat => "kill-lifeboat",
             FaultKind::Virus => "virus",
             FaultKind::Corruption => "corruption",
+            FaultKind::NodeLoss => "node-loss",
+            FaultKind::Partition => "partition",
+            FaultKind::EtcdMemberLoss => "etcd-member-loss",
+            FaultKind::ZoneLoss => "zone-loss",
         }
     }
 
@@ -106,6 +125,10 @@ impl FaultKind {
             FaultKind::KillLifeboat => "Lifeboat itself killed (kill -9) and started again",
             FaultKind::Virus => "a virus writes files into the uploads",
             FaultKind::Corruption => "database corruption (bytes flipped in a page)",
+            FaultKind::NodeLoss => "the primary's machine dies (every process killed), then back",
+            FaultKind::Partition => "the primary's machine cut off the network, then back",
+            FaultKind::EtcdMemberLoss => "one etcd member killed, then started again",
+            FaultKind::ZoneLoss => "the primary's whole zone dies, then back",
         }
     }
 
@@ -114,12 +137,28 @@ impl FaultKind {
         matches!(self, FaultKind::Virus | FaultKind::Corruption)
     }
 
-    /// Whether it takes the whole site down, so it is judged by its recovery time rather
-    /// than by the share of requests answered.
+    /// Whether it takes the whole site down (for a cluster: until another node takes over),
+    /// so it is judged by its recovery time rather than by the share of requests answered.
     pub fn takes_all_down(self) -> bool {
         matches!(
             self,
-            FaultKind::KillAllInstances | FaultKind::KillLifeboat | FaultKind::Corruption
+            FaultKind::KillAllInstances
+                | FaultKind::KillLifeboat
+                | FaultKind::Corruption
+                | FaultKind::NodeLoss
+                | FaultKind::Partition
+                | FaultKind::ZoneLoss
+        )
+    }
+
+    /// Whether it needs a site on several nodes.
+    pub fn cluster_only(self) -> bool {
+        matches!(
+            self,
+            FaultKind::NodeLoss
+                | FaultKind::Partition
+                | FaultKind::EtcdMemberLoss
+                | FaultKind::ZoneLoss
         )
     }
 }
@@ -152,6 +191,8 @@ pub struct Injected {
     /// The state's disk throttled, the dir the probe writes in, and the fsync times before
     /// and during.
     throttle: Option<(Throttle, PathBuf, FsyncTimes)>,
+    /// A cluster fault: what it hit.
+    cluster: Option<cluster::ClusterHit>,
 }
 
 impl Injected {
@@ -171,6 +212,7 @@ impl Injected {
             noticed: None,
             filler: None,
             throttle: None,
+            cluster: None,
         }
     }
 
@@ -215,6 +257,8 @@ pub struct Ctx<'a> {
     pub attack_rate: f64,
     /// How long a destination taken down waits for Lifeboat to report it down.
     pub notice_within: Duration,
+    /// How long a cluster fault waits for another node to serve, or a node to rejoin.
+    pub rto: Duration,
 }
 
 /// Injects `kind`. A fault that cannot be injected here comes back with `skipped` set.
@@ -389,6 +433,14 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
             }
             f.evidence = format!("{} files written into {}", f.files.len(), dir.display());
         }
+        FaultKind::NodeLoss
+        | FaultKind::Partition
+        | FaultKind::EtcdMemberLoss
+        | FaultKind::ZoneLoss => {
+            if let Some(why) = cluster::inject(&mut f, ctx.sandbox, ctx.recorder, ctx.rto).await {
+                f.skipped = Some(why);
+            }
+        }
         FaultKind::Corruption => {
             let Some(db) = ctx.sandbox.manifest.state.sqlite.first().cloned() else {
                 return Ok(f.skip("the site has no SQLite database ([state] sqlite) to corrupt"));
@@ -448,6 +500,8 @@ pub struct Undone {
     pub catch_up: Option<CatchUp>,
     /// The slow disk: fsync times before, during and after.
     pub fsync: Option<FsyncTimes>,
+    /// A cluster fault: who led after it, whether the hosts came back as standbys.
+    pub cluster: Option<cluster::ClusterUndone>,
 }
 
 /// Undoes `f` (a rewind for the virus and corruption is the phase's business).
@@ -581,6 +635,10 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         FaultKind::Virus | FaultKind::Corruption => {
             u.ok = true;
         }
+        FaultKind::NodeLoss
+        | FaultKind::Partition
+        | FaultKind::EtcdMemberLoss
+        | FaultKind::ZoneLoss => cluster::undo(&mut f, ctx.sandbox, rto, &mut u).await,
     }
     Ok(u)
 }

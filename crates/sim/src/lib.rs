@@ -4,7 +4,8 @@
 //! judges what happened (`checker`) and writes the report (`report`, `html`).
 //!
 //! Never does: touch the live site (it only reads the site dir and its vault), send traffic
-//! anywhere but the sandbox's front door on 127.0.0.1, leave a fault or a process behind when
+//! anywhere but the sandbox's front door on 127.0.0.1 (on a cluster, its nodes' front doors on
+//! the sandbox's own LAN, `lan`), leave a fault or a process behind when
 //! the run ends however it ends, or print (the CLI owns the terminal; progress comes through
 //! the [`Progress`] trait).
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod error;
 mod fault_tools;
 pub mod faults;
 pub mod html;
+pub mod lan;
 pub mod load;
 pub mod netns;
 mod procs;

@@ -142,22 +142,31 @@ impl Recorder {
     }
 }
 
-/// An HTTP/1.1 client with a connection pool, for one front door.
+/// An HTTP/1.1 client with a connection pool, for the site's front doors: one, or on a
+/// cluster every node's, used the way a client with every node's address in DNS uses them
+/// (each request starts at the next address; one that cannot connect tries the following).
 #[derive(Clone)]
 pub struct Http {
     client: Client<Dialer, Full<Bytes>>,
-    base: String,
+    bases: Arc<Vec<String>>,
+    next: Arc<AtomicU64>,
 }
 
 impl Http {
     /// A client whose connections `dialer` opens (in the sandbox's network).
     pub fn new(front_door: SocketAddr, dialer: Dialer) -> Http {
+        Http::to_any(&[front_door], dialer)
+    }
+
+    /// A client of several front doors (a cluster's nodes).
+    pub fn to_any(front_doors: &[SocketAddr], dialer: Dialer) -> Http {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
             .build(dialer);
         Http {
             client,
-            base: format!("http://{front_door}"),
+            bases: Arc::new(front_doors.iter().map(|a| format!("http://{a}")).collect()),
+            next: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -168,27 +177,42 @@ impl Http {
         path: &str,
         body: Option<(String, &str)>,
     ) -> Result<(u16, Bytes), String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        let body = match body {
-            Some((b, content_type)) => {
-                req = req.header(header::CONTENT_TYPE, content_type);
-                Full::new(Bytes::from(b))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let req = req.body(body).map_err(|e| e.to_string())?;
+        let n = self.bases.len().max(1);
+        let first = self.next.fetch_add(1, Ordering::Relaxed) as usize;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, body))
+            let mut last = String::from("no front door");
+            for k in 0..n {
+                let base = &self.bases[(first + k) % n];
+                let mut req = Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{base}{path}"));
+                let body = match &body {
+                    Some((b, content_type)) => {
+                        req = req.header(header::CONTENT_TYPE, *content_type);
+                        Full::new(Bytes::from(b.clone()))
+                    }
+                    None => Full::new(Bytes::new()),
+                };
+                let req = req.body(body).map_err(|e| e.to_string())?;
+                let resp = match self.client.request(req).await {
+                    Ok(resp) => resp,
+                    // Nothing was sent: the next address, as a client with several would.
+                    Err(e) if e.is_connect() => {
+                        last = e.to_string();
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                return Ok::<_, String>((status, body));
+            }
+            Err(last)
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Ok(r) => r,

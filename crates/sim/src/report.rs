@@ -56,6 +56,33 @@ pub struct SandboxReport {
     pub second_destination: String,
     /// Why it is a local folder (null when it is the sandbox's S3 server).
     pub why_not_s3: Option<String>,
+    /// On a site with `[cluster]`: the copy's nodes.
+    pub cluster: Option<ClusterReport>,
+}
+
+/// A cluster sandbox: its nodes, and where their names and zones came from.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterReport {
+    pub nodes: Vec<NodeLine>,
+    /// The LAN's bridge, and the services host (the S3 server and the simulator's clients).
+    pub bridge: String,
+    pub services_host: String,
+    /// "the live site's nodes and zones", or the default and why.
+    pub topology: String,
+    /// `sync` or `async`, as the site's manifest says.
+    pub durability: String,
+}
+
+/// One node of the copy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeLine {
+    pub name: String,
+    pub zone: String,
+    /// Its host (a network namespace) and the host's address on the sandbox's LAN.
+    pub host: String,
+    pub address: String,
+    /// Whether an etcd member runs on its host.
+    pub etcd_member: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +131,7 @@ pub struct PhaseReport {
 }
 
 /// One fault's phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FaultReport {
     pub name: String,
     pub title: String,
@@ -151,6 +178,20 @@ pub struct FaultReport {
     pub fsync_ms_before: Option<f64>,
     pub fsync_ms_during: Option<f64>,
     pub fsync_ms_after: Option<f64>,
+    /// Cluster faults: the node that led when it was injected (the one hit or cut off) and
+    /// its zone.
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    /// The node that led and served after it.
+    pub new_primary: Option<String>,
+    /// node-loss, zone-loss, partition: the hosts brought back followed the primary as
+    /// standbys again (with a streaming copy), and how long after they were back.
+    pub rejoined_as_standby: Option<bool>,
+    pub rejoined_after_s: Option<f64>,
+    /// partition: the cut-off primary stopped leading while it was cut off.
+    pub old_primary_fenced: Option<bool>,
+    /// etcd-member-loss: the same node still led, in the same term, once the member was back.
+    pub primary_unchanged: Option<bool>,
 }
 
 /// One line of the scorecard.

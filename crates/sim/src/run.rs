@@ -157,6 +157,11 @@ fn site_facts(sandbox: &Sandbox) -> SiteFacts {
         health_declared,
         health_path: spec.health.path.clone(),
         integrity_check_interval: m.vault.as_ref().map(|v| v.integrity_check_interval),
+        durability: m
+            .cluster
+            .as_ref()
+            .map(|c| format!("{:?}", c.durability).to_lowercase()),
+        lease_ttl: m.cluster.as_ref().map(|c| c.lease_ttl),
     }
 }
 
@@ -215,7 +220,11 @@ async fn run_phases(
 ) -> Result<Report> {
     let spec = sandbox.manifest.simulate.clone().unwrap_or_default();
     let facts = site_facts(sandbox);
-    let http = Http::new(sandbox.front_door, sandbox.dialer.clone());
+    // On a cluster, every node's front door, as DNS with every node's address would give.
+    let http = match &sandbox.cluster {
+        Some(c) => Http::to_any(&c.front_doors(), sandbox.dialer.clone()),
+        None => Http::new(sandbox.front_door, sandbox.dialer.clone()),
+    };
     let recorder = Recorder::new();
     let base_rate = f64::from(spec.rate);
     let load = Load::start(
@@ -246,9 +255,17 @@ async fn run_phases(
         lost: BTreeSet::new(),
         capacity: (0.0, true),
     };
+    // A site on one node runs no cluster fault unless asked for one (it is then skipped).
+    let cluster = sandbox.cluster.is_some();
     let kinds: Vec<FaultKind> = FaultKind::ALL
         .into_iter()
-        .filter(|k| opts.only.is_empty() || opts.only.contains(k))
+        .filter(|k| {
+            if opts.only.is_empty() {
+                cluster || !k.cluster_only()
+            } else {
+                opts.only.contains(k)
+            }
+        })
         .collect();
     let count = kinds.len() + 1;
     let baseline = run.baseline(count).await;
@@ -290,7 +307,13 @@ impl Run<'_> {
         };
         self.progress.phase(index, count, kind.name(), planned);
         let start = self.recorder.now();
-        let happened = if kind == FaultKind::UsageSpike {
+        if sandbox.cluster.is_some() {
+            // Faults act on the node that leads now.
+            sandbox.follow_primary().await;
+        }
+        let happened = if let Some(why) = faults::not_applicable(kind, sandbox) {
+            Happened::not_run(self.recorder.now(), why)
+        } else if kind == FaultKind::UsageSpike {
             self.spike(sandbox).await?
         } else if sandbox.lifeboat_pid().is_none() {
             let why = "the sandbox's lifeboat is not running: an earlier fault left it down";
@@ -329,6 +352,7 @@ impl Run<'_> {
         } = happened;
         let catch_up = undone.catch_up;
         let fsync = undone.fsync;
+        let cl = undone.cluster.unwrap_or_default();
         let fsync_ms = |pick: fn(&faults::FsyncTimes) -> Option<Duration>| {
             fsync
                 .as_ref()
@@ -367,6 +391,13 @@ impl Run<'_> {
             fsync_ms_before: fsync_ms(|t| t.before),
             fsync_ms_during: fsync_ms(|t| t.during),
             fsync_ms_after: fsync_ms(|t| t.after),
+            node: (!cl.node.is_empty()).then(|| cl.node.clone()),
+            zone: (!cl.zone.is_empty()).then(|| cl.zone.clone()),
+            new_primary: cl.new_primary,
+            rejoined_as_standby: cl.rejoined_as_standby,
+            rejoined_after_s: cl.rejoined_after.map(|d| d.as_secs_f64()),
+            old_primary_fenced: cl.old_primary_fenced,
+            primary_unchanged: cl.primary_unchanged,
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;
@@ -499,6 +530,7 @@ impl Run<'_> {
             slow_clients: if self.quick { 100 } else { 300 },
             attack_rate: (self.base_rate * 6.0).min(500.0),
             notice_within: Duration::from_secs(if self.quick { 3 } else { 20 }),
+            rto: self.targets.rto,
         }
     }
 
@@ -665,6 +697,7 @@ fn nothing_to_undo() -> faults::Undone {
         detected: None,
         catch_up: None,
         fsync: None,
+        cluster: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! second destination. The vault-destination-down fault kills it and starts it again on the
 //! same port and data dir.
 //!
-//! Never does: listen anywhere but 127.0.0.1, keep data outside the sandbox, or outlive the
+//! Never does: listen anywhere but 127.0.0.1 (or the cluster sandbox's own LAN), keep data outside the sandbox, or outlive the
 //! simulation (it is started through the instance shim, so it dies with `simulate`; its pids
 //! are in `run.json` for the next run).
 
@@ -44,6 +44,9 @@ pub struct S3Server {
     binary: PathBuf,
     lifeboat_bin: PathBuf,
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or on a cluster sandbox the LAN address of the
+    /// sandbox's services host (so every node reaches it).
+    pub ip: std::net::Ipv4Addr,
     /// Its data (each subdir is a bucket).
     pub root: PathBuf,
     log: PathBuf,
@@ -63,6 +66,7 @@ impl S3Server {
             binary,
             lifeboat_bin: lifeboat_bin.to_path_buf(),
             port,
+            ip: std::net::Ipv4Addr::LOCALHOST,
             root,
             log,
             child: None,
@@ -72,8 +76,8 @@ impl S3Server {
     /// The destination URL of the sandbox's vault on this server.
     pub fn url(&self, prefix: &str) -> String {
         format!(
-            "s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1",
-            self.port
+            "s3://{BUCKET}/{prefix}?endpoint=http://{}:{}&region=us-east-1",
+            self.ip, self.port
         )
     }
 
@@ -104,7 +108,9 @@ impl S3Server {
         cmd.arg("__instance")
             .args(["--", "--"])
             .arg(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--host")
+            .arg(self.ip.to_string())
+            .args(["--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&self.root)
             .env("LIFEBOAT_SUPERVISOR_PID", std::process::id().to_string())
@@ -115,7 +121,7 @@ impl S3Server {
             .spawn(cmd)
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         let pid = child.id();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = std::net::SocketAddr::from((self.ip, self.port));
         let started = Instant::now();
         loop {
             if dialer.connect(addr).await.is_ok() {

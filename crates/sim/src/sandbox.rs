@@ -35,12 +35,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::lan::{self, LanNames};
 use crate::netns::{self, Dialer, Netns};
 pub(crate) use crate::procs::alive;
 use crate::procs::{Spawner, cmdline, cwd_under, processes_under};
 use crate::s3_server::{self, S3Server};
 use crate::{slow_disk, state_disk};
 
+pub mod cluster;
 mod reach;
 
 /// The sandbox's second vault destination when there is no S3 server (relative to its dir),
@@ -80,6 +82,15 @@ struct RunFile {
     /// cgroups made for the slow-disk fault, recorded before they are made.
     #[serde(default)]
     cgroups: Vec<PathBuf>,
+    /// A cluster sandbox's LAN (its bridge and hosts), recorded before it is made.
+    #[serde(default)]
+    lan: Option<LanNames>,
+    /// A cluster sandbox's node dirs beside it (all but the first), recorded before made.
+    #[serde(default)]
+    node_dirs: Vec<PathBuf>,
+    /// Every etcd member started for a cluster sandbox (a restart adds one).
+    #[serde(default)]
+    etcd_pids: Vec<u32>,
 }
 
 /// The sandbox of one site: where it is, and its running lifeboat.
@@ -106,6 +117,10 @@ pub struct Sandbox {
     pub dialer: Dialer,
     /// The vault's second destination, the one taken down.
     pub second: SecondDestination,
+    /// On a site with `[cluster]`: the nodes, their hosts and etcd.
+    pub cluster: Option<cluster::ClusterSandbox>,
+    /// A cluster sandbox's services host address (its S3 server listens there).
+    services_ip: Option<std::net::Ipv4Addr>,
     netns: Option<Netns>,
     lifeboat_bin: PathBuf,
     lifeboat: Option<Child>,
@@ -156,14 +171,21 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     // Its lifeboats first (their instances die with them), then anything else still running
     // from inside the sandbox (a process whose command line or working dir is in it).
     let root_text = root.to_string_lossy().into_owned();
+    let dirs: Vec<&Path> = std::iter::once(root)
+        .chain(run.node_dirs.iter().map(PathBuf::as_path))
+        .collect();
     for pid in run
         .lifeboat_pids
         .iter()
         .chain(&run.s3_pids)
+        .chain(&run.etcd_pids)
         .copied()
-        .chain(processes_under(root))
+        .chain(dirs.iter().flat_map(|d| processes_under(d)))
     {
-        if cmdline(pid).is_some_and(|c| c.contains(&root_text)) || cwd_under(pid, root) {
+        let ours = dirs.iter().any(|d| {
+            cmdline(pid).is_some_and(|c| c.contains(&*d.to_string_lossy())) || cwd_under(pid, d)
+        });
+        if ours || cmdline(pid).is_some_and(|c| c.contains(&root_text)) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             killed.push(pid);
         }
@@ -174,6 +196,12 @@ pub fn clean_leftovers(root: &Path) -> Result<Vec<u32>> {
     }
     if let Some(name) = &run.netns {
         netns::delete(name);
+    }
+    if let Some(names) = &run.lan {
+        lan::remove(names);
+    }
+    for dir in &run.node_dirs {
+        let _ = std::fs::remove_dir_all(dir);
     }
     for cgroup in &run.cgroups {
         let _ = slow_disk::remove(cgroup);
@@ -202,9 +230,10 @@ impl Sandbox {
         if site_manifest.vault.is_none() {
             return Err(SimError::NoVault);
         }
-        if site_manifest.cluster.is_some() {
-            return Err(SimError::Cluster);
-        }
+        let topology = match site_manifest.cluster {
+            Some(_) => Some(cluster::topology(site_dir).await),
+            None => None,
+        };
         let root = sandbox_root(site_dir)?;
         clean_leftovers(&root)?;
         let work = work_dir(&root);
@@ -236,6 +265,8 @@ impl Sandbox {
             second: SecondDestination::Folder {
                 why_not_s3: "not made yet".into(),
             },
+            cluster: None,
+            services_ip: None,
             netns: None,
             lifeboat_bin: lifeboat_bin.to_path_buf(),
             lifeboat: None,
@@ -256,6 +287,12 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&restored);
         // From here on nothing reads the real vault: the sandbox gets its own network.
         sandbox.run = run;
+        if let Some(topology) = topology {
+            sandbox
+                .start_cluster(site_dir, &site_manifest, &text, topology)
+                .await?;
+            return Ok(sandbox);
+        }
         sandbox.network = sandbox.isolate_network();
         sandbox.second = sandbox.start_s3_server().await;
         let second_url = match &sandbox.second {
@@ -353,6 +390,11 @@ impl Sandbox {
 
     /// The pid of the sandbox's running lifeboat.
     pub fn lifeboat_pid(&self) -> Option<u32> {
+        if let Some(c) = &self.cluster {
+            // The node the sandbox follows (the primary).
+            let i = c.nodes.iter().position(|n| n.dir == self.site)?;
+            return c.node_pid(i);
+        }
         self.lifeboat.as_ref().map(Child::id)
     }
 
@@ -414,15 +456,22 @@ impl Sandbox {
     /// The last lines the sandbox's lifeboat printed, for an error (the sandbox may be
     /// removed before the owner reads its log).
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.work.join("lifeboat.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().rev().take(5).collect();
-        if lines.is_empty() {
-            return String::new();
-        }
-        let tail: Vec<&str> = lines.into_iter().rev().collect();
-        format!("; it said: {}", tail.join(" / "))
+        tail_of(&self.work.join("lifeboat.log"))
     }
+}
 
+/// The last lines of a log, for an error.
+fn tail_of(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    format!("; it said: {}", tail.join(" / "))
+}
+
+impl Sandbox {
     /// The directory of the sandbox's live state (the site copy, or a rewind's copy).
     pub async fn live_state_dir(&self) -> Result<PathBuf> {
         let status = self.status().await?;
@@ -432,7 +481,10 @@ impl Sandbox {
     /// Stops the sandbox: `lifeboat down`, then whatever is left is killed; the sandbox dir
     /// is removed unless it is kept. Returns the kept dir.
     pub async fn close(mut self) -> Option<PathBuf> {
-        if let Ok(client) = self.client() {
+        // A cluster's copy is thrown away whole: a `down` would only make the others take over.
+        if self.cluster.is_none()
+            && let Ok(client) = self.client()
+        {
             let _ = tokio::time::timeout(Duration::from_secs(20), client.down()).await;
         }
         if let Some(mut child) = self.lifeboat.take() {
@@ -464,9 +516,17 @@ impl Sandbox {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+        self.stop_cluster();
+        for dir in &self.run.node_dirs {
+            for pid in processes_under(dir) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
         self.kill_s3_server();
-        // Nothing runs in it any more.
+        // Nothing runs in it any more (the LAN's hosts are emptied and removed).
         drop(self.netns.take());
+        drop(self.cluster.take());
+        self.run.lan = None;
         self.run.netns = None;
         for cgroup in std::mem::take(&mut self.run.cgroups) {
             let _ = slow_disk::remove(&cgroup);
@@ -484,6 +544,9 @@ impl Sandbox {
             let _ = write_run_file(&self.work, &self.run);
             Some(self.root.clone())
         } else {
+            for dir in &self.run.node_dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             let _ = std::fs::remove_dir_all(&self.root);
             None
         }

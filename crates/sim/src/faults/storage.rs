@@ -113,7 +113,7 @@ pub(super) async fn s3_down(f: &mut Injected, ctx: &mut Ctx<'_>) {
     let SecondDestination::S3(s3) = &ctx.sandbox.second else {
         return;
     };
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s3.port));
+    let addr = std::net::SocketAddr::from((s3.ip, s3.port));
     f.at = ctx.recorder.now();
     let Some(pid) = ctx.sandbox.kill_s3_server() else {
         f.skipped = Some("the sandbox's S3 server was not running".into());
@@ -243,12 +243,11 @@ pub(super) async fn speed_up(f: &mut Injected, u: &mut Undone) {
 pub(super) async fn s3_back(f: &Injected, ctx: &mut Ctx<'_>, rto: Duration, u: &mut Undone) {
     match ctx.sandbox.restart_s3_server().await {
         Ok(pid) => {
-            let port = match &ctx.sandbox.second {
-                SecondDestination::S3(s3) => s3.port,
-                SecondDestination::Folder { .. } => 0,
+            let addr = match &ctx.sandbox.second {
+                SecondDestination::S3(s3) => std::net::SocketAddr::from((s3.ip, s3.port)),
+                SecondDestination::Folder { .. } => std::net::SocketAddr::from(([0; 4], 0)),
             };
-            let what =
-                format!("s3s-fs started again (pid {pid}) on 127.0.0.1:{port} with the same data");
+            let what = format!("s3s-fs started again (pid {pid}) on {addr} with the same data");
             catch_up(f, ctx, rto, u, what).await;
         }
         Err(e) => u.evidence = format!("the sandbox's S3 server did not start again: {e}"),

@@ -68,6 +68,9 @@ impl Sandbox {
             self.site.join(S3_DATA),
             self.work.join("s3s-fs.log"),
         );
+        if let Some(ip) = self.services_ip {
+            s3.ip = ip;
+        }
         match self.start_s3(&mut s3).await {
             Ok(_) => SecondDestination::S3(s3),
             Err(why) => SecondDestination::Folder { why_not_s3: why },
@@ -118,6 +121,7 @@ impl Sandbox {
         crate::report::SandboxReport {
             network_isolated: self.network.is_ok(),
             network: match &self.network {
+                Ok(lan) if self.cluster.is_some() => lan.clone(),
                 Ok(name) => format!("network namespace {name} with only loopback"),
                 Err(why) => format!("outbound traffic not cut off: {why}"),
             },
@@ -126,6 +130,7 @@ impl Sandbox {
                 SecondDestination::S3(_) => None,
                 SecondDestination::Folder { why_not_s3 } => Some(why_not_s3.clone()),
             },
+            cluster: self.cluster_report(),
         }
     }
 

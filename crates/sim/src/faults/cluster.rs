@@ -1,0 +1,334 @@
+//! The faults of a site on several nodes: a node's host dies (every process, its etcd member
+//! too), a zone dies (every host in it), the primary's host is cut off the LAN, one etcd
+//! member dies. Each waits, as part of its injection, for the site to serve again from
+//! another node (the recovery time, polled every 100 ms) and, when undone, brings the hosts
+//! back and waits until their nodes follow as standbys again.
+//!
+//! Never does: leave a host cut off or down after its undo; if the run ends first, the LAN
+//! and everything in it go with the sandbox.
+
+use std::time::Duration;
+
+use lifeboat_control::node::NodeRole;
+
+use super::{FaultKind, Injected, Undone};
+use crate::load::Recorder;
+use crate::sandbox::Sandbox;
+
+/// What a cluster fault hit, for its undo and the report.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterHit {
+    /// The node that led when it was injected, and its term.
+    pub old_primary: usize,
+    pub old_term: u64,
+    /// The hosts killed or cut off.
+    pub hosts: Vec<usize>,
+    /// The host whose etcd member was killed (etcd-member-loss).
+    pub etcd_host: Option<usize>,
+    /// Cut off rather than killed (partition).
+    pub cut: bool,
+    /// The node that served after it, and how long after the injection.
+    pub new_primary: Option<usize>,
+    pub recovered: Option<Duration>,
+    /// A cut-off primary stopped leading (fenced) while cut off.
+    pub fenced: Option<bool>,
+}
+
+/// What undoing a cluster fault showed, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterUndone {
+    /// The node hit (or cut off) and its zone.
+    pub node: String,
+    pub zone: String,
+    pub new_primary: Option<String>,
+    /// The hosts brought back: did their nodes follow as standbys again, and after how long.
+    pub rejoined_as_standby: Option<bool>,
+    pub rejoined_after: Option<Duration>,
+    pub old_primary_fenced: Option<bool>,
+    /// etcd-member-loss: the same node still leads, in the same term.
+    pub primary_unchanged: Option<bool>,
+}
+
+/// Why a fault does not apply to this sandbox, if it does not: a cluster fault on one node,
+/// or a single-node fault that makes no sense on a cluster.
+pub fn not_applicable(kind: FaultKind, sandbox: &Sandbox) -> Option<String> {
+    let cluster = sandbox.cluster.is_some();
+    match kind {
+        _ if kind.cluster_only() && !cluster => {
+            Some("the site runs on one node (its manifest has no [cluster])".into())
+        }
+        FaultKind::KillLifeboat if cluster => Some(
+            "on a cluster, node-loss kills a node's Lifeboat with everything on its host".into(),
+        ),
+        FaultKind::Virus | FaultKind::Corruption if cluster => Some(
+            "a rewind of a cluster copy from the simulator is not built yet (the nodes would \
+             each need the rewind)"
+                .into(),
+        ),
+        FaultKind::NodeLoss | FaultKind::Partition | FaultKind::ZoneLoss
+            if sandbox.cluster.as_ref().is_some_and(|c| c.nodes.len() < 2) =>
+        {
+            Some(
+                "the cluster has one node: losing it is losing the site; add a node in another \
+                 zone"
+                    .into(),
+            )
+        }
+        FaultKind::ZoneLoss => {
+            let c = sandbox.cluster.as_ref()?;
+            let mut zones: Vec<&str> = c.nodes.iter().map(|n| n.zone.as_str()).collect();
+            zones.sort_unstable();
+            zones.dedup();
+            (zones.len() < 2).then(|| {
+                "every node is in one zone: losing it is losing the whole site; put a node in \
+                 another zone"
+                    .into()
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Injects a cluster fault and waits (up to `rto`) for another node to serve.
+pub async fn inject(
+    f: &mut Injected,
+    sandbox: &mut Sandbox,
+    recorder: &Recorder,
+    rto: Duration,
+) -> Option<String> {
+    sandbox.follow_primary().await;
+    let Some(c) = sandbox.cluster.as_ref() else {
+        return Some("the site runs on one node".into());
+    };
+    let Some((p, term)) = c.serving_primary().await else {
+        return Some("no node led and served when it was to be injected".into());
+    };
+    let node = &c.nodes[p];
+    let mut hit = ClusterHit {
+        old_primary: p,
+        old_term: term,
+        ..ClusterHit::default()
+    };
+    let what = format!(
+        "node {} (zone {}, {})",
+        node.name,
+        node.zone,
+        c.lan.host(p).name
+    );
+    f.at = recorder.now();
+    f.wall = time::OffsetDateTime::now_utc();
+    match f.kind {
+        FaultKind::NodeLoss | FaultKind::ZoneLoss => {
+            hit.hosts = if f.kind == FaultKind::ZoneLoss {
+                let zone = node.zone.clone();
+                (0..c.nodes.len())
+                    .filter(|&i| c.nodes[i].zone == zone)
+                    .collect()
+            } else {
+                vec![p]
+            };
+            let c = sandbox.cluster.as_mut()?;
+            let names: Vec<String> = hit.hosts.iter().map(|&h| c.nodes[h].name.clone()).collect();
+            let mut pids = Vec::new();
+            for &h in &hit.hosts {
+                pids.extend(c.kill_host(h));
+            }
+            f.evidence = format!(
+                "SIGKILL to every process of the host{} of {} ({} processes: lifeboat, instances, \
+                 etcd member); the primary was {what}",
+                if hit.hosts.len() > 1 { "s" } else { "" },
+                names.join(", "),
+                pids.len()
+            );
+        }
+        FaultKind::Partition => {
+            hit.hosts = vec![p];
+            hit.cut = true;
+            if let Err(e) = c.cut(p) {
+                return Some(format!("could not cut {what} off: {e}"));
+            }
+            f.evidence = format!("the cable of {what}, the primary, unplugged from the LAN");
+        }
+        FaultKind::EtcdMemberLoss => {
+            // The member on the primary's own host (the one its client may talk to), else
+            // the first.
+            let etcd_hosts = c.etcd_hosts();
+            let h = if etcd_hosts.contains(&p) {
+                p
+            } else {
+                etcd_hosts[0]
+            };
+            let c = sandbox.cluster.as_mut()?;
+            let Some(pid) = c.kill_etcd(h) else {
+                return Some("the etcd member was not running".into());
+            };
+            hit.etcd_host = Some(h);
+            f.evidence = format!(
+                "SIGKILL to the etcd member on {} (pid {pid}); the primary is {what}",
+                c.lan.host(h).name
+            );
+            f.cluster = Some(hit);
+            return None;
+        }
+        _ => return Some(format!("{} is not a cluster fault", f.kind.name())),
+    }
+    // Another node leads and serves: the recovery.
+    let c = sandbox.cluster.as_ref()?;
+    let took = c
+        .wait_until(rto, || async {
+            c.serving_primary()
+                .await
+                .is_some_and(|(i, t)| !hit.hosts.contains(&i) && t > term)
+        })
+        .await;
+    if took.is_some() {
+        hit.new_primary = c.serving_primary().await.map(|(i, _)| i);
+        hit.recovered = Some(recorder.now().saturating_sub(f.at));
+        f.evidence.push_str(&format!(
+            "; node {} took over",
+            hit.new_primary.map_or("?", |i| c.nodes[i].name.as_str())
+        ));
+    } else {
+        f.evidence
+            .push_str(&format!("; no other node served within {rto:?}"));
+    }
+    if hit.cut {
+        // The cut-off primary must have stopped leading by now (its lease ran out).
+        let fenced = c
+            .wait_until(Duration::from_secs(5), || async {
+                c.status(p)
+                    .await
+                    .is_some_and(|s| !matches!(s.role, Some(NodeRole::Primary { .. })))
+            })
+            .await
+            .is_some();
+        hit.fenced = Some(fenced);
+        f.evidence.push_str(if fenced {
+            "; the cut-off node stopped leading (fenced)"
+        } else {
+            "; the cut-off node still says it leads"
+        });
+    }
+    f.cluster = Some(hit);
+    sandbox.follow_primary().await;
+    None
+}
+
+/// Undoes a cluster fault: hosts back (their etcd member and lifeboat started again, or the
+/// cable plugged in), then waits up to `rto` for their nodes to follow as standbys.
+pub async fn undo(f: &mut Injected, sandbox: &mut Sandbox, rto: Duration, u: &mut Undone) {
+    let Some(hit) = f.cluster.take() else {
+        u.ok = true;
+        u.evidence = "nothing was injected".into();
+        return;
+    };
+    let Some(c) = sandbox.cluster.as_ref() else {
+        return;
+    };
+    let mut cu = ClusterUndone {
+        node: c.nodes[hit.old_primary].name.clone(),
+        zone: c.nodes[hit.old_primary].zone.clone(),
+        new_primary: hit.new_primary.map(|i| c.nodes[i].name.clone()),
+        old_primary_fenced: hit.fenced,
+        ..ClusterUndone::default()
+    };
+    u.recovered_after = hit.recovered;
+    if let Some(h) = hit.etcd_host {
+        let host = c.lan.host(h).name.clone();
+        if let Err(e) = sandbox.start_etcd(h) {
+            u.evidence = format!("could not start the etcd member on {host} again: {e}");
+            u.cluster = Some(cu);
+            return;
+        }
+        let c = sandbox.cluster.as_ref().expect("a cluster sandbox");
+        let dialer = sandbox.dialer.clone();
+        let back = c
+            .wait_until(rto, || c.etcd_healthy(&dialer, h))
+            .await
+            .is_some();
+        // Who leads once it is back (a status slow to answer is asked again).
+        let deadline = std::time::Instant::now() + rto;
+        let mut now = c.serving_primary().await;
+        while now.is_none() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = c.serving_primary().await;
+        }
+        let unchanged = now == Some((hit.old_primary, hit.old_term));
+        cu.primary_unchanged = Some(unchanged);
+        u.ok = back;
+        u.evidence = format!(
+            "the etcd member on {host} started again and {}; {}",
+            if back { "healthy" } else { "not healthy" },
+            if unchanged {
+                format!("node {} still leads in term {}", cu.node, hit.old_term)
+            } else {
+                match now {
+                    Some((i, t)) => format!("node {} leads now, in term {t}", c.nodes[i].name),
+                    None => "no node leads and serves".into(),
+                }
+            }
+        );
+        u.cluster = Some(cu);
+        return;
+    }
+    let mut back = Vec::new();
+    for &h in &hit.hosts {
+        let name = sandbox.cluster.as_ref().expect("a cluster sandbox").nodes[h]
+            .name
+            .clone();
+        let started = if hit.cut {
+            sandbox.cluster.as_ref().expect("a cluster sandbox").heal(h)
+        } else {
+            let has_member = sandbox
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.etcd_hosts().contains(&h));
+            let etcd = if has_member {
+                sandbox.start_etcd(h).map(|_| ())
+            } else {
+                Ok(())
+            };
+            etcd.and_then(|()| sandbox.start_node(h).map(|_| ()))
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = started {
+            u.evidence = format!("could not bring node {name} back: {e}");
+            u.cluster = Some(cu);
+            return;
+        }
+        back.push(name);
+    }
+    let c = sandbox.cluster.as_ref().expect("a cluster sandbox");
+    let hosts = hit.hosts.clone();
+    let rejoined = c
+        .wait_until(rto, || async {
+            for &h in &hosts {
+                if !c.is_streaming_standby(h).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    cu.rejoined_as_standby = Some(rejoined.is_some());
+    cu.rejoined_after = rejoined;
+    u.ok = rejoined.is_some();
+    u.evidence = format!(
+        "{} {}; {}",
+        back.join(", "),
+        if hit.cut {
+            "plugged back in"
+        } else {
+            "started again (etcd member and lifeboat)"
+        },
+        match rejoined {
+            Some(d) => format!(
+                "following the primary as a standby after {:.1} s",
+                d.as_secs_f64()
+            ),
+            None => format!("not following as a standby within {rto:?}"),
+        }
+    );
+    u.cluster = Some(cu);
+    sandbox.follow_primary().await;
+}
