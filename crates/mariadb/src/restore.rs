@@ -358,30 +358,7 @@ fn replay_and_check(
     for r in chosen {
         expected.advance(r.gtid);
     }
-    let mut start = 0;
-    while start < chosen.len() {
-        // One replay file per run of records under the same format description.
-        let format = &chosen[start].format;
-        let end = chosen[start..]
-            .iter()
-            .position(|r| r.format != *format)
-            .map_or(chosen.len(), |p| start + p);
-        let file = fast.run_dir.join("replay.binlog");
-        {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&file).map_err(io_err(&file, "create"))?,
-            );
-            write_binlog_file(
-                &mut f,
-                format,
-                chosen[start..end].iter().map(|r| r.events.as_slice()),
-            )?;
-            f.flush().map_err(io_err(&file, "write"))?;
-        }
-        pipe_binlog_into_server(&fast, &file)?;
-        let _ = std::fs::remove_file(&file);
-        start = end;
-    }
+    pipe_in_runs(&fast, chosen, "replay.binlog")?;
     let got = fast.gtid_binlog_pos()?;
     if got != expected {
         return Err(MariaDbError::CannotRestore {
@@ -468,30 +445,7 @@ pub fn apply_on_running(spec: &ServerSpec, records: &[TransactionRecord]) -> Res
         expected.advance(r.gtid);
         chosen.push(r);
     }
-    let mut at = 0;
-    while at < chosen.len() {
-        let format = &chosen[at].format;
-        let end = chosen[at..]
-            .iter()
-            .position(|r| r.format != *format)
-            .map_or(chosen.len(), |p| at + p);
-        let file = spec.run_dir.join("apply.binlog");
-        {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&file).map_err(io_err(&file, "create"))?,
-            );
-            write_binlog_file(
-                &mut f,
-                format,
-                chosen[at..end].iter().map(|r| r.events.as_slice()),
-            )?;
-            f.flush().map_err(io_err(&file, "write"))?;
-        }
-        let piped = pipe_binlog_into_server(spec, &file);
-        let _ = std::fs::remove_file(&file);
-        piped?;
-        at = end;
-    }
+    pipe_in_runs(spec, &chosen, "apply.binlog")?;
     let got = spec.gtid_binlog_pos()?;
     if got != expected {
         return Err(MariaDbError::CannotRestore {
@@ -502,6 +456,29 @@ pub fn apply_on_running(spec: &ServerSpec, records: &[TransactionRecord]) -> Res
         });
     }
     Ok(got)
+}
+
+/// Feeds `records` to the server of `spec`: one binlog file (`file_name` in its run dir) per
+/// run of records under the same format description, each through [`pipe_binlog_into_server`].
+fn pipe_in_runs(spec: &ServerSpec, records: &[&TransactionRecord], file_name: &str) -> Result<()> {
+    let file = spec.run_dir.join(file_name);
+    for run in records.chunk_by(|a, b| a.format == b.format) {
+        {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&file).map_err(io_err(&file, "create"))?,
+            );
+            write_binlog_file(
+                &mut f,
+                &run[0].format,
+                run.iter().map(|r| r.events.as_slice()),
+            )?;
+            f.flush().map_err(io_err(&file, "write"))?;
+        }
+        let piped = pipe_binlog_into_server(spec, &file);
+        let _ = std::fs::remove_file(&file);
+        piped?;
+    }
+    Ok(())
 }
 
 /// `mariadb-binlog FILE | mariadb`: the binlog's events as SQL, executed by the admin.
