@@ -1394,6 +1394,13 @@ fn simulate_copies_a_running_cluster_with_its_nodes_and_zones_and_leaves_it_alon
             .status(primary)
             .is_some_and(|s| s["capture"]["last_segment_seq"].as_u64().is_some())
     });
+    // The primary lists the members as it last read them from etcd: the copy is made of
+    // what it shows, so wait until it shows all three.
+    cluster.wait_or_explain("the primary to list every node", || {
+        cluster
+            .status(primary)
+            .is_some_and(|s| s["nodes"].as_array().is_some_and(|n| n.len() == 3))
+    });
     let report = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::lifeboat_bin())
         .arg("simulate")
