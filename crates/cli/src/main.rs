@@ -53,6 +53,10 @@ pub enum Command {
     /// and etcd members) one fault at a time, and score how it held.
     /// Never touches the live site. Exit code 0 only when every target held.
     Simulate(simulate::SimulateArgs),
+    /// Internal: holds an ordinary user's simulation sandbox network and hands the simulator
+    /// sockets made in it (see `lifeboat_sim::netns`).
+    #[command(name = "__sim-sockets", hide = true)]
+    SimSockets,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,9 @@ fn main() -> ExitCode {
         Command::Timeline(cmd) => timeline::run(cmd, &global),
         Command::Vault(cmd) => vault::run(cmd, &global),
         Command::Simulate(args) => simulate::run(args, &global),
+        Command::SimSockets => lifeboat_sim::netns::serve_sockets()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::msg),
     };
     match result {
         Ok(code) => code,

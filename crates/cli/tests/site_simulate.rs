@@ -764,12 +764,34 @@ fn host_address() -> Option<String> {
         .next()
 }
 
-/// As root the sandbox runs in a network namespace with only loopback: an instance that tries
-/// to reach a listener on the host (on 127.0.0.1 and on the host's own address) fails, while
-/// the simulation's load reaches the front door. The same instance, run by the real site on
-/// the host, does reach it (so the test can tell).
+/// The sandbox runs in a network namespace with only loopback: an instance that tries to reach
+/// a listener on the host (on 127.0.0.1 and on the host's own address) fails, while the
+/// simulation's load reaches the front door. The same instance, run by the real site on the
+/// host, does reach it (so the test can tell).
 #[test]
 fn the_sandbox_sends_no_traffic_outside_itself() {
+    sandbox_reaches_nothing_outside(None);
+}
+
+/// The same, with `simulate` run by an ordinary user: its sandbox's network is a namespace
+/// inside a user namespace of its own, which the sandbox's processes join through the shim
+/// and the load's sockets are made in.
+#[test]
+fn an_ordinary_users_sandbox_sends_no_traffic_outside_itself() {
+    let Some(user) = common::OsUser::ensure("lifeboat-tester") else {
+        eprintln!(
+            "skipped: this test runs simulate as an ordinary user it creates, which needs root \
+             (running as uid {}); the test above covers this user",
+            nix::unistd::geteuid()
+        );
+        return;
+    };
+    sandbox_reaches_nothing_outside(Some(&user));
+}
+
+/// `simulate` is run by `user` when given (the site is given to it first), else by this
+/// process's user.
+fn sandbox_reaches_nothing_outside(user: Option<&common::OsUser>) {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let reached = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -809,31 +831,40 @@ fn the_sandbox_sends_no_traffic_outside_itself() {
         std::fs::read_to_string(&notes).unwrap()
     );
     let report_dir = tempfile::tempdir().unwrap();
-    let (pid, out) = simulate_output(
-        site.path(),
-        &[
-            "--quick",
-            "--only",
-            "kill-instance",
-            "--report",
-            report_dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let args = [
+        "--quick",
+        "--only",
+        "kill-instance",
+        "--report",
+        report_dir.path().to_str().unwrap(),
+    ];
+    let (pid, out) = match user {
+        None => simulate_output(site.path(), &args, &[]),
+        Some(user) => {
+            user.give(site.path());
+            user.give(report_dir.path());
+            let mut cmd = user.command(&lifeboat_bin());
+            cmd.arg("simulate").args(args).arg("-C").arg(site.path());
+            let child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (child.id(), child.wait_with_output().unwrap())
+        }
+    };
     let r = report_in(report_dir.path(), &out);
-    if !nix::unistd::Uid::effective().is_root() {
-        assert_eq!(r["sandbox"]["network_isolated"], false);
-        assert!(
-            r["sandbox"]["network"]
-                .as_str()
-                .unwrap()
-                .contains("needs root"),
-            "{:#}",
-            r["sandbox"]
-        );
-        return;
-    }
     assert_eq!(r["sandbox"]["network_isolated"], true, "{:#}", r["sandbox"]);
+    let network = r["sandbox"]["network"].as_str().unwrap();
+    let as_root = user.is_none() && nix::unistd::Uid::effective().is_root();
+    assert!(
+        network.contains(if as_root {
+            "network namespace lbsim-"
+        } else {
+            "user namespace of its own"
+        }),
+        "{network}"
+    );
     assert!(out.status.success(), "{:#}", r["scorecard"]);
     assert!(
         r["requests"].as_u64().unwrap() > 100,
@@ -857,6 +888,27 @@ fn the_sandbox_sends_no_traffic_outside_itself() {
         "no connection came from the sandbox: {text}"
     );
     assert!(!netns_exists(pid), "its network namespace was deleted");
+    // An ordinary user's network holder ends with the run (the heavy tests run one at a time,
+    // so no other simulation's holder is about).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holders = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| alive(p))
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__sim-sockets"))
+            })
+            .count()
+    };
+    while holders() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the network holder outlived the run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The blkio cgroup the slow-disk fault of the simulation `pid` makes (beside this process's).

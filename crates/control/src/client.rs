@@ -20,11 +20,33 @@ use crate::api::{
 use crate::rewind::{RewindReport, RewindRequest};
 use crate::{ControlError, SitePaths};
 
+/// Opens a connection to a control socket some other way than from this process (the
+/// simulator's, for a sandbox whose daemon admits only its own user namespace).
+pub type SocketConnector = std::sync::Arc<
+    dyn Fn(
+            PathBuf,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<UnixStream>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// Talks to the daemon of one site.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlClient {
     dir: PathBuf,
     socket: PathBuf,
+    connector: Option<SocketConnector>,
+}
+
+impl std::fmt::Debug for ControlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlClient")
+            .field("dir", &self.dir)
+            .field("socket", &self.socket)
+            .field("connector", &self.connector.is_some())
+            .finish()
+    }
 }
 
 impl ControlClient {
@@ -48,7 +70,14 @@ impl ControlClient {
         Ok(ControlClient {
             dir: dir.to_path_buf(),
             socket,
+            connector: None,
         })
+    }
+
+    /// The same client, connecting through `connector`.
+    pub fn with_connector(mut self, connector: SocketConnector) -> ControlClient {
+        self.connector = Some(connector);
+        self
     }
 
     pub async fn status(&self) -> Result<StatusReport, ControlError> {
@@ -172,12 +201,13 @@ impl ControlClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ControlError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|_| ControlError::NotRunning {
-                    dir: self.dir.clone(),
-                })?;
+        let stream = match &self.connector {
+            Some(connect) => connect(self.socket.clone()).await,
+            None => UnixStream::connect(&self.socket).await,
+        }
+        .map_err(|_| ControlError::NotRunning {
+            dir: self.dir.clone(),
+        })?;
         let api = |message: String| ControlError::Api {
             dir: self.dir.clone(),
             message,

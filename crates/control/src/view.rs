@@ -53,6 +53,7 @@ impl ProcessView {
             cgroups: Vec::new(),
             user: self.user.clone(),
             deny: self.deny.clone(),
+            join_netns: None,
         }
     }
 

@@ -50,7 +50,7 @@ pub struct SandboxReport {
     /// The sandbox ran in a network namespace with only loopback: it could reach nothing
     /// outside itself.
     pub network_isolated: bool,
-    /// The namespace's name, or why outbound traffic was not cut off.
+    /// What the namespace is, or why outbound traffic was not cut off.
     pub network: String,
     /// The vault's second destination (the one taken down): `s3` or `local-folder`.
     pub second_destination: String,

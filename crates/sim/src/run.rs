@@ -663,8 +663,10 @@ fn sandbox_notes(sandbox: &SandboxReport, phases: &[Phase]) -> Vec<ScoreLine> {
                 sandbox.network
             ),
             advice: Some(
-                "run `lifeboat simulate` as root: the copy then runs in a network namespace of \
-                 its own with only loopback"
+                "install util-linux 2.38+ (`unshare`) and iproute2 (`ip`) and allow unprivileged \
+                 user namespaces (sysctl kernel.unprivileged_userns_clone=1), or run `lifeboat \
+                 simulate` as root: the copy then runs in a network namespace of its own with \
+                 only loopback"
                     .into(),
             ),
         });

@@ -51,6 +51,8 @@ pub struct S3Server {
     pub root: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The process whose network it starts in (an ordinary user's sandbox), if any.
+    pub join_netns: Option<u32>,
 }
 
 impl S3Server {
@@ -70,6 +72,7 @@ impl S3Server {
             root,
             log,
             child: None,
+            join_netns: None,
         }
     }
 
@@ -106,7 +109,7 @@ impl S3Server {
         // Through the instance shim, like the sandbox's lifeboat: it dies with the simulation.
         let mut cmd = Command::new(&self.lifeboat_bin);
         cmd.arg("__instance")
-            .args(["--", "--"])
+            .args(crate::sandbox::shim_options(self.join_netns))
             .arg(&self.binary)
             .arg("--host")
             .arg(self.ip.to_string())

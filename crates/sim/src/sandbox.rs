@@ -111,7 +111,7 @@ pub struct Sandbox {
     pub restored_time: String,
     /// The dir holding the state's databases, on a small disk of its own (as root), or why not.
     pub state_disk: Result<PathBuf, String>,
-    /// The name of the sandbox's network namespace (only loopback), or why it has none.
+    /// The sandbox's network (a namespace with only loopback), or why it has none.
     pub network: Result<String, String>,
     /// Opens the simulator's connections to the sandbox, in its network namespace.
     pub dialer: Dialer,
@@ -122,6 +122,8 @@ pub struct Sandbox {
     /// A cluster sandbox's services host address (its S3 server listens there).
     services_ip: Option<std::net::Ipv4Addr>,
     netns: Option<Netns>,
+    /// As an ordinary user, the holder of the sandbox's network, which its processes join.
+    user_netns: Option<netns::UserNetns>,
     lifeboat_bin: PathBuf,
     lifeboat: Option<Child>,
     spawner: Spawner,
@@ -268,6 +270,7 @@ impl Sandbox {
             cluster: None,
             services_ip: None,
             netns: None,
+            user_netns: None,
             lifeboat_bin: lifeboat_bin.to_path_buf(),
             lifeboat: None,
             spawner: Spawner::start(),
@@ -363,9 +366,8 @@ impl Sandbox {
         // Through the instance shim: it arms the parent-death signal, so this lifeboat (and
         // with it its instances) dies with the simulation, even after a kill -9 of it.
         let mut cmd = Command::new(&self.lifeboat_bin);
-        // Two `--`: the argument parser takes the first, the shim needs the second.
         cmd.arg("__instance")
-            .args(["--", "--"])
+            .args(shim_options(self.join_netns()))
             .arg(&self.lifeboat_bin)
             .arg("up")
             .arg(&self.site)
@@ -386,6 +388,12 @@ impl Sandbox {
         write_run_file(&self.work, &self.run)?;
         self.lifeboat = Some(child);
         self.wait_serving(START_DEADLINE).await.map(|_| ())
+    }
+
+    /// The process whose network the sandbox's processes join as they start (an ordinary
+    /// user's sandbox); as root the spawner's thread is in the namespace already.
+    pub(crate) fn join_netns(&self) -> Option<u32> {
+        self.user_netns.as_ref().map(netns::UserNetns::pid)
     }
 
     /// The pid of the sandbox's running lifeboat.
@@ -409,7 +417,12 @@ impl Sandbox {
 
     /// The control client of the sandbox's lifeboat.
     pub fn client(&self) -> Result<ControlClient> {
-        Ok(ControlClient::for_site(&self.site)?)
+        let client = ControlClient::for_site(&self.site)?;
+        // An ordinary user's sandbox lifeboat admits only its own user namespace.
+        Ok(match &self.user_netns {
+            Some(_) => client.with_connector(self.dialer.control_connector()),
+            None => client,
+        })
     }
 
     /// The sandbox's status.
@@ -574,6 +587,16 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(SimError::io("read", &path))?;
     Ok(Manifest::parse(&path.display().to_string(), &text)?)
+}
+
+/// The instance shim's options for a process of the sandbox, up to the command: joining the
+/// network of process `join` if given. Without options the parser takes a first `--` for
+/// itself, so the shim needs a second.
+pub(crate) fn shim_options(join: Option<u32>) -> Vec<String> {
+    match join {
+        Some(pid) => vec!["--join-netns".into(), pid.to_string(), "--".into()],
+        None => vec!["--".into(), "--".into()],
+    }
 }
 
 fn write_run_file(work: &Path, run: &RunFile) -> Result<()> {

@@ -1,8 +1,11 @@
 //! The instance shim: the last step between lifeboat and an instance's command.
 //!
-//! `lifeboat __instance [--bind FROM TO]... [--hide DIR]... [--cgroup DIR]... [--user NAME]
-//! [--deny DIR] -- CMD...` calls [`exec_instance`], which, in this order:
+//! `lifeboat __instance [--join-netns PID] [--bind FROM TO]... [--hide DIR]... [--cgroup DIR]...
+//! [--user NAME] [--deny DIR] -- CMD...` calls [`exec_instance`], which, in this order:
 //!
+//! 0. joins the network namespace of process `PID` (and, when that namespace belongs to a user
+//!    namespace other than this process's, that user namespace first: how an ordinary user's
+//!    simulation puts its sandbox in a network of its own);
 //! 1. gives the process a private view of the file system when it has mounts to make: a mount
 //!    namespace of its own (inside a user namespace that maps only its own user when lifeboat
 //!    does not run as root), in which each `FROM` is bind-mounted onto `TO` (a restored state
@@ -52,6 +55,9 @@ pub struct Sandbox {
     /// A directory the command may not read, write or create anything in (Landlock); every
     /// other file stays as the file system allows.
     pub deny: Option<PathBuf>,
+    /// A process whose network namespace (with its user namespace, when that is another) the
+    /// command runs in.
+    pub join_netns: Option<u32>,
 }
 
 impl Sandbox {
@@ -68,6 +74,10 @@ impl Sandbox {
     /// The shim's command-line arguments that describe this sandbox (they go before `--`).
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();
+        if let Some(pid) = self.join_netns {
+            args.push("--join-netns".into());
+            args.push(pid.to_string().into());
+        }
         for (from, to) in &self.binds {
             args.push(OsString::from("--bind"));
             args.push(from.clone().into_os_string());
@@ -126,6 +136,17 @@ impl Sandbox {
                 }
                 Some("--deny") => {
                     sandbox.deny = Some(value(i + 1, "--deny")?);
+                    i += 2;
+                }
+                Some("--join-netns") => {
+                    let pid = value(i + 1, "--join-netns")?;
+                    let pid = pid.to_str().and_then(|p| p.parse().ok()).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("--join-netns takes a process id, not {pid:?}"),
+                        )
+                    })?;
+                    sandbox.join_netns = Some(pid);
                     i += 2;
                 }
                 _ => {
@@ -196,6 +217,9 @@ where
 
 /// Makes the sandbox, step by step (see the module doc). Nothing to do for an empty one.
 fn enter_sandbox(sandbox: &Sandbox) -> io::Result<()> {
+    if let Some(pid) = sandbox.join_netns {
+        join_network_of(pid)?;
+    }
     if sandbox.needs_namespace() {
         private_mount_namespace()?;
         for (from, to) in &sandbox.binds {
@@ -252,6 +276,40 @@ fn private_mount_namespace() -> io::Result<()> {
     .map_err(|e| {
         io::Error::other(format!(
             "cannot make the mounts of this instance private ({e})"
+        ))
+    })
+}
+
+/// Moves this process into the network namespace of process `pid`. When that namespace belongs
+/// to another user namespace (one an ordinary user made, mapping only their own uid), joins it
+/// first: that gives the right to join its network, and the `exec` that follows drops every
+/// capability it gave, as the process keeps its own non-root uid.
+fn join_network_of(pid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let open = |kind: &str| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        std::fs::File::open(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {path} to join its network ({e}); is process {pid} running?"),
+            )
+        })
+    };
+    let (user, net) = (open("user")?, open("net")?);
+    let same = |a: &std::fs::File, own: &str| -> io::Result<bool> {
+        let (a, b) = (a.metadata()?, std::fs::metadata(own)?);
+        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    };
+    if !same(&user, "/proc/self/ns/user")? {
+        nix::sched::setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            io::Error::other(format!(
+                "cannot join the user namespace of process {pid} ({e}); only its owner can"
+            ))
+        })?;
+    }
+    nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::other(format!(
+            "cannot join the network namespace of process {pid} ({e})"
         ))
     })
 }
@@ -354,6 +412,7 @@ mod tests {
             cgroups: vec!["/sys/fs/cgroup/memory/lifeboat/s/web-1".into()],
             user: Some("lifeboat-s".into()),
             deny: Some("/s/.lifeboat".into()),
+            join_netns: Some(4242),
         };
         let mut args = sandbox.to_args();
         args.extend(["--".into(), "sh".into(), "-c".into(), "--bind".into()]);
@@ -364,5 +423,8 @@ mod tests {
         assert!(Sandbox::from_args(&half).is_err());
         let no_command: Vec<OsString> = vec!["--hide".into(), "/x".into()];
         assert!(Sandbox::from_args(&no_command).is_err());
+        let not_a_pid: Vec<OsString> = vec!["--join-netns".into(), "x".into(), "--".into()];
+        let err = Sandbox::from_args(&not_a_pid).unwrap_err();
+        assert!(err.to_string().contains("process id"), "{err}");
     }
 }

@@ -11,10 +11,21 @@ use crate::procs::processes_under;
 use crate::s3_server::{self, S3Server};
 
 impl Sandbox {
-    /// As root, gives the sandbox a network namespace with only loopback: its processes (and
-    /// the simulator's connections, through the dialer) go there. Otherwise says why not.
-    /// Never fails the run.
+    /// Gives the sandbox a network namespace with only loopback: its processes (and the
+    /// simulator's connections, through the dialer) go there; as root a named one, as an
+    /// ordinary user one inside a user namespace of its own. Returns what it is, for the
+    /// report, or why there is none. Never fails the run.
     pub(super) fn isolate_network(&mut self) -> Result<String, String> {
+        if !nix::unistd::Uid::effective().is_root() {
+            let (held, dialer) = netns::UserNetns::create(&self.lifeboat_bin, &self.work)?;
+            self.dialer = dialer;
+            let text = format!(
+                "a network namespace with only loopback, in a user namespace of its own                  (held by process {})",
+                held.pid()
+            );
+            self.user_netns = Some(held);
+            return Ok(text);
+        }
         let name = netns::name_for(std::process::id());
         // Recorded first: a kill -9 between the two leaves a name the next run deletes.
         self.run.netns = Some(name.clone());
@@ -30,7 +41,7 @@ impl Sandbox {
         match made {
             Ok(ns) => {
                 self.netns = Some(ns);
-                Ok(name)
+                Ok(format!("network namespace {name} with only loopback"))
             }
             Err(why) => {
                 if self.run.netns.take().is_some() {
@@ -71,6 +82,7 @@ impl Sandbox {
         if let Some(ip) = self.services_ip {
             s3.ip = ip;
         }
+        s3.join_netns = self.join_netns();
         match self.start_s3(&mut s3).await {
             Ok(_) => SecondDestination::S3(s3),
             Err(why) => SecondDestination::Folder { why_not_s3: why },
@@ -121,8 +133,7 @@ impl Sandbox {
         crate::report::SandboxReport {
             network_isolated: self.network.is_ok(),
             network: match &self.network {
-                Ok(lan) if self.cluster.is_some() => lan.clone(),
-                Ok(name) => format!("network namespace {name} with only loopback"),
+                Ok(what) => what.clone(),
                 Err(why) => format!("outbound traffic not cut off: {why}"),
             },
             second_destination: self.second_destination_kind().into(),
