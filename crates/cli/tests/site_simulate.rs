@@ -1160,7 +1160,8 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     assert!(slow["link_dropped_packets"].as_u64().unwrap() > 0, "{said}");
     let undo = slow["undo_evidence"].as_str().unwrap();
     assert!(
-        undo.contains("the tbf qdisc and the table lbsim_slow_link removed"),
+        undo.contains("the tbf qdisc and the table lbsim_slow_link removed")
+            && undo.contains("every other node follows it as a streaming standby after"),
         "{undo}"
     );
     assert_eq!(slow["lost_acknowledged_writes"], 0);
