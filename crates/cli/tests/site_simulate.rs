@@ -1402,6 +1402,88 @@ fn a_site_on_two_async_nodes_is_told_what_a_takeover_may_lose() {
     assert!(net_names(stem).is_empty(), "left: {:?}", net_names(stem));
 }
 
+/// A site on two nodes with `durability = "sync"`: when its only standby (the only other
+/// zone) dies, the primary leads on but cannot confirm a write anywhere, so writes stall until
+/// the standby is back (or get 503 after `sync_timeout`): none is acknowledged and then lost,
+/// and the phase says that writes stalled and for how long.
+#[test]
+fn a_site_on_two_sync_nodes_holds_writes_while_its_only_standby_is_down() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site_with("sync");
+    let report_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = simulate(
+        site.path(),
+        &[
+            "--quick",
+            "--nodes",
+            "n1=z1,n2=z2",
+            "--only",
+            "standby-loss",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let took = started.elapsed();
+    let r = report_in(report_dir.path(), &out);
+    let said = format!(
+        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = fault(&r, "standby-loss");
+    eprintln!(
+        "the 2-node sync run took {took:?}; standby-loss: {}; undone: {}; writes {} sent, {} \
+         acknowledged, longest {} s; availability {}",
+        f["evidence"],
+        f["undo_evidence"],
+        f["writes_during"],
+        f["writes_acknowledged_during"],
+        f["longest_write_s"],
+        f["availability"]
+    );
+    assert_eq!(r["sandbox"]["cluster"]["durability"], "sync", "{said}");
+    assert_eq!(f["skipped"], Value::Null, "{said}");
+    assert!(
+        f["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("no other standby in another zone is left to confirm sync writes"),
+        "{said}"
+    );
+    assert_eq!(f["primary_unchanged"], true, "{said}");
+    assert_eq!(f["rejoined_as_standby"], true, "{said}");
+    assert_eq!(f["undone"], true, "{said}");
+    // Held: a write sent just after the kill waits until the standby is back (the fault's
+    // hold, 1.5 s, and its restart), where on three nodes the other standby confirms it at once.
+    assert!(f["writes_during"].as_u64().unwrap() > 0, "{said}");
+    let longest = f["longest_write_s"].as_f64().unwrap();
+    assert!(longest >= 1.0, "writes stalled: {longest} s; {said}");
+    let line = r["scorecard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("a standby's machine dies")
+        })
+        .unwrap();
+    assert!(
+        line["text"].as_str().unwrap().contains("writes stalled"),
+        "{line}"
+    );
+    // Never acknowledged and then lost.
+    assert_eq!(r["lost_acknowledged_writes"], 0, "{said}");
+    assert_eq!(r["writes"]["found"], r["writes"]["acknowledged"], "{said}");
+}
+
 /// `simulate` started on `site`, once run.json names `nodes` lifeboats that run; the child
 /// and run.json.
 fn start_and_wait_for_nodes(site: &Path, nodes: usize) -> (std::process::Child, Value) {

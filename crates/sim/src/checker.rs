@@ -389,9 +389,13 @@ fn writes_while(f: &FaultReport) -> String {
         f.longest_write_s,
     ) {
         (Some(0), _, _) | (None, _, _) => "no write was sent meanwhile".into(),
-        (Some(n), Some(acked), Some(longest)) if acked == n => {
+        (Some(n), Some(acked), Some(longest)) if acked == n && longest < 1.0 => {
             format!("all {n} writes sent meanwhile acknowledged, the longest after {longest:.1} s")
         }
+        (Some(n), Some(acked), Some(longest)) if acked == n => format!(
+            "writes stalled: all {n} sent meanwhile acknowledged, but one only after \
+             {longest:.1} s"
+        ),
         (Some(n), Some(acked), Some(longest)) => format!(
             "writes stalled: {acked} of {n} sent meanwhile acknowledged, one waited {longest:.1} s"
         ),
