@@ -1020,7 +1020,9 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
         String::from_utf8_lossy(&out.stdout)
     );
     if let Ok(keep) = std::env::var("LIFEBOAT_KEEP_REPORT") {
-        let _ = std::fs::copy(report_dir.path().join("report.json"), keep);
+        let _ = std::fs::copy(report_dir.path().join("report.json"), &keep);
+        let html = Path::new(&keep).with_extension("html");
+        let _ = std::fs::copy(report_dir.path().join("report.html"), html);
     }
     assert!(out.status.success(), "a sync cluster holds; {said}");
     assert_eq!(r["passed"], true);
