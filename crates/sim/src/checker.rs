@@ -526,6 +526,20 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
              changed the primary: it should not; report it as a bug with the sandbox's \
              lifeboat-NODE.log files (--keep)"
             .into(),
+        FaultKind::StandbyLoss if f.etcd_leader_lost == Some(true) => format!(
+            "visitors felt a standby going ({dropped} failed): its machine also held etcd's \
+             leader, so the primary could not renew its lease until etcd had elected another, \
+             and it cannot serve on without every other member's confirmation (the lost \
+             standby's too): run etcd's members on machines of their own, or with a shorter \
+             election timeout (--heartbeat-interval 50 --election-timeout 500)"
+        ),
+        FaultKind::StandbyLoss if f.etcd_leader_lost == Some(true) => format!(
+            "visitors felt a standby going ({dropped} failed): its machine also held etcd's \
+             leader, so the primary could not renew its lease until etcd had elected another, \
+             and it cannot serve on without every other member's confirmation (the lost \
+             standby's too): run etcd's members on machines of their own, or with a shorter \
+             election timeout (--heartbeat-interval 50 --election-timeout 500)"
+        ),
         FaultKind::StandbyLoss => format!(
             "visitors felt a standby going ({dropped} failed; {}): with durability = \"sync\" \
              a write waits for a standby in another zone, so keep at least two standbys in \
@@ -534,9 +548,10 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
         ),
         FaultKind::SlowLink => format!(
             "a slow, lossy link at the primary failed {dropped} of requests (p99 {:.0} ms): \
-             keep the nodes on a reliable network; with durability = \"sync\" every write \
-             crosses it to a standby, and a lease_ttl (now {}) shorter than the link's stalls \
-             moves the primary",
+             keep the nodes on a reliable network; everything the primary sends shares it \
+             (answers, the stream to the standbys, the vault's uploads: see what it sent in \
+             the evidence), with durability = \"sync\" every write crosses it to a standby, \
+             and a lease_ttl (now {}) shorter than the link's stalls moves the primary",
             f.figures.p99_ms,
             site.lease_ttl
                 .map_or("2s".into(), |d| format!("{:.0}s", d.as_secs_f64()))
@@ -850,6 +865,13 @@ mod tests {
             line.text
         );
         assert!(line.advice.unwrap().contains("two standbys in zones"));
+        // Its machine held etcd's leader too: the advice says what that did.
+        f.etcd_leader_lost = Some(true);
+        let advice = fault_line(&f, kind, &t, &cluster_facts("sync"))
+            .advice
+            .unwrap();
+        assert!(advice.contains("also held etcd's leader"), "{advice}");
+        f.etcd_leader_lost = None;
         // The primary changed: a failure whatever the availability.
         f.figures.availability = 1.0;
         f.primary_unchanged = Some(false);

@@ -74,7 +74,9 @@ impl SlowLink {
 pub struct LinkState {
     /// The root qdisc's kind (`noqueue` when nothing is set, `tbf` when slowed).
     pub qdisc: String,
-    /// Packets the qdisc held back over its rate (`overlimits`) and dropped.
+    /// Bytes the qdisc sent, and packets it held back over its rate (`overlimits`) and
+    /// dropped.
+    pub sent_bytes: u64,
     pub overlimits: u64,
     pub qdisc_dropped: u64,
     /// Whether the drop table exists, and the packets its rules dropped.
@@ -190,6 +192,7 @@ impl Host {
                     .unwrap_or(0)
             };
             state.overlimits = after("overlimits");
+            state.sent_bytes = after("Sent");
             state.qdisc_dropped = after("(dropped");
         }
         if let Ok(out) = self.run_in(&nft(), &["list", "table", "inet", SLOW_LINK_TABLE], None) {
@@ -527,6 +530,10 @@ mod tests {
         assert!(
             (10..=100).contains(&after.dropped),
             "about 40 of 400 dropped: {after:?}"
+        );
+        assert!(
+            after.sent_bytes > 0 && after.overlimits > 0,
+            "the rest was sent at the rate, held back over it: {after:?}"
         );
         h.clear_link().unwrap();
         let cleared = h.link_state();

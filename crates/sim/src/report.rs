@@ -214,6 +214,10 @@ pub struct FaultReport {
     /// primary had acknowledged that no standby in another zone had yet, as its status showed
     /// just before the fault (what a takeover then may lose).
     pub unconfirmed_changes: Option<u64>,
+    /// `node-loss`, `zone-loss`, `partition`, `standby-loss`: the hosts hit held etcd's leader
+    /// (asked of the members just before), so etcd had to elect another while the nodes
+    /// renewed their leases (a new etcd leader also extends every lease by its TTL).
+    pub etcd_leader_lost: Option<bool>,
 }
 
 /// One line of the scorecard.

@@ -442,6 +442,7 @@ impl Run<'_> {
             link_dropped_packets: link.as_ref().map(|l| l.dropped),
             link_overlimits: link.as_ref().map(|l| l.overlimits),
             unconfirmed_changes: cl.unconfirmed,
+            etcd_leader_lost: cl.etcd_leader_lost,
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;

@@ -37,11 +37,14 @@ pub struct ClusterHit {
     pub fenced: Option<bool>,
     /// standby-loss: the host killed is a standby's (`hosts` holds it).
     pub standby: bool,
-    /// slow-link: the host whose link was slowed.
+    /// slow-link: the host whose link was slowed, and when.
     pub slowed: Option<usize>,
+    pub slowed_at: Option<std::time::Instant>,
     /// `durability = "async"`: what the primary had that no standby in another zone had yet,
     /// as its status showed just before the fault (changes).
     pub unconfirmed: Option<u64>,
+    /// The hosts killed or cut off held etcd's leader (an etcd election followed).
+    pub etcd_leader_lost: Option<bool>,
 }
 
 /// What undoing a cluster fault showed, for the report.
@@ -62,6 +65,8 @@ pub struct ClusterUndone {
     pub link: Option<LinkState>,
     /// async: the changes no standby in another zone had when the fault came.
     pub unconfirmed: Option<u64>,
+    /// The hosts killed or cut off held etcd's leader.
+    pub etcd_leader_lost: Option<bool>,
 }
 
 /// Why a fault does not apply to this sandbox, if it does not: a cluster fault on one node,
@@ -153,6 +158,7 @@ pub async fn inject(
         }
         let state = host.link_state();
         hit.slowed = Some(p);
+        hit.slowed_at = Some(std::time::Instant::now());
         f.evidence = format!(
             "the link of {what}, the primary: {}; inside it tc shows a {} qdisc on eth0 and \
              nft {}",
@@ -191,6 +197,7 @@ pub async fn inject(
         )
     });
     hit.unconfirmed = window.map(|w| w.changes);
+    let etcd_leader = c.etcd_leader_host(&sandbox.dialer).await;
     f.at = recorder.now();
     f.wall = time::OffsetDateTime::now_utc();
     match f.kind {
@@ -250,6 +257,10 @@ pub async fn inject(
     }
     if let Some(text) = window_text {
         f.evidence.push_str(&text);
+    }
+    if let Some(h) = etcd_leader {
+        hit.etcd_leader_lost = Some(hit.hosts.contains(&h));
+        f.evidence.push_str(&etcd_leader_text(&hit, h, sandbox));
     }
     // Another node leads and serves: the recovery.
     let c = sandbox.cluster.as_ref()?;
@@ -328,6 +339,7 @@ async fn standby_loss(
     );
     hit.hosts = vec![s];
     hit.standby = true;
+    let etcd_leader = c.etcd_leader_host(&sandbox.dialer).await;
     f.at = recorder.now();
     f.wall = time::OffsetDateTime::now_utc();
     let c = sandbox.cluster.as_mut()?;
@@ -345,8 +357,26 @@ async fn standby_loss(
             )
         }
     );
+    if let Some(h) = etcd_leader {
+        hit.etcd_leader_lost = Some(hit.hosts.contains(&h));
+        f.evidence.push_str(&etcd_leader_text(&hit, h, sandbox));
+    }
     f.cluster = Some(hit);
     None
+}
+
+/// Where etcd's leader was when the hosts were hit, for the evidence.
+fn etcd_leader_text(hit: &ClusterHit, h: usize, sandbox: &Sandbox) -> String {
+    let host = sandbox
+        .cluster
+        .as_ref()
+        .map(|c| c.lan.host(h).name.clone())
+        .unwrap_or_default();
+    if hit.hosts.contains(&h) {
+        format!("; its etcd member led etcd ({host}): etcd had to elect another leader")
+    } else {
+        format!("; etcd's leader was elsewhere ({host})")
+    }
 }
 
 /// Who leads and serves, asked again while no node answers as such (at most `within`).
@@ -425,9 +455,14 @@ async fn speed_up(
         cu.rejoined_after = streaming;
     }
     u.ok = gone && streaming.is_some() && now.is_some();
+    let slow_for = hit.slowed_at.map(|t| t.elapsed()).unwrap_or_default();
+    let allowed = SlowLink::SIMULATED.rate_kbit as f64 * 1000.0 / 8.0 * slow_for.as_secs_f64();
     u.evidence = format!(
-        "while it was slow nftables dropped {} packets and tbf held {} back over its rate \
-         ({} dropped); {}; {}; {}",
+        "while it was slow ({:.1} s) it sent {:.0} KiB (the rate allows {:.0} KiB), nftables \
+         dropped {} packets and tbf held {} back over its rate ({} dropped); {}; {}; {}",
+        slow_for.as_secs_f64(),
+        during.sent_bytes as f64 / 1024.0,
+        allowed / 1024.0,
         during.dropped,
         during.overlimits,
         during.qdisc_dropped,
@@ -473,6 +508,7 @@ pub async fn undo(f: &mut Injected, sandbox: &mut Sandbox, rto: Duration, u: &mu
         new_primary: hit.new_primary.map(|i| c.nodes[i].name.clone()),
         old_primary_fenced: hit.fenced,
         unconfirmed: hit.unconfirmed,
+        etcd_leader_lost: hit.etcd_leader_lost,
         ..ClusterUndone::default()
     };
     u.recovered_after = hit.recovered;

@@ -281,6 +281,44 @@ impl ClusterSandbox {
         )
     }
 
+    /// The host whose etcd member leads etcd now, as the members that answer say
+    /// (`/v3/maintenance/status` through each member's JSON gateway, from the services host).
+    pub async fn etcd_leader_host(&self, dialer: &Dialer) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let addr = SocketAddr::from((self.lan.host(m.host).ip, ETCD_PORT));
+            let http = Http::new(addr, dialer.clone());
+            let answer = tokio::time::timeout(
+                Duration::from_secs(1),
+                http.send(
+                    http::Method::POST,
+                    "/v3/maintenance/status",
+                    Some(("{}".into(), "application/json")),
+                ),
+            )
+            .await;
+            let Ok(Ok((200, body))) = answer else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
+            // uint64 fields come as strings from the gateway.
+            let id = v["header"]["member_id"].as_str().map(str::to_string);
+            if let Some(id) = id {
+                ids.push((m.host, id));
+            }
+            if let Some(l) = v["leader"].as_str() {
+                leader = Some(l.to_string());
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(h, _)| h)
+    }
+
     fn kill_all(&mut self) {
         for child in self
             .nodes
