@@ -32,6 +32,25 @@ pub struct SimulateArgs {
     /// Only these faults, e.g. `--only kill-instance,virus` (the baseline always runs).
     #[arg(long, value_name = "FAULT", value_delimiter = ',', value_parser = fault_name)]
     pub only: Vec<FaultKind>,
+    /// A site with [cluster]: the copy's nodes and zones, e.g. `--nodes n1=z1,n2=z2` (by
+    /// default the live cluster's, or three nodes in three zones when it does not run).
+    #[arg(long, value_name = "NAME=ZONE", value_delimiter = ',', value_parser = node_and_zone)]
+    pub nodes: Vec<(String, String)>,
+}
+
+fn node_and_zone(s: &str) -> Result<(String, String), String> {
+    let ok = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 32
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    match s.split_once('=') {
+        Some((name, zone)) if ok(name) && ok(zone) => Ok((name.to_string(), zone.to_string())),
+        _ => Err(format!(
+            "{s:?} is not NAME=ZONE (letters, digits, - and _, e.g. n1=eu-west-1a)"
+        )),
+    }
 }
 
 fn fault_name(s: &str) -> Result<FaultKind, String> {
@@ -91,6 +110,12 @@ pub fn run(args: SimulateArgs, global: &Global) -> anyhow::Result<ExitCode> {
 }
 
 async fn simulate(args: SimulateArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let mut names: Vec<&str> = args.nodes.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < args.nodes.len() || args.nodes.len() > 9 {
+        anyhow::bail!("--nodes names at most 9 nodes, each once");
+    }
     let opts = Options {
         site_dir: global.dir.clone(),
         at: args.at.clone(),
@@ -98,6 +123,7 @@ async fn simulate(args: SimulateArgs, global: &Global) -> anyhow::Result<ExitCod
         keep: args.keep,
         lifeboat_bin: std::env::current_exe()?,
         only: args.only.clone(),
+        nodes: args.nodes.clone(),
     };
     let bar = (std::io::stderr().is_terminal() && !global.json).then(|| {
         let bar = ProgressBar::new_spinner();

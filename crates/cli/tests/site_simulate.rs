@@ -426,15 +426,19 @@ fn nothing_of_the_sandbox_is_left_after_a_run() {
 
 fn the_html_report_opens_in_headless_chromium() {
     let run = quick_run();
-    let html = run.report_dir.path().join("report.html");
-    let page = std::fs::read_to_string(&html).unwrap();
+    opens_in_chromium(&run.report_dir.path().join("report.html"));
+}
+
+/// The report's HTML is self-contained and headless chromium draws it.
+fn opens_in_chromium(html: &Path) {
+    let page = std::fs::read_to_string(html).unwrap();
     assert!(page.contains("<svg") && page.contains("Scorecard"));
     assert!(!page.contains("<script"), "self-contained and script-free");
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .expect("chromium is missing: install it with scripts/install-test-deps (apt-get install chromium)");
-    let shot = run.report_dir.path().join("report.png");
+    let shot = html.with_file_name("report.png");
     let out = Command::new(chromium)
         .args([
             "--headless",
@@ -573,7 +577,9 @@ fn a_kill_9_of_simulate_leaves_nothing_running_and_the_next_run_cleans_up() {
     .unwrap();
     assert!(
         report_dir.path().join("report.json").exists(),
-        "the next run ran: {}",
+        "the next run ran ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!sandbox.exists(), "and removed the sandbox");
@@ -996,10 +1002,17 @@ fn the_states_disk_made_slow_is_throttled_for_its_phase_and_set_back() {
 /// (`[cluster]`, `durability = "sync"`, an etcd nobody runs): the live site does not run, so
 /// the copy gets the default three nodes in three zones.
 fn captured_cluster_site() -> SiteDir {
+    captured_cluster_site_with("sync")
+}
+
+/// [`captured_cluster_site`] with `durability` (`sync` or `async`).
+fn captured_cluster_site_with(durability: &str) -> SiteDir {
     let site = captured_site(2, true, SIMULATE);
     let path = site.path().join("lifeboat.toml");
     let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("\n[cluster]\netcd = [\"http://192.0.2.1:2379\"]\ndurability = \"sync\"\n");
+    text.push_str(&format!(
+        "\n[cluster]\netcd = [\"http://192.0.2.1:2379\"]\ndurability = \"{durability}\"\n"
+    ));
     std::fs::write(&path, text).unwrap();
     site
 }
@@ -1027,9 +1040,12 @@ fn net_names(prefix: &str) -> Vec<String> {
 
 /// A site on three nodes: the copy runs on three virtual hosts (the default, as the live
 /// site does not run) with an etcd of its own; the primary's machine dies, is cut off, loses
-/// its zone and an etcd member, one phase each, under sync writes. No acknowledged write is
-/// lost, the takeover is timed, the old primary follows as a standby once back, a fault that
-/// makes no sense on a cluster says why it was not run, and nothing of the LAN is left.
+/// its zone and an etcd member, a standby's machine dies, the primary's link turns slow and
+/// lossy, one phase each, under sync writes. No acknowledged write is lost, the takeover is
+/// timed, the old primary follows as a standby once back, a lost standby leaves the primary
+/// leading in its term and follows again, the slow link drops packets and is set back, a
+/// fault that makes no sense on a cluster says why it was not run, the HTML shows each node's
+/// roles, and nothing of the LAN is left.
 #[test]
 fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -1058,10 +1074,39 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
         String::from_utf8_lossy(&out.stdout)
     );
     if let Ok(keep) = std::env::var("LIFEBOAT_KEEP_REPORT") {
-        let _ = std::fs::copy(report_dir.path().join("report.json"), keep);
+        let _ = std::fs::copy(report_dir.path().join("report.json"), &keep);
+        let html = Path::new(&keep).with_extension("html");
+        let _ = std::fs::copy(report_dir.path().join("report.html"), html);
     }
-    assert!(out.status.success(), "a sync cluster holds; {said}");
-    assert_eq!(r["passed"], true);
+    // Two failures are allowed, each with its reason in the advice. A standby's machine that
+    // also holds etcd's leader can make the primary pause while etcd elects another (it
+    // cannot renew its lease, and serves on without etcd only with every member's
+    // confirmation, the lost one's too; 1 of ~10 phases: 0.75 s of 503 from the primary). A
+    // 1 mbit/s lossy link is a stress, not a promise: whether visitors get answers within
+    // 2 s depends on what else crosses it then (77-100% over 7 runs).
+    let standby_leader_lost = fault(&r, "standby-loss")["etcd_leader_lost"] == true;
+    let failed: Vec<&Value> = r["scorecard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["passed"] == false)
+        .collect();
+    let allowed = |l: &&Value| {
+        let (text, advice) = (
+            l["text"].as_str().unwrap(),
+            l["advice"].as_str().unwrap_or_default(),
+        );
+        (standby_leader_lost
+            && text.starts_with("a standby's machine dies")
+            && advice.contains("also held etcd's leader"))
+            || (text.starts_with("the primary's network link slow")
+                && advice.contains("slow, lossy link"))
+    };
+    assert!(failed.iter().all(allowed), "a sync cluster holds; {said}");
+    if failed.is_empty() {
+        assert!(out.status.success(), "{said}");
+        assert_eq!(r["passed"], true);
+    }
     assert!(took < Duration::from_secs(120), "took {took:?}");
 
     let cluster = &r["sandbox"]["cluster"];
@@ -1122,6 +1167,125 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     assert_eq!(etcd["primary_unchanged"], true);
     assert!(etcd["availability"].as_f64().unwrap() >= 0.9);
     assert!(etcd["undo_evidence"].as_str().unwrap().contains("healthy"));
+
+    // A standby's machine dies during writes: the primary serves on in the same term, the
+    // other standby (another zone) confirms the sync writes, and the lost one follows again.
+    let standby = fault(&r, "standby-loss");
+    eprintln!(
+        "standby-loss: {}; undone: {}; writes {} sent, {} acknowledged, longest {} s; \
+         availability {}",
+        standby["evidence"],
+        standby["undo_evidence"],
+        standby["writes_during"],
+        standby["writes_acknowledged_during"],
+        standby["longest_write_s"],
+        standby["availability"]
+    );
+    assert_eq!(standby["skipped"], Value::Null, "{said}");
+    assert_eq!(standby["undone"], true, "{said}");
+    let evidence = standby["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains(if standby_leader_lost {
+            "its etcd member led etcd"
+        } else {
+            "etcd's leader was elsewhere"
+        }),
+        "{evidence}"
+    );
+    if !standby_leader_lost {
+        assert_eq!(standby["passed"], true, "{said}");
+        assert!(standby["availability"].as_f64().unwrap() >= 0.9);
+    }
+    assert!(
+        evidence.contains("SIGKILL to every process of the host of standby")
+            && evidence.contains("is left to confirm writes in another zone"),
+        "{evidence}"
+    );
+    assert_eq!(standby["primary_unchanged"], true, "{said}");
+    assert_eq!(standby["new_primary"], Value::Null, "{said}");
+    assert!(
+        !evidence.contains(&format!(
+            "the primary is node {} ",
+            standby["node"].as_str().unwrap()
+        )),
+        "the node lost was not the primary: {evidence}"
+    );
+    assert_eq!(standby["rejoined_as_standby"], true, "{said}");
+    assert!(standby["rejoined_after_s"].as_f64().unwrap() <= 30.0);
+    assert_eq!(standby["lost_acknowledged_writes"], 0);
+    assert!(standby["writes_during"].as_u64().unwrap() > 0, "{said}");
+    assert!(
+        standby["writes_acknowledged_during"].as_u64().unwrap() > 0,
+        "the other standby confirmed writes: {said}"
+    );
+    assert!(
+        standby["undo_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("still leads in term")
+    );
+
+    // The primary's link slow and lossy: packets really dropped, the link set back.
+    let slow = fault(&r, "slow-link");
+    eprintln!(
+        "slow-link: {}; undone: {}; availability {}, p99 {} ms; writes {} sent, {} \
+         acknowledged, longest {} s",
+        slow["evidence"],
+        slow["undo_evidence"],
+        slow["availability"],
+        slow["p99_ms"],
+        slow["writes_during"],
+        slow["writes_acknowledged_during"],
+        slow["longest_write_s"]
+    );
+    assert_eq!(
+        slow["skipped"],
+        Value::Null,
+        "nft is installed here: {said}"
+    );
+    assert_eq!(slow["undone"], true, "{said}");
+    assert_eq!(
+        slow["passed"],
+        slow["availability"].as_f64().unwrap() >= 0.9,
+        "judged by availability: {said}"
+    );
+    let evidence = slow["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("tbf qdisc on eth0") && evidence.contains("the table lbsim_slow_link"),
+        "{evidence}"
+    );
+    assert!(slow["link_dropped_packets"].as_u64().unwrap() > 0, "{said}");
+    let undo = slow["undo_evidence"].as_str().unwrap();
+    assert!(
+        undo.contains("the tbf qdisc and the table lbsim_slow_link removed")
+            && undo.contains("every other node follows it as a streaming standby after"),
+        "{undo}"
+    );
+    assert_eq!(slow["lost_acknowledged_writes"], 0);
+
+    // The HTML says what each node was and what the faults did to it.
+    let html = report_dir.path().join("report.html");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("The cluster's nodes"), "{page}");
+    for n in nodes {
+        assert!(
+            n["role_at_start"]
+                .as_str()
+                .unwrap()
+                .starts_with(if n["name"] == "n1" {
+                    "primary (term"
+                } else {
+                    "standby of n1"
+                }),
+            "{n}"
+        );
+        assert!(!n["role_at_end"].as_str().unwrap().is_empty(), "{n}");
+    }
+    assert!(page.contains("standby-loss: its machine died as a standby, back as a standby after"));
+    assert!(page.contains("node-loss: its machine died as the primary, back as a standby after"));
+    assert!(page.contains("slow-link: its link slow and lossy as the primary"));
+    opens_in_chromium(&html);
+
     // The faults of one node run on the primary; those that make no sense here say why.
     for name in [
         "usage-spike",
@@ -1145,7 +1309,7 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
         let skipped = fault(&r, name)["skipped"].as_str().unwrap_or_default();
         assert!(skipped.contains(why), "{name}: {skipped}; {said}");
     }
-    assert_eq!(r["faults"].as_array().unwrap().len(), 16);
+    assert_eq!(r["faults"].as_array().unwrap().len(), 18);
     // The scorecard says who took over.
     let lines = r["scorecard"].as_array().unwrap();
     assert!(
@@ -1174,6 +1338,247 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     let bridge = cluster["bridge"].as_str().unwrap();
     let stem = bridge.trim_end_matches("br");
     assert!(net_names(stem).is_empty(), "left: {:?}", net_names(stem));
+}
+
+/// A site on two nodes with `durability = "async"` (`--nodes n1=z1,n2=z2`): its only standby
+/// dies and comes back with the primary leading on; the primary's machine dies and the other
+/// node takes over. A write acknowledged but not yet shipped may be lost with async: whatever
+/// this run lost is counted exactly (found + lost = acknowledged), a loss fails the run with
+/// the advice to make it sync, and the scorecard says what async risks even when nothing was
+/// lost. With `nft` missing (`LIFEBOAT_NFT` names none) the slow link is skipped with the
+/// reason, not failed.
+#[test]
+fn a_site_on_two_async_nodes_is_told_what_a_takeover_may_lose() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site_with("async");
+    let report_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = simulate(
+        site.path(),
+        &[
+            "--quick",
+            "--nodes",
+            "n1=z1,n2=z2",
+            "--only",
+            "standby-loss,slow-link,node-loss",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+    )
+    .env("LIFEBOAT_NFT", "/nonexistent/nft")
+    .output()
+    .unwrap();
+    let took = started.elapsed();
+    let r = report_in(report_dir.path(), &out);
+    let said = format!(
+        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "the 2-node async run took {took:?}; it said:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let cluster = &r["sandbox"]["cluster"];
+    let nodes = cluster["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n2"], "{said}");
+    assert!(
+        cluster["topology"].as_str().unwrap().contains("--nodes"),
+        "{said}"
+    );
+    assert_eq!(cluster["durability"], "async");
+    assert_eq!(
+        cluster["etcd_on_services_host"], true,
+        "two nodes get a witness member"
+    );
+
+    // The only standby lost: async writes do not wait for it; the primary leads on.
+    let standby = fault(&r, "standby-loss");
+    eprintln!(
+        "standby-loss: {}; undone: {}; writes {} sent, {} acknowledged, longest {} s",
+        standby["evidence"],
+        standby["undo_evidence"],
+        standby["writes_during"],
+        standby["writes_acknowledged_during"],
+        standby["longest_write_s"]
+    );
+    assert_eq!(standby["skipped"], Value::Null, "{said}");
+    assert!(
+        standby["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("no other standby in another zone is left"),
+        "{said}"
+    );
+    assert_eq!(standby["node"], "n2");
+    assert_eq!(standby["primary_unchanged"], true, "{said}");
+    assert_eq!(standby["rejoined_as_standby"], true, "{said}");
+    assert_eq!(standby["undone"], true, "{said}");
+    assert_eq!(
+        standby["writes_acknowledged_during"], standby["writes_during"],
+        "async writes do not wait for a standby: {said}"
+    );
+
+    // No nft: skipped with the reason, not failed.
+    let slow = fault(&r, "slow-link");
+    assert!(
+        slow["skipped"].as_str().unwrap_or_default().contains("nft"),
+        "{said}"
+    );
+    assert_eq!(slow["passed"], true);
+
+    // The primary's machine dies: n2 takes over; what async may lose is said.
+    let loss = fault(&r, "node-loss");
+    eprintln!(
+        "node-loss: {}; lost {}; unconfirmed before {}",
+        loss["evidence"], loss["lost_acknowledged_writes"], loss["unconfirmed_changes"]
+    );
+    assert_eq!(loss["skipped"], Value::Null, "{said}");
+    assert_eq!(loss["node"], "n1");
+    assert_eq!(loss["new_primary"], "n2", "{said}");
+    assert!(
+        loss["recovered_after_s"].as_f64().unwrap() <= 30.0,
+        "{said}"
+    );
+    assert_eq!(loss["rejoined_as_standby"], true, "{said}");
+    assert!(
+        loss["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("durability async"),
+        "{said}"
+    );
+    assert!(loss["unconfirmed_changes"].is_u64(), "{said}");
+
+    // Honest accounting: every acknowledged write is found or counted lost.
+    let lost = r["lost_acknowledged_writes"].as_u64().unwrap();
+    let w = &r["writes"];
+    assert_eq!(
+        w["found"].as_u64().unwrap() + lost,
+        w["acknowledged"].as_u64().unwrap(),
+        "{said}"
+    );
+    let lines = r["scorecard"].as_array().unwrap();
+    let note = lines
+        .iter()
+        .find(|l| {
+            l["text"]
+                .as_str()
+                .unwrap()
+                .contains("durability = \"async\"")
+        })
+        .unwrap_or_else(|| panic!("the scorecard says what async risks: {said}"));
+    assert!(
+        note["advice"]
+            .as_str()
+            .unwrap()
+            .contains("durability = \"sync\""),
+        "{note}"
+    );
+    if lost > 0 {
+        assert_eq!(r["passed"], false, "a lost write fails the run: {said}");
+        assert!(!out.status.success());
+        assert_eq!(loss["passed"], false);
+        assert!(lines.iter().any(|l| {
+            l["passed"] == false
+                && l["advice"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("durability = \"sync\""))
+        }));
+    } else {
+        assert!(out.status.success(), "{said}");
+    }
+    // Nothing is left.
+    let sandbox = sandbox_of(site.path());
+    assert!(processes_naming(&sandbox).is_empty());
+    let stem = cluster["bridge"].as_str().unwrap().trim_end_matches("br");
+    assert!(net_names(stem).is_empty(), "left: {:?}", net_names(stem));
+}
+
+/// A site on two nodes with `durability = "sync"`: when its only standby (the only other
+/// zone) dies, the primary leads on but cannot confirm a write anywhere, so writes stall until
+/// the standby is back (or get 503 after `sync_timeout`): none is acknowledged and then lost,
+/// and the phase says that writes stalled and for how long.
+#[test]
+fn a_site_on_two_sync_nodes_holds_writes_while_its_only_standby_is_down() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: virtual hosts need root");
+        return;
+    }
+    let site = captured_cluster_site_with("sync");
+    let report_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = simulate(
+        site.path(),
+        &[
+            "--quick",
+            "--nodes",
+            "n1=z1,n2=z2",
+            "--only",
+            "standby-loss",
+            "--report",
+            report_dir.path().to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let took = started.elapsed();
+    let r = report_in(report_dir.path(), &out);
+    let said = format!(
+        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = fault(&r, "standby-loss");
+    eprintln!(
+        "the 2-node sync run took {took:?}; standby-loss: {}; undone: {}; writes {} sent, {} \
+         acknowledged, longest {} s; availability {}",
+        f["evidence"],
+        f["undo_evidence"],
+        f["writes_during"],
+        f["writes_acknowledged_during"],
+        f["longest_write_s"],
+        f["availability"]
+    );
+    assert_eq!(r["sandbox"]["cluster"]["durability"], "sync", "{said}");
+    assert_eq!(f["skipped"], Value::Null, "{said}");
+    assert!(
+        f["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("no other standby in another zone is left to confirm sync writes"),
+        "{said}"
+    );
+    assert_eq!(f["primary_unchanged"], true, "{said}");
+    assert_eq!(f["rejoined_as_standby"], true, "{said}");
+    assert_eq!(f["undone"], true, "{said}");
+    // Held: a write sent just after the kill waits until the standby is back (the fault's
+    // hold, 1.5 s, and its restart), where on three nodes the other standby confirms it at once.
+    assert!(f["writes_during"].as_u64().unwrap() > 0, "{said}");
+    let longest = f["longest_write_s"].as_f64().unwrap();
+    assert!(longest >= 1.0, "writes stalled: {longest} s; {said}");
+    let line = r["scorecard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("a standby's machine dies")
+        })
+        .unwrap();
+    assert!(
+        line["text"].as_str().unwrap().contains("writes stalled"),
+        "{line}"
+    );
+    // Never acknowledged and then lost.
+    assert_eq!(r["lost_acknowledged_writes"], 0, "{said}");
+    assert_eq!(r["writes"]["found"], r["writes"]["acknowledged"], "{said}");
 }
 
 /// `simulate` started on `site`, once run.json names `nodes` lifeboats that run; the child

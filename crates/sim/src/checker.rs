@@ -264,6 +264,39 @@ pub fn fault_line(
                 _ => "back, it did NOT follow as a standby".into(),
             }
         ),
+        FaultKind::StandbyLoss => format!(
+            "{}: standby {} (zone {}) was lost; {}, {} of requests answered in time; {}; {}",
+            f.title,
+            f.node.as_deref().unwrap_or("?"),
+            f.zone.as_deref().unwrap_or("?"),
+            if f.primary_unchanged == Some(true) {
+                "the primary served on in the same term"
+            } else {
+                "the primary CHANGED"
+            },
+            pct(f.figures.availability),
+            writes_while(f),
+            match (f.rejoined_as_standby, f.rejoined_after_s) {
+                (Some(true), Some(after)) =>
+                    format!("back, it followed as a standby after {after:.1} s"),
+                _ => "back, it did NOT follow as a standby".into(),
+            }
+        ),
+        FaultKind::SlowLink => format!(
+            "{}: {} of requests answered in time, p99 {:.0} ms; {} packets dropped, {} held \
+             back over the rate; {}; {}",
+            f.title,
+            pct(f.figures.availability),
+            f.figures.p99_ms,
+            f.link_dropped_packets.unwrap_or(0),
+            f.link_overlimits.unwrap_or(0),
+            writes_while(f),
+            match (f.primary_unchanged, &f.new_primary) {
+                (Some(true), _) => "the same node led throughout, in the same term".to_string(),
+                (_, Some(new)) => format!("the primary lost its lease and {new} took over"),
+                _ => "no node led and served after it".to_string(),
+            }
+        ),
         FaultKind::EtcdMemberLoss => format!(
             "{}: {} of requests answered in time; {}",
             f.title,
@@ -345,6 +378,28 @@ pub fn fault_line(
         passed: Some(f.passed),
         text,
         advice,
+    }
+}
+
+/// What the writes sent while a standby was down or the link slow met, in words.
+fn writes_while(f: &FaultReport) -> String {
+    match (
+        f.writes_during,
+        f.writes_acknowledged_during,
+        f.longest_write_s,
+    ) {
+        (Some(0), _, _) | (None, _, _) => "no write was sent meanwhile".into(),
+        (Some(n), Some(acked), Some(longest)) if acked == n && longest < 1.0 => {
+            format!("all {n} writes sent meanwhile acknowledged, the longest after {longest:.1} s")
+        }
+        (Some(n), Some(acked), Some(longest)) if acked == n => format!(
+            "writes stalled: all {n} sent meanwhile acknowledged, but one only after \
+             {longest:.1} s"
+        ),
+        (Some(n), Some(acked), Some(longest)) => format!(
+            "writes stalled: {acked} of {n} sent meanwhile acknowledged, one waited {longest:.1} s"
+        ),
+        (Some(n), _, _) => format!("{n} writes sent meanwhile"),
     }
 }
 
@@ -467,6 +522,40 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
             site.lease_ttl
                 .map_or("2s".into(), |d| format!("{:.0}s", d.as_secs_f64()))
         ),
+        FaultKind::StandbyLoss if f.primary_unchanged != Some(true) => "losing a standby \
+             changed the primary: it should not; report it as a bug with the sandbox's \
+             lifeboat-NODE.log files (--keep)"
+            .into(),
+        FaultKind::StandbyLoss if f.etcd_leader_lost == Some(true) => format!(
+            "visitors felt a standby going ({dropped} failed): its machine also held etcd's \
+             leader, so the primary could not renew its lease until etcd had elected another, \
+             and it cannot serve on without every other member's confirmation (the lost \
+             standby's too): run etcd's members on machines of their own, or with a shorter \
+             election timeout (--heartbeat-interval 50 --election-timeout 500)"
+        ),
+        FaultKind::StandbyLoss if f.etcd_leader_lost == Some(true) => format!(
+            "visitors felt a standby going ({dropped} failed): its machine also held etcd's \
+             leader, so the primary could not renew its lease until etcd had elected another, \
+             and it cannot serve on without every other member's confirmation (the lost \
+             standby's too): run etcd's members on machines of their own, or with a shorter \
+             election timeout (--heartbeat-interval 50 --election-timeout 500)"
+        ),
+        FaultKind::StandbyLoss => format!(
+            "visitors felt a standby going ({dropped} failed; {}): with durability = \"sync\" \
+             a write waits for a standby in another zone, so keep at least two standbys in \
+             zones other than the primary's (three nodes in three zones)",
+            writes_while(f)
+        ),
+        FaultKind::SlowLink => format!(
+            "a slow, lossy link at the primary failed {dropped} of requests (p99 {:.0} ms): \
+             keep the nodes on a reliable network; everything the primary sends shares it \
+             (answers, the stream to the standbys, the vault's uploads: see what it sent in \
+             the evidence), with durability = \"sync\" every write crosses it to a standby, \
+             and a lease_ttl (now {}) shorter than the link's stalls moves the primary",
+            f.figures.p99_ms,
+            site.lease_ttl
+                .map_or("2s".into(), |d| format!("{:.0}s", d.as_secs_f64()))
+        ),
         FaultKind::EtcdMemberLoss if f.primary_unchanged != Some(true) => "losing one etcd \
              member changed the primary: run etcd with three or five members, with --pre-vote, \
              on machines of their own"
@@ -499,7 +588,7 @@ pub fn fault_passed(f: &FaultReport, kind: FaultKind, targets: &Targets) -> bool
         f.read_availability.unwrap_or(0.0) >= targets.availability
     } else if kind.takes_all_down() {
         f.recovered_after_s.is_some_and(|r| r <= rto)
-    } else if kind == FaultKind::EtcdMemberLoss {
+    } else if matches!(kind, FaultKind::EtcdMemberLoss | FaultKind::StandbyLoss) {
         f.primary_unchanged == Some(true) && f.figures.availability >= targets.availability
     } else {
         f.figures.availability >= targets.availability
@@ -720,5 +809,109 @@ mod tests {
         let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
         assert!(line.text.contains("the primary CHANGED"), "{}", line.text);
         assert!(line.advice.unwrap().contains("three or five members"));
+    }
+
+    #[test]
+    fn a_lost_standby_passes_only_when_the_same_primary_leads_and_it_follows_again() {
+        let t = Targets::default();
+        let kind = FaultKind::StandbyLoss;
+        let mut f = FaultReport {
+            name: kind.name().into(),
+            title: kind.title().into(),
+            undone: true,
+            node: Some("n2".into()),
+            zone: Some("z2".into()),
+            primary_unchanged: Some(true),
+            rejoined_as_standby: Some(true),
+            rejoined_after_s: Some(0.7),
+            writes_during: Some(10),
+            writes_acknowledged_during: Some(10),
+            longest_write_s: Some(0.02),
+            figures: PhaseReport {
+                availability: 1.0,
+                ..PhaseReport::default()
+            },
+            ..FaultReport::default()
+        };
+        assert!(fault_passed(&f, kind, &t));
+        f.passed = true;
+        let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
+        assert!(
+            line.text.contains("standby n2 (zone z2) was lost"),
+            "{}",
+            line.text
+        );
+        assert!(
+            line.text.contains("served on in the same term"),
+            "{}",
+            line.text
+        );
+        assert!(line.text.contains("all 10 writes"), "{}", line.text);
+        assert!(
+            line.text.contains("followed as a standby after 0.7 s"),
+            "{}",
+            line.text
+        );
+        // Writes stalled with no other standby to confirm them: said, and advised on.
+        f.writes_acknowledged_during = Some(0);
+        f.longest_write_s = Some(5.0);
+        f.figures.availability = 0.8;
+        f.passed = fault_passed(&f, kind, &t);
+        assert!(!f.passed);
+        let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
+        assert!(
+            line.text.contains("writes stalled: 0 of 10"),
+            "{}",
+            line.text
+        );
+        assert!(line.advice.unwrap().contains("two standbys in zones"));
+        // Its machine held etcd's leader too: the advice says what that did.
+        f.etcd_leader_lost = Some(true);
+        let advice = fault_line(&f, kind, &t, &cluster_facts("sync"))
+            .advice
+            .unwrap();
+        assert!(advice.contains("also held etcd's leader"), "{advice}");
+        f.etcd_leader_lost = None;
+        // The primary changed: a failure whatever the availability.
+        f.figures.availability = 1.0;
+        f.primary_unchanged = Some(false);
+        f.passed = fault_passed(&f, kind, &t);
+        assert!(!f.passed);
+        let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
+        assert!(line.text.contains("the primary CHANGED"), "{}", line.text);
+    }
+
+    #[test]
+    fn a_slow_link_is_judged_by_availability_and_says_what_it_dropped() {
+        let t = Targets::default();
+        let kind = FaultKind::SlowLink;
+        let mut f = FaultReport {
+            name: kind.name().into(),
+            title: kind.title().into(),
+            undone: true,
+            primary_unchanged: Some(false),
+            new_primary: Some("n3".into()),
+            link_dropped_packets: Some(88),
+            link_overlimits: Some(900),
+            figures: PhaseReport {
+                availability: 0.995,
+                p99_ms: 1012.0,
+                ..PhaseReport::default()
+            },
+            ..FaultReport::default()
+        };
+        // A takeover during it is reported, not failed: visitors are what counts.
+        assert!(fault_passed(&f, kind, &t));
+        f.passed = true;
+        let line = fault_line(&f, kind, &t, &cluster_facts("sync"));
+        assert!(line.text.contains("88 packets dropped"), "{}", line.text);
+        assert!(line.text.contains("n3 took over"), "{}", line.text);
+        f.figures.availability = 0.5;
+        f.passed = fault_passed(&f, kind, &t);
+        assert!(!f.passed);
+        let advice = fault_line(&f, kind, &t, &cluster_facts("sync"))
+            .advice
+            .unwrap();
+        assert!(advice.contains("lease_ttl"), "{advice}");
     }
 }

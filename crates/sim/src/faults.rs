@@ -66,10 +66,16 @@ pub enum FaultKind {
     EtcdMemberLoss,
     /// A cluster: every host of the primary's zone killed, then back.
     ZoneLoss,
+    /// A cluster: `kill -9` of everything on a standby's host; then the host comes back and
+    /// its node must follow again. The primary must serve on, in the same term.
+    StandbyLoss,
+    /// A cluster: the primary's link made slow (tbf, 1 mbit/s out) and lossy (nftables drops
+    /// 10% of its packets each way), then set back.
+    SlowLink,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::UsageSpike,
         FaultKind::KillInstance,
         FaultKind::HangInstance,
@@ -83,6 +89,8 @@ impl FaultKind {
         FaultKind::Virus,
         FaultKind::Corruption,
         FaultKind::EtcdMemberLoss,
+        FaultKind::StandbyLoss,
+        FaultKind::SlowLink,
         FaultKind::NodeLoss,
         FaultKind::Partition,
         FaultKind::ZoneLoss,
@@ -107,6 +115,8 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::EtcdMemberLoss => "etcd-member-loss",
             FaultKind::ZoneLoss => "zone-loss",
+            FaultKind::StandbyLoss => "standby-loss",
+            FaultKind::SlowLink => "slow-link",
         }
     }
 
@@ -129,6 +139,8 @@ impl FaultKind {
             FaultKind::Partition => "the primary's machine cut off the network, then back",
             FaultKind::EtcdMemberLoss => "one etcd member killed, then started again",
             FaultKind::ZoneLoss => "the primary's whole zone dies, then back",
+            FaultKind::StandbyLoss => "a standby's machine dies during writes, then back",
+            FaultKind::SlowLink => "the primary's network link slow (1 mbit/s) and lossy (10%)",
         }
     }
 
@@ -159,6 +171,8 @@ impl FaultKind {
                 | FaultKind::Partition
                 | FaultKind::EtcdMemberLoss
                 | FaultKind::ZoneLoss
+                | FaultKind::StandbyLoss
+                | FaultKind::SlowLink
         )
     }
 }
@@ -436,7 +450,9 @@ pub async fn inject(kind: FaultKind, ctx: &mut Ctx<'_>) -> Result<Injected> {
         FaultKind::NodeLoss
         | FaultKind::Partition
         | FaultKind::EtcdMemberLoss
-        | FaultKind::ZoneLoss => {
+        | FaultKind::ZoneLoss
+        | FaultKind::StandbyLoss
+        | FaultKind::SlowLink => {
             if let Some(why) = cluster::inject(&mut f, ctx.sandbox, ctx.recorder, ctx.rto).await {
                 f.skipped = Some(why);
             }
@@ -638,7 +654,9 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         FaultKind::NodeLoss
         | FaultKind::Partition
         | FaultKind::EtcdMemberLoss
-        | FaultKind::ZoneLoss => cluster::undo(&mut f, ctx.sandbox, rto, &mut u).await,
+        | FaultKind::ZoneLoss
+        | FaultKind::StandbyLoss
+        | FaultKind::SlowLink => cluster::undo(&mut f, ctx.sandbox, rto, &mut u).await,
     }
     Ok(u)
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::report::{Report, TimeSeries};
+use crate::report::{ClusterReport, NodeLine, Report, TimeSeries};
 
 /// Escapes text for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -173,7 +173,11 @@ pub fn render(r: &Report) -> String {
             f.figures.lost_acknowledged_writes
         );
     }
-    h.push_str("</table>\n<h2>What the sandbox's Lifeboat recorded</h2>\n<table>\n");
+    h.push_str("</table>\n");
+    if let Some(c) = &r.sandbox.cluster {
+        h.push_str(&nodes_table(r, c));
+    }
+    h.push_str("<h2>What the sandbox's Lifeboat recorded</h2>\n<table>\n");
     for e in &r.events {
         let _ = writeln!(
             h,
@@ -185,6 +189,106 @@ pub fn render(r: &Report) -> String {
     }
     h.push_str("</table>\n</body></html>\n");
     h
+}
+
+/// The cluster's nodes: where each ran, its role when the run started and when it ended,
+/// and what each fault did to it.
+fn nodes_table(r: &Report, c: &ClusterReport) -> String {
+    let mut h = String::new();
+    let _ = writeln!(
+        h,
+        "<h2>The cluster's nodes</h2>\n<p>{} &middot; durability {} &middot; LAN {} (services \
+         host {})</p>\n<table><tr><th>node</th><th>zone</th><th>host</th><th>role at the start\
+         </th><th>role at the end</th><th>what the faults did to it</th></tr>",
+        escape(&c.topology),
+        escape(&c.durability),
+        escape(&c.bridge),
+        escape(&c.services_host)
+    );
+    for n in &c.nodes {
+        let did = node_history(r, n);
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{} ({}){}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&n.name),
+            escape(&n.zone),
+            escape(&n.host),
+            escape(&n.address),
+            if n.etcd_member { ", etcd member" } else { "" },
+            escape(&n.role_at_start),
+            escape(&n.role_at_end),
+            if did.is_empty() {
+                "nothing".to_string()
+            } else {
+                did.iter()
+                    .map(|d| escape(d))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            }
+        );
+    }
+    h.push_str("</table>\n");
+    h
+}
+
+/// What each cluster fault that ran did to node `n`, in order.
+fn node_history(r: &Report, n: &NodeLine) -> Vec<String> {
+    let mut did = Vec::new();
+    for f in r.faults.iter().filter(|f| f.skipped.is_none()) {
+        let hit = f.node.as_deref() == Some(n.name.as_str());
+        let back = match (f.rejoined_as_standby, f.rejoined_after_s) {
+            (Some(true), Some(s)) => format!(", back as a standby after {s:.1} s"),
+            (Some(false), _) => ", NOT back as a standby".to_string(),
+            _ => String::new(),
+        };
+        let what = match f.name.as_str() {
+            "node-loss" if hit => Some(format!("its machine died as the primary{back}")),
+            "partition" if hit => Some(format!(
+                "cut off the LAN as the primary{}{back}",
+                match f.old_primary_fenced {
+                    Some(true) => ", stopped leading (fenced)",
+                    Some(false) => ", still said it led",
+                    None => "",
+                }
+            )),
+            "zone-loss" if f.zone.as_deref() == Some(n.zone.as_str()) => Some(format!(
+                "its zone died{}{back}",
+                if hit { " (it led)" } else { "" }
+            )),
+            "etcd-member-loss" if hit => Some(format!(
+                "its etcd member killed; {}",
+                if f.primary_unchanged == Some(true) {
+                    "it led on in the same term"
+                } else {
+                    "it did NOT lead on"
+                }
+            )),
+            "standby-loss" if hit => Some(format!("its machine died as a standby{back}")),
+            "slow-link" if hit => Some(format!(
+                "its link slow and lossy as the primary ({} packets dropped); {}{back}",
+                f.link_dropped_packets.unwrap_or(0),
+                if f.primary_unchanged == Some(true) {
+                    "it led on in the same term"
+                } else {
+                    "it lost the lead"
+                }
+            )),
+            _ => None,
+        };
+        if let Some(what) = what {
+            did.push(format!("{}: {what}", f.name));
+        }
+        if f.new_primary.as_deref() == Some(n.name.as_str()) {
+            did.push(format!(
+                "{}: took over{}",
+                f.name,
+                f.recovered_after_s
+                    .map(|s| format!(", serving after {s:.1} s"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    did
 }
 
 /// One line plot over the run with the fault windows shaded and named.
@@ -258,5 +362,76 @@ mod tests {
             escape("<script>alert('x')</script> & \"y\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
         );
+    }
+
+    #[test]
+    fn a_cluster_report_gets_a_table_of_its_nodes_with_what_each_fault_did() {
+        use crate::report::FaultReport;
+        let node = |name: &str, zone: &str, start: &str, end: &str| NodeLine {
+            name: name.into(),
+            zone: zone.into(),
+            host: format!("lbsh{}", &name[1..]),
+            address: "10.1.2.3".into(),
+            etcd_member: true,
+            role_at_start: start.into(),
+            role_at_end: end.into(),
+        };
+        let mut r = Report::default();
+        r.sandbox.cluster = Some(ClusterReport {
+            nodes: vec![
+                node("n1", "z1", "primary (term 5)", "standby of n2"),
+                node("n2", "z2", "standby of n1", "primary (term 9)"),
+                node("n<3>", "z3", "standby of n1", "standby of n2"),
+            ],
+            durability: "sync".into(),
+            ..ClusterReport::default()
+        });
+        r.faults = vec![
+            FaultReport {
+                name: "node-loss".into(),
+                node: Some("n1".into()),
+                zone: Some("z1".into()),
+                new_primary: Some("n2".into()),
+                recovered_after_s: Some(2.4),
+                rejoined_as_standby: Some(true),
+                rejoined_after_s: Some(3.5),
+                ..FaultReport::default()
+            },
+            FaultReport {
+                name: "standby-loss".into(),
+                node: Some("n<3>".into()),
+                zone: Some("z3".into()),
+                rejoined_as_standby: Some(true),
+                rejoined_after_s: Some(1.0),
+                primary_unchanged: Some(true),
+                ..FaultReport::default()
+            },
+            FaultReport {
+                name: "slow-link".into(),
+                skipped: Some("no nft".into()),
+                node: Some("n2".into()),
+                ..FaultReport::default()
+            },
+        ];
+        let page = render(&r);
+        assert!(page.contains("The cluster's nodes"), "{page}");
+        assert!(
+            page.contains("<td>primary (term 5)</td><td>standby of n2</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "node-loss: its machine died as the primary, back as a standby after 3.5 s"
+            )
+        );
+        assert!(page.contains("node-loss: took over, serving after 2.4 s"));
+        assert!(page.contains("<td>n&lt;3&gt;</td>"), "names are escaped");
+        assert!(page.contains(
+            "standby-loss: its machine died as a standby, back as a standby after 1.0 s"
+        ));
+        assert!(!page.contains("slow-link:"), "a skipped fault did nothing");
+        // A site on one node has no such table.
+        r.sandbox.cluster = None;
+        assert!(!render(&r).contains("The cluster's nodes"));
     }
 }

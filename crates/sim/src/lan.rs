@@ -26,6 +26,78 @@ pub enum LanError {
     NoIp(#[source] std::io::Error),
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
+    #[error(
+        "cannot run `nft` (install nftables: apt-get install nftables, or scripts/install-test-deps)"
+    )]
+    NoNft(#[source] std::io::Error),
+    #[error("`{command}` in host {host} failed: {stderr}")]
+    InHost {
+        host: String,
+        command: String,
+        stderr: String,
+    },
+}
+
+/// The nftables table a slow link's packet drops live in, inside the host.
+pub const SLOW_LINK_TABLE: &str = "lbsim_slow_link";
+/// A host's one interface on the LAN (inside its namespace).
+const LINK_DEV: &str = "eth0";
+
+/// How a host's link is made slow and lossy: a token bucket (tbf) on what it sends, and a
+/// share of its packets dropped each way (nftables `numgen random`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowLink {
+    /// What the host may send, in kbit/s.
+    pub rate_kbit: u32,
+    /// The share of packets dropped, in and out, in percent.
+    pub drop_percent: u8,
+}
+
+impl SlowLink {
+    /// The simulator's slow link: 1 mbit/s out, 10% of the packets dropped each way.
+    pub const SIMULATED: SlowLink = SlowLink {
+        rate_kbit: 1000,
+        drop_percent: 10,
+    };
+
+    /// In words, for evidence.
+    pub fn describe(&self) -> String {
+        format!(
+            "tbf rate {} kbit/s on what it sends, nftables dropping {}% of the packets each way",
+            self.rate_kbit, self.drop_percent
+        )
+    }
+}
+
+/// What a host's link carries now: the root qdisc and the drop table, with their counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// The root qdisc's kind (`noqueue` when nothing is set, `tbf` when slowed).
+    pub qdisc: String,
+    /// Bytes the qdisc sent, and packets it held back over its rate (`overlimits`) and
+    /// dropped.
+    pub sent_bytes: u64,
+    pub overlimits: u64,
+    pub qdisc_dropped: u64,
+    /// Whether the drop table exists, and the packets its rules dropped.
+    pub drop_table: bool,
+    pub dropped: u64,
+}
+
+/// The environment variable that names the `nft` binary to use (`nft` on PATH by default).
+pub const NFT_ENV: &str = "LIFEBOAT_NFT";
+
+fn nft() -> String {
+    std::env::var(NFT_ENV).unwrap_or_else(|_| "nft".into())
+}
+
+/// Whether `nft` (or `$LIFEBOAT_NFT`) can be run here.
+pub fn nft_available() -> bool {
+    Command::new(nft())
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// One virtual host: a network namespace with an address on the LAN.
@@ -54,6 +126,120 @@ impl Host {
     /// Every process running in the host.
     pub fn pids(&self) -> Vec<u32> {
         pids_in(&self.name)
+    }
+
+    /// Makes the host's link slow and lossy (see [`SlowLink`]); undone by [`Host::clear_link`]
+    /// (or with the host). On an error, what was set is removed.
+    pub fn slow_link(&self, spec: SlowLink) -> Result<(), LanError> {
+        if !nft_available() {
+            return Err(LanError::NoNft(std::io::Error::other(
+                "nft --version failed",
+            )));
+        }
+        let rate = format!("{}kbit", spec.rate_kbit);
+        self.run_in(
+            "tc",
+            &[
+                "qdisc", "add", "dev", LINK_DEV, "root", "tbf", "rate", &rate, "burst", "32kbit",
+                "latency", "400ms",
+            ],
+            None,
+        )?;
+        let n = spec.drop_percent.min(100);
+        let rules = format!(
+            "table inet {SLOW_LINK_TABLE} {{\n\
+             chain out {{ type filter hook output priority 0; policy accept; \
+             oifname \"{LINK_DEV}\" numgen random mod 100 < {n} counter drop; }}\n\
+             chain in {{ type filter hook input priority 0; policy accept; \
+             iifname \"{LINK_DEV}\" numgen random mod 100 < {n} counter drop; }}\n}}\n"
+        );
+        if let Err(e) = self.run_in(&nft(), &["-f", "-"], Some(&rules)) {
+            let _ = self.clear_link();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes what [`Host::slow_link`] set (what of it exists).
+    pub fn clear_link(&self) -> Result<(), LanError> {
+        let state = self.link_state();
+        if state.qdisc != "noqueue" && !state.qdisc.is_empty() {
+            self.run_in("tc", &["qdisc", "del", "dev", LINK_DEV, "root"], None)?;
+        }
+        if state.drop_table {
+            self.run_in(&nft(), &["delete", "table", "inet", SLOW_LINK_TABLE], None)?;
+        }
+        Ok(())
+    }
+
+    /// What the host's link carries now, read from `tc` and `nft` inside it.
+    pub fn link_state(&self) -> LinkState {
+        let mut state = LinkState::default();
+        if let Ok(out) = self.run_in(
+            "tc",
+            &["-s", "qdisc", "show", "dev", LINK_DEV, "root"],
+            None,
+        ) {
+            // "qdisc tbf 8001: root refcnt 3 rate 1Mbit ...\n Sent 1 bytes 2 pkt (dropped 3, overlimits 4 requeues 0)"
+            let words: Vec<&str> = out.split_whitespace().collect();
+            state.qdisc = words.get(1).map(|w| w.to_string()).unwrap_or_default();
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|v| v.trim_end_matches(',').parse().ok())
+                    .unwrap_or(0)
+            };
+            state.overlimits = after("overlimits");
+            state.sent_bytes = after("Sent");
+            state.qdisc_dropped = after("(dropped");
+        }
+        if let Ok(out) = self.run_in(&nft(), &["list", "table", "inet", SLOW_LINK_TABLE], None) {
+            state.drop_table = true;
+            let words: Vec<&str> = out.split_whitespace().collect();
+            state.dropped = words
+                .windows(2)
+                .filter(|w| w[0] == "packets")
+                .filter_map(|w| w[1].parse::<u64>().ok())
+                .sum();
+        }
+        state
+    }
+
+    /// `program args` inside the host, `input` on its stdin; its output.
+    fn run_in(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, LanError> {
+        use std::io::Write;
+        let mut child = self
+            .command(program)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(LanError::NoIp)?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(LanError::NoIp)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(LanError::InHost {
+                host: self.name.clone(),
+                command: format!("{program} {}", args.join(" ")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
     }
 
     /// kill -9 of every process of the host, as when the machine dies; returns their pids.
@@ -311,5 +497,51 @@ mod tests {
         assert!(lan.is_connected(0));
         drop(lan);
         assert!(!exists(&names), "nothing of the LAN is left");
+    }
+
+    /// A slow link really drops and shapes what the host sends, and its undo leaves the
+    /// link as it was: no tbf qdisc, no drop table.
+    #[test]
+    fn a_slow_link_drops_packets_and_is_removed_without_a_trace() {
+        if !nix::unistd::Uid::effective().is_root() || !nft_available() {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let lan = Lan::new(2).unwrap();
+        let (h, to) = (lan.host(0), lan.host(1).ip);
+        let before = h.link_state();
+        assert!(!before.drop_table && before.qdisc != "tbf", "{before:?}");
+        h.slow_link(SlowLink::SIMULATED).unwrap();
+        let set = h.link_state();
+        assert_eq!(set.qdisc, "tbf", "{set:?}");
+        assert!(set.drop_table, "{set:?}");
+        // 400 datagrams of 1 KiB sent from inside the host: about 10% are dropped.
+        let path = h.netns_path();
+        std::thread::spawn(move || {
+            crate::netns::enter(&path).unwrap();
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..400 {
+                let _ = sock.send_to(&[0u8; 1024], (to, 9));
+            }
+        })
+        .join()
+        .unwrap();
+        let after = h.link_state();
+        assert!(
+            (10..=100).contains(&after.dropped),
+            "about 40 of 400 dropped: {after:?}"
+        );
+        assert!(
+            after.sent_bytes > 0 && after.overlimits > 0,
+            "the rest was sent at the rate, held back over it: {after:?}"
+        );
+        h.clear_link().unwrap();
+        let cleared = h.link_state();
+        assert!(
+            !cleared.drop_table && cleared.qdisc != "tbf",
+            "nothing is left: {cleared:?}"
+        );
+        // Clearing a clear link changes nothing and does not fail.
+        h.clear_link().unwrap();
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 pub const REPORT_VERSION: u32 = 1;
 
 /// Everything a simulation found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub version: u32,
     pub site: String,
@@ -71,6 +71,9 @@ pub struct ClusterReport {
     pub topology: String,
     /// `sync` or `async`, as the site's manifest says.
     pub durability: String,
+    /// A cluster of two nodes: the third etcd member runs on the services host (a witness),
+    /// so losing either node keeps etcd's quorum.
+    pub etcd_on_services_host: bool,
 }
 
 /// One node of the copy.
@@ -83,9 +86,13 @@ pub struct NodeLine {
     pub address: String,
     /// Whether an etcd member runs on its host.
     pub etcd_member: bool,
+    /// Its role when the baseline started and once the last fault was undone
+    /// (`primary (term T)`, `standby of NODE`, `fenced`, `joining`, `not answering`).
+    pub role_at_start: String,
+    pub role_at_end: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TargetsReport {
     pub availability: f64,
     pub response_time_ms: f64,
@@ -190,8 +197,27 @@ pub struct FaultReport {
     pub rejoined_after_s: Option<f64>,
     /// partition: the cut-off primary stopped leading while it was cut off.
     pub old_primary_fenced: Option<bool>,
-    /// etcd-member-loss: the same node still led, in the same term, once the member was back.
+    /// etcd-member-loss: the same node still led, in the same term, once the member was back;
+    /// standby-loss: once the standby was back; slow-link: once the link was set back.
     pub primary_unchanged: Option<bool>,
+    /// standby-loss, slow-link: the write probes sent while the fault was in place, those
+    /// acknowledged, and the longest any of them waited for its answer (a sync write waits
+    /// for a standby in another zone).
+    pub writes_during: Option<u64>,
+    pub writes_acknowledged_during: Option<u64>,
+    pub longest_write_s: Option<f64>,
+    /// slow-link: packets the drop rules dropped, and packets the rate limit held back over
+    /// its rate, while the link was slow.
+    pub link_dropped_packets: Option<u64>,
+    pub link_overlimits: Option<u64>,
+    /// `node-loss`, `zone-loss`, `partition` with `durability = "async"`: the changes the
+    /// primary had acknowledged that no standby in another zone had yet, as its status showed
+    /// just before the fault (what a takeover then may lose).
+    pub unconfirmed_changes: Option<u64>,
+    /// `node-loss`, `zone-loss`, `partition`, `standby-loss`: the hosts hit held etcd's leader
+    /// (asked of the members just before), so etcd had to elect another while the nodes
+    /// renewed their leases (a new etcd leader also extends every lease by its TTL).
+    pub etcd_leader_lost: Option<bool>,
 }
 
 /// One line of the scorecard.

@@ -36,6 +36,9 @@ pub struct Options {
     pub lifeboat_bin: PathBuf,
     /// Only these faults (all when empty).
     pub only: Vec<FaultKind>,
+    /// A site with `[cluster]`: the copy's nodes and zones, (name, zone) in order, instead of
+    /// the live cluster's (empty: the live cluster's, or three in three zones).
+    pub nodes: Vec<(String, String)>,
 }
 
 /// What the caller is told while it runs (the CLI draws it). Never called with a lock held.
@@ -91,8 +94,14 @@ impl Timing {
 pub async fn simulate(opts: &Options, progress: &dyn Progress) -> Result<Outcome> {
     let started_at = OffsetDateTime::now_utc();
     progress.step("restoring the site from its vault into a sandbox");
-    let mut sandbox =
-        Sandbox::create(&opts.site_dir, &opts.at, &opts.lifeboat_bin, opts.keep).await?;
+    let mut sandbox = Sandbox::create(
+        &opts.site_dir,
+        &opts.at,
+        &opts.lifeboat_bin,
+        opts.keep,
+        &opts.nodes,
+    )
+    .await?;
     let result = run_phases(opts, progress, &mut sandbox, started_at).await;
     progress.step("stopping the sandbox");
     let kept = sandbox.close().await;
@@ -189,6 +198,8 @@ struct Run<'a> {
     lost: BTreeSet<u64>,
     /// What the spike found: (good answers/s, whether the site had more).
     capacity: (f64, bool),
+    /// On a cluster: each node's role when the baseline started.
+    roles_at_start: Vec<String>,
 }
 
 /// What happened to one fault in its phase, before the figures are computed.
@@ -254,6 +265,10 @@ async fn run_phases(
         discarded: Vec::new(),
         lost: BTreeSet::new(),
         capacity: (0.0, true),
+        roles_at_start: match &sandbox.cluster {
+            Some(c) => c.roles().await,
+            None => Vec::new(),
+        },
     };
     // A site on one node runs no cluster fault unless asked for one (it is then skipped).
     let cluster = sandbox.cluster.is_some();
@@ -359,6 +374,29 @@ impl Run<'_> {
                 .and_then(pick)
                 .map(|d| d.as_secs_f64() * 1000.0)
         };
+        // A standby lost or the link slow: what the writes meant to leave meanwhile met.
+        let writes = matches!(kind, FaultKind::StandbyLoss | FaultKind::SlowLink)
+            && skipped.is_none()
+            && self.read_back.is_some();
+        let (writes_during, writes_acked, longest_write) = if writes {
+            let during: Vec<_> = self
+                .recorder
+                .outcomes()
+                .into_iter()
+                .filter(|o| o.kind == Kind::Write && o.intended >= at && o.intended < undone_at)
+                .collect();
+            (
+                Some(during.len() as u64),
+                Some(during.iter().filter(|o| o.ok()).count() as u64),
+                during
+                    .iter()
+                    .map(|o| o.latency.as_secs_f64())
+                    .reduce(f64::max),
+            )
+        } else {
+            (None, None, None)
+        };
+        let link = cl.link.clone();
         let destination = (kind == FaultKind::VaultDestinationDown && skipped.is_none())
             .then(|| sandbox.second_destination_kind().to_string());
         let mut report = FaultReport {
@@ -398,6 +436,13 @@ impl Run<'_> {
             rejoined_after_s: cl.rejoined_after.map(|d| d.as_secs_f64()),
             old_primary_fenced: cl.old_primary_fenced,
             primary_unchanged: cl.primary_unchanged,
+            writes_during,
+            writes_acknowledged_during: writes_acked,
+            longest_write_s: longest_write,
+            link_dropped_packets: link.as_ref().map(|l| l.dropped),
+            link_overlimits: link.as_ref().map(|l| l.overlimits),
+            unconfirmed_changes: cl.unconfirmed,
+            etcd_leader_lost: cl.etcd_leader_lost,
         };
         if let Some(why) = extra.rewind_error {
             report.undone = false;
@@ -617,7 +662,14 @@ impl Run<'_> {
                 ),
             });
         }
-        let sandbox_report = sandbox.report();
+        let mut sandbox_report = sandbox.report();
+        if let (Some(report), Some(c)) = (sandbox_report.cluster.as_mut(), &sandbox.cluster) {
+            let at_end = c.roles().await;
+            for (i, n) in report.nodes.iter_mut().enumerate() {
+                n.role_at_start = self.roles_at_start.get(i).cloned().unwrap_or_default();
+                n.role_at_end = at_end.get(i).cloned().unwrap_or_default();
+            }
+        }
         scorecard.extend(sandbox_notes(&sandbox_report, &phases));
         let passed = scorecard.iter().all(|l| l.passed != Some(false));
         Ok(Report {

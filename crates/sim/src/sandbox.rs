@@ -227,13 +227,14 @@ impl Sandbox {
         at: &str,
         lifeboat_bin: &Path,
         keep: bool,
+        nodes: &[(String, String)],
     ) -> Result<Sandbox> {
         let site_manifest = read_manifest(site_dir)?;
         if site_manifest.vault.is_none() {
             return Err(SimError::NoVault);
         }
         let topology = match site_manifest.cluster {
-            Some(_) => Some(cluster::topology(site_dir).await),
+            Some(_) => Some(cluster::topology(site_dir, nodes).await),
             None => None,
         };
         let root = sandbox_root(site_dir)?;

@@ -132,6 +132,55 @@ pub(crate) fn scorecard(
             });
         }
     }
+    // async: a takeover may lose what was acknowledged and not yet shipped; said whatever
+    // this run happened to lose.
+    let takeovers: Vec<&Phase> = phases
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.kind,
+                FaultKind::NodeLoss | FaultKind::ZoneLoss | FaultKind::Partition
+            ) && p.report.skipped.is_none()
+        })
+        .collect();
+    if facts.durability.as_deref() == Some("async") && !takeovers.is_empty() {
+        let lost_in: u64 = takeovers
+            .iter()
+            .map(|p| p.report.figures.lost_acknowledged_writes)
+            .sum();
+        let window = takeovers
+            .iter()
+            .filter_map(|p| {
+                p.report
+                    .unconfirmed_changes
+                    .map(|c| (p.report.name.as_str(), c))
+            })
+            .map(|(name, c)| format!("{c} before {name}"))
+            .collect::<Vec<_>>();
+        lines.push(ScoreLine {
+            passed: None,
+            text: format!(
+                "durability = \"async\": the primary answers a write before any standby has \
+                 it, so a takeover loses what was not shipped yet: {lost_in} acknowledged \
+                 writes were lost in {} takeover{} here{}",
+                takeovers.len(),
+                if takeovers.len() == 1 { "" } else { "s" },
+                if window.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (changes no standby in another zone had yet: {})",
+                        window.join(", ")
+                    )
+                }
+            ),
+            advice: Some(
+                "set durability = \"sync\" in [cluster] so a write is answered only once a \
+                 standby in another zone has it (each write then waits for it)"
+                    .into(),
+            ),
+        });
+    }
     // Failures first, then passes, then information; the lost-writes line stays on top when it failed.
     let (first, rest) = lines.split_at(1);
     let mut rest = rest.to_vec();

@@ -1,7 +1,7 @@
 //! The sandbox of a site with `[cluster]`: one virtual host per node of the live cluster
 //! (same names and zones) on a LAN of the sandbox's own (`lan.rs`), plus a services host for
 //! the sandbox's S3 server and the simulator's clients; an etcd of its own (a member on each
-//! of the first three node hosts); one copy of the site per node, each started with
+//! of the first three node hosts; with two nodes the third on the services host); one copy of the site per node, each started with
 //! `lifeboat up DIR --node --zone --advertise` inside its host.
 //!
 //! Node 1's copy is the sandbox dir itself (it holds the restored state and starts first, so
@@ -42,13 +42,21 @@ pub const ETCD_ENV: &str = "LIFEBOAT_ETCD";
 pub struct Topology {
     /// (node name, zone), in order.
     pub nodes: Vec<(String, String)>,
-    /// `None` when read from the live site; else why the default was used.
-    pub defaulted: Option<String>,
+    /// Where they came from, for the report: the live site, `--nodes`, or the default and
+    /// why.
+    pub source: String,
 }
 
-/// The live cluster's nodes and zones from the live site's status; three nodes in three
-/// zones when it does not answer or shows no nodes.
-pub async fn topology(site_dir: &Path) -> Topology {
+/// The nodes and zones `given` (`--nodes`) when there are any; else the live cluster's from
+/// the live site's status; three nodes in three zones when it does not answer or shows no
+/// nodes.
+pub async fn topology(site_dir: &Path, given: &[(String, String)]) -> Topology {
+    if !given.is_empty() {
+        return Topology {
+            nodes: given.to_vec(),
+            source: "the nodes and zones given with --nodes".into(),
+        };
+    }
     let why = match ControlClient::for_site(site_dir) {
         Ok(client) => match tokio::time::timeout(Duration::from_secs(5), client.status()).await {
             Ok(Ok(s)) if !s.nodes.is_empty() => {
@@ -58,7 +66,7 @@ pub async fn topology(site_dir: &Path) -> Topology {
                 nodes.truncate(9);
                 return Topology {
                     nodes,
-                    defaulted: None,
+                    source: "the live site's nodes and zones".into(),
                 };
             }
             Ok(Ok(_)) => "the live site's status shows no nodes".to_string(),
@@ -71,7 +79,7 @@ pub async fn topology(site_dir: &Path) -> Topology {
         nodes: (1..=3)
             .map(|i| (format!("n{i}"), format!("z{i}")))
             .collect(),
-        defaulted: Some(why),
+        source: format!("three nodes in three zones, the default ({why})"),
     }
 }
 
@@ -120,8 +128,8 @@ pub struct ClusterSandbox {
     pub nodes: Vec<Node>,
     members: Vec<Member>,
     etcd_bin: PathBuf,
-    /// Why the nodes are the default three, when they are.
-    pub defaulted: Option<String>,
+    /// Where its nodes and zones came from (the live site, `--nodes`, the default and why).
+    pub topology: String,
 }
 
 impl ClusterSandbox {
@@ -174,6 +182,24 @@ impl ClusterSandbox {
             }
         }
         best
+    }
+
+    /// Each node's role in words (`primary (term 7)`, `standby of n2`, `fenced`, `joining`,
+    /// `not answering`), in order.
+    pub async fn roles(&self) -> Vec<String> {
+        let mut roles = Vec::new();
+        for i in 0..self.nodes.len() {
+            roles.push(match self.status(i).await.map(|s| s.role) {
+                None => "not answering".to_string(),
+                Some(None) => "no role".to_string(),
+                Some(Some(NodeRole::Primary { term })) => format!("primary (term {term})"),
+                Some(Some(NodeRole::Standby { leader, .. })) => format!("standby of {leader}"),
+                Some(Some(NodeRole::Fenced { .. })) => "fenced".to_string(),
+                Some(Some(NodeRole::Joining)) => "joining".to_string(),
+                Some(Some(NodeRole::HandingOver { to, .. })) => format!("handing over to {to}"),
+            });
+        }
+        roles
     }
 
     /// Whether node `i` follows a primary as a standby whose copy streams.
@@ -255,6 +281,44 @@ impl ClusterSandbox {
         )
     }
 
+    /// The host whose etcd member leads etcd now, as the members that answer say
+    /// (`/v3/maintenance/status` through each member's JSON gateway, from the services host).
+    pub async fn etcd_leader_host(&self, dialer: &Dialer) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let addr = SocketAddr::from((self.lan.host(m.host).ip, ETCD_PORT));
+            let http = Http::new(addr, dialer.clone());
+            let answer = tokio::time::timeout(
+                Duration::from_secs(1),
+                http.send(
+                    http::Method::POST,
+                    "/v3/maintenance/status",
+                    Some(("{}".into(), "application/json")),
+                ),
+            )
+            .await;
+            let Ok(Ok((200, body))) = answer else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
+            // uint64 fields come as strings from the gateway.
+            let id = v["header"]["member_id"].as_str().map(str::to_string);
+            if let Some(id) = id {
+                ids.push((m.host, id));
+            }
+            if let Some(l) = v["leader"].as_str() {
+                leader = Some(l.to_string());
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(h, _)| h)
+    }
+
     fn kill_all(&mut self) {
         for child in self
             .nodes
@@ -277,9 +341,12 @@ impl ClusterSandbox {
 /// The copy's manifest on a cluster: the single-node sandbox's (its own vault, quorum 1) with
 /// the front door on every address of the node's host, the vault's first destination by
 /// absolute path (one folder every node reaches), and `[cluster]` pointing at the sandbox's
-/// etcd without the live site's TLS settings.
+/// etcd without the live site's TLS settings. `[cluster]`'s settings (durability, lease...)
+/// are the restored manifest's; when it has none (the site became a cluster after that
+/// moment), the live manifest's (`live`).
 pub fn cluster_manifest(
     text: &str,
+    live: &str,
     vault_dir: &Path,
     second: &str,
     etcd: &[String],
@@ -294,11 +361,13 @@ pub fn cluster_manifest(
             toml::Value::Array(vec![vault_dir.display().to_string().into(), second.into()]),
         );
     }
-    let source: toml::Table = text.parse().unwrap_or_default();
-    let mut cluster = source
-        .get("cluster")
-        .and_then(toml::Value::as_table)
-        .cloned()
+    let cluster_of = |text: &str| {
+        text.parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("cluster").and_then(toml::Value::as_table).cloned())
+    };
+    let mut cluster = cluster_of(text)
+        .or_else(|| cluster_of(live))
         .unwrap_or_default();
     for key in ["etcd_ca", "etcd_cert", "etcd_key"] {
         cluster.remove(key);
@@ -371,13 +440,22 @@ impl Sandbox {
                 .display()
                 .to_string(),
         };
-        let etcd_hosts: Vec<usize> = (0..n.min(3)).collect();
+        // A member on each of the first three node hosts; a cluster of two gets its third on
+        // the services host (a witness elsewhere, as two nodes need: with a member on each,
+        // losing either would lose etcd's quorum).
+        let etcd_hosts: Vec<usize> = if n == 2 {
+            vec![0, 1, n]
+        } else {
+            (0..n.min(3)).collect()
+        };
         let etcd_urls: Vec<String> = etcd_hosts
             .iter()
             .map(|&i| format!("http://{}:{ETCD_PORT}", lan.host(i).ip))
             .collect();
         let vault_dir = self.root.join(LIFEBOAT_DIR).join("vault");
-        let (raw, manifest) = cluster_manifest(manifest_text, &vault_dir, &second_url, &etcd_urls)?;
+        let live = std::fs::read_to_string(site_dir.join(MANIFEST_FILE)).unwrap_or_default();
+        let (raw, manifest) =
+            cluster_manifest(manifest_text, &live, &vault_dir, &second_url, &etcd_urls)?;
         let text = toml::to_string(&raw).unwrap_or_default();
         self.manifest = manifest;
         self.raw_manifest = raw;
@@ -411,7 +489,7 @@ impl Sandbox {
             nodes,
             members,
             etcd_bin,
-            defaulted: topology.defaulted,
+            topology: topology.source,
         });
         for &i in &etcd_hosts {
             self.start_etcd(i)?;
@@ -592,6 +670,8 @@ impl Sandbox {
                     host: c.lan.host(n.host).name.clone(),
                     address: c.lan.host(n.host).ip.to_string(),
                     etcd_member: c.members.iter().any(|m| m.host == n.host),
+                    role_at_start: String::new(),
+                    role_at_end: String::new(),
                 })
                 .collect(),
             bridge: c.lan.bridge.clone(),
@@ -601,10 +681,8 @@ impl Sandbox {
                 .last()
                 .map(|h| h.name.clone())
                 .unwrap_or_default(),
-            topology: match &c.defaulted {
-                None => "the live site's nodes and zones".into(),
-                Some(why) => format!("three nodes in three zones, the default ({why})"),
-            },
+            topology: c.topology.clone(),
+            etcd_on_services_host: c.members.iter().any(|m| m.host == c.nodes.len()),
             durability: self
                 .manifest
                 .cluster
@@ -641,7 +719,7 @@ etcd_key = "node-key.pem"
 "#;
         let etcd = ["http://10.9.9.1:2379".to_string()];
         let vault = Path::new("/srv/.shop.simulate/.lifeboat/vault");
-        let (raw, m) = cluster_manifest(site, vault, "s3://lbsim/site?x", &etcd).unwrap();
+        let (raw, m) = cluster_manifest(site, "", vault, "s3://lbsim/site?x", &etcd).unwrap();
         let c = m.cluster.unwrap();
         assert_eq!(c.etcd, etcd);
         assert!(c.etcd_tls.is_none(), "the sandbox's etcd is plain http");
@@ -665,5 +743,27 @@ etcd_key = "node-key.pem"
         let root = Path::new("/srv/.shop.simulate");
         assert_eq!(node_dir(root, 0), root);
         assert_eq!(node_dir(root, 2), Path::new("/srv/.shop.simulate.n3"));
+    }
+
+    #[test]
+    fn a_restored_manifest_without_cluster_takes_the_live_sites_settings() {
+        let restored = "[site]\nname = \"shop\"\n[processes.web]\ncommand = \"./run\"\n\
+                        [vault]\ndestinations = [\"/v\"]\n";
+        let live = format!(
+            "{restored}[cluster]\netcd = [\"http://10.0.0.1:2379\"]\ndurability = \"async\"\n"
+        );
+        let etcd = ["http://10.9.9.1:2379".to_string()];
+        let vault = Path::new("/srv/.shop.simulate/.lifeboat/vault");
+        let (_, m) = cluster_manifest(restored, &live, vault, "/b", &etcd).unwrap();
+        let c = m.cluster.unwrap();
+        assert_eq!(c.durability, lifeboat_core::manifest::Durability::Async);
+        assert_eq!(c.etcd, etcd);
+        // The restored manifest's own [cluster] wins.
+        let restored_sync = format!("{restored}[cluster]\netcd = [\"x\"]\ndurability = \"sync\"\n");
+        let (_, m) = cluster_manifest(&restored_sync, &live, vault, "/b", &etcd).unwrap();
+        assert_eq!(
+            m.cluster.unwrap().durability,
+            lifeboat_core::manifest::Durability::Sync
+        );
     }
 }
