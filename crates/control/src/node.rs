@@ -860,7 +860,9 @@ async fn follow(
         // Replace whatever it forwarded to before (an old leader).
         let old = site.proxy.remove_backend(PRIMARY_BACKEND);
         drop(old);
-        site.proxy.add_backend(PRIMARY_BACKEND, addr);
+        // Checked by asking its front door, not one of its instances (one hung there is
+        // no reason to fail every request here).
+        site.proxy.add_front_door_backend(PRIMARY_BACKEND, addr);
     }
     site.record(EventKind::NodeFollowing {
         node: node.info.node.clone(),

@@ -293,6 +293,11 @@ impl Registry {
         }
     }
 
+    /// How many live instances take requests now (healthy, not ejected).
+    pub(crate) fn serving(&self) -> usize {
+        self.routes.load().live.len()
+    }
+
     /// Picks an instance of `lane` for a request, skipping `tried`, in round-robin order.
     ///
     /// Plain round-robin, the default of nginx, HAProxy and Envoy. Sending each request to the

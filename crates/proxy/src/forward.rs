@@ -72,6 +72,15 @@ pub(crate) async fn handle(
     if let Some(why) = refusal(request.method(), request.version(), &found) {
         return Ok(bad_request_response(why));
     }
+    // Another front door asks whether this one serves (a standby checking its primary):
+    // answered here, before maintenance (which this front door serves itself) and routing.
+    if request
+        .headers()
+        .get(crate::health::FRONT_DOOR_CHECK.0)
+        .is_some_and(|v| v.as_bytes() == crate::health::FRONT_DOOR_CHECK.1.as_bytes())
+    {
+        return Ok(front_door_answer(&shared));
+    }
     if let Some(gate) = shared.maintenance.load().as_deref()
         && !gate.lets_through(
             request.headers(),
@@ -456,6 +465,26 @@ fn unreadable_body_response() -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Whether this front door serves: 200 with how many instances take requests, or the
+/// no-instance answer.
+fn front_door_answer(shared: &Shared) -> Response<ProxyBody> {
+    match shared.registry.serving() {
+        0 => no_instance_response(shared),
+        n => {
+            let mut response = Response::new(ProxyBody::full(format!(
+                "This front door serves: {n} healthy instance(s).\n"
+            )));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+    }
 }
 
 fn no_instance_response(shared: &Shared) -> Response<ProxyBody> {

@@ -163,11 +163,37 @@ impl HealthTracker {
 /// a 2xx or 3xx answer within `timeout`, otherwise the reason in words: the status it answered
 /// (with the Host it was sent, the usual culprit of a 400), that it took too long, or why the
 /// connection failed.
+/// A health check that asks another Lifeboat front door whether it serves, which it answers
+/// itself from its own view of its instances ([`FRONT_DOOR_CHECK`]), rather than passing the
+/// check to one instance of its own: a standby checks its primary's front door this way, so
+/// that one hung instance there does not make the whole primary look down.
+pub(crate) async fn probe_front_door(
+    addr: SocketAddr,
+    path: &str,
+    host: &HeaderValue,
+    timeout: Duration,
+) -> Result<(), String> {
+    probe(addr, path, host, timeout, true).await
+}
+
+/// The header of a front-door check, and its value.
+pub const FRONT_DOOR_CHECK: (&str, &str) = ("x-lifeboat-check", "front-door");
+
 pub(crate) async fn probe_http(
     addr: SocketAddr,
     path: &str,
     host: &HeaderValue,
     timeout: Duration,
+) -> Result<(), String> {
+    probe(addr, path, host, timeout, false).await
+}
+
+async fn probe(
+    addr: SocketAddr,
+    path: &str,
+    host: &HeaderValue,
+    timeout: Duration,
+    front_door: bool,
 ) -> Result<(), String> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
@@ -178,10 +204,14 @@ pub(crate) async fn probe_http(
             .await
             .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
         let conn = tokio::spawn(conn);
-        let request = Request::get(path)
+        let mut request = Request::get(path)
             .header(header::HOST, host.clone())
             .header(header::CONNECTION, "close")
-            .header(header::USER_AGENT, "lifeboat-health-check")
+            .header(header::USER_AGENT, "lifeboat-health-check");
+        if front_door {
+            request = request.header(FRONT_DOOR_CHECK.0, FRONT_DOOR_CHECK.1);
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("invalid health check path {path:?}: {e}"))?;
         let response = sender

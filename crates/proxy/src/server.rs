@@ -326,7 +326,15 @@ impl Proxy {
     /// Adds an instance (or replaces the one with the same id, live or staged). It is
     /// health-checked at once and receives traffic once its first check passes.
     pub fn add_backend(&self, id: &str, addr: SocketAddr) {
-        self.add(id, addr, false);
+        self.add(id, addr, false, false);
+    }
+
+    /// Adds another Lifeboat front door as a backend (a standby's primary): its health checks
+    /// ask that front door whether it has an instance that serves, which it answers itself,
+    /// instead of passing them to one of its instances (a hung one there would make the whole
+    /// primary look down from here).
+    pub fn add_front_door_backend(&self, id: &str, addr: SocketAddr) {
+        self.add(id, addr, false, true);
     }
 
     /// Adds a backend that gets only preview traffic until [`Proxy::promote_staged`] (requests
@@ -334,10 +342,10 @@ impl Proxy {
     /// others (its first passing check makes it healthy). Replaces an instance with the same id,
     /// live or staged.
     pub fn add_staged_backend(&self, id: &str, addr: SocketAddr) {
-        self.add(id, addr, true);
+        self.add(id, addr, true, false);
     }
 
-    fn add(&self, id: &str, addr: SocketAddr, staged: bool) {
+    fn add(&self, id: &str, addr: SocketAddr, staged: bool, front_door: bool) {
         let health = &self.shared.config.health;
         let backend = Backend::new(
             id,
@@ -363,7 +371,13 @@ impl Proxy {
                 });
             health::run_checks(
                 health.interval,
-                || health::probe_http(backend.addr, &path, &host, health.timeout),
+                || async {
+                    if front_door {
+                        health::probe_front_door(backend.addr, &path, &host, health.timeout).await
+                    } else {
+                        health::probe_http(backend.addr, &path, &host, health.timeout).await
+                    }
+                },
                 stop,
                 |result| shared.registry.record_check(&backend, result),
             )

@@ -168,3 +168,96 @@ async fn a_health_check_host_that_is_no_header_value_is_refused_before_listening
     let message = Proxy::start(config).await.unwrap_err().to_string();
     assert!(message.contains("health check host"), "{message}");
 }
+
+/// A primary's front door with a healthy instance and one that answers its first health check
+/// and then hangs, which the primary itself checks only once (so it stays in rotation there).
+async fn primary_with_a_hung_instance() -> (Proxy, Upstream, Upstream) {
+    let fine = Upstream::named("web-1").await;
+    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hangs = handler(move |_| {
+        let first = checks.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            text(StatusCode::OK, "ok")
+        }
+    });
+    let hung = Upstream::start_with_health(
+        "web-2",
+        "127.0.0.1:0".parse().unwrap(),
+        Some(hangs),
+        handler(|_| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            text(StatusCode::OK, "web-2")
+        }),
+    )
+    .await;
+    let mut config = test_config();
+    config.health.interval = Duration::from_secs(600);
+    let primary = proxy_for(&[&fine, &hung], config).await;
+    (primary, fine, hung)
+}
+
+/// Whether `standby` kept its primary backend healthy for all of `within`; the reason of the
+/// first failed check otherwise.
+async fn stays_healthy(standby: &Proxy, within: Duration) -> Result<(), String> {
+    let mut events = standby.subscribe();
+    let watch = async {
+        loop {
+            if let Ok(ProxyEvent::HealthChanged {
+                id,
+                healthy: false,
+                reason,
+            }) = events.recv().await
+                && id == "primary"
+            {
+                return reason;
+            }
+        }
+    };
+    match tokio::time::timeout(within, watch).await {
+        Ok(reason) => Err(reason),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A standby's front door checks its primary's by asking that front door whether it serves,
+/// which it answers itself: one hung instance behind the primary never makes the whole primary
+/// look down from the standby (which would fail every request there), while a check passed on
+/// to the primary's instances does, as soon as one lands on the hung one. With no instance
+/// serving, the primary's front door says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_checks_its_primarys_front_door_not_one_of_its_instances() {
+    let (primary, _fine, _hung) = primary_with_a_hung_instance().await;
+    let mut config = test_config();
+    config.health.timeout = Duration::from_millis(300);
+    config.health.unhealthy_threshold = 1;
+    let standby = Proxy::start(config.clone()).await.unwrap();
+    standby.add_front_door_backend("primary", primary.local_addr());
+    let watched = standby.clone();
+    eventually("the primary healthy from the standby", move || {
+        watched.backends()[0].health == BackendHealth::Healthy
+    })
+    .await;
+    // 30 checks at 100 ms, half of which would reach the hung instance if passed on.
+    stays_healthy(&standby, Duration::from_secs(3))
+        .await
+        .expect("the primary's front door stays healthy from the standby");
+
+    // The same check passed on to the instances fails on the hung one (so the test can tell).
+    let plain = Proxy::start(config).await.unwrap();
+    plain.add_backend("primary", primary.local_addr());
+    let why = stays_healthy(&plain, Duration::from_secs(10))
+        .await
+        .expect_err("a check that reaches the hung instance fails");
+    assert!(why.contains("longer than"), "{why}");
+
+    // With no instance serving, the primary's front door answers the check with a 503.
+    drop(primary.remove_backend("web-1"));
+    drop(primary.remove_backend("web-2"));
+    let why = stays_healthy(&standby, Duration::from_secs(10))
+        .await
+        .expect_err("a front door with no instance is down");
+    assert!(why.contains("503"), "{why}");
+}
