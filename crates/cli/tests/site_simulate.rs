@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -1156,6 +1157,20 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
             .contains("unplugged")
     );
     assert_eq!(partition["old_primary_fenced"], true, "{said}");
+    // Every node's events are in the report, by time: the cut-off primary's own record that
+    // it stopped writing is there, with its name.
+    let events = r["events"].as_array().unwrap();
+    let recorders: BTreeSet<&str> = events.iter().filter_map(|e| e["node"].as_str()).collect();
+    assert!(recorders.len() >= 2, "events of one node only: {recorders:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["node"].is_string()
+                && e["text"].as_str().unwrap().contains("stopped writing")),
+        "no node's record of being fenced: {said}"
+    );
+    let times: Vec<f64> = events.iter().map(|e| e["t_s"].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "events by time");
     assert!(
         partition["undo_evidence"]
             .as_str()

@@ -179,9 +179,14 @@ pub fn render(r: &Report) -> String {
     }
     h.push_str("<h2>What the sandbox's Lifeboat recorded</h2>\n<table>\n");
     for e in &r.events {
+        let node = e
+            .node
+            .as_deref()
+            .map(|n| format!("<td>{}</td>", escape(n)))
+            .unwrap_or_default();
         let _ = writeln!(
             h,
-            "<tr><td>{:+.1} s</td><td{}>{}</td></tr>",
+            "<tr><td>{:+.1} s</td>{node}<td{}>{}</td></tr>",
             e.t_s,
             if e.alert { " class=\"alert\"" } else { "" },
             escape(&e.text)

@@ -248,6 +248,8 @@ pub struct TimeSeries {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EventLine {
+    /// On a cluster, the node that recorded it (each keeps its own events); null otherwise.
+    pub node: Option<String>,
     pub seq: u64,
     /// RFC 3339.
     pub at: String,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use lifeboat_control::ControlClient;
 use lifeboat_control::api::EventsQuery;
 use lifeboat_core::manifest::{SimulateSpec, Targets};
 use time::OffsetDateTime;
@@ -769,27 +770,43 @@ async fn hold(progress: &dyn Progress, recorder: &Recorder, d: Duration) {
     }
 }
 
-/// What the sandbox's Lifeboat recorded, for the report.
+/// What the sandbox's Lifeboat recorded, for the report: on a cluster every node's events
+/// (each node keeps its own: the old primary's are on the old primary), merged by time.
 async fn sandbox_events(sandbox: &Sandbox, started_at: OffsetDateTime) -> Vec<EventLine> {
-    let Ok(client) = sandbox.client() else {
-        return Vec::new();
+    let clients: Vec<(Option<String>, ControlClient)> = match &sandbox.cluster {
+        Some(c) => c
+            .nodes
+            .iter()
+            .filter_map(|n| Some((Some(n.name.clone()), ControlClient::for_site(&n.dir).ok()?)))
+            .collect(),
+        None => sandbox
+            .client()
+            .ok()
+            .map(|c| (None, c))
+            .into_iter()
+            .collect(),
     };
-    let events = client
-        .events(&EventsQuery {
-            after: None,
-            last: Some(500),
-            wait_ms: None,
-        })
-        .await
-        .unwrap_or_default();
-    events
-        .into_iter()
-        .map(|e| EventLine {
+    let query = EventsQuery {
+        after: None,
+        last: Some(500),
+        wait_ms: None,
+    };
+    let mut lines = Vec::new();
+    for (node, client) in clients {
+        let events = tokio::time::timeout(Duration::from_secs(5), client.events(&query))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        lines.extend(events.into_iter().map(|e| EventLine {
+            node: node.clone(),
             seq: e.seq,
             at: e.at.format(&Rfc3339).unwrap_or_default(),
             t_s: (e.at - started_at).as_seconds_f64(),
             text: e.what.describe(),
             alert: e.what.is_alert(),
-        })
-        .collect()
+        }));
+    }
+    lines.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    lines
 }
