@@ -1161,7 +1161,10 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     // it stopped writing is there, with its name.
     let events = r["events"].as_array().unwrap();
     let recorders: BTreeSet<&str> = events.iter().filter_map(|e| e["node"].as_str()).collect();
-    assert!(recorders.len() >= 2, "events of one node only: {recorders:?}");
+    assert!(
+        recorders.len() >= 2,
+        "events of one node only: {recorders:?}"
+    );
     assert!(
         events
             .iter()
@@ -1433,10 +1436,14 @@ fn a_site_on_two_async_nodes_is_told_what_a_takeover_may_lose() {
     assert_eq!(standby["primary_unchanged"], true, "{said}");
     assert_eq!(standby["rejoined_as_standby"], true, "{said}");
     assert_eq!(standby["undone"], true, "{said}");
-    assert_eq!(
-        standby["writes_acknowledged_during"], standby["writes_during"],
-        "async writes do not wait for a standby: {said}"
-    );
+    // Unless its machine also held etcd's leader: the primary then pauses until etcd has
+    // elected another (1 of 2 CI runs: 11 of 16 writes answered meanwhile).
+    if standby["etcd_leader_lost"] != true {
+        assert_eq!(
+            standby["writes_acknowledged_during"], standby["writes_during"],
+            "async writes do not wait for a standby: {said}"
+        );
+    }
 
     // No nft: skipped with the reason, not failed.
     let slow = fault(&r, "slow-link");

@@ -49,6 +49,9 @@ pub struct NodeOptions {
 
 /// The id of the front door's one backend on a standby: the primary's front door.
 const PRIMARY_BACKEND: &str = "primary";
+/// How long a standby holds its requests for a new primary's front door to pass its first
+/// check; past it they go on (and get a 503 while it still does not pass).
+const PRIMARY_FIRST_CHECK: Duration = Duration::from_secs(5);
 
 /// This node's role, as it carries it out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -857,12 +860,33 @@ async fn follow(
     node.set_role(role);
     node.registry.update(|v| v.role = MemberRole::Standby);
     if let Some(addr) = front_door.and_then(|a| a.parse::<SocketAddr>().ok()) {
+        // A new backend takes requests once its first check passes: until then requests
+        // here wait for it (as long as a switchover's hold would) rather than get a 503.
+        let hold = !site.proxy.requests_held();
+        if hold {
+            site.proxy.hold_requests(true);
+        }
         // Replace whatever it forwarded to before (an old leader).
         let old = site.proxy.remove_backend(PRIMARY_BACKEND);
         drop(old);
         // Checked by asking its front door, not one of its instances (one hung there is
         // no reason to fail every request here).
         site.proxy.add_front_door_backend(PRIMARY_BACKEND, addr);
+        if hold {
+            let proxy = site.proxy.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + PRIMARY_FIRST_CHECK;
+                while tokio::time::Instant::now() < deadline
+                    && !proxy.backends().iter().any(|b| {
+                        b.id == PRIMARY_BACKEND
+                            && b.health == lifeboat_proxy::BackendHealth::Healthy
+                    })
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                proxy.hold_requests(false);
+            });
+        }
     }
     site.record(EventKind::NodeFollowing {
         node: node.info.node.clone(),

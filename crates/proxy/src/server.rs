@@ -457,6 +457,11 @@ impl Proxy {
         self.shared.held.send_replace(hold);
     }
 
+    /// Whether new requests are being held ([`Proxy::hold_requests`]).
+    pub fn requests_held(&self) -> bool {
+        *self.shared.held.borrow()
+    }
+
     /// Makes every answer to a request that may write (not GET, HEAD, OPTIONS, TRACE) wait
     /// for `gate` once the instance sent its head; `None` lets them through at once. Requests
     /// already waiting keep the gate they found.

@@ -533,13 +533,6 @@ fn advise(f: &FaultReport, kind: FaultKind, targets: &Targets, site: &SiteFacts)
              standby's too): run etcd's members on machines of their own, or with a shorter \
              election timeout (--heartbeat-interval 50 --election-timeout 500)"
         ),
-        FaultKind::StandbyLoss if f.etcd_leader_lost == Some(true) => format!(
-            "visitors felt a standby going ({dropped} failed): its machine also held etcd's \
-             leader, so the primary could not renew its lease until etcd had elected another, \
-             and it cannot serve on without every other member's confirmation (the lost \
-             standby's too): run etcd's members on machines of their own, or with a shorter \
-             election timeout (--heartbeat-interval 50 --election-timeout 500)"
-        ),
         FaultKind::StandbyLoss => format!(
             "visitors felt a standby going ({dropped} failed; {}): with durability = \"sync\" \
              a write waits for a standby in another zone, so keep at least two standbys in \
