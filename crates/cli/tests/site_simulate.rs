@@ -872,6 +872,7 @@ fn sandbox_reaches_nothing_outside(user: Option<&common::OsUser>) {
         }),
         "{network}"
     );
+    assert!(!network.contains("  "), "{network:?}");
     assert!(out.status.success(), "{:#}", r["scorecard"]);
     assert!(
         r["requests"].as_u64().unwrap() > 100,

@@ -20,7 +20,8 @@ impl Sandbox {
             let (held, dialer) = netns::UserNetns::create(&self.lifeboat_bin, &self.work)?;
             self.dialer = dialer;
             let text = format!(
-                "a network namespace with only loopback, in a user namespace of its own                  (held by process {})",
+                "a network namespace with only loopback, in a user namespace of its own \
+                 (held by process {})",
                 held.pid()
             );
             self.user_netns = Some(held);
