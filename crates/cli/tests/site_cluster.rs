@@ -1437,3 +1437,97 @@ fn simulate_copies_a_running_cluster_with_its_nodes_and_zones_and_leaves_it_alon
         .join(format!(".node{}.simulate", primary + 1));
     assert!(!sandbox.exists(), "{} left", sandbox.display());
 }
+
+/// A rewind run on the primary of a sync cluster: the site serves the rewound state, the
+/// standbys follow it, and after the primary's host dies the new primary holds the rewound
+/// state and every write acknowledged after the rewind, and nothing the rewind undid.
+#[test]
+fn a_rewind_on_the_primary_reaches_the_standbys_and_survives_a_failover() {
+    let cluster = Cluster::start("sync");
+    let (primary, _) = cluster.wait_for_primary(&[0, 1, 2]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    cluster.wait_or_explain("both standbys streaming", || {
+        others.iter().all(|&i| {
+            cluster
+                .status(i)
+                .is_some_and(|s| s["replica"]["state"] == "streaming")
+        })
+    });
+    let write = |text: &str| {
+        let (code, body) = cluster
+            .request(
+                others[0],
+                primary,
+                "POST",
+                "/entries",
+                &format!("text={text}"),
+            )
+            .expect("the primary answers");
+        assert_eq!(code, 201, "{text}: {body}");
+    };
+    for n in 0..5 {
+        write(&format!("before-{n}"));
+    }
+    let t = time::OffsetDateTime::now_utc();
+    cluster.wait_or_explain("the writes before T shipped", || {
+        cluster.status(primary).is_some_and(|s| {
+            s["capture"]["last_shipped_at"]
+                .as_str()
+                .and_then(|at| {
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|at| at > t)
+        })
+    });
+    for n in 0..5 {
+        write(&format!("after-{n}"));
+    }
+    let at = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = common::cli(
+        &cluster.site(primary),
+        &["rewind", "--to", &at, "--yes", "--json"],
+    );
+    eprintln!(
+        "rewind: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{}", cluster.explain());
+    let entries = |from: usize, node: usize| {
+        cluster
+            .request(from, node, "GET", "/api/entries", "")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+    };
+    let body = entries(others[0], primary).expect("the primary serves");
+    assert!(
+        body.contains("before-4") && !body.contains("after-0"),
+        "{body}"
+    );
+    for n in 0..5 {
+        write(&format!("since-{n}"));
+    }
+    assert!(cluster.lan.host(primary).kill_everything().len() >= 2);
+    let (next, _) = cluster.wait_for_primary(&others);
+    cluster.wait_or_explain("the new primary to serve", || {
+        entries(others[0], next).is_some()
+    });
+    let body = entries(others[0], next).unwrap();
+    for n in 0..5 {
+        assert!(
+            body.contains(&format!("\"before-{n}\"")),
+            "before-{n}: {body}"
+        );
+        assert!(
+            body.contains(&format!("\"since-{n}\"")),
+            "since-{n}: {body}"
+        );
+        assert!(
+            !body.contains(&format!("\"after-{n}\"")),
+            "after-{n}: {body}"
+        );
+    }
+}

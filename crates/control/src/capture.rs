@@ -170,6 +170,23 @@ impl Capture {
         term: Option<u64>,
         history: Option<lifeboat_timeline::ReplicaHistory>,
     ) {
+        self.start_with(state, term, history, term.is_some());
+    }
+
+    /// [`Capture::start_in_term`] on a state the primary rewound to: the stream opens only
+    /// once the state's base is stored, as the standbys' copies are of the state before and
+    /// take the rewound one from the vault.
+    pub(crate) fn start_rewound_in_term(&self, state: &str, term: u64) {
+        self.start_with(state, Some(term), None, false);
+    }
+
+    fn start_with(
+        &self,
+        state: &str,
+        term: Option<u64>,
+        history: Option<lifeboat_timeline::ReplicaHistory>,
+        first_checkpoint_later: bool,
+    ) {
         let state_dir = self.paths.state_dir(state);
         // The worker names sources relative to the state dir and stores the manifest that is
         // live with every checkpoint: give a restored copy the site's manifest.
@@ -193,7 +210,7 @@ impl Capture {
         });
         // A primary of a cluster opens its stream once capture runs: it must not wait for a
         // base image of the whole state to be stored (standbys, and so sync writes, would).
-        options.first_checkpoint_later = term.is_some();
+        options.first_checkpoint_later = first_checkpoint_later;
         let (repo, options, record, slot) = (
             self.repo.clone(),
             options,

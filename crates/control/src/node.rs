@@ -722,6 +722,38 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
     }
 }
 
+/// After a rewind on the primary (`capture` stopped on the old state): capture follows the
+/// rewound `state` in the same term, and the stream to the standbys opens again on it once
+/// its base is stored (their copies are of the old state: they take the rewound one from the
+/// vault). False when this node is no cluster's primary (capture is the caller's then).
+pub(crate) async fn follow_rewind(site: &Arc<Site>, state: &str) -> bool {
+    let (Some(node), Some(capture)) = (site.node.get(), site.capture.get()) else {
+        return false;
+    };
+    let NodeRole::Primary { term } = node.role() else {
+        return false;
+    };
+    // The stream of the old state's capture ends; the standbys wait for the new one.
+    let old = node.stream.lock().expect("stream lock").take();
+    if let Some(stream) = old {
+        stream.shutdown().await;
+    }
+    capture.start_rewound_in_term(state, term);
+    let (site, node, capture) = (site.clone(), node.clone(), capture.clone());
+    tokio::spawn(async move {
+        loop {
+            if node.role() != (NodeRole::Primary { term }) {
+                return;
+            }
+            if let Some(worker) = capture.running_worker(Duration::from_millis(500)).await {
+                start_stream(&site, &node, &worker, term).await;
+                return;
+            }
+        }
+    });
+    true
+}
+
 /// `durability = "sync"`: the answer to a request that may write waits until everything the
 /// site committed before it is applied and durable on a standby in another zone, for at most
 /// `sync_timeout` (then the client gets a 503 that says the change was not confirmed).

@@ -575,7 +575,10 @@ async fn switch_to(
     if let Some(capture) = capture {
         // The old state's last writes are shipped, then capture follows the site.
         capture.stop().await;
-        capture.start(state);
+        // On a cluster's primary, in its term, with the stream to the standbys.
+        if !crate::node::follow_rewind(site, state).await {
+            capture.start(state);
+        }
     }
     // The old state's server last: its instances are gone and capture has read its binlog.
     if let Some(db) = &database {
