@@ -650,6 +650,34 @@ pub async fn undo(mut f: Injected, ctx: &mut Ctx<'_>, rto: Duration) -> Result<U
         }
         FaultKind::Virus | FaultKind::Corruption => {
             u.ok = true;
+            if let Some(c) = ctx.sandbox.cluster.as_ref() {
+                // The primary rewound; its standbys take the rewound state from the vault.
+                // The next fault starts from a whole cluster.
+                let primary = c.serving_primary().await.map(|(i, _)| i);
+                let others: Vec<usize> =
+                    (0..c.nodes.len()).filter(|&i| Some(i) != primary).collect();
+                let streaming = c
+                    .wait_until(rto, || async {
+                        for &i in &others {
+                            if !c.is_streaming_standby(i).await {
+                                return false;
+                            }
+                        }
+                        true
+                    })
+                    .await;
+                u.ok = primary.is_some() && streaming.is_some();
+                u.evidence = match streaming {
+                    Some(after) => format!(
+                        "every standby follows the rewound state again after {:.1} s",
+                        after.as_secs_f64()
+                    ),
+                    None => format!(
+                        "not every standby followed the rewound state within {:.0} s",
+                        rto.as_secs_f64()
+                    ),
+                };
+            }
         }
         FaultKind::NodeLoss
         | FaultKind::Partition

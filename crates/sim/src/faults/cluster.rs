@@ -70,7 +70,8 @@ pub struct ClusterUndone {
 }
 
 /// Why a fault does not apply to this sandbox, if it does not: a cluster fault on one node,
-/// or a single-node fault that makes no sense on a cluster.
+/// or a single-node fault that makes no sense on a cluster. (The rewind faults do apply: the
+/// primary rewinds, and its standbys take the rewound state from the vault.)
 pub fn not_applicable(kind: FaultKind, sandbox: &Sandbox) -> Option<String> {
     let cluster = sandbox.cluster.is_some();
     match kind {
@@ -79,11 +80,6 @@ pub fn not_applicable(kind: FaultKind, sandbox: &Sandbox) -> Option<String> {
         }
         FaultKind::KillLifeboat if cluster => Some(
             "on a cluster, node-loss kills a node's Lifeboat with everything on its host".into(),
-        ),
-        FaultKind::Virus | FaultKind::Corruption if cluster => Some(
-            "a rewind of a cluster copy from the simulator is not built yet (the nodes would \
-             each need the rewind)"
-                .into(),
         ),
         FaultKind::NodeLoss | FaultKind::Partition | FaultKind::ZoneLoss
             if sandbox.cluster.as_ref().is_some_and(|c| c.nodes.len() < 2) =>
