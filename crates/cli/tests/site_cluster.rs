@@ -1486,6 +1486,21 @@ fn a_rewind_on_the_primary_reaches_the_standbys_and_survives_a_failover() {
     let at = t
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
+    // Only the primary rewinds: a standby refuses, names the primary and changes nothing.
+    let out = common::cli(
+        &cluster.site(others[0]),
+        &["rewind", "--to", &at, "--yes", "--json"],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a standby rewound");
+    assert!(
+        said.contains("only the primary rewinds")
+            && said.contains(&format!("on n{}", primary + 1))
+            && said.contains("nothing was changed"),
+        "{said}"
+    );
+    let body = entries_via(&cluster, others[0], primary);
+    assert!(body.contains("after-4"), "{body}");
     let out = common::cli(
         &cluster.site(primary),
         &["rewind", "--to", &at, "--yes", "--json"],
@@ -1530,4 +1545,13 @@ fn a_rewind_on_the_primary_reaches_the_standbys_and_survives_a_failover() {
             "after-{n}: {body}"
         );
     }
+}
+
+/// The entries the guestbook on `node` lists, asked from host `from`.
+fn entries_via(cluster: &Cluster, from: usize, node: usize) -> String {
+    let (code, body) = cluster
+        .request(from, node, "GET", "/api/entries", "")
+        .expect("the node answers");
+    assert_eq!(code, 200, "{body}");
+    body
 }

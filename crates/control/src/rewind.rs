@@ -140,11 +140,34 @@ fn state_name(target: &RestoreTarget) -> String {
     )
 }
 
+/// On a cluster only the primary runs the site, so only it rewinds (its standbys follow):
+/// anywhere else the rewind is refused, naming the primary when this node knows it.
+fn only_on_the_primary(site: &Site, what: &str) -> Result<(), ControlError> {
+    use crate::node::NodeRole;
+    let Some(node) = site.node.get() else {
+        return Ok(());
+    };
+    let me = &node.info.node;
+    let (is, primary) = match node.role() {
+        NodeRole::Primary { .. } => return Ok(()),
+        NodeRole::Standby { leader, .. } => (format!("a standby of {leader}"), leader),
+        NodeRole::Joining => ("joining the cluster".to_string(), "the primary".to_string()),
+        NodeRole::Fenced { .. } => ("fenced".to_string(), "the primary".to_string()),
+        NodeRole::HandingOver { to, .. } => (format!("handing the primary role over to {to}"), to),
+    };
+    Err(ControlError::Refused(format!(
+        "this node ({me}) is {is}, and on a cluster only the primary rewinds (its standbys \
+         follow): run `lifeboat {what}` on {primary} (`lifeboat status` shows who leads); \
+         nothing was changed"
+    )))
+}
+
 pub(crate) async fn rewind(
     site: &Arc<Site>,
     req: RewindRequest,
 ) -> Result<RewindReport, ControlError> {
     let started = Instant::now();
+    only_on_the_primary(site, "rewind")?;
     let Some(capture) = site.capture.get().cloned() else {
         return Err(ControlError::Refused(
             "this site has no [vault] section in lifeboat.toml, so nothing was captured to rewind to; add one (see crates/core/MANIFEST.md)".into(),
@@ -342,6 +365,7 @@ pub(crate) async fn rewind(
 /// it replaces is kept, so undoing again goes back).
 pub(crate) async fn undo(site: &Arc<Site>) -> Result<RewindReport, ControlError> {
     let started = Instant::now();
+    only_on_the_primary(site, "rewind --undo")?;
     let _busy = site.rewinding.try_lock().map_err(|_| {
         ControlError::Refused("a rewind is already running for this site; wait for it".into())
     })?;
