@@ -707,19 +707,30 @@ async fn promote(site: &Arc<Site>, node: &Arc<Node>, term: u64) {
         }
         // Capture starts once the databases exist (on a fresh site the app creates them, so
         // this cannot wait before the instances start); the stream opens when it runs.
-        let (site, node, capture) = (site.clone(), node.clone(), capture.clone());
-        tokio::spawn(async move {
-            loop {
-                if node.role() != (NodeRole::Primary { term }) {
-                    return;
-                }
-                if let Some(worker) = capture.running_worker(Duration::from_millis(500)).await {
-                    start_stream(&site, &node, &worker, term).await;
-                    return;
-                }
-            }
-        });
+        open_stream_once_capture_runs(site, node, capture, term);
     }
+}
+
+/// Opens the stream to the standbys in the background once capture's worker runs, unless this
+/// node stopped being the primary of `term` meanwhile.
+fn open_stream_once_capture_runs(
+    site: &Arc<Site>,
+    node: &Arc<Node>,
+    capture: &Arc<crate::capture::Capture>,
+    term: u64,
+) {
+    let (site, node, capture) = (site.clone(), node.clone(), capture.clone());
+    tokio::spawn(async move {
+        loop {
+            if node.role() != (NodeRole::Primary { term }) {
+                return;
+            }
+            if let Some(worker) = capture.running_worker(Duration::from_millis(500)).await {
+                start_stream(&site, &node, &worker, term).await;
+                return;
+            }
+        }
+    });
 }
 
 /// After a rewind on the primary (`capture` stopped on the old state): capture follows the
@@ -739,18 +750,7 @@ pub(crate) async fn follow_rewind(site: &Arc<Site>, state: &str) -> bool {
         stream.shutdown().await;
     }
     capture.start_rewound_in_term(state, term);
-    let (site, node, capture) = (site.clone(), node.clone(), capture.clone());
-    tokio::spawn(async move {
-        loop {
-            if node.role() != (NodeRole::Primary { term }) {
-                return;
-            }
-            if let Some(worker) = capture.running_worker(Duration::from_millis(500)).await {
-                start_stream(&site, &node, &worker, term).await;
-                return;
-            }
-        }
-    });
+    open_stream_once_capture_runs(site, node, capture, term);
     true
 }
 
