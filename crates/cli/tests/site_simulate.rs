@@ -637,6 +637,15 @@ fn report_in(dir: &Path, out: &Output) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A run's output and report, for a failed assertion.
+fn what_it_said(out: &Output, r: &Value) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn netns_exists(simulate_pid: u32) -> bool {
     Path::new(&format!("/run/netns/lbsim-{simulate_pid}")).exists()
 }
@@ -1066,11 +1075,7 @@ fn a_site_on_three_nodes_survives_node_zone_etcd_and_network_loss() {
     .unwrap();
     let took = started.elapsed();
     let r = report_in(report_dir.path(), &out);
-    let said = format!(
-        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = what_it_said(&out, &r);
     eprintln!(
         "the cluster run took {took:?}; it said:\n{}",
         String::from_utf8_lossy(&out.stdout)
@@ -1413,11 +1418,7 @@ fn a_site_on_two_async_nodes_is_told_what_a_takeover_may_lose() {
     .unwrap();
     let took = started.elapsed();
     let r = report_in(report_dir.path(), &out);
-    let said = format!(
-        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = what_it_said(&out, &r);
     eprintln!(
         "the 2-node async run took {took:?}; it said:\n{}",
         String::from_utf8_lossy(&out.stdout)
@@ -1572,11 +1573,7 @@ fn a_site_on_two_sync_nodes_holds_writes_while_its_only_standby_is_down() {
     .unwrap();
     let took = started.elapsed();
     let r = report_in(report_dir.path(), &out);
-    let said = format!(
-        "stdout:\n{}\nstderr:\n{}\nreport:\n{r:#}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = what_it_said(&out, &r);
     let f = fault(&r, "standby-loss");
     eprintln!(
         "the 2-node sync run took {took:?}; standby-loss: {}; undone: {}; writes {} sent, {} \
